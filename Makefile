@@ -1,0 +1,34 @@
+# Two commands for a new user: `make demo` (the main job on a synthetic sheet) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test env browser lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+env: $(STAMP)
+
+# Debian's chromium + chromium-driver for the review page's browser test (skipped when absent).
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "warning: could not install chromium; the browser test will be skipped"; \
+	fi
+
+demo: $(STAMP)
+	$(PY) pipelines/overnight.py --demo
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check scanstream tests benchmarks pipelines
+
+clean:
+	rm -rf $(VENV) demo-output

@@ -1,0 +1,3 @@
+from scanstream.cli import main
+
+raise SystemExit(main())

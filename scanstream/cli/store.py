@@ -1,0 +1,41 @@
+"""``scanstream info``: summary of a crop store or a candidate table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scanstream.cli._common import print_json
+from scanstream.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="summary of a crop store or candidate table",
+        description="Print a JSON summary of a crop store (objects, labels, categories, sheets, "
+        "chunk and shard shape, compressed size, completion state) or of a candidate table.",
+    )
+    p.add_argument("path", type=Path, help="a NAME.zarr crop store or a candidate table directory")
+    p.add_argument("--validate", action="store_true", help="also check the store against the format (reads every crop)")
+    p.set_defaults(func=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from scanstream import store as st
+
+    if st.is_store(args.path):
+        s = st.open_store(args.path, require_complete=False)
+        summary = st.summarize_store(s)
+        if args.validate:
+            summary["problems"] = st.validate_store(args.path, deep=True)
+        print_json(summary)
+        return 1 if args.validate and summary["problems"] else 0
+    try:
+        from scanstream.candidates import summarize_candidates
+    except ImportError:
+        summarize_candidates = None
+    if summarize_candidates is not None and args.path.is_dir():
+        print_json(summarize_candidates(args.path))
+        return 0
+    raise InputError(f"{args.path}: neither a crop store nor a candidate table")

@@ -1,0 +1,49 @@
+"""The scanstream error hierarchy.
+
+Every error a user can cause derives from :class:`ScanstreamError` and from the matching
+built-in, so library callers can catch ``ValueError`` / ``FileNotFoundError`` as usual while
+the CLI turns any ``ScanstreamError`` into one line on stderr and a non-zero exit.
+Messages name the file, the object and the bad value.
+"""
+
+from __future__ import annotations
+
+
+class ScanstreamError(Exception):
+    """Base of every error scanstream raises on purpose."""
+
+
+class InputError(ScanstreamError, ValueError):
+    """A bad argument, option value or input file."""
+
+
+class ConfigError(ScanstreamError, ValueError):
+    """A configuration value or TOML file that cannot be used."""
+
+
+class StoreError(ScanstreamError, ValueError):
+    """A crop store that is malformed or inconsistent."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """A crop store path that does not exist or is not a crop store."""
+
+
+class IncompleteStoreError(StoreError):
+    """A crop store without its completion marker (an interrupted write)."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """A store already exists where a new one was asked for (use ``overwrite``)."""
+
+
+class CheckpointError(ScanstreamError, ValueError):
+    """A model checkpoint that is missing, malformed or not a safetensors file."""
+
+
+class ThresholdError(ScanstreamError, ValueError):
+    """A threshold record that is malformed or belongs to other models."""
+
+
+class PipelineError(ScanstreamError, RuntimeError):
+    """A distributed run that finished with failed tasks."""

@@ -1,0 +1,615 @@
+"""The crop store: a zarr v3 group of vertex crops plus a Parquet object table.
+
+Layout of ``NAME.zarr/`` (DESIGN.md, "Crop store")::
+
+    zarr.json            group attributes: schema version, pixel size, crop size, source,
+                         content hash, completion marker
+    crops/               uint8 (n, 224, 224, 3), chunked along n only, zstd, sharded
+    objects.parquet      the object table, row i describes crop i
+    digests.json         blake2b digest of every aligned block of crops (for the content hash)
+    _parts/              object-table parts of an unfinished write (absent once complete)
+
+Writes are crash-safe. Crops are written first, then the rows that describe them are committed
+as a Parquet part file (temporary name, then rename); a reopened writer trusts only committed
+rows and truncates any crops beyond them. The completion marker (``complete: true`` with the
+content hash) is set last, so an interrupted write never leaves a store that looks complete,
+and a rerun resumes where the last commit ended.
+
+Chunk and shard sizes (measured by ``benchmarks/store_io.py`` on this project's 2-core
+development machine, simulated crops): chunks of 64 crops (9.6 MB raw) inside shards of 1024
+crops. Chunks of 64 keep a chunk-aligned inference task small enough to overlap reading with
+compute while zstd still sees enough data; shards of 1024 keep a 3-million-crop sheet to about
+3,000 files instead of 47,000. See the module constants and README for the figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import ZstdCodec
+
+from scanstream.errors import (
+    IncompleteStoreError,
+    InputError,
+    StoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CROP_SIZE = 224
+CHANNELS = 3
+PIXEL_SIZE_UM = 87.0 / 224.0  # about 0.39 um/px at the object (PHYSICS.md)
+CHUNK_CROPS = 64
+SHARD_CROPS = 1024
+ZSTD_LEVEL = 3
+TABLE_FILE = "objects.parquet"
+DIGESTS_FILE = "digests.json"
+PARTS_DIR = "_parts"
+
+LABEL_ALPHA, LABEL_OTHER, LABEL_UNKNOWN = 1, 0, -1
+
+#: The object table columns every store has, in order (DESIGN.md). Stores may carry more
+#: (simulation truth columns, prefixed ``truth_``), appended after these.
+OBJECT_SCHEMA = pa.schema(
+    [
+        pa.field("object_id", pa.string(), nullable=False),
+        pa.field("experiment", pa.string()),
+        pa.field("module", pa.int32()),
+        pa.field("plate", pa.int32()),
+        pa.field("sheet", pa.string()),
+        pa.field("x_mm", pa.float64()),
+        pa.field("y_mm", pa.float64()),
+        pa.field("z_mm", pa.float64()),
+        pa.field("label", pa.int8()),
+        pa.field("category", pa.string()),
+        pa.field("multiplicity", pa.int16()),
+        pa.field("track_lengths_um", pa.list_(pa.float32())),
+    ]
+)
+_DEFAULTS: dict[str, Any] = {
+    "experiment": "",
+    "module": 0,
+    "plate": 0,
+    "sheet": "",
+    "x_mm": 0.0,
+    "y_mm": 0.0,
+    "z_mm": 0.0,
+    "label": LABEL_UNKNOWN,
+    "category": None,
+    "multiplicity": None,
+    "track_lengths_um": None,
+}
+
+
+def rows_to_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Conform object rows to :data:`OBJECT_SCHEMA` (plus any extra columns, kept as given).
+
+    Parameters
+    ----------
+    rows : pyarrow.Table or sequence of mappings
+        One row per crop. ``object_id`` is required; other standard columns default to
+        empty / unknown (label -1).
+
+    Returns
+    -------
+    pyarrow.Table
+        The standard columns in schema order and types, then the extra columns.
+    """
+    if not isinstance(rows, pa.Table):
+        rows = list(rows)
+        names: list[str] = []
+        for row in rows:
+            for key in row:
+                if key not in names:
+                    names.append(key)
+        rows = pa.table({name: [row.get(name) for row in rows] for name in names}) if rows else (
+            pa.table({f.name: pa.array([], f.type) for f in OBJECT_SCHEMA})
+        )
+    n = rows.num_rows
+    if "object_id" not in rows.column_names:
+        raise InputError("object rows have no 'object_id' column")
+    columns, fields = [], []
+    for field in OBJECT_SCHEMA:
+        if field.name in rows.column_names:
+            col = rows.column(field.name)
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(f"object table column {field.name!r} cannot be read as {field.type}: {exc}") from None
+        else:
+            col = pa.array([_DEFAULTS[field.name]] * n, field.type)
+        columns.append(col)
+        fields.append(field)
+    if columns[0].null_count:
+        raise InputError("object rows have a missing object_id")
+    labels = np.asarray(columns[8].fill_null(LABEL_UNKNOWN).to_numpy(zero_copy_only=False))
+    bad = set(np.unique(labels).tolist()) - {-1, 0, 1}
+    if bad:
+        raise InputError(f"object labels must be 1 (alpha), 0 (other) or -1 (unknown), got {sorted(bad)}")
+    columns[8] = pa.array(labels.astype(np.int8), pa.int8())
+    for name in rows.column_names:
+        if name not in OBJECT_SCHEMA.names:
+            columns.append(rows.column(name))
+            fields.append(pa.field(name, rows.schema.field(name).type))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _table_digest(table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.blake2b(sink.getvalue().to_pybytes(), digest_size=16).hexdigest()
+
+
+def _block_digest(crops: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(crops).data, digest_size=16).hexdigest()
+
+
+def _content_hash(block_digests: Sequence[str], table: pa.Table) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for d in block_digests:
+        h.update(bytes.fromhex(d))
+    h.update(bytes.fromhex(_table_digest(table)))
+    return h.hexdigest()
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class CropStore:
+    """A complete (or, with ``require_complete=False``, possibly incomplete) crop store.
+
+    Attributes
+    ----------
+    path : Path
+        The ``NAME.zarr`` directory.
+    crops : zarr.Array
+        uint8 (n, 224, 224, 3), opened read-only.
+    table : pyarrow.Table
+        The object table, row i describing crop i.
+    attrs : dict
+        The group attributes.
+    """
+
+    path: Path
+    crops: zarr.Array
+    table: pa.Table
+    attrs: dict
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def n(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    @property
+    def content_hash(self) -> str | None:
+        return self.attrs.get("content_hash")
+
+    @property
+    def chunk_crops(self) -> int:
+        return int(self.attrs.get("chunk_crops", self.crops.chunks[0]))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int8 (n,): 1 alpha decay, 0 other, -1 unknown."""
+        return self.table.column("label").to_numpy(zero_copy_only=False).astype(np.int8)
+
+    @property
+    def object_ids(self) -> list[str]:
+        return self.table.column("object_id").to_pylist()
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Crops ``start:stop`` as a uint8 array (k, 224, 224, 3)."""
+        stop = self.n if stop is None else min(stop, self.n)
+        return np.asarray(self.crops[start:stop])
+
+    def chunk_ranges(self, crops_per_task: int | None = None) -> list[tuple[int, int]]:
+        """Chunk-aligned ``(start, stop)`` ranges covering the store.
+
+        ``crops_per_task`` is rounded up to a whole number of chunks (default: one shard).
+        """
+        step = crops_per_task or int(self.attrs.get("shard_crops", SHARD_CROPS))
+        chunk = self.chunk_crops
+        step = max(chunk, -(-step // chunk) * chunk)
+        return [(s, min(s + step, self.n)) for s in range(0, self.n, step)]
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a crop store directory (complete or not)."""
+    p = Path(path)
+    try:
+        meta = json.loads((p / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("node_type") == "group" and "scanstream_schema" in meta.get("attributes", {})
+
+
+def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> CropStore:
+    """Open a crop store read-only.
+
+    Raises
+    ------
+    StoreNotFoundError
+        ``path`` is not a crop store.
+    IncompleteStoreError
+        The store lacks its completion marker and ``require_complete`` is true.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise StoreNotFoundError(f"{p}: no such crop store")
+    if not is_store(p):
+        raise StoreNotFoundError(f"{p}: not a scanstream crop store (no zarr.json with scanstream attributes)")
+    group = zarr.open_group(str(p), mode="r")
+    attrs = dict(group.attrs)
+    if attrs.get("scanstream_schema", 0) > SCHEMA_VERSION:
+        raise StoreError(f"{p}: store schema {attrs['scanstream_schema']} is newer than this scanstream ({SCHEMA_VERSION})")
+    if require_complete and not attrs.get("complete"):
+        raise IncompleteStoreError(f"{p}: store is incomplete (interrupted write?); rerun the command that writes it")
+    try:
+        crops = group["crops"]
+    except KeyError:
+        raise StoreError(f"{p}: store has no 'crops' array") from None
+    table = _read_table(p)
+    if require_complete and table.num_rows != crops.shape[0]:
+        raise StoreError(f"{p}: object table has {table.num_rows} rows but crops has {crops.shape[0]}")
+    return CropStore(path=p, crops=crops, table=table, attrs=attrs)
+
+
+def _read_table(p: Path) -> pa.Table:
+    parts: list[pa.Table] = []
+    if (p / TABLE_FILE).exists():
+        try:
+            parts.append(pq.read_table(p / TABLE_FILE))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StoreError(f"{p / TABLE_FILE}: unreadable object table: {exc}") from None
+    for part in sorted((p / PARTS_DIR).glob("part-*.parquet")) if (p / PARTS_DIR).exists() else []:
+        parts.append(pq.read_table(part))
+    if not parts:
+        return rows_to_table([])
+    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+
+
+class StoreWriter:
+    """Create, append to, or resume a crop store; use as a context manager.
+
+    Crops arrive in any batch size through :meth:`append`; they are buffered and written a
+    shard at a time, each write followed by the commit of the rows describing it.
+    :meth:`finalize` (called on a clean ``with`` exit) writes the rest, merges the table,
+    computes the content hash and sets the completion marker. On an exception the store is
+    left incomplete but consistent up to its last commit, so the next writer resumes.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``NAME.zarr`` directory.
+    source : dict
+        How the store was made (stage name and its arguments); recorded in the attributes.
+    overwrite : bool
+        Remove an existing store at ``path`` first. Without it, an existing complete store
+        is opened for appending (ingest's idempotent rerun) and an incomplete one is resumed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        source: Mapping[str, Any],
+        overwrite: bool = False,
+        exist_ok: bool = True,
+        pixel_size_um: float = PIXEL_SIZE_UM,
+        chunk_crops: int = CHUNK_CROPS,
+        shard_crops: int = SHARD_CROPS,
+        extra_attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if shard_crops % chunk_crops:
+            raise InputError(f"shard_crops {shard_crops} is not a multiple of chunk_crops {chunk_crops}")
+        if self.path.exists() and overwrite:
+            shutil.rmtree(self.path)
+        if self.path.exists():
+            if not is_store(self.path):
+                raise StoreExistsError(f"{self.path}: exists and is not a crop store")
+            if not exist_ok:
+                raise StoreExistsError(f"{self.path}: store exists (use --overwrite to replace it)")
+            self._group = zarr.open_group(str(self.path), mode="r+")
+            self._crops = self._group["crops"]
+            self._shard = int(self._group.attrs.get("shard_crops", SHARD_CROPS))
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._group = zarr.open_group(str(self.path), mode="w")
+            self._shard = shard_crops
+            self._crops = self._group.create_array(
+                "crops",
+                shape=(0, CROP_SIZE, CROP_SIZE, CHANNELS),
+                chunks=(chunk_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+                shards=(shard_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+                dtype="uint8",
+                compressors=ZstdCodec(level=ZSTD_LEVEL),
+                fill_value=0,
+            )
+            self._group.attrs.update(
+                {
+                    "scanstream_schema": SCHEMA_VERSION,
+                    "pixel_size_um": pixel_size_um,
+                    "crop_size": CROP_SIZE,
+                    "chunk_crops": chunk_crops,
+                    "shard_crops": shard_crops,
+                    "complete": False,
+                    "content_hash": None,
+                }
+            )
+        attrs = {"source": dict(source), "complete": False, "content_hash": None}
+        attrs.update(extra_attrs or {})
+        self._group.attrs.update(attrs)
+        (self.path / PARTS_DIR).mkdir(exist_ok=True)
+
+        committed = _read_table(self.path)
+        self._committed_rows = committed.num_rows
+        self._ids: set[str] = set(committed.column("object_id").to_pylist())
+        if len(self._ids) != self._committed_rows:
+            raise StoreError(f"{self.path}: object table has duplicate object ids")
+        if self._crops.shape[0] < self._committed_rows:
+            raise StoreError(
+                f"{self.path}: object table has {self._committed_rows} rows but only {self._crops.shape[0]} crops"
+            )
+        if self._crops.shape[0] > self._committed_rows:
+            logger.info("%s: dropping %d uncommitted crops", self.path, self._crops.shape[0] - self._committed_rows)
+            self._crops.resize((self._committed_rows, CROP_SIZE, CROP_SIZE, CHANNELS))
+        self._digests = self._load_digests()
+        tail_start = (self._committed_rows // self._shard) * self._shard
+        self._tail = np.asarray(self._crops[tail_start : self._committed_rows])  # incomplete block
+        self._buf_crops: list[np.ndarray] = []
+        self._buf_rows: list[pa.Table] = []
+        self._buffered = 0
+        self._finalized = False
+
+    # -- reading back what is committed ---------------------------------------------------
+    def _load_digests(self) -> list[str]:
+        digests: list[str] = []
+        f = self.path / DIGESTS_FILE
+        if f.exists():
+            digests = list(json.loads(f.read_text())["blocks"])
+        for part in sorted((self.path / PARTS_DIR).glob("part-*.parquet")):
+            meta = pq.read_schema(part).metadata or {}
+            digests.extend(json.loads(meta.get(b"scanstream_blocks", b"[]")))
+        return digests[: self._committed_rows // self._shard]  # complete blocks only
+
+    @property
+    def n(self) -> int:
+        """Crops accepted so far (committed plus buffered)."""
+        return self._committed_rows + self._buffered
+
+    def __contains__(self, object_id: str) -> bool:
+        return object_id in self._ids
+
+    @property
+    def object_ids(self) -> set[str]:
+        return self._ids
+
+    # -- writing --------------------------------------------------------------------------
+    def append(self, crops: np.ndarray, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
+        """Add crops (k, 224, 224, 3) uint8 and their k object rows.
+
+        Raises
+        ------
+        InputError
+            Wrong dtype or shape, a row count that differs from the crop count, or an
+            object id that is already in the store.
+        """
+        crops = np.asarray(crops)
+        if crops.ndim == 3:
+            crops = crops[None]
+        if crops.dtype != np.uint8 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, CHANNELS):
+            raise InputError(
+                f"{self.path}: crops must be uint8 (k, {CROP_SIZE}, {CROP_SIZE}, {CHANNELS}), got {crops.dtype} {crops.shape}"
+            )
+        table = rows_to_table(rows)
+        if table.num_rows != crops.shape[0]:
+            raise InputError(f"{self.path}: {crops.shape[0]} crops but {table.num_rows} object rows")
+        ids = table.column("object_id").to_pylist()
+        seen = set()
+        for oid in ids:
+            if oid in self._ids or oid in seen:
+                raise InputError(f"{self.path}: duplicate object id {oid!r}")
+            seen.add(oid)
+        self._ids.update(ids)
+        self._buf_crops.append(crops)
+        self._buf_rows.append(table)
+        self._buffered += crops.shape[0]
+        # Write whole shards as soon as they are full: a full-shard write needs no read-back.
+        to_boundary = self._shard - (self._committed_rows % self._shard)
+        if self._buffered >= to_boundary:
+            self._flush(self._committed_rows + to_boundary + ((self._buffered - to_boundary) // self._shard) * self._shard)
+
+    def _flush(self, upto: int) -> None:
+        """Write and commit buffered crops up to absolute row ``upto``."""
+        k = upto - self._committed_rows
+        if k <= 0:
+            return
+        crops = np.concatenate(self._buf_crops) if len(self._buf_crops) > 1 else self._buf_crops[0]
+        rows = pa.concat_tables(self._buf_rows, promote_options="permissive") if len(self._buf_rows) > 1 else self._buf_rows[0]
+        write, keep = crops[:k], crops[k:]
+        start = self._committed_rows
+        self._crops.resize((upto, CROP_SIZE, CROP_SIZE, CHANNELS))
+        self._crops[start:upto] = write
+        # digests of the aligned blocks this write completes
+        block = np.concatenate([self._tail, write]) if len(self._tail) else write
+        new_digests = []
+        n_full = len(block) // self._shard
+        for b in range(n_full):
+            new_digests.append(_block_digest(block[b * self._shard : (b + 1) * self._shard]))
+        self._tail = block[n_full * self._shard :].copy()
+        part = rows.slice(0, k)
+        part = part.replace_schema_metadata({"scanstream_blocks": json.dumps(new_digests)})
+        _write_parquet_atomic(part, self.path / PARTS_DIR / f"part-{start:012d}.parquet")
+        self._digests.extend(new_digests)
+        self._committed_rows = upto
+        self._buf_crops = [keep] if len(keep) else []
+        self._buf_rows = [rows.slice(k)] if len(keep) else []
+        self._buffered = len(keep)
+
+    def finalize(self) -> CropStore:
+        """Write the rest, merge the table, set the content hash and the completion marker."""
+        if self._finalized:
+            return open_store(self.path)
+        self._flush(self.n)
+        table = _read_table(self.path)
+        if table.num_rows != self._crops.shape[0]:
+            raise StoreError(f"{self.path}: object table has {table.num_rows} rows but crops has {self._crops.shape[0]}")
+        table = table.replace_schema_metadata(None)
+        digests = list(self._digests)
+        if len(self._tail):
+            digests.append(_block_digest(self._tail))
+        _write_parquet_atomic(table, self.path / TABLE_FILE)
+        _write_json_atomic({"block_crops": self._shard, "blocks": self._digests}, self.path / DIGESTS_FILE)
+        shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
+        self._group.attrs.update(
+            {"n_objects": table.num_rows, "content_hash": _content_hash(digests, table), "complete": True}
+        )
+        self._finalized = True
+        return open_store(self.path)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            # Commit nothing more: what is buffered is lost, what is committed stays, and the
+            # store remains marked incomplete so nothing downstream reads it.
+            logger.warning("%s: write interrupted; %d crops committed, store left incomplete", self.path, self._committed_rows)
+
+
+def create_store(
+    path: str | os.PathLike,
+    crops: np.ndarray,
+    rows: pa.Table | Sequence[Mapping[str, Any]],
+    *,
+    source: Mapping[str, Any],
+    overwrite: bool = False,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> CropStore:
+    """Write a whole store from arrays in memory (small stores, tests)."""
+    with StoreWriter(path, source=source, overwrite=overwrite, exist_ok=False, extra_attrs=extra_attrs) as w:
+        w.append(crops, rows)
+    return open_store(path)
+
+
+def iter_blocks(store: CropStore, *, block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, crops)`` over the store in chunk-aligned blocks."""
+    for start, stop in store.chunk_ranges(block):
+        yield start, store.read(start, stop)
+
+
+def compute_content_hash(store: CropStore) -> str:
+    """Recompute the content hash by reading every crop (slow; :func:`validate_store` deep)."""
+    block = int(store.attrs.get("shard_crops", SHARD_CROPS))
+    digests = [_block_digest(crops) for _, crops in iter_blocks(store, block=block)]
+    return _content_hash(digests, store.table.replace_schema_metadata(None))
+
+
+def validate_store(path: str | os.PathLike, *, deep: bool = False) -> list[str]:
+    """Check a store against the format contract; return the problems found (empty: valid).
+
+    ``deep`` also reads every crop and recomputes the content hash.
+    """
+    p = Path(path)
+    problems: list[str] = []
+    try:
+        store = open_store(p, require_complete=False)
+    except StoreError as exc:
+        return [str(exc)]
+    if not store.complete:
+        problems.append(f"{p}: incomplete (no completion marker)")
+    if store.crops.dtype != np.uint8 or store.crops.shape[1:] != (CROP_SIZE, CROP_SIZE, CHANNELS):
+        problems.append(f"{p}: crops are {store.crops.dtype} {store.crops.shape}, expected uint8 (n, 224, 224, 3)")
+    if store.table.num_rows != store.crops.shape[0]:
+        problems.append(f"{p}: object table has {store.table.num_rows} rows but crops has {store.crops.shape[0]}")
+    for field in OBJECT_SCHEMA:
+        if field.name not in store.table.column_names:
+            problems.append(f"{p}: object table lacks column {field.name!r}")
+        elif store.table.schema.field(field.name).type != field.type:
+            problems.append(f"{p}: column {field.name!r} is {store.table.schema.field(field.name).type}, expected {field.type}")
+    ids = store.table.column("object_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        problems.append(f"{p}: duplicate object ids")
+    bad = set(np.unique(store.labels).tolist()) - {-1, 0, 1}
+    if bad:
+        problems.append(f"{p}: labels outside -1/0/1: {sorted(bad)}")
+    if deep and not problems and store.complete and compute_content_hash(store) != store.content_hash:
+        problems.append(f"{p}: content hash does not match the crops and table (corrupted or edited)")
+    return problems
+
+
+def _dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def summarize_store(store: CropStore) -> dict[str, Any]:
+    """A JSON-ready summary of a store (``scanstream info``)."""
+    t = store.table
+    labels = store.labels
+
+    def counts(col: str) -> dict[str, int]:
+        if col not in t.column_names:
+            return {}
+        vals = t.column(col).to_pylist()
+        out: dict[str, int] = {}
+        for v in vals:
+            out[str(v)] = out.get(str(v), 0) + 1
+        return dict(sorted(out.items()))
+
+    size = _dir_bytes(store.path / "crops") if (store.path / "crops").exists() else 0
+    return {
+        "path": str(store.path),
+        "complete": store.complete,
+        "objects": store.n,
+        "labels": {"alpha": int((labels == 1).sum()), "other": int((labels == 0).sum()), "unknown": int((labels == -1).sum())},
+        "categories": counts("category"),
+        "sheets": counts("sheet"),
+        "crop_shape": list(store.crops.shape[1:]),
+        "chunk_shape": list(store.crops.chunks),
+        "shard_shape": list(store.crops.shards) if store.crops.shards else None,
+        "compressed_bytes": size,
+        "bytes_per_crop": round(size / store.n, 1) if store.n else None,
+        "pixel_size_um": store.attrs.get("pixel_size_um"),
+        "source": store.attrs.get("source"),
+        "content_hash": store.content_hash,
+    }
+
+
+def iter_rows(table: pa.Table) -> Iterable[dict[str, Any]]:
+    """Rows of an Arrow table as dicts (small tables only)."""
+    return table.to_pylist()
