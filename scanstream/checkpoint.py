@@ -1,0 +1,230 @@
+"""Checkpoints: one safetensors file holding the weights and, in its header, what made them.
+
+A checkpoint is ``NAME.safetensors`` (DESIGN.md, "Checkpoint"). The safetensors header's
+``__metadata__`` (str -> str) has one key, ``"scanstream"``, whose value is the JSON of::
+
+    {"scanstream_checkpoint": 1, "model_config": {...}, "train_config": {...},
+     "data_hash": "...", "metrics": {...}}
+
+The file's content hash (:func:`checkpoint_hash`) is the model's identity downstream
+(candidate tables and threshold records name the models by it).
+
+Loading never unpickles: the header is parsed as JSON and the tensors are read by safetensors;
+a pickle, a zip (``torch.save``) or any other file is refused with :class:`CheckpointError`
+before anything in it is interpreted. Saving is atomic (temporary file in the same directory,
+fsync, then ``os.replace``), so an interrupted save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scanstream.errors import CheckpointError, InputError
+from scanstream.model import ModelConfig, build_model, resolve_device
+
+CHECKPOINT_VERSION = 1
+METADATA_KEY = "scanstream"
+#: A safetensors header larger than this is not one of ours (ours are a few tens of kB).
+_MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read back.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The classifier, in eval mode, on the requested device.
+    model_config : ModelConfig
+    train_config : dict
+        The resolved training configuration it was trained with.
+    data_hash : str
+        Identity of the training data (content hashes of the train and valid stores).
+    metrics : dict
+        Final metrics (VALID AP, loss, best epoch, ...).
+    hash : str
+        :func:`checkpoint_hash` of the file.
+    """
+
+    model: nn.Module
+    model_config: ModelConfig
+    train_config: dict
+    data_hash: str
+    metrics: dict
+    hash: str
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """sha256 of the file's bytes, first 16 hex characters."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
+    return h.hexdigest()[:16]
+
+
+def _json_ready(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, allow_nan=True, default=str)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"checkpoint {what} is not JSON-serialisable: {exc}") from None
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    model_config: ModelConfig,
+    train_config: dict,
+    data_hash: str,
+    metrics: dict,
+) -> str:
+    """Write ``model``'s weights and metadata to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``*.safetensors`` file to write (replaced if it exists).
+    model : torch.nn.Module
+        The classifier (any device, any memory format; written as contiguous CPU tensors).
+    model_config, train_config, data_hash, metrics
+        Recorded in the header (see the module docstring).
+
+    Returns
+    -------
+    str
+        :func:`checkpoint_hash` of the written file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: a checkpoint file name must end in .safetensors")
+    meta = {
+        "scanstream_checkpoint": CHECKPOINT_VERSION,
+        "model_config": model_config.to_dict(),
+        "train_config": dict(train_config),
+        "data_hash": str(data_hash),
+        "metrics": dict(metrics),
+    }
+    header = {METADATA_KEY: _json_ready(meta, "metadata"), "format": "pt"}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata=header)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return checkpoint_hash(path)
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The scanstream metadata of a checkpoint, without reading its tensors.
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` is missing, is not a safetensors file (a pickle or ``torch.save`` zip is named
+        as such), or is a safetensors file without scanstream metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+        raw = f.read(n) if 0 < n <= min(_MAX_HEADER_BYTES, size - 8) else b""
+    try:
+        header = json.loads(raw.decode("utf-8")) if raw[:1] == b"{" else None
+    except (UnicodeDecodeError, ValueError):
+        header = None
+    if header is None:
+        # Name the common impostors; their bytes are never interpreted.
+        if head[:2] == b"PK":
+            kind = "a zip archive (torch.save)"
+        elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            kind = "a Python pickle"
+        else:
+            raise CheckpointError(f"{path}: not a safetensors checkpoint (no valid safetensors header)")
+        raise CheckpointError(f"{path}: is {kind}, not a safetensors checkpoint; scanstream never unpickles model files")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors checkpoint (header is not a JSON object)")
+    meta_raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if meta_raw is None:
+        raise CheckpointError(f"{path}: a safetensors file but not a scanstream checkpoint (no '{METADATA_KEY}' metadata)")
+    try:
+        meta = json.loads(meta_raw)
+    except ValueError:
+        raise CheckpointError(f"{path}: scanstream metadata is not valid JSON") from None
+    version = meta.get("scanstream_checkpoint") if isinstance(meta, dict) else None
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: unsupported scanstream checkpoint version {version!r} (expected {CHECKPOINT_VERSION})")
+    for key, kind in (("model_config", dict), ("train_config", dict), ("data_hash", str), ("metrics", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r} ({kind.__name__})")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (never unpickles).
+
+    Parameters
+    ----------
+    path : path-like
+        A ``*.safetensors`` scanstream checkpoint.
+    device : str or torch.device
+        Where to put the model (``"auto"``: CUDA when available).
+
+    Raises
+    ------
+    CheckpointError
+        Anything that is not a valid scanstream checkpoint: missing file, pickle / zip /
+        other formats, missing metadata, or weights that do not fit the recorded model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_header(path)
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+    except (InputError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad model config in checkpoint: {exc}") from None
+    dev = resolve_device(device)
+    model = build_model(ModelConfig(backbone=config.backbone, input_size=config.input_size, pretrained="none"))
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors tensors: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit {config.backbone}: {first}") from None
+    model.to(dev).eval()
+    return LoadedCheckpoint(
+        model=model,
+        model_config=config,
+        train_config=meta["train_config"],
+        data_hash=meta["data_hash"],
+        metrics=meta["metrics"],
+        hash=checkpoint_hash(path),
+    )

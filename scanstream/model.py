@@ -1,0 +1,326 @@
+"""The classifier: a torchvision backbone with the paper's three-stage fully connected head.
+
+The paper (PHYSICS.md, "Training protocol") replaces ResNet50's 1000-way layer by
+``Linear(2048, 256) -> Linear(256, 32) -> Linear(32, 1)``: one logit per crop, positive = alpha
+decay. The paper does not state the activations between the stages; we put a ReLU after each
+hidden stage (without them the three stages collapse into one linear map) and no dropout
+(the paper mentions none, and the early-stopping rule already guards against over-fitting).
+Lighter backbones for CPU-only sites (``resnet18``, ``mobilenet_v3_small``) get the same head on
+their pooled features (512 and 576 features).
+
+ImageNet initialisation comes from a local file only, never from the network: ``"imagenet"``
+looks in torchvision's cache (``$TORCH_HOME/hub/checkpoints/``, default
+``~/.cache/torch/hub/checkpoints/``) for the file name torchvision itself would download, and
+a path may name a safetensors file (a backbone state dict or a scanstream checkpoint) or a
+torchvision ``.pth`` weights file under its original name. ``.pth`` files are read with
+``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+
+:func:`preprocess` turns uint8 crops into the network's input; training and inference share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from torch import nn
+
+from scanstream.errors import CheckpointError, InputError
+
+logger = logging.getLogger(__name__)
+
+#: Backbones by name: (torchvision constructor, its weights enum, pooled feature count).
+_BACKBONES: dict[str, tuple[Callable[..., nn.Module], Any, int]] = {
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights, 2048),
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights, 512),
+    "mobilenet_v3_small": (tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights, 576),
+}
+BACKBONES: tuple[str, ...] = tuple(_BACKBONES)
+
+#: The paper's hidden widths of the head (2048 -> 256 -> 32 -> 1 for ResNet50).
+HEAD_WIDTHS = (256, 32)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_INPUT_SIZE = 32
+MAX_INPUT_SIZE = 448
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What network to build.
+
+    Attributes
+    ----------
+    backbone : str
+        One of :data:`BACKBONES`.
+    input_size : int
+        Side of the square network input in pixels: 224 native (crops are 224 px), 112 for CPUs.
+    pretrained : str
+        ``"none"`` (random initialisation), ``"imagenet"`` (torchvision's cache) or a local
+        weights file path.
+    """
+
+    backbone: str = "resnet50"
+    input_size: int = 224
+    pretrained: str = "none"
+
+    def __post_init__(self) -> None:
+        parse_backbone(self.backbone)
+        parse_input_size(self.input_size)
+        if not isinstance(self.pretrained, str) or not self.pretrained:
+            raise InputError(f"pretrained must be 'none', 'imagenet' or a weights file path, got {self.pretrained!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from a dict (checkpoint metadata); unknown keys are an error."""
+        unknown = set(d) - {"backbone", "input_size", "pretrained"}
+        if unknown:
+            raise InputError(f"model config has unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def parse_backbone(name: str) -> str:
+    if name not in _BACKBONES:
+        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return name
+
+
+def parse_input_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise InputError(f"input size must be an integer in {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} px, got {size!r}")
+    return size
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as torch reads it."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def make_head(in_features: int) -> nn.Sequential:
+    """The paper's head: ``in -> 256 -> 32 -> 1`` with ReLU between stages."""
+    a, b = HEAD_WIDTHS
+    return nn.Sequential(nn.Linear(in_features, a), nn.ReLU(inplace=True), nn.Linear(a, b), nn.ReLU(inplace=True), nn.Linear(b, 1))
+
+
+class Classifier(nn.Module):
+    """A torchvision backbone whose last layer is the paper's head; one logit per crop.
+
+    ``forward(x)``: float (B, 3, S, S), already :func:`preprocess`-ed -> logits float (B,).
+    The torchvision module is kept whole as ``self.net`` (its final layer replaced), so state
+    dict keys are torchvision's with a ``net.`` prefix.
+    """
+
+    def __init__(self, backbone: str) -> None:
+        super().__init__()
+        ctor, _, features = _BACKBONES[parse_backbone(backbone)]
+        self.backbone_name = backbone
+        self.net = ctor(weights=None)
+        self._set_head(make_head(features))
+
+    def _set_head(self, head: nn.Module) -> None:
+        if self.backbone_name.startswith("resnet"):
+            self.net.fc = head
+        else:
+            self.net.classifier = head
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.fc if self.backbone_name.startswith("resnet") else self.net.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).reshape(-1)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the classifier described by ``config`` (weights loaded from a local file if asked).
+
+    Returns
+    -------
+    Classifier
+        In training mode, on the CPU. ``forward`` maps (B, 3, S, S) float to (B,) logits.
+
+    Raises
+    ------
+    CheckpointError
+        ``pretrained`` names a file that is missing, unreadable or does not fit the backbone,
+        or ``"imagenet"`` and torchvision's cache lacks the weights file (the message names
+        the path to place it at).
+    """
+    model = Classifier(config.backbone)
+    if config.pretrained != "none":
+        state = _pretrained_state(config)
+        _load_backbone_state(model, state, source=config.pretrained)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained weights (local files only)
+
+
+def imagenet_weight_files(backbone: str) -> list[Path]:
+    """Where torchvision's cache would hold this backbone's ImageNet weights, preferred first."""
+    _, weights_enum, _ = _BACKBONES[parse_backbone(backbone)]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    members = [weights_enum.DEFAULT] + [w for w in weights_enum if w is not weights_enum.DEFAULT]
+    return [cache / os.path.basename(w.url) for w in members]
+
+
+def _torchvision_file_names(backbone: str) -> set[str]:
+    _, weights_enum, _ = _BACKBONES[backbone]
+    return {os.path.basename(w.url) for w in weights_enum}
+
+
+def _pretrained_state(config: ModelConfig) -> dict[str, torch.Tensor]:
+    if config.pretrained == "imagenet":
+        candidates = imagenet_weight_files(config.backbone)
+        for path in candidates:
+            if path.is_file():
+                logger.info("ImageNet weights for %s from %s", config.backbone, path)
+                return _read_torchvision_pth(path)
+        raise CheckpointError(
+            f"ImageNet weights for {config.backbone} not found: expected {candidates[0]} "
+            f"(torchvision's cache; set TORCH_HOME to move it). Copy the file {candidates[0].name} "
+            f"from a machine with internet (torchvision downloads it to ~/.cache/torch/hub/checkpoints/) "
+            f"or pass --pretrained PATH; scanstream never downloads weights"
+        )
+    path = Path(config.pretrained)
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights file {path} does not exist (use 'none', 'imagenet' or a file path)")
+    if path.suffix == ".safetensors":
+        return _read_safetensors_backbone(path)
+    if path.name in _torchvision_file_names(config.backbone):
+        return _read_torchvision_pth(path)
+    raise CheckpointError(
+        f"{path}: pretrained weights must be a .safetensors file or a torchvision weights file under its "
+        f"original name ({', '.join(sorted(_torchvision_file_names(config.backbone)))})"
+    )
+
+
+def _read_torchvision_pth(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torchvision weights file: {exc}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def _read_safetensors_backbone(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+    return state
+
+
+def _load_backbone_state(model: Classifier, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load backbone weights; the head stays as initialised unless ``state`` is a full classifier.
+
+    Accepts torchvision keys (``conv1.weight``) or scanstream keys (``net.conv1.weight``).
+    A state dict holding this head's keys too (a scanstream checkpoint) loads whole.
+    """
+    own = model.state_dict()
+    state = {(k if k.startswith("net.") else f"net.{k}"): v for k, v in state.items()}
+    head_keys = {k for k in own if k.startswith(("net.fc.", "net.classifier."))}
+    backbone_keys = set(own) - head_keys
+    missing = sorted(backbone_keys - set(state))
+    if missing:
+        raise CheckpointError(f"{source}: weights do not fit backbone {model.backbone_name}: missing {missing[:3]}...")
+    take = {k: v for k, v in state.items() if k in backbone_keys}
+    if head_keys <= set(state) and all(state[k].shape == own[k].shape for k in head_keys):
+        take.update({k: state[k] for k in head_keys})
+    bad = [k for k, v in take.items() if v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{source}: weight shapes do not fit backbone {model.backbone_name}: {bad[:3]}")
+    model.load_state_dict({**own, **take}, strict=True)
+    logger.info("loaded %d pretrained tensors from %s", len(take), source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter groups for staged unfreezing
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def parameter_groups(model: Classifier) -> dict[str, list[nn.Parameter]]:
+    """Parameters split as the authors' staged unfreezing uses them.
+
+    Returns
+    -------
+    dict
+        ``head`` (the new layers), ``norm`` (every BatchNorm of the backbone: trained from the
+        start), ``late`` (the backbone's last two stages: unfrozen first) and ``early`` (the
+        rest of the backbone: unfrozen last). Every parameter is in exactly one group.
+    """
+    net = model.net
+    if model.backbone_name.startswith("resnet"):
+        late_modules = [net.layer3, net.layer4]
+    else:
+        late_modules = list(net.features)[-2:]
+    head_ids = {id(p) for p in model.head.parameters()}
+    norm_ids = {id(p) for m in net.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
+    late_ids = {id(p) for m in late_modules for p in m.parameters()} - norm_ids
+    groups: dict[str, list[nn.Parameter]] = {"head": [], "norm": [], "late": [], "early": []}
+    for p in model.parameters():
+        key = (
+            "head" if id(p) in head_ids else "norm" if id(p) in norm_ids else "late" if id(p) in late_ids else "early"
+        )
+        groups[key].append(p)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Input preparation
+
+
+def preprocess(crops: torch.Tensor, input_size: int) -> torch.Tensor:
+    """uint8 crops to normalised network input, on the crops' device.
+
+    Parameters
+    ----------
+    crops : torch.Tensor
+        uint8 (B, H, W, 3), NHWC (the store's layout), any device.
+    input_size : int
+        Output side S in pixels. Resizing is antialiased bilinear (skipped when S == H == W).
+
+    Returns
+    -------
+    torch.Tensor
+        float32 (B, 3, S, S), ImageNet-normalised (mean/std per channel of the [0, 1] image).
+    """
+    if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
+        raise InputError(f"crops must be uint8 (B, H, W, 3), got {crops.dtype} {tuple(crops.shape)}")
+    x = crops.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-2:] != (input_size, input_size):
+        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
