@@ -32,7 +32,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -150,9 +150,13 @@ def rows_to_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
 
 
 def _table_digest(table: pa.Table) -> str:
+    # Always exactly one record batch (also for an empty table), so the bytes depend on the
+    # table's content and schema only, not on how it was chunked or where it was read from.
+    arrays = [col.combine_chunks() for col in table.columns]
+    batch = pa.RecordBatch.from_arrays(arrays, schema=table.schema)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks())
+        writer.write_batch(batch)
     return hashlib.blake2b(sink.getvalue().to_pybytes(), digest_size=16).hexdigest()
 
 
@@ -286,15 +290,37 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> Cro
     return CropStore(path=p, crops=crops, table=table, attrs=attrs)
 
 
+def _part_start(part: Path) -> int:
+    """First row of a part file ``part-<start:012d>.parquet``."""
+    return int(part.stem.split("-", 1)[1])
+
+
+def _live_parts(p: Path, merged_rows: int) -> list[Path]:
+    """Part files not yet merged into the object table, in row order.
+
+    A part whose first row lies below ``merged_rows`` was merged by a :meth:`StoreWriter.finalize`
+    that was interrupted before it removed ``_parts/``; reading it again would duplicate rows.
+    """
+    d = p / PARTS_DIR
+    if not d.exists():
+        return []
+    return sorted((f for f in d.glob("part-*.parquet") if _part_start(f) >= merged_rows), key=_part_start)
+
+
 def _read_table(p: Path) -> pa.Table:
     parts: list[pa.Table] = []
+    merged_rows = 0
     if (p / TABLE_FILE).exists():
         try:
             parts.append(pq.read_table(p / TABLE_FILE))
         except (OSError, pa.ArrowInvalid) as exc:
             raise StoreError(f"{p / TABLE_FILE}: unreadable object table: {exc}") from None
-    for part in sorted((p / PARTS_DIR).glob("part-*.parquet")) if (p / PARTS_DIR).exists() else []:
-        parts.append(pq.read_table(part))
+        merged_rows = parts[0].num_rows
+    for part in _live_parts(p, merged_rows):
+        try:
+            parts.append(pq.read_table(part))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StoreError(f"{part}: unreadable object table part: {exc}") from None
     if not parts:
         return rows_to_table([])
     return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
@@ -337,45 +363,31 @@ class StoreWriter:
             raise InputError(f"shard_crops {shard_crops} is not a multiple of chunk_crops {chunk_crops}")
         if self.path.exists() and overwrite:
             shutil.rmtree(self.path)
+        self._pending_attrs: dict[str, Any] = {"source": dict(source), **dict(extra_attrs or {})}
         if self.path.exists():
             if not is_store(self.path):
                 raise StoreExistsError(f"{self.path}: exists and is not a crop store")
             if not exist_ok:
                 raise StoreExistsError(f"{self.path}: store exists (use --overwrite to replace it)")
+            self.created = False
             self._group = zarr.open_group(str(self.path), mode="r+")
-            self._crops = self._group["crops"]
+            try:
+                self._crops = self._group["crops"]
+            except KeyError:
+                raise StoreError(f"{self.path}: store has no 'crops' array") from None
             self._shard = int(self._group.attrs.get("shard_crops", SHARD_CROPS))
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._group = zarr.open_group(str(self.path), mode="w")
-            self._shard = shard_crops
-            self._crops = self._group.create_array(
-                "crops",
-                shape=(0, CROP_SIZE, CROP_SIZE, CHANNELS),
-                chunks=(chunk_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
-                shards=(shard_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
-                dtype="uint8",
-                compressors=ZstdCodec(level=ZSTD_LEVEL),
-                fill_value=0,
-            )
-            self._group.attrs.update(
-                {
-                    "scanstream_schema": SCHEMA_VERSION,
-                    "pixel_size_um": pixel_size_um,
-                    "crop_size": CROP_SIZE,
-                    "chunk_crops": chunk_crops,
-                    "shard_crops": shard_crops,
-                    "complete": False,
-                    "content_hash": None,
-                }
-            )
-        attrs = {"source": dict(source), "complete": False, "content_hash": None}
-        attrs.update(extra_attrs or {})
-        self._group.attrs.update(attrs)
-        (self.path / PARTS_DIR).mkdir(exist_ok=True)
+            self.created = True
+            self._create(pixel_size_um, chunk_crops, shard_crops)
+        # What the store looked like when this writer opened it, for rollback(); an existing
+        # store is marked incomplete only when the first crop is written (a rerun that adds
+        # nothing leaves a complete store untouched).
+        self._start_attrs = dict(self._group.attrs)
+        self._marked = self.created
 
         committed = _read_table(self.path)
         self._committed_rows = committed.num_rows
+        self._start_rows = committed.num_rows
         self._ids: set[str] = set(committed.column("object_id").to_pylist())
         if len(self._ids) != self._committed_rows:
             raise StoreError(f"{self.path}: object table has duplicate object ids")
@@ -394,13 +406,56 @@ class StoreWriter:
         self._buffered = 0
         self._finalized = False
 
+    def _create(self, pixel_size_um: float, chunk_crops: int, shard_crops: int) -> None:
+        """Create an empty store under a temporary name, then rename it into place.
+
+        A store directory therefore always has its group attributes and its ``crops`` array;
+        a crash during creation leaves only a hidden temporary directory.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        attrs = {
+            "scanstream_schema": SCHEMA_VERSION,
+            "pixel_size_um": pixel_size_um,
+            "crop_size": CROP_SIZE,
+            "chunk_crops": chunk_crops,
+            "shard_crops": shard_crops,
+            "complete": False,
+            "content_hash": None,
+            **self._pending_attrs,
+        }
+        group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
+        group.create_array(
+            "crops",
+            shape=(0, CROP_SIZE, CROP_SIZE, CHANNELS),
+            chunks=(chunk_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+            shards=(shard_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+            dtype="uint8",
+            compressors=ZstdCodec(level=ZSTD_LEVEL),
+            fill_value=0,
+        )
+        os.replace(tmp, self.path)
+        self._group = zarr.open_group(str(self.path), mode="r+")
+        self._crops = self._group["crops"]
+        self._shard = shard_crops
+
+    def _mark_incomplete(self) -> None:
+        """Before the first write into an existing store: clear its completion marker."""
+        if not self._marked:
+            self._group.attrs.update({**self._pending_attrs, "complete": False, "content_hash": None})
+            self._marked = True
+
     # -- reading back what is committed ---------------------------------------------------
     def _load_digests(self) -> list[str]:
         digests: list[str] = []
+        merged_rows = 0
         f = self.path / DIGESTS_FILE
         if f.exists():
-            digests = list(json.loads(f.read_text())["blocks"])
-        for part in sorted((self.path / PARTS_DIR).glob("part-*.parquet")):
+            saved = json.loads(f.read_text())
+            digests = list(saved["blocks"])
+            merged_rows = int(saved.get("n_rows", len(digests) * self._shard))
+        for part in _live_parts(self.path, merged_rows):
             meta = pq.read_schema(part).metadata or {}
             digests.extend(json.loads(meta.get(b"scanstream_blocks", b"[]")))
         return digests[: self._committed_rows // self._shard]  # complete blocks only
@@ -457,6 +512,8 @@ class StoreWriter:
         k = upto - self._committed_rows
         if k <= 0:
             return
+        self._mark_incomplete()
+        (self.path / PARTS_DIR).mkdir(exist_ok=True)
         crops = np.concatenate(self._buf_crops) if len(self._buf_crops) > 1 else self._buf_crops[0]
         rows = pa.concat_tables(self._buf_rows, promote_options="permissive") if len(self._buf_rows) > 1 else self._buf_rows[0]
         write, keep = crops[:k], crops[k:]
@@ -480,10 +537,20 @@ class StoreWriter:
         self._buffered = len(keep)
 
     def finalize(self) -> CropStore:
-        """Write the rest, merge the table, set the content hash and the completion marker."""
+        """Write the rest, merge the table, set the content hash and the completion marker.
+
+        The merged table and the digests are written before ``_parts/`` is removed and the
+        marker set; readers skip parts already merged, so a crash at any point leaves a store
+        that is either complete or resumable, never one with duplicated rows.
+        """
         if self._finalized:
             return open_store(self.path)
         self._flush(self.n)
+        if not self._marked and self._start_attrs.get("complete"):
+            # An existing complete store to which nothing was added: leave it as it was.
+            self._finalized = True
+            return open_store(self.path)
+        self._mark_incomplete()
         table = _read_table(self.path)
         if table.num_rows != self._crops.shape[0]:
             raise StoreError(f"{self.path}: object table has {table.num_rows} rows but crops has {self._crops.shape[0]}")
@@ -491,8 +558,12 @@ class StoreWriter:
         digests = list(self._digests)
         if len(self._tail):
             digests.append(_block_digest(self._tail))
+        _write_json_atomic(
+            {"block_crops": self._shard, "blocks": self._digests, "n_rows": table.num_rows}, self.path / DIGESTS_FILE
+        )
         _write_parquet_atomic(table, self.path / TABLE_FILE)
-        _write_json_atomic({"block_crops": self._shard, "blocks": self._digests}, self.path / DIGESTS_FILE)
+        # Hash the table as readers will see it (a Parquet round trip renames list fields).
+        table = pq.read_table(self.path / TABLE_FILE).replace_schema_metadata(None)
         shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
         self._group.attrs.update(
             {"n_objects": table.num_rows, "content_hash": _content_hash(digests, table), "complete": True}
@@ -500,13 +571,37 @@ class StoreWriter:
         self._finalized = True
         return open_store(self.path)
 
-    def __enter__(self) -> StoreWriter:
+    def rollback(self) -> None:
+        """Undo everything this writer did: the store returns to its state when opened.
+
+        A store this writer created is removed. For an existing store, the rows and crops
+        added since opening are dropped and its attributes (completion marker, content hash,
+        source) restored; the table and digests of a complete store are only rewritten by
+        :meth:`finalize`, so they are untouched. Interrupted itself, a rollback leaves the
+        store incomplete and resumable, never complete with foreign rows.
+        """
+        self._buf_crops, self._buf_rows, self._buffered = [], [], 0
+        self._finalized = True
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        if not self._marked:
+            return
+        for part in _live_parts(self.path, self._start_rows):
+            part.unlink()
+        self._crops.resize((self._start_rows, CROP_SIZE, CROP_SIZE, CHANNELS))
+        if self._start_attrs.get("complete"):
+            shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
+        self._group.attrs.put(self._start_attrs)
+        self._committed_rows = self._start_rows
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.finalize()
-        else:
+        elif not self._finalized:
             # Commit nothing more: what is buffered is lost, what is committed stays, and the
             # store remains marked incomplete so nothing downstream reads it.
             logger.warning("%s: write interrupted; %d crops committed, store left incomplete", self.path, self._committed_rows)
