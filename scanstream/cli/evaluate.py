@@ -1,0 +1,56 @@
+"""``scanstream evaluate``: AP, PR curves, Table 2 against the former method, report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="AP, precision-recall curves, Table 2 against the former method, report",
+        description="Evaluate candidate tables against the labels of crop stores: Average Precision, "
+        "precision-recall curves (several tables on one plot), output distributions of alpha decays "
+        "and others; with --baseline, the paper's Table 2 at the former method's recall (candidates, "
+        "precision and recall with sqrt(N) errors, precision ratio, inspection-load factor) and false "
+        "positives by category; the same at the calibrated threshold. Writes report.md, metrics.json "
+        "and PNG figures to --out. Objects labelled unknown (-1) are left out.",
+    )
+    p.add_argument("--candidates", type=Path, action="append", required=True, metavar="DIR",
+                   help="candidate table directory (repeat to compare models; the first is the primary one)")
+    p.add_argument("--name", action="append", metavar="NAME",
+                   help="name of each --candidates table in figures and tables (repeat in the same order; "
+                   "default: directory names)")
+    p.add_argument("--store", type=Path, action="append", required=True, metavar="STORE",
+                   help="labelled crop store the tables scored (repeat for several)")
+    p.add_argument("--baseline", type=Path, metavar="FILE",
+                   help="the former method's table (`scanstream baseline STORE --out FILE.parquet`)")
+    p.add_argument("--threshold", type=Path, metavar="FILE",
+                   help="threshold record for the first table (default: the one recorded in the table, if any)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="report directory")
+    p.add_argument("--title", default="scanstream evaluation", help="report title")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from scanstream.evaluate import evaluate
+    from scanstream.report import pm
+
+    res = evaluate(
+        args.candidates, args.store, args.out,
+        baseline=args.baseline, threshold=args.threshold, names=args.name, title=args.title,
+    )
+    m = res.metrics
+    for name, v in m["models"].items():
+        print(f"{name}: AP {v['ap']:.3f}")
+    if "at_former_recall" in m:
+        t2 = m["at_former_recall"]["table2"]
+        print(
+            f"at the former method's recall {m['at_former_recall']['target_recall']:.3f}: "
+            f"former {t2['former']['candidates']['value']:.0f} candidates (precision {pm(t2['former']['precision'])}), "
+            f"CNN {t2['cnn']['candidates']['value']:.0f} (precision {pm(t2['cnn']['precision'])}); "
+            f"precision ratio {pm(t2['precision_ratio'], 1)}, inspection load / {pm(t2['load_factor'], 1)}"
+        )
+    print(f"report: {res.report}")
+    return 0

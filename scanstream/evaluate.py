@@ -1,0 +1,476 @@
+"""Evaluation: candidate tables + store truth + the former method -> the paper's measures.
+
+Three layers, as STYLE.md asks:
+
+1. loading (I/O): :func:`load_truth` (labels and categories from crop stores),
+   :func:`load_candidate_scores` (a candidate table's scores and calibrated threshold),
+   :func:`load_baseline` (the former method's table);
+2. :func:`join` aligns them on ``object_id`` into :class:`EvalData` (unknown labels dropped,
+   any labelled object missing from a table is an error: a recall over half a sheet is wrong);
+3. :func:`compute_metrics` (pure) measures AP, the operating points at the former method's
+   recall and at the calibrated threshold, Table 2 and the false positives by category;
+   :func:`evaluate` adds the figures and report files.
+
+Which scores are compared
+-------------------------
+Each candidate table is one "model" (usually an ensemble: its ``score`` is the mean logit).
+The first one is the primary model: Table 2 is built from it with sqrt(N) errors. With two
+or more models a second Table 2 row gives the mean +- std over the models (the paper's four
+seeds). The former method's recall on the evaluated set is the target recall; the CNN's
+operating point there keeps the same number of true alpha decays
+(:func:`scanstream.metrics.operating_point_at_recall`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scanstream import metrics as mt
+from scanstream.errors import InputError, ThresholdError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreSet:
+    """Scores of one model (or ensemble) over objects.
+
+    Attributes
+    ----------
+    name : str
+        How figures and tables call it.
+    object_ids : array of str, shape (n,)
+    scores : array of float64, shape (n,)
+        Logits (mean logit for an ensemble).
+    threshold : float or None
+        The calibrated threshold on the logit, when there is one.
+    model_hashes : tuple of str
+        The checkpoints behind the scores (empty when unknown).
+    source : str
+        Where the scores came from (a candidate table path), for the report.
+    stores : array of str, shape (n,), or None
+        The crop store of each row (candidate tables record it), to tell apart equal object
+        ids of different stores.
+    """
+
+    name: str
+    object_ids: np.ndarray
+    scores: np.ndarray
+    threshold: float | None = None
+    model_hashes: tuple[str, ...] = ()
+    source: str = ""
+    stores: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Labelled objects aligned across models and the former method (unknown labels dropped).
+
+    Attributes
+    ----------
+    object_ids : array of str, shape (n,)
+    labels : array of int8, shape (n,)
+        1 alpha decay, 0 other.
+    categories : list of (str or None), length n
+    models : list of ScoreSet
+        Each with ``object_ids`` equal to this one's (scores in the same order).
+    former_selected : array of bool, shape (n,), or None
+    former_score : array of float64, shape (n,), or None
+    dropped_unknown : int
+        Objects of the stores with label -1 (not evaluated).
+    stores : list of str
+    """
+
+    object_ids: np.ndarray
+    labels: np.ndarray
+    categories: list
+    models: list[ScoreSet]
+    former_selected: np.ndarray | None = None
+    former_score: np.ndarray | None = None
+    dropped_unknown: int = 0
+    stores: list[str] = field(default_factory=list)
+
+
+# -- loading ---------------------------------------------------------------------------------
+def load_truth(stores: Sequence[str | os.PathLike]) -> pa.Table:
+    """object_id, label, category and store path of every object of the given crop stores.
+
+    Raises
+    ------
+    InputError
+        No store given, or an object id present in two stores.
+    """
+    from scanstream.store import open_store
+
+    if not stores:
+        raise InputError("evaluate needs at least one crop store with labels (--store)")
+    parts = []
+    for path in stores:
+        s = open_store(path)
+        t = s.table
+        cat = t.column("category") if "category" in t.column_names else pa.nulls(t.num_rows, pa.string())
+        parts.append(
+            pa.table(
+                {
+                    "object_id": t.column("object_id"),
+                    "label": t.column("label"),
+                    "category": cat,
+                    "store": pa.array([str(s.path)] * t.num_rows, pa.string()),
+                }
+            )
+        )
+    truth = pa.concat_tables(parts)
+    ids = truth.column("object_id")
+    if pc.count_distinct(ids).as_py() != truth.num_rows:
+        counts = pc.value_counts(ids)
+        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:3]
+        raise InputError(f"object ids appear in more than one of the stores {[str(p) for p in stores]}: e.g. {dup}")
+    return truth
+
+
+def load_candidate_scores(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    threshold: str | os.PathLike | None = None,
+) -> ScoreSet:
+    """A candidate table's object ids, scores, calibrated threshold and model hashes.
+
+    The threshold is taken from ``threshold`` (a threshold record JSON) when given, else from
+    the record in the table's metadata, else None. A threshold record that names other models
+    than the table's is refused.
+
+    Raises
+    ------
+    InputError
+        The table lacks ``object_id`` / ``score`` or has non-finite scores.
+    ThresholdError
+        The threshold record belongs to other models.
+    """
+    from scanstream.candidates import read_candidates, read_metadata
+
+    p = Path(path)
+    table = read_candidates(p)
+    for col in ("object_id", "score"):
+        if col not in table.column_names:
+            raise InputError(f"{p}: candidate table has no {col!r} column")
+    meta = read_metadata(p) or {}
+    hashes = tuple(meta.get("model_hashes") or ())
+    record = meta.get("threshold")
+    if threshold is not None:
+        from scanstream.threshold import load_threshold
+
+        record = load_threshold(threshold)
+        rec_hashes = tuple(record.get("model_hashes") or ())
+        if hashes and rec_hashes and sorted(rec_hashes) != sorted(hashes):
+            raise ThresholdError(
+                f"{threshold}: threshold record belongs to models {list(rec_hashes)}, but {p} was scored by {list(hashes)}"
+            )
+    thr = None if not record else float(record["threshold"])
+    scores = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise InputError(f"{p}: {int((~np.isfinite(scores)).sum())} non-finite scores in the candidate table")
+    ids = np.asarray(table.column("object_id").to_pylist(), dtype=object)
+    stores = None
+    if "store" in table.column_names:
+        stores = np.asarray([str(s) if s is not None else "" for s in table.column("store").to_pylist()], dtype=object)
+    return ScoreSet(name or p.name, ids, scores, thr, hashes, str(p), stores)
+
+
+def load_baseline(path: str | os.PathLike) -> pa.Table:
+    """The former method's table (``scanstream baseline``): object_id, selected[, baseline_score].
+
+    Raises
+    ------
+    InputError
+        Missing file, unreadable Parquet, missing columns or duplicate object ids.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such former-method table")
+    try:
+        t = pq.read_table(p)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
+    for col in ("object_id", "selected"):
+        if col not in t.column_names:
+            raise InputError(f"{p}: former-method table has no {col!r} column (columns: {t.column_names})")
+    if pc.count_distinct(t.column("object_id")).as_py() != t.num_rows:
+        raise InputError(f"{p}: former-method table has duplicate object ids")
+    return t
+
+
+# -- joining ---------------------------------------------------------------------------------
+def _align(keys: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """Row index into ``ids`` of every key (error when some are missing)."""
+    index = {k: i for i, k in enumerate(ids.tolist())}
+    pos = np.fromiter((index.get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+    missing = int((pos < 0).sum())
+    if missing:
+        example = keys[pos < 0][:3].tolist()
+        raise InputError(f"{what} lacks {missing} of the {len(keys)} labelled objects (e.g. {example}); score or select them first")
+    return pos
+
+
+def _resolve(p: str) -> str:
+    try:
+        return str(Path(p).resolve())
+    except OSError:
+        return p
+
+
+def join(truth: pa.Table, models: Sequence[ScoreSet], baseline: pa.Table | None = None, *, baseline_name: str = "former-method table") -> EvalData:
+    """Align model scores and the former method with the labelled objects of ``truth``.
+
+    Rows of a candidate table that belong to other objects (another sheet classified in the
+    same run) are ignored; labelled objects that a table lacks are an error.
+    """
+    if not models:
+        raise InputError("evaluate needs at least one candidate table (--candidates)")
+    labels_all = truth.column("label").to_numpy(zero_copy_only=False).astype(np.int8)
+    keep = labels_all >= 0
+    dropped = int((~keep).sum())
+    ids = np.asarray(truth.column("object_id").to_pylist(), dtype=object)[keep]
+    if ids.size == 0:
+        raise InputError("the stores have no labelled objects (every label is -1): nothing to evaluate")
+    labels = labels_all[keep]
+    categories = [c for c, k in zip(truth.column("category").to_pylist(), keep) if k]
+    truth_store = np.asarray(truth.column("store").to_pylist(), dtype=object)[keep]
+    aligned: list[ScoreSet] = []
+    for ss in models:
+        sids = ss.object_ids
+        scores = ss.scores
+        stores = ss.stores
+        if len(set(sids.tolist())) != len(sids):
+            # the same object id in two stores of one run: keep the rows of the evaluated stores
+            if stores is None:
+                raise InputError(f"{ss.source or ss.name}: duplicate object ids in the candidate table")
+            wanted = {_resolve(s) for s in truth_store.tolist()}
+            rows = np.array([_resolve(s) in wanted for s in stores.tolist()], dtype=bool)
+            sids, scores = sids[rows], scores[rows]
+            if len(set(sids.tolist())) != len(sids):
+                raise InputError(f"{ss.source or ss.name}: duplicate object ids within the evaluated stores")
+        pos = _align(ids, sids, f"candidate table {ss.source or ss.name}")
+        aligned.append(ScoreSet(ss.name, ids, scores[pos], ss.threshold, ss.model_hashes, ss.source))
+    names = [m.name for m in aligned]
+    if len(set(names)) != len(names):
+        raise InputError(f"two models share a name: {names}")
+    former_sel = former_score = None
+    if baseline is not None:
+        pos = _align(ids, np.asarray(baseline.column("object_id").to_pylist(), dtype=object), baseline_name)
+        former_sel = baseline.column("selected").to_numpy(zero_copy_only=False).astype(bool)[pos]
+        if "baseline_score" in baseline.column_names:
+            former_score = baseline.column("baseline_score").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
+    return EvalData(
+        object_ids=ids,
+        labels=labels,
+        categories=categories,
+        models=aligned,
+        former_selected=former_sel,
+        former_score=former_score,
+        dropped_unknown=dropped,
+        stores=sorted(set(truth.column("store").to_pylist())),
+    )
+
+
+# -- measuring (pure) ------------------------------------------------------------------------
+def compute_metrics(data: EvalData) -> dict[str, Any]:
+    """Every number of the evaluation report, JSON-ready.
+
+    Returns
+    -------
+    dict
+        ``data`` (class counts), ``models`` (per model: AP, threshold, hashes),
+        ``ap`` (mean +- std over the models when several), ``former`` (its operating point
+        and, with a score, its AP), ``at_former_recall`` (target recall, per-model operating
+        points, ``table2`` for the primary model, ``table2_models`` over all models when
+        several, false positives by category), ``at_threshold`` (per model with a calibrated
+        threshold: operating point, Table 2 against the former method, false positives).
+    """
+    y, cats = data.labels, data.categories
+    mt.check_labels_scores(y, np.zeros(len(y)))  # both classes present
+    out: dict[str, Any] = {
+        "data": {**mt.class_counts(y), "unknown_dropped": data.dropped_unknown, "stores": list(data.stores)},
+        "models": {},
+    }
+    for m in data.models:
+        out["models"][m.name] = {
+            "ap": mt.average_precision(y, m.scores),
+            "threshold": m.threshold,
+            "model_hashes": list(m.model_hashes),
+            "source": m.source,
+        }
+    if len(data.models) > 1:
+        out["ap"] = mt.mean_std([v["ap"] for v in out["models"].values()]).to_dict()
+    former = None
+    if data.former_selected is not None:
+        former = mt.operating_point_from_selection(y, data.former_selected)
+        out["former"] = {"operating_point": former.to_dict()}
+        if data.former_score is not None:
+            out["former"]["ap"] = mt.average_precision(y, data.former_score)
+        out["former"]["false_positives"] = mt.false_positives_by_category(y, cats, data.former_selected)
+        if former.true_positives == 0:
+            logger.warning("the former method selects no alpha decay: no comparison at its recall")
+        else:
+            target = former.recall.value
+            ops = {m.name: mt.operating_point_at_recall(y, m.scores, target) for m in data.models}
+            primary = data.models[0].name
+            sect: dict[str, Any] = {
+                "target_recall": target,
+                "primary": primary,
+                "operating_points": {k: v.to_dict() for k, v in ops.items()},
+                "table2": mt.table2(former, ops[primary]),
+                "false_positives": {
+                    k: mt.false_positives_by_category(y, cats, _selection(data, k, v.threshold)) for k, v in ops.items()
+                },
+            }
+            if len(ops) > 1:
+                sect["table2_models"] = mt.table2(former, list(ops.values()))
+            out["at_former_recall"] = sect
+    at_thr: dict[str, Any] = {}
+    for m in data.models:
+        if m.threshold is None:
+            continue
+        op = mt.operating_point_at_threshold(y, m.scores, m.threshold)
+        entry: dict[str, Any] = {
+            "operating_point": op.to_dict(),
+            "false_positives": mt.false_positives_by_category(y, cats, m.scores >= m.threshold),
+        }
+        if former is not None:
+            entry["table2"] = mt.table2(former, op)
+        at_thr[m.name] = entry
+    out["at_threshold"] = at_thr
+    return out
+
+
+def _selection(data: EvalData, name: str, threshold: float | None) -> np.ndarray:
+    """Selection ``score >= threshold`` of the model called ``name``."""
+    m = next(m for m in data.models if m.name == name)
+    return m.scores >= threshold
+
+
+# -- the whole job ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate` wrote and measured."""
+
+    out: Path
+    report: Path
+    metrics_path: Path
+    figures: dict[str, Path]
+    metrics: dict[str, Any]
+
+
+def make_figures(data: EvalData, metrics: Mapping[str, Any], out: Path, *, prefix: str = "") -> dict[str, Path]:
+    """PR curves (figure 5) and score distributions (figure 4) of ``data`` into ``out``."""
+    from scanstream import figures as fg
+
+    y = data.labels
+    curves = []
+    for m in data.models:
+        p, r, _ = mt.precision_recall_curve(y, m.scores)
+        curves.append(fg.Curve(m.name, p, r, metrics["models"][m.name]["ap"]))
+    if data.former_score is not None:
+        p, r, _ = mt.precision_recall_curve(y, data.former_score)
+        curves.append(fg.Curve("former method (score)", p, r, metrics["former"]["ap"]))
+    points = []
+    if "former" in metrics:
+        op = metrics["former"]["operating_point"]
+        points.append(fg.Point("former method cuts", op["recall"]["value"], op["precision"]["value"],
+                               op["recall"]["error"], op["precision"]["error"], marker="s"))
+    if "at_former_recall" in metrics:
+        name = metrics["at_former_recall"]["primary"]
+        op = metrics["at_former_recall"]["operating_points"][name]
+        points.append(fg.Point(f"{name} at former recall", op["recall"]["value"], op["precision"]["value"],
+                               op["recall"]["error"], op["precision"]["error"], marker="D"))
+    for name, entry in metrics.get("at_threshold", {}).items():
+        op = entry["operating_point"]
+        points.append(fg.Point(f"{name} at calibrated threshold", op["recall"]["value"], op["precision"]["value"],
+                               op["recall"]["error"], op["precision"]["error"], marker="^"))
+    figs = {"pr_curves": fg.plot_pr_curves(curves, out / f"{prefix}pr_curves.png", points=points)}
+    primary = data.models[0]
+    figs["score_distributions"] = fg.plot_score_distributions(
+        primary.scores, y, out / f"{prefix}score_distributions.png",
+        threshold=primary.threshold, threshold_label="calibrated threshold",
+        title=f"Output distributions: {primary.name}",
+    )
+    return figs
+
+
+def evaluate(
+    candidates: Sequence[str | os.PathLike],
+    stores: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    baseline: str | os.PathLike | None = None,
+    threshold: str | os.PathLike | None = None,
+    names: Sequence[str] | None = None,
+    extra_models: Sequence[ScoreSet] = (),
+    title: str = "scanstream evaluation",
+) -> EvaluationResult:
+    """Evaluate candidate tables against the truth of crop stores; write figures and a report.
+
+    Parameters
+    ----------
+    candidates : sequence of path
+        Candidate table directories; the first is the primary model. ``threshold`` (a
+        threshold record) applies to the first.
+    stores : sequence of path
+        Crop stores with labels (1 / 0); objects with label -1 are not evaluated.
+    out : path
+        Report directory: report.md, metrics.json, pr_curves.png, score_distributions.png.
+    baseline : path, optional
+        The former method's table (``scanstream baseline``), for Table 2.
+    names : sequence of str, optional
+        Names of the candidate tables (default: their directory names).
+    extra_models : sequence of ScoreSet
+        More models to compare (e.g. the single models of a search), after the tables.
+    """
+    from scanstream.report import render_evaluation, write_report
+
+    if names is not None and len(names) != len(candidates):
+        raise InputError(f"{len(names)} names for {len(candidates)} candidate tables")
+    out = Path(out)
+    truth = load_truth(stores)
+    models = []
+    for i, c in enumerate(candidates):
+        nm = names[i] if names is not None else None
+        if nm is None:
+            nm = Path(c).name
+            taken = {m.name for m in models}
+            nm = nm if nm not in taken else f"{nm}-{i}"
+        models.append(load_candidate_scores(c, name=nm, threshold=threshold if i == 0 else None))
+    models.extend(extra_models)
+    base = load_baseline(baseline) if baseline is not None else None
+    data = join(truth, models, base, baseline_name=str(baseline))
+    metrics = compute_metrics(data)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = make_figures(data, metrics, out)
+    metrics["figures"] = {k: v.name for k, v in figs.items()}
+    md = render_evaluation(metrics, title=title)
+    report, mpath = write_report(out, md, metrics)
+    logger.info("evaluation of %d objects written to %s", len(data.labels), out)
+    return EvaluationResult(out, report, mpath, figs, metrics)
+
+
+def scores_from_table(table: pa.Table, *, exclude: Sequence[str] = ("object_id", "label")) -> list[ScoreSet]:
+    """ScoreSets from a wide table: object_id plus one float column per model (search's test scores)."""
+    ids = np.asarray(table.column("object_id").to_pylist(), dtype=object)
+    meta = json.loads((table.schema.metadata or {}).get(b"scanstream", b"{}"))
+    hashes = meta.get("model_hashes", {})
+    return [
+        ScoreSet(col, ids, table.column(col).to_numpy(zero_copy_only=False).astype(np.float64),
+                 None, tuple(hashes.get(col, ())), "search test scores")
+        for col in table.column_names if col not in exclude
+    ]

@@ -1,0 +1,187 @@
+"""Report files: report.md (tables + linked PNG figures) and metrics.json.
+
+Rendering is pure (dict in, markdown text out); :func:`write_report` writes both files
+atomically. The paper's numbers (PHYSICS.md) live here as :data:`PAPER`, so every report that
+compares with the paper quotes the same values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+#: The paper's numbers (Yoshida et al., NIM A, doi 10.1016/j.nima.2020.164930; PHYSICS.md).
+PAPER: dict[str, Any] = {
+    "table1": {
+        "TRAIN": {"alpha": 906, "other": 14979, "total": 15885},
+        "VALID": {"alpha": 214, "other": 3814, "total": 4028},
+        "TEST": {"alpha": 255, "other": 46693, "total": 46948},
+    },
+    "valid_ap": {"value": 0.980, "error": 0.002},
+    "test_ap": {"value": 0.740, "error": 0.009},
+    "best_setting": {"n": 2, "m": 24},
+    "table2": {
+        "former": {
+            "candidates": {"value": 2489, "error": math.sqrt(2489)},
+            "true_positives": {"value": 201, "error": math.sqrt(201)},
+            "precision": {"value": 0.081, "error": 0.006},
+            "recall": {"value": 0.788, "error": 0.056},
+        },
+        "cnn": {
+            "candidates": {"value": 366, "error": 18},
+            "true_positives": {"value": 201, "error": math.nan},
+            "precision": {"value": 0.547, "error": 0.025},
+            "recall": {"value": 0.788, "error": 0.056},
+        },
+        "precision_ratio": {"value": 6.8, "error": 0.6},
+        "load_factor": {"value": 2489 / 366, "error": math.nan},
+    },
+    "best_epochs": [36, 54, 55, 65],
+}
+
+
+def json_ready(obj: Any) -> Any:
+    """Replace NaN / inf by None and paths by strings, recursively (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return json_ready(obj.item())
+    return obj
+
+
+def write_report(out: str | os.PathLike, markdown: str, metrics: Mapping[str, Any], *, name: str = "report.md") -> tuple[Path, Path]:
+    """Write ``out/report.md`` and ``out/metrics.json`` (temporary name, then rename)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / name, out / "metrics.json"
+    for path, text in ((js, json.dumps(json_ready(metrics), indent=1, allow_nan=False) + "\n"), (md, markdown)):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return md, js
+
+
+def pm(m: Mapping[str, float] | None, decimals: int = 3) -> str:
+    """``{"value": v, "error": e}`` as ``"v ± e"`` (the error omitted when unknown)."""
+    if m is None:
+        return "n/a"
+    v, e = m.get("value"), m.get("error")
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if e is None or (isinstance(e, float) and not math.isfinite(e)):
+        return f"{v:.{decimals}f}"
+    return f"{v:.{decimals}f} ± {e:.{decimals}f}"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+_T2_ROWS = (
+    ("candidates to inspect", ("candidates",), 0),
+    ("true alpha decays among them", ("true_positives",), 0),
+    ("precision", ("precision",), 3),
+    ("recall", ("recall",), 3),
+)
+
+
+def table2_markdown(
+    t2: Mapping[str, Any],
+    *,
+    cnn_label: str = "CNN",
+    paper: Mapping[str, Any] | None = None,
+) -> str:
+    """The paper's Table 2 as markdown, optionally with the paper's columns beside ours."""
+    header = ["", "former method", cnn_label]
+    if paper is not None:
+        header += ["paper: former method", "paper: CNN"]
+    rows = []
+    for label, (key,), dec in _T2_ROWS:
+        row = [label, pm(t2["former"][key], dec), pm(t2["cnn"][key], dec)]
+        if paper is not None:
+            row += [pm(paper["former"][key], dec), pm(paper["cnn"][key], dec)]
+        rows.append(row)
+    ratio = ["precision ratio (CNN / former)", "", pm(t2["precision_ratio"], 1)]
+    load = ["inspection-load factor (former / CNN candidates)", "", pm(t2["load_factor"], 1)]
+    if paper is not None:
+        ratio += ["", pm(paper["precision_ratio"], 1)]
+        load += ["", pm(paper["load_factor"], 1)]
+    rows += [ratio, load]
+    return md_table(header, rows)
+
+
+def _fp_table(fps: Mapping[str, Mapping[str, int]]) -> str:
+    cats = sorted({c for d in fps.values() for c in d}, key=lambda c: -sum(d.get(c, 0) for d in fps.values()))
+    if not cats:
+        return "No false positives.\n"
+    return md_table(["category", *fps.keys()], [[c, *(d.get(c, 0) for d in fps.values())] for c in cats])
+
+
+def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream evaluation", level: int = 1) -> str:
+    """report.md of ``scanstream evaluate`` from :func:`scanstream.evaluate.compute_metrics` output."""
+    h = "#" * level
+    d = metrics["data"]
+    lines = [f"{h} {title}\n"]
+    lines.append(
+        f"Evaluated {d['total']} labelled objects ({d['alpha']} alpha decays, {d['other']} others"
+        + (f"; {d['unknown_dropped']} unlabelled objects left out" if d.get("unknown_dropped") else "")
+        + f") from {', '.join(f'`{s}`' for s in d['stores'])}.\n"
+    )
+    lines.append(f"{h}# Average Precision\n")
+    rows = [[name, f"{m['ap']:.3f}", "" if m.get("threshold") is None else f"{m['threshold']:.3f}",
+             ", ".join(h_[:12] for h_ in m.get("model_hashes", [])) or "?"] for name, m in metrics["models"].items()]
+    if "former" in metrics and "ap" in metrics["former"]:
+        rows.append(["former method (ordered by its score)", f"{metrics['former']['ap']:.3f}", "", ""])
+    lines.append(md_table(["model", "AP", "calibrated threshold (logit)", "model hashes"], rows))
+    if "ap" in metrics:
+        lines.append(f"Over the {len(metrics['models'])} models: AP {pm(metrics['ap'])} (mean ± sample std).\n")
+    figs = metrics.get("figures", {})
+    if "pr_curves" in figs:
+        lines.append(f"![precision-recall curves]({figs['pr_curves']})\n")
+    if "score_distributions" in figs:
+        lines.append(f"![output distributions]({figs['score_distributions']})\n")
+    if "at_former_recall" in metrics:
+        s = metrics["at_former_recall"]
+        lines.append(f"{h}# At the former method's recall ({s['target_recall']:.3f}): Table 2\n")
+        lines.append(table2_markdown(s["table2"], cnn_label=s["primary"]))
+        lines.append(
+            "Errors: counts ± sqrt(N); precision and recall ± sqrt(TP) / denominator; ratios propagate "
+            "relative errors in quadrature (scanstream.metrics).\n"
+        )
+        if "table2_models" in s:
+            lines.append(f"Over the {s['table2_models']['models']} models (mean ± sample std):\n")
+            lines.append(table2_markdown(s["table2_models"], cnn_label="models"))
+        fps = {"former method": metrics["former"]["false_positives"], **s["false_positives"]}
+        lines.append(f"{h}## False positives by category at this recall\n")
+        lines.append(_fp_table(fps))
+    elif "former" in metrics:
+        lines.append("The former method selects no alpha decay here: no comparison at its recall.\n")
+    else:
+        lines.append("No former-method table given (--baseline): Table 2 not built.\n")
+    if metrics.get("at_threshold"):
+        lines.append(f"{h}# At the calibrated threshold\n")
+        for name, e in metrics["at_threshold"].items():
+            op = e["operating_point"]
+            lines.append(
+                f"**{name}**, threshold {op['threshold']:.3f}: {op['selected']} candidates, "
+                f"{op['true_positives']} alpha decays, precision {pm(op['precision'])}, recall {pm(op['recall'])}.\n"
+            )
+            if "table2" in e:
+                lines.append(table2_markdown(e["table2"], cnn_label=f"{name} at threshold"))
+            lines.append(_fp_table({"false positives": e["false_positives"]}))
+    else:
+        lines.append("No calibrated threshold (neither --threshold nor one in the candidate table).\n")
+    return "\n".join(lines)

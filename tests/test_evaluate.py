@@ -1,0 +1,313 @@
+"""scanstream.evaluate / report / figures and the `evaluate` verb on tiny hand-built tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.parse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scanstream import evaluate as ev
+from scanstream import metrics as mt
+from scanstream.cli import main
+from scanstream.errors import InputError, ThresholdError
+from scanstream.store import create_store
+
+CATS = ["dust", "1vtx", "track", "scratch"]
+
+
+def tiny_store(path, n=60, *, seed=0, sheet="S1", unknown=0, prefix=None):
+    """A store with blank crops (evaluate never reads crops), mixed categories, `unknown` unlabelled rows."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.3).astype(int)
+    labels[:2] = [1, 0]
+    if unknown:
+        labels[-unknown:] = -1
+    rows = [
+        {
+            "object_id": f"{prefix or sheet}-{i:05d}",
+            "sheet": sheet,
+            "label": int(labels[i]),
+            "category": "alpha_th" if labels[i] == 1 else (None if labels[i] < 0 else CATS[i % len(CATS)]),
+        }
+        for i in range(n)
+    ]
+    crops = np.zeros((n, 224, 224, 3), np.uint8)
+    return create_store(path, crops, rows, source={"stage": "test"}), labels
+
+
+def write_candidates(path, store, scores, *, threshold=None, model_hashes=("aaaa",), drop=()):
+    """A candidate table following contracts.md: sheet=<s>/part-<hash12>-<start>.parquet + manifest."""
+    t = store.table
+    keep = np.array([i not in set(drop) for i in range(t.num_rows)])
+    idx = np.flatnonzero(keep)
+    s = np.asarray(scores, np.float32)[idx]
+    record = None
+    if threshold is not None:
+        record = {"threshold": threshold, "target": {"kind": "recall", "value": 0.8}, "model_hashes": list(model_hashes)}
+    table = pa.table(
+        {
+            "object_id": pa.array([t.column("object_id")[i].as_py() for i in idx], pa.string()),
+            "experiment": pa.array(["E07"] * len(idx)),
+            "module": pa.array([99] * len(idx), pa.int32()),
+            "plate": pa.array([9] * len(idx), pa.int32()),
+            "sheet": pa.array([t.column("sheet")[i].as_py() for i in idx]),
+            "x_mm": pa.array(np.zeros(len(idx))),
+            "y_mm": pa.array(np.zeros(len(idx))),
+            "z_mm": pa.array(np.zeros(len(idx))),
+            "score": pa.array(s, pa.float32()),
+            "probability": pa.array(1 / (1 + np.exp(-s)), pa.float32()),
+            "selected": pa.array(s >= threshold) if threshold is not None else pa.nulls(len(idx), pa.bool_()),
+            "rank": pa.array(np.argsort(np.argsort(-s)) + 1, pa.int64()),
+            "store": pa.array([str(store.path)] * len(idx)),
+            "store_index": pa.array(idx, pa.int64()),
+        }
+    )
+    meta = {"threshold": record, "model_hashes": list(model_hashes), "store_hashes": {str(store.path): store.content_hash}}
+    part_dir = path / f"sheet={urllib.parse.quote(t.column('sheet')[0].as_py(), safe='')}"
+    part_dir.mkdir(parents=True, exist_ok=True)
+    name = f"part-{store.content_hash[:12]}-{0:012d}.parquet"
+    existing = part_dir / name
+    if existing.exists():
+        raise AssertionError("test helper writes one part per store")
+    pq.write_table(table.replace_schema_metadata({b"scanstream": json.dumps(meta)}), existing)
+    (path / "_manifest.json").write_text(json.dumps({"complete": True}))
+    return path
+
+
+def write_baseline(path, store, selected, score=None):
+    cols = {"object_id": store.table.column("object_id"), "selected": pa.array(np.asarray(selected, bool))}
+    if score is not None:
+        cols["baseline_score"] = pa.array(np.asarray(score, np.float64))
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+@pytest.fixture
+def case(tmp_path):
+    store, labels = tiny_store(tmp_path / "test.zarr", n=80, unknown=4)
+    rng = np.random.default_rng(1)
+    scores = 2.0 * (labels == 1) + rng.normal(0, 1.0, len(labels))
+    # former method: a weaker ordering, cut to select a third of the objects
+    fscore = 1.0 * (labels == 1) + rng.normal(0, 1.0, len(labels))
+    fsel = fscore >= np.quantile(fscore, 0.66)
+    cand = write_candidates(tmp_path / "cands", store, scores, threshold=0.5)
+    base = write_baseline(tmp_path / "former.parquet", store, fsel, fscore)
+    return {"tmp": tmp_path, "store": store, "labels": labels, "scores": scores, "fsel": fsel, "fscore": fscore, "cand": cand, "base": base}
+
+
+def test_evaluate_end_to_end_numbers_match_metrics(case):
+    res = ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep", baseline=case["base"])
+    known = case["labels"] >= 0
+    y, s = case["labels"][known], case["scores"][known].astype(np.float32).astype(np.float64)
+    m = res.metrics
+    assert m["data"] == {"alpha": int((y == 1).sum()), "other": int((y == 0).sum()), "total": int(known.sum()),
+                         "unknown_dropped": 4, "stores": [str(case["store"].path)]}
+    assert m["models"]["cands"]["ap"] == pytest.approx(mt.average_precision(y, s))
+    former = mt.operating_point_from_selection(y, case["fsel"][known])
+    assert m["former"]["operating_point"]["selected"] == former.selected
+    assert m["former"]["ap"] == pytest.approx(mt.average_precision(y, case["fscore"][known]))
+    sect = m["at_former_recall"]
+    assert sect["target_recall"] == pytest.approx(former.recall.value)
+    cnn = mt.operating_point_at_recall(y, s, former.recall.value)
+    t2 = sect["table2"]
+    assert t2["cnn"]["candidates"]["value"] == cnn.selected
+    assert t2["cnn"]["true_positives"]["value"] >= former.true_positives
+    assert t2["load_factor"]["value"] == pytest.approx(former.selected / cnn.selected)
+    assert t2["precision_ratio"]["value"] == pytest.approx(cnn.precision.value / former.precision.value)
+    # calibrated threshold from the table's metadata
+    op = m["at_threshold"]["cands"]["operating_point"]
+    assert op["threshold"] == 0.5 and op["selected"] == int((s >= 0.5).sum())
+    # false positives by category add up to the false positives
+    assert sum(sect["false_positives"]["cands"].values()) == cnn.false_positives
+    assert sum(m["former"]["false_positives"].values()) == former.false_positives
+    assert set(sect["false_positives"]["cands"]) <= set(CATS)
+
+
+def test_evaluate_writes_report_metrics_and_figures(case):
+    out = case["tmp"] / "rep"
+    res = ev.evaluate([case["cand"]], [case["store"].path], out, baseline=case["base"])
+    for f in ("report.md", "metrics.json", "pr_curves.png", "score_distributions.png"):
+        assert (out / f).stat().st_size > 0
+    assert (out / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "](pr_curves.png)" in md and "](score_distributions.png)" in md
+    assert "Table 2" in md and "inspection-load factor" in md and "False positives by category" in md
+    js = json.loads((out / "metrics.json").read_text())  # strict JSON (NaN written as null)
+    assert js["models"]["cands"]["ap"] == pytest.approx(res.metrics["models"]["cands"]["ap"])
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_several_tables_give_mean_std_and_models_table(case):
+    rng = np.random.default_rng(7)
+    second = case["scores"] + rng.normal(0, 0.5, len(case["scores"]))
+    c2 = write_candidates(case["tmp"] / "other", case["store"], second, model_hashes=("bbbb",))
+    res = ev.evaluate([case["cand"], c2], [case["store"].path], case["tmp"] / "rep",
+                      baseline=case["base"], names=["A", "B"])
+    m = res.metrics
+    aps = [m["models"]["A"]["ap"], m["models"]["B"]["ap"]]
+    assert m["ap"]["value"] == pytest.approx(np.mean(aps)) and m["ap"]["error"] == pytest.approx(np.std(aps, ddof=1))
+    assert m["at_former_recall"]["table2_models"]["models"] == 2
+    assert "B" not in m["at_threshold"]  # no threshold recorded for the second table
+
+
+def test_without_baseline_no_table2(case):
+    res = ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep")
+    assert "at_former_recall" not in res.metrics and "former" not in res.metrics
+    assert "Table 2 not built" in res.report.read_text()
+
+
+def test_threshold_record_overrides_and_must_match_models(case):
+    rec = {"threshold": 1.25, "target": {"kind": "recall", "value": 0.9}, "model_hashes": ["aaaa"],
+           "achieved": {}, "calibration_store": {}}
+    f = case["tmp"] / "t.json"
+    f.write_text(json.dumps(rec))
+    res = ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep", threshold=f)
+    assert res.metrics["at_threshold"]["cands"]["operating_point"]["threshold"] == 1.25
+    rec["model_hashes"] = ["zzzz"]
+    f.write_text(json.dumps(rec))
+    with pytest.raises(ThresholdError, match="belongs to models"):
+        ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep2", threshold=f)
+
+
+def test_missing_objects_in_candidates_is_an_error(case):
+    c = write_candidates(case["tmp"] / "partial", case["store"], case["scores"], drop=(3, 5))
+    with pytest.raises(InputError, match="lacks 2 of the 76 labelled objects"):
+        ev.evaluate([c], [case["store"].path], case["tmp"] / "rep")
+    assert not (case["tmp"] / "rep" / "report.md").exists()
+
+
+def test_missing_objects_in_baseline_is_an_error(case):
+    sub = case["store"].table.slice(0, 10)
+    pq.write_table(pa.table({"object_id": sub.column("object_id"), "selected": pa.array([True] * 10)}), case["tmp"] / "b.parquet")
+    with pytest.raises(InputError, match="lacks 66 of the 76"):
+        ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep", baseline=case["tmp"] / "b.parquet")
+
+
+def test_baseline_without_selected_column(case):
+    pq.write_table(pa.table({"object_id": case["store"].table.column("object_id")}), case["tmp"] / "b.parquet")
+    with pytest.raises(InputError, match="no 'selected' column"):
+        ev.load_baseline(case["tmp"] / "b.parquet")
+
+
+def test_baseline_missing_or_not_parquet(tmp_path):
+    with pytest.raises(InputError, match="no such former-method table"):
+        ev.load_baseline(tmp_path / "nope.parquet")
+    (tmp_path / "x.parquet").write_text("not parquet")
+    with pytest.raises(InputError, match="not a readable Parquet"):
+        ev.load_baseline(tmp_path / "x.parquet")
+
+
+def test_all_unknown_labels_is_an_error(tmp_path):
+    store, _ = tiny_store(tmp_path / "u.zarr", n=10, unknown=10)
+    c = write_candidates(tmp_path / "c", store, np.zeros(10))
+    with pytest.raises(InputError, match="no labelled objects"):
+        ev.evaluate([c], [store.path], tmp_path / "rep")
+
+
+def test_one_class_only_is_an_error(tmp_path):
+    store, _labels = tiny_store(tmp_path / "u.zarr", n=10, unknown=8)  # labels [1, 0, -1...]
+    rows = store.table.to_pylist()
+    for r in rows:
+        r["label"] = 0
+    store2 = create_store(tmp_path / "neg.zarr", np.zeros((10, 224, 224, 3), np.uint8), rows, source={"stage": "t"})
+    c = write_candidates(tmp_path / "c", store2, np.zeros(10))
+    with pytest.raises(InputError, match="both classes"):
+        ev.evaluate([c], [store2.path], tmp_path / "rep")
+
+
+def test_duplicate_ids_across_stores_is_an_error(tmp_path):
+    a, _ = tiny_store(tmp_path / "a.zarr", n=10, prefix="X")
+    b, _ = tiny_store(tmp_path / "b.zarr", n=10, prefix="X", seed=1)
+    with pytest.raises(InputError, match="more than one of the stores"):
+        ev.load_truth([a.path, b.path])
+
+
+def test_candidates_covering_more_stores_use_only_the_evaluated_one(tmp_path):
+    a, la = tiny_store(tmp_path / "a.zarr", n=30, sheet="SA")
+    b, _ = tiny_store(tmp_path / "b.zarr", n=30, sheet="SB", seed=3)
+    c = tmp_path / "c"
+    write_candidates(c, a, 3.0 * la)
+    write_candidates(c, b, np.zeros(30))
+    res = ev.evaluate([c], [a.path], tmp_path / "rep")
+    assert res.metrics["data"]["total"] == 30 and res.metrics["models"]["c"]["ap"] == 1.0
+
+
+def test_equal_ids_in_two_stores_resolved_by_store_column(tmp_path):
+    a, la = tiny_store(tmp_path / "a.zarr", n=20, prefix="X", sheet="SA")
+    b, _ = tiny_store(tmp_path / "b.zarr", n=20, prefix="X", sheet="SB", seed=2)
+    c = tmp_path / "c"
+    write_candidates(c, a, 3.0 * la)
+    write_candidates(c, b, -3.0 * la)
+    res = ev.evaluate([c], [a.path], tmp_path / "rep")
+    assert res.metrics["models"]["c"]["ap"] == 1.0
+
+
+def test_names_must_match_tables(case):
+    with pytest.raises(InputError, match="1 names for 2"):
+        ev.evaluate([case["cand"], case["cand"]], [case["store"].path], case["tmp"] / "rep", names=["a"])
+
+
+def test_not_a_candidate_table(case):
+    with pytest.raises(InputError, match="candidate table"):
+        ev.evaluate([case["tmp"]], [case["store"].path], case["tmp"] / "rep")
+
+
+def test_scores_from_table_round_trip():
+    t = pa.table({"object_id": ["a", "b"], "label": [1, 0], "s0": [1.0, 0.0], "ensemble": [0.5, 0.1]})
+    t = t.replace_schema_metadata({b"scanstream": json.dumps({"model_hashes": {"s0": ["h0"]}})})
+    sets = ev.scores_from_table(t)
+    assert [s.name for s in sets] == ["s0", "ensemble"] and sets[0].model_hashes == ("h0",)
+    assert sets[1].scores.tolist() == [0.5, 0.1]
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def test_cli_evaluate(case, capsys):
+    out = case["tmp"] / "cli"
+    rc = main(["evaluate", "--candidates", str(case["cand"]), "--store", str(case["store"].path),
+               "--baseline", str(case["base"]), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "cands: AP" in text and "precision ratio" in text
+    assert (out / "report.md").exists()
+
+
+def test_cli_evaluate_bad_input_one_line_exit_2(case, capsys):
+    rc = main(["evaluate", "--candidates", str(case["tmp"] / "nope"), "--store", str(case["store"].path),
+               "--out", str(case["tmp"] / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "nope" in err
+
+
+# -- figures and report rendering ----------------------------------------------------------------
+def test_heatmap_and_loss_figures(tmp_path):
+    from scanstream import figures as fg
+
+    mean = np.array([[0.9, 0.95], [np.nan, 0.97]])
+    p = fg.plot_search_heatmap([2, 4], [6, 12], mean, np.full((2, 2), 0.01), tmp_path / "h.png", best=(4, 12))
+    assert p.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(InputError, match="do not match"):
+        fg.plot_search_heatmap([2], [6, 12], mean, mean, tmp_path / "bad.png")
+    hist = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "smoothed_val_loss": 1.1} for e in range(4)]
+    assert fg.plot_loss_curves({"s0": hist}, tmp_path / "l.png").exists()
+    with pytest.raises(InputError):
+        fg.plot_loss_curves({}, tmp_path / "l2.png")
+
+
+def test_table2_markdown_with_paper_columns():
+    from scanstream.report import PAPER, table2_markdown
+
+    former = mt.OperatingPoint(None, 2489, 201, 255, 46948)
+    md = table2_markdown(mt.table2(former, mt.OperatingPoint(0.0, 366, 201, 255, 46948)), paper=PAPER["table2"])
+    assert "0.081 ± 0.006" in md and "0.788 ± 0.056" in md and "6.8 ± 0.6" in md
+    assert md.count("\n") == 8  # header, rule, 4 rows, 2 ratio rows
+
+
+def test_json_ready_strict():
+    from scanstream.report import json_ready
+
+    out = json_ready({"a": math.nan, "b": [np.float32(1.5), math.inf], "c": {"d": np.int64(3)}})
+    assert json.dumps(out, allow_nan=False) == '{"a": null, "b": [1.5, null], "c": {"d": 3}}'
