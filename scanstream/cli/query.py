@@ -1,0 +1,97 @@
+"""``scanstream query`` and ``scanstream gallery``: find candidates, then look at them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_filter_args(p: argparse.ArgumentParser, *, top_default: int | None = None) -> None:
+    """The row filters shared by query, gallery and review."""
+    p.add_argument("--sheet", help="keep one sheet (exact match)")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--selected", action="store_true", help="keep rows whose score passed the threshold")
+    sel.add_argument("--min-score", type=float, metavar="X", help="keep rows with score >= X (logit)")
+    p.add_argument("--region", metavar="X0,X1,Y0,Y1", help="keep rows inside this stage rectangle (mm)")
+    p.add_argument(
+        "--top", type=int, metavar="K", default=top_default,
+        help="keep the K highest-scoring rows" + (f" (default {top_default})" if top_default else ""),
+    )
+
+
+def build_filter(args: argparse.Namespace, *, selected: bool | None = None):
+    from scanstream.query import CandidateFilter, parse_region
+
+    return CandidateFilter(
+        sheet=args.sheet,
+        selected=bool(args.selected if selected is None else selected or args.selected),
+        min_score=args.min_score,
+        region=parse_region(args.region) if args.region is not None else None,
+        top=args.top,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "query",
+        help="filter a candidate table or run SQL on it (DuckDB)",
+        description="Query a candidate table (a directory of sheet=*/part-*.parquet files) with DuckDB. "
+        "Filters narrow the rows (their values are bound parameters, never spliced into SQL); without "
+        "--sql the result is the filtered rows, highest score first. --sql runs one read-only SELECT "
+        "against a view named `candidates` holding the filtered rows. --revisit orders the selected rows "
+        "of each plate along a short stage path (nearest neighbour + 2-opt) and writes the revisit list "
+        "(sheet, plate, visit, object_id, x_mm, y_mm, z_mm, step_mm) for the microscope.",
+    )
+    p.add_argument("candidates", type=Path, help="candidate table directory")
+    add_filter_args(p)
+    p.add_argument("--sql", help='one SELECT statement over the view `candidates`, e.g. "SELECT sheet, count(*) '
+                   'FROM candidates WHERE selected GROUP BY sheet"')
+    p.add_argument("--format", choices=["table", "csv", "parquet", "json"],
+                   help="output format (default: table on stdout, else from --out's suffix, csv otherwise)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the result here (atomically) instead of stdout")
+    p.add_argument("--revisit", action="store_true",
+                   help="order the selected rows of each plate along a short stage path (a revisit list)")
+    p.set_defaults(func=run_query)
+
+    g = sub.add_parser(
+        "gallery",
+        help="static HTML page + PNG contact sheet of candidate crops",
+        description="Write DIR/index.html (every chosen candidate's crop with id, score, probability, rank and "
+        "stage position, highest score first), DIR/crops/*.png and DIR/contact_sheet.png. Crops are read "
+        "from the crop stores (matched by object id; by default the stores recorded in the table).",
+    )
+    g.add_argument("candidates", type=Path, help="candidate table directory")
+    g.add_argument("--store", type=Path, action="append", default=[], metavar="STORE",
+                   help="crop store holding the candidates' crops (repeatable; default: the paths in the table)")
+    add_filter_args(g, top_default=200)
+    g.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (replaced atomically)")
+    g.add_argument("--sheet-columns", type=int, default=10, help="crops per row of the contact sheet (default 10)")
+    g.set_defaults(func=run_gallery)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from scanstream.query import infer_format, query_candidates, write_result
+
+    fmt = infer_format(args.out, args.format)
+    table = query_candidates(args.candidates, build_filter(args, selected=args.revisit or None), sql=args.sql)
+    if args.revisit:
+        from scanstream.revisit import revisit_table
+
+        table = revisit_table(table)
+    text = write_result(table, fmt, args.out)
+    if text is not None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        print(f"wrote {table.num_rows} rows to {args.out}")
+    return 0
+
+
+def run_gallery(args: argparse.Namespace) -> int:
+    from scanstream.gallery import write_gallery
+
+    result = write_gallery(
+        args.candidates, args.out, stores=args.store or None, filters=build_filter(args), columns=args.sheet_columns
+    )
+    print(f"gallery of {result.count} candidates: {result.html}")
+    print(f"contact sheet: {result.contact_sheet}")
+    return 0
