@@ -1,0 +1,39 @@
+"""A physics-grounded simulator of vertex-like objects in nuclear emulsion (PHYSICS.md).
+
+``physics`` (range-energy, decay chains, ionisation), ``objects`` (3-D objects per category),
+``picker`` (the scanner's features), ``render`` (the microscope), ``conditions`` (per-sheet
+conditions) and ``dataset`` (stores with truth, the paper's Table 1, parallel rendering).
+"""
+
+from __future__ import annotations
+
+from scanstream.simulate.conditions import SheetConditions, draw_conditions, resolve_conditions
+from scanstream.simulate.dataset import (
+    TABLE1,
+    simulate_dataset,
+    simulate_objects,
+    simulate_store,
+    simulate_table,
+    table1_counts,
+)
+from scanstream.simulate.objects import CATEGORIES, SimObject, make_object
+from scanstream.simulate.picker import PickerModel, pick_features
+from scanstream.simulate.render import render_object
+
+__all__ = [
+    "CATEGORIES",
+    "TABLE1",
+    "PickerModel",
+    "SheetConditions",
+    "SimObject",
+    "draw_conditions",
+    "make_object",
+    "pick_features",
+    "render_object",
+    "resolve_conditions",
+    "simulate_dataset",
+    "simulate_objects",
+    "simulate_store",
+    "simulate_table",
+    "table1_counts",
+]

@@ -1,0 +1,265 @@
+"""The microscope: developed grains in 3-D to a 224 x 224 x 3 crop centred on the vertex.
+
+Channel encoding (the three channels are three focal planes, i.e. depth):
+
+====== =====================================================================
+R (0)  focal plane one z-step (3 um) *shallower* than the vertex (towards the surface)
+G (1)  focal plane at the vertex depth
+B (2)  focal plane one z-step *deeper* than the vertex
+====== =====================================================================
+
+All three planes carry the crop's focus error (a per-crop offset drawn with the sheet's
+``focus_error`` sigma); an out-of-focus object (``blur``) sits several um away from all three.
+A grain at depth offset dz from a plane is imaged as a Gaussian of sigma
+sqrt(s_grain^2 + s_psf^2 + (k dz)^2) with the same integrated absorption, so it fades and
+spreads as it leaves the depth of field (about +-1 um sharp, gone beyond about 12 um).
+Brightness follows Beer-Lambert: I = I0(x, y) exp(-A), A the summed absorption; then contrast,
+camera noise and 8-bit quantisation. The pixel size is :data:`scanstream.store.PIXEL_SIZE_UM`.
+
+Every category goes through exactly the same code with the same sheet conditions; nothing
+in the image depends on the label except the physics of the object itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from scanstream.simulate import physics as ph
+from scanstream.simulate.conditions import SheetConditions
+from scanstream.simulate.objects import ALPHA, GREY, HEAVY, LOBE, MIP, PARTICLE, PROTON, SCRATCH, SimObject
+from scanstream.store import CROP_SIZE, PIXEL_SIZE_UM
+
+Z_STEP_UM = 3.0  # distance between the three focal planes (developed um)
+PLANE_OFFSETS = np.array([-Z_STEP_UM, 0.0, Z_STEP_UM])  # R, G, B relative to the vertex
+DEFOCUS_PER_UM = 0.45  # blur sigma (um) per um of defocus
+PSF_SIGMA_UM = 0.15
+MAX_DEFOCUS_UM = 12.0  # grains further from a plane only add a uniform haze
+HALF_FIELD_UM = CROP_SIZE * PIXEL_SIZE_UM / 2 + 4.0  # grains beyond cannot reach the crop
+SCRATCH_OPACITY = 0.22
+LOBE_OPACITY = 1.4
+BLOB_OPACITY = 1.6
+FOG_SIGMA_UM = 0.17
+FOG_OPACITY = 0.75
+JITTER_UM = 0.07  # grain scatter about the ideal trajectory
+
+# Grains imaged sharper than STAMP_MAX_PX are drawn as exact separable Gaussian stamps; blurrier
+# ones are deposited into blur levels (sigma in px, geometric) that are convolved at half
+# resolution (below TIER_QUARTER px) or quarter resolution: the result is smooth at that scale.
+STAMP_MAX_PX, STAMP_RADIUS = 1.6, 4
+LEVEL_BASE, LEVEL_RATIO, N_LEVELS = STAMP_MAX_PX, 1.5, 8
+LEVELS = LEVEL_BASE * LEVEL_RATIO ** (np.arange(N_LEVELS) + 0.5)
+TIER_QUARTER = 4.0
+_YY, _XX = (g.astype(np.float32) for g in np.mgrid[-1 : 1 : CROP_SIZE * 1j, -1 : 1 : CROP_SIZE * 1j])
+
+_NOISE_BANK: np.ndarray | None = None
+_NOISE_BANK_SIZE = 1 << 22
+
+
+def _noise_bank() -> np.ndarray:
+    """A fixed bank of standard normals (same in every process); crops take random windows."""
+    global _NOISE_BANK
+    if _NOISE_BANK is None:
+        _NOISE_BANK = np.random.default_rng(0x5CA4).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
+    return _NOISE_BANK
+
+
+def _clip_box(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
+    """Parameter interval [t0, t1] of segment a->b inside the box lo..hi (t0 >= t1: outside)."""
+    t0, t1 = 0.0, 1.0
+    d = b - a
+    for ax in range(3):
+        if d[ax] == 0.0:
+            if not lo[ax] <= a[ax] <= hi[ax]:
+                return 1.0, 0.0
+            continue
+        ta, tb = (lo[ax] - a[ax]) / d[ax], (hi[ax] - a[ax]) / d[ax]
+        t0, t1 = max(t0, min(ta, tb)), min(t1, max(ta, tb))
+    return t0, t1
+
+
+def track_grains(obj: SimObject, cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi: float):
+    """Developed grains of every segment within the imaged box.
+
+    Returns
+    -------
+    pos : ndarray (n, 3)
+        Grain centres, developed um.
+    sigma : ndarray (n,)
+        Grain radius (Gaussian sigma, um).
+    opacity : ndarray (n,)
+        Peak optical density of the grain in focus.
+    """
+    lo = np.array([-HALF_FIELD_UM, -HALF_FIELD_UM, zlo])
+    hi = np.array([HALF_FIELD_UM, HALF_FIELD_UM, zhi])
+    g0 = cond.mip_grains / 100.0
+    scale = np.array([1.0, 1.0, cond.shrinkage])
+    out_p, out_s, out_o = [], [], []
+    for i in range(len(obj.kinds)):
+        a, b = obj.starts[i], obj.ends[i]
+        t0, t1 = _clip_box(a, b, lo, hi)
+        if t1 <= t0:
+            continue
+        kind = int(obj.kinds[i])
+        length = float(np.linalg.norm((b - a) * scale))  # undeveloped um
+        seg = (t1 - t0) * length
+        if kind in (MIP, GREY):
+            ion = float(obj.ionisation[i])
+            g = float(ph.grain_density_per_um(ion, g0=g0))
+            t = rng.uniform(t0, t1, rng.poisson(g * seg))
+            sig = np.full(len(t), float(ph.grain_sigma_um(ion)))
+            opa = np.full(len(t), float(ph.grain_opacity(ion)))
+        elif kind in (PROTON, ALPHA, HEAVY):
+            g_max = float(ph.grain_density_per_um(1e4, g0=g0))
+            t = rng.uniform(t0, t1, rng.poisson(g_max * seg))
+            ion = ph.relative_ionisation(PARTICLE[kind], obj.residual_end[i] + (1.0 - t) * length, cond.density)
+            keep = rng.random(len(t)) * g_max < ph.grain_density_per_um(ion, g0=g0)
+            t, ion = t[keep], ion[keep]
+            sig, opa = ph.grain_sigma_um(ion), ph.grain_opacity(ion)
+        elif kind == SCRATCH:
+            t = rng.uniform(t0, t1, rng.poisson(1.2 * seg))
+            sig = np.full(len(t), float(obj.widths[i]))
+            opa = np.full(len(t), SCRATCH_OPACITY)
+        else:  # LOBE: a stubby extension of a dust blob
+            t = rng.uniform(t0, t1, rng.poisson(5.0 * seg))
+            sig = np.full(len(t), float(obj.widths[i]))
+            opa = np.full(len(t), LOBE_OPACITY)
+        if not len(t):
+            continue
+        p = a + t[:, None] * (b - a)
+        p += rng.normal(0.0, JITTER_UM, p.shape)
+        out_p.append(p)
+        out_s.append(sig * rng.uniform(0.85, 1.15, len(t)))
+        out_o.append(opa)
+    for x, y, z, r in obj.blobs:
+        n = int(30 + 25 * r * r)
+        c = np.array([x, y, z])
+        p = c + rng.normal(0.0, 1.0, (n, 3)) * np.array([r / 2, r / 2, r / 2 / cond.shrinkage])
+        out_p.append(p)
+        out_s.append(rng.uniform(0.3, 0.6, n))
+        out_o.append(np.full(n, BLOB_OPACITY))
+    if not out_p:
+        return np.zeros((0, 3)), np.zeros(0), np.zeros(0)
+    return np.concatenate(out_p), np.concatenate(out_s), np.concatenate(out_o)
+
+
+def fog_grains(cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi: float):
+    """Random fog grains in the imaged box: (pos (n,3), sigma (n,), opacity (n,))."""
+    volume = (2 * HALF_FIELD_UM) ** 2 * (zhi - zlo)
+    n = int(rng.poisson(cond.fog * volume / 1000.0))
+    pos = rng.uniform([-HALF_FIELD_UM, -HALF_FIELD_UM, zlo], [HALF_FIELD_UM, HALF_FIELD_UM, zhi], (n, 3))
+    return pos, FOG_SIGMA_UM * rng.uniform(0.8, 1.3, n), np.full(n, FOG_OPACITY)
+
+
+def _splat(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, level: np.ndarray, n_levels: int, size: int) -> np.ndarray:
+    """Bilinear deposit of point masses into ``n_levels`` images of ``size`` x ``size``."""
+    r0, c0 = np.floor(rows), np.floor(cols)
+    fr, fc = rows - r0, cols - c0
+    r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
+    idx_parts, w_parts = [], []
+    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        rr, cc = r0 + dr, c0 + dc
+        ok = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
+        idx_parts.append((level[ok] * size + rr[ok]) * size + cc[ok])
+        w_parts.append((mass * w)[ok])
+    acc = np.bincount(np.concatenate(idx_parts), np.concatenate(w_parts), minlength=n_levels * size * size)
+    return acc.reshape(n_levels, size, size).astype(np.float32)
+
+
+def _stamps(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
+    """Sum of Gaussian spots (separable, normalised to ``mass``) on the full-resolution grid."""
+    off = np.arange(-STAMP_RADIUS, STAMP_RADIUS + 1)
+    r0, c0 = np.rint(rows).astype(np.int64), np.rint(cols).astype(np.int64)
+    inv = 1.0 / (2.0 * sigma_px**2)
+    wy = np.exp(-((off[None, :] - (rows - r0)[:, None]) ** 2) * inv[:, None])
+    wx = np.exp(-((off[None, :] - (cols - c0)[:, None]) ** 2) * inv[:, None])
+    wy *= (mass / wy.sum(1) / wx.sum(1))[:, None]
+    w = wy[:, :, None] * wx[:, None, :]
+    rr = r0[:, None, None] + off[None, :, None]
+    cc = c0[:, None, None] + off[None, None, :]
+    ok = (rr >= 0) & (rr < CROP_SIZE) & (cc >= 0) & (cc < CROP_SIZE)
+    acc = np.bincount((rr * CROP_SIZE + cc)[ok], w[ok], minlength=CROP_SIZE * CROP_SIZE)
+    return acc.reshape(CROP_SIZE, CROP_SIZE).astype(np.float32)
+
+
+def _upsample2(a: np.ndarray) -> np.ndarray:
+    """Bilinear 2x upsampling of a 2-D array (pixel centres aligned, edges repeated)."""
+    p = np.pad(a, 1, mode="edge")
+    rows = np.empty((2 * a.shape[0], a.shape[1] + 2), a.dtype)
+    rows[0::2] = 0.75 * p[1:-1] + 0.25 * p[:-2]
+    rows[1::2] = 0.75 * p[1:-1] + 0.25 * p[2:]
+    out = np.empty((2 * a.shape[0], 2 * a.shape[1]), a.dtype)
+    out[:, 0::2] = 0.75 * rows[:, 1:-1] + 0.25 * rows[:, :-2]
+    out[:, 1::2] = 0.75 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
+    return out
+
+
+def absorption_plane(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, plane_z: float) -> np.ndarray:
+    """Absorption image (224, 224) float32 of grains seen from a focal plane at ``plane_z``.
+
+    Each grain keeps its integrated absorption (opacity x its in-focus area) while its image
+    spreads with defocus.
+    """
+    dz = pos[:, 2] - plane_z
+    near = np.abs(dz) < MAX_DEFOCUS_UM
+    pos, sigma, opacity, dz = pos[near], sigma[near], opacity[near], dz[near]
+    sig_tot = np.sqrt(sigma**2 + PSF_SIGMA_UM**2 + (DEFOCUS_PER_UM * dz) ** 2) / PIXEL_SIZE_UM
+    mass = opacity * 2.0 * np.pi * (sigma / PIXEL_SIZE_UM) ** 2  # integrated absorption (px^2)
+    cols = pos[:, 0] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
+    rows = pos[:, 1] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
+    sharp = sig_tot < STAMP_MAX_PX
+    out = _stamps(rows[sharp], cols[sharp], mass[sharp], sig_tot[sharp])
+    blurred = ~sharp
+    if not blurred.any():
+        return out
+    rows, cols, mass, sig_tot = rows[blurred], cols[blurred], mass[blurred], sig_tot[blurred]
+    level = np.clip(np.floor(np.log(sig_tot / LEVEL_BASE) / np.log(LEVEL_RATIO)), 0, N_LEVELS - 1).astype(np.int64)
+    half = np.zeros((CROP_SIZE // 2, CROP_SIZE // 2), np.float32)
+    for factor, in_tier in ((2, LEVELS < TIER_QUARTER), (4, LEVELS >= TIER_QUARTER)):
+        ids = np.flatnonzero(in_tier)
+        sel = (level >= ids[0]) & (level <= ids[-1])
+        if not sel.any():
+            continue
+        size = CROP_SIZE // factor
+        # fine pixel centre p sits at (p + 0.5) / f - 0.5 on the coarse grid
+        stack = _splat(
+            (rows[sel] + 0.5) / factor - 0.5,
+            (cols[sel] + 0.5) / factor - 0.5,
+            mass[sel] / factor**2,
+            level[sel] - ids[0],
+            len(ids),
+            size,
+        )
+        img = np.zeros((size, size), np.float32)
+        for j, lev in enumerate(ids):
+            if stack[j].any():
+                img += ndi.gaussian_filter(stack[j], LEVELS[lev] / factor, mode="constant", truncate=3.0)
+        half += img if factor == 2 else _upsample2(img)
+    return out + _upsample2(half)
+
+
+def render_object(obj: SimObject, cond: SheetConditions, rng: np.random.Generator) -> np.ndarray:
+    """The crop of one object: uint8 (224, 224, 3), channels = focal planes (see module doc)."""
+    focus = rng.normal(0.0, cond.focus_error)
+    planes = PLANE_OFFSETS + focus - obj.defocus  # object-frame depth of each focal plane
+    zlo, zhi = planes.min() - MAX_DEFOCUS_UM, planes.max() + MAX_DEFOCUS_UM
+    # Grains exist only inside the emulsion layer (the surface is at depth -obj.depth).
+    zlo = max(zlo, -obj.depth)
+    pos, sig, opa = track_grains(obj, cond, rng, zlo, zhi)
+    fpos, fsig, fopa = fog_grains(cond, rng, zlo, zhi)
+    pos = np.concatenate([pos, fpos])
+    sig = np.concatenate([sig, fsig])
+    opa = np.concatenate([opa, fopa]) * cond.darkness
+    # illumination: brightness, gradient, vignetting, slight colour balance
+    gx, gy = rng.normal(0.0, 0.05, 2)
+    vign = rng.uniform(0.0, 0.08)
+    level = cond.brightness * rng.uniform(0.95, 1.05) * np.exp(-cond.fog * 0.004 * cond.darkness)  # fog veil
+    base = (level * (1.0 + gx * _XX + gy * _YY - vign * (_XX**2 + _YY**2) / 2)).astype(np.float32)
+    gains = (1.0 + rng.normal(0.0, 0.015, 3)).astype(np.float32)
+    bank = _noise_bank()
+    start = int(rng.integers(0, bank.size - 3 * CROP_SIZE * CROP_SIZE))
+    noise = bank[start : start + 3 * CROP_SIZE * CROP_SIZE].reshape(CROP_SIZE, CROP_SIZE, 3)
+    a = np.stack([absorption_plane(pos, sig, opa, z) for z in planes], axis=-1)
+    img = base[..., None] * gains * np.exp(-a)
+    img = cond.brightness + cond.contrast * (img - cond.brightness) + cond.noise * noise
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
