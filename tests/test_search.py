@@ -1,0 +1,224 @@
+"""scanstream.search: the grid on Dask, results, heatmap, best setting, TEST scoring, resume.
+
+Orchestration tests replace training and scoring by fast stand-ins (threads-only Dask
+cluster, same process); one end-to-end test trains real tiny models on tiny stores.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scanstream import search as sr
+from scanstream.errors import ConfigError, InputError, PipelineError
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    c = Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def stores(store_factory):
+    return {
+        "train": store_factory("train.zarr", n=12, seed=1),
+        "valid": store_factory("valid.zarr", n=12, seed=2),
+        "test": store_factory("test.zarr", n=24, seed=3, alpha_fraction=0.3),
+    }
+
+
+def fake_ap(n, m, seed):
+    return 0.5 + 0.02 * n + 0.001 * m + 0.003 * seed
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Stand-ins for scanstream.train and scanstream.classify.score_store (same process: threads)."""
+    calls = {"train": [], "score": []}
+
+    @dataclass(frozen=True)
+    class TrainConfig:
+        train_store: str
+        valid_store: str
+        out_dir: str
+        backbone: str = "resnet50"
+        input_size: int = 224
+        pretrained: str = "none"
+        n: int = 2
+        m: int = 24
+        seed: int = 0
+        max_epochs: int = 100
+        batch_size: int = 96
+        lr: float = 3e-4
+        warmup_epochs: int = 5
+        epoch_size: int | None = None
+        pos_weight: bool = False
+        unfreeze: bool = False
+        device: str = "auto"
+        loader: str = "dask"
+
+    def train(config, progress=True):
+        if config.n == 99:
+            raise RuntimeError("boom")
+        assert config.loader == "local"
+        out = Path(config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        ck = out / "model.safetensors"
+        ck.write_bytes(f"{config.n}-{config.m}-{config.seed}".encode())
+        calls["train"].append((config.n, config.m, config.seed))
+        ap = fake_ap(config.n, config.m, config.seed)
+        return types.SimpleNamespace(checkpoint=ck, history=[{"epoch": 0}], best_epoch=config.seed + 1,
+                                     metrics={"val_ap": ap, "val_loss": 1 - ap, "epochs_run": 3})
+
+    def score_store(store, checkpoints, *, device="auto", batch_size=64):
+        calls["score"].append([Path(c).read_bytes().decode() for c in checkpoints])
+        seed = int(Path(checkpoints[0]).read_bytes().decode().split("-")[2])
+        labels = store.labels
+        rng = np.random.default_rng(seed)
+        return (2.0 * (labels == 1) + rng.normal(0, 1, len(labels))).astype(np.float32)
+
+    monkeypatch.setitem(sys.modules, "scanstream.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train))
+    monkeypatch.setitem(sys.modules, "scanstream.classify", types.SimpleNamespace(score_store=score_store))
+    return calls
+
+
+def config(stores, out, **kw):
+    base = {"train_store": str(stores["train"].path), "valid_store": str(stores["valid"].path), "out_dir": str(out),
+            "ns": (1, 3), "ms": (5, 10), "seeds": 2, "max_epochs": 2}
+    base.update(kw)
+    return sr.SearchConfig(**base)
+
+
+def test_grid_results_summary_best_and_test(stores, fake, client, tmp_path):
+    cfg = config(stores, tmp_path / "s", test_store=str(stores["test"].path))
+    res = sr.run_search(cfg, client=client, progress=False)
+    assert sorted(fake["train"]) == sorted(cfg.trials()) and len(res.trained) == 8 and res.resumed == []
+    assert res.results.num_rows == 8
+    assert res.best == (3, 10)  # highest fake AP
+    row = next(r for r in res.summary if (r["n"], r["m"]) == (1, 5))
+    aps = [fake_ap(1, 5, s) for s in range(2)]
+    assert row["val_ap_mean"] == pytest.approx(np.mean(aps)) and row["val_ap_std"] == pytest.approx(np.std(aps, ddof=1))
+    assert row["trials"] == 2 and row["best_epoch_mean"] == pytest.approx(1.5)
+    for f in ("results.csv", "results.parquet", "summary.csv", "heatmap.png", "report.md", "metrics.json",
+              "test_scores.parquet", "search_config.json"):
+        assert (res.out / f).exists(), f
+    for n, m, s in cfg.trials():
+        done = json.loads((res.out / "trials" / f"n{n}_m{m}_s{s}" / "done.json").read_text())
+        assert done["val_ap"] == pytest.approx(fake_ap(n, m, s))
+    # TEST: both best-setting models one by one, ensemble = mean logit
+    from scanstream import metrics as mt
+
+    y = stores["test"].labels
+    per = [2.0 * (y == 1) + np.random.default_rng(s).normal(0, 1, len(y)) for s in range(2)]
+    per = [p.astype(np.float32) for p in per]
+    t = res.test
+    assert t["ap_per_model"]["n3_m10_s0"] == pytest.approx(mt.average_precision(y, per[0]))
+    assert t["ap"]["value"] == pytest.approx(np.mean([mt.average_precision(y, p) for p in per]))
+    ens = np.mean(np.stack(per).astype(np.float64), axis=0).astype(np.float32)
+    assert t["ap_ensemble"] == pytest.approx(mt.average_precision(y, ens))
+    assert [c.parent.name for c in res.best_checkpoints] == ["n3_m10_s0", "n3_m10_s1"]
+    md = res.report.read_text()
+    assert "N = 3, M = 10" in md and "](heatmap.png)" in md
+
+
+def test_resume_does_not_retrain_or_rescore(stores, fake, client, tmp_path):
+    cfg = config(stores, tmp_path / "s", test_store=str(stores["test"].path))
+    sr.run_search(cfg, client=client, progress=False)
+    n_train, n_score = len(fake["train"]), len(fake["score"])
+    res = sr.run_search(cfg, client=client, progress=False)
+    assert len(fake["train"]) == n_train and len(fake["score"]) == n_score
+    assert res.trained == [] and len(res.resumed) == 8 and res.results.num_rows == 8
+
+
+def test_extending_the_grid_trains_only_new_trials(stores, fake, client, tmp_path):
+    sr.run_search(config(stores, tmp_path / "s", ns=(1,)), client=client, progress=False)
+    fake["train"].clear()
+    res = sr.run_search(config(stores, tmp_path / "s", ns=(1, 3)), client=client, progress=False)
+    assert sorted(fake["train"]) == [(3, 5, 0), (3, 5, 1), (3, 10, 0), (3, 10, 1)]
+    assert len(res.resumed) == 4 and res.results.num_rows == 8
+
+
+def test_an_interrupted_trial_is_rerun(stores, fake, client, tmp_path):
+    cfg = config(stores, tmp_path / "s", ns=(1,), ms=(5,))
+    sr.run_search(cfg, client=client, progress=False)
+    (tmp_path / "s" / "trials" / "n1_m5_s1" / "done.json").unlink()  # killed before its marker
+    fake["train"].clear()
+    res = sr.run_search(cfg, client=client, progress=False)
+    assert fake["train"] == [(1, 5, 1)] and res.trained == ["n1_m5_s1"]
+
+
+def test_resume_with_other_settings_is_refused(stores, fake, client, tmp_path):
+    sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,)), client=client, progress=False)
+    with pytest.raises(ConfigError, match="max_epochs: 2 -> 3"):
+        sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), max_epochs=3), client=client, progress=False)
+
+
+def test_failed_trial_reported_others_kept(stores, fake, client, tmp_path):
+    cfg = config(stores, tmp_path / "s", ns=(1, 99), ms=(5,), seeds=1)
+    with pytest.raises(PipelineError, match="1 of 2 search trials failed.*n99_m5_s0: RuntimeError: boom"):
+        sr.run_search(cfg, client=client, progress=False)
+    assert (tmp_path / "s" / "trials" / "n1_m5_s0" / "done.json").exists()
+    assert (tmp_path / "s" / "results.csv").read_text().count("\n") == 2  # header + the finished trial
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"ms": (31,)}, "0..30"),
+        ({"ms": (-1,)}, "0..30"),
+        ({"ns": (-2,)}, ">= 0"),
+        ({"ns": ()}, "empty"),
+        ({"ns": (2, 2)}, "duplicates"),
+        ({"seeds": 0}, "seeds"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"threads": 0}, "threads"),
+    ],
+)
+def test_bad_config(tmp_path, kw, match):
+    base = {"train_store": "t", "valid_store": "v", "out_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match=match):
+        sr.SearchConfig(**{**base, **kw})
+
+
+def test_parse_int_list():
+    assert sr.parse_int_list("2, 4,6", "--n") == (2, 4, 6)
+    with pytest.raises(ConfigError, match="comma-separated"):
+        sr.parse_int_list("2,x", "--n")
+
+
+def test_missing_store_fails_before_any_trial(stores, fake, tmp_path):
+    cfg = config(stores, tmp_path / "s", valid_store=str(tmp_path / "nope.zarr"))
+    with pytest.raises(FileNotFoundError, match="nope.zarr"):
+        sr.run_search(cfg, progress=False)
+    assert fake["train"] == [] and not (tmp_path / "s").exists()
+
+
+def test_unlabelled_store_refused(stores, store_factory, fake, tmp_path):
+    unl = store_factory("unl.zarr", n=8, labelled=False)
+    with pytest.raises(InputError, match="labelled alpha decays"):
+        sr.run_search(config(stores, tmp_path / "s", valid_store=str(unl.path)), progress=False)
+
+
+def test_pure_core():
+    recs = [{"key": sr.trial_key(n, m, s), "n": n, "m": m, "seed": s, "val_ap": fake_ap(n, m, s), "best_epoch": 1}
+            for n in (2, 4) for m in (6,) for s in range(3)]
+    t = sr.results_table(recs)
+    summ = sr.summarize(t)
+    assert [(r["n"], r["m"], r["trials"]) for r in summ] == [(2, 6, 3), (4, 6, 3)]
+    assert sr.best_setting(summ) == (4, 6)
+    mean, std = sr.heatmap_arrays(summ, [2, 4, 8], [6, 12])
+    assert mean[1, 0] == pytest.approx(np.mean([fake_ap(4, 6, s) for s in range(3)]))
+    assert np.isnan(mean[2, 0]) and np.isnan(mean[0, 1])
+    with pytest.raises(InputError):
+        sr.best_setting([])
+    assert sr.default_grid(True) == (sr.PAPER_NS, sr.PAPER_MS, 4)
