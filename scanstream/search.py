@@ -475,7 +475,7 @@ def run_search(
                 key = futures[fut]
                 try:
                     rec = fut.result()
-                except Exception as exc:  # a failed trial is reported, the others are kept
+                except Exception as exc:  # noqa: BLE001 - any trial failure is reported, the others are kept
                     logger.error("trial %s failed: %s", key, exc)
                     failed.append(f"{key}: {type(exc).__name__}: {exc}")
                 else:
@@ -593,8 +593,8 @@ def render_search(m: dict) -> str:
 
     cfg = m["config"]
     lines = ["# RandAugment grid search\n",
-             f"Grid N {cfg['ns']} x M {cfg['ms']}, {cfg['seeds']} seeds; backbone {cfg['backbone']} at "
-             f"{cfg['input_size']} px, at most {cfg['max_epochs']} epochs. VALID AP, mean ± sample std over seeds:\n",
+             (f"Grid N {cfg['ns']} x M {cfg['ms']}, {cfg['seeds']} seeds; backbone {cfg['backbone']} at "
+             f"{cfg['input_size']} px, at most {cfg['max_epochs']} epochs. VALID AP, mean ± sample std over seeds:\n"),
              f"![VALID AP heatmap]({m['figures']['heatmap']})\n"]
     rows = [[r["n"], r["m"], r["trials"], pm({"value": r["val_ap_mean"], "error": r["val_ap_std"]}),
              f"{r['best_epoch_mean']:.1f}"] for r in m["summary"]]

@@ -216,7 +216,7 @@ def test_pure_core():
     summ = sr.summarize(t)
     assert [(r["n"], r["m"], r["trials"]) for r in summ] == [(2, 6, 3), (4, 6, 3)]
     assert sr.best_setting(summ) == (4, 6)
-    mean, std = sr.heatmap_arrays(summ, [2, 4, 8], [6, 12])
+    mean, _std = sr.heatmap_arrays(summ, [2, 4, 8], [6, 12])
     assert mean[1, 0] == pytest.approx(np.mean([fake_ap(4, 6, s) for s in range(3)]))
     assert np.isnan(mean[2, 0]) and np.isnan(mean[0, 1])
     with pytest.raises(InputError):
