@@ -76,7 +76,7 @@ def sheet_categories(n_objects: int, n_alpha: int, sheet: str, seed: int) -> lis
     """Categories of a sheet's objects in scanning order: exact counts, shuffled by the seed."""
     if n_alpha > n_objects:
         raise InputError(f"{n_alpha} alpha decays do not fit in {n_objects} objects")
-    n_th = int(round(n_alpha * TH_FRACTION))
+    n_th = round(n_alpha * TH_FRACTION)
     cats = ["alpha_th"] * n_th + ["alpha_u"] * (n_alpha - n_th)
     for name, k in _exact_counts(n_objects - n_alpha, BACKGROUND_MIX).items():
         cats += [name] * k
@@ -87,7 +87,7 @@ def sheet_categories(n_objects: int, n_alpha: int, sheet: str, seed: int) -> lis
 def plan_sheet(n_objects: int, alpha_fraction: float, sheet: str, seed: int) -> list[ObjectPlan]:
     """Plans for one simulated sheet of ``n_objects`` with ``round(n * alpha_fraction)`` alphas."""
     check_counts(n_objects, alpha_fraction)
-    n_alpha = int(round(n_objects * alpha_fraction))
+    n_alpha = round(n_objects * alpha_fraction)
     cats = sheet_categories(n_objects, n_alpha, sheet, seed)
     return [ObjectPlan(i, sheet, i, c, int(seed)) for i, c in enumerate(cats)]
 
@@ -100,13 +100,13 @@ def check_counts(n_objects: int, alpha_fraction: float) -> None:
         raise InputError(f"alpha fraction must lie in [0, 1], got {alpha_fraction!r}")
 
 
-def object_streams(plan: ObjectPlan) -> list[np.random.Generator]:
-    """The object's geometry, picker and microscope random streams."""
-    ss = np.random.SeedSequence(plan.seed, spawn_key=(sheet_key(plan.sheet), plan.serial))
-    return [np.random.default_rng(s) for s in ss.spawn(3)]
+def object_stream(plan: ObjectPlan, stream: int) -> np.random.Generator:
+    """One of the object's random streams: 0 geometry, 1 picker, 2 microscope."""
+    ss = np.random.SeedSequence(plan.seed, spawn_key=(sheet_key(plan.sheet), plan.serial, stream))
+    return np.random.Generator(np.random.PCG64(ss))
 
 
-def _row(plan: ObjectPlan, cond: SheetConditions, obj, mult: int, lengths: np.ndarray, pos: np.ndarray) -> dict[str, Any]:
+def _row(plan: ObjectPlan, cond: dict[str, float], obj, mult: int, lengths: np.ndarray, pos: np.ndarray) -> dict[str, Any]:
     t = obj.truth
     row: dict[str, Any] = {
         "object_id": f"SIM-{plan.sheet}-{plan.serial:06d}",
@@ -135,7 +135,7 @@ def _row(plan: ObjectPlan, cond: SheetConditions, obj, mult: int, lengths: np.nd
         "truth_seed": plan.seed,
         "truth_serial": plan.serial,
     }
-    row.update({f"truth_{k}": v for k, v in cond.as_dict().items()})
+    row.update(cond)
     return row
 
 
@@ -165,15 +165,16 @@ def simulate_objects(
     """
     crops = np.empty((len(plans), 224, 224, 3), np.uint8) if render else None
     rows = []
+    truth_cond = {k: {f"truth_{n}": v for n, v in c.as_dict().items()} for k, c in conditions.items()}
     for j, plan in enumerate(plans):
         cond = conditions[plan.sheet]
-        g_geo, g_pick, g_img = object_streams(plan)
+        g_geo = object_stream(plan, 0)
         obj = make_object(plan.category, g_geo, cond)
         pos = g_geo.uniform(0.0, SHEET_FIELD_MM, 2)
-        mult, lengths = pick_features(obj, g_pick, picker)
-        rows.append(_row(plan, cond, obj, mult, lengths, pos))
+        mult, lengths = pick_features(obj, object_stream(plan, 1), picker)
+        rows.append(_row(plan, truth_cond[plan.sheet], obj, mult, lengths, pos))
         if crops is not None:
-            crops[j] = render_object(obj, cond, g_img)
+            crops[j] = render_object(obj, cond, object_stream(plan, 2))
     return crops, rows_table(rows)
 
 

@@ -187,10 +187,16 @@ def _cone(rng: np.random.Generator, axis: np.ndarray, max_deg: float) -> np.ndar
     cos_t = rng.uniform(np.cos(np.radians(max_deg)), 1.0)
     phi = rng.uniform(0, 2 * np.pi)
     sin_t = np.sqrt(1 - cos_t**2)
-    helper = np.array([1.0, 0, 0]) if abs(axis[0]) < 0.9 else np.array([0, 1.0, 0])
-    u = _unit(np.cross(axis, helper))
-    w = np.cross(axis, u)
-    return _unit(cos_t * axis + sin_t * (np.cos(phi) * u + np.sin(phi) * w))
+    # an orthonormal pair (u, w) perpendicular to the axis
+    ax, ay, az = axis
+    if abs(ax) < 0.9:  # u = axis x (1, 0, 0)
+        u = np.array([0.0, az, -ay])
+    else:  # u = axis x (0, 1, 0)
+        u = np.array([-az, 0.0, ax])
+    u /= np.sqrt(u @ u)
+    w = np.array([ay * u[2] - az * u[1], az * u[0] - ax * u[2], ax * u[1] - ay * u[0]])
+    v = cos_t * axis + sin_t * (np.cos(phi) * u + np.sin(phi) * w)
+    return v / np.sqrt(v @ v)
 
 
 def _depth(rng: np.random.Generator, cond: SheetConditions) -> float:
@@ -212,25 +218,25 @@ def _evaporation_prongs(rng, b: _Builder, n: int, origin, *, t_p: float, t_a: fl
     Returns (particles, energies, ranges).
     """
     dens = b.cond.density
-    parts, energies, ranges = [], [], []
-    kinds = rng.choice([PROTON, ALPHA, HEAVY], size=n, p=[0.55, 0.33, 0.12])
+    u = rng.random(n)
+    kinds = np.where(u < 0.55, PROTON, np.where(u < 0.88, ALPHA, HEAVY))
     dirs = ph.isotropic_directions(rng, n)
-    for kind, d in zip(kinds, dirs, strict=True):
-        if kind == PROTON:
-            e = (4.0 if heavy_target else 0.5) + rng.gamma(2.0, t_p)
-            r = float(ph.proton_range_um(e, dens)) * (1 + rng.normal(0, 0.015))
-        elif kind == ALPHA:
-            e = (9.0 if heavy_target else 2.5) + rng.gamma(2.0, t_a)
-            r = float(ph.alpha_range_um(e, dens)) + rng.normal(0, ph.STRAGGLING_UM)
-        else:
-            e = rng.uniform(1.0, 10.0)
-            r = float(ph.heavy_range_um(e, dens))
-        r = max(r, 0.5)
-        b.add(origin, d, r, int(kind))
-        parts.append(PARTICLE[int(kind)])
-        energies.append(float(e))
-        ranges.append(r)
-    return parts, energies, ranges
+    gam = rng.gamma(2.0, 1.0, n)
+    noise = rng.normal(0.0, 1.0, n)
+    e = np.where(
+        kinds == PROTON,
+        (4.0 if heavy_target else 0.5) + gam * t_p,
+        np.where(kinds == ALPHA, (9.0 if heavy_target else 2.5) + gam * t_a, 1.0 + 9.0 * rng.random(n)),
+    )
+    r = np.where(
+        kinds == PROTON,
+        ph.proton_range_um(e, dens) * (1.0 + 0.015 * noise),
+        np.where(kinds == ALPHA, ph.alpha_range_um(e, dens) + ph.STRAGGLING_UM * noise, ph.heavy_range_um(e, dens)),
+    )
+    r = np.maximum(r, 0.5)
+    for kind, d, length in zip(kinds, dirs, r, strict=True):
+        b.add(origin, d, float(length), int(kind))
+    return [PARTICLE[int(k)] for k in kinds], [float(x) for x in e], [float(x) for x in r]
 
 
 def make_alpha(rng: np.random.Generator, cond: SheetConditions, series: str) -> SimObject:
