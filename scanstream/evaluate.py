@@ -285,8 +285,15 @@ def join(truth: pa.Table, models: Sequence[ScoreSet], baseline: pa.Table | None 
 
 
 # -- measuring (pure) ------------------------------------------------------------------------
-def compute_metrics(data: EvalData) -> dict[str, Any]:
+def compute_metrics(data: EvalData, *, spread_over: Sequence[str] | None = None) -> dict[str, Any]:
     """Every number of the evaluation report, JSON-ready.
+
+    Parameters
+    ----------
+    data : EvalData
+    spread_over : sequence of str, optional
+        Names of the models whose mean +- std is reported (``ap``, ``table2_models``);
+        default all models. E.g. the single models of an ensemble, without the ensemble.
 
     Returns
     -------
@@ -311,8 +318,14 @@ def compute_metrics(data: EvalData) -> dict[str, Any]:
             "model_hashes": list(m.model_hashes),
             "source": m.source,
         }
-    if len(data.models) > 1:
-        out["ap"] = mt.mean_std([v["ap"] for v in out["models"].values()]).to_dict()
+    names = [m.name for m in data.models]
+    group = list(spread_over) if spread_over is not None else names
+    unknown = sorted(set(group) - set(names))
+    if unknown:
+        raise InputError(f"spread_over names unknown models {unknown} (models: {names})")
+    if len(group) > 1:
+        out["ap"] = mt.mean_std([out["models"][k]["ap"] for k in group]).to_dict()
+        out["spread_over"] = group
     former = None
     if data.former_selected is not None:
         former = mt.operating_point_from_selection(y, data.former_selected)
@@ -335,8 +348,8 @@ def compute_metrics(data: EvalData) -> dict[str, Any]:
                     k: mt.false_positives_by_category(y, cats, _selection(data, k, v.threshold)) for k, v in ops.items()
                 },
             }
-            if len(ops) > 1:
-                sect["table2_models"] = mt.table2(former, list(ops.values()))
+            if len(group) > 1:
+                sect["table2_models"] = mt.table2(former, [ops[k] for k in group])
             out["at_former_recall"] = sect
     at_thr: dict[str, Any] = {}
     for m in data.models:
@@ -417,6 +430,7 @@ def evaluate(
     threshold: str | os.PathLike | None = None,
     names: Sequence[str] | None = None,
     extra_models: Sequence[ScoreSet] = (),
+    spread_over: Sequence[str] | None = None,
     title: str = "scanstream evaluation",
 ) -> EvaluationResult:
     """Evaluate candidate tables against the truth of crop stores; write figures and a report.
@@ -436,6 +450,8 @@ def evaluate(
         Names of the candidate tables (default: their directory names).
     extra_models : sequence of ScoreSet
         More models to compare (e.g. the single models of a search), after the tables.
+    spread_over : sequence of str, optional
+        Models to quote as mean +- std (default: all); see :func:`compute_metrics`.
     """
     from scanstream.report import render_evaluation, write_report
 
@@ -454,7 +470,7 @@ def evaluate(
     models.extend(extra_models)
     base = load_baseline(baseline) if baseline is not None else None
     data = join(truth, models, base, baseline_name=str(baseline))
-    metrics = compute_metrics(data)
+    metrics = compute_metrics(data, spread_over=spread_over)
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(data, metrics, out)
     metrics["figures"] = {k: v.name for k, v in figs.items()}

@@ -147,7 +147,8 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
         rows.append(["former method (ordered by its score)", f"{metrics['former']['ap']:.3f}", "", ""])
     lines.append(md_table(["model", "AP", "calibrated threshold (logit)", "model hashes"], rows))
     if "ap" in metrics:
-        lines.append(f"Over the {len(metrics['models'])} models: AP {pm(metrics['ap'])} (mean ± sample std).\n")
+        lines.append(f"Over the {len(metrics['spread_over'])} models {', '.join(metrics['spread_over'])}: "
+                     f"AP {pm(metrics['ap'])} (mean ± sample std).\n")
     figs = metrics.get("figures", {})
     if "pr_curves" in figs:
         lines.append(f"![precision-recall curves]({figs['pr_curves']})\n")
@@ -162,7 +163,8 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
             "relative errors in quadrature (scanstream.metrics).\n"
         )
         if "table2_models" in s:
-            lines.append(f"Over the {s['table2_models']['models']} models (mean ± sample std):\n")
+            lines.append(f"Over the {s['table2_models']['models']} models {', '.join(metrics['spread_over'])} "
+                         "(mean ± sample std):\n")
             lines.append(table2_markdown(s["table2_models"], cnn_label="models"))
         fps = {"former method": metrics["former"]["false_positives"], **s["false_positives"]}
         lines.append(f"{h}## False positives by category at this recall\n")

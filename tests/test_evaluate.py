@@ -311,3 +311,20 @@ def test_json_ready_strict():
 
     out = json_ready({"a": math.nan, "b": [np.float32(1.5), math.inf], "c": {"d": np.int64(3)}})
     assert json.dumps(out, allow_nan=False) == '{"a": null, "b": [1.5, null], "c": {"d": 3}}'
+
+
+def test_spread_over_a_subset_of_models(case):
+    rng = np.random.default_rng(8)
+    extra = [ev.ScoreSet(f"s{i}", case["store"].table.column("object_id").to_numpy(zero_copy_only=False),
+                         case["scores"] + rng.normal(0, 0.8, len(case["scores"]))) for i in range(2)]
+    res = ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep", baseline=case["base"],
+                      names=["ensemble"], extra_models=extra, spread_over=["s0", "s1"])
+    m = res.metrics
+    aps = [m["models"]["s0"]["ap"], m["models"]["s1"]["ap"]]
+    assert m["ap"]["value"] == pytest.approx(np.mean(aps)) and m["spread_over"] == ["s0", "s1"]
+    ops = m["at_former_recall"]["operating_points"]
+    assert m["at_former_recall"]["table2_models"]["cnn"]["candidates"]["value"] == pytest.approx(
+        np.mean([ops["s0"]["selected"], ops["s1"]["selected"]]))
+    assert m["at_former_recall"]["table2"]["cnn"]["candidates"]["value"] == ops["ensemble"]["selected"]
+    with pytest.raises(InputError, match="unknown models"):
+        ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep2", extra_models=extra, spread_over=["zz"])
