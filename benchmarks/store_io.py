@@ -14,12 +14,13 @@ the same crops:
 and, as the reference, ``memory_copy_crops_per_s``: ``np.copy`` of the same uint8 array, with
 each store figure also given as a ratio to it. Crops come from the physics simulator
 (``scanstream.simulate.simulate_store``) when it exists, else from the test suite's drawn stars
-and blobs (``tests/conftest.py:draw_crops``); both are grayscale in three equal channels with
-grain noise, like micrographs. Reads come from the page cache (the store was just written).
+and blobs (``tests/conftest.py:draw_crops``, grayscale in three equal channels with noise). Reads
+come from the page cache (the store was just written). The machine is shared: the JSON records
+the load average, and every figure is the best of ``--repeat`` runs.
 
 Usage::
 
-    python benchmarks/store_io.py [--n 2048] [--configs 16:256,32:512,64:1024,128:1024] [--repeat 2]
+    python benchmarks/store_io.py [--n 2048] [--configs 16:256,32:512,64:1024,64:1024:1] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def make_crops(n: int, seed: int) -> tuple[np.ndarray, list[dict], str]:
     if simulate_store is not None:
         tmp = Path(tempfile.mkdtemp(prefix="store_io_sim_"))
         try:
-            s = simulate_store(tmp / "sim.zarr", n=n, seed=seed)
+            s = simulate_store(tmp / "sim.zarr", objects=n, alpha_fraction=0.25, sheet="BENCH", seed=seed,
+                               workers=os.cpu_count() or 1)
             return s.read(), s.table.to_pylist(), "scanstream.simulate.simulate_store"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -76,9 +78,11 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
-def measure(crops: np.ndarray, rows: list[dict], chunk: int, shard: int, root: Path, repeat: int, seed: int) -> dict:
+def measure(crops: np.ndarray, rows: list[dict], chunk: int, shard: int, level: int, root: Path, repeat: int,
+            seed: int) -> dict:
     n = len(crops)
-    path = root / f"c{chunk}-s{shard}.zarr"
+    path = root / f"c{chunk}-s{shard}-l{level}.zarr"
+    st.ZSTD_LEVEL = level  # read by StoreWriter when it creates the crops array
 
     def write() -> None:
         with st.StoreWriter(path, source={"stage": "bench"}, overwrite=True, chunk_crops=chunk, shard_crops=shard) as w:
@@ -110,6 +114,7 @@ def measure(crops: np.ndarray, rows: list[dict], chunk: int, shard: int, root: P
     return {
         "chunk": chunk,
         "shard": shard,
+        "zstd_level": level,
         "chunk_mb": round(chunk * crops[0].nbytes / 1e6, 2),
         "write_crops_per_s": round(n / t_write, 1),
         "read_task_crops_per_s": round(n / t_task, 1),
@@ -125,13 +130,14 @@ def measure(crops: np.ndarray, rows: list[dict], chunk: int, shard: int, root: P
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2048, help="crops (default 2048 = 308 MB raw)")
-    ap.add_argument("--configs", default="16:256,32:512,64:1024,64:256,128:1024,256:1024",
-                    help="comma-separated chunk:shard pairs (crops)")
+    ap.add_argument("--configs", default="16:256,32:512,64:1024,64:256,128:1024,64:1024:1,64:1024:6",
+                    help="comma-separated chunk:shard[:zstd level] (crops; level default: the store's)")
     ap.add_argument("--repeat", type=int, default=2, help="best of this many runs per figure")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", type=Path, default=None, help="where to write the stores (default: a temp dir)")
     args = ap.parse_args(argv)
 
+    chosen_level = st.ZSTD_LEVEL
     crops, rows, source = make_crops(args.n, args.seed)
     t_copy = best_of(max(args.repeat, 3), lambda: np.copy(crops))
     copy_rate = args.n / t_copy
@@ -139,22 +145,25 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     try:
         for pair in args.configs.split(","):
-            chunk, shard = (int(v) for v in pair.split(":"))
-            r = measure(crops, rows, chunk, shard, root, args.repeat, args.seed)
+            chunk, shard, *level = (int(v) for v in pair.split(":"))
+            r = measure(crops, rows, chunk, shard, level[0] if level else chosen_level, root, args.repeat, args.seed)
             for key in ("write_crops_per_s", "read_task_crops_per_s", "read_chunk_crops_per_s"):
                 r[key.replace("_crops_per_s", "_vs_memory_copy")] = round(r[key] / copy_rate, 4)
             results.append(r)
             print(json.dumps(r), file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        st.ZSTD_LEVEL = chosen_level
+    load = os.getloadavg()
     print(json.dumps({
         "benchmark": "store_io",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_1_5_15_min_at_end": [round(v, 2) for v in load]},
         "crops": args.n,
         "crop_source": source,
         "raw_bytes_per_crop": int(crops[0].nbytes),
         "memory_copy_crops_per_s": round(copy_rate, 1),
-        "chosen": {"chunk": st.CHUNK_CROPS, "shard": st.SHARD_CROPS, "zstd_level": st.ZSTD_LEVEL},
+        "chosen": {"chunk": st.CHUNK_CROPS, "shard": st.SHARD_CROPS, "zstd_level": chosen_level},
         "configs": results,
     }, indent=1))
 

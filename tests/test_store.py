@@ -436,7 +436,7 @@ def test_info_cli_rejects_non_store(tmp_path, capsys):
     (tmp_path / "f.txt").write_text("x")
     assert main(["info", str(tmp_path / "f.txt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"scanstream info: error: {tmp_path / 'f.txt'}: neither a crop store nor a candidate table"
+    assert err == f"scanstream info: error: {tmp_path / 'f.txt'}: neither a crop store, a volume store nor a candidate table"
 
 
 def test_store_directory_copy_is_self_contained(tmp_path):

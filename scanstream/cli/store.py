@@ -1,4 +1,4 @@
-"""``scanstream info``: summary of a crop store or a candidate table."""
+"""``scanstream info``: summary of a crop store, a scanned-volume store or a candidate table."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from scanstream.errors import InputError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
-        help="summary of a crop store or candidate table",
+        help="summary of a crop store, volume store or candidate table",
         description="Print a JSON summary of a crop store (objects, labels, categories, sheets, "
-        "chunk and shard shape, compressed size, completion state) or of a candidate table.",
+        "chunk and shard shape, compressed size, completion state), of a scanned-volume store "
+        "(fields of view, stage positions, pixel and step sizes) or of a candidate table.",
     )
-    p.add_argument("path", type=Path, help="a NAME.zarr crop store or a candidate table directory")
+    p.add_argument("path", type=Path, help="a NAME.zarr crop or volume store, or a candidate table directory")
     p.add_argument("--validate", action="store_true", help="also check the store against the format (reads every crop)")
     p.set_defaults(func=run_info)
 
@@ -31,6 +32,11 @@ def run_info(args: argparse.Namespace) -> int:
             summary["problems"] = st.validate_store(args.path, deep=True)
         print_json(summary)
         return 1 if args.validate and summary["problems"] else 0
+    from scanstream import volume as vol
+
+    if vol.is_volume(args.path):
+        print_json(vol.summarize_volume(vol.open_volume(args.path, require_complete=False)))
+        return 0
     try:
         from scanstream.candidates import summarize_candidates
     except ImportError:
@@ -38,4 +44,4 @@ def run_info(args: argparse.Namespace) -> int:
     if summarize_candidates is not None and args.path.is_dir():
         print_json(summarize_candidates(args.path))
         return 0
-    raise InputError(f"{args.path}: neither a crop store nor a candidate table")
+    raise InputError(f"{args.path}: neither a crop store, a volume store nor a candidate table")

@@ -1,0 +1,629 @@
+"""Scanned volumes: the microscope's z-stacks (info.json) as an OME-Zarr store napari opens.
+
+A z-stack folder holds the images of one field of view at successive focal depths and an
+``info.json`` describing them (PHYSICS.md, "Scanner z-stack metadata")::
+
+    {"DocumentType": {"ver": "20170810", "unit": "mm"},
+     "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 2.0},
+     "ImageType": {"Height": 440, "Width": 512, "Depth": 8},
+     "Interval": [0.000283, 0.000284, 0.003],
+     "Images": [{"Path": "1.png", "x": 1.000, "y": -2.000, "z": -0.1060}, ...]}
+
+``Interval`` is mm per pixel in x and y and mm per step in z; x, y, z are stage positions in mm.
+:func:`read_stack_info` validates it: ``DocumentType.unit`` must be ``"mm"``, ``Interval`` three
+positive numbers small enough to be mm (at most 0.01 mm per pixel and 0.1 mm per step, so
+micrometres given as mm are caught), ``ImageType`` the image size and ``Depth`` 8, and every
+``Images`` entry a ``Path`` and numeric ``x``, ``y``, ``z``. ``EmulsionType`` and ``Stage`` are
+optional and kept. A problem is one line naming the file and the key.
+
+Layout of ``NAME.zarr`` (zarr v3, OME-Zarr / NGFF 0.5, the ``bioformats2raw.layout`` collection
+that ome-zarr readers and napari's ome-zarr plugin open)::
+
+    zarr.json        attributes "ome": {"version": "0.5", "bioformats2raw.layout": 3} and
+                     "scanstream_volume": {schema, complete, source, fields: ["0", "1", ...]}
+    OME/zarr.json    "ome": {"version": "0.5", "series": ["0", "1", ...]}
+    0/               field of view 0: an NGFF image ("ome": {"multiscales": [...]}, axes z, y, x
+                     in micrometer) plus "scanstream_fov" (the info.json as read, the stage
+                     x, y, z of every plane in mm, pixel and step sizes, source folder)
+    0/0/             uint8 (z, y, x), one chunk per plane, shards of 16 planes, zstd
+    1/ ...
+
+Planes are stored in increasing stage z. The NGFF transform maps voxel (k, i, j) to stage
+micrometres: scale (step, pixel y, pixel x) and translation (z of plane 0, and the top-left
+pixel centre). Two conventions the metadata does not state are assumed and used in one place,
+:meth:`FieldOfView.pixel_to_stage`: the stage x, y of an image is the centre of the image,
+and image columns / rows run along +x / +y of the stage. Stage z is as measured (developed
+emulsion; multiply depths by the shrinkage factor ``Sh`` for pre-development depths).
+
+Ingest (:func:`ingest_stacks`) validates every info.json and image header first, then writes one
+field of view at a time, 16 planes at a time (memory stays flat), each marked complete last;
+a rerun skips fields of view already complete (identified by folder path relative to SRC) and
+rewrites an interrupted one. Bad input stops the run and leaves the store as it was, or with
+``skip_bad`` the stack is left out and listed in ``NAME.zarr.quarantine.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from PIL import Image, UnidentifiedImageError
+from zarr.codecs import ZstdCodec
+
+from scanstream.errors import InputError, StoreError, StoreNotFoundError
+from scanstream.ingest import BadItem, quarantine_path, write_quarantine
+
+logger = logging.getLogger(__name__)
+
+VOLUME_SCHEMA = 1
+NGFF_VERSION = "0.5"
+INFO_FILE = "info.json"
+Z_BLOCK = 16  # planes per shard, and per write
+MAX_PIXEL_MM = 0.01  # 10 um per pixel: coarser is not an emulsion microscope (um given as mm?)
+MAX_STEP_MM = 0.1
+AXES = [
+    {"name": "z", "type": "space", "unit": "micrometer"},
+    {"name": "y", "type": "space", "unit": "micrometer"},
+    {"name": "x", "type": "space", "unit": "micrometer"},
+]
+
+
+def _um(mm: float) -> float:
+    """mm -> micrometres, rounded to 1e-9 um so 0.000284 mm reads 0.284, not 0.28400000000000003."""
+    return round(mm * 1000.0, 9)
+
+
+class StackError(InputError):
+    """A z-stack whose info.json or images cannot be used (names the file and the key)."""
+
+
+@dataclass(frozen=True)
+class StackImage:
+    """One focal plane: its file (relative to the stack folder) and stage position (mm)."""
+
+    path: str
+    x_mm: float
+    y_mm: float
+    z_mm: float
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A validated info.json.
+
+    Attributes
+    ----------
+    path : Path
+        The info.json file.
+    height, width : int
+        Image size (px).
+    pixel_mm : tuple of float
+        (x, y) mm per pixel.
+    step_mm : float
+        mm per z step.
+    images : tuple of StackImage
+        As listed (not yet sorted by z).
+    raw : dict
+        The whole info.json.
+    """
+
+    path: Path
+    height: int
+    width: int
+    pixel_mm: tuple[float, float]
+    step_mm: float
+    images: tuple[StackImage, ...]
+    raw: dict
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def emulsion(self, key: str) -> Any:
+        """``EmulsionType[key]`` (Experiment, Module, Plate, Sh) or None."""
+        return (self.raw.get("EmulsionType") or {}).get(key)
+
+
+def _key(obj: Any, dotted: str, path: Path) -> Any:
+    cur = obj
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise StackError(f"{path}: missing key {dotted}")
+        cur = cur[part]
+    return cur
+
+
+def _number(value: Any, where: str, path: Path, *, unit: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StackError(f"{path}: {where} is {value!r}, expected a number ({unit})")
+    return float(value)
+
+
+def read_stack_info(path: str | os.PathLike) -> StackInfo:
+    """Read and validate an info.json (see the module docstring for the rules).
+
+    Raises
+    ------
+    StackError
+        Unreadable JSON, a missing key, a wrong unit or an implausible value; the message names
+        the file and the key.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StackError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise StackError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise StackError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    unit = _key(raw, "DocumentType.unit", path)
+    if unit != "mm":
+        raise StackError(f"{path}: DocumentType.unit is {unit!r}, expected 'mm'")
+    interval = _key(raw, "Interval", path)
+    if not isinstance(interval, list) or len(interval) != 3:
+        raise StackError(f"{path}: Interval is {interval!r}, expected 3 numbers in mm (x, y per pixel, z per step)")
+    iv = [_number(v, f"Interval[{i}]", path, unit="mm") for i, v in enumerate(interval)]
+    for i, (v, limit, what) in enumerate(zip(iv, (MAX_PIXEL_MM, MAX_PIXEL_MM, MAX_STEP_MM),
+                                             ("per pixel", "per pixel", "per step"), strict=True)):
+        if not 0 < v <= limit:
+            raise StackError(f"{path}: Interval[{i}] = {v} mm {what} is outside (0, {limit}] mm; micrometres given as mm?")
+    dims = {}
+    for key in ("Height", "Width", "Depth"):
+        v = _key(raw, f"ImageType.{key}", path)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise StackError(f"{path}: ImageType.{key} is {v!r}, expected a positive integer")
+        dims[key] = v
+    if dims["Depth"] != 8:
+        raise StackError(f"{path}: ImageType.Depth is {dims['Depth']}, only 8-bit images are supported")
+    entries = _key(raw, "Images", path)
+    if not isinstance(entries, list) or not entries:
+        raise StackError(f"{path}: Images is {entries!r}, expected a non-empty list")
+    images, seen = [], set()
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise StackError(f"{path}: Images[{i}] is {e!r}, expected an object")
+        for key in ("Path", "x", "y", "z"):
+            if key not in e:
+                raise StackError(f"{path}: missing key Images[{i}].{key}")
+        if not isinstance(e["Path"], str) or not e["Path"]:
+            raise StackError(f"{path}: Images[{i}].Path is {e['Path']!r}, expected a file name")
+        if e["Path"] in seen:
+            raise StackError(f"{path}: Images[{i}].Path {e['Path']!r} is listed twice")
+        seen.add(e["Path"])
+        xyz = [_number(e[k], f"Images[{i}].{k}", path, unit="mm") for k in ("x", "y", "z")]
+        images.append(StackImage(e["Path"], *xyz))
+    sh = (raw.get("EmulsionType") or {}).get("Sh")
+    if sh is not None and (_number(sh, "EmulsionType.Sh", path, unit="shrinkage factor") <= 0):
+        raise StackError(f"{path}: EmulsionType.Sh is {sh!r}, expected a positive number")
+    return StackInfo(path, dims["Height"], dims["Width"], (iv[0], iv[1]), iv[2], tuple(images), raw)
+
+
+def find_stacks(src: Path) -> list[Path]:
+    """Folders holding an info.json: ``src`` itself, or every such folder below it (sorted)."""
+    if (src / INFO_FILE).is_file():
+        return [src]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if INFO_FILE in filenames:
+            found.append(Path(dirpath))
+    return found
+
+
+def _plane_problem(path: Path, info: StackInfo) -> str | None:
+    try:
+        with Image.open(path) as im:
+            size, mode, frames = im.size, im.mode, getattr(im, "n_frames", 1)
+    except FileNotFoundError:
+        return "image file not found"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return f"unreadable image ({exc.__class__.__name__}: {exc})"
+    if size != (info.width, info.height):
+        return f"image is {size[0]} x {size[1]} px, info.json ImageType says {info.width} x {info.height}"
+    if mode not in ("L", "P", "RGB", "RGBA", "LA", "1") or frames != 1:
+        return f"image mode {mode} ({frames} frames) is not one 8-bit plane"
+    return None
+
+
+def read_plane(path: str | os.PathLike) -> np.ndarray:
+    """Decode one focal plane to uint8 (height, width); colour is converted to grayscale (luma)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im if im.mode == "L" else im.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise StackError(f"{path}: truncated or unreadable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def check_stack(folder: Path) -> StackInfo:
+    """Validate a stack folder's info.json and every image header (no pixel decoding)."""
+    info = read_stack_info(folder / INFO_FILE)
+    for i, im in enumerate(info.images):
+        problem = _plane_problem(folder / im.path, info)
+        if problem:
+            raise StackError(f"{folder / im.path}: {problem} (Images[{i}] of {info.path})")
+    return info
+
+
+# -- reading ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldOfView:
+    """One z-stack in a volume store.
+
+    Attributes
+    ----------
+    name : str
+        Its group in the store ("0", "1", ...).
+    source : str
+        The stack folder, relative to the ingest source.
+    data : zarr.Array
+        uint8 (z, y, x), planes in increasing stage z.
+    pixel_size_um : tuple of float
+        (x, y) micrometres per pixel.
+    step_um : float
+        Micrometres per z step (from Interval).
+    stage_x_mm, stage_y_mm, stage_z_mm : numpy.ndarray
+        float64 (z,): stage position of every plane (mm), as in info.json.
+    attrs : dict
+        The field of view's ``scanstream_fov`` attributes (including the raw info.json).
+    """
+
+    name: str
+    source: str
+    data: zarr.Array
+    pixel_size_um: tuple[float, float]
+    step_um: float
+    stage_x_mm: np.ndarray
+    stage_y_mm: np.ndarray
+    stage_z_mm: np.ndarray
+    attrs: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)
+
+    @property
+    def info(self) -> dict:
+        return self.attrs["info"]
+
+    @property
+    def shrinkage(self) -> float | None:
+        return (self.info.get("EmulsionType") or {}).get("Sh")
+
+    def read(self, z: int | slice = slice(None)) -> np.ndarray:
+        """Planes ``z`` as uint8 ((k,) y, x)."""
+        return np.asarray(self.data[z])
+
+    def pixel_to_stage(self, z: float, y: float, x: float) -> tuple[float, float, float]:
+        """Stage position (x_mm, y_mm, z_mm) of voxel (plane z, row y, column x).
+
+        Uses the plane's own stage x, y, z (interpolated for a fractional plane), the image
+        centre as the stage position, and columns / rows along +x / +y.
+        """
+        k = np.arange(len(self.stage_z_mm))
+        sx, sy, sz = (float(np.interp(z, k, a)) for a in (self.stage_x_mm, self.stage_y_mm, self.stage_z_mm))
+        ny, nx = self.data.shape[1:]
+        return (sx + (x - (nx - 1) / 2) * self.pixel_size_um[0] / 1000.0,
+                sy + (y - (ny - 1) / 2) * self.pixel_size_um[1] / 1000.0,
+                sz)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A scanned-volume store: its fields of view, in ingest order."""
+
+    path: Path
+    fields: tuple[FieldOfView, ...]
+    attrs: dict
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __iter__(self) -> Iterator[FieldOfView]:
+        return iter(self.fields)
+
+    def __getitem__(self, key: int | str) -> FieldOfView:
+        if isinstance(key, int):
+            return self.fields[key]
+        for f in self.fields:
+            if key in (f.name, f.source):
+                return f
+        raise KeyError(f"{self.path}: no field of view {key!r}")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+
+def is_volume(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a scanned-volume store (complete or not)."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("node_type") == "group" and "scanstream_volume" in meta.get("attributes", {})
+
+
+def open_volume(path: str | os.PathLike, *, require_complete: bool = True) -> Volume:
+    """Open a scanned-volume store read-only.
+
+    Raises
+    ------
+    StoreNotFoundError
+        ``path`` is not a volume store.
+    StoreError
+        It is incomplete (and ``require_complete``), or a field of view is malformed.
+    """
+    p = Path(path)
+    if not is_volume(p):
+        raise StoreNotFoundError(f"{p}: not a scanstream volume store")
+    group = zarr.open_group(str(p), mode="r")
+    attrs = dict(group.attrs["scanstream_volume"])
+    if require_complete and not attrs.get("complete"):
+        raise StoreError(f"{p}: volume store is incomplete (interrupted ingest?); rerun the ingest")
+    fields = []
+    for name in attrs.get("fields", []):
+        g = group[name]
+        fa = dict(g.attrs["scanstream_fov"])
+        fields.append(FieldOfView(
+            name=name, source=fa["source"], data=g["0"], pixel_size_um=tuple(fa["pixel_size_um"]),
+            step_um=float(fa["step_um"]), stage_x_mm=np.asarray(fa["stage_x_mm"], np.float64),
+            stage_y_mm=np.asarray(fa["stage_y_mm"], np.float64), stage_z_mm=np.asarray(fa["stage_z_mm"], np.float64),
+            attrs=fa,
+        ))
+    return Volume(p, tuple(fields), attrs)
+
+
+def summarize_volume(volume: Volume) -> dict[str, Any]:
+    """A JSON-ready summary (``scanstream info``)."""
+    size = sum(f.stat().st_size for f in volume.path.rglob("*") if f.is_file())
+    return {
+        "path": str(volume.path),
+        "kind": "volume",
+        "ngff": NGFF_VERSION,
+        "complete": volume.complete,
+        "fields_of_view": len(volume),
+        "planes": sum(f.shape[0] for f in volume),
+        "fields": [
+            {"name": f.name, "source": f.source, "shape_zyx": list(f.shape),
+             "stage_x_mm": float(f.stage_x_mm[0]), "stage_y_mm": float(f.stage_y_mm[0]),
+             "z_mm": [float(f.stage_z_mm[0]), float(f.stage_z_mm[-1])],
+             "pixel_size_um": list(f.pixel_size_um), "step_um": f.step_um}
+            for f in volume
+        ],
+        "bytes": size,
+        "source": volume.attrs.get("source"),
+    }
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _multiscales(info: StackInfo, planes: list[StackImage], name: str) -> dict:
+    px_um, py_um = _um(info.pixel_mm[0]), _um(info.pixel_mm[1])
+    x0 = round(_um(planes[0].x_mm) - (info.width - 1) / 2 * px_um, 9)
+    y0 = round(_um(planes[0].y_mm) - (info.height - 1) / 2 * py_um, 9)
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [{
+            "name": name,
+            "axes": AXES,
+            "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [_um(info.step_mm), py_um, px_um]},
+                {"type": "translation", "translation": [_um(planes[0].z_mm), y0, x0]},
+            ]}],
+        }],
+    }
+
+
+@dataclass(frozen=True)
+class VolumeIngestResult:
+    """What a stack ingest did."""
+
+    store: Path
+    added: int
+    already_present: int
+    planes: int
+    bad: tuple[BadItem, ...]
+    quarantine: Path | None
+    fields: int
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "store": str(self.store),
+            "format": "stack",
+            "added": self.added,
+            "already_present": self.already_present,
+            "planes_written": self.planes,
+            "quarantined": len(self.bad),
+            "quarantine_report": str(self.quarantine) if self.quarantine else None,
+            "fields_of_view_in_store": self.fields,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class _VolumeWriter:
+    """Adds fields of view to a volume store; :meth:`rollback` undoes this run's additions."""
+
+    def __init__(self, path: Path, source: dict) -> None:
+        self.path = path
+        self.created = not path.exists()
+        if self.created:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            attrs = {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3},
+                     "scanstream_volume": {"schema": VOLUME_SCHEMA, "complete": False, "source": source, "fields": []}}
+            g = zarr.open_group(str(tmp), mode="w", attributes=attrs)
+            g.create_group("OME", attributes={"ome": {"version": NGFF_VERSION, "series": []}})
+            os.replace(tmp, path)
+        elif not is_volume(path):
+            raise StackError(f"{path}: exists and is not a scanstream volume store")
+        self.group = zarr.open_group(str(path), mode="r+")
+        self.start = dict(self.group.attrs["scanstream_volume"])
+        if self.start.get("schema", 0) > VOLUME_SCHEMA:
+            raise StoreError(f"{path}: volume schema {self.start['schema']} is newer than this scanstream")
+        self.fields = list(self.start.get("fields", []))
+        self.sources = {self.group[n].attrs["scanstream_fov"]["source"] for n in self.fields}
+        self.source = source
+        self.added: list[str] = []
+
+    def _set(self, **kw: Any) -> None:
+        self.group.attrs["scanstream_volume"] = {**dict(self.group.attrs["scanstream_volume"]), **kw}
+
+    def add(self, key: str, info: StackInfo, progress: Callable[[int], None] | None) -> int:
+        """Write one stack as the next field of view; returns planes written."""
+        if not self.added:
+            self._set(complete=False, source=self.source)
+        name = str(max((int(n) for n in self.fields), default=-1) + 1)
+        if name in self.group:  # left by an interrupted run
+            del self.group[name]
+        planes = sorted(info.images, key=lambda im: im.z_mm)
+        fov_attrs = {
+            "source": key, "info": info.raw, "complete": False,
+            "pixel_size_um": [_um(info.pixel_mm[0]), _um(info.pixel_mm[1])],
+            "step_um": _um(info.step_mm),
+            "image_paths": [p.path for p in planes],
+            "stage_x_mm": [p.x_mm for p in planes], "stage_y_mm": [p.y_mm for p in planes],
+            "stage_z_mm": [p.z_mm for p in planes],
+        }
+        g = self.group.create_group(name, attributes={"ome": _multiscales(info, planes, key), "scanstream_fov": fov_attrs})
+        nz = len(planes)
+        arr = g.create_array(
+            "0", shape=(nz, info.height, info.width), chunks=(1, info.height, info.width),
+            shards=(min(Z_BLOCK, nz), info.height, info.width), dtype="uint8",
+            compressors=ZstdCodec(level=3), fill_value=0, dimension_names=["z", "y", "x"],
+        )
+        self.added.append(name)
+        for start in range(0, nz, Z_BLOCK):
+            block = planes[start : start + Z_BLOCK]
+            arr[start : start + len(block)] = np.stack([read_plane(info.folder / p.path) for p in block])
+            if progress is not None:
+                progress(len(block))
+        g.attrs["scanstream_fov"] = {**fov_attrs, "complete": True}
+        self.fields.append(name)
+        self.sources.add(key)
+        self._set(fields=self.fields)
+        ome = self.group["OME"]
+        ome.attrs["ome"] = {"version": NGFF_VERSION, "series": list(self.fields)}
+        return nz
+
+    def drop_last(self) -> None:
+        """Remove the field of view being written (its stack turned out bad)."""
+        name = self.added.pop()
+        if name in self.group:
+            del self.group[name]
+        if name in self.fields:
+            self.fields.remove(name)
+            self._set(fields=self.fields)
+
+    def finish(self) -> None:
+        if self.added or not self.start.get("complete"):
+            self._set(complete=True, fields=self.fields)
+
+    def rollback(self) -> None:
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in self.added:
+            if name in self.group:
+                del self.group[name]
+        self.group["OME"].attrs["ome"] = {"version": NGFF_VERSION, "series": list(self.start.get("fields", []))}
+        self.group.attrs["scanstream_volume"] = self.start
+
+
+def _stack_key(src: Path, folder: Path) -> str:
+    rel = folder.relative_to(src)
+    return src.resolve().name if rel == Path(".") else rel.as_posix()
+
+
+def ingest_stacks(
+    src: str | os.PathLike,
+    store: str | os.PathLike,
+    *,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
+) -> VolumeIngestResult:
+    """Ingest z-stack folders under ``src`` into the volume store ``store`` (module docstring).
+
+    Parameters
+    ----------
+    src : path-like
+        A stack folder (with info.json) or a folder of them (searched recursively).
+    store : path-like
+        The ``NAME.zarr`` volume store, created if missing, added to if present.
+    skip_bad : bool
+        Leave bad stacks out and list them in ``NAME.zarr.quarantine.csv`` instead of failing.
+    progress, total : callable, optional
+        Called with planes written / once with the planes to write.
+
+    Raises
+    ------
+    StackError
+        Without ``skip_bad``: the first bad stack (file and key or problem); the store is left
+        as it was before the run.
+    """
+    src, store = Path(src), Path(store)
+    t0 = time.perf_counter()
+    if not src.is_dir():
+        raise StackError(f"{src}: no such source folder")
+    folders = find_stacks(src)
+    if not folders:
+        raise StackError(f"{src}: no z-stack folders (a folder with {INFO_FILE})")
+    if store.exists() and not is_volume(store):
+        raise StackError(f"{store}: exists and is not a scanstream volume store")
+    present: set[str] = set()
+    if store.exists():
+        present = {f.source for f in open_volume(store, require_complete=False)}
+
+    bad: list[BadItem] = []
+    todo: list[tuple[str, StackInfo]] = []
+    already = 0
+    for folder in folders:
+        key = _stack_key(src, folder)
+        if key in present:
+            already += 1
+            continue
+        try:
+            todo.append((key, check_stack(folder)))
+        except StackError as exc:
+            if not skip_bad:
+                raise
+            bad.append(BadItem(str(folder), str(exc), key))
+    if total is not None:
+        total(sum(len(info.images) for _, info in todo))
+
+    writer = _VolumeWriter(store, {"stage": "ingest", "format": "stack", "src": str(src)})
+    planes = 0
+    try:
+        for key, info in todo:
+            try:
+                planes += writer.add(key, info, progress)
+            except StackError as exc:
+                if not skip_bad:
+                    raise
+                writer.drop_last()
+                bad.append(BadItem(str(info.folder), str(exc), key))
+        writer.finish()
+    except StackError:
+        writer.rollback()
+        raise
+    quarantine = None
+    if skip_bad:
+        quarantine = quarantine_path(store)
+        write_quarantine(quarantine, bad)
+    n_fields = len(open_volume(store).fields)
+    return VolumeIngestResult(store, len(writer.added), already, planes, tuple(bad), quarantine, n_fields,
+                              time.perf_counter() - t0)

@@ -1,0 +1,285 @@
+"""``scanstream ingest --format stack``: info.json z-stacks into an OME-Zarr volume store."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from scanstream import volume as vol
+from scanstream.cli import main
+
+H, W = 40, 56  # small planes keep the tests fast; real E07 planes are 440 x 512
+
+
+def info_dict(images, **over):
+    info = {
+        "DocumentType": {"ver": "20170810", "unit": "mm"},
+        "Stage": {"Location": "RIKEN", "ID": 999, "Objective": 50},
+        "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 2.0},
+        "ImageType": {"Height": H, "Width": W, "Depth": 8},
+        "Interval": [0.000283, 0.000284, 0.003],
+        "Images": images,
+    }
+    info.update(over)
+    return info
+
+
+def write_stack(folder, *, n=5, x=1.0, y=-2.0, seed=0, info_over=None):
+    """A z-stack folder; planes listed from the top (highest z) down. Returns planes by z ascending."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    planes, images = [], []
+    for k in range(n):
+        a = rng.integers(0, 256, (H, W), dtype=np.uint8)
+        Image.fromarray(a).save(folder / f"{k + 1}.png")
+        images.append({"Path": f"{k + 1}.png", "x": x, "y": y, "z": round(-0.106 - 0.003 * k, 6)})
+        planes.append(a)
+    (folder / "info.json").write_text(json.dumps(info_dict(images, **(info_over or {}))))
+    return np.stack(planes[::-1]), [im["z"] for im in images][::-1]
+
+
+def run(capsys, *argv):
+    rc = main(["ingest", *map(str, argv), "--format", "stack", "--no-progress"])
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if out.strip() else None), err.strip()
+
+
+def test_stack_round_trip_and_ngff_metadata(tmp_path, capsys):
+    p0, z0 = write_stack(tmp_path / "scan" / "fov_a", x=1.0, seed=0)
+    p1, _ = write_stack(tmp_path / "scan" / "fov_b", n=3, x=1.5, seed=1)
+    rc, summary, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    assert rc == 0, err
+    assert summary["added"] == 2 and summary["planes_written"] == 8 and summary["fields_of_view_in_store"] == 2
+    v = vol.open_volume(tmp_path / "v.zarr")
+    assert v.complete and len(v) == 2 and [f.source for f in v] == ["fov_a", "fov_b"]
+    a = v["fov_a"]
+    np.testing.assert_array_equal(a.read(), p0)  # planes in increasing stage z
+    np.testing.assert_array_equal(v[1].read(), p1)
+    np.testing.assert_array_equal(a.read(2), p0[2])
+    assert a.shape == (5, H, W) and a.data.dtype == np.uint8
+    assert a.stage_z_mm.tolist() == z0 and a.stage_x_mm.tolist() == [1.0] * 5 and a.stage_y_mm.tolist() == [-2.0] * 5
+    assert a.pixel_size_um == (0.283, 0.284) and a.step_um == 3.0 and a.shrinkage == 2.0
+    assert a.info["EmulsionType"]["Plate"] == 9 and a.info["Stage"]["ID"] == 999
+    assert a.attrs["image_paths"] == ["5.png", "4.png", "3.png", "2.png", "1.png"]
+
+    root = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
+    assert root.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}
+    assert root["OME"].attrs["ome"] == {"version": "0.5", "series": ["0", "1"]}
+    ms = root["0"].attrs["ome"]["multiscales"][0]
+    assert root["0"].attrs["ome"]["version"] == "0.5"
+    assert ms["axes"] == [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    scale, trans = ms["datasets"][0]["coordinateTransformations"]
+    assert ms["datasets"][0]["path"] == "0"
+    assert scale == {"type": "scale", "scale": [3.0, 0.284, 0.283]}
+    assert trans["type"] == "translation"
+    assert trans["translation"] == pytest.approx([z0[0] * 1000, -2000 - (H - 1) / 2 * 0.284, 1000 - (W - 1) / 2 * 0.283])
+    arr = root["0"]["0"]
+    assert arr.metadata.dimension_names == ("z", "y", "x")
+    assert arr.chunks == (1, H, W)
+
+
+def test_pixel_to_stage(tmp_path, capsys):
+    write_stack(tmp_path / "s", x=1.0, y=-2.0)
+    run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    f = vol.open_volume(tmp_path / "v.zarr")[0]
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    assert f.pixel_to_stage(0, cy, cx) == pytest.approx((1.0, -2.0, -0.118))
+    assert f.pixel_to_stage(4, cy + 10, cx - 100) == pytest.approx((1.0 - 100 * 0.000283, -2.0 + 10 * 0.000284, -0.106))
+    assert f.pixel_to_stage(0.5, cy, cx)[2] == pytest.approx(-0.1165)
+
+
+def test_single_stack_folder_as_source_and_rerun(tmp_path, capsys):
+    write_stack(tmp_path / "fov_1")
+    rc, summary, _ = run(capsys, tmp_path / "fov_1", tmp_path / "v.zarr")
+    assert rc == 0 and summary["added"] == 1 and vol.open_volume(tmp_path / "v.zarr")[0].source == "fov_1"
+    before = json.loads((tmp_path / "v.zarr" / "zarr.json").read_text())
+    rc, summary, _ = run(capsys, tmp_path / "fov_1", tmp_path / "v.zarr")
+    assert rc == 0 and summary["added"] == 0 and summary["already_present"] == 1 and summary["planes_written"] == 0
+    assert json.loads((tmp_path / "v.zarr" / "zarr.json").read_text()) == before
+
+
+def test_rerun_adds_only_new_stacks(tmp_path, capsys):
+    write_stack(tmp_path / "scan" / "a")
+    run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    p, _ = write_stack(tmp_path / "scan" / "b", seed=4)
+    rc, summary, _ = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    assert rc == 0 and summary["added"] == 1 and summary["already_present"] == 1
+    v = vol.open_volume(tmp_path / "v.zarr")
+    assert [f.source for f in v] == ["a", "b"] and [f.name for f in v] == ["0", "1"]
+    np.testing.assert_array_equal(v["b"].read(), p)
+
+
+def test_interrupted_ingest_resumes_without_duplicates(tmp_path):
+    for name in "abc":
+        write_stack(tmp_path / "scan" / name, seed=ord(name))
+    calls = []
+
+    def interrupt(n):
+        calls.append(n)
+        if len(calls) == 4:  # after the first block of the second field of view (3 blocks each)
+            raise KeyboardInterrupt
+
+    vol.Z_BLOCK, z_block = 2, vol.Z_BLOCK
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            vol.ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr", progress=interrupt)
+    finally:
+        vol.Z_BLOCK = z_block
+    with pytest.raises(vol.StoreError, match="incomplete"):
+        vol.open_volume(tmp_path / "v.zarr")
+    partial = vol.open_volume(tmp_path / "v.zarr", require_complete=False)
+    assert [f.source for f in partial] == ["a"]
+    result = vol.ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr")
+    assert result.added == 2 and result.already_present == 1
+    v = vol.open_volume(tmp_path / "v.zarr")
+    assert [f.source for f in v] == ["a", "b", "c"]
+    for f in v:
+        want, _ = write_stack(tmp_path / "again" / f.source, seed=ord(f.source))
+        np.testing.assert_array_equal(f.read(), want)
+
+
+def test_info_cli_on_volume(tmp_path, capsys):
+    write_stack(tmp_path / "s")
+    run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert main(["info", str(tmp_path / "v.zarr")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "volume" and out["fields_of_view"] == 1 and out["planes"] == 5
+    assert out["fields"][0]["pixel_size_um"] == [0.283, 0.284] and out["fields"][0]["z_mm"] == [-0.118, -0.106]
+
+
+# -- bad info.json: one line naming the file and the key --------------------------------------------
+def _images(n=2):
+    return [{"Path": f"{k + 1}.png", "x": 1.0, "y": 2.0, "z": -0.1 - 0.003 * k} for k in range(n)]
+
+
+def _drop(d, dotted):
+    d = json.loads(json.dumps(d))
+    *head, last = dotted.split(".")
+    cur = d
+    for k in head:
+        cur = cur[int(k)] if isinstance(cur, list) else cur[k]
+    del cur[last]
+    return d
+
+
+BAD_INFOS = {
+    "missing unit": (_drop(info_dict(_images()), "DocumentType.unit"), "missing key DocumentType.unit"),
+    "missing DocumentType": (_drop(info_dict(_images()), "DocumentType"), "missing key DocumentType.unit"),
+    "unit um": (info_dict(_images(), DocumentType={"ver": "1", "unit": "um"}), "DocumentType.unit is 'um', expected 'mm'"),
+    "missing Interval": (_drop(info_dict(_images()), "Interval"), "missing key Interval"),
+    "Interval of 2": (info_dict(_images(), Interval=[0.000283, 0.000284]),
+                      "Interval is [0.000283, 0.000284], expected 3 numbers in mm"),
+    "Interval in um": (info_dict(_images(), Interval=[0.283, 0.284, 3.0]),
+                       "Interval[0] = 0.283 mm per pixel is outside (0, 0.01] mm; micrometres given as mm?"),
+    "Interval text": (info_dict(_images(), Interval=[0.000283, "a", 0.003]), "Interval[1] is 'a', expected a number (mm)"),
+    "step in um": (info_dict(_images(), Interval=[0.000283, 0.000284, 3.0]), "Interval[2] = 3.0 mm per step is outside"),
+    "missing Height": (_drop(info_dict(_images()), "ImageType.Height"), "missing key ImageType.Height"),
+    "Depth 16": (info_dict(_images(), ImageType={"Height": H, "Width": W, "Depth": 16}),
+                 "ImageType.Depth is 16, only 8-bit images are supported"),
+    "missing Images": (_drop(info_dict(_images()), "Images"), "missing key Images"),
+    "empty Images": (info_dict([]), "Images is [], expected a non-empty list"),
+    "image without z": (_drop(info_dict(_images()), "Images.1.z"), "missing key Images[1].z"),
+    "image without Path": (_drop(info_dict(_images()), "Images.0.Path"), "missing key Images[0].Path"),
+    "x not a number": (info_dict([{**_images(1)[0], "x": "1.0mm"}]), "Images[0].x is '1.0mm', expected a number (mm)"),
+    "Path twice": (info_dict([_images(1)[0], _images(1)[0]]), "Images[1].Path '1.png' is listed twice"),
+    "Sh negative": (info_dict(_images(), EmulsionType={"Sh": -2}), "EmulsionType.Sh is -2, expected a positive number"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INFOS))
+def test_bad_info_json(tmp_path, capsys, case):
+    info, message = BAD_INFOS[case]
+    write_stack(tmp_path / "s", n=2)
+    (tmp_path / "s" / "info.json").write_text(json.dumps(info))
+    rc, summary, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert rc == 2 and summary is None and "\n" not in err
+    assert err.startswith(f"scanstream ingest: error: {tmp_path / 's' / 'info.json'}: {message}"), err
+    assert not (tmp_path / "v.zarr").exists()
+
+
+def test_info_json_not_json(tmp_path, capsys):
+    write_stack(tmp_path / "s", n=2)
+    (tmp_path / "s" / "info.json").write_text("{not json")
+    rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert rc == 2 and f"{tmp_path / 's' / 'info.json'}: not readable JSON" in err
+
+
+def test_missing_plane_file(tmp_path, capsys):
+    write_stack(tmp_path / "s", n=3)
+    (tmp_path / "s" / "2.png").unlink()
+    rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert rc == 2
+    assert err == (f"scanstream ingest: error: {tmp_path / 's' / '2.png'}: image file not found "
+                   f"(Images[1] of {tmp_path / 's' / 'info.json'})")
+
+
+def test_plane_size_differs_from_info(tmp_path, capsys):
+    write_stack(tmp_path / "s", n=2)
+    Image.fromarray(np.zeros((H, W + 1), np.uint8)).save(tmp_path / "s" / "1.png")
+    rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert rc == 2 and f"1.png: image is {W + 1} x {H} px, info.json ImageType says {W} x {H}" in err
+
+
+def test_truncated_plane_leaves_existing_volume_as_it_was(tmp_path, capsys):
+    write_stack(tmp_path / "scan" / "a")
+    run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    before = json.loads((tmp_path / "v.zarr" / "zarr.json").read_text())
+    write_stack(tmp_path / "scan" / "b", seed=2)
+    data = (tmp_path / "scan" / "b" / "3.png").read_bytes()
+    (tmp_path / "scan" / "b" / "3.png").write_bytes(data[: len(data) // 2])
+    rc, _, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    assert rc == 2 and f"{tmp_path / 'scan' / 'b' / '3.png'}: truncated or unreadable image" in err
+    assert json.loads((tmp_path / "v.zarr" / "zarr.json").read_text()) == before
+    assert not (tmp_path / "v.zarr" / "1").exists()
+    assert [f.source for f in vol.open_volume(tmp_path / "v.zarr")] == ["a"]
+
+
+def test_truncated_plane_removes_new_volume(tmp_path, capsys):
+    write_stack(tmp_path / "s")
+    data = (tmp_path / "s" / "5.png").read_bytes()
+    (tmp_path / "s" / "5.png").write_bytes(data[: len(data) // 2])
+    rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert rc == 2 and "5.png: truncated or unreadable image" in err
+    assert not (tmp_path / "v.zarr").exists()
+
+
+def test_skip_bad_stacks(tmp_path, capsys):
+    write_stack(tmp_path / "scan" / "good")
+    write_stack(tmp_path / "scan" / "units", info_over={"DocumentType": {"unit": "um"}})
+    write_stack(tmp_path / "scan" / "trunc", seed=3)
+    data = (tmp_path / "scan" / "trunc" / "2.png").read_bytes()
+    (tmp_path / "scan" / "trunc" / "2.png").write_bytes(data[: len(data) // 2])
+    rc, summary, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr", "--skip-bad")
+    assert rc == 0 and summary["added"] == 1 and summary["quarantined"] == 2
+    report = tmp_path / "v.zarr.quarantine.csv"
+    assert summary["quarantine_report"] == str(report) and err.endswith(f"see {report}")
+    rows = {r["object_id"]: r["reason"] for r in csv.DictReader(report.open())}
+    assert rows["units"].endswith("DocumentType.unit is 'um', expected 'mm'")
+    assert "2.png: truncated or unreadable image" in rows["trunc"]
+    v = vol.open_volume(tmp_path / "v.zarr")
+    assert [f.source for f in v] == ["good"] and [f.name for f in v] == ["0"]
+    assert zarr.open_group(str(tmp_path / "v.zarr"), mode="r")["OME"].attrs["ome"]["series"] == ["0"]
+
+
+def test_no_stacks_and_wrong_flags(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(capsys, tmp_path / "empty", tmp_path / "v.zarr")
+    assert rc == 2 and err.endswith(f"{tmp_path / 'empty'}: no z-stack folders (a folder with info.json)")
+    write_stack(tmp_path / "s", n=1)
+    rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr", "--resize")
+    assert rc == 2 and "do not apply to --format stack" in err
+    assert not (tmp_path / "v.zarr").exists()
+
+
+def test_volume_is_not_a_crop_store_and_vice_versa(tmp_path, capsys, store_factory):
+    s = store_factory("c.zarr", n=4)
+    write_stack(tmp_path / "st", n=1)
+    rc, _, err = run(capsys, tmp_path / "st", s.path)
+    assert rc == 2 and err.endswith(f"{s.path}: exists and is not a scanstream volume store")
+    with pytest.raises(vol.StoreNotFoundError):
+        vol.open_volume(s.path)
