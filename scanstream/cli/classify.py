@@ -1,0 +1,118 @@
+"""``scanstream threshold`` and ``scanstream classify``: calibrate a cut, then score stores overnight."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scanstream.cli._common import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "threshold",
+        help="calibrate a logit threshold at a target recall or precision",
+        description="Score a labelled store (VALID) with the model(s) (ensemble: mean logit), pick the "
+        "threshold that reaches --target-recall (the highest such cut) or --target-precision (the lowest "
+        "such cut, i.e. the most recall), and write the threshold record: the cut, achieved recall and "
+        "precision with confidence intervals, the store's hash and class counts, the model hashes, and the "
+        "precision to expect at other prevalences (alpha:other, e.g. 1:183), projected from recall and "
+        "false-positive rate. classify refuses a record made for other models.",
+    )
+    t.add_argument("--model", type=Path, nargs="+", required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
+    t.add_argument("--store", type=Path, required=True, metavar="VALID.zarr", help="labelled calibration store")
+    g = t.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-recall", type=float, metavar="R", help="recall to reach, in (0, 1]")
+    g.add_argument("--target-precision", type=float, metavar="P", help="precision to reach, in (0, 1]")
+    t.add_argument(
+        "--prevalence", default="1:17,1:183", metavar="LIST",
+        help="comma-separated alpha:other ratios (or fractions) to project precision to (default 1:17,1:183)",
+    )
+    t.add_argument("--ci", choices=["clopper-pearson", "wilson"], default="clopper-pearson", help="interval method")
+    t.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="score precision; use the one classify will use (default auto: bf16 on CUDA)")
+    t.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
+    t.add_argument("--out", type=Path, required=True, metavar="THRESHOLD.json", help="the threshold record to write")
+    t.set_defaults(func=run_threshold)
+
+    c = sub.add_parser(
+        "classify",
+        help="score crop stores on Dask into a Parquet candidate table",
+        description="Score every crop of the stores with the model(s) (mean logit) on Dask and write the "
+        "candidate table: OUT/sheet=<sheet>/part-<store>-<start>.parquet, one file per task, with the "
+        "threshold record, model and store hashes in the schema metadata and OUT/_manifest.json once every "
+        "crop has its row. Rerun the same command after a crash, a kill or a failed task to finish only "
+        "what is missing. Exit status 1 lists failed tasks (store and crop range).",
+    )
+    c.add_argument("stores", type=Path, nargs="+", metavar="STORE", help="complete crop stores (NAME.zarr)")
+    c.add_argument("--model", type=Path, nargs="+", required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
+    c.add_argument("--threshold", type=Path, metavar="THRESHOLD.json",
+                   help="threshold record for these models (without it, 'selected' is null)")
+    c.add_argument("--out", type=Path, required=True, metavar="CANDIDATES", help="candidate table directory")
+    c.add_argument("--scheduler", metavar="ADDRESS", help="existing Dask scheduler (default: a LocalCluster)")
+    c.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, else 1 using all cores)")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    c.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="score precision (default auto: bf16 on CUDA and on CPUs with native bf16)")
+    c.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
+    c.add_argument("--crops-per-task", type=int, metavar="K",
+                   help="crops per Dask task, rounded up to whole shards (default one shard, 1024)")
+    c.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip checking crops against the store's block digests (missing shards are still caught)")
+    c.set_defaults(func=run_classify)
+
+
+def run_threshold(args: argparse.Namespace) -> int:
+    from scanstream.threshold import calibrate_threshold, write_threshold
+
+    prevalences = [p.strip() for p in args.prevalence.split(",") if p.strip()]
+    record = calibrate_threshold(
+        args.store, args.model,
+        target_recall=args.target_recall, target_precision=args.target_precision,
+        prevalences=prevalences, level=args.level, ci_method=args.ci,
+        device=args.device, precision=args.precision, batch_size=args.batch_size, progress=True,
+    )
+    write_threshold(record, args.out)
+    a = record["achieved"]
+    print(f"threshold {record['threshold']:.4f} (logit) for {record['target']['kind']} {record['target']['value']}")
+    print(f"  recall {a['recall']:.4f} [{a['recall_ci'][0]:.4f}, {a['recall_ci'][1]:.4f}]  "
+          f"precision {_f(a['precision'])} [{a['precision_ci'][0]:.4f}, {a['precision_ci'][1]:.4f}]  "
+          f"selected {a['selected']} ({a['true_positives']} alpha)")
+    for p in record["prevalence_projection"]:
+        lo, hi = p["precision_ci"]
+        print(f"  at prevalence {p['prevalence']}: precision {_f(p['precision'])} [{_f(lo)}, {_f(hi)}]")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from scanstream.classify import classify
+
+    def show(link: str | None) -> None:
+        print(f"Dask dashboard: {link}", file=sys.stderr, flush=True)
+
+    res = classify(
+        args.stores, args.model, args.out,
+        threshold=args.threshold, scheduler=args.scheduler, workers=args.workers, device=args.device,
+        batch_size=args.batch_size, crops_per_task=args.crops_per_task, precision=args.precision,
+        verify=args.verify, progress=True, on_cluster=show,
+    )
+    print_json({
+        "out": str(res.out), "complete": res.complete, "rows": res.rows, "selected": res.selected,
+        "scored_now": res.processed, "tasks_now": res.tasks, "seconds": round(res.seconds, 1),
+        "crops_per_s": round(res.crops_per_s, 1), "run_id": res.run_id, "failed": res.failed,
+    })
+    if res.failed:
+        print(f"scanstream classify: {len(res.failed)} task(s) failed; the table is incomplete:", file=sys.stderr)
+        for line in res.failed:
+            print(f"  {line}", file=sys.stderr)
+        print("repair the stores and rerun the same command to finish", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,494 @@
+"""Running models over crop stores: the device engine and the Dask side of classify.
+
+Three layers, each usable without the next:
+
+- :class:`Ensemble` holds the loaded checkpoints on one device and turns uint8 crops into
+  mean logits: crops go to the device as uint8 and are normalised there
+  (:func:`scanstream.model.preprocess`), models run in channels_last, under bf16 autocast
+  when asked.
+- :func:`score_range` walks a chunk-aligned range of a store, reading the next block in a
+  background thread while the model runs on the current one, and checks what it read
+  against the store's block digests (a missing shard file or a corrupt block fails the range
+  by name instead of scoring zeros or garbage).
+- :func:`run_task` is the Dask task: it finds the worker's models in a worker-local cache
+  (keyed by checkpoint hash, loaded on first use, never shipped in the task graph), scores
+  one range and writes its candidate parts. :func:`dask_client` starts a LocalCluster for the
+  run (processes, one thread each; one worker per GPU with ``{"GPU": 1}`` resources) or
+  connects to an existing scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scanstream import store as st
+from scanstream.errors import CheckpointError, InputError, PipelineError, StoreError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class TaskError(PipelineError):
+    """One classify task failed; the message names the store and the crop range."""
+
+
+# -- devices and precision ----------------------------------------------------------------
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu (see :func:`scanstream.model.resolve_device`)."""
+    from scanstream.model import resolve_device as _resolve
+
+    return _resolve(device)
+
+
+def resolve_precision(precision: str, device: str | torch.device = "auto") -> str:
+    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 on a CUDA device that supports it, else fp32.
+
+    On CPUs without native bf16 instructions (AVX-512 BF16 / AMX), bf16 autocast is emulated
+    and measured slower here (see docs/classify.md), so auto keeps fp32 on the CPU unless the
+    CPU advertises them.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dev = resolve_device(device)
+    if precision != "auto":
+        return precision
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_native_bf16() else "fp32"
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def checkpoint_identity(path: str | os.PathLike) -> str:
+    """The checkpoint hash after checking the file is a scanstream checkpoint (header only)."""
+    from scanstream.checkpoint import checkpoint_hash, read_header
+
+    read_header(path)
+    return checkpoint_hash(path)
+
+
+# -- the device engine --------------------------------------------------------------------
+class Ensemble:
+    """Checkpoints loaded on one device; :meth:`score` gives the mean logit per crop.
+
+    Parameters
+    ----------
+    checkpoints : sequence of path-like
+        ``*.safetensors`` scanstream checkpoints.
+    device : str or torch.device
+    precision : {"auto", "fp32", "bf16"}
+    expected_hashes : sequence of str, optional
+        The hashes the caller planned with; a file that changed since is refused.
+    """
+
+    def __init__(
+        self,
+        checkpoints: Sequence[str | os.PathLike],
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        expected_hashes: Sequence[str] | None = None,
+    ) -> None:
+        from scanstream.checkpoint import load_checkpoint
+
+        if not checkpoints:
+            raise InputError("no model checkpoints given")
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.models: list[torch.nn.Module] = []
+        self.input_sizes: list[int] = []
+        self.hashes: list[str] = []
+        for i, path in enumerate(checkpoints):
+            ck = load_checkpoint(path, device=self.device)
+            if expected_hashes is not None and ck.hash != expected_hashes[i]:
+                raise CheckpointError(f"{path}: checkpoint changed since the run was planned ({ck.hash} != {expected_hashes[i]})")
+            self.models.append(ck.model.to(memory_format=torch.channels_last).eval())
+            self.input_sizes.append(ck.model_config.input_size)
+            self.hashes.append(ck.hash)
+
+    @torch.inference_mode()
+    def score(self, crops: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Mean logit over the ensemble.
+
+        Parameters
+        ----------
+        crops : uint8 (B, 224, 224, 3), NHWC, tensor (any device) or ndarray
+
+        Returns
+        -------
+        ndarray, float32 (B,)
+        """
+        from scanstream.model import preprocess
+
+        x = torch.as_tensor(crops).to(self.device, non_blocking=True)
+        total = torch.zeros(x.shape[0], dtype=torch.float32, device=self.device)
+        inputs: dict[int, torch.Tensor] = {}
+        bf16 = self.precision == "bf16"
+        for model, size in zip(self.models, self.input_sizes, strict=True):
+            if size not in inputs:  # models sharing an input size share its preprocessing
+                inputs[size] = preprocess(x, size).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                total += model(inputs[size]).float()
+        return (total / len(self.models)).cpu().numpy().astype(np.float32)
+
+
+# -- reading a store range ----------------------------------------------------------------
+def check_crops(store: st.CropStore) -> None:
+    """Refuse a store whose crops are not what the models take: uint8 (n, 224, 224, 3)."""
+    want = (st.CROP_SIZE, st.CROP_SIZE, st.CHANNELS)
+    if store.crops.dtype != np.uint8 or tuple(store.crops.shape[1:]) != want:
+        raise StoreError(
+            f"{store.path}: crops are {store.crops.dtype} {tuple(store.crops.shape[1:])}, "
+            f"but the models take uint8 {want} crops"
+        )
+
+
+class BlockVerifier:
+    """Checks crops read in order against the store's block digests (``digests.json``).
+
+    Full blocks are compared with their recorded digest. The store records no digest for its
+    last, partial block; that one is checked by recomputing the store's content hash from
+    every block digest and the object table.
+    """
+
+    def __init__(self, store: st.CropStore) -> None:
+        try:
+            saved = json.loads((store.path / st.DIGESTS_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{store.path / st.DIGESTS_FILE}: unreadable block digests: {exc}") from None
+        self.store = store
+        self.block = int(saved["block_crops"])
+        self.digests = list(saved["blocks"])
+        self._h: Any = None
+        self._at = -1
+        self._next: int | None = None
+        self._table_digest: str | None = None
+
+    def aligned(self, start: int, stop: int) -> bool:
+        return start % self.block == 0 and (stop % self.block == 0 or stop == self.store.n)
+
+    def feed(self, start: int, crops: np.ndarray) -> None:
+        """Hash crops ``start : start + len(crops)`` (fed in order from a block boundary).
+
+        Raises
+        ------
+        StoreError
+            A block that ends here does not match its digest.
+        """
+        if start != (self._next if self._next is not None else start - start % self.block):
+            raise RuntimeError(f"BlockVerifier fed crops from {start}, expected {self._next}")
+        pos, i = start, 0
+        while i < len(crops):
+            if pos % self.block == 0:
+                self._h, self._at = hashlib.blake2b(digest_size=16), pos
+            take = min(len(crops) - i, self.block - pos % self.block)
+            self._h.update(np.ascontiguousarray(crops[i : i + take]).data)
+            pos, i = pos + take, i + take
+            if pos % self.block == 0 or pos == self.store.n:
+                self._check(self._at, pos, self._h.hexdigest())
+        self._next = pos
+
+    def _check(self, a: int, b: int, digest: str) -> None:
+        b_index = a // self.block
+        if b - a == self.block and b_index < len(self.digests):
+            ok = digest == self.digests[b_index]
+        else:
+            if self._table_digest is None:
+                self._table_digest = st._table_digest(self.store.table.replace_schema_metadata(None))
+            h = hashlib.blake2b(digest_size=16)
+            for d in [*self.digests, digest]:
+                h.update(bytes.fromhex(d))
+            h.update(bytes.fromhex(self._table_digest))
+            ok = h.hexdigest() == self.store.content_hash
+        if not ok:
+            raise StoreError(f"{self.store.path}: crops [{a}, {b}) do not match the store's digest (corrupt shard?)")
+
+
+def missing_shards(store: st.CropStore, start: int, stop: int) -> list[Path]:
+    """Shard (or chunk) files of crops ``start:stop`` absent on disk (zarr would read zeros)."""
+    grid = (store.crops.shards or store.crops.chunks)[0]
+    enc = store.crops.metadata.chunk_key_encoding
+    out = []
+    for i in range(start // grid, -(-stop // grid)):
+        f = store.path / "crops" / enc.encode_chunk_key((i, 0, 0, 0))
+        if not f.exists():
+            out.append(f)
+    return out
+
+
+def score_range(
+    ensemble: Ensemble,
+    store: st.CropStore,
+    start: int,
+    stop: int,
+    *,
+    batch_size: int = 64,
+    verify: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Mean logits of crops ``start:stop`` of ``store``, reading ahead while the model runs.
+
+    Reads go in whole chunks (at least ``batch_size`` crops); the next read, its digest check
+    and, for CUDA, pinning run in one background thread. ``verify`` checks the range against
+    the block digests when it is block-aligned (classify's tasks are), and missing shard files
+    always.
+
+    Returns
+    -------
+    ndarray, float32 (stop - start,)
+    """
+    if not (0 <= start <= stop <= store.n):
+        raise InputError(f"{store.path}: crop range [{start}, {stop}) outside 0..{store.n}")
+    absent = missing_shards(store, start, stop)
+    if absent:
+        raise StoreError(f"{store.path}: missing shard file {absent[0]} for crops [{start}, {stop})")
+    chunk = store.chunk_crops
+    step = max(chunk, -(-batch_size // chunk) * chunk)
+    # first block ends on a chunk boundary so later reads stay chunk-aligned
+    bounds = list(range(start, stop, step)) if start % chunk == 0 else [start, *range(-(-start // chunk) * chunk, stop, step)]
+    reads = [(a, min(b, stop)) for a, b in zip(bounds, [*bounds[1:], stop], strict=True) if a < min(b, stop)]
+    verifier = BlockVerifier(store) if verify else None
+    if verifier is not None and not verifier.aligned(start, stop):
+        verifier = None
+    pin = ensemble.device.type == "cuda"
+
+    def read(a: int, b: int) -> torch.Tensor:
+        crops = store.read(a, b)
+        if verifier is not None:
+            verifier.feed(a, crops)
+        t = torch.from_numpy(crops)
+        return t.pin_memory() if pin else t
+
+    out = np.empty(stop - start, np.float32)
+    if not reads:
+        return out
+    with ThreadPoolExecutor(1, thread_name_prefix="scanstream-read") as pool:
+        pending = pool.submit(read, *reads[0])
+        for i, (a, b) in enumerate(reads):
+            crops = pending.result()
+            if i + 1 < len(reads):
+                pending = pool.submit(read, *reads[i + 1])
+            for j in range(0, b - a, batch_size):
+                out[a - start + j : a - start + j + batch_size] = ensemble.score(crops[j : j + batch_size])
+            if on_batch is not None:
+                on_batch(b - a)
+    return out
+
+
+# -- the Dask task ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything one classify task needs; small, so the graph stays small (no models in it)."""
+
+    store: str
+    store_hash: str
+    start: int
+    stop: int
+    checkpoints: tuple[str, ...]
+    model_hashes: tuple[str, ...]
+    out: str
+    threshold: float | None
+    metadata: str  # JSON of the parts' schema metadata
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch_size: int = 64
+    verify: bool = True
+    host_threads: tuple[tuple[str, int], ...] = ()  # host -> torch threads per task there
+
+
+_CACHE_LOCK = threading.Lock()
+_ENSEMBLES: dict[tuple, Ensemble] = {}
+_STORES: dict[tuple[str, str], st.CropStore] = {}
+_MAX_CACHED = 2
+
+
+def worker_ensemble(spec: TaskSpec) -> Ensemble:
+    """This process's ensemble for the spec's models, loaded once and kept (keyed by hash)."""
+    key = (spec.model_hashes, spec.device, spec.precision)
+    with _CACHE_LOCK:
+        ens = _ENSEMBLES.get(key)
+        if ens is None:
+            t0 = time.perf_counter()
+            ens = Ensemble(spec.checkpoints, device=spec.device, precision=spec.precision, expected_hashes=spec.model_hashes)
+            while len(_ENSEMBLES) >= _MAX_CACHED:
+                _ENSEMBLES.pop(next(iter(_ENSEMBLES)))
+            _ENSEMBLES[key] = ens
+            logger.info("loaded %d model(s) on %s in %.1f s", len(ens.models), ens.device, time.perf_counter() - t0)
+        return ens
+
+
+def worker_store(path: str, content_hash: str) -> st.CropStore:
+    """This process's open store (object table read once), checked against the planned hash."""
+    key = (path, content_hash)
+    with _CACHE_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = st.open_store(path)
+            if store.content_hash != content_hash:
+                raise StoreError(f"{path}: store changed since the run was planned ({store.content_hash} != {content_hash})")
+            while len(_STORES) >= 8:
+                _STORES.pop(next(iter(_STORES)))
+            _STORES[key] = store
+        return store
+
+
+def _torch_threads(spec: TaskSpec) -> int | None:
+    if not spec.host_threads:
+        return None
+    try:
+        from distributed import get_worker
+
+        host = get_worker().address.rsplit(":", 1)[0].split("://")[-1]
+    except (ImportError, ValueError):
+        return None
+    return dict(spec.host_threads).get(host)
+
+
+def run_task(spec: TaskSpec) -> dict[str, Any]:
+    """Score one range of one store and write its candidate parts (the Dask task).
+
+    Returns
+    -------
+    dict
+        store, start, stop, rows, selected, seconds, parts (paths written).
+
+    Raises
+    ------
+    TaskError
+        Anything failed; the message names the store path and the crop range.
+    """
+    from scanstream import candidates as cand
+
+    t0 = time.perf_counter()
+    try:
+        threads = _torch_threads(spec)
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        store = worker_store(spec.store, spec.store_hash)
+        ens = worker_ensemble(spec)
+        scores = score_range(ens, store, spec.start, spec.stop, batch_size=spec.batch_size, verify=spec.verify)
+        rows = store.table.slice(spec.start, spec.stop - spec.start)
+        table = cand.build_part(rows, scores, threshold=spec.threshold, store=spec.store, start=spec.start)
+        paths = cand.write_parts(
+            spec.out, table, store_hash=spec.store_hash, start=spec.start, metadata=json.loads(spec.metadata)
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure is mapped back to its range
+        raise TaskError(f"{spec.store}: crops [{spec.start}, {spec.stop}): {type(exc).__name__}: {exc}") from None
+    selected = int((scores >= spec.threshold).sum()) if spec.threshold is not None else 0
+    return {
+        "store": spec.store,
+        "start": spec.start,
+        "stop": spec.stop,
+        "rows": len(scores),
+        "selected": selected,
+        "seconds": time.perf_counter() - t0,
+        "parts": [str(p) for p in paths],
+    }
+
+
+# -- clusters -----------------------------------------------------------------------------
+def _local_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    *,
+    workers: int | None = None,
+    device: torch.device | None = None,
+    processes: bool = True,
+) -> Iterator[Any]:
+    """A distributed Client: to ``scheduler`` if given, else to a LocalCluster for the run.
+
+    The LocalCluster has one thread per worker (torch does the parallel work inside a task).
+    With CUDA it has one worker per GPU, each seeing only its own GPU
+    (``CUDA_VISIBLE_DEVICES``) and offering the resource ``{"GPU": 1}``.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
+        with client:
+            yield client
+        return
+    if device is not None and device.type == "cuda":
+        cluster = _gpu_cluster(workers or torch.cuda.device_count())
+    else:
+        n = workers or 1
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0", silence_logs=logging.CRITICAL
+        )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def _gpu_cluster(n: int) -> Any:
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    gpus = torch.cuda.device_count()
+    if n > gpus:
+        raise InputError(f"--workers {n} asked for on a machine with {gpus} GPU(s)")
+    worker = {
+        i: {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}},
+        }
+        for i in range(n)
+    }
+    return SpecCluster(
+        workers=worker,
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+        silence_logs=logging.CRITICAL,
+    )
+
+
+def host_threads(client: Any) -> tuple[tuple[str, int], ...]:
+    """Torch threads per task on each worker host: the host's cores over its Dask threads."""
+    info = client.scheduler_info(n_workers=-1)["workers"] if _accepts_n_workers(client) else client.scheduler_info()["workers"]
+    cores = client.run(_local_cores)
+    per_host: dict[str, list[int]] = {}
+    host_cores: dict[str, int] = {}
+    for addr, w in info.items():
+        host = addr.rsplit(":", 1)[0].split("://")[-1]
+        per_host.setdefault(host, []).append(int(w.get("nthreads", 1)))
+        host_cores[host] = int(cores.get(addr, 1))
+    return tuple(sorted((h, max(1, host_cores[h] // max(1, sum(n)))) for h, n in per_host.items()))
+
+
+def _accepts_n_workers(client: Any) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+def gpu_resources(device: torch.device) -> dict[str, int] | None:
+    """Dask resources a model task claims: one GPU on CUDA, none on the CPU."""
+    return {"GPU": 1} if device.type == "cuda" else None
