@@ -44,11 +44,11 @@ class BaselineConfig:
     # The shortest alpha line is Ra-226 at 20.2 um (3.60 g/cm3), but a steep prong is followed
     # over only a few focal planes and looks shorter: the cut sits at the low tail of TRAIN's
     # alpha prongs (2nd percentile). Shorter prongs are evaporation fragments or dust lobes.
-    min_length_um: float = 10.5
+    min_length_um: float = 15.0
     # The longest alpha line is Po-212 at 49.8 um (50.7 um at 3.50 g/cm3) plus ~1 um straggling
     # and the picker's error; minimum-ionising and grey tracks leave the field and are measured
     # far longer. Cut at TRAIN's 99.5th percentile of alpha prongs.
-    max_length_um: float = 55.5
+    max_length_um: float = 55.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_multiplicity <= self.max_multiplicity:
@@ -175,13 +175,15 @@ def _ceil(x: float, step: float) -> float:
     return math.ceil(x / step) * step
 
 
-def choose_config(train: pa.Table, *, low_percentile: float = 2.0, high_percentile: float = 99.5, step: float = 0.5) -> BaselineConfig:
+def choose_config(train: pa.Table, *, low_percentile: float = 2.0, high_percentile: float = 99.5, step: float = 5.0) -> BaselineConfig:
     """Choose the cuts on a labelled TRAIN table, as a physicist would.
 
     * multiplicity: the window spanned by the two most frequent multiplicities of TRAIN's alpha
       stars (4 and 5 when the picker works: U and Th);
     * prong lengths: from the ``low_percentile`` to the ``high_percentile`` of all measured
-      prong lengths of TRAIN's alpha stars in that window, rounded outwards to ``step`` um.
+      prong lengths of TRAIN's alpha stars in that window, rounded outwards to round numbers
+      (``step`` um: a physicist writes "between 15 and 55 um", and a round cut does not move
+      with the statistical wobble of a tail percentile).
 
     Only labelled alpha decays are looked at (what a physicist measures on known stars); the
     backgrounds and TEST play no part.

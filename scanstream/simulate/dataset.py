@@ -429,6 +429,18 @@ def simulate_dataset(
     return paths
 
 
+def dataset_tables(*, scale: float, seed: int, workers: int = 1) -> dict[str, pa.Table]:
+    """The object tables :func:`simulate_dataset` would write, *without images* (calibration)."""
+    plans, sheets = dataset_plans(scale, seed)
+    conds = {name: resolve_conditions(name, seed) for name in sheets.values()}
+    out = {}
+    for split, ps in plans.items():
+        used = {q.sheet: conds[q.sheet] for q in ps}
+        parts = [t for _, t in iter_simulated(ps, used, workers=workers, render=False, batch=2048)]
+        out[split] = pa.concat_tables(parts)
+    return out
+
+
 def category_counts(table: pa.Table) -> dict[str, int]:
     """Objects per category (for summaries)."""
     cats = table.column("category").to_pylist()

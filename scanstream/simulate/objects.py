@@ -52,17 +52,17 @@ TH_FRACTION = 0.6
 BACKGROUND_MIX: dict[str, float] = {
     "1vtx": 0.27,
     "2vtx": 0.08,
-    "track": 0.20,
-    "scratch": 0.07,
-    "blur": 0.09,
-    "dust": 0.15,
-    "evap": 0.14,
+    "track": 0.18,
+    "scratch": 0.06,
+    "blur": 0.08,
+    "dust": 0.11,
+    "evap": 0.22,
 }
 
 EMULSION_THICKNESS_UM = 450.0  # one emulsion layer before development (unverified)
 FAR_UM = 400.0  # "leaves the field": length given to escaping tracks
-RN_DIFFUSION = {"Th": (0.12, 2.5), "U": (0.25, 4.0)}  # P(radon moved), mean displacement (um)
-P_BEAM_CROSSING = 0.05  # an unrelated beam track passes through an alpha star
+RN_DIFFUSION = {"Th": (0.10, 2.5), "U": (0.15, 3.0)}  # P(radon moved), mean displacement (um)
+P_BEAM_CROSSING = 0.08  # an unrelated beam track passes through an alpha star
 BEAM_SPREAD_DEG = 12.0  # beam tracks enter nearly perpendicular to the plate (unverified)
 
 
@@ -209,25 +209,29 @@ def _through_track(b: _Builder, rng: np.random.Generator, point, direction, kind
     b.add(point - direction * FAR_UM, direction, 2 * FAR_UM, kind, residual_end=1e4, ionisation=ionisation)
 
 
-def _evaporation_prongs(rng, b: _Builder, n: int, origin, *, t_p: float, t_a: float, heavy_target: bool):
+def _evaporation_prongs(rng, b: _Builder, n: int, origin, *, light: bool, p_alpha: float = 0.45, p_heavy: float = 0.07):
     """Add ``n`` evaporation prongs (protons, alphas, heavy fragments) from ``origin``.
 
-    Spectra: kinetic energy = Coulomb barrier + Gamma(2, T). Light targets (C, N, O) have low
-    barriers, so their protons of 1-2.5 MeV and alphas of 4-9 MeV stop within 15-55 um, the
-    range of the radioactive alphas; heavy targets (Ag, Br) push protons above ~5 MeV.
-    Returns (particles, energies, ranges).
+    Kinetic energy = Coulomb barrier + Gamma(2, T), T drawn per star. A light nucleus (C, N, O)
+    has low barriers (about 1 MeV for protons, 3 MeV for alphas), so its protons of 1-2.5 MeV
+    and alphas of 3-9 MeV stop within 15-55 um: the range of the radioactive alphas. A heavy
+    nucleus (Ag, Br) pushes protons above ~5 MeV and alphas above ~10 MeV: long black or grey
+    tracks. Heavy fragments (Li .. O) stop within a few um.
+    Returns (particles, energies (MeV), ranges (um)).
     """
     dens = b.cond.density
     u = rng.random(n)
-    kinds = np.where(u < 0.55, PROTON, np.where(u < 0.88, ALPHA, HEAVY))
+    kinds = np.where(u < p_alpha, ALPHA, np.where(u < p_alpha + p_heavy, HEAVY, PROTON))
     dirs = ph.isotropic_directions(rng, n)
     gam = rng.gamma(2.0, 1.0, n)
     noise = rng.normal(0.0, 1.0, n)
-    e = np.where(
-        kinds == PROTON,
-        (4.0 if heavy_target else 0.5) + gam * t_p,
-        np.where(kinds == ALPHA, (9.0 if heavy_target else 2.5) + gam * t_a, 1.0 + 9.0 * rng.random(n)),
-    )
+    if light:
+        e_p = 1.0 + gam * rng.uniform(0.25, 0.45)
+        e_a = 3.0 + gam * rng.uniform(0.7, 1.1)
+    else:
+        e_p = 5.0 + gam * rng.uniform(1.0, 3.0)
+        e_a = 10.0 + gam * rng.uniform(1.0, 3.0)
+    e = np.where(kinds == PROTON, e_p, np.where(kinds == ALPHA, e_a, 1.0 + 9.0 * rng.random(n)))
     r = np.where(
         kinds == PROTON,
         ph.proton_range_um(e, dens) * (1.0 + 0.015 * noise),
@@ -279,10 +283,8 @@ def make_alpha(rng: np.random.Generator, cond: SheetConditions, series: str) -> 
 def make_evap(rng: np.random.Generator, cond: SheetConditions, *, n: int | None = None) -> SimObject:
     """A low-energy evaporation star: 3-6 short black prongs, no long track (hard negative)."""
     b = _Builder(cond, _depth(rng, cond))
-    n = int(rng.choice([3, 4, 5, 6], p=[0.30, 0.32, 0.23, 0.15])) if n is None else n
-    parts, energies, ranges = _evaporation_prongs(
-        rng, b, n, np.zeros(3), t_p=rng.uniform(0.3, 0.8), t_a=rng.uniform(0.6, 1.4), heavy_target=False
-    )
+    n = int(rng.choice([3, 4, 5, 6], p=[0.25, 0.35, 0.27, 0.13])) if n is None else n
+    parts, energies, ranges = _evaporation_prongs(rng, b, n, np.zeros(3), light=True)
     truth = {"chain": "", "n_prongs": n, "particles": parts, "energies_mev": energies, "ranges_um": ranges}
     return b.build("evap", 0, truth)
 
@@ -313,7 +315,7 @@ def make_1vtx(rng: np.random.Generator, cond: SheetConditions) -> SimObject:
         ranges.append(float("nan"))
     n_black = max(int(rng.poisson(2.2)), 3 - n_shower - n_grey)
     heavy = rng.random() < 0.7
-    p2, e2, r2 = _evaporation_prongs(rng, b, n_black, np.zeros(3), t_p=rng.uniform(0.8, 2.5), t_a=rng.uniform(1.0, 2.5), heavy_target=heavy)
+    p2, e2, r2 = _evaporation_prongs(rng, b, n_black, np.zeros(3), light=not heavy)
     truth = {
         "chain": "",
         "n_prongs": n_shower + n_grey + n_black,
@@ -330,8 +332,8 @@ def make_2vtx(rng: np.random.Generator, cond: SheetConditions) -> SimObject:
     b = _Builder(cond, _depth(rng, cond))
     sep = ph.isotropic_directions(rng, 1)[0] * rng.uniform(2.0, 15.0)
     n1, n2 = int(rng.integers(2, 5)), int(rng.integers(2, 5))
-    p1, e1, r1 = _evaporation_prongs(rng, b, n1, np.zeros(3), t_p=rng.uniform(0.4, 1.5), t_a=rng.uniform(0.6, 1.6), heavy_target=False)
-    p2, e2, r2 = _evaporation_prongs(rng, b, n2, sep, t_p=rng.uniform(0.4, 1.5), t_a=rng.uniform(0.6, 1.6), heavy_target=False)
+    p1, e1, r1 = _evaporation_prongs(rng, b, n1, np.zeros(3), light=True)
+    p2, e2, r2 = _evaporation_prongs(rng, b, n2, sep, light=True)
     if rng.random() < 0.4:  # one of them is a beam interaction
         beam = beam_direction(rng)
         b.add(sep - beam * FAR_UM, beam, FAR_UM, MIP, residual_end=0.0, ionisation=1.0)

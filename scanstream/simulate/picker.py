@@ -6,9 +6,10 @@ what a vertex picker working on a z-stack of micrographs can and cannot do:
 
 * it sees a prong when a track segment passes within ``attach_um`` of the vertex; a track that
   passes *through* the vertex (a crossing) gives two prongs, one each way;
-* it follows a prong over a few focal planes only (``z_window_um`` of developed depth) and out
-  to ``follow_um`` in the plate plane, and converts depth with a nominal shrinkage: a steep prong
-  looks short, a track leaving the field looks long;
+* it follows a prong through the z-stack over ``z_window_um`` of developed depth and out to
+  ``follow_um`` in the plate plane: a track leaving the field looks long; depth is read off
+  the nearest focal plane (``z_step_um``) and converted with a nominal shrinkage, so a steep
+  prong's length is known only to a z-step and, ending between planes, tends to look short;
 * thin minimum-ionising tracks (about 28 grains per 100 um) are often missed; black tracks
   rarely; prongs shorter than ``min_length_um`` are not reported;
 * two prongs closer in angle than ``merge_angle_deg`` are reported as one (overlap);
@@ -31,16 +32,17 @@ class PickerModel:
     """Resolution and failure modes of the scanner's vertex picker (lengths in um)."""
 
     attach_um: float = 2.0  # a segment this close to the vertex is one of its prongs
-    z_window_um: float = 10.0  # developed depth the picker follows a prong over (about 3 z-steps)
+    z_window_um: float = 30.0  # developed depth the picker follows a prong over (10 z-steps)
+    z_step_um: float = 3.0  # depth is read off the focal plane where the prong ends
     follow_um: float = 80.0  # radius in the plate plane out to which a prong is followed
     shrinkage_nominal: float = 2.0  # the picker converts depth with this, not the sheet's own
-    p_mip: float = 0.45  # detection probability of a thin minimum-ionising track
-    p_grey: float = 0.85
+    p_mip: float = 0.35  # detection probability of a thin minimum-ionising track
+    p_grey: float = 0.75
     p_black: float = 0.98  # alphas, slow protons
     p_heavy: float = 0.95  # short thick fragments
     p_surface: float = 0.90  # scratches and dust lobes
     min_length_um: float = 2.5  # shorter prongs are not reported
-    merge_angle_deg: float = 10.0  # overlapping prongs are reported as one
+    merge_angle_deg: float = 12.0  # overlapping prongs are reported as one
     noise_rel: float = 0.04
     noise_abs_um: float = 0.8
     defocus_detection: float = 0.7  # detection factor for objects out of focus
@@ -109,8 +111,9 @@ def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel =
             full = float(np.linalg.norm(v))
             if full < 0.5:
                 continue
-            length = full * _clip_fraction(c, end, model)
-            lengths.append(length)
+            v_in = v * _clip_fraction(c, end, model)
+            dz = np.floor(abs(v_in[2]) / model.shrinkage_nominal / model.z_step_um + 0.5) * model.z_step_um
+            lengths.append(float(np.hypot(np.hypot(v_in[0], v_in[1]), dz * model.shrinkage_nominal)))
             dirs.append(v / full)
     n = len(lengths)
     if n == 0:
