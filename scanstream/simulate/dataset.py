@@ -106,6 +106,11 @@ def object_stream(plan: ObjectPlan, stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(ss))
 
 
+def _nullable(values) -> list[float | None]:
+    """Floats with NaN (not measured / not defined, e.g. a beam track's energy) as null."""
+    return [None if not np.isfinite(x) else float(x) for x in values]
+
+
 def _row(plan: ObjectPlan, cond: dict[str, float], obj, mult: int, lengths: np.ndarray, pos: np.ndarray) -> dict[str, Any]:
     t = obj.truth
     row: dict[str, Any] = {
@@ -125,8 +130,8 @@ def _row(plan: ObjectPlan, cond: dict[str, float], obj, mult: int, lengths: np.n
         "truth_chain": t.get("chain", ""),
         "truth_nuclides": list(t.get("nuclides", [])),
         "truth_particles": list(t.get("particles", [])),
-        "truth_energies_mev": [float(x) for x in t.get("energies_mev", [])],
-        "truth_ranges_um": [float(x) for x in t.get("ranges_um", [])],
+        "truth_energies_mev": _nullable(t.get("energies_mev", [])),
+        "truth_ranges_um": _nullable(t.get("ranges_um", [])),
         "truth_rn_displacement_um": t.get("rn_displacement_um"),
         "truth_crossing_track": t.get("crossing_track"),
         "truth_underlying": t.get("underlying"),

@@ -350,11 +350,13 @@ def make_2vtx(rng: np.random.Generator, cond: SheetConditions) -> SimObject:
 
 def make_track(rng: np.random.Generator, cond: SheetConditions) -> SimObject:
     """A false vertex: two or three unrelated tracks crossing near one point."""
-    b = _Builder(cond, _depth(rng, cond))
+    thick = EMULSION_THICKNESS_UM / cond.shrinkage
+    b = _Builder(cond, float(rng.uniform(5.0, thick - 5.0)))  # the crossing lies inside the emulsion
     n = int(rng.choice([2, 3], p=[0.7, 0.3]))
     parts: list[str] = []
     for _ in range(n):
-        off = np.array([rng.normal(0, 0.8), rng.normal(0, 0.8), rng.normal(0, 4.0)])
+        # tracks pass within ~1 um in the plane, often at different depths (undeveloped um)
+        off = np.array([rng.normal(0, 0.8), rng.normal(0, 0.8), np.clip(rng.normal(0, 5.0), -8.0, 8.0)])
         u = rng.random()
         if u < 0.45:
             _through_track(b, rng, off, beam_direction(rng) if rng.random() < 0.6 else ph.isotropic_directions(rng, 1)[0], MIP, 1.0)

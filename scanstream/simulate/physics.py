@@ -169,16 +169,16 @@ def grain_density_per_um(ionisation, *, g0: float, g_sat: float = 3.2) -> np.nda
 def grain_sigma_um(ionisation) -> np.ndarray:
     """Apparent grain radius (Gaussian sigma, um): thin dotted minimum tracks, thick black alphas.
 
-    Heavily ionising tracks look broader (delta rays, clumped grains); the width grows with the
-    logarithm of the ionisation: about 0.18 um at minimum, 0.37 um for a slow proton, 0.43 um
-    for an alpha and more at its Bragg end.
+    Developed grains are about 0.5-1 um across; heavily ionising tracks look broader (delta
+    rays, clumped grains), growing with the logarithm of the ionisation: about 0.27 um at
+    minimum, 0.40 um for a slow proton, 0.44 um for an alpha and more at its Bragg end.
     """
-    return 0.18 + 0.085 * np.log10(np.asarray(ionisation, dtype=np.float64))
+    return 0.27 + 0.07 * np.log10(np.asarray(ionisation, dtype=np.float64))
 
 
 def grain_opacity(ionisation) -> np.ndarray:
     """Peak optical density of an in-focus grain (darker for heavier ionisation)."""
-    return 0.55 + 0.22 * np.log10(np.asarray(ionisation, dtype=np.float64))
+    return 0.9 + 0.15 * np.log10(np.asarray(ionisation, dtype=np.float64))
 
 
 def isotropic_directions(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -36,7 +36,7 @@ DEFOCUS_PER_UM = 0.45  # blur sigma (um) per um of defocus
 PSF_SIGMA_UM = 0.15
 MAX_DEFOCUS_UM = 12.0  # grains further from a plane only add a uniform haze
 HALF_FIELD_UM = CROP_SIZE * PIXEL_SIZE_UM / 2 + 4.0  # grains beyond cannot reach the crop
-SCRATCH_OPACITY = 0.22
+SCRATCH_OPACITY = 0.05
 LOBE_OPACITY = 1.4
 BLOB_OPACITY = 1.6
 FOG_SIGMA_UM = 0.17
@@ -78,6 +78,16 @@ def _clip_box(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> t
     return t0, t1
 
 
+def _positions(rng: np.random.Generator, t0: float, t1: float, mean: float) -> np.ndarray:
+    """Grain positions in [t0, t1]: a Poisson number of them, one per equal sub-interval.
+
+    Stratified rather than uniform: a track develops the silver halide crystals it crosses,
+    which are packed evenly, so a saturated (black) track is continuous, not beaded.
+    """
+    n = int(rng.poisson(mean))
+    return t0 + (t1 - t0) * (np.arange(n) + rng.random(n)) / max(n, 1)
+
+
 def track_grains(obj: SimObject, cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi: float):
     """Developed grains of every segment within the imaged box.
 
@@ -106,22 +116,22 @@ def track_grains(obj: SimObject, cond: SheetConditions, rng: np.random.Generator
         if kind in (MIP, GREY):
             ion = float(obj.ionisation[i])
             g = float(ph.grain_density_per_um(ion, g0=g0))
-            t = rng.uniform(t0, t1, rng.poisson(g * seg))
+            t = _positions(rng, t0, t1, g * seg)
             sig = np.full(len(t), float(ph.grain_sigma_um(ion)))
             opa = np.full(len(t), float(ph.grain_opacity(ion)))
         elif kind in (PROTON, ALPHA, HEAVY):
             g_max = float(ph.grain_density_per_um(1e4, g0=g0))
-            t = rng.uniform(t0, t1, rng.poisson(g_max * seg))
+            t = _positions(rng, t0, t1, g_max * seg)
             ion = ph.relative_ionisation(PARTICLE[kind], obj.residual_end[i] + (1.0 - t) * length, cond.density)
             keep = rng.random(len(t)) * g_max < ph.grain_density_per_um(ion, g0=g0)
             t, ion = t[keep], ion[keep]
             sig, opa = ph.grain_sigma_um(ion), ph.grain_opacity(ion)
         elif kind == SCRATCH:
-            t = rng.uniform(t0, t1, rng.poisson(1.2 * seg))
+            t = _positions(rng, t0, t1, 3.0 * seg)
             sig = np.full(len(t), float(obj.widths[i]))
             opa = np.full(len(t), SCRATCH_OPACITY)
         else:  # LOBE: a stubby extension of a dust blob
-            t = rng.uniform(t0, t1, rng.poisson(5.0 * seg))
+            t = _positions(rng, t0, t1, 5.0 * seg)
             sig = np.full(len(t), float(obj.widths[i]))
             opa = np.full(len(t), LOBE_OPACITY)
         if not len(t):
@@ -240,24 +250,27 @@ def absorption_plane(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, pl
 
 def render_object(obj: SimObject, cond: SheetConditions, rng: np.random.Generator) -> np.ndarray:
     """The crop of one object: uint8 (224, 224, 3), channels = focal planes (see module doc)."""
-    focus = rng.normal(0.0, cond.focus_error)
+    # independent streams for the object's grains and for the scene (focus, fog, light, noise),
+    # so the same scene can be drawn with and without the object
+    rng, scene = rng.spawn(2)
+    focus = scene.normal(0.0, cond.focus_error)
     planes = PLANE_OFFSETS + focus - obj.defocus  # object-frame depth of each focal plane
     zlo, zhi = planes.min() - MAX_DEFOCUS_UM, planes.max() + MAX_DEFOCUS_UM
     # Grains exist only inside the emulsion layer (the surface is at depth -obj.depth).
     zlo = max(zlo, -obj.depth)
     pos, sig, opa = track_grains(obj, cond, rng, zlo, zhi)
-    fpos, fsig, fopa = fog_grains(cond, rng, zlo, zhi)
+    fpos, fsig, fopa = fog_grains(cond, scene, zlo, zhi)
     pos = np.concatenate([pos, fpos])
     sig = np.concatenate([sig, fsig])
     opa = np.concatenate([opa, fopa]) * cond.darkness
     # illumination: brightness, gradient, vignetting, slight colour balance
-    gx, gy = rng.normal(0.0, 0.05, 2)
-    vign = rng.uniform(0.0, 0.08)
-    level = cond.brightness * rng.uniform(0.95, 1.05) * np.exp(-cond.fog * 0.004 * cond.darkness)  # fog veil
+    gx, gy = scene.normal(0.0, 0.05, 2)
+    vign = scene.uniform(0.0, 0.08)
+    level = cond.brightness * scene.uniform(0.95, 1.05) * np.exp(-cond.fog * 0.004 * cond.darkness)  # fog veil
     base = (level * (1.0 + gx * _XX + gy * _YY - vign * (_XX**2 + _YY**2) / 2)).astype(np.float32)
-    gains = (1.0 + rng.normal(0.0, 0.015, 3)).astype(np.float32)
+    gains = (1.0 + scene.normal(0.0, 0.015, 3)).astype(np.float32)
     bank = _noise_bank()
-    start = int(rng.integers(0, bank.size - 3 * CROP_SIZE * CROP_SIZE))
+    start = int(scene.integers(0, bank.size - 3 * CROP_SIZE * CROP_SIZE))
     noise = bank[start : start + 3 * CROP_SIZE * CROP_SIZE].reshape(CROP_SIZE, CROP_SIZE, 3)
     a = np.stack([absorption_plane(pos, sig, opa, z) for z in planes], axis=-1)
     img = base[..., None] * gains * np.exp(-a)
