@@ -101,18 +101,18 @@ def select(multiplicity: np.ndarray, lengths: list[np.ndarray], config: Baseline
     n = len(multiplicity)
     if len(lengths) != n:
         raise InputError(f"{n} multiplicities but {len(lengths)} length lists")
-    selected = np.zeros(n, bool)
-    score = np.zeros(n, np.float64)
+    m = np.asarray(multiplicity, np.int64)
+    sizes = np.fromiter((len(x) for x in lengths), np.int64, count=n)
+    flat = np.concatenate([np.asarray(x, np.float64) for x in lengths]) if sizes.sum() else np.zeros(0)
+    owner = np.repeat(np.arange(n), sizes)
     lo, hi = config.min_length_um, config.max_length_um
-    for i in range(n):
-        ln = lengths[i]
-        inside = (ln >= lo) & (ln <= hi)
-        n_in, n_out = int(inside.sum()), int(len(ln) - inside.sum())
-        m = int(multiplicity[i])
-        ok = config.min_multiplicity <= m <= config.max_multiplicity and n_out == 0 and m >= 0
-        selected[i] = ok
-        longest_in = float(ln[inside].max()) if n_in else 0.0
-        score[i] = 100.0 * ok + 10.0 * (min(n_in, config.max_multiplicity) - n_out) + longest_in / (hi + 1.0)
+    inside = (flat >= lo) & (flat <= hi)
+    n_in = np.bincount(owner, inside, minlength=n).astype(np.int64)
+    n_out = sizes - n_in
+    longest_in = np.zeros(n)
+    np.maximum.at(longest_in, owner[inside], flat[inside])
+    selected = (m >= 0) & (m >= config.min_multiplicity) & (m <= config.max_multiplicity) & (n_out == 0)
+    score = 100.0 * selected + 10.0 * (np.minimum(n_in, config.max_multiplicity) - n_out) + longest_in / (hi + 1.0)
     return selected, score
 
 
@@ -200,12 +200,9 @@ def choose_config(train: pa.Table, *, low_percentile: float = 2.0, high_percenti
     prongs = np.concatenate(inside) if inside else np.zeros(0)
     if prongs.size < 10:
         raise InputError(f"too few alpha prongs on TRAIN ({prongs.size}) to choose length cuts")
-    return BaselineConfig(
-        min_multiplicity=lo_m,
-        max_multiplicity=hi_m,
-        min_length_um=_floor(float(np.percentile(prongs, low_percentile)), step),
-        max_length_um=_ceil(float(np.percentile(prongs, high_percentile)), step),
-    )
+    lo = _floor(float(np.percentile(prongs, low_percentile)), step)
+    hi = max(_ceil(float(np.percentile(prongs, high_percentile)), step), lo + step)
+    return BaselineConfig(min_multiplicity=lo_m, max_multiplicity=hi_m, min_length_um=lo, max_length_um=hi)
 
 
 def read_object_table(path: str | os.PathLike) -> pa.Table:
