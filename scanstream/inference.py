@@ -290,7 +290,8 @@ def score_range(
             if i + 1 < len(reads):
                 pending = pool.submit(read, *reads[i + 1])
             for j in range(0, b - a, batch_size):
-                out[a - start + j : a - start + j + batch_size] = ensemble.score(crops[j : j + batch_size])
+                k = min(j + batch_size, b - a)
+                out[a - start + j : a - start + k] = ensemble.score(crops[j:k])
             if on_batch is not None:
                 on_batch(b - a)
     return out
@@ -321,10 +322,13 @@ _CACHE_LOCK = threading.Lock()
 _ENSEMBLES: dict[tuple, Ensemble] = {}
 _STORES: dict[tuple[str, str], st.CropStore] = {}
 _MAX_CACHED = 2
+#: Ensembles this process has loaded (each worker process loads once per set of models).
+LOADS = 0
 
 
 def worker_ensemble(spec: TaskSpec) -> Ensemble:
     """This process's ensemble for the spec's models, loaded once and kept (keyed by hash)."""
+    global LOADS
     key = (spec.model_hashes, spec.device, spec.precision)
     with _CACHE_LOCK:
         ens = _ENSEMBLES.get(key)
@@ -334,6 +338,7 @@ def worker_ensemble(spec: TaskSpec) -> Ensemble:
             while len(_ENSEMBLES) >= _MAX_CACHED:
                 _ENSEMBLES.pop(next(iter(_ENSEMBLES)))
             _ENSEMBLES[key] = ens
+            LOADS += 1
             logger.info("loaded %d model(s) on %s in %.1f s", len(ens.models), ens.device, time.perf_counter() - t0)
         return ens
 
