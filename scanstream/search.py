@@ -55,7 +55,7 @@ CPU_SEEDS = 2
 MAX_MAGNITUDE = 30
 DONE = "done.json"
 #: TrainConfig fields a trial's identity does not depend on (where and how it runs).
-_RUNTIME_FIELDS = ("out_dir", "device", "loader", "scheduler")
+_RUNTIME_FIELDS = ("out_dir", "device", "loader", "scheduler", "torch_threads")
 
 
 def default_grid(gpu: bool) -> tuple[tuple[int, ...], tuple[int, ...], int]:
@@ -467,6 +467,7 @@ def run_search(
             futures = {}
             for spec in specs:
                 spec["threads"] = threads
+                spec["train_config"]["torch_threads"] = threads
                 fut = client.submit(run_trial, spec, key=f"trial-{spec['key']}-{os.urandom(4).hex()}",
                                     resources=resources, pure=False)
                 futures[fut] = spec["key"]

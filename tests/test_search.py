@@ -66,6 +66,7 @@ def fake(monkeypatch):
         unfreeze: bool = False
         device: str = "auto"
         loader: str = "dask"
+        torch_threads: int | None = None
 
     def train(config, progress=True):
         if config.n == 99:
@@ -222,3 +223,47 @@ def test_pure_core():
     with pytest.raises(InputError):
         sr.best_setting([])
     assert sr.default_grid(True) == (sr.PAPER_NS, sr.PAPER_MS, 4)
+
+
+def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path, capsys):
+    """Real training runs (tiny stores, tiny network, 2 epochs); a rerun retrains nothing."""
+    from scanstream import metrics as mt
+    from scanstream.classify import score_store
+    from scanstream.cli import main
+    from scanstream.store import open_store
+
+    tr = store_factory("tr.zarr", n=32, seed=1, alpha_fraction=0.4)
+    va = store_factory("va.zarr", n=16, seed=2, alpha_fraction=0.4)
+    te = store_factory("te.zarr", n=16, seed=3, alpha_fraction=0.3)
+    out = tmp_path / "search"
+    cfg = sr.SearchConfig(train_store=str(tr.path), valid_store=str(va.path), out_dir=str(out), ns=(1, 2), ms=(6,),
+                          seeds=2, test_store=str(te.path), backbone="mobilenet_v3_small", input_size=32, max_epochs=2,
+                          batch_size=16, warmup_epochs=0, device="cpu", threads=1)
+    res = sr.run_search(cfg, client=client, progress=False)
+    assert res.results.num_rows == 4 and len(res.trained) == 4
+    assert [(r["n"], r["m"], r["trials"]) for r in res.summary] == [(1, 6, 2), (2, 6, 2)]
+    for r in res.results.to_pylist():
+        assert 0 <= r["val_ap"] <= 1 and 0 <= r["best_epoch"] < 2
+        assert (out / "trials" / r["key"] / r["checkpoint"]).exists()
+    mean, std = sr.heatmap_arrays(res.summary, cfg.ns, cfg.ms)
+    assert mean.shape == (2, 1) and np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
+    assert res.heatmap.exists()
+    # TEST: single models and the ensemble as score_store scores them
+    y = open_store(te.path).labels
+    ens = score_store(open_store(te.path), res.best_checkpoints, device="cpu")
+    assert res.test["ap_ensemble"] == pytest.approx(mt.average_precision(y, ens), abs=1e-6)
+    single = score_store(open_store(te.path), res.best_checkpoints[:1], device="cpu")
+    assert res.test["ap_per_model"][res.best_checkpoints[0].parent.name] == pytest.approx(mt.average_precision(y, single))
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/*")}
+    res2 = sr.run_search(cfg, client=client, progress=False)
+    assert res2.trained == [] and len(res2.resumed) == 4
+    assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/*")} == stamps
+    assert res2.results.to_pylist() == res.results.to_pylist()
+
+    # the verb resumes the same search (every trial finished: no cluster, no training)
+    rc = main(["search", "--train", str(tr.path), "--valid", str(va.path), "--out", str(out), "--n", "1,2", "--m", "6",
+               "--seeds", "2", "--backbone", "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "2",
+               "--batch-size", "16", "--warmup-epochs", "0", "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "0 trained, 4 already finished" in text and "best: N=" in text

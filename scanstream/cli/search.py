@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=int, default=100, help="epoch limit of each run (early stopping may end it sooner)")
     p.add_argument("--batch-size", type=int, default=96, help="mini-batch size (paper: 96)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (paper: 3e-4)")
+    p.add_argument("--warmup-epochs", type=int, default=5, help="epochs before early stopping may act (default 5)")
     p.add_argument("--epoch-size", type=int, help="samples per epoch (default: the TRAIN store's size)")
     p.add_argument("--device", default="auto", help="device of each trial: auto | cpu | cuda (default auto)")
     p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / workers)")
@@ -51,7 +52,8 @@ def run_search_cli(args: argparse.Namespace) -> int:
         seeds=args.seeds if args.seeds is not None else seeds,
         test_store=str(args.test) if args.test else None,
         backbone=args.backbone, input_size=args.input_size, pretrained=args.pretrained,
-        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size,
+        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+        epoch_size=args.epoch_size,
         device=args.device, threads=args.threads,
     )
     res = run_search(config, scheduler=args.scheduler, workers=args.workers)
