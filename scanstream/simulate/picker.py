@@ -59,18 +59,6 @@ class PickerModel:
 DEFAULT_PICKER = PickerModel()
 
 
-def _clip_fraction(c: np.ndarray, e: np.ndarray, model: PickerModel) -> float:
-    """Fraction of the prong c -> e (developed um) inside the picker's tracking volume."""
-    s = 1.0
-    dz = e[2] - c[2]
-    if abs(e[2]) > model.z_window_um and dz != 0.0:
-        s = min(s, (np.sign(dz) * model.z_window_um - c[2]) / dz)
-    dxy = np.hypot(e[0] - c[0], e[1] - c[1])
-    if dxy > 0.0:
-        s = min(s, model.follow_um / dxy)
-    return max(s, 0.0)
-
-
 def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel = DEFAULT_PICKER) -> tuple[int, np.ndarray]:
     """Multiplicity and measured prong lengths of one object.
 
@@ -101,34 +89,45 @@ def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel =
     blurred = obj.defocus != 0.0
     p_det = model.p_detect(obj.kinds) * (model.defocus_detection if blurred else 1.0)
     seen = rng.random(k) < p_det  # drawn for every segment, so the stream never depends on geometry
-    noise_f = model.defocus_noise if blurred else 1.0
-    lengths: list[float] = []
-    dirs: list[np.ndarray] = []
-    for i in np.flatnonzero((dist <= model.attach_um) & seen):
-        c = a[i] + t[i] * (b[i] - a[i])
-        for end in (b[i], a[i]):
-            v = (end - c) * scale
-            full = float(np.linalg.norm(v))
-            if full < 0.5:
-                continue
-            v_in = v * _clip_fraction(c, end, model)
-            dz = np.floor(abs(v_in[2]) / model.shrinkage_nominal / model.z_step_um + 0.5) * model.z_step_um
-            lengths.append(float(np.hypot(np.hypot(v_in[0], v_in[1]), dz * model.shrinkage_nominal)))
-            dirs.append(v / full)
-    n = len(lengths)
+    att = np.flatnonzero((dist <= model.attach_um) & seen)
+    if not len(att):
+        return 0, np.zeros(0, np.float32)
+    # every attached segment gives up to two prongs, from its closest point to either end
+    c = a[att] + t[att, None] * (b[att] - a[att])
+    cs = np.concatenate([c, c])
+    ends = np.concatenate([b[att], a[att]])
+    v = (ends - cs) * scale
+    full = np.sqrt((v * v).sum(1))
+    real = full >= 0.5
+    cs, ends, v, full = cs[real], ends[real], v[real], full[real]
+    n = len(full)
     if n == 0:
         return 0, np.zeros(0, np.float32)
-    meas = np.asarray(lengths) * (1.0 + rng.normal(0.0, model.noise_rel * noise_f, n)) + rng.normal(
+    # the part of each prong inside the picker's tracking volume
+    s = np.ones(n)
+    dz = ends[:, 2] - cs[:, 2]
+    zcut = (np.abs(ends[:, 2]) > model.z_window_um) & (dz != 0.0)
+    s[zcut] = np.minimum(s[zcut], (np.sign(dz[zcut]) * model.z_window_um - cs[zcut, 2]) / dz[zcut])
+    dxy = np.hypot(ends[:, 0] - cs[:, 0], ends[:, 1] - cs[:, 1])
+    far = dxy > model.follow_um
+    s[far] = np.minimum(s[far], model.follow_um / dxy[far])
+    v_in = v * np.maximum(s, 0.0)[:, None]
+    # depth read off the nearest focal plane, converted with the nominal shrinkage
+    sh = model.shrinkage_nominal
+    dz_read = np.floor(np.abs(v_in[:, 2]) / sh / model.z_step_um + 0.5) * model.z_step_um * sh
+    lengths = np.hypot(np.hypot(v_in[:, 0], v_in[:, 1]), dz_read)
+    noise_f = model.defocus_noise if blurred else 1.0
+    meas = lengths * (1.0 + rng.normal(0.0, model.noise_rel * noise_f, n)) + rng.normal(
         0.0, model.noise_abs_um * noise_f, n
     )
-    order = np.argsort(-meas, kind="stable")
+    dirs = v / full[:, None]
+    cosines = dirs @ dirs.T
     cos_merge = np.cos(np.radians(model.merge_angle_deg))
     kept: list[int] = []
-    for i in order:
+    for i in np.argsort(-meas, kind="stable"):
         if meas[i] < model.min_length_um:
             continue
-        if any(float(dirs[i] @ dirs[j]) > cos_merge for j in kept):
+        if kept and cosines[i, kept].max() > cos_merge:
             continue  # overlaps a longer prong already reported
         kept.append(int(i))
-    out = np.asarray(meas[kept], np.float32)
-    return len(kept), out
+    return len(kept), np.asarray(meas[kept], np.float32)

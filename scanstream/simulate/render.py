@@ -44,11 +44,12 @@ FOG_OPACITY = 0.75
 JITTER_UM = 0.07  # grain scatter about the ideal trajectory
 
 # Grains imaged sharper than STAMP_MAX_PX are drawn as exact separable Gaussian stamps; blurrier
-# ones are deposited into blur levels (sigma in px, geometric) that are convolved at half
-# resolution (below TIER_QUARTER px) or quarter resolution: the result is smooth at that scale.
+# ones are shared (linearly in log sigma) between the two nearest of a ladder of blur levels,
+# which are convolved at half resolution (sigma below TIER_QUARTER px) or quarter resolution:
+# the result is smooth at that scale anyway.
 STAMP_MAX_PX, STAMP_RADIUS = 1.6, 4
-LEVEL_BASE, LEVEL_RATIO, N_LEVELS = STAMP_MAX_PX, 1.5, 8
-LEVELS = LEVEL_BASE * LEVEL_RATIO ** (np.arange(N_LEVELS) + 0.5)
+LEVEL_RATIO = 1.7
+LEVELS = STAMP_MAX_PX * LEVEL_RATIO ** np.arange(6)  # 1.6 .. 22 px
 TIER_QUARTER = 4.0
 _YY, _XX = (g.astype(np.float32) for g in np.mgrid[-1 : 1 : CROP_SIZE * 1j, -1 : 1 : CROP_SIZE * 1j])
 
@@ -161,8 +162,8 @@ def fog_grains(cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi:
     return pos, FOG_SIGMA_UM * rng.uniform(0.8, 1.3, n), np.full(n, FOG_OPACITY)
 
 
-def _splat(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, level: np.ndarray, n_levels: int, size: int) -> np.ndarray:
-    """Bilinear deposit of point masses into ``n_levels`` images of ``size`` x ``size``."""
+def _splat(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, layer: np.ndarray, n_layers: int, size: int) -> np.ndarray:
+    """Bilinear deposit of point masses into ``n_layers`` images of ``size`` x ``size``."""
     r0, c0 = np.floor(rows), np.floor(cols)
     fr, fc = rows - r0, cols - c0
     r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
@@ -170,14 +171,14 @@ def _splat(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, level: np.ndarr
     for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
         rr, cc = r0 + dr, c0 + dc
         ok = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
-        idx_parts.append((level[ok] * size + rr[ok]) * size + cc[ok])
+        idx_parts.append((layer[ok] * size + rr[ok]) * size + cc[ok])
         w_parts.append((mass * w)[ok])
-    acc = np.bincount(np.concatenate(idx_parts), np.concatenate(w_parts), minlength=n_levels * size * size)
-    return acc.reshape(n_levels, size, size).astype(np.float32)
+    acc = np.bincount(np.concatenate(idx_parts), np.concatenate(w_parts), minlength=n_layers * size * size)
+    return acc.reshape(n_layers, size, size).astype(np.float32)
 
 
-def _stamps(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
-    """Sum of Gaussian spots (separable, normalised to ``mass``) on the full-resolution grid."""
+def _stamps(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, sigma_px: np.ndarray, plane: np.ndarray, n_planes: int) -> np.ndarray:
+    """Gaussian spots (separable, normalised to ``mass``) on full-resolution planes (n_planes, 224, 224)."""
     off = np.arange(-STAMP_RADIUS, STAMP_RADIUS + 1)
     r0, c0 = np.rint(rows).astype(np.int64), np.rint(cols).astype(np.int64)
     inv = 1.0 / (2.0 * sigma_px**2)
@@ -188,62 +189,73 @@ def _stamps(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, sigma_px: np.n
     rr = r0[:, None, None] + off[None, :, None]
     cc = c0[:, None, None] + off[None, None, :]
     ok = (rr >= 0) & (rr < CROP_SIZE) & (cc >= 0) & (cc < CROP_SIZE)
-    acc = np.bincount((rr * CROP_SIZE + cc)[ok], w[ok], minlength=CROP_SIZE * CROP_SIZE)
-    return acc.reshape(CROP_SIZE, CROP_SIZE).astype(np.float32)
+    idx = (plane[:, None, None] * CROP_SIZE + rr) * CROP_SIZE + cc
+    acc = np.bincount(idx[ok], w[ok], minlength=n_planes * CROP_SIZE * CROP_SIZE)
+    return acc.reshape(n_planes, CROP_SIZE, CROP_SIZE).astype(np.float32)
 
 
 def _upsample2(a: np.ndarray) -> np.ndarray:
-    """Bilinear 2x upsampling of a 2-D array (pixel centres aligned, edges repeated)."""
-    p = np.pad(a, 1, mode="edge")
-    rows = np.empty((2 * a.shape[0], a.shape[1] + 2), a.dtype)
-    rows[0::2] = 0.75 * p[1:-1] + 0.25 * p[:-2]
-    rows[1::2] = 0.75 * p[1:-1] + 0.25 * p[2:]
-    out = np.empty((2 * a.shape[0], 2 * a.shape[1]), a.dtype)
-    out[:, 0::2] = 0.75 * rows[:, 1:-1] + 0.25 * rows[:, :-2]
-    out[:, 1::2] = 0.75 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
+    """Bilinear 2x upsampling of the last two axes (pixel centres aligned, edges repeated)."""
+    p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    h, w = a.shape[-2:]
+    rows = np.empty(a.shape[:-2] + (2 * h, w + 2), a.dtype)
+    rows[..., 0::2, :] = 0.75 * p[..., 1:-1, :] + 0.25 * p[..., :-2, :]
+    rows[..., 1::2, :] = 0.75 * p[..., 1:-1, :] + 0.25 * p[..., 2:, :]
+    out = np.empty(a.shape[:-2] + (2 * h, 2 * w), a.dtype)
+    out[..., 0::2] = 0.75 * rows[..., 1:-1] + 0.25 * rows[..., :-2]
+    out[..., 1::2] = 0.75 * rows[..., 1:-1] + 0.25 * rows[..., 2:]
     return out
 
 
-def absorption_plane(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, plane_z: float) -> np.ndarray:
-    """Absorption image (224, 224) float32 of grains seen from a focal plane at ``plane_z``.
+def absorption_planes(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """Absorption images (n_planes, 224, 224) float32 of grains seen from focal planes at depths ``planes``.
 
     Each grain keeps its integrated absorption (opacity x its in-focus area) while its image
     spreads with defocus.
     """
-    dz = pos[:, 2] - plane_z
-    near = np.abs(dz) < MAX_DEFOCUS_UM
-    pos, sigma, opacity, dz = pos[near], sigma[near], opacity[near], dz[near]
-    sig_tot = np.sqrt(sigma**2 + PSF_SIGMA_UM**2 + (DEFOCUS_PER_UM * dz) ** 2) / PIXEL_SIZE_UM
-    mass = opacity * 2.0 * np.pi * (sigma / PIXEL_SIZE_UM) ** 2  # integrated absorption (px^2)
-    cols = pos[:, 0] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
-    rows = pos[:, 1] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
+    k = len(planes)
+    dz = pos[None, :, 2] - np.asarray(planes)[:, None]  # (planes, grains)
+    plane_idx, grain = np.nonzero(np.abs(dz) < MAX_DEFOCUS_UM)
+    dz = dz[plane_idx, grain]
+    sig = sigma[grain]
+    sig_tot = np.sqrt(sig**2 + PSF_SIGMA_UM**2 + (DEFOCUS_PER_UM * dz) ** 2) / PIXEL_SIZE_UM
+    mass = opacity[grain] * 2.0 * np.pi * (sig / PIXEL_SIZE_UM) ** 2  # integrated absorption (px^2)
+    cols = pos[grain, 0] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
+    rows = pos[grain, 1] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
     sharp = sig_tot < STAMP_MAX_PX
-    out = _stamps(rows[sharp], cols[sharp], mass[sharp], sig_tot[sharp])
-    blurred = ~sharp
-    if not blurred.any():
+    out = _stamps(rows[sharp], cols[sharp], mass[sharp], sig_tot[sharp], plane_idx[sharp], k)
+    blur = ~sharp
+    if not blur.any():
         return out
-    rows, cols, mass, sig_tot = rows[blurred], cols[blurred], mass[blurred], sig_tot[blurred]
-    level = np.clip(np.floor(np.log(sig_tot / LEVEL_BASE) / np.log(LEVEL_RATIO)), 0, N_LEVELS - 1).astype(np.int64)
-    half = np.zeros((CROP_SIZE // 2, CROP_SIZE // 2), np.float32)
-    for factor, in_tier in ((2, LEVELS < TIER_QUARTER), (4, LEVELS >= TIER_QUARTER)):
-        ids = np.flatnonzero(in_tier)
-        sel = (level >= ids[0]) & (level <= ids[-1])
+    rows, cols, mass, plane_idx = rows[blur], cols[blur], mass[blur], plane_idx[blur]
+    u = np.clip(np.log(sig_tot[blur] / STAMP_MAX_PX) / np.log(LEVEL_RATIO), 0.0, len(LEVELS) - 1.0)
+    lev0 = np.minimum(np.floor(u).astype(np.int64), len(LEVELS) - 2)
+    frac = u - lev0
+    # share each grain between its two nearest levels
+    rows, cols, plane_idx = np.tile(rows, 2), np.tile(cols, 2), np.tile(plane_idx, 2)
+    level = np.concatenate([lev0, lev0 + 1])
+    mass = np.concatenate([mass * (1.0 - frac), mass * frac])
+    half = np.zeros((k, CROP_SIZE // 2, CROP_SIZE // 2), np.float32)
+    for factor, ids in ((2, np.flatnonzero(LEVELS < TIER_QUARTER)), (4, np.flatnonzero(LEVELS >= TIER_QUARTER))):
+        sel = (level >= ids[0]) & (level <= ids[-1]) & (mass > 0)
         if not sel.any():
             continue
         size = CROP_SIZE // factor
+        nl = len(ids)
         # fine pixel centre p sits at (p + 0.5) / f - 0.5 on the coarse grid
         stack = _splat(
             (rows[sel] + 0.5) / factor - 0.5,
             (cols[sel] + 0.5) / factor - 0.5,
             mass[sel] / factor**2,
-            level[sel] - ids[0],
-            len(ids),
+            plane_idx[sel] * nl + (level[sel] - ids[0]),
+            k * nl,
             size,
-        )
-        img = np.zeros((size, size), np.float32)
+        ).reshape(k, nl, size, size)
+        img = np.zeros((k, size, size), np.float32)
         for j, lev in enumerate(ids):
-            if stack[j].any():
-                img += ndi.gaussian_filter(stack[j], LEVELS[lev] / factor, mode="constant", truncate=3.0)
+            if stack[:, j].any():
+                s = LEVELS[lev] / factor
+                img += ndi.gaussian_filter(stack[:, j], (0.0, s, s), mode="constant", truncate=3.0)
         half += img if factor == 2 else _upsample2(img)
     return out + _upsample2(half)
 
@@ -272,7 +284,12 @@ def render_object(obj: SimObject, cond: SheetConditions, rng: np.random.Generato
     bank = _noise_bank()
     start = int(scene.integers(0, bank.size - 3 * CROP_SIZE * CROP_SIZE))
     noise = bank[start : start + 3 * CROP_SIZE * CROP_SIZE].reshape(CROP_SIZE, CROP_SIZE, 3)
-    a = np.stack([absorption_plane(pos, sig, opa, z) for z in planes], axis=-1)
-    img = base[..., None] * gains * np.exp(-a)
-    img = cond.brightness + cond.contrast * (img - cond.brightness) + cond.noise * noise
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    a = np.moveaxis(absorption_planes(pos, sig, opa, planes), 0, -1)
+    img = np.exp(-a)
+    img *= base[..., None]
+    img *= gains * cond.contrast
+    img += cond.brightness * (1.0 - cond.contrast)
+    img += cond.noise * noise
+    np.clip(img, 0.0, 255.0, out=img)
+    img += 0.5  # round to nearest on the cast
+    return img.astype(np.uint8)
