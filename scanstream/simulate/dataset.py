@@ -434,12 +434,15 @@ def simulate_dataset(
     return paths
 
 
-def dataset_tables(*, scale: float, seed: int, workers: int = 1) -> dict[str, pa.Table]:
+def dataset_tables(
+    *, scale: float, seed: int, workers: int = 1, splits: Sequence[str] = ("train", "valid", "test")
+) -> dict[str, pa.Table]:
     """The object tables :func:`simulate_dataset` would write, *without images* (calibration)."""
     plans, sheets = dataset_plans(scale, seed)
     conds = {name: resolve_conditions(name, seed) for name in sheets.values()}
     out = {}
-    for split, ps in plans.items():
+    for split in splits:
+        ps = plans[split]
         used = {q.sheet: conds[q.sheet] for q in ps}
         parts = [t for _, t in iter_simulated(ps, used, workers=workers, render=False, batch=2048)]
         out[split] = pa.concat_tables(parts)
