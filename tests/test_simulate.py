@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreExistsError
-from scanstream.simulate import CATEGORIES, SheetConditions, simulate_dataset, simulate_store, simulate_table
+from scanstream.simulate import CATEGORIES, SheetConditions, dataset, simulate_dataset, simulate_store, simulate_table
 from scanstream.simulate.conditions import draw_conditions, parse_assignments, read_conditions_file, resolve_conditions
 from scanstream.simulate.dataset import TABLE1, dataset_plans, dataset_tables, table1_counts
 from scanstream.simulate.objects import make_object
@@ -97,6 +98,35 @@ def test_simulate_dataset_writes_three_stores(tmp_path):
         assert paths[split].name == f"{split}.zarr"
     with pytest.raises(StoreExistsError, match="overwrite"):
         simulate_dataset(tmp_path / "ds", scale=0.001, seed=2)
+    # an interrupted dataset run resumes: complete stores of the same command are kept
+    hashes = {k: open_store(p).content_hash for k, p in paths.items()}
+    train_mtime = (paths["train"] / "zarr.json").stat().st_mtime_ns
+    shutil.rmtree(paths["test"])
+    again = simulate_dataset(tmp_path / "ds", scale=0.001, seed=2)
+    assert {k: open_store(p).content_hash for k, p in again.items()} == hashes
+    assert (paths["train"] / "zarr.json").stat().st_mtime_ns == train_mtime
+
+
+def test_interrupted_simulation_resumes_where_it_stopped(tmp_path, monkeypatch):
+    args = {**ARGS, "objects": 70}
+    full = simulate_store(tmp_path / "full.zarr", **args, shard_crops=64)
+    real, calls = dataset._task, []
+
+    def flaky(*a):
+        calls.append(1)
+        if len(calls) == 3:  # after two batches of 32 (one committed shard of 64)
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(dataset, "_task", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        simulate_store(tmp_path / "r.zarr", **args, shard_crops=64)
+    partial = open_store(tmp_path / "r.zarr", require_complete=False)
+    assert not partial.complete and partial.n == 64
+    monkeypatch.setattr(dataset, "_task", real)
+    resumed = simulate_store(tmp_path / "r.zarr", **args, shard_crops=64)
+    assert resumed.n == 70 and len(set(resumed.object_ids)) == 70
+    assert resumed.content_hash == full.content_hash
 
 
 @pytest.mark.parametrize("category", CATEGORIES)

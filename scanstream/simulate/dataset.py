@@ -247,8 +247,12 @@ def write_plans(
     overwrite: bool = False,
     progress: bool = False,
     desc: str = "simulate",
+    shard_crops: int | None = None,
 ) -> CropStore:
-    """Render ``plans`` into a crop store at ``path`` (resuming an interrupted identical run)."""
+    """Render ``plans`` into a crop store at ``path`` (resuming an interrupted identical run).
+
+    ``shard_crops`` overrides the store's shard size (the unit of a commit; tests use small ones).
+    """
     p = Path(path)
     source = dict(source)
     if p.exists() and not overwrite:
@@ -258,7 +262,8 @@ def write_plans(
         if existing.complete or existing.attrs.get("source") != source:
             raise StoreExistsError(f"{p}: store exists (use --overwrite to replace it)")
         logger.info("%s: resuming an interrupted simulation at object %d", p, existing.n)
-    with StoreWriter(p, source=source, overwrite=overwrite) as writer:
+    sizes = {} if shard_crops is None else {"chunk_crops": min(shard_crops, 64), "shard_crops": shard_crops}
+    with StoreWriter(p, source=source, overwrite=overwrite, **sizes) as writer:
         done = writer.n
         expected = {f"SIM-{q.sheet}-{q.serial:06d}" for q in plans[:done]}
         if done and expected != writer.object_ids:
@@ -290,6 +295,7 @@ def simulate_store(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = False,
+    shard_crops: int | None = None,
 ) -> CropStore:
     """Simulate one sheet of ``objects`` vertex-like objects into a crop store.
 
@@ -310,7 +316,11 @@ def simulate_store(
         Rendering processes; the store does not depend on it.
     overwrite : bool
         Replace an existing store (otherwise an existing store is an error, except an
-        interrupted run of the same command, which resumes).
+        interrupted run of the same command, which resumes from its last commit).
+    progress : bool
+        Show a progress bar on stderr.
+    shard_crops : int, optional
+        Shard size of a new store (the unit of a commit); default the store module's.
 
     Returns
     -------
@@ -332,7 +342,8 @@ def simulate_store(
         "seed": int(seed),
         "conditions": {sheet: cond.as_dict()},
     }
-    return write_plans(p, plans, {sheet: cond}, source=source, workers=workers, overwrite=overwrite, progress=progress)
+    return write_plans(p, plans, {sheet: cond}, source=source, workers=workers, overwrite=overwrite, progress=progress,
+                       shard_crops=shard_crops)
 
 
 def table1_counts(scale: float) -> dict[str, tuple[int, int]]:
@@ -411,26 +422,43 @@ def simulate_dataset(
         raise InputError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
     paths = {split: out / f"{split}.zarr" for split in plans}
-    if not overwrite:
-        for p in paths.values():
-            if p.exists() and is_store(p) and open_store(p, require_complete=False).complete:
-                raise StoreExistsError(f"{p}: store exists (use --overwrite to replace it)")
     extra = dict(conditions or {})
     unknown = set(extra) - set(sheets)
     if unknown:
         raise InputError(f"unknown sheet roles {sorted(unknown)} (known: {', '.join(sheets)})")
     conds = {name: resolve_conditions(name, seed, conditions=extra.get(role)) for role, name in sheets.items()}
-    for split, p in paths.items():
+    sources = {}
+    for split in plans:
         used = sorted({q.sheet for q in plans[split]})
-        source = {
+        sources[split] = {
             "stage": "simulate-dataset",
             "split": split,
             "scale": float(scale),
             "seed": int(seed),
             "conditions": {s: conds[s].as_dict() for s in used},
         }
-        write_plans(p, plans[split], {s: conds[s] for s in used}, source=source, workers=workers,
-                    overwrite=overwrite, progress=progress, desc=f"simulate {split}")
+    # A complete store from this very command is kept (an interrupted dataset run resumes with
+    # the next split); anything else in the way is an error unless --overwrite.
+    done = set()
+    if not overwrite:
+        for split, p in paths.items():
+            if p.exists() and is_store(p):
+                existing = open_store(p, require_complete=False)
+                if existing.complete and existing.attrs.get("source") == sources[split]:
+                    done.add(split)
+                elif existing.complete:
+                    raise StoreExistsError(f"{p}: store exists (use --overwrite to replace it)")
+            elif p.exists():
+                raise StoreExistsError(f"{p}: exists and is not a crop store (use --overwrite to replace it)")
+        if len(done) == len(paths):
+            raise StoreExistsError(f"{out}: the dataset exists (use --overwrite to replace it)")
+    for split, p in paths.items():
+        if split in done:
+            logger.info("%s: complete from an earlier run, kept", p)
+            continue
+        used = {q.sheet: conds[q.sheet] for q in plans[split]}
+        write_plans(p, plans[split], used, source=sources[split], workers=workers, overwrite=overwrite,
+                    progress=progress, desc=f"simulate {split}")
     return paths
 
 
