@@ -447,6 +447,14 @@ def _submit(
 
     if not pending:
         return 0, [], []
+    resources = gpu_resources(dev)
+    if resources:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        if not any(w.get("resources", {}).get("GPU") for w in workers):
+            raise InputError(
+                "no Dask worker offers the resource GPU, so no model task could start; start GPU workers "
+                "with --resources GPU=1 (one per GPU, e.g. `dask cuda worker ADDRESS --resources GPU=1`)"
+            )
     threads = host_threads(client)
     meta_json = json.dumps(metadata, sort_keys=True)
     specs = [
@@ -468,7 +476,7 @@ def _submit(
         )
         for t in pending
     ]
-    futures = client.map(run_task, specs, pure=False, resources=gpu_resources(dev), retries=0)
+    futures = client.map(run_task, specs, pure=False, resources=resources, retries=0)
     name = {f.key: s for f, s in zip(futures, specs, strict=True)}
     processed, failed, seconds = 0, [], []
     bar = _bar(sum(t.stop - t.start for t in pending), "classify", progress)

@@ -477,7 +477,7 @@ def _gpu_cluster(n: int) -> Any:
 
 def host_threads(client: Any) -> tuple[tuple[str, int], ...]:
     """Torch threads per task on each worker host: the host's cores over its Dask threads."""
-    info = client.scheduler_info(n_workers=-1)["workers"] if _accepts_n_workers(client) else client.scheduler_info()["workers"]
+    info = client.scheduler_info(n_workers=-1)["workers"]
     cores = client.run(_local_cores)
     per_host: dict[str, list[int]] = {}
     host_cores: dict[str, int] = {}
@@ -486,12 +486,6 @@ def host_threads(client: Any) -> tuple[tuple[str, int], ...]:
         per_host.setdefault(host, []).append(int(w.get("nthreads", 1)))
         host_cores[host] = int(cores.get(addr, 1))
     return tuple(sorted((h, max(1, host_cores[h] // max(1, sum(n)))) for h, n in per_host.items()))
-
-
-def _accepts_n_workers(client: Any) -> bool:
-    import inspect
-
-    return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
 def gpu_resources(device: torch.device) -> dict[str, int] | None:

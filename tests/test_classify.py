@@ -91,9 +91,11 @@ def env(tmp_path_factory):
 
 def run(env, out, stores=None, models=None, **kw):
     kw.setdefault("threshold", env["thr"])
+    kw.setdefault("device", "cpu")
+    kw.setdefault("precision", "fp32")
     return classify(
         stores or [env["store"].path], models or [env["a"], env["b"]], out,
-        scheduler=env["scheduler"], device="cpu", precision="fp32", progress=False, **kw,
+        scheduler=env["scheduler"], progress=False, **kw,
     )
 
 
@@ -207,11 +209,23 @@ def test_models_load_once_per_worker_and_never_travel(env):
     assert len(pickle.dumps(spec)) < 8192  # paths and hashes, no weights
 
 
-def test_no_threshold_leaves_selected_null(env):
-    res = run(env, env["root"] / "nothr", models=[env["b"]], threshold=None)
+def test_no_threshold_leaves_selected_null_and_auto_asks_the_workers(env):
+    res = run(env, env["root"] / "nothr", models=[env["b"]], threshold=None, device="auto", precision="auto")
     t = cand.read_candidates(res.out)
     assert res.complete and t.column("selected").null_count == N
-    assert cand.read_metadata(res.out)["threshold"] is None
+    meta = cand.read_metadata(res.out)
+    assert meta["threshold"] is None
+    # the workers have no GPU here: auto means the CPU, in the precision auto picks for this CPU
+    assert meta["device"] == "cpu" and meta["score_precision"] == inference.resolve_precision("auto", "cpu")
+
+
+def test_gpu_tasks_refused_when_no_worker_offers_a_gpu(env):
+    from distributed import Client
+
+    from scanstream.classify import _submit
+
+    with Client(env["scheduler"]) as client, pytest.raises(InputError, match="--resources GPU=1"):
+        _submit(client, [object()], [], [], env["root"], None, {}, torch.device("cuda"), "bf16", 8, True, False)
 
 
 def _broken_copy(env, name):
