@@ -314,3 +314,35 @@ def test_cli_watch_once(models, tmp_path, capsys):
     assert "s.zarr: 64 objects" in out and "1 processed, 0 failed, 0 already done" in out
     assert main(args) == 0
     assert "0 processed, 0 failed, 1 already done" in capsys.readouterr().out
+
+
+def _pipeline():
+    import importlib.util
+
+    if "overnight_pipeline" not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "pipelines" / "overnight.py"
+        spec = importlib.util.spec_from_file_location("overnight_pipeline", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["overnight_pipeline"] = module  # dataclasses look their module up while defining
+        spec.loader.exec_module(module)
+    return sys.modules["overnight_pipeline"]
+
+
+def test_committed_overnight_toml_loads():
+    pipe = _pipeline()
+    watch_cfg = load_watch_config(pipe.DEFAULT_CONFIG)
+    assert watch_cfg.prevalence == "1:183" and watch_cfg.models[0].endswith("model.safetensors")
+    demo = pipe.load_demo_config(pipe.DEFAULT_CONFIG)
+    assert demo.backbone in ("mobilenet_v3_small", "resnet18") and demo.input_size == 112
+    assert pipe.load_demo_config(pipe.DEFAULT_CONFIG, epochs=2).epochs == 2
+
+
+def test_demo_config_errors(tmp_path):
+    pipe = _pipeline()
+    bad = tmp_path / "o.toml"
+    bad.write_text("[demo]\nepoch = 3\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        pipe.load_demo_config(bad)
+    bad.write_text("[demo]\nsheet_objects = 0\n")
+    with pytest.raises(ConfigError, match="sheet_objects"):
+        pipe.load_demo_config(bad)
