@@ -459,13 +459,16 @@ def plan_imagefolder(src: Path, cfg: IngestConfig, in_store: set[str]) -> _Plan:
 
 def _check_headers(plan: _Plan, cfg: IngestConfig, pool: ThreadPoolExecutor) -> None:
     """Drop items whose header shows a problem (unreadable, not 8-bit, wrong size) into ``plan.bad``."""
-    problems = pool.map(lambda it: _check_header(it[0], resize=cfg.resize), plan.items)
     keep = []
-    for (path, row), problem in zip(plan.items, problems, strict=True):
-        if problem:
-            plan.bad.append(BadItem(str(path), problem, row["object_id"]))
-        else:
-            keep.append((path, row))
+    step = 4 * cfg.batch_size  # bounded number of futures in flight, whatever the item count
+    for i in range(0, len(plan.items), step):
+        items = plan.items[i : i + step]
+        problems = pool.map(lambda it: _check_header(it[0], resize=cfg.resize), items)
+        for (path, row), problem in zip(items, problems, strict=True):
+            if problem:
+                plan.bad.append(BadItem(str(path), problem, row["object_id"]))
+            else:
+                keep.append((path, row))
     plan.items = keep
 
 

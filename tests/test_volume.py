@@ -272,7 +272,7 @@ def test_no_stacks_and_wrong_flags(tmp_path, capsys):
     assert rc == 2 and err.endswith(f"{tmp_path / 'empty'}: no z-stack folders (a folder with info.json)")
     write_stack(tmp_path / "s", n=1)
     rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr", "--resize")
-    assert rc == 2 and "do not apply to --format stack" in err
+    assert rc == 2 and err.endswith("--resize: not for --format stack (info.json gives the emulsion and stage)")
     assert not (tmp_path / "v.zarr").exists()
 
 

@@ -64,8 +64,12 @@ def run_ingest(args: argparse.Namespace) -> int:
             from scanstream.errors import InputError
             from scanstream.volume import ingest_stacks
 
-            if args.resize or args.listing or args.id_prefix:
-                raise InputError("--resize, --listing and --id-prefix do not apply to --format stack")
+            given = [flag for flag, value in (("--resize", args.resize), ("--listing", args.listing),
+                                              ("--id-prefix", args.id_prefix), ("--sheet", args.sheet),
+                                              ("--experiment", args.experiment), ("--module", args.module),
+                                              ("--plate", args.plate)) if value]
+            if given:
+                raise InputError(f"{', '.join(given)}: not for --format stack (info.json gives the emulsion and stage)")
             result = ingest_stacks(args.src, args.store, skip_bad=args.skip_bad, progress=bar.update,
                                    total=_set_total(bar))
         else:
