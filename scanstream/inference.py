@@ -25,8 +25,9 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,18 +246,26 @@ def score_range(
     *,
     batch_size: int = 64,
     verify: bool = True,
+    readers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Mean logits of crops ``start:stop`` of ``store``, reading ahead while the model runs.
 
-    Reads go in whole chunks (at least ``batch_size`` crops); the next read, its digest check
-    and, for CUDA, pinning run in one background thread. ``verify`` checks the range against
-    the block digests when it is block-aligned (classify's tasks are), and missing shard files
-    always.
+    Reads go in whole chunks (at least ``batch_size`` crops) on ``readers`` background threads
+    (default: 1 on the CPU, whose cores belong to the model; up to 4 on CUDA, where one thread
+    decompressing zstd cannot keep a GPU busy), which also pin the crops for CUDA. The next
+    reads are in flight while the model runs on the current block. ``verify`` checks the crops,
+    in order on one more thread, against the store's block digests when the range is
+    block-aligned (classify's tasks are); missing shard files are always refused.
 
     Returns
     -------
     ndarray, float32 (stop - start,)
+
+    Raises
+    ------
+    StoreError
+        A missing shard file, or crops that do not match their digest.
     """
     if not (0 <= start <= stop <= store.n):
         raise InputError(f"{store.path}: crop range [{start}, {stop}) outside 0..{store.n}")
@@ -265,35 +274,51 @@ def score_range(
         raise StoreError(f"{store.path}: missing shard file {absent[0]} for crops [{start}, {stop})")
     chunk = store.chunk_crops
     step = max(chunk, -(-batch_size // chunk) * chunk)
-    # first block ends on a chunk boundary so later reads stay chunk-aligned
+    # the first read ends on a chunk boundary so later reads stay chunk-aligned
     bounds = list(range(start, stop, step)) if start % chunk == 0 else [start, *range(-(-start // chunk) * chunk, stop, step)]
-    reads = [(a, min(b, stop)) for a, b in zip(bounds, [*bounds[1:], stop], strict=True) if a < min(b, stop)]
+    reads = deque((a, min(b, stop)) for a, b in zip(bounds, [*bounds[1:], stop], strict=True) if a < min(b, stop))
     verifier = BlockVerifier(store) if verify else None
     if verifier is not None and not verifier.aligned(start, stop):
         verifier = None
     pin = ensemble.device.type == "cuda"
+    n_readers = readers or (min(4, _local_cores()) if pin else 1)
+    depth = n_readers + 1 if pin else n_readers  # reads in flight besides the block being scored
 
-    def read(a: int, b: int) -> torch.Tensor:
+    def read(a: int, b: int) -> tuple[np.ndarray, torch.Tensor]:
         crops = store.read(a, b)
-        if verifier is not None:
-            verifier.feed(a, crops)
         t = torch.from_numpy(crops)
-        return t.pin_memory() if pin else t
+        return crops, (t.pin_memory() if pin else t)
 
     out = np.empty(stop - start, np.float32)
-    if not reads:
-        return out
-    with ThreadPoolExecutor(1, thread_name_prefix="scanstream-read") as pool:
-        pending = pool.submit(read, *reads[0])
-        for i, (a, b) in enumerate(reads):
-            crops = pending.result()
-            if i + 1 < len(reads):
-                pending = pool.submit(read, *reads[i + 1])
+    with (
+        ThreadPoolExecutor(n_readers, thread_name_prefix="scanstream-read") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="scanstream-verify") as check,
+    ):
+        inflight: deque[tuple[int, int, Future]] = deque()
+        checks: list[Future] = []
+
+        def top_up() -> None:
+            while reads and len(inflight) < depth:
+                a, b = reads.popleft()
+                inflight.append((a, b, pool.submit(read, a, b)))
+
+        top_up()
+        while inflight:
+            a, b, fut = inflight.popleft()
+            raw, crops = fut.result()
+            top_up()
+            if verifier is not None:
+                checks.append(check.submit(verifier.feed, a, raw))
+                for c in checks:
+                    if c.done() and c.exception() is not None:
+                        raise c.exception()  # fail fast: the range is lost anyway
             for j in range(0, b - a, batch_size):
                 k = min(j + batch_size, b - a)
                 out[a - start + j : a - start + k] = ensemble.score(crops[j:k])
             if on_batch is not None:
                 on_batch(b - a)
+        for c in checks:
+            c.result()
     return out
 
 

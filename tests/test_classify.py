@@ -112,6 +112,14 @@ def test_ensemble_score_is_mean_logit(env):
     np.testing.assert_allclose(sab, (sa + sb) / 2, rtol=1e-5, atol=1e-5)
 
 
+def test_parallel_readers_keep_order_and_check_digests(env):
+    ens = inference.Ensemble([env["a"]], device="cpu", precision="fp32")
+    got = inference.score_range(ens, env["store"], 0, N, batch_size=16, readers=3)
+    np.testing.assert_allclose(got, env["scores"]["a"], rtol=1e-5, atol=1e-5)
+    part = inference.score_range(ens, env["store"], 32, 64, batch_size=20, readers=2)
+    np.testing.assert_allclose(part, env["scores"]["a"][32:64], rtol=1e-5, atol=1e-5)
+
+
 def test_calibrate_threshold_reaches_target_on_calibration_store(env):
     rec = calibrate_threshold(env["store"].path, [env["b"], env["a"]], target_recall=0.8, device="cpu", precision="fp32")
     assert rec["threshold"] == pytest.approx(load_threshold(env["thr"])["threshold"], abs=1e-6)
