@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 import pytest
+from scipy import ndimage as ndi
 
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreExistsError
@@ -141,6 +142,21 @@ def test_every_class_is_rendered(category):
     darker = blank.astype(int) - crop.astype(int)
     assert (darker > 10).sum() > 300, f"{category}: hardly anything drawn"
     assert 40 < blank.mean() < 250  # a lit background, not empty
+
+
+def test_out_of_focus_objects_are_blurred_in_every_plane():
+    cond = SheetConditions(focus_error=0.0)
+    for seed in range(6):
+        obj = make_object("blur", np.random.default_rng(seed), cond)
+        assert abs(obj.defocus) >= 7.0 and obj.truth["underlying"] in ("evap", "dust", "2vtx")
+        blurred = render_object(obj, cond, np.random.default_rng(0)).astype(int)
+        sharp = render_object(replace(obj, defocus=0.0), cond, np.random.default_rng(0)).astype(int)
+        # no plane has the sharp edges the object shows in focus (smoothed against camera noise)
+        def edge(img):
+            img = ndi.gaussian_filter(img.astype(float), 1.0)
+            return max(np.abs(np.diff(img, axis=0)).max(), np.abs(np.diff(img, axis=1)).max())
+
+        assert all(edge(blurred[..., c]) < 0.5 * edge(sharp[..., 1]) for c in range(3)), obj.truth["underlying"]
 
 
 def test_channels_are_focal_planes():

@@ -30,7 +30,7 @@ def gallery_crops(per_category: int = 4, *, seed: int = 0, sheet: str = "GALLERY
     return crops, table
 
 
-def make_gallery(path: str | os.PathLike, *, per_category: int = 4, seed: int = 0, channels: bool = False) -> Path:
+def make_gallery(path: str | os.PathLike, *, per_category: int = 4, seed: int = 0, channels: bool = False, dpi: int = 60) -> Path:
     """Write the gallery PNG (rows = categories); ``channels`` adds one grey panel per focal plane."""
     import matplotlib
 
@@ -63,10 +63,10 @@ def make_gallery(path: str | os.PathLike, *, per_category: int = 4, seed: int = 
         "under each: picker multiplicity and prong lengths (um); SEL = the former method selects it",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
 

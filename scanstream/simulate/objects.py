@@ -55,8 +55,8 @@ BACKGROUND_MIX: dict[str, float] = {
     "track": 0.18,
     "scratch": 0.06,
     "blur": 0.08,
-    "dust": 0.11,
-    "evap": 0.22,
+    "dust": 0.12,
+    "evap": 0.21,
 }
 
 EMULSION_THICKNESS_UM = 450.0  # one emulsion layer before development (unverified)
@@ -404,12 +404,22 @@ def make_dust(rng: np.random.Generator, cond: SheetConditions) -> SimObject:
 
 
 def make_blur(rng: np.random.Generator, cond: SheetConditions) -> SimObject:
-    """An object far from the crop's focal planes: blurred in every channel."""
-    inner = rng.choice(["1vtx", "evap", "track", "dust"], p=[0.35, 0.25, 0.25, 0.15])
-    obj = GENERATORS[str(inner)](rng, cond)
-    defocus = float(rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 12.0))
-    truth = dict(obj.truth, underlying=str(inner))
-    return replace(obj, category="blur", label=0, defocus=defocus, truth=truth)
+    """A compact object (a small star, dust, two close vertices) lying beyond the crop's focal planes.
+
+    The picker found it, but the crop's planes missed it: every part of it is at least 4-7 um
+    from the nearest plane, so it is blurred in all three channels.
+    """
+    inner = str(rng.choice(["evap", "dust", "2vtx"], p=[0.45, 0.30, 0.25]))
+    obj = GENERATORS[inner](rng, cond)
+    z = np.concatenate([obj.starts[:, 2], obj.ends[:, 2], obj.blobs[:, 2] + obj.blobs[:, 3] / cond.shrinkage, [0.0]])
+    gap = rng.uniform(4.0, 7.0)
+    half = 3.0  # the outer planes are one z-step from the middle one
+    if rng.random() < 0.5:  # planes above the object
+        defocus = gap + half - float(z.min())
+    else:  # planes below it
+        defocus = -(gap + half + float(z.max()))
+    truth = dict(obj.truth, underlying=inner)
+    return replace(obj, category="blur", label=0, defocus=float(defocus), truth=truth)
 
 
 GENERATORS = {
