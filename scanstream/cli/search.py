@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (paper: 3e-4)")
     p.add_argument("--warmup-epochs", type=int, default=5, help="epochs before early stopping may act (default 5)")
     p.add_argument("--epoch-size", type=int, help="samples per epoch (default: the TRAIN store's size)")
+    p.add_argument("--pos-weight", action="store_true", help="weight the alpha class in the loss by the class ratio")
+    p.add_argument("--unfreeze", action="store_true",
+                   help="the authors' schedule: pretrained backbone frozen first, unfrozen in stages")
     p.add_argument("--device", default="auto", help="device of each trial: auto | cpu | cuda (default auto)")
     p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / workers)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="existing Dask scheduler (default: a LocalCluster)")
@@ -53,7 +56,7 @@ def run_search_cli(args: argparse.Namespace) -> int:
         test_store=str(args.test) if args.test else None,
         backbone=args.backbone, input_size=args.input_size, pretrained=args.pretrained,
         max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
-        epoch_size=args.epoch_size,
+        epoch_size=args.epoch_size, pos_weight=args.pos_weight, unfreeze=args.unfreeze,
         device=args.device, threads=args.threads,
     )
     res = run_search(config, scheduler=args.scheduler, workers=args.workers)
