@@ -228,3 +228,87 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         metrics=meta["metrics"],
         hash=checkpoint_hash(path),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable training state (model + optimizer + loop state), also safetensors, never pickle
+
+STATE_KEY = "scanstream_train_state"
+
+
+def save_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Write the training state after an epoch, atomically.
+
+    Tensors: the model's state dict (``model.*``) and the optimizer's per-parameter state
+    (``optim.<param index>.<name>``); the header holds ``state`` (JSON: epoch, early-stopping
+    state, history, ...) and the optimizer's param groups without their parameters.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, pstate in opt["state"].items():
+        for name, value in pstate.items():
+            t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"optim.{idx}.{name}"] = t.detach().to("cpu").contiguous()
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    meta = {STATE_KEY: _json_ready({"state": state, "param_groups": groups}, "training state"), "format": "pt"}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_train_state(path: str | os.PathLike) -> dict | None:
+    """The JSON part of a training state file, or None when it is absent or unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+    try:
+        return json.loads(meta[STATE_KEY])
+    except (KeyError, ValueError):
+        return None
+
+
+def load_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model and optimizer from :func:`save_train_state`; return the JSON ``state``.
+
+    The optimizer must have been built with the same parameter groups as when saved.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    saved = read_train_state(path)
+    if saved is None:
+        raise CheckpointError(f"{path}: not a scanstream training state file")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable training state: {exc}") from None
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: training state does not fit the model: {str(exc).splitlines()[0]}") from None
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = v
+    groups = saved["param_groups"]
+    current = optimizer.state_dict()["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+        raise CheckpointError(f"{path}: training state has other optimizer parameter groups than this run")
+    try:
+        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: optimizer state does not fit: {exc}") from None
+    return saved["state"]

@@ -1,0 +1,625 @@
+"""One training run of the paper's classifier (PHYSICS.md, "Training protocol").
+
+Reads top to bottom: :class:`TrainConfig` and its validation (every bad input is refused
+before any training), :class:`EarlyStopping` (the smoothed-validation-loss rule, pure),
+:func:`train_one_epoch`, :func:`evaluate`, and :func:`train`, which wires them together with
+Dask-fed loading (:mod:`scanstream.dataload`), writes the outputs and resumes interrupted runs.
+
+Outputs in ``out_dir``: ``config.json`` (the resolved configuration, written before training),
+``model.safetensors`` (the checkpoint at the minimum of the smoothed validation loss, replaced
+atomically whenever a new minimum is reached, so a crash or Ctrl-C leaves the last best one
+intact), ``history.csv`` and ``loss_curve.png`` (per epoch; like the paper's figure 2), and
+``train_state.safetensors`` (model + optimizer + loop state after the last finished epoch:
+rerunning the same command continues from there; the result is the same as an uninterrupted
+run, because every random draw is a function of (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scanstream.augment import AugmentConfig, Augmenter
+from scanstream.checkpoint import load_train_state, read_train_state, save_checkpoint, save_train_state
+from scanstream.dataload import (
+    DEFAULT_BLOCK_CROPS,
+    LOADERS,
+    BlockStream,
+    default_workers,
+    open_executor,
+    plan_sequential,
+    plan_train_epoch,
+    rebatch,
+)
+from scanstream.errors import ConfigError, InputError
+from scanstream.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
+from scanstream.sampling import BalancedSampler, class_counts
+from scanstream.sampling import pos_weight as class_pos_weight
+from scanstream.store import CropStore, open_store
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "model.safetensors"
+STATE_FILE = "train_state.safetensors"
+HISTORY_FILE = "history.csv"
+CURVE_FILE = "loss_curve.png"
+CONFIG_FILE = "config.json"
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "smoothed_val_loss", "val_ap", "images_per_s", "seconds", "best")
+#: Fields that may change between a run and its resumption.
+_RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs (contract fields first, then tuning knobs).
+
+    ``augment_on``: ``"worker"`` (the loader augments while the model trains: the choice on
+    CPU) or ``"device"`` (the training device augments each batch: the choice on GPU);
+    ``"auto"`` picks by device. ``amp``: ``"bf16"`` autocast, ``"off"``, or ``"auto"`` (bf16
+    where the device runs it fast: CUDA with bf16, CPUs with AVX-512 BF16 / AMX).
+    ``unfreeze``: the authors' staged unfreezing for pretrained backbones (backbone frozen
+    except BatchNorm, last two stages unfrozen at ``unfreeze_epochs[0]``, the rest at
+    ``unfreeze_epochs[1]``, each new group at a tenth of ``lr``).
+    """
+
+    train_store: str
+    valid_store: str
+    out_dir: str
+    backbone: str = "resnet50"
+    input_size: int = 224
+    pretrained: str = "none"
+    n: int = 2
+    m: int = 24
+    seed: int = 0
+    max_epochs: int = 100
+    batch_size: int = 96
+    lr: float = 3e-4
+    warmup_epochs: int = 5
+    smoothing: float = 0.9
+    stop_factor: float = 1.15
+    device: str = "auto"
+    loader: str = "dask"
+    scheduler: str | None = None
+    pos_weight: bool = False
+    unfreeze: bool = False
+    epoch_size: int | None = None
+    unfreeze_epochs: tuple[int, int] = (50, 100)
+    augment_on: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    workers: int | None = None
+    ahead: int = 3
+    block_crops: int = DEFAULT_BLOCK_CROPS
+    torch_threads: int | None = None
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(backbone=self.backbone, input_size=self.input_size, pretrained=self.pretrained)
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(n=self.n, m=self.m)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes
+    ----------
+    checkpoint : Path
+        ``out_dir/model.safetensors``, the best epoch's model.
+    history : list of dict
+        Per epoch: epoch, train_loss, val_loss, smoothed_val_loss, val_ap, images_per_s, seconds, best.
+    best_epoch : int
+    metrics : dict
+        val_ap, val_loss, smoothed_val_loss (at the best epoch), best_epoch, epochs_run, stopped_early.
+    """
+
+    checkpoint: Path
+    history: list[dict]
+    best_epoch: int
+    metrics: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping (pure)
+
+
+@dataclass
+class EarlyStopping:
+    """The paper's rule on the smoothed validation loss.
+
+    ``S_0 = V_0``, ``S_i = w S_{i-1} + (1 - w) V_i``; epoch i is the best so far when S_i is
+    the smallest S yet; training stops at the first epoch ``i >= warmup`` with
+    ``S_i > factor * min(S)``. The model kept is the one at the minimum.
+    """
+
+    smoothing: float = 0.9
+    factor: float = 1.15
+    warmup: int = 5
+    smoothed: float | None = None
+    best: float = math.inf
+    best_epoch: int = -1
+    epoch: int = -1
+
+    def update(self, val_loss: float) -> tuple[float, bool, bool]:
+        """Feed epoch ``self.epoch + 1``'s validation loss; return (S, is_best, stop)."""
+        self.epoch += 1
+        if not math.isfinite(val_loss):
+            return (self.smoothed if self.smoothed is not None else math.inf), False, self.epoch >= self.warmup
+        s = val_loss if self.smoothed is None else self.smoothing * self.smoothed + (1 - self.smoothing) * val_loss
+        self.smoothed = s
+        is_best = s < self.best
+        if is_best:
+            self.best, self.best_epoch = s, self.epoch
+        stop = self.epoch >= self.warmup and s > self.factor * self.best
+        return s, is_best, stop
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of inputs (all before training starts)
+
+
+def _labelled(store: CropStore, role: str) -> np.ndarray:
+    labels = store.labels
+    pos, neg = class_counts(labels)
+    if pos + neg == 0:
+        raise InputError(f"{store.path}: the {role} store has no labels (every label is -1); label it first")
+    if pos == 0 or neg == 0:
+        raise InputError(
+            f"{store.path}: the {role} store has one class only ({pos} alpha, {neg} other); "
+            "training and validation need both"
+        )
+    return labels
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"output directory {out_dir} is not writable: {exc.strerror or exc}") from None
+
+
+def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
+    """Validate every option and both stores; return the opened (train, valid) stores.
+
+    Raises
+    ------
+    InputError, ConfigError, StoreError
+        On any bad value, naming it; nothing has been written except the output directory.
+    """
+    config.model_config()
+    config.augment_config()
+    for name in ("max_epochs", "batch_size", "ahead", "block_crops"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.epoch_size is not None and config.epoch_size < 1:
+        raise ConfigError(f"epoch_size must be >= 1, got {config.epoch_size}")
+    if not config.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {config.lr}")
+    if not 0 <= config.smoothing < 1:
+        raise ConfigError(f"smoothing w must be in [0, 1), got {config.smoothing}")
+    if not config.stop_factor > 1:
+        raise ConfigError(f"stop_factor must be > 1, got {config.stop_factor}")
+    if config.warmup_epochs < 0:
+        raise ConfigError(f"warmup_epochs must be >= 0, got {config.warmup_epochs}")
+    if config.loader not in LOADERS:
+        raise ConfigError(f"loader must be one of {', '.join(LOADERS)}, got {config.loader!r}")
+    if config.scheduler and config.loader != "dask":
+        raise ConfigError("a scheduler address needs loader 'dask'")
+    if config.augment_on not in ("auto", "worker", "device"):
+        raise ConfigError(f"augment_on must be auto, worker or device, got {config.augment_on!r}")
+    if config.amp not in ("auto", "bf16", "off"):
+        raise ConfigError(f"amp must be auto, bf16 or off, got {config.amp!r}")
+    resolve_device(config.device)
+    train_store = open_store(config.train_store)
+    valid_store = open_store(config.valid_store)
+    _labelled(train_store, "train")
+    _labelled(valid_store, "valid")
+    if train_store.crops.shape[1:] != valid_store.crops.shape[1:]:
+        raise InputError(
+            f"crop shapes differ: {train_store.path} has {tuple(train_store.crops.shape[1:])}, "
+            f"{valid_store.path} has {tuple(valid_store.crops.shape[1:])}"
+        )
+    _check_out_dir(Path(config.out_dir))
+    return train_store, valid_store
+
+
+def data_hash(train_store: CropStore, valid_store: CropStore) -> str:
+    """Identity of the training data: the two stores' content hashes, hashed (16 hex)."""
+    h = hashlib.sha256(f"train={train_store.content_hash};valid={valid_store.content_hash}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp: str, device: torch.device) -> bool:
+    """Whether to run bf16 autocast (see :class:`TrainConfig`)."""
+    if amp != "auto":
+        return amp == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_fast_bf16()
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch of training, one evaluation
+
+
+@dataclass
+class _Run:
+    """What the loop functions share (built once by :func:`train`)."""
+
+    config: TrainConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp: bool
+    augment_on: str
+    executor: Any
+    train_store: CropStore
+    valid_store: CropStore
+    train_labels: torch.Tensor
+    valid_labels: np.ndarray
+    sampler: BalancedSampler
+    pos_weight: torch.Tensor | None
+    workers: int
+
+
+def _to_input(run: _Run, crops: np.ndarray, augmenter: Augmenter | None) -> torch.Tensor:
+    x = torch.from_numpy(crops)
+    if run.device.type == "cuda":
+        x = x.pin_memory().to(run.device, non_blocking=True)
+    if augmenter is not None:
+        x = augmenter(x)
+    x = preprocess(x, run.config.input_size)
+    if run.config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _dask_worker_threads(run: _Run) -> int | None:
+    return 1 if run.config.loader == "dask" else None
+
+
+def train_one_epoch(run: _Run, epoch: int, *, progress: bool = False) -> tuple[float, float, int]:
+    """Train over one epoch's oversampled draws; return (mean loss, seconds, images)."""
+    cfg = run.config
+    run.model.train()
+    samples = run.sampler.indices(epoch)
+    tasks = plan_train_epoch(
+        samples, n=run.train_store.n, chunk_crops=run.train_store.chunk_crops, block_crops=cfg.block_crops,
+        seed=cfg.seed, epoch=epoch,
+    )
+    on_worker = run.augment_on == "worker"
+    stream = BlockStream(
+        run.executor, str(run.train_store.path), tasks, ahead=cfg.ahead, chunk_crops=run.train_store.chunk_crops,
+        size=cfg.input_size, augment_config=cfg.augment_config() if on_worker else None,
+        torch_threads=_dask_worker_threads(run),
+    )
+    augmenter = None if on_worker else Augmenter(cfg.augment_config(), seed=cfg.seed * 100_003 + epoch)
+    bar = _progress(len(samples) // cfg.batch_size, f"epoch {epoch}", progress)
+    total, count, t0 = 0.0, 0, time.perf_counter()
+    for idx, crops in rebatch(iter(stream), cfg.batch_size, drop_last=True):
+        x = _to_input(run, crops, augmenter)
+        y = run.train_labels[torch.from_numpy(idx)].to(run.device, non_blocking=True)
+        with _autocast(run.device, run.amp):
+            logits = run.model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=run.pos_weight)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return (total / count if count else math.nan), seconds, count
+
+
+@torch.no_grad()
+def evaluate(run: _Run) -> tuple[float, float, np.ndarray]:
+    """Validation loss (mean BCE, no pos_weight), Average Precision and the logits (n,)."""
+    from sklearn.metrics import average_precision_score
+
+    cfg = run.config
+    run.model.eval()
+    store = run.valid_store
+    tasks = plan_sequential(store.n, chunk_crops=store.chunk_crops, block_crops=cfg.block_crops)
+    stream = BlockStream(
+        run.executor, str(store.path), tasks, ahead=cfg.ahead, chunk_crops=store.chunk_crops, size=cfg.input_size,
+        torch_threads=_dask_worker_threads(run),
+    )
+    logits = np.empty(store.n, dtype=np.float32)
+    for idx, crops in rebatch(iter(stream), cfg.batch_size, drop_last=False):
+        with _autocast(run.device, run.amp):
+            out = run.model(_to_input(run, crops, None))
+        logits[idx] = out.float().cpu().numpy()
+    keep = run.valid_labels >= 0
+    y = run.valid_labels[keep].astype(np.float32)
+    scores = logits[keep]
+    loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(scores), torch.from_numpy(y)))
+    ap = float(average_precision_score(y, scores))
+    return loss, ap, logits
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from scanstream.cli._common import progress
+
+    return progress(total, desc, unit="batch")
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_history(history: list[dict], out_dir: Path) -> None:
+    """history.csv (one row per epoch) and loss_curve.png (train, val, smoothed val loss)."""
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k) for k in HISTORY_COLUMNS})
+    _write_atomic(out_dir / HISTORY_FILE, buf.getvalue())
+    plot_loss_curve(history, out_dir / CURVE_FILE)
+
+
+def plot_loss_curve(history: list[dict], path: Path) -> None:
+    """Loss per epoch: training, validation and smoothed validation, best epoch marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(epochs, [h["train_loss"] for h in history], label="training loss", color="tab:blue")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange", alpha=0.6)
+    ax.plot(epochs, [h["smoothed_val_loss"] for h in history], label="smoothed validation loss", color="tab:red")
+    best = [h["epoch"] for h in history if h.get("best")]
+    if best:
+        ax.axvline(best[-1], color="grey", ls="--", lw=1, label=f"kept model (epoch {best[-1]})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("binary cross entropy")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig, epoch: int) -> torch.optim.Optimizer:
+    """Adam over the parameters trainable at ``epoch`` (staged unfreezing when asked)."""
+    if not cfg.unfreeze:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    groups = parameter_groups(model)
+    stages = [["head", "norm"], ["late"], ["early"]]
+    starts = [0, *cfg.unfreeze_epochs]
+    param_groups = []
+    for stage, start in zip(stages, starts, strict=True):
+        params = [p for name in stage for p in groups[name]]
+        active = epoch >= start
+        for p in params:
+            p.requires_grad_(active)
+        if active:
+            param_groups.append({"params": params, "lr": cfg.lr if start == 0 else cfg.lr / 10})
+    return torch.optim.Adam(param_groups, lr=cfg.lr)
+
+
+def _resolved(config: TrainConfig, **extra: Any) -> dict[str, Any]:
+    d = asdict(config)
+    d["unfreeze_epochs"] = list(config.unfreeze_epochs)
+    d.update(extra)
+    return d
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train one model; see the module docstring for the outputs.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    progress : bool
+        Show a progress bar per epoch (stderr).
+
+    Raises
+    ------
+    InputError, ConfigError, StoreError
+        Bad options or stores, before training starts.
+    """
+    train_store, valid_store = check_config(config)
+    out = Path(config.out_dir)
+    device = resolve_device(config.device)
+    amp = resolve_amp(config.amp, device)
+    augment_on = config.augment_on if config.augment_on != "auto" else ("device" if device.type == "cuda" else "worker")
+    workers = config.workers or default_workers(device)
+    threads = config.torch_threads or (os.cpu_count() or 1)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    labels = train_store.labels
+    epoch_size = config.epoch_size or int((labels >= 0).sum())
+    dhash = data_hash(train_store, valid_store)
+    resolved = _resolved(
+        config,
+        resolved={"device": str(device), "amp": "bf16" if amp else "off", "augment_on": augment_on, "workers": workers,
+                  "torch_threads": threads if device.type == "cpu" else None, "epoch_size": epoch_size,
+                  "data_hash": dhash, "torch": torch.__version__, "train_counts": class_counts(labels),
+                  "valid_counts": class_counts(valid_store.labels)},
+    )
+    state_path = out / STATE_FILE
+    saved = read_train_state(state_path) if state_path.exists() else None
+    if saved is not None and _comparable(saved["state"]["config"]) != _comparable(resolved):
+        raise InputError(
+            f"{out} holds a training run with another configuration or data ({CONFIG_FILE}); "
+            "use another --out directory (or remove it)"
+        )
+    _write_atomic(out / CONFIG_FILE, json.dumps(resolved, indent=2, sort_keys=True))
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    model = build_model(config.model_config()).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    start_epoch, history = 0, []
+    stopper = EarlyStopping(config.smoothing, config.stop_factor, config.warmup_epochs)
+    if saved is not None:
+        start_epoch = int(saved["state"]["epoch"]) + 1
+        optimizer = _build_optimizer(model, config, start_epoch - 1)
+        st = load_train_state(state_path, model, optimizer)
+        history = st["history"]
+        stopper = EarlyStopping(**st["stopper"])
+        if st.get("stopped") or start_epoch >= config.max_epochs:
+            logger.info("%s: run already finished at epoch %d", out, start_epoch - 1)
+            return _result(out, history, stopper, stopped=bool(st.get("stopped")))
+        logger.info("%s: resuming after epoch %d", out, start_epoch - 1)
+    else:
+        optimizer = _build_optimizer(model, config, 0)
+    pw = torch.tensor(class_pos_weight(labels), device=device) if config.pos_weight else None
+    sampler = BalancedSampler(labels=labels, num_samples=epoch_size, seed=config.seed)
+    stopped = False
+    with open_executor(config.loader, scheduler=config.scheduler, workers=workers) as executor:
+        run = _Run(
+            config=config, model=model, optimizer=optimizer, device=device, amp=amp, augment_on=augment_on,
+            executor=executor, train_store=train_store, valid_store=valid_store,
+            train_labels=torch.from_numpy(labels.astype(np.float32)), valid_labels=valid_store.labels,
+            sampler=sampler, pos_weight=pw, workers=workers,
+        )
+        for epoch in range(start_epoch, config.max_epochs):
+            if config.unfreeze and epoch in config.unfreeze_epochs:
+                run.optimizer = _build_optimizer_keeping(run.optimizer, model, config, epoch)
+            train_loss, seconds, images = train_one_epoch(run, epoch, progress=progress)
+            val_loss, val_ap, _ = evaluate(run)
+            smoothed, is_best, stop = stopper.update(val_loss)
+            row = {
+                "epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+                "smoothed_val_loss": round(smoothed, 6), "val_ap": round(val_ap, 6),
+                "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
+                "seconds": round(seconds, 2), "best": is_best,
+            }
+            history.append(row)
+            logger.info("epoch %d: train %.4f val %.4f smoothed %.4f AP %.4f %.1f img/s%s", epoch, train_loss, val_loss,
+                        smoothed, val_ap, row["images_per_s"] or 0, " (best)" if is_best else "")
+            if is_best:
+                metrics = _metrics(history, stopper, epochs_run=epoch + 1, stopped=False)
+                save_checkpoint(out / CHECKPOINT_FILE, model, model_config=config.model_config(), train_config=resolved,
+                                data_hash=dhash, metrics=metrics)
+            stopped = stop
+            write_history(history, out)
+            save_train_state(state_path, model, run.optimizer, {
+                "epoch": epoch, "history": history, "stopper": stopper.state(), "stopped": stopped, "config": resolved,
+            })
+            if stop:
+                logger.info("early stop at epoch %d: smoothed loss %.4f > %.2f x min %.4f (epoch %d)", epoch, smoothed,
+                            config.stop_factor, stopper.best, stopper.best_epoch)
+                break
+    _finalise_checkpoint(out, history, stopper, stopped, config, resolved, dhash)
+    return _result(out, history, stopper, stopped=stopped)
+
+
+def _build_optimizer_keeping(old: torch.optim.Optimizer, model, config: TrainConfig, epoch: int) -> torch.optim.Optimizer:
+    """Add the newly unfrozen parameter group, keeping the Adam state of the others."""
+    new = _build_optimizer(model, config, epoch)
+    state = old.state_dict()
+    n_old = len(state["param_groups"])
+    fresh = new.state_dict()
+    fresh["state"] = state["state"]
+    fresh["param_groups"][:n_old] = state["param_groups"]
+    new.load_state_dict(fresh)
+    return new
+
+
+def _metrics(history: list[dict], stopper: EarlyStopping, *, epochs_run: int, stopped: bool) -> dict[str, Any]:
+    rows = [h for h in history if h["epoch"] == stopper.best_epoch]
+    best = rows[0] if rows else history[-1]
+    return {
+        "val_ap": best["val_ap"], "val_loss": best["val_loss"], "smoothed_val_loss": best["smoothed_val_loss"],
+        "train_loss": best["train_loss"], "best_epoch": best["epoch"], "epochs_run": epochs_run,
+        "stopped_early": stopped,
+    }
+
+
+def _finalise_checkpoint(out: Path, history, stopper, stopped, config, resolved, dhash) -> None:
+    """Rewrite the best checkpoint's metrics with the final epochs_run / stopped_early."""
+    from scanstream.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out / CHECKPOINT_FILE)
+    metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped)
+    if ckpt.metrics != metrics:
+        save_checkpoint(out / CHECKPOINT_FILE, ckpt.model, model_config=config.model_config(), train_config=resolved,
+                        data_hash=dhash, metrics=metrics)
+
+
+def _result(out: Path, history: list[dict], stopper: EarlyStopping, *, stopped: bool) -> TrainResult:
+    metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped)
+    return TrainResult(checkpoint=out / CHECKPOINT_FILE, history=list(history), best_epoch=metrics["best_epoch"],
+                       metrics=metrics)
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a (TOML / JSON) dict; unknown keys are an error."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown training options {sorted(unknown)}")
+    d = dict(d)
+    if "unfreeze_epochs" in d:
+        d["unfreeze_epochs"] = tuple(d["unfreeze_epochs"])
+    return TrainConfig(**d)

@@ -1,0 +1,323 @@
+"""Training: early stopping, Dask-fed / local loading, bad inputs, a tiny end-to-end run,
+determinism, resumption after a crash, and the ``train`` verb."""
+
+from __future__ import annotations
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import scanstream.train as tr
+from scanstream.augment import AugmentConfig, augment
+from scanstream.checkpoint import load_checkpoint
+from scanstream.cli import main
+from scanstream.dataload import BlockStream, load_block, plan_sequential, plan_train_epoch, rebatch, resize_crops
+from scanstream.errors import ConfigError, InputError
+from scanstream.model import ModelConfig, build_model
+from scanstream.train import EarlyStopping, TrainConfig, train
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping on scripted loss sequences
+
+
+def _reference_smoothing(values, w):
+    out, s = [], None
+    for v in values:
+        s = v if s is None else w * s + (1 - w) * v
+        out.append(s)
+    return out
+
+
+def _run_rule(values, **kw):
+    es = EarlyStopping(**kw)
+    rows = [es.update(v) for v in values]
+    return es, rows
+
+
+def test_smoothing_formula_by_hand():
+    _, rows = _run_rule([1.0, 0.8, 0.6], smoothing=0.9, warmup=5)
+    assert [r[0] for r in rows] == pytest.approx([1.0, 0.98, 0.942])
+    assert [r[1] for r in rows] == [True, True, True] and not any(r[2] for r in rows)
+
+
+def test_stops_when_smoothed_exceeds_115_percent_of_minimum():
+    values = [1.0, 0.6, 0.4, 0.3, 0.25, 0.2, 0.2, 0.2] + [3.0] * 10
+    es, rows = _run_rule(values)
+    smoothed = _reference_smoothing(values, 0.9)
+    assert [r[0] for r in rows] == pytest.approx(smoothed)
+    first_stop = next(i for i, r in enumerate(rows) if r[2])
+    s_min = min(smoothed[: first_stop + 1])
+    assert smoothed[first_stop] > 1.15 * s_min
+    assert all(smoothed[i] <= 1.15 * min(smoothed[: i + 1]) for i in range(5, first_stop))
+    assert es.best_epoch == int(np.argmin(smoothed[: first_stop + 1])) == 7
+    assert first_stop == 8  # the first rise: 0.9 S_7 + 0.1 x 3.0 > 1.15 S_7
+
+
+def test_no_stop_during_warmup():
+    values = [0.1, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
+    _, rows = _run_rule(values, warmup=5)
+    assert [r[2] for r in rows] == [False] * 5 + [True, True]
+    _, rows = _run_rule(values, warmup=0)
+    assert rows[1][2]
+
+
+def test_keeps_improving_never_stops():
+    values = list(np.linspace(1.0, 0.1, 40))
+    es, rows = _run_rule(values)
+    assert not any(r[2] for r in rows) and all(r[1] for r in rows) and es.best_epoch == 39
+
+
+def test_noise_below_factor_does_not_stop():
+    values = [0.5, 0.4, 0.3, 0.3, 0.3, 0.3] + [0.3, 0.34] * 20
+    _, rows = _run_rule(values)
+    assert not any(r[2] for r in rows)
+
+
+def test_nan_loss_is_never_best():
+    es, rows = _run_rule([1.0, 0.5, math.nan])
+    assert rows[2][1] is False and es.best_epoch == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading plans and blocks
+
+
+def test_train_plan_emits_every_draw_once_within_its_chunks():
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 1000, 3000)
+    tasks = plan_train_epoch(samples, n=1000, chunk_crops=64, block_crops=256, seed=1, epoch=2)
+    emitted = np.concatenate([t.indices for t in tasks])
+    assert np.array_equal(np.sort(emitted), np.sort(samples))
+    for t in tasks:
+        assert len(t.chunks) <= 4
+        assert set((t.indices // 64).tolist()) <= set(t.chunks)
+    again = plan_train_epoch(samples, n=1000, chunk_crops=64, block_crops=256, seed=1, epoch=2)
+    assert all(np.array_equal(a.indices, b.indices) and a.chunks == b.chunks for a, b in zip(tasks, again, strict=True))
+    other = plan_train_epoch(samples, n=1000, chunk_crops=64, block_crops=256, seed=1, epoch=3)
+    assert not np.array_equal(emitted, np.concatenate([t.indices for t in other]))
+
+
+def test_sequential_plan_covers_store_in_order():
+    tasks = plan_sequential(300, chunk_crops=64, block_crops=128)
+    assert np.array_equal(np.concatenate([t.indices for t in tasks]), np.arange(300))
+    assert [t.chunks for t in tasks] == [(0, 1), (2, 3), (4,)]
+
+
+def test_load_block_reads_resizes_and_augments(store_factory):
+    store = store_factory("b.zarr", n=80)
+    idx = np.array([70, 3, 3, 65, 10])
+    out = load_block(str(store.path), (0, 1), idx, chunk_crops=64, size=48)
+    expected = resize_crops(store.read()[idx], 48).numpy()
+    assert out.shape == (5, 48, 48, 3) and out.dtype == np.uint8 and np.array_equal(out, expected)
+    cfg = AugmentConfig(n=2, m=24)
+    aug = load_block(str(store.path), (0, 1), idx, chunk_crops=64, size=48, augment_config=cfg, seed=5)
+    ref = augment(torch.from_numpy(expected), cfg, torch.Generator().manual_seed(5)).numpy()
+    assert np.array_equal(aug, ref)
+    with pytest.raises(InputError, match="outside chunks"):
+        load_block(str(store.path), (0,), np.array([70]), chunk_crops=64, size=48)
+
+
+def test_block_stream_keeps_order_and_rebatches(store_factory):
+    store = store_factory("s.zarr", n=150)
+    tasks = plan_sequential(150, chunk_crops=64, block_crops=64)
+    with ThreadPoolExecutor(2) as pool:
+        stream = BlockStream(pool, str(store.path), tasks, ahead=2, chunk_crops=64, size=32)
+        batches = list(rebatch(iter(stream), 40, drop_last=False))
+    assert [len(b[0]) for b in batches] == [40, 40, 40, 30]
+    assert np.array_equal(np.concatenate([b[0] for b in batches]), np.arange(150))
+    assert np.array_equal(np.concatenate([b[1] for b in batches]), resize_crops(store.read(), 32).numpy())
+    pieces = [(np.arange(i, i + 7), np.zeros((7, 1))) for i in range(0, 70, 7)]
+    assert [len(b[0]) for b in rebatch(iter(pieces), 16, drop_last=True)] == [16] * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error before training
+
+
+@pytest.fixture
+def stores(store_factory):
+    return store_factory("t.zarr", n=64, seed=1), store_factory("v.zarr", n=32, seed=2)
+
+
+def _cfg(stores, out, **kw):
+    t, v = stores
+    base = {"backbone": "mobilenet_v3_small", "input_size": 32, "max_epochs": 2, "batch_size": 16, "epoch_size": 32,
+            "warmup_epochs": 1, "loader": "local", "block_crops": 64}
+    base.update(kw)
+    return TrainConfig(train_store=str(t.path), valid_store=str(v.path), out_dir=str(out), **base)
+
+
+def _refused(cfg, exc, match):
+    with pytest.raises(exc, match=match):
+        train(cfg, progress=False)
+    assert not (Path(cfg.out_dir) / "config.json").exists()
+
+
+def test_store_without_labels(stores, store_factory, tmp_path):
+    unlabelled = store_factory("u.zarr", n=16, labelled=False)
+    _refused(_cfg((unlabelled, stores[1]), tmp_path / "r"), InputError, "no labels")
+
+
+def test_train_store_with_one_class(stores, store_factory, tmp_path):
+    one = store_factory("one.zarr", n=16, alpha_fraction=0.0)
+    # make_store always puts one alpha first; rewrite its label to leave one class
+    import pyarrow.parquet as pq
+
+    table = one.table
+    labels = np.zeros(one.n, np.int8)
+    table = table.set_column(table.schema.get_field_index("label"), "label", [labels])
+    pq.write_table(table, one.path / "objects.parquet")
+    _refused(_cfg((one, stores[1]), tmp_path / "r"), InputError, "one class only")
+
+
+def test_valid_store_with_one_class(stores, store_factory, tmp_path):
+    import pyarrow.parquet as pq
+
+    one = store_factory("onev.zarr", n=16)
+    table = one.table.set_column(one.table.schema.get_field_index("label"), "label", [np.ones(one.n, np.int8)])
+    pq.write_table(table, one.path / "objects.parquet")
+    _refused(_cfg((stores[0], one), tmp_path / "r"), InputError, "valid store has one class")
+
+
+def test_crop_shapes_differ(stores, store_factory, tmp_path):
+    odd = store_factory("odd.zarr", n=16)
+    arr = zarr.open_array(str(odd.path / "crops"), mode="r+")
+    group = zarr.open_group(str(odd.path), mode="r+")
+    del group["crops"]
+    group.create_array("crops", shape=(16, 112, 112, 3), chunks=(16, 112, 112, 3), dtype="uint8")
+    del arr
+    _refused(_cfg((stores[0], odd), tmp_path / "r"), InputError, "crop shapes differ")
+
+
+@pytest.mark.parametrize("kw,match", [({"n": 9}, "N"), ({"n": -1}, "N"), ({"m": 31}, "M"), ({"m": -1}, "M")])
+def test_n_m_out_of_range(stores, tmp_path, kw, match):
+    _refused(_cfg(stores, tmp_path / "r", **kw), InputError, f"RandAugment {match}")
+
+
+def test_unwritable_out_dir(stores, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    _refused(_cfg(stores, tmp_path / "afile" / "run"), InputError, "not writable")
+
+
+@pytest.mark.parametrize("kw", [{"loader": "ray"}, {"batch_size": 0}, {"smoothing": 1.0}, {"stop_factor": 1.0}])
+def test_bad_options(stores, tmp_path, kw):
+    _refused(_cfg(stores, tmp_path / "r", **kw), ConfigError, next(iter(kw)))
+
+
+def test_missing_store(stores, tmp_path):
+    cfg = _cfg(stores, tmp_path / "r")
+    with pytest.raises(FileNotFoundError, match="no such crop store"):
+        train(TrainConfig(**{**cfg.__dict__, "train_store": str(tmp_path / "nope.zarr")}), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def _weights(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def test_tiny_run_outputs_determinism_and_dask_loader(stores, tmp_path):
+    local = train(_cfg(stores, tmp_path / "a"), progress=False)
+    out = tmp_path / "a"
+    assert local.checkpoint == out / "model.safetensors"
+    for name in ("config.json", "history.csv", "loss_curve.png", "model.safetensors", "train_state.safetensors"):
+        assert (out / name).stat().st_size > 0
+    assert [h["epoch"] for h in local.history] == [0, 1]
+    assert set(local.history[0]) >= {"epoch", "train_loss", "val_loss", "smoothed_val_loss", "val_ap", "images_per_s"}
+    assert all(np.isfinite(h["train_loss"]) and 0 <= h["val_ap"] <= 1 for h in local.history)
+    assert {"val_ap", "val_loss", "best_epoch", "epochs_run"} <= set(local.metrics) and local.metrics["epochs_run"] == 2
+    best = local.history[local.best_epoch]
+    assert best["best"] and local.metrics["val_ap"] == best["val_ap"]
+    ck = load_checkpoint(local.checkpoint)
+    assert ck.model_config == ModelConfig("mobilenet_v3_small", 32, "none")
+    assert ck.metrics == local.metrics and ck.train_config["n"] == 2 and len(ck.data_hash) == 16
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["resolved"]["augment_on"] == "worker" and resolved["resolved"]["amp"] in ("off", "bf16")
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,val_loss,smoothed_val_loss,val_ap")
+
+    # same seed, same device, Dask-fed (LocalCluster of one process): the very same run
+    dask = train(_cfg(stores, tmp_path / "d", loader="dask", workers=1), progress=False)
+    strip = [{k: v for k, v in h.items() if k not in ("images_per_s", "seconds")} for h in local.history]
+    assert [{k: v for k, v in h.items() if k not in ("images_per_s", "seconds")} for h in dask.history] == strip
+    wa, wd = _weights(local.checkpoint), _weights(dask.checkpoint)
+    assert all(torch.equal(wa[k], wd[k]) for k in wa)
+
+    # another seed: another run
+    other = train(_cfg(stores, tmp_path / "o", seed=1, max_epochs=1), progress=False)
+    assert other.history[0]["train_loss"] != local.history[0]["train_loss"]
+
+
+def test_crash_leaves_best_checkpoint_and_rerun_resumes(stores, tmp_path, monkeypatch):
+    cfg = _cfg(stores, tmp_path / "r", max_epochs=3)
+    real = tr.train_one_epoch
+    calls = []
+
+    def crash_in_epoch_2(run, epoch, **kw):
+        calls.append(epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(run, epoch, **kw)
+
+    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    ck = load_checkpoint(tmp_path / "r" / "model.safetensors")  # the last best one, intact
+    assert ck.metrics["best_epoch"] in (0, 1)
+    monkeypatch.setattr(tr, "train_one_epoch", real)
+    resumed = train(cfg, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    straight = train(_cfg(stores, tmp_path / "s", max_epochs=3), progress=False)
+    key = ("train_loss", "val_loss", "smoothed_val_loss", "val_ap", "best")
+    assert [[h[k] for k in key] for h in resumed.history] == [[h[k] for k in key] for h in straight.history]
+    # finished: a rerun does nothing and returns the same result
+    assert train(cfg, progress=False).history == resumed.history
+    # another configuration in the same directory is refused
+    with pytest.raises(InputError, match="another configuration"):
+        train(_cfg(stores, tmp_path / "r", max_epochs=3, m=10), progress=False)
+
+
+def test_staged_unfreezing_groups():
+    model = build_model(ModelConfig("resnet18", 32))
+    cfg = TrainConfig("t", "v", "o", unfreeze=True, unfreeze_epochs=(2, 4), lr=1e-3)
+    opt = tr._build_optimizer(model, cfg, 0)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in model.head.parameters()} <= trainable
+    assert not model.net.layer4[0].conv1.weight.requires_grad and model.net.layer4[0].bn1.weight.requires_grad
+    loss = model(torch.randn(2, 3, 32, 32)).sum()
+    loss.backward()
+    opt.step()
+    opt = tr._build_optimizer_keeping(opt, model, cfg, 2)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+    assert model.net.layer4[0].conv1.weight.requires_grad and not model.net.conv1.weight.requires_grad
+    assert len(opt.state) > 0  # Adam moments of the head kept
+    opt = tr._build_optimizer_keeping(opt, model, cfg, 4)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4, 1e-4]
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_cli_train(stores, tmp_path, capsys):
+    t, v = stores
+    out = tmp_path / "cli"
+    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(out), "--backbone",
+               "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "1", "--batch-size", "16",
+               "--epoch-size", "32", "--loader", "local", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["checkpoint"] == str(out / "model.safetensors") and summary["metrics"]["epochs_run"] == 1
+    assert load_checkpoint(out / "model.safetensors").model_config.input_size == 32
+
+
+def test_cli_bad_n_is_one_line_exit_2(stores, tmp_path, capsys):
+    t, v = stores
+    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(tmp_path / "x"), "--n", "9"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "N" in err and "0..8" in err
