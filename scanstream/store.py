@@ -15,11 +15,29 @@ rows and truncates any crops beyond them. The completion marker (``complete: tru
 content hash) is set last, so an interrupted write never leaves a store that looks complete,
 and a rerun resumes where the last commit ended.
 
-Chunk and shard sizes (measured by ``benchmarks/store_io.py`` on this project's 2-core
-development machine, simulated crops): chunks of 64 crops (9.6 MB raw) inside shards of 1024
-crops. Chunks of 64 keep a chunk-aligned inference task small enough to overlap reading with
-compute while zstd still sees enough data; shards of 1024 keep a 3-million-crop sheet to about
-3,000 files instead of 47,000. See the module constants and README for the figures.
+Chunk, shard and zstd level, chosen by measurement (``python benchmarks/store_io.py --n 2048
+--repeat 3``: 2,048 crops from ``scanstream.simulate.simulate_store``, 150,528 raw bytes each;
+2-core development machine shared with other jobs, load average about 12 during the run, so
+absolute rates are low and noisy; every figure is the best of 3 repeats taken round-robin over
+the configurations)::
+
+    chunk shard zstd  write/s  read/s (shard ranges)  read/s (chunk ranges)  random 1-crop/s  bytes/crop
+      16  1024    1      234          489                    774                   110          104,484
+      32  1024    1      315          886                  1,520                    81          104,637
+      64  1024    1      305          630                  1,400                    37          104,581
+      32   256    1      324          630                  2,056                    61          104,637
+      32  1024    3       97          524                    665                    52          103,673
+    np.copy of the same array in memory: 5,772 crops/s
+
+Chosen: chunks of 32 crops (4.8 MB raw) in shards of 1024, zstd level 1. Level 1 writes about
+3x faster than level 3 (2.1-2.8x in two earlier runs) for 0.9 % more bytes (simulated crops
+are grain noise that compresses only 1.44x). Chunks of 32 read sequentially at least as fast as
+64 and give 2.2x the random single-crop reads (galleries, review) because a one-crop read
+decodes a whole chunk; 16 reads single crops faster still but sequential ranges slower. Shards
+of 1024 keep a 3-million-crop sheet to about 3,000 files (256: 12,000) and cost one shard of
+memory in the writer: ``scanstream ingest`` of 1,000 and of 4,000 PNG files peaked at the same
+1,109 MiB resident (flat in the number of files). Store writes ran at 2-6 % of the speed of a
+memory copy of the same array, reads at 8-36 %.
 """
 
 from __future__ import annotations
@@ -54,14 +72,15 @@ SCHEMA_VERSION = 1
 CROP_SIZE = 224
 CHANNELS = 3
 PIXEL_SIZE_UM = 87.0 / 224.0  # about 0.39 um/px at the object (PHYSICS.md)
-CHUNK_CROPS = 64
+CHUNK_CROPS = 32
 SHARD_CROPS = 1024
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1
 TABLE_FILE = "objects.parquet"
 DIGESTS_FILE = "digests.json"
 PARTS_DIR = "_parts"
 
 LABEL_ALPHA, LABEL_OTHER, LABEL_UNKNOWN = 1, 0, -1
+_EMPTY_BLOCK = np.empty((0, CROP_SIZE, CROP_SIZE, CHANNELS), np.uint8)
 
 #: The object table columns every store has, in order (DESIGN.md). Stores may carry more
 #: (simulation truth columns, prefixed ``truth_``), appended after these.
@@ -399,11 +418,15 @@ class StoreWriter:
             logger.info("%s: dropping %d uncommitted crops", self.path, self._crops.shape[0] - self._committed_rows)
             self._crops.resize((self._committed_rows, CROP_SIZE, CROP_SIZE, CHANNELS))
         self._digests = self._load_digests()
-        tail_start = (self._committed_rows // self._shard) * self._shard
-        self._tail = np.asarray(self._crops[tail_start : self._committed_rows])  # incomplete block
-        self._buf_crops: list[np.ndarray] = []
+        # One shard-sized buffer: the current aligned block of rows, committed (read back on
+        # resume, for its digest) and buffered. Crops are copied into it once; nothing else
+        # holds crops, so a writer's memory is about one shard whatever the batch sizes.
+        self._block_start = (self._committed_rows // self._shard) * self._shard
+        self._block = np.empty((self._shard, CROP_SIZE, CROP_SIZE, CHANNELS), np.uint8)
+        self._fill = self._committed_rows - self._block_start
+        if self._fill:
+            self._block[: self._fill] = self._crops[self._block_start : self._committed_rows]
         self._buf_rows: list[pa.Table] = []
-        self._buffered = 0
         self._finalized = False
 
     def _create(self, pixel_size_um: float, chunk_crops: int, shard_crops: int) -> None:
@@ -463,7 +486,7 @@ class StoreWriter:
     @property
     def n(self) -> int:
         """Crops accepted so far (committed plus buffered)."""
-        return self._committed_rows + self._buffered
+        return self._block_start + self._fill
 
     def __contains__(self, object_id: str) -> bool:
         return object_id in self._ids
@@ -499,42 +522,38 @@ class StoreWriter:
                 raise InputError(f"{self.path}: duplicate object id {oid!r}")
             seen.add(oid)
         self._ids.update(ids)
-        self._buf_crops.append(crops)
         self._buf_rows.append(table)
-        self._buffered += crops.shape[0]
-        # Write whole shards as soon as they are full: a full-shard write needs no read-back.
-        to_boundary = self._shard - (self._committed_rows % self._shard)
-        if self._buffered >= to_boundary:
-            self._flush(self._committed_rows + to_boundary + ((self._buffered - to_boundary) // self._shard) * self._shard)
+        pos = 0
+        while pos < len(crops):
+            take = min(self._shard - self._fill, len(crops) - pos)
+            self._block[self._fill : self._fill + take] = crops[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self._shard:
+                self._flush()  # a whole shard: written without reading anything back
 
-    def _flush(self, upto: int) -> None:
-        """Write and commit buffered crops up to absolute row ``upto``."""
+    def _flush(self) -> None:
+        """Write the buffered crops of the current block and commit the rows describing them."""
+        upto = self._block_start + self._fill
         k = upto - self._committed_rows
         if k <= 0:
             return
         self._mark_incomplete()
         (self.path / PARTS_DIR).mkdir(exist_ok=True)
-        crops = np.concatenate(self._buf_crops) if len(self._buf_crops) > 1 else self._buf_crops[0]
-        rows = pa.concat_tables(self._buf_rows, promote_options="permissive") if len(self._buf_rows) > 1 else self._buf_rows[0]
-        write, keep = crops[:k], crops[k:]
         start = self._committed_rows
         self._crops.resize((upto, CROP_SIZE, CROP_SIZE, CHANNELS))
-        self._crops[start:upto] = write
-        # digests of the aligned blocks this write completes
-        block = np.concatenate([self._tail, write]) if len(self._tail) else write
-        new_digests = []
-        n_full = len(block) // self._shard
-        for b in range(n_full):
-            new_digests.append(_block_digest(block[b * self._shard : (b + 1) * self._shard]))
-        self._tail = block[n_full * self._shard :].copy()
-        part = rows.slice(0, k)
-        part = part.replace_schema_metadata({"scanstream_blocks": json.dumps(new_digests)})
+        self._crops[start:upto] = self._block[start - self._block_start : self._fill]
+        full = self._fill == self._shard
+        new_digests = [_block_digest(self._block)] if full else []
+        rows = pa.concat_tables(self._buf_rows, promote_options="permissive") if len(self._buf_rows) > 1 else self._buf_rows[0]
+        part = rows.slice(0, k).replace_schema_metadata({"scanstream_blocks": json.dumps(new_digests)})
         _write_parquet_atomic(part, self.path / PARTS_DIR / f"part-{start:012d}.parquet")
         self._digests.extend(new_digests)
         self._committed_rows = upto
-        self._buf_crops = [keep] if len(keep) else []
-        self._buf_rows = [rows.slice(k)] if len(keep) else []
-        self._buffered = len(keep)
+        self._buf_rows = [rows.slice(k)] if rows.num_rows > k else []
+        if full:
+            self._block_start += self._shard
+            self._fill = 0
 
     def finalize(self) -> CropStore:
         """Write the rest, merge the table, set the content hash and the completion marker.
@@ -545,7 +564,7 @@ class StoreWriter:
         """
         if self._finalized:
             return open_store(self.path)
-        self._flush(self.n)
+        self._flush()
         if not self._marked and self._start_attrs.get("complete"):
             # An existing complete store to which nothing was added: leave it as it was.
             self._finalized = True
@@ -556,8 +575,9 @@ class StoreWriter:
             raise StoreError(f"{self.path}: object table has {table.num_rows} rows but crops has {self._crops.shape[0]}")
         table = table.replace_schema_metadata(None)
         digests = list(self._digests)
-        if len(self._tail):
-            digests.append(_block_digest(self._tail))
+        if self._fill:
+            digests.append(_block_digest(self._block[: self._fill]))
+        self._block = _EMPTY_BLOCK  # release the buffer
         _write_json_atomic(
             {"block_crops": self._shard, "blocks": self._digests, "n_rows": table.num_rows}, self.path / DIGESTS_FILE
         )
@@ -580,7 +600,7 @@ class StoreWriter:
         :meth:`finalize`, so they are untouched. Interrupted itself, a rollback leaves the
         store incomplete and resumable, never complete with foreign rows.
         """
-        self._buf_crops, self._buf_rows, self._buffered = [], [], 0
+        self._buf_rows, self._block = [], _EMPTY_BLOCK
         self._finalized = True
         if self.created:
             shutil.rmtree(self.path, ignore_errors=True)
