@@ -352,7 +352,10 @@ class StoreWriter:
     shard at a time, each write followed by the commit of the rows describing it.
     :meth:`finalize` (called on a clean ``with`` exit) writes the rest, merges the table,
     computes the content hash and sets the completion marker. On an exception the store is
-    left incomplete but consistent up to its last commit, so the next writer resumes.
+    left incomplete but consistent up to its last commit, so the next writer resumes;
+    :meth:`rollback` instead undoes everything this writer added. The writer holds one
+    shard of crops in memory (``shard_crops`` x 150,528 bytes), whatever the batch sizes.
+    ``created`` says whether this writer created the store.
 
     Parameters
     ----------
