@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -81,9 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from scanstream.errors import InputError, StoreExistsError
-    from scanstream.simulate import simulate_store, simulate_table
-    from scanstream.simulate.dataset import category_counts, check_counts
+    from scanstream.errors import InputError
+    from scanstream.simulate import simulate_store
+    from scanstream.simulate.dataset import category_counts, check_counts, write_features
 
     check_counts(args.objects, args.alpha_fraction)
     if args.workers < 1:
@@ -91,19 +90,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     t0 = time.perf_counter()
     if args.features_only:
-        from scanstream.store import _write_parquet_atomic
-
-        if args.store.exists() and not args.overwrite:
-            raise StoreExistsError(f"{args.store}: exists (use --overwrite to replace it)")
-        table = simulate_table(
-            objects=args.objects, alpha_fraction=args.alpha_fraction, sheet=args.sheet, seed=args.seed,
-            conditions=overrides, workers=args.workers,
+        table = write_features(
+            args.store, objects=args.objects, alpha_fraction=args.alpha_fraction, sheet=args.sheet, seed=args.seed,
+            conditions=overrides, workers=args.workers, overwrite=args.overwrite,
         )
-        meta = {"stage": "simulate", "features_only": True, "objects": args.objects,
-                "alpha_fraction": args.alpha_fraction, "sheet": args.sheet, "seed": args.seed}
-        table = table.replace_schema_metadata({"scanstream": json.dumps(meta)})
-        args.store.parent.mkdir(parents=True, exist_ok=True)
-        _write_parquet_atomic(table, args.store)
         summary = {"path": str(args.store), "objects": table.num_rows, "categories": category_counts(table)}
     else:
         store = simulate_store(

@@ -24,7 +24,7 @@ from scanstream.simulate.conditions import SheetConditions, resolve_conditions, 
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel, pick_features
 from scanstream.simulate.render import render_object
-from scanstream.store import CropStore, StoreWriter, is_store, open_store, rows_to_table
+from scanstream.store import CropStore, StoreWriter, _write_parquet_atomic, is_store, open_store, rows_to_table
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +235,34 @@ def simulate_table(
     plans = plan_sheet(objects, alpha_fraction, sheet, seed)
     parts = [t for _, t in iter_simulated(plans, {sheet: cond}, workers=workers, render=False, batch=2048)]
     return pa.concat_tables(parts) if parts else rows_table([])
+
+
+def write_features(
+    path: str | os.PathLike,
+    *,
+    objects: int,
+    alpha_fraction: float,
+    sheet: str,
+    seed: int,
+    conditions: SheetConditions | Mapping[str, Any] | str | os.PathLike | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> pa.Table:
+    """:func:`simulate_table` written atomically to a Parquet file (the object table, no images)."""
+    import json
+
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise StoreExistsError(f"{p}: exists (use --overwrite to replace it)")
+    check_counts(objects, alpha_fraction)
+    table = simulate_table(objects=objects, alpha_fraction=alpha_fraction, sheet=sheet, seed=seed,
+                           conditions=conditions, workers=workers)
+    meta = {"stage": "simulate", "features_only": True, "objects": int(objects), "alpha_fraction": float(alpha_fraction),
+            "sheet": sheet, "seed": int(seed)}
+    table = table.replace_schema_metadata({"scanstream": json.dumps(meta)})
+    p.parent.mkdir(parents=True, exist_ok=True)
+    _write_parquet_atomic(table, p)
+    return table
 
 
 def write_plans(
