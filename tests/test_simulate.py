@@ -247,3 +247,15 @@ def test_cli_features_only(tmp_path, capsys):
     t = pq.read_table(out)
     assert t.num_rows == 50 and "track_lengths_um" in t.column_names
     capsys.readouterr()
+
+
+def test_calibration_report_structure():
+    from scanstream.simulate.calibration import calibrate_seed, to_markdown
+
+    r = calibrate_seed(3, scale=0.01)
+    assert r["cuts_from_train"]["min_multiplicity"] <= r["cuts_from_train"]["max_multiplicity"]
+    s = r["train_cuts"]
+    assert s["objects"] == sum(table1_counts(0.01)["test"]) and s["alpha"] == table1_counts(0.01)["test"][0]
+    assert isinstance(s["in_band"], bool) and 0 <= s["recall"]["value"] <= 1
+    md = to_markdown([r])
+    assert "| 3 | S3T" in md and "2,489" in md

@@ -29,10 +29,10 @@ PAPER = {"selected": 2489, "true_positives": 201, "alpha": 255, "objects": 46948
 BAND = {"precision": (0.06, 0.11), "recall": (0.70, 0.86)}
 
 
-def calibrate_seed(seed: int, *, workers: int = 1) -> dict:
-    """The former method on one seed's full-size TEST, with cuts chosen on its TRAIN (and the defaults)."""
+def calibrate_seed(seed: int, *, workers: int = 1, scale: float = 1.0) -> dict:
+    """The former method on one seed's TEST (full size by default), with cuts chosen on its TRAIN (and the defaults)."""
     t0 = time.perf_counter()
-    tables = dataset_tables(scale=1.0, seed=seed, workers=workers, splits=("train", "test"))
+    tables = dataset_tables(scale=scale, seed=seed, workers=workers, splits=("train", "test"))
     seconds = time.perf_counter() - t0
     chosen = choose_config(tables["train"])
     out: dict = {"seed": seed, "features_seconds": round(seconds, 1), "cuts_from_train": chosen.to_dict()}
