@@ -138,7 +138,8 @@ def plan_train_epoch(
         idx = sample_indices[sample_block == b]
         if idx.size == 0:
             continue
-        chunks = tuple(sorted(int(c) for c in order[b * per_block : (b + 1) * per_block]))
+        # only the chunks that drew samples are read (epochs shorter than the store read less)
+        chunks = tuple(int(c) for c in np.unique(idx // chunk_crops))
         tasks.append(BlockTask(chunks=chunks, indices=idx[rng.permutation(idx.size)], seed=_block_seed(seed, epoch, b)))
     return tasks
 
@@ -236,6 +237,8 @@ class BlockStream:
         self.ahead = max(1, ahead)
         self.load_kwargs = load_kwargs
         self._is_dask = type(executor).__module__.startswith("distributed")
+        self._pending: deque | None = None
+        self._it: Iterator[BlockTask] | None = None
 
     def _submit(self, task: BlockTask):
         kw = dict(self.load_kwargs, seed=task.seed)
@@ -243,14 +246,27 @@ class BlockStream:
             kw["pure"] = False
         return self.executor.submit(load_block, self.store_path, task.chunks, task.indices, **kw)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        pending: deque = deque()
-        it = iter(self.tasks)
-        try:
-            for task in it:
-                pending.append((task, self._submit(task)))
-                if len(pending) >= self.ahead:
+    def start(self) -> BlockStream:
+        """Submit the first ``ahead`` tasks now (e.g. the next epoch's, while validation runs)."""
+        if self._pending is None:
+            self._it = iter(self.tasks)
+            self._pending = deque()
+            for task in self._it:
+                self._pending.append((task, self._submit(task)))
+                if len(self._pending) >= self.ahead:
                     break
+        return self
+
+    def cancel(self) -> None:
+        """Cancel tasks submitted but not consumed."""
+        for _, fut in self._pending or ():
+            fut.cancel()
+        self._pending = deque()
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        self.start()
+        pending, it = self._pending, self._it
+        try:
             while pending:
                 task, fut = pending.popleft()
                 nxt = next(it, None)
@@ -258,8 +274,7 @@ class BlockStream:
                     pending.append((nxt, self._submit(nxt)))
                 yield task.indices, fut.result()
         finally:
-            for _, fut in pending:
-                fut.cancel()
+            self.cancel()
 
 
 def rebatch(stream: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int, *, drop_last: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -320,7 +335,7 @@ def open_executor(loader: str, *, scheduler: str | None = None, workers: int = 1
             client.close()
         return
     cluster = LocalCluster(
-        n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
     )
     client = Client(cluster)
     try:

@@ -311,25 +311,36 @@ def _dask_worker_threads(run: _Run) -> int | None:
     return 1 if run.config.loader == "dask" else None
 
 
-def train_one_epoch(run: _Run, epoch: int, *, progress: bool = False) -> tuple[float, float, int]:
-    """Train over one epoch's oversampled draws; return (mean loss, seconds, images)."""
+def train_stream(run: _Run, epoch: int) -> BlockStream:
+    """The loading stream of one training epoch (not started)."""
     cfg = run.config
-    run.model.train()
     samples = run.sampler.indices(epoch)
     tasks = plan_train_epoch(
         samples, n=run.train_store.n, chunk_crops=run.train_store.chunk_crops, block_crops=cfg.block_crops,
         seed=cfg.seed, epoch=epoch,
     )
-    on_worker = run.augment_on == "worker"
-    stream = BlockStream(
+    return BlockStream(
         run.executor, str(run.train_store.path), tasks, ahead=cfg.ahead, chunk_crops=run.train_store.chunk_crops,
-        size=cfg.input_size, augment_config=cfg.augment_config() if on_worker else None,
+        size=cfg.input_size, augment_config=cfg.augment_config() if run.augment_on == "worker" else None,
         torch_threads=_dask_worker_threads(run),
     )
+
+
+def train_one_epoch(run: _Run, epoch: int, *, stream: BlockStream | None = None, progress: bool = False) -> tuple[float, float, int]:
+    """Train over one epoch's oversampled draws; return (mean loss, seconds, images).
+
+    ``stream``: this epoch's :func:`train_stream`, possibly started early (so that its first
+    blocks load while the previous epoch validates).
+    """
+    cfg = run.config
+    run.model.train()
+    stream = stream if stream is not None else train_stream(run, epoch)
+    on_worker = run.augment_on == "worker"
+    n_batches = sum(len(t.indices) for t in stream.tasks) // cfg.batch_size
     augmenter = None if on_worker else Augmenter(cfg.augment_config(), seed=cfg.seed * 100_003 + epoch)
-    bar = _progress(len(samples) // cfg.batch_size, f"epoch {epoch}", progress)
-    total, count, t0 = 0.0, 0, time.perf_counter()
-    for idx, crops in rebatch(iter(stream), cfg.batch_size, drop_last=True):
+    bar = _progress(n_batches, f"epoch {epoch}", progress)
+    total, count, t0 = torch.zeros((), device=run.device), 0, time.perf_counter()
+    for step, (idx, crops) in enumerate(rebatch(iter(stream), cfg.batch_size, drop_last=True)):
         x = _to_input(run, crops, augmenter)
         y = run.train_labels[torch.from_numpy(idx)].to(run.device, non_blocking=True)
         with _autocast(run.device, run.amp):
@@ -338,17 +349,18 @@ def train_one_epoch(run: _Run, epoch: int, *, progress: bool = False) -> tuple[f
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
-        total += float(loss.detach()) * len(idx)
+        total += loss.detach() * len(idx)  # accumulated on the device: no sync per step
         count += len(idx)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{float(total) / count:.4f}")
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    return (total / count if count else math.nan), seconds, count
+    return (float(total) / count if count else math.nan), seconds, count
 
 
 @torch.no_grad()
@@ -542,10 +554,13 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             train_labels=torch.from_numpy(labels.astype(np.float32)), valid_labels=valid_store.labels,
             sampler=sampler, pos_weight=pw, workers=workers,
         )
+        next_stream = None
         for epoch in range(start_epoch, config.max_epochs):
             if config.unfreeze and epoch in config.unfreeze_epochs:
                 run.optimizer = _build_optimizer_keeping(run.optimizer, model, config, epoch)
-            train_loss, seconds, images = train_one_epoch(run, epoch, progress=progress)
+            stream = next_stream if next_stream is not None else train_stream(run, epoch)
+            train_loss, seconds, images = train_one_epoch(run, epoch, stream=stream, progress=progress)
+            next_stream = train_stream(run, epoch + 1).start() if epoch + 1 < config.max_epochs else None
             val_loss, val_ap, _ = evaluate(run)
             smoothed, is_best, stop = stopper.update(val_loss)
             row = {
@@ -567,6 +582,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 "epoch": epoch, "history": history, "stopper": stopper.state(), "stopped": stopped, "config": resolved,
             })
             if stop:
+                if next_stream is not None:
+                    next_stream.cancel()
                 logger.info("early stop at epoch %d: smoothed loss %.4f > %.2f x min %.4f (epoch %d)", epoch, smoothed,
                             config.stop_factor, stopper.best, stopper.best_epoch)
                 break

@@ -96,7 +96,7 @@ def test_train_plan_emits_every_draw_once_within_its_chunks():
     assert np.array_equal(np.sort(emitted), np.sort(samples))
     for t in tasks:
         assert len(t.chunks) <= 4
-        assert set((t.indices // 64).tolist()) <= set(t.chunks)
+        assert set((t.indices // 64).tolist()) == set(t.chunks)  # only chunks that drew samples are read
     again = plan_train_epoch(samples, n=1000, chunk_crops=64, block_crops=256, seed=1, epoch=2)
     assert all(np.array_equal(a.indices, b.indices) and a.chunks == b.chunks for a, b in zip(tasks, again, strict=True))
     other = plan_train_epoch(samples, n=1000, chunk_crops=64, block_crops=256, seed=1, epoch=3)
@@ -224,10 +224,24 @@ def _weights(path):
     return load_checkpoint(path).model.state_dict()
 
 
-def test_tiny_run_outputs_determinism_and_dask_loader(stores, tmp_path):
-    local = train(_cfg(stores, tmp_path / "a"), progress=False)
-    out = tmp_path / "a"
-    assert local.checkpoint == out / "model.safetensors"
+def _strip(history):
+    return [{k: v for k, v in h.items() if k not in ("images_per_s", "seconds")} for h in history]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Tiny stores and one 2-epoch run with the local loader, shared by the run tests."""
+    from conftest import make_store
+
+    d = tmp_path_factory.mktemp("ref")
+    stores = (make_store(d / "t.zarr", n=64, seed=1), make_store(d / "v.zarr", n=32, seed=2))
+    return stores, train(_cfg(stores, d / "run"), progress=False)
+
+
+def test_tiny_run_writes_outputs(reference):
+    _, local = reference
+    out = local.checkpoint.parent
+    assert local.checkpoint.name == "model.safetensors"
     for name in ("config.json", "history.csv", "loss_curve.png", "model.safetensors", "train_state.safetensors"):
         assert (out / name).stat().st_size > 0
     assert [h["epoch"] for h in local.history] == [0, 1]
@@ -241,47 +255,52 @@ def test_tiny_run_outputs_determinism_and_dask_loader(stores, tmp_path):
     assert ck.metrics == local.metrics and ck.train_config["n"] == 2 and len(ck.data_hash) == 16
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["resolved"]["augment_on"] == "worker" and resolved["resolved"]["amp"] in ("off", "bf16")
-    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,val_loss,smoothed_val_loss,val_ap")
+    assert resolved["max_epochs"] == 2 and resolved["resolved"]["train_counts"][0] > 0
+    header = (out / "history.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss,val_loss,smoothed_val_loss,val_ap,images_per_s")
 
-    # same seed, same device, Dask-fed (LocalCluster of one process): the very same run
+
+def test_dask_fed_run_is_the_same_run(reference, tmp_path):
+    """Same seed, same device, Dask-fed (a LocalCluster of one process): identical history and weights."""
+    stores, local = reference
     dask = train(_cfg(stores, tmp_path / "d", loader="dask", workers=1), progress=False)
-    strip = [{k: v for k, v in h.items() if k not in ("images_per_s", "seconds")} for h in local.history]
-    assert [{k: v for k, v in h.items() if k not in ("images_per_s", "seconds")} for h in dask.history] == strip
+    assert _strip(dask.history) == _strip(local.history)
     wa, wd = _weights(local.checkpoint), _weights(dask.checkpoint)
     assert all(torch.equal(wa[k], wd[k]) for k in wa)
 
-    # another seed: another run
+
+def test_another_seed_is_another_run(reference, tmp_path):
+    stores, local = reference
     other = train(_cfg(stores, tmp_path / "o", seed=1, max_epochs=1), progress=False)
     assert other.history[0]["train_loss"] != local.history[0]["train_loss"]
 
 
-def test_crash_leaves_best_checkpoint_and_rerun_resumes(stores, tmp_path, monkeypatch):
-    cfg = _cfg(stores, tmp_path / "r", max_epochs=3)
+def test_crash_leaves_best_checkpoint_and_rerun_resumes(reference, tmp_path, monkeypatch):
+    stores, straight = reference
+    cfg = _cfg(stores, tmp_path / "r")
     real = tr.train_one_epoch
-    calls = []
 
-    def crash_in_epoch_2(run, epoch, **kw):
-        calls.append(epoch)
-        if epoch == 2:
+    def crash_in_epoch_1(run, epoch, **kw):
+        if epoch == 1:
             raise KeyboardInterrupt
         return real(run, epoch, **kw)
 
-    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     ck = load_checkpoint(tmp_path / "r" / "model.safetensors")  # the last best one, intact
-    assert ck.metrics["best_epoch"] in (0, 1)
+    assert ck.metrics["best_epoch"] == 0 and ck.metrics["epochs_run"] == 1
     monkeypatch.setattr(tr, "train_one_epoch", real)
     resumed = train(cfg, progress=False)
-    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
-    straight = train(_cfg(stores, tmp_path / "s", max_epochs=3), progress=False)
-    key = ("train_loss", "val_loss", "smoothed_val_loss", "val_ap", "best")
-    assert [[h[k] for k in key] for h in resumed.history] == [[h[k] for k in key] for h in straight.history]
-    # finished: a rerun does nothing and returns the same result
+    assert _strip(resumed.history) == _strip(straight.history)
+    wa, wr = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(wa[k], wr[k]) for k in wa)
+    # finished: a rerun trains nothing and returns the same result
+    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_1)
     assert train(cfg, progress=False).history == resumed.history
     # another configuration in the same directory is refused
     with pytest.raises(InputError, match="another configuration"):
-        train(_cfg(stores, tmp_path / "r", max_epochs=3, m=10), progress=False)
+        train(_cfg(stores, tmp_path / "r", m=10), progress=False)
 
 
 def test_staged_unfreezing_groups():
