@@ -65,7 +65,7 @@ class DemoConfig:
     backbone: str = "mobilenet_v3_small"
     input_size: int = 112
     epochs: int = 6
-    batch_size: int = 64
+    batch_size: int = 16
     lr: float = 1e-3
     target_recall: float = 0.9
     gallery_top: int = 100
@@ -111,20 +111,24 @@ def _complete_store(path: Path) -> bool:
 
 
 def stage_simulate(cfg: DemoConfig, out: Path) -> dict[str, Path]:
+    from scanstream.simulate.conditions import draw_conditions
     from scanstream.simulate.dataset import simulate_store
     from scanstream.threshold import parse_prevalence
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     stores = {}
+    # TRAIN and VALID: two sets of objects from one labelled sheet (same conditions), as in the
+    # paper; the night's sheet below has conditions of its own
+    lab = draw_conditions("DEMO-LAB", cfg.seed)
     for name, n, alpha, seed in (
         ("train", cfg.train_objects, cfg.train_alpha, cfg.seed * 10 + 1),
         ("valid", cfg.valid_objects, cfg.valid_alpha, cfg.seed * 10 + 2),
     ):
         path = data / f"{name}.zarr"
         if not _complete_store(path):
-            simulate_store(path, objects=n, alpha_fraction=alpha, sheet=f"DEMO-{name.upper()}", seed=seed,
-                           workers=cfg.workers, overwrite=True, progress=True)
+            simulate_store(path, objects=n, alpha_fraction=alpha, sheet=f"LAB-{name.upper()}", seed=seed,
+                           conditions=lab, workers=cfg.workers, overwrite=True, progress=True)
         stores[name] = path
     # the night's sheet: written in staging, moved into the inbox only when complete
     inbox, staging = out / "inbox", out / "staging"
@@ -322,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+    if not args.verbose:  # Dask's own INFO lines (cluster start and stop) are noise here
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith("distributed"))
     try:
         if args.demo:
             overrides = {f.name: getattr(args, f.name) for f in fields(DemoConfig)}

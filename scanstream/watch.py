@@ -11,6 +11,7 @@ Bookkeeping lives beside the table in ``CANDIDATES.watch/`` (the candidate direc
 belongs to classify)::
 
     state.json          stores done or failed, keyed by store content hash; the store in progress
+    config.json         the resolved configuration of the last watch
     lock                held (flock) while a watcher runs, so two never share a table
     morning/index.md    every sheet's summary in one page
     morning/<sheet>.json, morning/<sheet>.md
@@ -279,11 +280,8 @@ def sheet_summary(
     prec = precision_for(threshold, prevalence)
     expected = None
     if prec is not None and prec["value"] is not None:
-        ci = prec.get("ci") or [None, None]
-        expected = {
-            "value": selected * prec["value"],
-            "ci": [None if c is None else selected * c for c in ci],
-        }
+        expected = {"value": selected * prec["value"],
+                    "ci": [None if c is None else selected * c for c in prec.get("ci") or [None, None]]}
     return {
         "sheet": sheet,
         "objects": objects,
@@ -310,10 +308,7 @@ def summary_markdown(s: Mapping[str, Any], top: list[dict[str, Any]] | None = No
     prec = s.get("precision")
     target = s.get("target") or {}
     lines = [
-        f"# Morning summary: sheet {s['sheet']}",
-        "",
-        "| | |",
-        "|---|---|",
+        f"# Morning summary: sheet {s['sheet']}", "", "| | |", "|---|---|",
         f"| objects classified | {s['objects']} |",
         f"| selected candidates | {_num(s['selected'], 'd')} |",
         f"| threshold (logit) | {_num(s['threshold'], '.3f')}"
@@ -321,13 +316,10 @@ def summary_markdown(s: Mapping[str, Any], top: list[dict[str, Any]] | None = No
     ]
     if prec is not None:
         ci = prec.get("ci") or [None, None]
-        lines.append(
-            f"| precision used | {_num(prec['value'], '.3f')} [{_num(ci[0], '.3f')}, {_num(ci[1], '.3f')}], {prec['source']} |"
-        )
+        lines.append(f"| precision used | {_num(prec['value'], '.3f')} [{_num(ci[0], '.3f')}, {_num(ci[1], '.3f')}], "
+                     f"{prec['source']} |")
     if exp is not None:
-        lines.append(
-            f"| expected true alpha decays | {_num(exp['value'])} [{_num(exp['ci'][0])}, {_num(exp['ci'][1])}] |"
-        )
+        lines.append(f"| expected true alpha decays | {_num(exp['value'])} [{_num(exp['ci'][0])}, {_num(exp['ci'][1])}] |")
     lines += [
         f"| time taken | {_num(s['seconds'])} s (classification {_num(s['classify_seconds'])} s) |",
         f"| crops/s | {_num(s['crops_per_s'])} |",
@@ -446,6 +438,9 @@ class _Watcher:
         self.scheduler = config.scheduler
         self._cluster: contextlib.ExitStack | None = None
         self.threshold = _threshold_record(config)
+        from scanstream.inference import checkpoint_identity
+
+        self.model_hashes = sorted(checkpoint_identity(m) for m in config.models)
 
     def _ensure_cluster(self) -> None:
         """One Dask LocalCluster for the whole watch (models stay loaded on its workers)."""
@@ -493,17 +488,10 @@ class _Watcher:
         else:
             sheets = store_sheet_counts(self.out, path)
             record.update(
-                {
-                    "status": "done",
-                    "sheets": sheets,
-                    "selected": sum(v["selected"] for v in sheets.values()),
-                    "seconds": time.perf_counter() - t0,
-                    "classify_seconds": result.seconds,
-                    "crops_per_s": store.n / result.seconds if result.seconds > 0 else None,
-                    "model_hashes": sorted(self.threshold["model_hashes"]) if self.threshold else None,
-                    "finished": _now(),
-                    "run_id": result.run_id,
-                }
+                status="done", sheets=sheets, selected=sum(v["selected"] for v in sheets.values()),
+                seconds=time.perf_counter() - t0, classify_seconds=result.seconds,
+                crops_per_s=store.n / result.seconds if result.seconds > 0 else None,
+                model_hashes=self.model_hashes, finished=_now(), run_id=result.run_id,
             )
         self.state.stores[h] = record
         self.state.current = None
@@ -595,6 +583,7 @@ def watch(
     waiting: list[str] = []
     summaries: set[Path] = set()
     with _exclusive(sdir / "lock"):
+        _write_atomic(json.dumps(asdict(config), indent=1) + "\n", sdir / "config.json")  # the resolved config
         w = _Watcher(inbox, out, config, progress=progress, retry_failed=retry_failed)
         if w.state.current:
             logger.warning("resuming after an interrupted run: %s was in progress", w.state.current.get("path"))
@@ -619,8 +608,3 @@ def watch(
         summaries=sorted(summaries),
         state_dir=sdir,
     )
-
-
-def config_dict(config: WatchConfig) -> dict[str, Any]:
-    """The resolved configuration, JSON-ready (written beside the outputs)."""
-    return asdict(config)
