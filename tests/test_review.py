@@ -158,7 +158,7 @@ def chromium():
     return driver, profile
 
 
-def wait_for(predicate, timeout=15.0):
+def wait_for(predicate, timeout=30.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
