@@ -50,6 +50,7 @@ HEAD_WIDTHS = (256, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_INPUT_SIZE = 32
+BN_MOMENTUM = 0.1
 MAX_INPUT_SIZE = 448
 
 
@@ -137,6 +138,13 @@ class Classifier(nn.Module):
         self.backbone_name = backbone
         self.net = ctor(weights=None)
         self._set_head(make_head(features))
+        # torchvision's MobileNetV3 uses BatchNorm momentum 0.01, tuned for ImageNet's ~10^6
+        # steps: after the few hundred steps of a crop-store run its running statistics are
+        # still near their initial values and the eval-mode network outputs a constant. PyTorch's
+        # default 0.1 (ResNet's) lets them follow within tens of steps.
+        for m in self.net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = BN_MOMENTUM
 
     def _set_head(self, head: nn.Module) -> None:
         if self.backbone_name.startswith("resnet"):

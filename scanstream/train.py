@@ -45,13 +45,18 @@ from scanstream.dataload import (
     plan_train_epoch,
     rebatch,
 )
-from scanstream.errors import ConfigError, InputError
+from scanstream.errors import ConfigError, InputError, ScanstreamError
 from scanstream.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
 from scanstream.sampling import BalancedSampler, class_counts
 from scanstream.sampling import pos_weight as class_pos_weight
 from scanstream.store import CropStore, open_store
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingError(ScanstreamError, RuntimeError):
+    """A training run that could not produce a model (e.g. a loss that never became finite)."""
+
 
 CHECKPOINT_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -60,7 +65,7 @@ CURVE_FILE = "loss_curve.png"
 CONFIG_FILE = "config.json"
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "smoothed_val_loss", "val_ap", "images_per_s", "seconds", "best")
 #: Fields that may change between a run and its resumption.
-_RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead"}
+_RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead", "torch_threads"}
 
 
 @dataclass(frozen=True)
@@ -477,7 +482,10 @@ def _resolved(config: TrainConfig, **extra: Any) -> dict[str, Any]:
 
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
+    """The part of a resolved config that must match for a run to be resumed (data included)."""
+    out = {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
+    out["data_hash"] = d.get("resolved", {}).get("data_hash")
+    return out
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
@@ -587,6 +595,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 logger.info("early stop at epoch %d: smoothed loss %.4f > %.2f x min %.4f (epoch %d)", epoch, smoothed,
                             config.stop_factor, stopper.best, stopper.best_epoch)
                 break
+    if stopper.best_epoch < 0:
+        raise TrainingError(f"{out}: the validation loss was never finite (diverged?); no checkpoint was written")
     _finalise_checkpoint(out, history, stopper, stopped, config, resolved, dhash)
     return _result(out, history, stopper, stopped=stopped)
 

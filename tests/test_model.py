@@ -161,3 +161,11 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
+def test_batchnorm_statistics_follow_training_quickly(backbone):
+    """Eval mode must not collapse after a short run (MobileNetV3's own momentum is 0.01)."""
+    model = build_model(ModelConfig(backbone=backbone, input_size=32))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.1 for m in bns)
