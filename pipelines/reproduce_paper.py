@@ -298,6 +298,14 @@ def table1(stores: dict[str, Path]) -> dict[str, dict[str, int]]:
     return {split.upper(): mt.class_counts(open_store(p).labels) for split, p in stores.items()}
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (simulator, Dask workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run(cfg: PipelineConfig, out: str | os.PathLike) -> Path:
     """All stages; returns the report directory."""
     from scanstream import figures as fg
@@ -353,6 +361,8 @@ def run(cfg: PipelineConfig, out: str | os.PathLike) -> Path:
         "evaluation": evaluation.metrics,
         "figures": figs,
         "seconds": seconds,
+        "cpu_seconds": round(_cpu_seconds(), 1),
+        "cpus": os.cpu_count(),
     }
     md = render_reproduction(metrics)
     write_report(rep, md, metrics)

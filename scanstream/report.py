@@ -207,7 +207,7 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
         f"(doi 10.1016/j.nima.2020.164930), rerun by `pipelines/reproduce_paper.py --config {cfg.get('source', '?')}` "
         f"on sheets drawn by scanstream's simulator at scale {scale:g} of the paper's counts (seed {ds['seed']}), "
         f"backbone {sc['backbone']} at {sc['input_size']} px (pretrained: {sc['pretrained']}), at most "
-        f"{sc['max_epochs']} epochs, grid N {list(sc['n'])} x M {list(sc['m'])} x {sc['seeds']} seeds. "
+        f"{sc['max_epochs']} epoch(s), grid N {list(sc['n'])} x M {list(sc['m'])} x {sc['seeds']} seeds. "
         "Every number below was measured by this run; the paper's are quoted beside them. The paper used real "
         "E07 emulsion, ResNet50 at 224 px and the full grid; differences in scale, data and network are the "
         "first explanation of any difference.\n"
@@ -215,7 +215,9 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
     if m.get("seconds"):
         total = sum(m["seconds"].values())
         L.append("Run time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in m["seconds"].items())
-                 + f"; total {total:.0f} s ({total / 60:.1f} min).\n")
+                 + f"; total {total:.0f} s ({total / 60:.1f} min) wall clock"
+                 + (f", {m['cpu_seconds'] / 60:.1f} min of CPU time on {m.get('cpus', '?')} cores" if m.get("cpu_seconds") else "")
+                 + ".\n")
 
     L.append("## Table 1: data sets\n")
     rows = []

@@ -357,7 +357,9 @@ def start_client(scheduler: str | None, workers: int | None, *, gpus: int, proce
     n = workers or (gpus if gpus else 1)
     if n < 1:
         raise ConfigError(f"workers must be >= 1, got {n}")
-    kw: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": None}
+    # ":0": a free port for the dashboard (None would take the default 8787, often in use)
+    kw: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": ":0",
+                          "silence_logs": logging.WARNING}
     if gpus:
         kw["resources"] = {"GPU": 1}
     cluster = LocalCluster(**kw)
