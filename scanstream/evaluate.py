@@ -161,7 +161,7 @@ def load_candidate_scores(
     from scanstream.candidates import read_candidates, read_metadata
 
     p = Path(path)
-    table = read_candidates(p)
+    table = read_candidates(p, columns=["object_id", "score", "store"])
     for col in ("object_id", "score"):
         if col not in table.column_names:
             raise InputError(f"{p}: candidate table has no {col!r} column")
