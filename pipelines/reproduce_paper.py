@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, help="also copy the report directory here (e.g. docs/reproduce)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO chatter drowns the stages
     try:
         cfg = load_config(args.config, scale=args.scale)
         rep = run(cfg, args.out)
