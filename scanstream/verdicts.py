@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from scanstream.errors import InputError, StoreExistsError
+from scanstream.gallery import read_rows
 from scanstream.store import CropStore, StoreWriter, is_store, open_store
 
 logger = logging.getLogger(__name__)
@@ -272,10 +273,12 @@ def verdicts_to_store(
         for b in range(0, len(todo), batch):
             chunk = todo[b : b + batch]
             crops = np.empty((len(chunk), 224, 224, 3), np.uint8)
+            for k in {located[i][0] for i in chunk}:
+                pos = [j for j, i in enumerate(chunk) if located[i][0] == k]
+                crops[pos] = read_rows(opened[k], np.array([located[chunk[j]][1] for j in pos], np.int64))
             rows = []
-            for j, i in enumerate(chunk):
+            for i in chunk:
                 k, row = located[i]
-                crops[j] = opened[k].read(row, row + 1)[0]
                 src = opened[k].table.slice(row, 1).to_pylist()[0]
                 label = VERDICTS[keep[i]["verdict"]]
                 rows.append(
