@@ -64,6 +64,10 @@ def make_store(path: Path, n: int, seed: int = 0):
     return create_store(path, draw_crops(labels, seed=seed), rows, source={"stage": "benchmark"}), "conftest.draw_crops"
 
 
+def note(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text} (load {load()})", file=sys.stderr, flush=True)
+
+
 def load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -109,14 +113,17 @@ def run_config(spec: str, *, store, tmp: Path, scheduler: str, device: torch.dev
     row["loads"]["a1"] = load()
     a1 = bare_forward(ens, crops, batch_size)
     row["a_model_only_crops_per_s"] = round(model_only(ens, crops, batch_size), 2)
+    note(f"{spec}: (a) {a1:.2f} crops/s")
     runs = {}
-    for name in ("cold", "warm"):
+    for name, verify in (("cold", True), ("warm", True), ("warm_noverify", False)):
         row["loads"][name] = load()
         res = classify([store.path], [ckpt], tmp / f"out-{backbone}-{size}-{precision}-{name}", scheduler=scheduler,
-                       device=str(device), precision=precision, batch_size=batch_size, progress=False)
+                       device=str(device), precision=precision, batch_size=batch_size, verify=verify,
+                       progress=False)
         if not res.complete:
             raise SystemExit(f"classify failed: {res.failed}")
         runs[name] = res
+        note(f"{spec}: (b) {name} {res.crops_per_s:.2f} crops/s")
     row["loads"]["a2"] = load()
     a2 = bare_forward(ens, crops, batch_size)
     a = (a1 + a2) / 2
