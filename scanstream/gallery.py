@@ -139,7 +139,7 @@ def recorded_stores(rows: pa.Table) -> list[str]:
 def png_bytes(crop: np.ndarray) -> bytes:
     """PNG encoding of one uint8 (224, 224, 3) crop."""
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(crop)).save(buf, format="PNG", optimize=False)
+    Image.fromarray(np.ascontiguousarray(crop)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
