@@ -30,7 +30,13 @@ from scanstream.cli import main
 from scanstream.errors import InputError, StoreError, ThresholdError
 from scanstream.model import ModelConfig, build_model, preprocess
 from scanstream.store import StoreWriter, open_store, rows_to_table
-from scanstream.threshold import build_threshold_record, calibrate_threshold, load_threshold, write_threshold
+from scanstream.threshold import (
+    build_threshold_record,
+    calibrate_threshold,
+    load_threshold,
+    threshold_at_recall,
+    write_threshold,
+)
 
 N = 80
 
@@ -114,23 +120,22 @@ def test_ensemble_score_is_mean_logit(env):
 
 def test_parallel_readers_keep_order_and_check_digests(env):
     ens = inference.Ensemble([env["a"]], device="cpu", precision="fp32")
-    got = inference.score_range(ens, env["store"], 0, N, batch_size=16, readers=3)
-    np.testing.assert_allclose(got, env["scores"]["a"], rtol=1e-5, atol=1e-5)
-    part = inference.score_range(ens, env["store"], 32, 64, batch_size=20, readers=2)
-    np.testing.assert_allclose(part, env["scores"]["a"][32:64], rtol=1e-5, atol=1e-5)
+    # batches of 20 over reads of 32 (two chunks): sub-batches of 20 and 12, three reads in flight
+    got = inference.score_range(ens, env["store"], 0, 64, batch_size=20, readers=3)
+    np.testing.assert_allclose(got, env["scores"]["a"][:64], rtol=1e-5, atol=1e-5)
 
 
 def test_calibrate_threshold_reaches_target_on_calibration_store(env):
-    rec = calibrate_threshold(env["store"].path, [env["b"], env["a"]], target_recall=0.8, device="cpu", precision="fp32")
-    assert rec["threshold"] == pytest.approx(load_threshold(env["thr"])["threshold"], abs=1e-6)
     s = env["store"]
-    scores, y = env["scores"]["ab"], s.labels
+    rec = calibrate_threshold(s.path, [env["a"]], target_recall=0.8, device="cpu", precision="fp32")
+    scores, y = env["scores"]["a"], s.labels
+    assert rec["threshold"] == pytest.approx(threshold_at_recall(scores, y, 0.8), abs=1e-6)
     recall = ((scores >= rec["threshold"]) & (y == 1)).sum() / (y == 1).sum()
     assert recall >= 0.8 and rec["achieved"]["recall"] == pytest.approx(recall)
     assert rec["calibration_store"]["hash"] == s.content_hash
     assert rec["calibration_store"]["alpha"] == int((y == 1).sum())
     assert rec["score_precision"] == "fp32"
-    assert rec["model_hashes"] == load_threshold(env["thr"])["model_hashes"]
+    assert rec["model_hashes"] == [checkpoint_hash(env["a"])]
 
 
 def test_calibrate_threshold_refuses_unlabelled_store(env, store_factory):
@@ -323,7 +328,7 @@ def test_two_stores_one_table(env, store_factory):
 def test_cli_threshold_and_classify(env, capsys):
     root = env["root"]
     thr = root / "cli-thr.json"
-    rc = main(["threshold", "--model", str(env["a"]), str(env["b"]), "--store", str(env["store"].path),
+    rc = main(["threshold", "--model", str(env["b"]), "--store", str(env["store"].path),
                "--target-precision", "0.5", "--prevalence", "1:183", "--device", "cpu", "--precision", "fp32",
                "--out", str(thr)])
     assert rc == 0
@@ -331,13 +336,14 @@ def test_cli_threshold_and_classify(env, capsys):
     assert rec["target"] == {"kind": "precision", "value": 0.5}
     assert [p["prevalence"] for p in rec["prevalence_projection"]] == ["1:183"]
     assert "at prevalence 1:183" in capsys.readouterr().out
-    rc = main(["classify", str(env["store"].path), "--model", str(env["a"]), str(env["b"]), "--threshold", str(thr),
+    rc = main(["classify", str(env["store"].path), "--model", str(env["b"]), "--threshold", str(thr),
                "--out", str(root / "cli-out"), "--scheduler", env["scheduler"], "--device", "cpu",
                "--precision", "fp32", "--batch-size", "20", "--crops-per-task", "40"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     summary = json.loads(captured.out)
     assert summary["complete"] and summary["rows"] == N and summary["tasks_now"] == 2  # 40 -> whole shards of 32: 64
+    assert summary["selected"] == int((env["scores"]["b"] >= rec["threshold"]).sum())
     assert "Dask dashboard: http" in captured.err
 
 
