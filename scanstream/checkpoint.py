@@ -76,6 +76,12 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _json_ready(obj: Any, what: str) -> str:
     try:
         return json.dumps(obj, sort_keys=True, allow_nan=True, default=str)
@@ -128,6 +134,7 @@ def save_checkpoint(
         save_file(state, str(tmp), metadata=header)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())  # safetensors creates 0600 files; others read checkpoints
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -257,6 +264,7 @@ def save_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

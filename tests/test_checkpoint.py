@@ -145,3 +145,12 @@ def test_version_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt, "CHECKPOINT_VERSION", 1)
     with pytest.raises(CheckpointError, match="version 99"):
         load_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_checkpoint_file_mode_follows_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _save(tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
