@@ -257,6 +257,12 @@ class BlockStream:
                     break
         return self
 
+    def wait_ready(self) -> BlockStream:
+        """Block until the tasks submitted so far have finished (benchmarks)."""
+        for _, fut in self._pending or ():
+            fut.result()
+        return self
+
     def cancel(self) -> None:
         """Cancel tasks submitted but not consumed."""
         for _, fut in self._pending or ():

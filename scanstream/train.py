@@ -280,9 +280,46 @@ def _autocast(device: torch.device, enabled: bool):
 # One epoch of training, one evaluation
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Execution choices resolved from a :class:`TrainConfig` on this machine."""
+
+    device: torch.device
+    amp: bool
+    augment_on: str
+    workers: int
+    threads: int
+
+
+def resolve_runtime(config: TrainConfig) -> Runtime:
+    """Device, bf16 autocast, where augmentation runs, loader workers and torch threads."""
+    device = resolve_device(config.device)
+    workers = config.workers or default_workers(device)
+    return Runtime(
+        device=device,
+        amp=resolve_amp(config.amp, device),
+        augment_on=config.augment_on if config.augment_on != "auto" else ("device" if device.type == "cuda" else "worker"),
+        workers=workers,
+        threads=config.torch_threads or _default_threads(device, workers, config),
+    )
+
+
+def _default_threads(device: torch.device, workers: int, config: TrainConfig) -> int:
+    """Torch threads of the training process: the cores the loader workers leave free.
+
+    Loader workers on this machine (a LocalCluster or local threads) run one thread each;
+    giving torch every core as well oversubscribes them, and on a busy machine a torch thread
+    team whose members get descheduled slows down many times (measured: docs/training.md).
+    """
+    cores = os.cpu_count() or 1
+    if device.type == "cuda" or (config.loader == "dask" and config.scheduler):
+        return cores
+    return max(1, cores - workers)
+
+
 @dataclass
-class _Run:
-    """What the loop functions share (built once by :func:`train`)."""
+class TrainRun:
+    """What the loop functions share (built by :func:`make_run`)."""
 
     config: TrainConfig
     model: torch.nn.Module
@@ -300,7 +337,7 @@ class _Run:
     workers: int
 
 
-def _to_input(run: _Run, crops: np.ndarray, augmenter: Augmenter | None) -> torch.Tensor:
+def _to_input(run: TrainRun, crops: np.ndarray, augmenter: Augmenter | None) -> torch.Tensor:
     x = torch.from_numpy(crops)
     if run.device.type == "cuda":
         x = x.pin_memory().to(run.device, non_blocking=True)
@@ -312,11 +349,11 @@ def _to_input(run: _Run, crops: np.ndarray, augmenter: Augmenter | None) -> torc
     return x
 
 
-def _dask_worker_threads(run: _Run) -> int | None:
+def _dask_worker_threads(run: TrainRun) -> int | None:
     return 1 if run.config.loader == "dask" else None
 
 
-def train_stream(run: _Run, epoch: int) -> BlockStream:
+def train_stream(run: TrainRun, epoch: int) -> BlockStream:
     """The loading stream of one training epoch (not started)."""
     cfg = run.config
     samples = run.sampler.indices(epoch)
@@ -331,7 +368,7 @@ def train_stream(run: _Run, epoch: int) -> BlockStream:
     )
 
 
-def train_one_epoch(run: _Run, epoch: int, *, stream: BlockStream | None = None, progress: bool = False) -> tuple[float, float, int]:
+def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = None, progress: bool = False) -> tuple[float, float, int]:
     """Train over one epoch's oversampled draws; return (mean loss, seconds, images).
 
     ``stream``: this epoch's :func:`train_stream`, possibly started early (so that its first
@@ -369,7 +406,7 @@ def train_one_epoch(run: _Run, epoch: int, *, stream: BlockStream | None = None,
 
 
 @torch.no_grad()
-def evaluate(run: _Run) -> tuple[float, float, np.ndarray]:
+def evaluate(run: TrainRun) -> tuple[float, float, np.ndarray]:
     """Validation loss (mean BCE, no pos_weight), Average Precision and the logits (n,)."""
     from sklearn.metrics import average_precision_score
 
@@ -504,16 +541,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """
     train_store, valid_store = check_config(config)
     out = Path(config.out_dir)
-    device = resolve_device(config.device)
-    amp = resolve_amp(config.amp, device)
-    augment_on = config.augment_on if config.augment_on != "auto" else ("device" if device.type == "cuda" else "worker")
-    workers = config.workers or default_workers(device)
-    threads = config.torch_threads or (os.cpu_count() or 1)
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+    rt = resolve_runtime(config)
+    device, amp, augment_on, workers, threads = rt.device, rt.amp, rt.augment_on, rt.workers, rt.threads
+    _set_threads(rt)
     labels = train_store.labels
     epoch_size = config.epoch_size or int((labels >= 0).sum())
     dhash = data_hash(train_store, valid_store)
@@ -552,16 +582,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         logger.info("%s: resuming after epoch %d", out, start_epoch - 1)
     else:
         optimizer = _build_optimizer(model, config, 0)
-    pw = torch.tensor(class_pos_weight(labels), device=device) if config.pos_weight else None
-    sampler = BalancedSampler(labels=labels, num_samples=epoch_size, seed=config.seed)
     stopped = False
     with open_executor(config.loader, scheduler=config.scheduler, workers=workers) as executor:
-        run = _Run(
-            config=config, model=model, optimizer=optimizer, device=device, amp=amp, augment_on=augment_on,
-            executor=executor, train_store=train_store, valid_store=valid_store,
-            train_labels=torch.from_numpy(labels.astype(np.float32)), valid_labels=valid_store.labels,
-            sampler=sampler, pos_weight=pw, workers=workers,
-        )
+        run = make_run(config, rt, executor, train_store, valid_store, model, optimizer)
         next_stream = None
         for epoch in range(start_epoch, config.max_epochs):
             if config.unfreeze and epoch in config.unfreeze_epochs:
@@ -599,6 +622,31 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         raise TrainingError(f"{out}: the validation loss was never finite (diverged?); no checkpoint was written")
     _finalise_checkpoint(out, history, stopper, stopped, config, resolved, dhash)
     return _result(out, history, stopper, stopped=stopped)
+
+
+def _set_threads(rt: Runtime) -> None:
+    if rt.device.type == "cpu":
+        torch.set_num_threads(rt.threads)
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def make_run(
+    config: TrainConfig, rt: Runtime, executor: Any, train_store: CropStore, valid_store: CropStore,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+) -> TrainRun:
+    """Bundle what :func:`train_one_epoch` and :func:`evaluate` need (benchmarks build runs too)."""
+    labels = train_store.labels
+    epoch_size = config.epoch_size or int((labels >= 0).sum())
+    return TrainRun(
+        config=config, model=model, optimizer=optimizer, device=rt.device, amp=rt.amp, augment_on=rt.augment_on,
+        executor=executor, train_store=train_store, valid_store=valid_store,
+        train_labels=torch.from_numpy(labels.astype(np.float32)), valid_labels=valid_store.labels,
+        sampler=BalancedSampler(labels=labels, num_samples=epoch_size, seed=config.seed),
+        pos_weight=torch.tensor(class_pos_weight(labels), device=rt.device) if config.pos_weight else None,
+        workers=rt.workers,
+    )
 
 
 def _build_optimizer_keeping(old: torch.optim.Optimizer, model, config: TrainConfig, epoch: int) -> torch.optim.Optimizer:
