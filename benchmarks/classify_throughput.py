@@ -5,14 +5,16 @@ the same crops, batch size and machine, in one run:
 
 - ``a_forward_crops_per_s``: :meth:`scanstream.inference.Ensemble.score` on uint8 crops
   already in memory (moved to the device, normalised there, the model in channels_last,
-  bf16 autocast when asked): what the model itself costs. Measured before and after (b); the
-  mean is used. ``a_model_only_crops_per_s`` is the forward pass on already-normalised input.
+  bf16 autocast when asked): what the model itself costs, measured before the first (b) run
+  and after every round of warm (b) runs (median reported; each (b) figure is compared with
+  the mean of the (a) runs around it). ``a_model_only_crops_per_s`` is the forward pass on
+  already-normalised input.
 - ``b_pipeline_crops_per_s``: :func:`scanstream.classify.classify` of the whole store on a
   running Dask cluster (store -> Dask task -> read + digest check -> model -> Parquet part ->
   ranks -> manifest), wall time of the call. ``cold``: the workers load the model during the
   run (first use); ``warm``: a second run into a new table, models already in the workers'
   cache (the steady state of an overnight run of thousands of tasks).
-- ``b_over_a``: the ratios, the design's goal being >= 0.95.
+- ``b_*_over_a``: the ratios (median over ``--repeat`` rounds), the design's goal being >= 0.95.
 
 The LocalCluster (started once, its start time reported separately) has ``--workers``
 single-thread workers; each task uses cores / workers torch threads, and (a) runs in this
@@ -99,7 +101,9 @@ def model_only(ens: inference.Ensemble, crops: torch.Tensor, batch_size: int) ->
     return batches * batch_size / (time.perf_counter() - t0)
 
 
-def run_config(spec: str, *, store, tmp: Path, scheduler: str, device: torch.device, batch_size: int) -> dict:
+def run_config(
+    spec: str, *, store, tmp: Path, scheduler: str, device: torch.device, batch_size: int, repeat: int
+) -> dict:
     backbone, size, precision = spec.split(":")
     cfg = ModelConfig(backbone=backbone, input_size=int(size))
     torch.manual_seed(0)
@@ -109,32 +113,48 @@ def run_config(spec: str, *, store, tmp: Path, scheduler: str, device: torch.dev
     if device.type == "cuda":
         crops = crops.pin_memory()
     ens = inference.Ensemble([ckpt], device=device, precision=precision)
-    row: dict = {"backbone": backbone, "input_size": int(size), "precision": ens.precision, "loads": {}}
-    row["loads"]["a1"] = load()
-    a1 = bare_forward(ens, crops, batch_size)
-    row["a_model_only_crops_per_s"] = round(model_only(ens, crops, batch_size), 2)
-    note(f"{spec}: (a) {a1:.2f} crops/s")
-    runs = {}
-    for name, verify in (("cold", True), ("warm", True), ("warm_noverify", False)):
-        row["loads"][name] = load()
-        res = classify([store.path], [ckpt], tmp / f"out-{backbone}-{size}-{precision}-{name}", scheduler=scheduler,
-                       device=str(device), precision=precision, batch_size=batch_size, verify=verify,
-                       progress=False)
+    row: dict = {"backbone": backbone, "input_size": int(size), "precision": ens.precision}
+    loads: dict[str, list[float]] = {"a": [], "cold": [], "warm": [], "warm_noverify": []}
+    a_runs: list[float] = []
+
+    def measure_a() -> None:
+        loads["a"].append(load())
+        a_runs.append(bare_forward(ens, crops, batch_size))
+        note(f"{spec}: (a) {a_runs[-1]:.2f} crops/s")
+
+    def measure_b(name: str, verify: bool) -> object:
+        loads[name].append(load())
+        out = tmp / f"out-{backbone}-{size}-{precision}-{name}-{len(loads[name])}"
+        res = classify([store.path], [ckpt], out, scheduler=scheduler, device=str(device), precision=precision,
+                       batch_size=batch_size, verify=verify, progress=False)
         if not res.complete:
             raise SystemExit(f"classify failed: {res.failed}")
-        runs[name] = res
         note(f"{spec}: (b) {name} {res.crops_per_s:.2f} crops/s")
-    row["loads"]["a2"] = load()
-    a2 = bare_forward(ens, crops, batch_size)
-    a = (a1 + a2) / 2
-    row["a_forward_crops_per_s"] = round(a, 2)
-    row["a_forward_runs"] = [round(a1, 2), round(a2, 2)]
-    for name, res in runs.items():
-        row[f"b_pipeline_{name}_crops_per_s"] = round(res.crops_per_s, 2)
-        row[f"b_{name}_over_a"] = round(res.crops_per_s / a, 3)
-        row[f"b_{name}_seconds"] = round(res.seconds, 2)
-        row[f"b_{name}_task_seconds"] = round(sum(res.task_seconds), 2)
-    row["tasks"] = runs["warm"].tasks
+        return res
+
+    measure_a()
+    row["a_model_only_crops_per_s"] = round(model_only(ens, crops, batch_size), 2)
+    b: dict[str, list] = {"cold": [measure_b("cold", True)], "warm": [], "warm_noverify": []}
+    for _ in range(repeat):
+        b["warm"].append(measure_b("warm", True))
+        b["warm_noverify"].append(measure_b("warm_noverify", False))
+        measure_a()
+    # each (b) against the mean of the (a) measured just before and just after it
+    a_around = [(a_runs[i] + a_runs[i + 1]) / 2 for i in range(repeat)]
+    row["a_forward_crops_per_s"] = round(float(np.median(a_runs)), 2)
+    row["a_forward_runs"] = [round(v, 2) for v in a_runs]
+    for name, results in b.items():
+        rates = [r.crops_per_s for r in results]
+        ratios = [r / a for r, a in zip(rates, a_around[:1] if name == "cold" else a_around, strict=True)]
+        row[f"b_{name}_crops_per_s"] = round(float(np.median(rates)), 2)
+        row[f"b_{name}_over_a"] = round(float(np.median(ratios)), 3)
+        row[f"b_{name}_runs"] = [round(v, 2) for v in rates]
+        row[f"b_{name}_ratios"] = [round(v, 3) for v in ratios]
+        row[f"b_{name}_task_seconds"] = [round(sum(r.task_seconds), 2) for r in results]
+        row[f"b_{name}_wall_seconds"] = [round(r.seconds, 2) for r in results]
+    row["tasks"] = b["cold"][0].tasks
+    row["loadavg_1min"] = loads
+    print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
 
@@ -146,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crops-per-task", type=int, help="(default: one shard)")
     p.add_argument("--configs", default="resnet50:224:fp32,resnet50:224:bf16,resnet18:112:fp32,resnet18:112:bf16")
     p.add_argument("--device", default="auto")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of (b) warm runs, each between two (a) runs")
     p.add_argument("--tmp", type=Path, help="working directory (default: a new temporary one, removed after)")
     args = p.parse_args(argv)
 
@@ -165,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(threads)  # (a) gets what one worker's task gets
             results = [
                 run_config(c, store=store, tmp=tmp, scheduler=client.scheduler.address, device=device,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, repeat=args.repeat)
                 for c in args.configs.split(",")
             ]
     finally:

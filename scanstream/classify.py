@@ -416,7 +416,10 @@ def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, 
     cuda = all(a[0] for a in answers)
     if device == "auto":
         device = "cuda" if cuda else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not cuda:
         raise InputError(f"device {device!r} asked for but some Dask workers have no CUDA")
     if precision == "auto":
@@ -468,7 +471,7 @@ def _submit(
             out=str(out.resolve()),
             threshold=None if record is None else float(record["threshold"]),
             metadata=meta_json,
-            device=str(dev),
+            device="cuda" if dev.type == "cuda" else str(dev),  # a GPU worker uses the GPU it sees
             precision=prec,
             batch_size=batch_size,
             verify=verify,

@@ -517,10 +517,13 @@ def _gpu_cluster(n: int) -> Any:
     gpus = torch.cuda.device_count()
     if n > gpus:
         raise InputError(f"--workers {n} asked for on a machine with {gpus} GPU(s)")
+    # keep a batch system's assignment: worker i gets the i-th GPU this process may use
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(gpus)]
     worker = {
         i: {
             "cls": Nanny,
-            "options": {"nthreads": 1, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": str(i)}},
+            "options": {"nthreads": 1, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}},
         }
         for i in range(n)
     }
