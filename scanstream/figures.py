@@ -83,7 +83,7 @@ def plot_pr_curves(curves: Sequence[Curve], path: str | os.PathLike, *, points: 
         )
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02), title=title or "Precision-recall")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best", framealpha=0.7)
     return _save(fig, path)
 
 
@@ -153,7 +153,7 @@ def plot_search_heatmap(
     for i in range(len(ns)):
         for j in range(len(ms)):
             if math.isfinite(mean[i, j]):
-                txt = f"{mean[i, j]:.3f}" + (f"\n+- {std[i, j]:.3f}" if math.isfinite(std[i, j]) else "")
+                txt = f"{mean[i, j]:.3f}" + (f"\n± {std[i, j]:.3f}" if math.isfinite(std[i, j]) else "")
                 bright = (mean[i, j] - vmin) / (vmax - vmin) > 0.6
                 ax.text(j, i, txt, ha="center", va="center", fontsize=8, color="k" if bright else "w")
     if best is not None and best[0] in ns and best[1] in ms:

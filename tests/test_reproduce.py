@@ -136,3 +136,6 @@ def test_report_beside_the_paper(rp):
         assert needle in md, needle
     t2 = ev["at_former_recall"]["table2"]
     assert f"{t2['cnn']['candidates']['value']:.0f} ± {t2['cnn']['candidates']['error']:.0f}" in md
+    more = t2["cnn"]["candidates"]["value"] > t2["former"]["candidates"]["value"]
+    assert f"{'more' if more else 'fewer'} objects to inspect" in md
+    assert f"TEST {m['table1']['TEST']['alpha'] / m['table1']['TEST']['total']:.4f}" in md
