@@ -316,13 +316,19 @@ def test_refuses_copy_of_a_store(env, tmp_path):
         run(env, tmp_path / "o", stores=[env["store"].path, copy])
 
 
-def test_two_stores_one_table(env, store_factory):
+def test_adding_a_store_extends_a_complete_table_and_reranks(env, store_factory):
     other = store_factory("other.zarr", n=40, sheet="S1", seed=3)
-    res = run(env, env["root"] / "two", stores=[env["store"].path, other.path])
-    t = cand.read_candidates(res.out)
-    assert res.complete and t.num_rows == N + 40
+    out = env["root"] / "two"
+    first = run(env, out, stores=[other.path])
+    assert first.complete and first.rows == 40
+    res = run(env, out, stores=[env["store"].path])  # only the new store on the command line
+    assert res.complete and res.processed == N and res.rows == N + 40 and res.run_id != first.run_id
+    t = cand.read_candidates(out)
+    assert t.num_rows == N + 40 and len(set(zip(t.column("store").to_pylist(), t.column("store_index").to_pylist()))) == N + 40
     s1 = t.filter(pa.compute.equal(t.column("sheet"), "S1"))
     assert sorted(s1.column("rank").to_pylist()) == list(range(1, N // 2 + 40 + 1))  # ranked across stores
+    assert set(json.loads((out / cand.MANIFEST).read_text())["stores"]) == {str(other.path.resolve()),
+                                                                            str(env["store"].path.resolve())}
 
 
 def test_cli_threshold_and_classify(env, capsys):
