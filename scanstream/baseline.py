@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from scanstream.errors import InputError
 from scanstream.metrics import OperatingPoint, operating_point_from_selection
-from scanstream.store import CropStore, _write_parquet_atomic
+from scanstream.store import CropStore, write_parquet_atomic
 
 
 @dataclass(frozen=True)
@@ -226,5 +226,5 @@ def write_result(result: pa.Table, path: str | os.PathLike, *, config: BaselineC
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_parquet_atomic(result.replace_schema_metadata({"scanstream_baseline": json.dumps(config.to_dict())}), p)
+    write_parquet_atomic(result.replace_schema_metadata({"scanstream_baseline": json.dumps(config.to_dict())}), p)
     return p

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from scanstream import __version__
 from scanstream.errors import InputError, PipelineError
+from scanstream.store import OBJECT_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,14 @@ RUN_FILE = "_run.json"
 METADATA_KEY = b"scanstream"
 TABLE_VERSION = 1
 
-#: Candidate table columns, in order (DESIGN.md).
+#: Columns copied from the store's object table (identity and location), in order.
+_FROM_STORE = ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm")
+
+#: Candidate table columns, in order (DESIGN.md): the store's identity and location columns,
+#: then the classification.
 CANDIDATE_SCHEMA = pa.schema(
-    [
-        pa.field("object_id", pa.string(), nullable=False),
-        pa.field("experiment", pa.string()),
-        pa.field("module", pa.int32()),
-        pa.field("plate", pa.int32()),
-        pa.field("sheet", pa.string()),
-        pa.field("x_mm", pa.float64()),
-        pa.field("y_mm", pa.float64()),
-        pa.field("z_mm", pa.float64()),
+    [OBJECT_SCHEMA.field(name) for name in _FROM_STORE]
+    + [
         pa.field("score", pa.float32()),
         pa.field("probability", pa.float32()),
         pa.field("selected", pa.bool_()),
@@ -62,7 +60,6 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field("store_index", pa.int64()),
     ]
 )
-_FROM_STORE = ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm")
 
 
 # -- names --------------------------------------------------------------------------------

@@ -191,7 +191,8 @@ def _content_hash(block_digests: Sequence[str], table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` (zstd) through a temporary file and a rename: never half-written."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
@@ -550,7 +551,7 @@ class StoreWriter:
         new_digests = [_block_digest(self._block)] if full else []
         rows = pa.concat_tables(self._buf_rows, promote_options="permissive") if len(self._buf_rows) > 1 else self._buf_rows[0]
         part = rows.slice(0, k).replace_schema_metadata({"scanstream_blocks": json.dumps(new_digests)})
-        _write_parquet_atomic(part, self.path / PARTS_DIR / f"part-{start:012d}.parquet")
+        write_parquet_atomic(part, self.path / PARTS_DIR / f"part-{start:012d}.parquet")
         self._digests.extend(new_digests)
         self._committed_rows = upto
         self._buf_rows = [rows.slice(k)] if rows.num_rows > k else []
@@ -584,7 +585,7 @@ class StoreWriter:
         _write_json_atomic(
             {"block_crops": self._shard, "blocks": self._digests, "n_rows": table.num_rows}, self.path / DIGESTS_FILE
         )
-        _write_parquet_atomic(table, self.path / TABLE_FILE)
+        write_parquet_atomic(table, self.path / TABLE_FILE)
         # Hash the table as readers will see it (a Parquet round trip renames list fields).
         table = pq.read_table(self.path / TABLE_FILE).replace_schema_metadata(None)
         shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)

@@ -212,7 +212,7 @@ def test_crops_beyond_committed_rows_are_dropped(tmp_path, monkeypatch):
     """A crash after the crops of a shard were written but before its rows were committed."""
     crops, rows = crops_and_rows(24)
     path = tmp_path / "a.zarr"
-    real = st._write_parquet_atomic
+    real = st.write_parquet_atomic
     calls = []
 
     def failing(table, p):
@@ -221,10 +221,10 @@ def test_crops_beyond_committed_rows_are_dropped(tmp_path, monkeypatch):
             raise Boom("disk full")
         real(table, p)
 
-    monkeypatch.setattr(st, "_write_parquet_atomic", failing)
+    monkeypatch.setattr(st, "write_parquet_atomic", failing)
     with pytest.raises(Boom):
         write(path, crops, rows, batches=(6,))
-    monkeypatch.setattr(st, "_write_parquet_atomic", real)
+    monkeypatch.setattr(st, "write_parquet_atomic", real)
     assert zarr.open_array(str(path / "crops"), mode="r").shape[0] == 16  # 8 committed + 8 uncommitted
     assert st.open_store(path, require_complete=False).n == 8
     with st.StoreWriter(path, source={"stage": "test"}) as w:

@@ -24,7 +24,7 @@ from scanstream.simulate.conditions import SheetConditions, resolve_conditions, 
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel, pick_features
 from scanstream.simulate.render import render_object
-from scanstream.store import CropStore, StoreWriter, _write_parquet_atomic, is_store, open_store, rows_to_table
+from scanstream.store import CropStore, StoreWriter, write_parquet_atomic, is_store, open_store, rows_to_table
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def write_features(
             "sheet": sheet, "seed": int(seed)}
     table = table.replace_schema_metadata({"scanstream": json.dumps(meta)})
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_parquet_atomic(table, p)
+    write_parquet_atomic(table, p)
     return table
 
 
