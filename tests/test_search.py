@@ -7,6 +7,7 @@ cluster, same process); one end-to-end test trains real tiny models on tiny stor
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ def fake(monkeypatch):
         unfreeze: bool = False
         device: str = "auto"
         loader: str = "dask"
+        workers: int | None = None
         torch_threads: int | None = None
 
     def train(config, progress=True):
@@ -77,6 +79,7 @@ def fake(monkeypatch):
         ck = out / "model.safetensors"
         ck.write_bytes(f"{config.n}-{config.m}-{config.seed}".encode())
         calls["train"].append((config.n, config.m, config.seed))
+        calls.setdefault("threads", []).append((config.workers, config.torch_threads))
         ap = fake_ap(config.n, config.m, config.seed)
         return types.SimpleNamespace(checkpoint=ck, history=[{"epoch": 0}], best_epoch=config.seed + 1,
                                      metrics={"val_ap": ap, "val_loss": 1 - ap, "epochs_run": 3})
@@ -267,3 +270,18 @@ def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path
                "--batch-size", "16", "--warmup-epochs", "0", "--device", "cpu"])
     text = capsys.readouterr().out
     assert rc == 0 and "0 trained, 4 already finished" in text and "best: N=" in text
+
+
+def test_cpu_trial_leaves_a_core_to_its_loader():
+    assert sr.trial_threads(2, {"device": "cpu"}) == 1
+    assert sr.trial_threads(8, {"device": "cpu", "workers": 2}) == 6
+    assert sr.trial_threads(1, {"device": "cpu"}) == 1
+
+
+def test_trial_threads_default_and_explicit(stores, tmp_path, fake, client):
+    share = max(1, (os.cpu_count() or 1) // len(client.scheduler_info(n_workers=-1)["workers"]))
+    sr.run_search(config(stores, tmp_path / "a", device="cpu"), client=client, progress=False)
+    assert fake["threads"] and all(t == (1, max(1, share - 1)) for t in fake["threads"])
+    fake["threads"].clear()
+    sr.run_search(config(stores, tmp_path / "b", device="cpu", threads=3), client=client, progress=False)
+    assert fake["threads"] and all(t == (1, 3) for t in fake["threads"])
