@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from scanstream.augment import AugmentConfig, augment
+from scanstream.cluster import worker_settings
 from scanstream.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -340,9 +341,11 @@ def open_executor(loader: str, *, scheduler: str | None = None, workers: int = 1
         finally:
             client.close()
         return
-    cluster = LocalCluster(
-        n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
-    )
+    with worker_settings():
+        cluster = LocalCluster(
+            n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )
     client = Client(cluster)
     try:
         yield client

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from scanstream import store as st
+from scanstream.cluster import worker_settings
 from scanstream.errors import CheckpointError, InputError, PipelineError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -501,12 +502,15 @@ def dask_client(
             yield client
         return
     if device is not None and device.type == "cuda":
-        cluster = _gpu_cluster(workers or torch.cuda.device_count())
+        with worker_settings():
+            cluster = _gpu_cluster(workers or torch.cuda.device_count())
     else:
         n = workers or 1
-        cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0", silence_logs=logging.CRITICAL
-        )
+        with worker_settings():
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
+                silence_logs=logging.CRITICAL,
+            )
     with cluster, Client(cluster) as client:
         yield client
 

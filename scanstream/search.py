@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from scanstream.cluster import worker_settings
 from scanstream.errors import ConfigError, InputError, PipelineError
 
 logger = logging.getLogger(__name__)
@@ -381,7 +382,8 @@ def start_client(scheduler: str | None, workers: int | None, *, gpus: int, proce
                           "silence_logs": logging.WARNING}
     if gpus:
         kw["resources"] = {"GPU": 1}
-    cluster = LocalCluster(**kw)
+    with worker_settings():
+        cluster = LocalCluster(**kw)
     return Client(cluster), ({"GPU": 1} if gpus else None), n
 
 

@@ -285,3 +285,16 @@ def test_trial_threads_default_and_explicit(stores, tmp_path, fake, client):
     fake["threads"].clear()
     sr.run_search(config(stores, tmp_path / "b", device="cpu", threads=3), client=client, progress=False)
     assert fake["threads"] and all(t == (1, 3) for t in fake["threads"])
+
+
+def test_started_workers_keep_glibcs_malloc_trim_default(monkeypatch):
+    # Dask's nanny default (65536) made torch steps fault every buffer back in (scanstream.cluster)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    client, _, _ = sr.start_client(None, 1, gpus=0)
+    try:
+        env = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert list(env.values()) == [None]
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
