@@ -125,6 +125,13 @@ def test_parallel_readers_keep_order_and_check_digests(env):
     np.testing.assert_allclose(got, env["scores"]["a"][:64], rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_reads_between_blocks_keep_order(env):
+    ens = inference.Ensemble([env["a"]], device="cpu", precision="fp32")
+    # an unaligned start (first read ends on the chunk boundary), sub-batches of 20 within reads
+    got = inference.score_range(ens, env["store"], 5, 70, batch_size=20)
+    np.testing.assert_allclose(got, env["scores"]["a"][5:70], rtol=1e-5, atol=1e-5)
+
+
 def test_calibrate_threshold_reaches_target_on_calibration_store(env):
     s = env["store"]
     rec = calibrate_threshold(s.path, [env["a"]], target_recall=0.8, device="cpu", precision="fp32")
