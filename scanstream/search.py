@@ -201,9 +201,8 @@ def read_done(trial_dir: Path) -> dict | None:
 def trial_threads(cores: int, train_config: dict[str, Any]) -> int:
     """torch threads of a trial given ``cores``: on CPU, one core is left to its loader thread.
 
-    A trial trains with the local-thread loader; torch threads on every core as well
-    oversubscribe them (measured on 2 cores: mobilenet_v3_small at 112 px trained at 35 images/s
-    with 2 torch threads and 100 images/s with 1).
+    A trial trains with the local-thread loader; torch threads on every core as well would
+    oversubscribe them, as :func:`scanstream.train.resolve_runtime` avoids for single runs.
     """
     from scanstream.model import resolve_device
 
