@@ -44,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.verbose == 0:
+        # Dask logs its scheduler's and workers' start-up at INFO on its own handler; the verbs
+        # print what matters (progress, the dashboard address) themselves. -v brings it back.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
