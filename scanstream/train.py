@@ -65,7 +65,7 @@ CURVE_FILE = "loss_curve.png"
 CONFIG_FILE = "config.json"
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "smoothed_val_loss", "val_ap", "images_per_s", "seconds", "best")
 #: Fields that may change between a run and its resumption.
-_RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead", "torch_threads"}
+_RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead", "torch_threads", "out_dir"}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -298,6 +299,9 @@ def test_crash_leaves_best_checkpoint_and_rerun_resumes(reference, tmp_path, mon
     # finished: a rerun trains nothing and returns the same result
     monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_1)
     assert train(cfg, progress=False).history == resumed.history
+    # a run directory moved elsewhere is the same run
+    shutil.copytree(tmp_path / "r", tmp_path / "moved")
+    assert train(_cfg(stores, tmp_path / "moved"), progress=False).history == resumed.history
     # another configuration in the same directory is refused
     with pytest.raises(InputError, match="another configuration"):
         train(_cfg(stores, tmp_path / "r", m=10), progress=False)
