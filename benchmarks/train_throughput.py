@@ -35,7 +35,15 @@ from scanstream.augment import AugmentConfig, Augmenter
 from scanstream.dataload import open_executor
 from scanstream.model import build_model, preprocess
 from scanstream.store import CROP_SIZE, StoreWriter
-from scanstream.train import TrainConfig, check_config, make_run, resolve_runtime, train_one_epoch, train_stream
+from scanstream.train import (
+    TrainConfig,
+    check_config,
+    make_run,
+    resolve_runtime,
+    train_one_epoch,
+    train_step,
+    train_stream,
+)
 
 THREADS: int | None = None  # --threads: torch threads of the training process (default: the library's)
 
@@ -106,16 +114,12 @@ def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, a
     x = preprocess(torch.from_numpy(synthetic_crops(batch, 1)), size).contiguous(memory_format=torch.channels_last)
     y = (torch.arange(batch) % 2).float()
 
-    def in_memory() -> float:
+    def in_memory(run) -> float:
+        """The loop's own step (:func:`scanstream.train.train_step`) on a batch already prepared."""
         model.train()
         t0 = time.perf_counter()
         for _ in range(steps):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=rt.amp):
-                logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(run, x, y)
         return batch * steps / (time.perf_counter() - t0)
 
     a_rates, b_rates = [], []
@@ -124,7 +128,7 @@ def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, a
         train_one_epoch(run, 0)  # warm-up: worker start, first imports
         for r in range(1, rounds + 1):
             stream = train_stream(run, r).start().wait_ready()
-            a_rates.append(in_memory())
+            a_rates.append(in_memory(run))
             _, seconds, images = train_one_epoch(run, r, stream=stream)
             b_rates.append(images / seconds)
     a, b = float(np.median(a_rates)), float(np.median(b_rates))

@@ -77,8 +77,13 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
 
 
 def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """0o666 less the process umask: the mode other written files get."""
+    try:  # Linux: read it without setting it (os.umask(0) would race files other threads create)
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

@@ -313,6 +313,15 @@ def default_workers(device: torch.device) -> int:
     return max(1, cores // 4)
 
 
+def threads_beside_loader(device: torch.device, workers: int, cores: int) -> int:
+    """Torch threads on ``cores`` cores that also run ``workers`` loader threads or processes.
+
+    On the CPU the loader gets its cores and torch the rest: torch threads on every core as
+    well would oversubscribe them. A GPU step leaves the host's cores mostly idle.
+    """
+    return cores if device.type == "cuda" else max(1, cores - workers)
+
+
 @contextlib.contextmanager
 def open_executor(loader: str, *, scheduler: str | None = None, workers: int = 1) -> Iterator[Any]:
     """An executor for :class:`BlockStream`; closes any cluster it started.

@@ -99,31 +99,8 @@ class CropLookup:
         out = np.empty((len(rows), 224, 224, 3), np.uint8)
         for k in sorted({w[0] for w in where}):
             pos = [i for i, w in enumerate(where) if w[0] == k]
-            out[pos] = read_rows(self.stores[k], np.array([where[i][1] for i in pos], np.int64))
+            out[pos] = self.stores[k].read_rows(np.array([where[i][1] for i in pos], np.int64))
         return out
-
-
-def read_rows(store: CropStore, rows: np.ndarray) -> np.ndarray:
-    """Crops at store rows ``rows`` (any order, repeats allowed), each chunk read once.
-
-    Returns
-    -------
-    ndarray, uint8 (len(rows), 224, 224, 3)
-
-    Notes
-    -----
-    Whole-chunk slices, then a gather: measured about 9x faster here than zarr's orthogonal
-    selection for 100 scattered rows of a 3,000-crop store (1.2 s against 10.9 s).
-    """
-    rows = np.asarray(rows, np.int64)
-    out = np.empty((len(rows), 224, 224, 3), np.uint8)
-    c = store.chunk_crops
-    chunk_of = rows // c
-    for ch in np.unique(chunk_of):
-        sel = np.flatnonzero(chunk_of == ch)
-        block = store.read(int(ch) * c, (int(ch) + 1) * c)
-        out[sel] = block[rows[sel] - int(ch) * c]
-    return out
 
 
 def recorded_stores(rows: pa.Table) -> list[str]:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from scanstream import store as st
-from scanstream.cluster import worker_settings
+from scanstream.cluster import tune_malloc, worker_settings
 from scanstream.errors import CheckpointError, InputError, PipelineError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -88,34 +88,6 @@ def checkpoint_identity(path: str | os.PathLike) -> str:
 
     read_header(path)
     return checkpoint_hash(path)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MALLOC_TUNED = False
-
-
-def tune_malloc() -> bool:
-    """Keep large tensors in glibc's heap instead of fresh ``mmap`` pages (once per process).
-
-    Dask's Nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes
-    glibc's mmap threshold at 128 kB: every activation of a CNN is then a new mapping whose
-    pages fault in on first touch, and the forward pass slows down (measured on this project's
-    machine: resnet18 at 112 px, 205,000 minor faults per 96 crops instead of 41,000, and
-    0.5 s of system time). Raising the mmap threshold to 32 MB and the trim threshold to
-    512 MB brings the faults to about 3,500. No-op off glibc. Returns whether it applied.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 512 << 20) == 1
-    except (OSError, AttributeError):
-        return False
-    _MALLOC_TUNED = bool(ok)
-    return _MALLOC_TUNED
 
 
 # -- the device engine --------------------------------------------------------------------

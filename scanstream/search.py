@@ -204,11 +204,11 @@ def trial_threads(cores: int, train_config: dict[str, Any]) -> int:
     A trial trains with the local-thread loader; torch threads on every core as well would
     oversubscribe them, as :func:`scanstream.train.resolve_runtime` avoids for single runs.
     """
+    from scanstream.dataload import threads_beside_loader
     from scanstream.model import resolve_device
 
-    if resolve_device(train_config.get("device", "auto")).type == "cuda":
-        return cores
-    return max(1, cores - int(train_config.get("workers") or 1))
+    device = resolve_device(train_config.get("device", "auto"))
+    return threads_beside_loader(device, int(train_config.get("workers") or 1), cores)
 
 
 def run_trial(spec: dict) -> dict:

@@ -44,6 +44,7 @@ from scanstream.dataload import (
     plan_sequential,
     plan_train_epoch,
     rebatch,
+    threads_beside_loader,
 )
 from scanstream.errors import ConfigError, InputError, ScanstreamError
 from scanstream.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
@@ -312,9 +313,9 @@ def _default_threads(device: torch.device, workers: int, config: TrainConfig) ->
     team whose members get descheduled slows down many times (measured: docs/training.md).
     """
     cores = os.cpu_count() or 1
-    if device.type == "cuda" or (config.loader == "dask" and config.scheduler):
+    if config.loader == "dask" and config.scheduler:
         return cores
-    return max(1, cores - workers)
+    return threads_beside_loader(device, workers, cores)
 
 
 @dataclass
@@ -368,6 +369,17 @@ def train_stream(run: TrainRun, epoch: int) -> BlockStream:
     )
 
 
+def train_step(run: TrainRun, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One Adam step on a prepared batch; returns the (detached) mean loss."""
+    with _autocast(run.device, run.amp):
+        logits = run.model(x)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=run.pos_weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss.detach()
+
+
 def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = None, progress: bool = False) -> tuple[float, float, int]:
     """Train over one epoch's oversampled draws; return (mean loss, seconds, images).
 
@@ -385,13 +397,8 @@ def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = N
     for step, (idx, crops) in enumerate(rebatch(iter(stream), cfg.batch_size, drop_last=True)):
         x = _to_input(run, crops, augmenter)
         y = run.train_labels[torch.from_numpy(idx)].to(run.device, non_blocking=True)
-        with _autocast(run.device, run.amp):
-            logits = run.model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=run.pos_weight)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        total += loss.detach() * len(idx)  # accumulated on the device: no sync per step
+        loss = train_step(run, x, y)
+        total += loss * len(idx)  # accumulated on the device: no sync per step
         count += len(idx)
         if bar is not None:
             bar.update(1)

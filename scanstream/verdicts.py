@@ -29,7 +29,6 @@ import numpy as np
 import pyarrow as pa
 
 from scanstream.errors import InputError, StoreExistsError
-from scanstream.gallery import read_rows
 from scanstream.store import CropStore, StoreWriter, is_store, open_store
 
 logger = logging.getLogger(__name__)
@@ -275,7 +274,7 @@ def verdicts_to_store(
             crops = np.empty((len(chunk), 224, 224, 3), np.uint8)
             for k in {located[i][0] for i in chunk}:
                 pos = [j for j, i in enumerate(chunk) if located[i][0] == k]
-                crops[pos] = read_rows(opened[k], np.array([located[chunk[j]][1] for j in pos], np.int64))
+                crops[pos] = opened[k].read_rows(np.array([located[chunk[j]][1] for j in pos], np.int64))
             rows = []
             for i in chunk:
                 k, row = located[i]

@@ -60,7 +60,7 @@ def make_store(path: Path, n: int = 64, *, alpha_fraction: float = 0.25, seed: i
             "z_mm": float(rng.uniform(-0.5, 0)),
             "label": int(labels[i]) if labelled else -1,
             "category": ("alpha_th" if labels[i] else "dust") if labelled else None,
-            "multiplicity": int(5 if labels[i] else 3),
+            "multiplicity": (5 if labels[i] else 3),
             "track_lengths_um": [30.0] * (5 if labels[i] else 3),
         }
         for i in range(n)

@@ -14,7 +14,7 @@ from test_query import candidates_from_store, write_candidates
 
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreNotFoundError
-from scanstream.gallery import CropLookup, read_rows, write_gallery
+from scanstream.gallery import CropLookup, write_gallery
 from scanstream.query import CandidateFilter
 
 
@@ -133,6 +133,6 @@ def test_cli_gallery_bad_region(setup, tmp_path, capsys):
 def test_read_rows_any_order_with_repeats(store_factory):
     store = store_factory("s.zarr", n=70, seed=1)  # more than one chunk
     rows = np.array([69, 0, 33, 0, 64, 5])
-    got = read_rows(store, rows)
+    got = store.read_rows(rows)
     for j, r in enumerate(rows):
         assert np.array_equal(got[j], store.read(int(r), int(r) + 1)[0])

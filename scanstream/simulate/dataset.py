@@ -24,7 +24,7 @@ from scanstream.simulate.conditions import SheetConditions, resolve_conditions, 
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel, pick_features
 from scanstream.simulate.render import render_object
-from scanstream.store import CropStore, StoreWriter, write_parquet_atomic, is_store, open_store, rows_to_table
+from scanstream.store import CropStore, StoreWriter, is_store, open_store, rows_to_table, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
