@@ -65,8 +65,25 @@ HISTORY_FILE = "history.csv"
 CURVE_FILE = "loss_curve.png"
 CONFIG_FILE = "config.json"
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "smoothed_val_loss", "val_ap", "images_per_s", "seconds", "best")
-#: Fields that may change between a run and its resumption.
+#: Fields that may change between a run and its resumption (max_epochs only under a constant rate:
+#: the cosine schedule is laid out over max_epochs).
 _RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead", "torch_threads", "out_dir"}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, max_epochs: int) -> float:
+    """The multiplier of every group's base rate at ``step`` of ``epoch`` (pure).
+
+    ``"constant"``: 1. ``"cosine"``: ``0.5 (1 + cos(pi t / T))`` with t the global step and
+    T = ``max_epochs * steps_per_epoch``: 1 at the first step, 0.5 half-way, -> 0 at the end.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        total = max(1, max_epochs * steps_per_epoch)
+        t = min(epoch * steps_per_epoch + step, total)
+        return 0.5 * (1.0 + math.cos(math.pi * t / total))
+    raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,10 @@ class TrainConfig:
     ``unfreeze``: the authors' staged unfreezing for pretrained backbones (backbone frozen
     except BatchNorm, last two stages unfrozen at ``unfreeze_epochs[0]``, the rest at
     ``unfreeze_epochs[1]``, each new group at a tenth of ``lr``).
+    ``lr_schedule``: ``"constant"`` (the paper's Adam at ``lr`` throughout) or ``"cosine"``
+    (every group's rate decays per step from its base to 0 at the end of ``max_epochs``:
+    :func:`lr_factor`; for short runs from random weights, where a constant rate leaves the
+    model noisy from epoch to epoch).
     """
 
     train_store: str
@@ -94,6 +115,7 @@ class TrainConfig:
     max_epochs: int = 100
     batch_size: int = 96
     lr: float = 3e-4
+    lr_schedule: str = "constant"
     warmup_epochs: int = 5
     smoothing: float = 0.9
     stop_factor: float = 1.15
@@ -222,6 +244,8 @@ def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
         raise ConfigError(f"epoch_size must be >= 1, got {config.epoch_size}")
     if not config.lr > 0:
         raise ConfigError(f"lr must be > 0, got {config.lr}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
     if not 0 <= config.smoothing < 1:
         raise ConfigError(f"smoothing w must be in [0, 1), got {config.smoothing}")
     if not config.stop_factor > 1:
@@ -397,6 +421,10 @@ def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = N
     for step, (idx, crops) in enumerate(rebatch(iter(stream), cfg.batch_size, drop_last=True)):
         x = _to_input(run, crops, augmenter)
         y = run.train_labels[torch.from_numpy(idx)].to(run.device, non_blocking=True)
+        if cfg.lr_schedule != "constant":
+            factor = lr_factor(cfg.lr_schedule, epoch, step, n_batches, cfg.max_epochs)
+            for group in run.optimizer.param_groups:
+                group["lr"] = group.get("base_lr", cfg.lr) * factor
         loss = train_step(run, x, y)
         total += loss * len(idx)  # accumulated on the device: no sync per step
         count += len(idx)
@@ -503,7 +531,7 @@ def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig, epoch: int) -> to
     if not cfg.unfreeze:
         for p in model.parameters():
             p.requires_grad_(True)
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.Adam([{"params": list(model.parameters()), "base_lr": cfg.lr}], lr=cfg.lr)
     groups = parameter_groups(model)
     stages = [["head", "norm"], ["late"], ["early"]]
     starts = [0, *cfg.unfreeze_epochs]
@@ -514,7 +542,8 @@ def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig, epoch: int) -> to
         for p in params:
             p.requires_grad_(active)
         if active:
-            param_groups.append({"params": params, "lr": cfg.lr if start == 0 else cfg.lr / 10})
+            rate = cfg.lr if start == 0 else cfg.lr / 10
+            param_groups.append({"params": params, "lr": rate, "base_lr": rate})
     return torch.optim.Adam(param_groups, lr=cfg.lr)
 
 
@@ -528,6 +557,9 @@ def _resolved(config: TrainConfig, **extra: Any) -> dict[str, Any]:
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that must match for a run to be resumed (data included)."""
     out = {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
+    out.setdefault("lr_schedule", "constant")  # runs written before the option existed
+    if out["lr_schedule"] != "constant":
+        out["max_epochs"] = d.get("max_epochs")
     out["data_hash"] = d.get("resolved", {}).get("data_hash")
     return out
 

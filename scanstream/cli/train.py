@@ -12,7 +12,7 @@ from scanstream.errors import ConfigError
 #: flag dest -> TrainConfig field (flags left unset fall back to --config, then the defaults)
 _FIELDS = (
     "backbone", "input_size", "pretrained", "n", "m", "seed", "max_epochs", "batch_size", "epoch_size", "lr",
-    "warmup_epochs", "device", "loader", "scheduler", "workers", "amp", "augment_on", "pos_weight", "unfreeze",
+    "lr_schedule", "warmup_epochs", "device", "loader", "scheduler", "workers", "amp", "augment_on", "pos_weight", "unfreeze",
 )
 
 
@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="mini-batch size (default 96)")
     p.add_argument("--epoch-size", type=int, metavar="K", help="samples per epoch (default: labelled crops in TRAIN)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-4)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                   help="constant (paper, default) or cosine: decay per step to 0 at --max-epochs")
     p.add_argument("--warmup-epochs", type=int, help="epochs before early stopping may stop (default 5)")
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask scheduler instead of a LocalCluster")
