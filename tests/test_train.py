@@ -206,7 +206,8 @@ def test_unwritable_out_dir(stores, tmp_path):
     _refused(_cfg(stores, tmp_path / "afile" / "run"), InputError, "not writable")
 
 
-@pytest.mark.parametrize("kw", [{"loader": "ray"}, {"batch_size": 0}, {"smoothing": 1.0}, {"stop_factor": 1.0}])
+@pytest.mark.parametrize("kw", [{"loader": "ray"}, {"batch_size": 0}, {"smoothing": 1.0}, {"stop_factor": 1.0},
+                                {"lr_schedule": "step"}])
 def test_bad_options(stores, tmp_path, kw):
     _refused(_cfg(stores, tmp_path / "r", **kw), ConfigError, next(iter(kw)))
 
@@ -307,6 +308,54 @@ def test_crash_leaves_best_checkpoint_and_rerun_resumes(reference, tmp_path, mon
         train(_cfg(stores, tmp_path / "r", m=10), progress=False)
 
 
+def test_lr_factor_constant_and_cosine():
+    assert all(tr.lr_factor("constant", e, s, 10, 4) == 1.0 for e in range(4) for s in range(10))
+    cos = [tr.lr_factor("cosine", e, s, 10, 4) for e in range(4) for s in range(10)]
+    assert cos[0] == 1.0 and cos[20] == pytest.approx(0.5) and 0 < cos[-1] < 0.01
+    assert all(a > b for a, b in zip(cos, cos[1:]))
+    assert cos[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 40)))
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        tr.lr_factor("linear", 0, 0, 10, 4)
+
+
+def test_cosine_run_decays_rates_and_resumes_the_same(reference, tmp_path, monkeypatch):
+    """Cosine: each group's rate follows lr_factor; an interrupted run resumes to the same result;
+    max_epochs (which lays out the schedule) may not change on resume, unlike under a constant rate."""
+    stores, _ = reference
+    seen = []
+    real_step = tr.train_step
+
+    def spy(run, x, y):
+        seen.append(run.optimizer.param_groups[0]["lr"])
+        return real_step(run, x, y)
+
+    monkeypatch.setattr(tr, "train_step", spy)
+    cfg = _cfg(stores, tmp_path / "c", lr=1e-3, lr_schedule="cosine")
+    straight = train(cfg, progress=False)
+    steps = 32 // 16
+    assert seen == pytest.approx([1e-3 * tr.lr_factor("cosine", e, s, steps, 2) for e in range(2) for s in range(steps)])
+    real_epoch = tr.train_one_epoch
+
+    def crash_in_epoch_1(run, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(run, epoch, **kw)
+
+    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(stores, tmp_path / "r", lr=1e-3, lr_schedule="cosine"), progress=False)
+    monkeypatch.setattr(tr, "train_one_epoch", real_epoch)
+    with pytest.raises(InputError, match="another configuration"):
+        train(_cfg(stores, tmp_path / "r", lr=1e-3, lr_schedule="cosine", max_epochs=3), progress=False)
+    resumed = train(_cfg(stores, tmp_path / "r", lr=1e-3, lr_schedule="cosine"), progress=False)
+    assert _strip(resumed.history) == _strip(straight.history)
+    wa, wr = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(wa[k], wr[k]) for k in wa)
+    # a constant-rate run may be extended
+    train(_cfg(stores, tmp_path / "k", max_epochs=1), progress=False)
+    assert len(train(_cfg(stores, tmp_path / "k", max_epochs=2), progress=False).history) == 2
+
+
 def test_staged_unfreezing_groups():
     model = build_model(ModelConfig("resnet18", 32))
     cfg = TrainConfig("t", "v", "o", unfreeze=True, unfreeze_epochs=(2, 4), lr=1e-3)
@@ -344,3 +393,20 @@ def test_cli_bad_n_is_one_line_exit_2(stores, tmp_path, capsys):
     rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(tmp_path / "x"), "--n", "9"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "N" in err and "0..8" in err
+
+
+def test_cli_dask_start_up_lines_only_with_verbose(stores, tmp_path):
+    """A Dask-fed run from the command line: stderr carries no 'INFO distributed...' lines unless -v."""
+    import subprocess
+    import sys
+
+    t, v = stores
+    args = [sys.executable, "-m", "scanstream", "train", "--train", str(t.path), "--valid", str(v.path),
+            "--backbone", "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "1", "--batch-size", "16",
+            "--epoch-size", "32", "--loader", "dask", "--workers", "1", "--no-progress"]
+    quiet = subprocess.run([*args, "--out", str(tmp_path / "q")], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "INFO distributed" not in quiet.stderr
+    loud = subprocess.run([*args[:3], "-v", *args[3:], "--out", str(tmp_path / "l")], capture_output=True, text=True,
+                          timeout=300)
+    assert loud.returncode == 0 and "INFO distributed.scheduler" in loud.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_dask() -> None:
+    """Keep Dask's scheduler and worker start-up INFO lines off stderr (-v brings them back).
+
+    ``import distributed`` sets its loggers' levels from Dask's config (``logging.distributed``,
+    INFO), so a level set here before the import would be undone: the config says WARNING
+    instead (the environment for a Dask not yet imported, and for worker processes; the live
+    config if it is), and a logger that exists already is set directly. The verbs print what
+    matters (progress, the dashboard address) themselves.
+    """
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    if "dask" in sys.modules:
+        import dask
+
+        dask.config.set({"logging.distributed": "warning"})
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if args.verbose == 0:
-        # Dask logs its scheduler's and workers' start-up at INFO on its own handler; the verbs
-        # print what matters (progress, the dashboard address) themselves. -v brings it back.
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+        _quiet_dask()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
