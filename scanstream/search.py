@@ -95,7 +95,7 @@ class SearchConfig:
         Training runs per setting (seeds 0 .. seeds-1).
     test_store : str or None
         Labelled store on which the best setting's models are measured.
-    backbone, input_size, pretrained, max_epochs, batch_size, lr, warmup_epochs, epoch_size,
+    backbone, input_size, pretrained, max_epochs, batch_size, lr, lr_schedule, warmup_epochs, epoch_size,
     pos_weight, unfreeze :
         Passed to every trial's :class:`scanstream.train.TrainConfig`.
     device : str
@@ -120,6 +120,7 @@ class SearchConfig:
     max_epochs: int = 100
     batch_size: int = 96
     lr: float = 3e-4
+    lr_schedule: str = "constant"
     warmup_epochs: int = 5
     epoch_size: int | None = None
     pos_weight: bool = False
@@ -139,6 +140,10 @@ class SearchConfig:
                 raise ConfigError(f"M (RandAugment magnitude) must be in 0..{MAX_MAGNITUDE}, got {m}")
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        from scanstream.train import LR_SCHEDULES
+
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.max_epochs < 1:
             raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.threads is not None and self.threads < 1:
@@ -159,6 +164,7 @@ class SearchConfig:
             "max_epochs": self.max_epochs,
             "batch_size": self.batch_size,
             "lr": self.lr,
+            "lr_schedule": self.lr_schedule,
             "warmup_epochs": self.warmup_epochs,
             "epoch_size": self.epoch_size,
             "pos_weight": self.pos_weight,
@@ -176,6 +182,8 @@ def _identity(train_config: dict, data: dict) -> dict:
     cfg = {k: v for k, v in train_config.items() if k not in _RUNTIME_FIELDS}
     cfg.pop("train_store", None)
     cfg.pop("valid_store", None)
+    if cfg.get("lr_schedule") == "constant":
+        del cfg["lr_schedule"]  # the default: trials done before the option existed still count
     return {"train_config": cfg, "data": data}
 
 
@@ -407,7 +415,7 @@ def _check_config_file(out: Path, config: SearchConfig) -> None:
     shared = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "ns", "ms", "seeds", "test_store", "device",
                                                                     "threads", "score_batch_size")}
     if f.exists():
-        old = json.loads(f.read_text()).get("shared", {})
+        old = {"lr_schedule": "constant", **json.loads(f.read_text()).get("shared", {})}
         diff = {k: (old.get(k), v) for k, v in shared.items() if old.get(k) != v}
         if diff:
             raise ConfigError(

@@ -61,6 +61,7 @@ def fake(monkeypatch):
         max_epochs: int = 100
         batch_size: int = 96
         lr: float = 3e-4
+        lr_schedule: str = "constant"
         warmup_epochs: int = 5
         epoch_size: int | None = None
         pos_weight: bool = False
@@ -79,6 +80,7 @@ def fake(monkeypatch):
         ck = out / "model.safetensors"
         ck.write_bytes(f"{config.n}-{config.m}-{config.seed}".encode())
         calls["train"].append((config.n, config.m, config.seed))
+        calls.setdefault("schedules", []).append(config.lr_schedule)
         calls.setdefault("threads", []).append((config.workers, config.torch_threads))
         ap = fake_ap(config.n, config.m, config.seed)
         return types.SimpleNamespace(checkpoint=ck, history=[{"epoch": 0}], best_epoch=config.seed + 1,
@@ -91,7 +93,8 @@ def fake(monkeypatch):
         rng = np.random.default_rng(seed)
         return (2.0 * (labels == 1) + rng.normal(0, 1, len(labels))).astype(np.float32)
 
-    monkeypatch.setitem(sys.modules, "scanstream.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train))
+    monkeypatch.setitem(sys.modules, "scanstream.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train,
+                                                                              LR_SCHEDULES=("constant", "cosine")))
     monkeypatch.setitem(sys.modules, "scanstream.classify", types.SimpleNamespace(score_store=score_store))
     return calls
 
@@ -167,6 +170,25 @@ def test_resume_with_other_settings_is_refused(stores, fake, client, tmp_path):
         sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), max_epochs=3), client=client, progress=False)
 
 
+def test_lr_schedule_reaches_trials_and_old_constant_trials_still_count(stores, fake, client, tmp_path):
+    cfg = config(stores, tmp_path / "s", ns=(1,), ms=(5,))
+    sr.run_search(cfg, client=client, progress=False)
+    assert fake["schedules"] == ["constant", "constant"]
+    # a search written before lr_schedule existed (no such key anywhere) resumes without retraining
+    for f in [tmp_path / "s" / "search_config.json", *(tmp_path / "s" / "trials").glob("*/done.json")]:
+        d = json.loads(f.read_text())
+        (d.get("shared") or d["identity"]["train_config"]).pop("lr_schedule", None)
+        f.write_text(json.dumps(d))
+    fake["train"].clear()
+    assert sr.run_search(cfg, client=client, progress=False).trained == [] and fake["train"] == []
+    with pytest.raises(ConfigError, match="lr_schedule: 'constant' -> 'cosine'"):
+        sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), lr_schedule="cosine"), client=client,
+                      progress=False)
+    sr.run_search(config(stores, tmp_path / "c", ns=(1,), ms=(5,), lr_schedule="cosine"), client=client,
+                  progress=False)
+    assert fake["train"] == [(1, 5, 0), (1, 5, 1)] and fake["schedules"][-2:] == ["cosine", "cosine"]
+
+
 def test_failed_trial_reported_others_kept(stores, fake, client, tmp_path):
     cfg = config(stores, tmp_path / "s", ns=(1, 99), ms=(5,), seeds=1)
     with pytest.raises(PipelineError, match="1 of 2 search trials failed.*n99_m5_s0: RuntimeError: boom"):
@@ -186,6 +208,7 @@ def test_failed_trial_reported_others_kept(stores, fake, client, tmp_path):
         ({"seeds": 0}, "seeds"),
         ({"max_epochs": 0}, "max_epochs"),
         ({"threads": 0}, "threads"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
     ],
 )
 def test_bad_config(tmp_path, kw, match):

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=int, default=100, help="epoch limit of each run (early stopping may end it sooner)")
     p.add_argument("--batch-size", type=int, default=96, help="mini-batch size (paper: 96)")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (paper: 3e-4)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (paper) or cosine: decay per step to 0 at --max-epochs")
     p.add_argument("--warmup-epochs", type=int, default=5, help="epochs before early stopping may act (default 5)")
     p.add_argument("--epoch-size", type=int, help="samples per epoch (default: the TRAIN store's size)")
     p.add_argument("--pos-weight", action="store_true", help="weight the alpha class in the loss by the class ratio")
@@ -55,7 +57,7 @@ def run_search_cli(args: argparse.Namespace) -> int:
         seeds=args.seeds if args.seeds is not None else seeds,
         test_store=str(args.test) if args.test else None,
         backbone=args.backbone, input_size=args.input_size, pretrained=args.pretrained,
-        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
         epoch_size=args.epoch_size, pos_weight=args.pos_weight, unfreeze=args.unfreeze,
         device=args.device, threads=args.threads,
     )
