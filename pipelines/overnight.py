@@ -67,6 +67,10 @@ class DemoConfig:
     epochs: int = 6
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    n: int = 2
+    m: int = 12
+    warmup_epochs: int = 1
     target_recall: float = 0.9
     gallery_top: int = 100
 
@@ -88,6 +92,16 @@ def load_demo_config(path: Path, **overrides: Any) -> DemoConfig:
     for name in ("train_objects", "valid_objects", "sheet_objects", "epochs", "batch_size", "workers", "gallery_top"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"demo {name} must be >= 1, got {getattr(cfg, name)}")
+    from scanstream.augment import parse_m, parse_n
+    from scanstream.train import LR_SCHEDULES
+
+    try:
+        parse_n(cfg.n)
+        parse_m(cfg.m)
+    except ScanstreamError as exc:
+        raise ConfigError(f"{path}: [demo] {exc}") from None
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"{path}: [demo] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
     return cfg
 
 
@@ -156,7 +170,8 @@ def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Pa
     tc = TrainConfig(
         train_store=str(stores["train"]), valid_store=str(stores["valid"]), out_dir=str(model_dir),
         backbone=cfg.backbone, input_size=cfg.input_size, pretrained="none", seed=cfg.seed,
-        max_epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, warmup_epochs=1, n=2, m=12,
+        max_epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
+        warmup_epochs=cfg.warmup_epochs, n=cfg.n, m=cfg.m,
         device="cpu", loader="local",
     )
     result = train(tc, progress=True)

@@ -17,7 +17,7 @@ from conftest import draw_crops
 
 from scanstream.candidates import read_candidates, read_manifest
 from scanstream.cli import main
-from scanstream.errors import ConfigError
+from scanstream.errors import ConfigError, InputError
 from scanstream.store import StoreWriter, open_store
 from scanstream.watch import (
     WatchConfig,
@@ -346,3 +346,7 @@ def test_demo_config_errors(tmp_path):
     bad.write_text("[demo]\nsheet_objects = 0\n")
     with pytest.raises(ConfigError, match="sheet_objects"):
         pipe.load_demo_config(bad)
+    for line, match in (("n = 9", "N"), ("m = 31", "M"), ('lr_schedule = "step"', "lr_schedule")):
+        bad.write_text(f"[demo]\n{line}\n")
+        with pytest.raises((ConfigError, InputError), match=match):
+            pipe.load_demo_config(bad)
