@@ -347,6 +347,10 @@ def compute_metrics(data: EvalData, *, spread_over: Sequence[str] | None = None)
                 "false_positives": {
                     k: mt.false_positives_by_category(y, cats, _selection(data, k, v.threshold)) for k, v in ops.items()
                 },
+                "paired": {
+                    k: mt.paired_false_positives(y, data.former_selected, _selection(data, k, v.threshold))
+                    for k, v in ops.items()
+                },
             }
             if len(group) > 1:
                 sect["table2_models"] = mt.table2(former, [ops[k] for k in group])

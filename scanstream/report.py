@@ -166,6 +166,12 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
             lines.append(f"Over the {s['table2_models']['models']} models {', '.join(metrics['spread_over'])} "
                          "(mean ± sample std):\n")
             lines.append(table2_markdown(s["table2_models"], cnn_label="models"))
+        for name, p in s.get("paired", {}).items():
+            lines.append(
+                f"Object by object ({name}): {p['only_former']} non-alpha objects only the former method selects, "
+                f"{p['only_cnn']} only the CNN, {p['both']} both; McNemar's exact test p = {p['p_value']:.2g} "
+                "(the chance of a split at least this uneven if neither method were better).\n"
+            )
         fps = {"former method": metrics["former"]["false_positives"], **s["false_positives"]}
         lines.append(f"{h}## False positives by category at this recall\n")
         lines.append(_fp_table(fps))

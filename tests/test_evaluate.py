@@ -126,6 +126,13 @@ def test_evaluate_end_to_end_numbers_match_metrics(case):
     assert sum(sect["false_positives"]["cands"].values()) == cnn.false_positives
     assert sum(m["former"]["false_positives"].values()) == former.false_positives
     assert set(sect["false_positives"]["cands"]) <= set(CATS)
+    # object by object: the two selections' non-alpha objects
+    cnn_sel, neg = s >= cnn.threshold, y == 0
+    paired = sect["paired"]["cands"]
+    assert paired["only_former"] == int((case["fsel"][known] & ~cnn_sel & neg).sum())
+    assert paired["only_cnn"] == int((cnn_sel & ~case["fsel"][known] & neg).sum())
+    assert paired["both"] + paired["only_cnn"] == cnn.false_positives and 0 < paired["p_value"] <= 1
+    assert f"{paired['only_former']} non-alpha objects only the former method selects" in res.report.read_text()
 
 
 def test_evaluate_writes_report_metrics_and_figures(case):

@@ -221,6 +221,31 @@ def test_false_positives_by_category():
         mt.false_positives_by_category(y, cat[:2], sel)
 
 
+def test_paired_false_positives_counts_and_exact_mcnemar():
+    y = np.array([1] * 4 + [0] * 20)
+    former = np.zeros(24, bool)
+    cnn = np.zeros(24, bool)
+    former[:4] = cnn[:4] = True  # the same alpha decays
+    former[4:14] = True  # 10 non-alpha objects
+    cnn[4:6] = True  # 2 of them, and nothing else
+    d = mt.paired_false_positives(y, former, cnn)
+    assert (d["only_former"], d["only_cnn"], d["both"]) == (8, 0, 2)
+    assert d["p_value"] == pytest.approx(2 * 0.5**8)  # exact two-sided binomial, 8 of 8 one way
+    even = mt.paired_false_positives(y, former, former)
+    assert (even["only_former"], even["only_cnn"], even["p_value"]) == (0, 0, 1.0)
+    # a brute-force two-sided binomial for an uneven split 9 vs 3
+    b, c = 9, 3
+    pmf = [math.comb(b + c, k) * 0.5 ** (b + c) for k in range(b + c + 1)]
+    ref = sum(p for p in pmf if p <= pmf[b] * (1 + 1e-9))
+    cnn2 = np.zeros(24, bool)
+    f2 = np.zeros(24, bool)
+    f2[4:13] = True
+    cnn2[13:16] = True
+    assert mt.paired_false_positives(y, f2, cnn2)["p_value"] == pytest.approx(ref)
+    with pytest.raises(InputError, match="differ in length"):
+        mt.paired_false_positives(y, former[:3], cnn)
+
+
 def test_docstring_examples():
     result = doctest.testmod(mt, extraglobs={"np": np})
     assert result.attempted >= 3 and result.failed == 0
