@@ -101,7 +101,9 @@ def load_demo_config(path: Path, **overrides: Any) -> DemoConfig:
     except ScanstreamError as exc:
         raise ConfigError(f"{path}: [demo] {exc}") from None
     if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"{path}: [demo] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+        raise ConfigError(
+            f"{path}: [demo] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}"
+        )
     return cfg
 
 

@@ -205,8 +205,8 @@ def stage_search(cfg: PipelineConfig, out: Path, stores: dict[str, Path]):
         train_store=str(stores["train"]), valid_store=str(stores["valid"]), out_dir=str(out / "search"),
         ns=s.n, ms=s.m, seeds=s.seeds, test_store=str(stores["test"]), backbone=s.backbone,
         input_size=s.input_size, pretrained=s.pretrained, max_epochs=s.max_epochs, batch_size=s.batch_size,
-        lr=s.lr, lr_schedule=s.lr_schedule, warmup_epochs=s.warmup_epochs, epoch_size=s.epoch_size, pos_weight=s.pos_weight,
-        unfreeze=s.unfreeze, device=s.device, threads=s.threads,
+        lr=s.lr, lr_schedule=s.lr_schedule, warmup_epochs=s.warmup_epochs, epoch_size=s.epoch_size,
+        pos_weight=s.pos_weight, unfreeze=s.unfreeze, device=s.device, threads=s.threads,
     )
     return run_search(config, scheduler=s.scheduler, workers=s.workers)
 

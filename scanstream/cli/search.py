@@ -57,7 +57,8 @@ def run_search_cli(args: argparse.Namespace) -> int:
         seeds=args.seeds if args.seeds is not None else seeds,
         test_store=str(args.test) if args.test else None,
         backbone=args.backbone, input_size=args.input_size, pretrained=args.pretrained,
-        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
+        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
         epoch_size=args.epoch_size, pos_weight=args.pos_weight, unfreeze=args.unfreeze,
         device=args.device, threads=args.threads,
     )
