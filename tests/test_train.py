@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -406,10 +407,12 @@ def test_cli_dask_start_up_lines_only_with_verbose(stores, tmp_path):
     args = [sys.executable, "-m", "scanstream", "train", "--train", str(t.path), "--valid", str(v.path),
             "--backbone", "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "1", "--batch-size", "16",
             "--epoch-size", "32", "--loader", "dask", "--workers", "1", "--no-progress"]
+    # in-process CLI calls of earlier tests set the quieting variable in this process's environment
+    env = {k: v for k, v in os.environ.items() if k != "DASK_LOGGING__DISTRIBUTED"}
     quiet = subprocess.run([*args, "--out", str(tmp_path / "q")], capture_output=True, text=True, timeout=300,
-                           check=False)
+                           check=False, env=env)
     assert quiet.returncode == 0, quiet.stderr
     assert "INFO distributed" not in quiet.stderr
     loud = subprocess.run([*args[:3], "-v", *args[3:], "--out", str(tmp_path / "l")], capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=300, check=False, env=env)
     assert loud.returncode == 0 and "INFO distributed.scheduler" in loud.stderr
