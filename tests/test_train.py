@@ -279,19 +279,28 @@ def test_another_seed_is_another_run(reference, tmp_path):
     assert other.history[0]["train_loss"] != local.history[0]["train_loss"]
 
 
-def test_crash_leaves_best_checkpoint_and_rerun_resumes(reference, tmp_path, monkeypatch):
-    stores, straight = reference
-    cfg = _cfg(stores, tmp_path / "r")
-    real = tr.train_one_epoch
-
-    def crash_in_epoch_1(run, epoch, **kw):
+def _crash_in_epoch_1(real):
+    def crash(run, epoch, **kw):
         if epoch == 1:
             raise KeyboardInterrupt
         return real(run, epoch, **kw)
 
-    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_1)
+    return crash
+
+
+def _interrupt_in_epoch_1(cfg, monkeypatch):
+    """Run ``cfg`` until Ctrl-C in epoch 1 (epoch 0 finished); return the real train_one_epoch."""
+    real = tr.train_one_epoch
+    monkeypatch.setattr(tr, "train_one_epoch", _crash_in_epoch_1(real))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
+    return real
+
+
+def test_crash_leaves_best_checkpoint_and_rerun_resumes(reference, tmp_path, monkeypatch):
+    stores, straight = reference
+    cfg = _cfg(stores, tmp_path / "r")
+    real = _interrupt_in_epoch_1(cfg, monkeypatch)
     ck = load_checkpoint(tmp_path / "r" / "model.safetensors")  # the last best one, intact
     assert ck.metrics["best_epoch"] == 0 and ck.metrics["epochs_run"] == 1
     monkeypatch.setattr(tr, "train_one_epoch", real)
@@ -300,7 +309,7 @@ def test_crash_leaves_best_checkpoint_and_rerun_resumes(reference, tmp_path, mon
     wa, wr = _weights(straight.checkpoint), _weights(resumed.checkpoint)
     assert all(torch.equal(wa[k], wr[k]) for k in wa)
     # finished: a rerun trains nothing and returns the same result
-    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_1)
+    monkeypatch.setattr(tr, "train_one_epoch", _crash_in_epoch_1(real))
     assert train(cfg, progress=False).history == resumed.history
     # a run directory moved elsewhere is the same run
     shutil.copytree(tmp_path / "r", tmp_path / "moved")
@@ -337,16 +346,7 @@ def test_cosine_run_decays_rates_and_resumes_the_same(reference, tmp_path, monke
     steps = 32 // 16
     expected = [1e-3 * tr.lr_factor("cosine", e, s, steps, 2) for e in range(2) for s in range(steps)]
     assert seen == pytest.approx(expected)
-    real_epoch = tr.train_one_epoch
-
-    def crash_in_epoch_1(run, epoch, **kw):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(run, epoch, **kw)
-
-    monkeypatch.setattr(tr, "train_one_epoch", crash_in_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(stores, tmp_path / "r", lr=1e-3, lr_schedule="cosine"), progress=False)
+    real_epoch = _interrupt_in_epoch_1(_cfg(stores, tmp_path / "r", lr=1e-3, lr_schedule="cosine"), monkeypatch)
     monkeypatch.setattr(tr, "train_one_epoch", real_epoch)
     with pytest.raises(InputError, match="another configuration"):
         train(_cfg(stores, tmp_path / "r", lr=1e-3, lr_schedule="cosine", max_epochs=3), progress=False)
