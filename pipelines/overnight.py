@@ -93,17 +93,14 @@ def load_demo_config(path: Path, **overrides: Any) -> DemoConfig:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"demo {name} must be >= 1, got {getattr(cfg, name)}")
     from scanstream.augment import parse_m, parse_n
-    from scanstream.train import LR_SCHEDULES
+    from scanstream.train import parse_lr_schedule
 
     try:
         parse_n(cfg.n)
         parse_m(cfg.m)
+        parse_lr_schedule(cfg.lr_schedule)
     except ScanstreamError as exc:
         raise ConfigError(f"{path}: [demo] {exc}") from None
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(
-            f"{path}: [demo] lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}"
-        )
     return cfg
 
 

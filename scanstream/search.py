@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +140,9 @@ class SearchConfig:
                 raise ConfigError(f"M (RandAugment magnitude) must be in 0..{MAX_MAGNITUDE}, got {m}")
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
-        from scanstream.train import LR_SCHEDULES
+        from scanstream.train import parse_lr_schedule
 
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        parse_lr_schedule(self.lr_schedule)
         if self.max_epochs < 1:
             raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.threads is not None and self.threads < 1:
@@ -174,6 +173,10 @@ class SearchConfig:
         }
 
 
+#: Defaults of the search settings, read into records written before a setting existed.
+_SHARED_DEFAULTS = {f.name: f.default for f in fields(SearchConfig) if f.default is not MISSING}
+
+
 def trial_key(n: int, m: int, seed: int) -> str:
     return f"n{n}_m{m}_s{seed}"
 
@@ -182,9 +185,20 @@ def _identity(train_config: dict, data: dict) -> dict:
     cfg = {k: v for k, v in train_config.items() if k not in _RUNTIME_FIELDS}
     cfg.pop("train_store", None)
     cfg.pop("valid_store", None)
-    if cfg.get("lr_schedule") == "constant":
-        del cfg["lr_schedule"]  # the default: trials done before the option existed still count
     return {"train_config": cfg, "data": data}
+
+
+def _same_identity(done: dict | None, train_config: dict, data: dict) -> bool:
+    """Whether a finished trial's recorded identity is this trial's.
+
+    A field added to the search settings after the trial ran is absent from its record; it
+    ran with that field's default, so the record is read with the current defaults filled in.
+    """
+    if done is None or "identity" not in done:
+        return False
+    old, new = done["identity"], _identity(train_config, data)
+    defaults = {k: v for k, v in _SHARED_DEFAULTS.items() if k in new["train_config"]}
+    return {**old, "train_config": {**defaults, **old.get("train_config", {})}} == new
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -233,7 +247,7 @@ def run_trial(spec: dict) -> dict:
 
     trial_dir = Path(spec["dir"])
     done = read_done(trial_dir)
-    if done is not None and done.get("identity") == _identity(spec["train_config"], spec["data"]):
+    if _same_identity(done, spec["train_config"], spec["data"]):
         return {**done, "resumed": True}
     trial_dir.mkdir(parents=True, exist_ok=True)
     tc = dict(spec["train_config"])
@@ -415,7 +429,7 @@ def _check_config_file(out: Path, config: SearchConfig) -> None:
     shared = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "ns", "ms", "seeds", "test_store", "device",
                                                                     "threads", "score_batch_size")}
     if f.exists():
-        old = {"lr_schedule": "constant", **json.loads(f.read_text()).get("shared", {})}
+        old = {**_SHARED_DEFAULTS, **json.loads(f.read_text()).get("shared", {})}  # fields added since
         diff = {k: (old.get(k), v) for k, v in shared.items() if old.get(k) != v}
         if diff:
             raise ConfigError(
@@ -470,7 +484,7 @@ def run_search(
         tc = {**base, "n": n, "m": m, "seed": s}
         done = read_done(tdir)
         if done is not None:
-            if done.get("identity") != _identity(tc, data):
+            if not _same_identity(done, tc, data):
                 raise ConfigError(
                     f"{tdir}: finished with other settings or data than this search (see its {DONE}); use a new --out"
                 )

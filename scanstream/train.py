@@ -71,19 +71,24 @@ _RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead",
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def parse_lr_schedule(name: str) -> str:
+    """``name`` if it is one of :data:`LR_SCHEDULES`, else a ConfigError naming it."""
+    if name not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {name!r}")
+    return name
+
+
 def lr_factor(schedule: str, epoch: int, step: int, steps_per_epoch: int, max_epochs: int) -> float:
     """The multiplier of every group's base rate at ``step`` of ``epoch`` (pure).
 
     ``"constant"``: 1. ``"cosine"``: ``0.5 (1 + cos(pi t / T))`` with t the global step and
     T = ``max_epochs * steps_per_epoch``: 1 at the first step, 0.5 half-way, -> 0 at the end.
     """
-    if schedule == "constant":
+    if parse_lr_schedule(schedule) == "constant":
         return 1.0
-    if schedule == "cosine":
-        total = max(1, max_epochs * steps_per_epoch)
-        t = min(epoch * steps_per_epoch + step, total)
-        return 0.5 * (1.0 + math.cos(math.pi * t / total))
-    raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    total = max(1, max_epochs * steps_per_epoch)
+    t = min(epoch * steps_per_epoch + step, total)
+    return 0.5 * (1.0 + math.cos(math.pi * t / total))
 
 
 @dataclass(frozen=True)
@@ -244,8 +249,7 @@ def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
         raise ConfigError(f"epoch_size must be >= 1, got {config.epoch_size}")
     if not config.lr > 0:
         raise ConfigError(f"lr must be > 0, got {config.lr}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
+    parse_lr_schedule(config.lr_schedule)
     if not 0 <= config.smoothing < 1:
         raise ConfigError(f"smoothing w must be in [0, 1), got {config.smoothing}")
     if not config.stop_factor > 1:
@@ -424,7 +428,7 @@ def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = N
         if cfg.lr_schedule != "constant":
             factor = lr_factor(cfg.lr_schedule, epoch, step, n_batches, cfg.max_epochs)
             for group in run.optimizer.param_groups:
-                group["lr"] = group.get("base_lr", cfg.lr) * factor
+                group["lr"] = group["base_lr"] * factor
         loss = train_step(run, x, y)
         total += loss * len(idx)  # accumulated on the device: no sync per step
         count += len(idx)
@@ -556,8 +560,8 @@ def _resolved(config: TrainConfig, **extra: Any) -> dict[str, Any]:
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that must match for a run to be resumed (data included)."""
+    d = {**field_defaults(TrainConfig), **d}  # runs written before a field existed had its default
     out = {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
-    out.setdefault("lr_schedule", "constant")  # runs written before the option existed
     if out["lr_schedule"] != "constant":
         out["max_epochs"] = d.get("max_epochs")
     out["data_hash"] = d.get("resolved", {}).get("data_hash")
@@ -725,6 +729,15 @@ def _result(out: Path, history: list[dict], stopper: EarlyStopping, *, stopped: 
     metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped)
     return TrainResult(checkpoint=out / CHECKPOINT_FILE, history=list(history), best_epoch=metrics["best_epoch"],
                        metrics=metrics)
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of dataclass ``cls`` that has one (tuples as lists, as in JSON)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

@@ -45,6 +45,8 @@ def fake_ap(n, m, seed):
 @pytest.fixture
 def fake(monkeypatch):
     """Stand-ins for scanstream.train and scanstream.classify.score_store (same process: threads)."""
+    import scanstream.train as real_train
+
     calls = {"train": [], "score": []}
 
     @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def fake(monkeypatch):
         return (2.0 * (labels == 1) + rng.normal(0, 1, len(labels))).astype(np.float32)
 
     monkeypatch.setitem(sys.modules, "scanstream.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train,
-                                                                              LR_SCHEDULES=("constant", "cosine")))
+                                                                              parse_lr_schedule=real_train.parse_lr_schedule))
     monkeypatch.setitem(sys.modules, "scanstream.classify", types.SimpleNamespace(score_store=score_store))
     return calls
 
