@@ -17,6 +17,13 @@ translate_x   0       23      pixels of a 224-px crop (scaled with the image sid
 translate_y   0       23      pixels of a 224-px crop
 ============  ======  ======  ============================================
 
+Before RandAugment, an optional darkness jitter (not in the paper; ``darkness`` > 0) stands in
+for the sheet-to-sheet spread of development: each image's optical density about its
+background, log(I / I_bg) with I_bg the image's per-channel median, is multiplied by a factor
+drawn uniformly in [1 - darkness, 1 + darkness], i.e. I' = I_bg (I / I_bg)^factor. That is what a
+darker or lighter development does to a Beer-Lambert image (I = I0 exp(-darkness x A)): tracks and
+grains darken or fade while the background stays put.
+
 Note that M = 0 is not the identity for the three enhance operations: their factor is then
 0.1 (a nearly black, flat or blurred image), as the formula says.
 
@@ -67,6 +74,8 @@ GEOMETRIC = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate
 ENHANCE = frozenset({"contrast", "brightness", "sharpness"})
 MAX_N = 8
 MAX_M = 30
+#: Largest darkness jitter (a factor of 1 - 0.9 = 0.1 nearly erases the tracks).
+MAX_DARKNESS = 0.9
 #: translate values are in pixels of a crop of this side.
 REFERENCE_SIDE = 224
 
@@ -81,6 +90,12 @@ def parse_m(m: float) -> float:
     if isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m <= MAX_M:
         raise InputError(f"RandAugment M (magnitude) must be in 0..{MAX_M}, got {m!r}")
     return float(m)
+
+
+def parse_darkness(j: float) -> float:
+    if isinstance(j, bool) or not isinstance(j, int | float) or not 0 <= j <= MAX_DARKNESS:
+        raise InputError(f"darkness jitter must be in 0..{MAX_DARKNESS}, got {j!r}")
+    return float(j)
 
 
 def op_value(op: str, m: float) -> float:
@@ -101,6 +116,9 @@ class AugmentConfig:
         Magnitude, 0..30.
     flips : bool
         Random horizontal and vertical flips (each with probability 1/2) first.
+    darkness : float
+        Darkness jitter half-width, 0..0.9 (0: off, the paper): each image's optical density
+        about its background is scaled by a factor drawn in [1 - darkness, 1 + darkness].
     fill : int
         Value of pixels uncovered by geometric operations.
     interpolation : str
@@ -110,12 +128,14 @@ class AugmentConfig:
     n: int = 2
     m: float = 24
     flips: bool = True
+    darkness: float = 0.0
     fill: int = 0
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         parse_n(self.n)
         parse_m(self.m)
+        parse_darkness(self.darkness)
         if self.interpolation not in ("bilinear", "nearest"):
             raise InputError(f"interpolation must be 'bilinear' or 'nearest', got {self.interpolation!r}")
         if not 0 <= self.fill <= 255:
@@ -134,12 +154,15 @@ class AugmentParams:
         int64 (B, N): index into :data:`OPS` of each image's k-th operation.
     values : torch.Tensor
         float32 (B, N): the operation's value, signed for geometric operations.
+    darkness : torch.Tensor or None
+        float32 (B,): each image's optical-density factor; None: no darkness jitter.
     """
 
     hflip: torch.Tensor
     vflip: torch.Tensor
     ops: torch.Tensor
     values: torch.Tensor
+    darkness: torch.Tensor | None = None
 
 
 def draw_params(batch: int, config: AugmentConfig, generator: torch.Generator | None = None) -> AugmentParams:
@@ -151,7 +174,10 @@ def draw_params(batch: int, config: AugmentConfig, generator: torch.Generator | 
     base = torch.tensor([op_value(op, config.m) for op in OPS], dtype=torch.float32)
     geometric = torch.tensor([op in GEOMETRIC for op in OPS])
     values = base[ops] * torch.where(geometric[ops], sign, torch.ones_like(sign))
-    return AugmentParams(hflip=flips[:, 0], vflip=flips[:, 1], ops=ops, values=values)
+    darkness = None
+    if config.darkness > 0:  # drawn last, so runs without it keep the same stream as before it existed
+        darkness = 1.0 + config.darkness * (2.0 * torch.rand(batch, generator=g) - 1.0)
+    return AugmentParams(hflip=flips[:, 0], vflip=flips[:, 1], ops=ops, values=values, darkness=darkness)
 
 
 def single_op_params(batch: int, op: str, value: float | torch.Tensor) -> AugmentParams:
@@ -238,6 +264,18 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(degenerate, x, factor)
 
 
+def darken(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale each image's optical density about its background: I_bg (I / I_bg)^factor.
+
+    I_bg is the image's per-channel median grey level (the background: tracks cover a small
+    part of a crop); pixels at 0 are treated as 0.5. Rounded and clipped to 0..255. ``factor`` (B,).
+    """
+    b, c = x.shape[:2]
+    bg = x.reshape(b, c, -1).median(dim=-1).values.clamp_(min=1.0).view(b, c, 1, 1)
+    f = factor.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    return (bg * (x.clamp(min=0.5) / bg).pow(f)).round_().clamp_(0, 255)
+
+
 _ENHANCE_FN = {"brightness": brightness, "contrast": contrast, "sharpness": sharpness}
 
 
@@ -268,6 +306,8 @@ def apply_params(crops: torch.Tensor, params: AugmentParams, *, fill: int = 0, i
         x = torch.where(h, x.flip(-1), x)
     if params.vflip.any():
         x = torch.where(v, x.flip(-2), x)
+    if params.darkness is not None:
+        x = darken(x, params.darkness)
     geometric_codes = torch.tensor([op in GEOMETRIC for op in OPS])
     for k in range(params.ops.shape[1]):
         ops, values = params.ops[:, k], params.values[:, k]
@@ -297,13 +337,13 @@ class Augmenter:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-        if self.config.n == 0 and not self.config.flips:
+        if self.config.n == 0 and not self.config.flips and self.config.darkness == 0:
             return crops
         params = draw_params(crops.shape[0], self.config, self.generator)
         return apply_params(crops, params, fill=self.config.fill, interpolation=self.config.interpolation)
 
 
 def augment(crops: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flips + RandAugment(N, M) with per-image draws; uint8 (B, S, S, 3) in and out."""
+    """Flips (+ darkness jitter) + RandAugment(N, M) with per-image draws; uint8 (B, S, S, 3) in and out."""
     params = draw_params(crops.shape[0], config, generator)
     return apply_params(crops, params, fill=config.fill, interpolation=config.interpolation)

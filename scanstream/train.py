@@ -106,6 +106,9 @@ class TrainConfig:
     (every group's rate decays per step from its base to 0 at the end of ``max_epochs``:
     :func:`lr_factor`; for short runs from random weights, where a constant rate leaves the
     model noisy from epoch to epoch).
+    ``darkness_jitter``: half-width of the per-image darkness augmentation
+    (:func:`scanstream.augment.darken`; 0, the paper: off); it covers development darkness
+    varying from sheet to sheet, when TRAIN comes from fewer sheets than the model will see.
     """
 
     train_store: str
@@ -116,6 +119,7 @@ class TrainConfig:
     pretrained: str = "none"
     n: int = 2
     m: int = 24
+    darkness_jitter: float = 0.0
     seed: int = 0
     max_epochs: int = 100
     batch_size: int = 96
@@ -143,7 +147,7 @@ class TrainConfig:
         return ModelConfig(backbone=self.backbone, input_size=self.input_size, pretrained=self.pretrained)
 
     def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(n=self.n, m=self.m)
+        return AugmentConfig(n=self.n, m=self.m, darkness=self.darkness_jitter)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from scanstream.errors import ConfigError
 
 #: flag dest -> TrainConfig field (flags left unset fall back to --config, then the defaults)
 _FIELDS = (
-    "backbone", "input_size", "pretrained", "n", "m", "seed", "max_epochs", "batch_size", "epoch_size", "lr",
-    "lr_schedule", "warmup_epochs", "device", "loader", "scheduler", "workers", "amp", "augment_on", "pos_weight",
+    "backbone", "input_size", "pretrained", "n", "m", "darkness_jitter", "seed", "max_epochs", "batch_size",
+    "epoch_size", "lr", "lr_schedule", "warmup_epochs", "device", "loader", "scheduler", "workers", "amp", "augment_on", "pos_weight",
     "unfreeze",
 )
 
@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or a weights file")
     p.add_argument("--n", type=int, help="RandAugment operations per image, 0..8 (default 2)")
     p.add_argument("--m", type=float, help="RandAugment magnitude, 0..30 (default 24)")
+    p.add_argument("--darkness-jitter", type=float, metavar="J",
+                   help="scale each crop's optical density about its background by a factor drawn in "
+                   "[1-J, 1+J] (sheet-to-sheet development; default 0, off, as in the paper)")
     p.add_argument("--seed", type=int, help="random seed (default 0); same seed, same device: same result")
     p.add_argument("--max-epochs", type=int, help="epoch limit (default 100)")
     p.add_argument("--batch-size", type=int, help="mini-batch size (default 96)")
