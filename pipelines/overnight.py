@@ -70,6 +70,7 @@ class DemoConfig:
     lr_schedule: str = "constant"
     n: int = 2
     m: int = 12
+    darkness_jitter: float = 0.0
     warmup_epochs: int = 1
     target_recall: float = 0.9
     gallery_top: int = 100
@@ -92,12 +93,13 @@ def load_demo_config(path: Path, **overrides: Any) -> DemoConfig:
     for name in ("train_objects", "valid_objects", "sheet_objects", "epochs", "batch_size", "workers", "gallery_top"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"demo {name} must be >= 1, got {getattr(cfg, name)}")
-    from scanstream.augment import parse_m, parse_n
+    from scanstream.augment import parse_darkness, parse_m, parse_n
     from scanstream.train import parse_lr_schedule
 
     try:
         parse_n(cfg.n)
         parse_m(cfg.m)
+        parse_darkness(cfg.darkness_jitter)
         parse_lr_schedule(cfg.lr_schedule)
     except ScanstreamError as exc:
         raise ConfigError(f"{path}: [demo] {exc}") from None
@@ -170,7 +172,7 @@ def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Pa
         train_store=str(stores["train"]), valid_store=str(stores["valid"]), out_dir=str(model_dir),
         backbone=cfg.backbone, input_size=cfg.input_size, pretrained="none", seed=cfg.seed,
         max_epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule,
-        warmup_epochs=cfg.warmup_epochs, n=cfg.n, m=cfg.m,
+        warmup_epochs=cfg.warmup_epochs, n=cfg.n, m=cfg.m, darkness_jitter=cfg.darkness_jitter,
         device="cpu", loader="local",
     )
     result = train(tc, progress=True)

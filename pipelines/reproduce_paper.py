@@ -69,6 +69,7 @@ class SearchSection:
     lr_schedule: str = "constant"
     warmup_epochs: int = 5
     epoch_size: int | None = None
+    darkness_jitter: float = 0.0
     pos_weight: bool = False
     unfreeze: bool = False
     device: str = "auto"
@@ -206,7 +207,8 @@ def stage_search(cfg: PipelineConfig, out: Path, stores: dict[str, Path]):
         ns=s.n, ms=s.m, seeds=s.seeds, test_store=str(stores["test"]), backbone=s.backbone,
         input_size=s.input_size, pretrained=s.pretrained, max_epochs=s.max_epochs, batch_size=s.batch_size,
         lr=s.lr, lr_schedule=s.lr_schedule, warmup_epochs=s.warmup_epochs, epoch_size=s.epoch_size,
-        pos_weight=s.pos_weight, unfreeze=s.unfreeze, device=s.device, threads=s.threads,
+        darkness_jitter=s.darkness_jitter, pos_weight=s.pos_weight, unfreeze=s.unfreeze, device=s.device,
+        threads=s.threads,
     )
     return run_search(config, scheduler=s.scheduler, workers=s.workers)
 

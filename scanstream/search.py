@@ -96,7 +96,7 @@ class SearchConfig:
     test_store : str or None
         Labelled store on which the best setting's models are measured.
     backbone, input_size, pretrained, max_epochs, batch_size, lr, lr_schedule, warmup_epochs, epoch_size,
-    pos_weight, unfreeze :
+    darkness_jitter, pos_weight, unfreeze :
         Passed to every trial's :class:`scanstream.train.TrainConfig`.
     device : str
         Device of each trial ("auto": a GPU when the worker has one).
@@ -123,6 +123,7 @@ class SearchConfig:
     lr_schedule: str = "constant"
     warmup_epochs: int = 5
     epoch_size: int | None = None
+    darkness_jitter: float = 0.0
     pos_weight: bool = False
     unfreeze: bool = False
     device: str = "auto"
@@ -140,9 +141,14 @@ class SearchConfig:
                 raise ConfigError(f"M (RandAugment magnitude) must be in 0..{MAX_MAGNITUDE}, got {m}")
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        from scanstream.augment import parse_darkness
         from scanstream.train import parse_lr_schedule
 
         parse_lr_schedule(self.lr_schedule)
+        try:
+            parse_darkness(self.darkness_jitter)
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
         if self.max_epochs < 1:
             raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.threads is not None and self.threads < 1:
@@ -166,6 +172,7 @@ class SearchConfig:
             "lr_schedule": self.lr_schedule,
             "warmup_epochs": self.warmup_epochs,
             "epoch_size": self.epoch_size,
+            "darkness_jitter": self.darkness_jitter,
             "pos_weight": self.pos_weight,
             "unfreeze": self.unfreeze,
             "device": self.device,

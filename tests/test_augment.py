@@ -1,4 +1,5 @@
-"""Flips + RandAugment: every operation at M = 0 and M = 30, per-image draws, determinism."""
+"""Flips + RandAugment: every operation at M = 0 and M = 30, per-image draws, determinism; the
+darkness jitter."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from scanstream.augment import (
     Augmenter,
     apply_params,
     augment,
+    darken,
     draw_params,
     op_value,
     single_op_params,
@@ -181,3 +183,58 @@ def test_refuses_float_or_non_square():
         augment(torch.zeros(2, 32, 32, 3), AugmentConfig())
     with pytest.raises(InputError, match="square"):
         augment(torch.zeros(2, 32, 40, 3, dtype=torch.uint8), AugmentConfig())
+
+
+# ---------------------------------------------------------------------------------------------
+# Darkness jitter
+
+
+def _beer_lambert(darkness: float, seed: int = 0, side: int = 48) -> np.ndarray:
+    """A crop as the renderer makes one: I = I0 exp(-darkness A), A zero on most of the crop."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((side, side, 3))
+    a[10:14, 5:40] = rng.uniform(0.5, 2.5, (4, 35, 3))  # a track
+    a[30:33, 20:23] = 1.0  # a grain
+    i0 = np.array([190.0, 185.0, 200.0])
+    return np.clip(np.round(i0 * np.exp(-darkness * a)), 0, 255).astype(np.uint8)
+
+
+def _darken(img: np.ndarray, factor: float) -> np.ndarray:
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    return darken(x, torch.tensor([factor]))[0].permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def test_darken_is_a_change_of_development_darkness():
+    """darken(image of darkness d, f) is the image of darkness f d (Beer-Lambert), background kept."""
+    img = _beer_lambert(1.0)
+    assert np.array_equal(_darken(img, 1.0), img)
+    for f in (0.7, 1.3):
+        got, want = _darken(img, f).astype(int), _beer_lambert(f).astype(int)
+        assert np.abs(got - want).max() <= 2
+        assert np.array_equal(got[40:, 40:], img[40:, 40:].astype(int))  # background unchanged
+    assert _darken(img, 0.7)[12, 20].mean() > img[12, 20].mean() > _darken(img, 1.3)[12, 20].mean()
+
+
+def test_darkness_factors_drawn_per_image_without_changing_the_other_draws():
+    base = draw_params(64, AugmentConfig(n=2, m=24), torch.Generator().manual_seed(0))
+    jit = draw_params(64, AugmentConfig(n=2, m=24, darkness=0.3), torch.Generator().manual_seed(0))
+    assert base.darkness is None
+    for name in ("hflip", "vflip", "ops", "values"):  # runs without the jitter keep their stream
+        assert torch.equal(getattr(base, name), getattr(jit, name))
+    d = jit.darkness
+    assert d.shape == (64,) and bool(((d >= 0.7) & (d <= 1.3)).all()) and len(set(d.tolist())) == 64
+    assert d.min() < 0.8 and d.max() > 1.2
+
+
+def test_darkness_jitter_alone_changes_images_differently():
+    batch = torch.from_numpy(np.repeat(_beer_lambert(1.0)[None], 8, axis=0))
+    aug = Augmenter(AugmentConfig(n=0, m=0, flips=False, darkness=0.3), seed=0)
+    out = aug(batch)
+    assert len({out[i].numpy().tobytes() for i in range(8)}) >= 6  # close factors can round alike
+    assert torch.equal(out[:, 40:, 40:], batch[:, 40:, 40:])
+
+
+@pytest.mark.parametrize("j", [-0.1, 0.95, True, "0.3"])
+def test_darkness_out_of_range(j):
+    with pytest.raises(InputError, match="darkness"):
+        AugmentConfig(darkness=j)

@@ -66,6 +66,7 @@ def fake(monkeypatch):
         lr_schedule: str = "constant"
         warmup_epochs: int = 5
         epoch_size: int | None = None
+        darkness_jitter: float = 0.0
         pos_weight: bool = False
         unfreeze: bool = False
         device: str = "auto"
@@ -83,6 +84,7 @@ def fake(monkeypatch):
         ck.write_bytes(f"{config.n}-{config.m}-{config.seed}".encode())
         calls["train"].append((config.n, config.m, config.seed))
         calls.setdefault("schedules", []).append(config.lr_schedule)
+        calls.setdefault("darkness", []).append(config.darkness_jitter)
         calls.setdefault("threads", []).append((config.workers, config.torch_threads))
         ap = fake_ap(config.n, config.m, config.seed)
         return types.SimpleNamespace(checkpoint=ck, history=[{"epoch": 0}], best_epoch=config.seed + 1,
@@ -172,23 +174,25 @@ def test_resume_with_other_settings_is_refused(stores, fake, client, tmp_path):
         sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), max_epochs=3), client=client, progress=False)
 
 
-def test_lr_schedule_reaches_trials_and_old_constant_trials_still_count(stores, fake, client, tmp_path):
+@pytest.mark.parametrize("name, calls_key, default, other", [("lr_schedule", "schedules", "constant", "cosine"),
+                                                          ("darkness_jitter", "darkness", 0.0, 0.3)])
+def test_option_reaches_trials_and_searches_written_before_it_existed_resume(stores, fake, client, tmp_path, name,
+                                                                            calls_key, default, other):
     cfg = config(stores, tmp_path / "s", ns=(1,), ms=(5,))
     sr.run_search(cfg, client=client, progress=False)
-    assert fake["schedules"] == ["constant", "constant"]
-    # a search written before lr_schedule existed (no such key anywhere) resumes without retraining
+    assert fake[calls_key] == [default, default]
+    # a search written before the option existed (no such key anywhere) resumes without retraining
     for f in [tmp_path / "s" / "search_config.json", *(tmp_path / "s" / "trials").glob("*/done.json")]:
         d = json.loads(f.read_text())
-        (d.get("shared") or d["identity"]["train_config"]).pop("lr_schedule", None)
+        (d.get("shared") or d["identity"]["train_config"]).pop(name, None)
         f.write_text(json.dumps(d))
     fake["train"].clear()
     assert sr.run_search(cfg, client=client, progress=False).trained == [] and fake["train"] == []
-    with pytest.raises(ConfigError, match="lr_schedule: 'constant' -> 'cosine'"):
-        sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), lr_schedule="cosine"), client=client,
+    with pytest.raises(ConfigError, match=f"{name}: {default!r} -> {other!r}"):
+        sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), **{name: other}), client=client,
                       progress=False)
-    sr.run_search(config(stores, tmp_path / "c", ns=(1,), ms=(5,), lr_schedule="cosine"), client=client,
-                  progress=False)
-    assert fake["train"] == [(1, 5, 0), (1, 5, 1)] and fake["schedules"][-2:] == ["cosine", "cosine"]
+    sr.run_search(config(stores, tmp_path / "c", ns=(1,), ms=(5,), **{name: other}), client=client, progress=False)
+    assert fake["train"] == [(1, 5, 0), (1, 5, 1)] and fake[calls_key][-2:] == [other, other]
 
 
 def test_failed_trial_reported_others_kept(stores, fake, client, tmp_path):
@@ -211,6 +215,7 @@ def test_failed_trial_reported_others_kept(stores, fake, client, tmp_path):
         ({"max_epochs": 0}, "max_epochs"),
         ({"threads": 0}, "threads"),
         ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"darkness_jitter": 0.95}, "darkness jitter"),
     ],
 )
 def test_bad_config(tmp_path, kw, match):

@@ -198,9 +198,11 @@ def test_crop_shapes_differ(stores, store_factory, tmp_path):
     _refused(_cfg((stores[0], odd), tmp_path / "r"), InputError, "crop shapes differ")
 
 
-@pytest.mark.parametrize("kw,match", [({"n": 9}, "N"), ({"n": -1}, "N"), ({"m": 31}, "M"), ({"m": -1}, "M")])
-def test_n_m_out_of_range(stores, tmp_path, kw, match):
-    _refused(_cfg(stores, tmp_path / "r", **kw), InputError, f"RandAugment {match}")
+@pytest.mark.parametrize("kw,match", [({"n": 9}, "RandAugment N"), ({"n": -1}, "RandAugment N"),
+                                      ({"m": 31}, "RandAugment M"), ({"m": -1}, "RandAugment M"),
+                                      ({"darkness_jitter": 1.5}, "darkness jitter")])
+def test_augmentation_out_of_range(stores, tmp_path, kw, match):
+    _refused(_cfg(stores, tmp_path / "r", **kw), InputError, match)
 
 
 def test_unwritable_out_dir(stores, tmp_path):
@@ -384,8 +386,9 @@ def test_cli_train(stores, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(out), "--backbone",
                "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "1", "--batch-size", "16",
-               "--epoch-size", "32", "--loader", "local", "--no-progress"])
+               "--epoch-size", "32", "--loader", "local", "--darkness-jitter", "0.2", "--no-progress"])
     assert rc == 0
+    assert json.loads((out / "config.json").read_text())["darkness_jitter"] == 0.2
     summary = json.loads(capsys.readouterr().out)
     assert summary["checkpoint"] == str(out / "model.safetensors") and summary["metrics"]["epochs_run"] == 1
     assert load_checkpoint(out / "model.safetensors").model_config.input_size == 32

@@ -346,7 +346,8 @@ def test_demo_config_errors(tmp_path):
     bad.write_text("[demo]\nsheet_objects = 0\n")
     with pytest.raises(ConfigError, match="sheet_objects"):
         pipe.load_demo_config(bad)
-    for line, match in (("n = 9", "N"), ("m = 31", "M"), ('lr_schedule = "step"', "lr_schedule")):
+    for line, match in (("n = 9", "N"), ("m = 31", "M"), ('lr_schedule = "step"', "lr_schedule"),
+                        ("darkness_jitter = 2", "darkness jitter")):
         bad.write_text(f"[demo]\n{line}\n")
         with pytest.raises((ConfigError, InputError), match=match):
             pipe.load_demo_config(bad)

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="constant (paper) or cosine: decay per step to 0 at --max-epochs")
     p.add_argument("--warmup-epochs", type=int, default=5, help="epochs before early stopping may act (default 5)")
     p.add_argument("--epoch-size", type=int, help="samples per epoch (default: the TRAIN store's size)")
+    p.add_argument("--darkness-jitter", type=float, default=0.0, metavar="J",
+                   help="per-image darkness augmentation, factors in [1-J, 1+J] (default 0: off, the paper)")
     p.add_argument("--pos-weight", action="store_true", help="weight the alpha class in the loss by the class ratio")
     p.add_argument("--unfreeze", action="store_true",
                    help="the authors' schedule: pretrained backbone frozen first, unfrozen in stages")
@@ -59,7 +61,7 @@ def run_search_cli(args: argparse.Namespace) -> int:
         backbone=args.backbone, input_size=args.input_size, pretrained=args.pretrained,
         max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs,
-        epoch_size=args.epoch_size, pos_weight=args.pos_weight, unfreeze=args.unfreeze,
+        epoch_size=args.epoch_size, darkness_jitter=args.darkness_jitter, pos_weight=args.pos_weight, unfreeze=args.unfreeze,
         device=args.device, threads=args.threads,
     )
     res = run_search(config, scheduler=args.scheduler, workers=args.workers)
