@@ -60,9 +60,8 @@ def run_search_cli(args: argparse.Namespace) -> int:
         test_store=str(args.test) if args.test else None,
         backbone=args.backbone, input_size=args.input_size, pretrained=args.pretrained,
         max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        epoch_size=args.epoch_size, darkness_jitter=args.darkness_jitter, pos_weight=args.pos_weight, unfreeze=args.unfreeze,
-        device=args.device, threads=args.threads,
+        warmup_epochs=args.warmup_epochs, epoch_size=args.epoch_size, darkness_jitter=args.darkness_jitter,
+        pos_weight=args.pos_weight, unfreeze=args.unfreeze, device=args.device, threads=args.threads,
     )
     res = run_search(config, scheduler=args.scheduler, workers=args.workers)
     print(f"trials: {len(res.trained)} trained, {len(res.resumed)} already finished")

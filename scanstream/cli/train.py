@@ -12,8 +12,8 @@ from scanstream.errors import ConfigError
 #: flag dest -> TrainConfig field (flags left unset fall back to --config, then the defaults)
 _FIELDS = (
     "backbone", "input_size", "pretrained", "n", "m", "darkness_jitter", "seed", "max_epochs", "batch_size",
-    "epoch_size", "lr", "lr_schedule", "warmup_epochs", "device", "loader", "scheduler", "workers", "amp", "augment_on", "pos_weight",
-    "unfreeze",
+    "epoch_size", "lr", "lr_schedule", "warmup_epochs", "device", "loader", "scheduler", "workers", "amp",
+    "augment_on", "pos_weight", "unfreeze",
 )
 
 
