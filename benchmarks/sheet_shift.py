@@ -21,46 +21,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-from sklearn.metrics import average_precision_score
-
+from scanstream import metrics as mt
 from scanstream.classify import score_store
 from scanstream.simulate.conditions import CONDITION_NAMES, draw_conditions
-from scanstream.store import open_store
+from scanstream.simulate.dataset import simulate_store
+from scanstream.store import is_store, open_store
 
 PHOTOMETRIC = ("darkness", "contrast", "brightness", "noise")
 
 
-def simulate(path: Path, args: argparse.Namespace, overrides: dict[str, float]) -> None:
-    if path.exists():
-        return
-    cmd = [sys.executable, "-m", "scanstream", "simulate", str(path), "--objects", str(args.objects),
-           "--alpha-fraction", str(args.alpha_fraction), "--sheet", args.sheet, "--seed", str(args.seed),
-           "--workers", str(args.workers)]
-    for name, value in overrides.items():
-        cmd += ["--condition", f"{name}={value!r}"]
-    subprocess.run(cmd, check=True, capture_output=True)
+def simulate(path: Path, args: argparse.Namespace, overrides: dict[str, float]):
+    """VALID's sheet with ``overrides``; a store already at ``path`` (an earlier run) is reused."""
+    if is_store(path):
+        return open_store(path)
+    return simulate_store(path, objects=args.objects, alpha_fraction=args.alpha_fraction, sheet=args.sheet,
+                          seed=args.seed, conditions=overrides, workers=args.workers)
 
 
-def measure(path: Path, models: list[str], recall: float) -> dict:
-    store = open_store(path)
+def measure(store, models: list[str], recall: float) -> dict:
     scores = score_store(store, models, device="cpu")
-    table = pq.read_table(path / "objects.parquet", columns=["label", "category"])
-    alpha = np.asarray(table["label"].to_pylist()) == 1
-    category = np.asarray(table["category"].to_pylist())
-    kept = int(np.ceil(recall * alpha.sum()))
-    cut = np.sort(scores[alpha])[::-1][kept - 1]
-    selected = scores >= cut
-    names, counts = np.unique(category[selected & ~alpha], return_counts=True)
-    return {"ap": round(float(average_precision_score(alpha, scores)), 4), "selected": int(selected.sum()),
-            "alpha_decays_selected": int((selected & alpha).sum()),
-            "false_positives": dict(zip(names.tolist(), counts.tolist(), strict=True))}
+    labels = store.labels
+    op = mt.operating_point_at_recall(labels, scores, recall)
+    categories = store.table.column("category").to_pylist()
+    return {"ap": round(mt.average_precision(labels, scores), 4), "selected": op.selected,
+            "alpha_decays_selected": op.true_positives,
+            "false_positives": mt.false_positives_by_category(labels, categories, scores >= op.threshold)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for label, overrides in variants.items():
             path = work / f"{args.sheet}_{args.seed}_{label.replace(' ', '_')}.zarr"
-            simulate(path, args, overrides)
+            store = simulate(path, args, overrides)
             changed = {k: {"from": round(target[k], 4), "to": round(v, 4)} for k, v in overrides.items()}
-            rows.append({"variant": label, "changed": changed, **measure(path, args.model, args.recall)})
+            rows.append({"variant": label, "changed": changed, **measure(store, args.model, args.recall)})
     print(json.dumps({"models": args.model, "sheet": args.sheet, "seed": args.seed, "from_sheet": args.from_sheet,
                       "from_seed": args.from_seed, "objects": args.objects, "recall": args.recall,
                       "variants": rows}, indent=1))

@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +180,11 @@ class SearchConfig:
         }
 
 
-#: Defaults of the search settings, read into records written before a setting existed.
-_SHARED_DEFAULTS = {f.name: f.default for f in fields(SearchConfig) if f.default is not MISSING}
+def _shared_defaults() -> dict[str, Any]:
+    """Defaults of the search settings, read into records written before a setting existed."""
+    from scanstream.train import field_defaults
+
+    return field_defaults(SearchConfig)
 
 
 def trial_key(n: int, m: int, seed: int) -> str:
@@ -204,7 +207,7 @@ def _same_identity(done: dict | None, train_config: dict, data: dict) -> bool:
     if done is None or "identity" not in done:
         return False
     old, new = done["identity"], _identity(train_config, data)
-    defaults = {k: v for k, v in _SHARED_DEFAULTS.items() if k in new["train_config"]}
+    defaults = {k: v for k, v in _shared_defaults().items() if k in new["train_config"]}
     return {**old, "train_config": {**defaults, **old.get("train_config", {})}} == new
 
 
@@ -436,7 +439,7 @@ def _check_config_file(out: Path, config: SearchConfig) -> None:
     shared = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "ns", "ms", "seeds", "test_store", "device",
                                                                     "threads", "score_batch_size")}
     if f.exists():
-        old = {**_SHARED_DEFAULTS, **json.loads(f.read_text()).get("shared", {})}  # fields added since
+        old = {**_shared_defaults(), **json.loads(f.read_text()).get("shared", {})}  # fields added since
         diff = {k: (old.get(k), v) for k, v in shared.items() if old.get(k) != v}
         if diff:
             raise ConfigError(

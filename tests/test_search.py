@@ -97,8 +97,9 @@ def fake(monkeypatch):
         rng = np.random.default_rng(seed)
         return (2.0 * (labels == 1) + rng.normal(0, 1, len(labels))).astype(np.float32)
 
-    monkeypatch.setitem(sys.modules, "scanstream.train", types.SimpleNamespace(TrainConfig=TrainConfig, train=train,
-                                                                              parse_lr_schedule=real_train.parse_lr_schedule))
+    monkeypatch.setitem(sys.modules, "scanstream.train", types.SimpleNamespace(
+        TrainConfig=TrainConfig, train=train, parse_lr_schedule=real_train.parse_lr_schedule,
+        field_defaults=real_train.field_defaults))
     monkeypatch.setitem(sys.modules, "scanstream.classify", types.SimpleNamespace(score_store=score_store))
     return calls
 
