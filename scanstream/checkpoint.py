@@ -28,11 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from scanstream.atomic import atomic_path
 from scanstream.errors import CheckpointError, InputError
+from scanstream.feature_model import FeatureModel
 from scanstream.model import ModelConfig, build_model, resolve_device
 
 CHECKPOINT_VERSION = 1
 METADATA_KEY = "scanstream"
+PREFILTER_PREFIX = "prefilter."
 #: A safetensors header larger than this is not one of ours (ours are a few tens of kB).
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 
@@ -54,6 +57,12 @@ class LoadedCheckpoint:
         Final metrics (VALID AP, loss, best epoch, ...).
     hash : str
         :func:`checkpoint_hash` of the file.
+    feature_model : FeatureModel or None
+        The fused network's feature model (tensors ``prefilter.*``): its logit is one of the
+        network's inputs, and with ``prefilter_threshold`` it is the cascade's first stage.
+    prefilter_threshold : float or None
+        Objects whose feature-model logit is below this are never shown to the network
+        (a cascade); None: every object is scored by the network.
     """
 
     model: nn.Module
@@ -62,6 +71,13 @@ class LoadedCheckpoint:
     data_hash: str
     metrics: dict
     hash: str
+    feature_model: FeatureModel | None = None
+    prefilter_threshold: float | None = None
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether scoring needs the picker's features from the store's object table."""
+        return self.feature_model is not None
 
 
 def checkpoint_hash(path: str | os.PathLike) -> str:
@@ -74,17 +90,6 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
     return h.hexdigest()[:16]
-
-
-def _umask_mode() -> int:
-    """0o666 less the process umask: the mode other written files get."""
-    try:  # Linux: read it without setting it (os.umask(0) would race files other threads create)
-        with open("/proc/self/status") as f:
-            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        mask = os.umask(0)
-        os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _json_ready(obj: Any, what: str) -> str:
@@ -102,6 +107,8 @@ def save_checkpoint(
     train_config: dict,
     data_hash: str,
     metrics: dict,
+    feature_model: FeatureModel | None = None,
+    prefilter_threshold: float | None = None,
 ) -> str:
     """Write ``model``'s weights and metadata to ``path`` atomically.
 
@@ -113,17 +120,24 @@ def save_checkpoint(
         The classifier (any device, any memory format; written as contiguous CPU tensors).
     model_config, train_config, data_hash, metrics
         Recorded in the header (see the module docstring).
+    feature_model : FeatureModel, optional
+        Required when ``model_config.inputs > 0`` (a fused network); stored as ``prefilter.*``
+        tensors with its metadata under ``feature_model``.
+    prefilter_threshold : float, optional
+        Makes the checkpoint a cascade (see :class:`LoadedCheckpoint`).
 
     Returns
     -------
     str
         :func:`checkpoint_hash` of the written file.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise InputError(f"{path}: a checkpoint file name must end in .safetensors")
+    if (model_config.inputs > 0) != (feature_model is not None):
+        raise InputError("a fused network (inputs > 0) is saved with its feature model, a pixels-only one without")
+    if prefilter_threshold is not None and feature_model is None:
+        raise InputError("a prefilter threshold needs a feature model")
     meta = {
         "scanstream_checkpoint": CHECKPOINT_VERSION,
         "model_config": model_config.to_dict(),
@@ -131,19 +145,17 @@ def save_checkpoint(
         "data_hash": str(data_hash),
         "metrics": dict(metrics),
     }
+    if feature_model is not None:
+        meta["feature_model"] = feature_model.info
+        meta["prefilter_threshold"] = None if prefilter_threshold is None else float(prefilter_threshold)
     header = {METADATA_KEY: _json_ready(meta, "metadata"), "format": "pt"}
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    if feature_model is not None:
+        state.update(feature_model.tensors(PREFILTER_PREFIX))
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=header)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # safetensors creates 0600 files; others read checkpoints
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return checkpoint_hash(path)
 
 
@@ -221,11 +233,24 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     except (InputError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad model config in checkpoint: {exc}") from None
     dev = resolve_device(device)
-    model = build_model(ModelConfig(backbone=config.backbone, input_size=config.input_size, pretrained="none"))
+    model = build_model(ModelConfig(backbone=config.backbone, input_size=config.input_size, inputs=config.inputs))
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable safetensors tensors: {exc}") from None
+    fm_tensors = {k: state.pop(k) for k in [k for k in state if k.startswith(PREFILTER_PREFIX)]}
+    feature_model, prefilter = None, None
+    if config.inputs:
+        if not isinstance(meta.get("feature_model"), dict):
+            raise CheckpointError(f"{path}: a fused network's checkpoint lacks its feature model metadata")
+        feature_model = FeatureModel.from_tensors(
+            {k: v.numpy() for k, v in fm_tensors.items()}, meta["feature_model"], prefix=PREFILTER_PREFIX, source=str(path)
+        )
+        prefilter = meta.get("prefilter_threshold")
+        if prefilter is not None and not isinstance(prefilter, (int, float)):
+            raise CheckpointError(f"{path}: prefilter_threshold {prefilter!r} is not a number")
+    elif fm_tensors:
+        raise CheckpointError(f"{path}: a pixels-only checkpoint holding prefilter tensors")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -239,6 +264,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         data_hash=meta["data_hash"],
         metrics=meta["metrics"],
         hash=checkpoint_hash(path),
+        feature_model=feature_model,
+        prefilter_threshold=None if prefilter is None else float(prefilter),
     )
 
 
@@ -266,14 +293,8 @@ def save_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch
             tensors[f"optim.{idx}.{name}"] = t.detach().to("cpu").contiguous()
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
     meta = {STATE_KEY: _json_ready({"state": state, "param_groups": groups}, "training state"), "format": "pt"}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_train_state(path: str | os.PathLike) -> dict | None:

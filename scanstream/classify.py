@@ -110,10 +110,11 @@ def score_store(
     ndarray, float32 (n,)
         Row i is crop i's mean logit.
     """
-    from scanstream.inference import Ensemble, check_crops, score_range
+    from scanstream.inference import Ensemble, check_crops, check_features, score_range
 
     _check_batch_size(batch_size)
     check_crops(store)
+    check_features(checkpoints, [store])
     ensemble = Ensemble(list(checkpoints), device=device, precision=precision)
     bar = _bar(store.n, f"score {store.path.name}", progress)
     try:
@@ -286,7 +287,7 @@ def classify(
     StoreError, CheckpointError, InputError
         A store or checkpoint that cannot be used, or ``out`` holds another run's table.
     """
-    from scanstream.inference import checkpoint_identity, resolve_device, resolve_precision
+    from scanstream.inference import check_features, checkpoint_identity, resolve_device, resolve_precision
     from scanstream.threshold import check_models, load_threshold
 
     t0 = time.perf_counter()
@@ -305,6 +306,7 @@ def classify(
         record = load_threshold(threshold)
         check_models(record, hashes, source=str(threshold))
     opened = _open_stores(stores)
+    check_features(checkpoints, list(opened.values()))
     out = Path(out)
 
     if scheduler is None:

@@ -34,11 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from scanstream import store as st
 from scanstream.cluster import tune_malloc, worker_settings
 from scanstream.errors import CheckpointError, InputError, PipelineError, StoreError
+from scanstream.feature_model import LOGIT_SCALE, FeatureModel, model_inputs
+from scanstream.features import feature_array
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +93,29 @@ def checkpoint_identity(path: str | os.PathLike) -> str:
     return checkpoint_hash(path)
 
 
+def check_features(checkpoints: Sequence[str | os.PathLike], stores: Sequence[st.CropStore]) -> None:
+    """Refuse, before any work, a store whose object table lacks what a model reads.
+
+    A fused network or cascade (checkpoint ``model_config.inputs > 0``) reads the picker's
+    multiplicity and prong lengths from the store's object table.
+
+    Raises
+    ------
+    InputError
+        Names the store, the checkpoint and what is missing.
+    """
+    from scanstream.checkpoint import read_header
+
+    fused = [c for c in checkpoints if read_header(c)["model_config"].get("inputs", 0)]
+    if not fused:
+        return
+    for store in stores:
+        try:
+            feature_array(store.table, source=str(store.path))
+        except InputError as exc:
+            raise InputError(f"{exc} (model {fused[0]} is a fused network)") from None
+
+
 # -- the device engine --------------------------------------------------------------------
 class Ensemble:
     """Checkpoints loaded on one device; :meth:`score` gives the mean logit per crop.
@@ -124,6 +150,8 @@ class Ensemble:
         self.models: list[torch.nn.Module] = []
         self.input_sizes: list[int] = []
         self.hashes: list[str] = []
+        self.feature_models: list[FeatureModel | None] = []
+        self.prefilters: list[float | None] = []
         for i, path in enumerate(checkpoints):
             ck = load_checkpoint(path, device=self.device)
             if expected_hashes is not None and ck.hash != expected_hashes[i]:
@@ -131,14 +159,46 @@ class Ensemble:
             self.models.append(ck.model.to(memory_format=torch.channels_last).eval())
             self.input_sizes.append(ck.model_config.input_size)
             self.hashes.append(ck.hash)
+            self.feature_models.append(ck.feature_model)
+            self.prefilters.append(ck.prefilter_threshold)
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether some model reads the picker's features (the store's table must carry them)."""
+        return any(fm is not None for fm in self.feature_models)
+
+    def object_inputs(self, table: pa.Table, *, source: str = "object table") -> list[ObjectInputs | None]:
+        """Per model, what it reads from the object table's rows besides the crops (None: nothing).
+
+        Raises
+        ------
+        InputError
+            A model reads the picker's features and ``table`` lacks them (names ``source``).
+        """
+        out: list[ObjectInputs | None] = []
+        cache: dict[int, ObjectInputs] = {}
+        for fm, pre in zip(self.feature_models, self.prefilters, strict=True):
+            if fm is None:
+                out.append(None)
+                continue
+            key = id(fm)
+            if key not in cache:
+                inputs = model_inputs(table, fm, source=source)
+                cache[key] = ObjectInputs(inputs, inputs[:, -1] * LOGIT_SCALE, pre)
+            out.append(cache[key] if cache[key].prefilter == pre else ObjectInputs(cache[key].inputs, cache[key].logits, pre))
+        return out
 
     @torch.inference_mode()
-    def score(self, crops: torch.Tensor | np.ndarray) -> np.ndarray:
+    def score(self, crops: torch.Tensor | np.ndarray, objects: Sequence[ObjectInputs | None] | None = None) -> np.ndarray:
         """Mean logit over the ensemble.
 
         Parameters
         ----------
         crops : uint8 (B, 224, 224, 3), NHWC, tensor (any device) or ndarray
+        objects : list, optional
+            :meth:`object_inputs` of these B rows (sliced with :meth:`ObjectInputs.rows`);
+            required when some model reads the picker's features. A cascade's model runs only
+            on the rows its prefilter keeps; the others get the feature model's logit.
 
         Returns
         -------
@@ -147,15 +207,50 @@ class Ensemble:
         from scanstream.model import preprocess
 
         x = torch.as_tensor(crops).to(self.device, non_blocking=True)
+        if objects is None:
+            if self.reads_features:
+                raise InputError("these models read the picker's features; pass the rows' object inputs")
+            objects = [None] * len(self.models)
         total = torch.zeros(x.shape[0], dtype=torch.float32, device=self.device)
-        inputs: dict[int, torch.Tensor] = {}
+        prepared: dict[tuple[int, bytes], torch.Tensor] = {}
         bf16 = self.precision == "bf16"
-        for model, size in zip(self.models, self.input_sizes, strict=True):
-            if size not in inputs:  # models sharing an input size share its preprocessing
-                inputs[size] = preprocess(x, size).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                total += model(inputs[size]).float()
+        for model, size, obj in zip(self.models, self.input_sizes, objects, strict=True):
+            keep = None if obj is None or obj.prefilter is None else obj.logits >= obj.prefilter
+            if keep is not None and not keep.any():  # the prefilter rejects every row: no image work
+                total += torch.from_numpy(obj.logits.astype(np.float32)).to(self.device)
+                continue
+            key = (size, b"" if keep is None else np.packbits(keep).tobytes())
+            if key not in prepared:  # models sharing an input size (and rows) share its preprocessing
+                rows = x if keep is None else x[torch.from_numpy(keep).to(x.device)]
+                prepared[key] = preprocess(rows, size).contiguous(memory_format=torch.channels_last)
+            if obj is None:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    total += model(prepared[key]).float()
+                continue
+            out = torch.from_numpy(obj.logits.astype(np.float32)).to(self.device)
+            sel = torch.ones(x.shape[0], dtype=torch.bool) if keep is None else torch.from_numpy(keep)
+            if bool(sel.any()):
+                f = torch.from_numpy(obj.inputs[sel.numpy()]).to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out[sel.to(self.device)] = model(prepared[key], f).float()
+            total += out
         return (total / len(self.models)).cpu().numpy().astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ObjectInputs:
+    """One model's per-object inputs for a run of rows.
+
+    ``inputs`` float32 (n, k) (:func:`scanstream.feature_model.model_inputs`), ``logits``
+    float32 (n,) the feature model's logits, ``prefilter`` the cascade threshold or None.
+    """
+
+    inputs: np.ndarray
+    logits: np.ndarray
+    prefilter: float | None
+
+    def rows(self, a: int, b: int) -> ObjectInputs:
+        return ObjectInputs(self.inputs[a:b], self.logits[a:b], self.prefilter)
 
 
 # -- reading a store range ----------------------------------------------------------------
@@ -295,11 +390,16 @@ def score_range(
         return crops, (t.pin_memory() if pin else t)
 
     out = np.empty(stop - start, np.float32)
+    objects = None
+    if ensemble.reads_features:
+        objects = ensemble.object_inputs(store.table.slice(start, stop - start), source=str(store.path))
 
     def score_block(a: int, b: int, crops: torch.Tensor) -> None:
         for j in range(0, b - a, batch_size):
             k = min(j + batch_size, b - a)
-            out[a - start + j : a - start + k] = ensemble.score(crops[j:k])
+            lo, hi = a - start + j, a - start + k
+            rows = None if objects is None else [None if o is None else o.rows(lo, hi) for o in objects]
+            out[lo:hi] = ensemble.score(crops[j:k], rows)
         if on_batch is not None:
             on_batch(b - a)
 

@@ -47,6 +47,8 @@ BACKBONES: tuple[str, ...] = tuple(_BACKBONES)
 
 #: The paper's hidden widths of the head (2048 -> 256 -> 32 -> 1 for ResNet50).
 HEAD_WIDTHS = (256, 32)
+#: Width of the fused network's per-object feature encoding.
+FUSION_WIDTH = 64
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_INPUT_SIZE = 32
@@ -67,17 +69,24 @@ class ModelConfig:
     pretrained : str
         ``"none"`` (random initialisation), ``"imagenet"`` (torchvision's cache) or a local
         weights file path.
+    inputs : int
+        Numbers per object the network reads beside the pixels: 0 (pixels only, the paper) or
+        :data:`scanstream.feature_model.N_MODEL_INPUTS` (the fused network: the picker's
+        features and the feature model's logit, read from the store's object table).
     """
 
     backbone: str = "resnet50"
     input_size: int = 224
     pretrained: str = "none"
+    inputs: int = 0
 
     def __post_init__(self) -> None:
         parse_backbone(self.backbone)
         parse_input_size(self.input_size)
         if not isinstance(self.pretrained, str) or not self.pretrained:
             raise InputError(f"pretrained must be 'none', 'imagenet' or a weights file path, got {self.pretrained!r}")
+        if isinstance(self.inputs, bool) or not isinstance(self.inputs, int) or not 0 <= self.inputs <= 64:
+            raise InputError(f"inputs (per-object numbers beside the pixels) must be an integer in 0..64, got {self.inputs!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,7 +94,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Build from a dict (checkpoint metadata); unknown keys are an error."""
-        unknown = set(d) - {"backbone", "input_size", "pretrained"}
+        unknown = set(d) - {"backbone", "input_size", "pretrained", "inputs"}
         if unknown:
             raise InputError(f"model config has unknown keys {sorted(unknown)}")
         return cls(**d)
@@ -130,14 +139,30 @@ class Classifier(nn.Module):
     ``forward(x)``: float (B, 3, S, S), already :func:`preprocess`-ed -> logits float (B,).
     The torchvision module is kept whole as ``self.net`` (its final layer replaced), so state
     dict keys are torchvision's with a ``net.`` prefix.
+
+    With ``inputs > 0`` it is the fused network (beyond the paper): ``forward(x, f)`` also takes
+    float (B, inputs) per-object numbers (:func:`scanstream.feature_model.model_inputs`); a
+    small MLP (``inputs -> 64 -> 64``) encodes them, and the paper's head reads the backbone's
+    pooled features and that encoding side by side (late fusion). The image branch then learns
+    what the picker's numbers do not say (how black and thick each prong is, what crosses the
+    vertex), and the feature branch carries what the crop's three focal planes cannot show
+    (lengths of steep prongs measured through the whole stack).
     """
 
-    def __init__(self, backbone: str) -> None:
+    def __init__(self, backbone: str, inputs: int = 0) -> None:
         super().__init__()
         ctor, _, features = _BACKBONES[parse_backbone(backbone)]
         self.backbone_name = backbone
+        self.inputs = inputs
         self.net = ctor(weights=None)
-        self._set_head(make_head(features))
+        if inputs:
+            self._set_head(nn.Identity())
+            self.feature_net = nn.Sequential(
+                nn.Linear(inputs, FUSION_WIDTH), nn.ReLU(inplace=True), nn.Linear(FUSION_WIDTH, FUSION_WIDTH), nn.ReLU(inplace=True)
+            )
+            self.fusion_head = make_head(features + FUSION_WIDTH)
+        else:
+            self._set_head(make_head(features))
         # torchvision's MobileNetV3 uses BatchNorm momentum 0.01, tuned for ImageNet's ~10^6
         # steps: after the few hundred steps of a crop-store run its running statistics are
         # still near their initial values and the eval-mode network outputs a constant. PyTorch's
@@ -154,10 +179,18 @@ class Classifier(nn.Module):
 
     @property
     def head(self) -> nn.Module:
+        if self.inputs:
+            return nn.ModuleList([self.feature_net, self.fusion_head])
         return self.net.fc if self.backbone_name.startswith("resnet") else self.net.classifier
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).reshape(-1)
+    def forward(self, x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.inputs:
+            return self.net(x).reshape(-1)
+        if f is None or f.ndim != 2 or f.shape != (x.shape[0], self.inputs):
+            got = None if f is None else tuple(f.shape)
+            raise InputError(f"the fused network needs per-object inputs of shape ({x.shape[0]}, {self.inputs}), got {got}")
+        emb = self.net(x).flatten(1)
+        return self.fusion_head(torch.cat([emb, self.feature_net(f.to(emb.dtype))], dim=1)).reshape(-1)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -175,7 +208,7 @@ def build_model(config: ModelConfig) -> nn.Module:
         or ``"imagenet"`` and torchvision's cache lacks the weights file (the message names
         the path to place it at).
     """
-    model = Classifier(config.backbone)
+    model = Classifier(config.backbone, config.inputs)
     if config.pretrained != "none":
         state = _pretrained_state(config)
         _load_backbone_state(model, state, source=config.pretrained)
@@ -253,8 +286,8 @@ def _load_backbone_state(model: Classifier, state: dict[str, torch.Tensor], *, s
     A state dict holding this head's keys too (a scanstream checkpoint) loads whole.
     """
     own = model.state_dict()
-    state = {(k if k.startswith("net.") else f"net.{k}"): v for k, v in state.items()}
-    head_keys = {k for k in own if k.startswith(("net.fc.", "net.classifier."))}
+    state = {(k if k.startswith(("net.", "feature_net.", "fusion_head.")) else f"net.{k}"): v for k, v in state.items()}
+    head_keys = {k for k in own if k.startswith(("net.fc.", "net.classifier.", "feature_net.", "fusion_head."))}
     backbone_keys = set(own) - head_keys
     missing = sorted(backbone_keys - set(state))
     if missing:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from scanstream.augment import AugmentConfig, Augmenter
-from scanstream.checkpoint import load_train_state, read_train_state, save_checkpoint, save_train_state
+from scanstream.checkpoint import checkpoint_hash, load_train_state, read_train_state, save_checkpoint, save_train_state
 from scanstream.dataload import (
     DEFAULT_BLOCK_CROPS,
     LOADERS,
@@ -47,6 +47,15 @@ from scanstream.dataload import (
     threads_beside_loader,
 )
 from scanstream.errors import ConfigError, InputError, ScanstreamError
+from scanstream.feature_model import (
+    LOGIT_SCALE,
+    N_MODEL_INPUTS,
+    FeatureModel,
+    load_feature_model,
+    model_inputs,
+    prefilter_threshold,
+)
+from scanstream.features import feature_array
 from scanstream.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
 from scanstream.sampling import BalancedSampler, class_counts
 from scanstream.sampling import pos_weight as class_pos_weight
@@ -106,6 +115,13 @@ class TrainConfig:
     (every group's rate decays per step from its base to 0 at the end of ``max_epochs``:
     :func:`lr_factor`; for short runs from random weights, where a constant rate leaves the
     model noisy from epoch to epoch).
+    ``feature_model``: a feature model file (``scanstream baseline --learned --save-model``);
+    when given, the network is the fused one (:class:`scanstream.model.Classifier` with
+    per-object inputs: the picker's features and the feature model's logit, read from each
+    store's object table), the checkpoint carries the feature model, and when the feature
+    model has a calibrated prefilter the checkpoint is a cascade: training draws only the
+    objects the prefilter keeps, and validation scores the others by the feature model alone,
+    as inference will.
     ``darkness_jitter``: half-width of the per-image darkness augmentation
     (:func:`scanstream.augment.darken`; 0, the paper: off); it covers development darkness
     varying from sheet to sheet, when TRAIN comes from fewer sheets than the model will see.
@@ -142,9 +158,11 @@ class TrainConfig:
     ahead: int = 3
     block_crops: int = DEFAULT_BLOCK_CROPS
     torch_threads: int | None = None
+    feature_model: str | None = None
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(backbone=self.backbone, input_size=self.input_size, pretrained=self.pretrained)
+        inputs = N_MODEL_INPUTS if self.feature_model else 0
+        return ModelConfig(backbone=self.backbone, input_size=self.input_size, pretrained=self.pretrained, inputs=inputs)
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(n=self.n, m=self.m, darkness=self.darkness_jitter)
@@ -273,6 +291,10 @@ def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
     valid_store = open_store(config.valid_store)
     _labelled(train_store, "train")
     _labelled(valid_store, "valid")
+    if config.feature_model:
+        load_feature_model(config.feature_model)
+        for store in (train_store, valid_store):
+            feature_array(store.table, source=str(store.path))
     if train_store.crops.shape[1:] != valid_store.crops.shape[1:]:
         raise InputError(
             f"crop shapes differ: {train_store.path} has {tuple(train_store.crops.shape[1:])}, "
@@ -368,6 +390,35 @@ class TrainRun:
     sampler: BalancedSampler
     pos_weight: torch.Tensor | None
     workers: int
+    features: RunFeatures | None = None
+
+
+@dataclass(frozen=True)
+class RunFeatures:
+    """The fused network's per-object inputs for both stores, and the cascade's prefilter.
+
+    ``train_inputs`` float32 (n_train, k) tensor, ``valid_inputs`` float32 (n_valid, k) ndarray
+    (:func:`scanstream.feature_model.model_inputs`); ``valid_rejected`` bool (n_valid,): rows
+    the prefilter rejects (scored by the feature model's logit, never by the network).
+    """
+
+    model: FeatureModel
+    prefilter: float | None
+    train_inputs: torch.Tensor
+    valid_inputs: np.ndarray
+    valid_logits: np.ndarray
+    valid_rejected: np.ndarray
+    train_kept: np.ndarray
+
+    @classmethod
+    def build(cls, model: FeatureModel, train_store: CropStore, valid_store: CropStore) -> RunFeatures:
+        prefilter = prefilter_threshold(model)
+        tin = model_inputs(train_store.table, model, source=str(train_store.path))
+        vin = model_inputs(valid_store.table, model, source=str(valid_store.path))
+        t_logits, v_logits = tin[:, -1] * LOGIT_SCALE, vin[:, -1] * LOGIT_SCALE
+        keep_t = np.ones(len(tin), bool) if prefilter is None else t_logits >= prefilter
+        rejected_v = np.zeros(len(vin), bool) if prefilter is None else v_logits < prefilter
+        return cls(model, prefilter, torch.from_numpy(tin), vin, v_logits, rejected_v, keep_t)
 
 
 def _to_input(run: TrainRun, crops: np.ndarray, augmenter: Augmenter | None) -> torch.Tensor:
@@ -401,10 +452,10 @@ def train_stream(run: TrainRun, epoch: int) -> BlockStream:
     )
 
 
-def train_step(run: TrainRun, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One Adam step on a prepared batch; returns the (detached) mean loss."""
+def train_step(run: TrainRun, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
+    """One Adam step on a prepared batch (``f``: the fused network's inputs); returns the mean loss."""
     with _autocast(run.device, run.amp):
-        logits = run.model(x)
+        logits = run.model(x) if f is None else run.model(x, f)
     loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=run.pos_weight)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -429,11 +480,12 @@ def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = N
     for step, (idx, crops) in enumerate(rebatch(iter(stream), cfg.batch_size, drop_last=True)):
         x = _to_input(run, crops, augmenter)
         y = run.train_labels[torch.from_numpy(idx)].to(run.device, non_blocking=True)
+        f = None if run.features is None else run.features.train_inputs[torch.from_numpy(idx)].to(run.device)
         if cfg.lr_schedule != "constant":
             factor = lr_factor(cfg.lr_schedule, epoch, step, n_batches, cfg.max_epochs)
             for group in run.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-        loss = train_step(run, x, y)
+        loss = train_step(run, x, y, f)
         total += loss * len(idx)  # accumulated on the device: no sync per step
         count += len(idx)
         if bar is not None:
@@ -464,8 +516,14 @@ def evaluate(run: TrainRun) -> tuple[float, float, np.ndarray]:
     logits = np.empty(store.n, dtype=np.float32)
     for idx, crops in rebatch(iter(stream), cfg.batch_size, drop_last=False):
         with _autocast(run.device, run.amp):
-            out = run.model(_to_input(run, crops, None))
+            if run.features is None:
+                out = run.model(_to_input(run, crops, None))
+            else:
+                out = run.model(_to_input(run, crops, None), torch.from_numpy(run.features.valid_inputs[idx]).to(run.device))
         logits[idx] = out.float().cpu().numpy()
+    if run.features is not None:  # a cascade: what the prefilter rejects keeps the feature model's logit
+        rej = run.features.valid_rejected
+        logits[rej] = run.features.valid_logits[rej]
     keep = run.valid_labels >= 0
     y = run.valid_labels[keep].astype(np.float32)
     scores = logits[keep]
@@ -591,7 +649,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     rt = resolve_runtime(config)
     device, amp, augment_on, workers, threads = rt.device, rt.amp, rt.augment_on, rt.workers, rt.threads
     _set_threads(rt)
-    labels = train_store.labels
+    features = None
+    if config.feature_model:
+        features = RunFeatures.build(load_feature_model(config.feature_model), train_store, valid_store)
+    labels = _training_labels(train_store, features)
     epoch_size = config.epoch_size or int((labels >= 0).sum())
     dhash = data_hash(train_store, valid_store)
     resolved = _resolved(
@@ -599,7 +660,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         resolved={"device": str(device), "amp": "bf16" if amp else "off", "augment_on": augment_on, "workers": workers,
                   "torch_threads": threads if device.type == "cpu" else None, "epoch_size": epoch_size,
                   "data_hash": dhash, "torch": torch.__version__, "train_counts": class_counts(labels),
-                  "valid_counts": class_counts(valid_store.labels)},
+                  "valid_counts": class_counts(valid_store.labels), **_feature_record(config, features)},
     )
     state_path = out / STATE_FILE
     saved = read_train_state(state_path) if state_path.exists() else None
@@ -631,7 +692,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         optimizer = _build_optimizer(model, config, 0)
     stopped = False
     with open_executor(config.loader, scheduler=config.scheduler, workers=workers) as executor:
-        run = make_run(config, rt, executor, train_store, valid_store, model, optimizer)
+        run = make_run(config, rt, executor, train_store, valid_store, model, optimizer, features=features)
         next_stream = None
         for epoch in range(start_epoch, config.max_epochs):
             if config.unfreeze and epoch in config.unfreeze_epochs:
@@ -653,7 +714,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             if is_best:
                 metrics = _metrics(history, stopper, epochs_run=epoch + 1, stopped=False)
                 save_checkpoint(out / CHECKPOINT_FILE, model, model_config=config.model_config(), train_config=resolved,
-                                data_hash=dhash, metrics=metrics)
+                                data_hash=dhash, metrics=metrics, **_cascade(features))
             stopped = stop
             write_history(history, out)
             save_train_state(state_path, model, run.optimizer, {
@@ -679,12 +740,41 @@ def _set_threads(rt: Runtime) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+def _training_labels(train_store: CropStore, features: RunFeatures | None) -> np.ndarray:
+    """TRAIN's labels, with the rows a cascade's prefilter rejects unlabelled (-1: never drawn)."""
+    labels = train_store.labels
+    if features is not None and not features.train_kept.all():
+        labels = np.where(features.train_kept, labels, -1).astype(labels.dtype)
+        _check_classes(labels, f"{train_store.path} (objects the prefilter keeps)")
+    return labels
+
+
+def _check_classes(labels: np.ndarray, what: str) -> None:
+    pos, neg = class_counts(labels)
+    if pos == 0 or neg == 0:
+        raise InputError(f"{what}: one class only ({pos} alpha, {neg} other); training needs both")
+
+
+def _feature_record(config: TrainConfig, features: RunFeatures | None) -> dict[str, Any]:
+    if features is None:
+        return {}
+    return {"feature_model_hash": checkpoint_hash(config.feature_model), "prefilter_threshold": features.prefilter,
+            "train_kept": int(features.train_kept.sum()), "valid_rejected": int(features.valid_rejected.sum())}
+
+
+def _cascade(features: RunFeatures | None) -> dict[str, Any]:
+    """save_checkpoint's feature model and prefilter arguments."""
+    if features is None:
+        return {}
+    return {"feature_model": features.model, "prefilter_threshold": features.prefilter}
+
+
 def make_run(
     config: TrainConfig, rt: Runtime, executor: Any, train_store: CropStore, valid_store: CropStore,
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, features: RunFeatures | None = None,
 ) -> TrainRun:
     """Bundle what :func:`train_one_epoch` and :func:`evaluate` need (benchmarks build runs too)."""
-    labels = train_store.labels
+    labels = _training_labels(train_store, features)
     epoch_size = config.epoch_size or int((labels >= 0).sum())
     return TrainRun(
         config=config, model=model, optimizer=optimizer, device=rt.device, amp=rt.amp, augment_on=rt.augment_on,
@@ -692,7 +782,7 @@ def make_run(
         train_labels=torch.from_numpy(labels.astype(np.float32)), valid_labels=valid_store.labels,
         sampler=BalancedSampler(labels=labels, num_samples=epoch_size, seed=config.seed),
         pos_weight=torch.tensor(class_pos_weight(labels), device=rt.device) if config.pos_weight else None,
-        workers=rt.workers,
+        workers=rt.workers, features=features,
     )
 
 
@@ -726,7 +816,8 @@ def _finalise_checkpoint(out: Path, history, stopper, stopped, config, resolved,
     metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped)
     if ckpt.metrics != metrics:
         save_checkpoint(out / CHECKPOINT_FILE, ckpt.model, model_config=config.model_config(), train_config=resolved,
-                        data_hash=dhash, metrics=metrics)
+                        data_hash=dhash, metrics=metrics, feature_model=ckpt.feature_model,
+                        prefilter_threshold=ckpt.prefilter_threshold)
 
 
 def _result(out: Path, history: list[dict], stopper: EarlyStopping, *, stopped: bool) -> TrainResult:

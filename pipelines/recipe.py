@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""The shipped CPU recipe: feature model, cascade prefilter, fresh simulated pools, fused network.
+
+Usage::
+
+    python pipelines/recipe.py --config pipelines/recipe.toml --out OUT [--stages features,pool,train,holdout]
+
+Stages (each resumes: finished outputs are found and kept):
+
+    features  features-only sheets (no images); the feature model (boosted trees on the picker's
+              features, ``scanstream.feature_model``) fitted on all but the last
+              ``calibration_sheets`` sheets, whose objects calibrate the prefilter threshold at
+              ``prefilter_recall``: OUT/feature_model.safetensors
+    pool      TRAIN and VALID pools: every object of many sheets (each of its own conditions)
+              planned, its features computed, and only what the prefilter keeps rendered:
+              OUT/train_pool.zarr, OUT/valid_pool.zarr
+    train     the fused network (image + features) on the pools: OUT/run/model.safetensors, a
+              cascade (objects the prefilter rejects are never shown to it)
+    holdout   the held-out full-size sheet simulated (a name and seed no stage above used) and the
+              comparison written by ``benchmarks/holdout.py``: OUT/holdout/
+
+The held-out sheet is read only by the last stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from scanstream.errors import ConfigError, ScanstreamError
+from scanstream.feature_model import (
+    calibrate_prefilter,
+    fit_feature_model,
+    load_feature_model,
+    prefilter_threshold,
+    save_feature_model,
+)
+from scanstream.simulate.dataset import iter_simulated, plan_sheet
+from scanstream.simulate.pool import pool_sheets, simulate_pool
+
+logger = logging.getLogger("scanstream.pipelines.recipe")
+STAGES = ("features", "pool", "train", "holdout")
+SECTIONS = {
+    "features": {"sheets", "objects_per_sheet", "alpha_fraction", "calibration_sheets", "prefilter_recall"},
+    "pool": {"train_sheets", "valid_sheets", "objects_per_sheet", "alpha_fraction"},
+    "holdout": {"sheet", "seed", "objects", "alpha"},
+}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read recipe config: {exc}") from None
+    unknown = set(cfg) - {"seed", "workers", "train", *SECTIONS}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    for name, keys in SECTIONS.items():
+        missing, extra = keys - set(cfg.get(name, {})), set(cfg.get(name, {})) - keys
+        if missing or extra:
+            raise ConfigError(f"{path}: [{name}] needs exactly {sorted(keys)}; missing {sorted(missing)}, unknown {sorted(extra)}")
+    return cfg
+
+
+def features_table(prefix: str, sheets: range, cfg: dict, seed: int, workers: int) -> pa.Table:
+    """Features-only tables of the named sheets, concatenated."""
+    conds = pool_sheets(prefix, max(sheets) + 1, seed)
+    parts = []
+    for i in sheets:
+        name = f"{prefix}{i:02d}"
+        plans = plan_sheet(cfg["objects_per_sheet"], cfg["alpha_fraction"], name, seed)
+        parts += [t for _, t in iter_simulated(plans, {name: conds[name]}, workers=workers, render=False, batch=2048)]
+    return pa.concat_tables(parts)
+
+
+def stage_features(cfg: dict, out: Path) -> Path:
+    path = out / "feature_model.safetensors"
+    if path.exists():
+        logger.info("features: %s exists", path)
+        return path
+    f, seed, workers = cfg["features"], cfg["seed"], cfg["workers"]
+    n_fit = f["sheets"] - f["calibration_sheets"]
+    if n_fit < 1 or f["calibration_sheets"] < 1:
+        raise ConfigError(f"[features] needs at least one fitting and one calibration sheet, got {f['sheets']} and {f['calibration_sheets']}")
+    t0 = time.perf_counter()
+    fit = features_table("RF", range(n_fit), f, seed, workers)
+    cal = features_table("RF", range(n_fit, f["sheets"]), f, seed, workers)
+    model = fit_feature_model(fit, seed=seed, source=f"RF00..RF{n_fit - 1:02d} seed {seed}")
+    model = calibrate_prefilter(model, cal, recall=f["prefilter_recall"], source=f"RF{n_fit:02d}..RF{f['sheets'] - 1:02d} seed {seed}")
+    save_feature_model(model, path)
+    logger.info("features: %s in %.0f s; prefilter %s", path, time.perf_counter() - t0, json.dumps(model.info["prefilter"]))
+    return path
+
+
+def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
+    fm = load_feature_model(fm_path)
+    threshold = prefilter_threshold(fm)
+    from scanstream.checkpoint import checkpoint_hash
+
+    identity = {"feature_model": checkpoint_hash(fm_path), "prefilter_threshold": threshold}
+
+    def keep(table: pa.Table):
+        return fm.score_table(table) >= threshold
+
+    p, seed = cfg["pool"], cfg["seed"]
+    counts = {}
+    for role, prefix, sheets in (("train", "RT", p["train_sheets"]), ("valid", "RV", p["valid_sheets"])):
+        store, c = simulate_pool(
+            out / f"{role}_pool.zarr", prefix=prefix, sheets=sheets, objects_per_sheet=p["objects_per_sheet"],
+            alpha_fraction=p["alpha_fraction"], seed=seed, keep=keep, keep_identity=identity, workers=cfg["workers"],
+            progress=True,
+        )
+        counts[role] = c
+        logger.info("pool %s: %s (%d crops) %s", role, store.path, store.n, json.dumps(c))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=Path(__file__).with_name("recipe.toml"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config)
+        stages = [s for s in args.stages.split(",") if s]
+        bad = set(stages) - set(STAGES)
+        if bad:
+            raise ConfigError(f"unknown stages {sorted(bad)}; choose from {', '.join(STAGES)}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        fm_path = stage_features(cfg, args.out) if "features" in stages else args.out / "feature_model.safetensors"
+        if "pool" in stages:
+            stage_pool(cfg, args.out, fm_path)
+    except ScanstreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

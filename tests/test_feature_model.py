@@ -1,0 +1,274 @@
+"""The learned former method, the fused image + feature network and the cascade."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from scanstream import inference
+from scanstream.checkpoint import load_checkpoint, save_checkpoint
+from scanstream.classify import score_store
+from scanstream.errors import CheckpointError, InputError
+from scanstream.feature_model import (
+    LOGIT_SCALE,
+    N_MODEL_INPUTS,
+    FeatureModel,
+    calibrate_prefilter,
+    fit_feature_model,
+    load_feature_model,
+    model_inputs,
+    prefilter_threshold,
+    save_feature_model,
+)
+from scanstream.features import N_FEATURES, feature_array
+from scanstream.model import Classifier, ModelConfig, build_model
+from scanstream.simulate import simulate_table
+from scanstream.store import create_store
+from scanstream.train import TrainConfig, train
+
+
+def _table(mult, lengths):
+    return pa.table({"multiplicity": pa.array(mult, pa.int16()), "track_lengths_um": pa.array(lengths, pa.list_(pa.float32()))})
+
+
+def test_feature_array_layout():
+    t = _table([2, 5, 0], [[80.0, 10.0], [20.0, 60.0, 30.0, 49.0, 15.0], []])
+    x = feature_array(t)
+    assert x.shape == (3, N_FEATURES) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0, :5], [2, 0, 1, 80, 10])
+    np.testing.assert_array_equal(x[1, :8], [5, 4, 1, 60, 49, 30, 20, 15])  # 15 um is inside the 15-55 um window
+    assert not x[0, 5:].any() and not x[2].any()
+
+
+def test_feature_array_keeps_eight_longest_prongs():
+    x = feature_array(_table([10], [[float(v) for v in range(1, 11)]]))
+    np.testing.assert_array_equal(x[0, 3:], [10, 9, 8, 7, 6, 5, 4, 3])
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        (pa.table({"multiplicity": pa.array([1], pa.int16())}), "track_lengths_um"),
+        (_table([None, 3], [[], [20.0]]), "1 of 2 objects have no picker multiplicity"),
+        (_table([1], [[float("nan")]]), "non-finite"),
+    ],
+)
+def test_feature_array_refuses_tables_without_features(table, match):
+    with pytest.raises(InputError, match=match):
+        feature_array(table, source="S.zarr")
+
+
+@pytest.fixture(scope="module")
+def sheets():
+    fit = simulate_table(objects=3000, alpha_fraction=0.2, sheet="FMFIT", seed=1)
+    cal = simulate_table(objects=2000, alpha_fraction=0.2, sheet="FMCAL", seed=2)
+    return fit, cal
+
+
+@pytest.fixture(scope="module")
+def fitted(sheets):
+    return fit_feature_model(sheets[0], seed=0, max_iter=40)
+
+
+def test_tree_walk_equals_scikit_learn(sheets, fitted):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from scanstream.feature_model import labelled_features
+
+    x, y = labelled_features(sheets[0])
+    ref = HistGradientBoostingClassifier(max_iter=40, random_state=0).fit(x, y)
+    xc = feature_array(sheets[1])
+    np.testing.assert_allclose(fitted.decision_function(xc), ref.decision_function(xc), atol=1e-5)
+
+
+def test_feature_model_ranks_better_than_chance(sheets, fitted):
+    from scanstream.metrics import average_precision
+
+    y = sheets[1].column("label").to_numpy()
+    assert average_precision(y, fitted.score_table(sheets[1])) > 2 * y.mean()
+
+
+def test_saved_feature_model_reads_back_identically(tmp_path, sheets, fitted):
+    path = save_feature_model(fitted, tmp_path / "fm.safetensors")
+    back = load_feature_model(path)
+    np.testing.assert_array_equal(back.score_table(sheets[1]), fitted.score_table(sheets[1]))
+    assert back.info["features"][0] == "multiplicity" and back.info["train"]["objects"] == 3000
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_feature_model_file_refuses_pickles_and_other_files(tmp_path, fitted):
+    bad = tmp_path / "fm.safetensors"
+    bad.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="not a safetensors feature model"):
+        load_feature_model(bad)
+    with pytest.raises(CheckpointError, match="no such feature model"):
+        load_feature_model(tmp_path / "absent.safetensors")
+    net = tmp_path / "net.safetensors"
+    save_checkpoint(net, build_model(ModelConfig("mobilenet_v3_small", 32)), model_config=ModelConfig("mobilenet_v3_small", 32),
+                    train_config={}, data_hash="x", metrics={})
+    with pytest.raises(CheckpointError, match="not a scanstream feature model"):
+        load_feature_model(net)
+
+
+def test_broken_tree_arrays_are_refused(fitted):
+    arrays = fitted.arrays()
+    arrays["left"] = arrays["left"] + 10**6
+    with pytest.raises(CheckpointError, match="child index out of range"):
+        FeatureModel.from_tensors(arrays, {}, source="fm")
+
+
+@pytest.mark.parametrize("recall", [0.9, 0.99])
+def test_prefilter_keeps_the_stated_recall_on_its_calibration_table(sheets, fitted, recall):
+    cal = sheets[1]
+    model = calibrate_prefilter(fitted, cal, recall=recall, source="FMCAL")
+    t = prefilter_threshold(model)
+    y = cal.column("label").to_numpy()
+    kept = fitted.score_table(cal) >= t
+    pre = model.info["prefilter"]
+    assert pre["kept"] == kept.sum() and pre["kept_alpha"] == (kept & (y == 1)).sum()
+    assert pre["kept_alpha"] == int(np.ceil(recall * (y == 1).sum() - 1e-9))
+    assert pre["alpha"] == (y == 1).sum() and pre["recall"] == recall
+    assert prefilter_threshold(fitted) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused network and the cascade
+
+
+def hand_model(prefilter: float | None = 0.0) -> FeatureModel:
+    """One split on multiplicity: logit -2 at <= 3 prongs, +2 above; prefilter at 0 keeps >= 4."""
+    fm = FeatureModel(
+        feature=np.array([0, 0, 0]), threshold=np.array([3.5, 0.0, 0.0]), left=np.array([1, 0, 0]),
+        right=np.array([2, 0, 0]), is_leaf=np.array([False, True, True]), value=np.array([0.0, -2.0, 2.0]),
+        roots=np.array([0]), baseline=0.0, info={"features": "hand"},
+    )
+    return fm if prefilter is None else FeatureModel(**{**fm.__dict__, "info": {"prefilter": {"threshold": prefilter}}})
+
+
+def feature_store(path, n=64, seed=0, features=True):
+    """Stripes for alpha, blobs for others; multiplicities 2-6 independent of the label."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.4).astype(np.int8)
+    labels[:4] = [1, 0, 1, 0]
+    mult = rng.integers(2, 7, n)
+    mult[:4] = [5, 5, 2, 2]  # both classes kept and rejected
+    crops = np.full((n, 224, 224, 3), 200, np.uint8)
+    crops[labels == 1, 100:124, :, :] = 40
+    crops[labels == 0, 90:130, 90:130, :] = 60
+    rows = [{"object_id": f"F-{i:04d}", "sheet": "F1", "label": int(labels[i]),
+             "multiplicity": int(mult[i]) if features else None,
+             "track_lengths_um": [25.0] * int(mult[i]) if features else None} for i in range(n)]
+    return create_store(path, crops, rows, source={"stage": "test", "seed": seed})
+
+
+def fused_checkpoint(path, prefilter=0.0):
+    torch.manual_seed(0)
+    cfg = ModelConfig("mobilenet_v3_small", 32, inputs=N_MODEL_INPUTS)
+    model = build_model(cfg).eval()
+    fm = hand_model(prefilter)
+    save_checkpoint(path, model, model_config=cfg, train_config={}, data_hash="d", metrics={}, feature_model=fm,
+                    prefilter_threshold=prefilter_threshold(fm))
+    return path
+
+
+def test_fused_network_needs_its_inputs():
+    net = Classifier("mobilenet_v3_small", inputs=N_MODEL_INPUTS).eval()
+    x = torch.zeros(2, 3, 32, 32)
+    assert net(x, torch.zeros(2, N_MODEL_INPUTS)).shape == (2,)
+    with pytest.raises(InputError, match="per-object inputs"):
+        net(x)
+    with pytest.raises(InputError, match="per-object inputs"):
+        net(x, torch.zeros(2, 3))
+
+
+def test_fused_checkpoint_carries_its_feature_model(tmp_path):
+    ck = load_checkpoint(fused_checkpoint(tmp_path / "c.safetensors", prefilter=0.5))
+    assert ck.reads_features and ck.prefilter_threshold == 0.5 and ck.model_config.inputs == N_MODEL_INPUTS
+    t = _table([2, 5], [[], []])
+    np.testing.assert_array_equal(ck.feature_model.score_table(t), [-2.0, 2.0])
+
+
+def test_fused_network_is_saved_with_a_feature_model_only(tmp_path):
+    cfg = ModelConfig("mobilenet_v3_small", 32, inputs=N_MODEL_INPUTS)
+    with pytest.raises(InputError, match="saved with its feature model"):
+        save_checkpoint(tmp_path / "c.safetensors", build_model(cfg), model_config=cfg, train_config={}, data_hash="d", metrics={})
+
+
+def test_cascade_scores_kept_rows_with_the_network_and_the_rest_by_features(tmp_path):
+    store = feature_store(tmp_path / "s.zarr")
+    path = fused_checkpoint(tmp_path / "c.safetensors")
+    ens = inference.Ensemble([path], device="cpu", precision="fp32")
+    seen = []
+    ens.models[0].net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    got = inference.score_range(ens, store, 0, store.n, batch_size=16)
+    mult = store.table.column("multiplicity").to_numpy()
+    kept = mult >= 4
+    np.testing.assert_array_equal(got[~kept], -2.0)  # rejected: the feature model's logit, never the network
+    assert sum(seen) == kept.sum()  # the network saw exactly the kept rows
+    ck = load_checkpoint(path)
+    from scanstream.model import preprocess
+
+    inputs = torch.from_numpy(model_inputs(store.table, ck.feature_model))
+    x = preprocess(torch.from_numpy(store.read(0, store.n)), 32)
+    with torch.no_grad():
+        ref = ck.model(x, inputs).numpy()
+    np.testing.assert_allclose(got[kept], ref[kept], atol=1e-4)
+
+
+def test_without_prefilter_every_row_goes_through_the_network(tmp_path):
+    store = feature_store(tmp_path / "s.zarr", n=32)
+    ens = inference.Ensemble([fused_checkpoint(tmp_path / "c.safetensors", prefilter=None)], device="cpu", precision="fp32")
+    seen = []
+    ens.models[0].net.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    inference.score_range(ens, store, 0, store.n, batch_size=16)
+    assert sum(seen) == 32
+
+
+def test_model_inputs_are_scaled_features_and_logit():
+    t = _table([5], [[30.0] * 5])
+    x = model_inputs(t, hand_model())
+    assert x.shape == (1, N_MODEL_INPUTS) and x[0, -1] == pytest.approx(2.0 / LOGIT_SCALE)
+
+
+def test_fused_model_refuses_a_store_without_features(tmp_path):
+    store = feature_store(tmp_path / "nofeat.zarr", n=16, features=False)
+    path = fused_checkpoint(tmp_path / "c.safetensors")
+    with pytest.raises(InputError, match=r"nofeat.zarr: 16 of 16 objects have no picker multiplicity.*fused network"):
+        score_store(store, [path], device="cpu", precision="fp32")
+    from scanstream.classify import classify
+
+    with pytest.raises(InputError, match="nofeat.zarr"):
+        classify([store.path], [path], tmp_path / "cand", device="cpu", progress=False, processes=False)
+    assert not (tmp_path / "cand").exists()
+
+
+def test_training_a_cascade(tmp_path):
+    train_store = feature_store(tmp_path / "t.zarr", n=64, seed=1)
+    valid_store = feature_store(tmp_path / "v.zarr", n=32, seed=2)
+    fm_path = save_feature_model(hand_model(0.0), tmp_path / "fm.safetensors")
+    cfg = TrainConfig(train_store=str(train_store.path), valid_store=str(valid_store.path), out_dir=str(tmp_path / "run"),
+                      backbone="mobilenet_v3_small", input_size=32, n=0, m=0, max_epochs=1, batch_size=8, loader="local",
+                      workers=1, feature_model=str(fm_path), warmup_epochs=0)
+    result = train(cfg, progress=False)
+    ck = load_checkpoint(result.checkpoint)
+    assert ck.prefilter_threshold == 0.0 and ck.model_config.inputs == N_MODEL_INPUTS
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    kept = int((train_store.table.column("multiplicity").to_numpy() >= 4).sum())
+    assert resolved["train_kept"] == kept and resolved["epoch_size"] == kept
+    assert resolved["valid_rejected"] == int((valid_store.table.column("multiplicity").to_numpy() < 4).sum())
+    assert 0 <= result.metrics["val_ap"] <= 1
+
+
+def test_training_a_fused_model_on_a_store_without_features_is_refused(tmp_path):
+    train_store = feature_store(tmp_path / "t.zarr", n=16, features=False)
+    valid_store = feature_store(tmp_path / "v.zarr", n=16, seed=2)
+    fm_path = save_feature_model(hand_model(None), tmp_path / "fm.safetensors")
+    cfg = TrainConfig(train_store=str(train_store.path), valid_store=str(valid_store.path), out_dir=str(tmp_path / "run"),
+                      backbone="mobilenet_v3_small", input_size=32, feature_model=str(fm_path), loader="local")
+    with pytest.raises(InputError, match="t.zarr: 16 of 16 objects have no picker multiplicity"):
+        train(cfg, progress=False)
