@@ -74,6 +74,7 @@ class DemoConfig:
     warmup_epochs: int = 1
     target_recall: float = 0.9
     gallery_top: int = 100
+    model: str = ""  # a shipped checkpoint (path relative to the project root); "" trains one here
 
 
 def load_demo_config(path: Path, **overrides: Any) -> DemoConfig:
@@ -136,8 +137,9 @@ def stage_simulate(cfg: DemoConfig, out: Path) -> dict[str, Path]:
     # TRAIN and VALID: two sets of objects from one labelled sheet (same conditions), as in the
     # paper; the night's sheet below has conditions of its own
     lab = draw_conditions("DEMO-LAB", cfg.seed)
+    labelled = [("train", cfg.train_objects, cfg.train_alpha, cfg.seed * 10 + 1)] if not cfg.model else []
     for name, n, alpha, seed in (
-        ("train", cfg.train_objects, cfg.train_alpha, cfg.seed * 10 + 1),
+        *labelled,
         ("valid", cfg.valid_objects, cfg.valid_alpha, cfg.seed * 10 + 2),
     ):
         path = data / f"{name}.zarr"
@@ -160,9 +162,25 @@ def stage_simulate(cfg: DemoConfig, out: Path) -> dict[str, Path]:
     return stores
 
 
+def shipped_model(cfg: DemoConfig, out: Path) -> tuple[Path, dict[str, Any]]:
+    """The shipped checkpoint, copied to OUT/model/ (what a site would keep beside its config)."""
+    from scanstream.checkpoint import checkpoint_hash, read_header
+
+    src = (ROOT / cfg.model) if not Path(cfg.model).is_absolute() else Path(cfg.model)
+    meta = read_header(src)
+    ckpt = out / "model" / "model.safetensors"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    if not ckpt.exists() or checkpoint_hash(ckpt) != checkpoint_hash(src):
+        shutil.copyfile(src, ckpt)
+    return ckpt, {**meta["metrics"], "shipped": str(src), "model_config": meta["model_config"],
+                  "prefilter_threshold": meta.get("prefilter_threshold")}
+
+
 def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
     from scanstream.train import TrainConfig, train
 
+    if cfg.model:
+        return shipped_model(cfg, out)
     model_dir = out / "model"
     ckpt = model_dir / "model.safetensors"
     metrics_file = model_dir / "metrics.json"
@@ -231,6 +249,7 @@ def stage_overnight(out: Path, toml: Path) -> Any:
 
 
 def stage_morning(cfg: DemoConfig, out: Path, sheet_store: Path) -> dict[str, Any]:
+    from scanstream.baseline import run_baseline
     from scanstream.gallery import write_gallery
     from scanstream.query import CandidateFilter, format_text, query_candidates, write_result
     from scanstream.revisit import revisit_table
@@ -252,22 +271,43 @@ def stage_morning(cfg: DemoConfig, out: Path, sheet_store: Path) -> dict[str, An
     revisit = revisit_table(selected)
     write_result(revisit, "csv", out / "revisit.csv")
 
-    # the simulation's truth, which the pipeline never used: how good was the expectation?
     store = open_store(sheet_store)
+    cuts = run_baseline(store).column("selected").to_numpy(zero_copy_only=False).astype(bool)
+    print(f"\nThe former method (multiplicity and prong-length cuts) on the same sheet selects {int(cuts.sum())} "
+          f"of {store.n} objects; the network selected {selected.num_rows}.")
+    # the simulation's truth, which the pipeline never used: how good was the expectation?
     truth = dict(zip(store.object_ids, store.labels.tolist(), strict=True))
     sel_ids = selected.column("object_id").to_pylist()
     true_alpha = sum(truth[i] == 1 for i in sel_ids)
     all_alpha = sum(v == 1 for v in truth.values())
+    cuts_alpha = int((store.labels[cuts] == 1).sum())
     exp = summary.get("expected_true_alpha") or {}
     print(f"\nSimulation truth: {true_alpha} of the {len(sel_ids)} selected are alpha decays "
           f"(expected {exp.get('value', float('nan')):.1f}, interval "
           f"[{(exp.get('ci') or [float('nan')] * 2)[0]:.1f}, {(exp.get('ci') or [float('nan')] * 2)[1]:.1f}]); "
-          f"the sheet holds {all_alpha}, so recall on it is {true_alpha / max(all_alpha, 1):.2f}.")
+          f"the sheet holds {all_alpha}, so recall on it is {true_alpha / max(all_alpha, 1):.2f}. "
+          f"The former method's {int(cuts.sum())} hold {cuts_alpha}{_at_cuts_recall(cands, truth, cuts_alpha)}.")
     return {
         "summary": summary, "gallery": str(gallery.html), "contact_sheet": str(gallery.contact_sheet),
         "revisit": str(out / "revisit.csv"), "revisit_rows": revisit.num_rows,
-        "truth": {"selected_true_alpha": true_alpha, "selected": len(sel_ids), "sheet_alpha": all_alpha},
+        "truth": {"selected_true_alpha": true_alpha, "selected": len(sel_ids), "sheet_alpha": all_alpha,
+                  "cuts_selected": int(cuts.sum()), "cuts_true_alpha": cuts_alpha},
     }
+
+
+def _at_cuts_recall(cands: Path, truth: dict[str, int], cuts_alpha: int) -> str:
+    """'; the network needs N candidates for as many' (from the ranked table and the truth)."""
+    from scanstream.query import CandidateFilter, query_candidates
+
+    if cuts_alpha == 0:
+        return ""
+    ranked = query_candidates(cands, CandidateFilter()).column("object_id").to_pylist()
+    found = 0
+    for n, oid in enumerate(ranked, 1):
+        found += truth[oid] == 1
+        if found == cuts_alpha:
+            return f"; the network's ranking reaches as many within its top {n}"
+    return ""
 
 
 def run_demo(cfg: DemoConfig, out: Path, *, fresh: bool = False) -> dict[str, Any]:
@@ -291,8 +331,14 @@ def run_demo(cfg: DemoConfig, out: Path, *, fresh: bool = False) -> dict[str, An
                 f"objects ({cfg.sheet_prevalence}) -> {out / 'inbox'}")
     t = time.perf_counter()
     ckpt, metrics = stage_train(cfg, out, stores)
-    clock.stage("2 train", t, f"{cfg.backbone} at {cfg.input_size} px, {metrics.get('epochs_run')} epochs, "
-                f"VALID AP {metrics.get('val_ap', float('nan')):.3f} (best epoch {metrics.get('best_epoch')})")
+    if cfg.model:
+        mc = metrics["model_config"]
+        clock.stage("2 model", t, f"shipped {cfg.model}: {mc['backbone']} at {mc['input_size']} px"
+                    f"{' + picker features, cascade' if mc.get('inputs') else ''}; its own VALID AP "
+                    f"{metrics.get('val_ap', float('nan')):.3f} (models/README.md)")
+    else:
+        clock.stage("2 train", t, f"{cfg.backbone} at {cfg.input_size} px, {metrics.get('epochs_run')} epochs, "
+                    f"VALID AP {metrics.get('val_ap', float('nan')):.3f} (best epoch {metrics.get('best_epoch')})")
     t = time.perf_counter()
     rec = stage_threshold(cfg, out, stores, ckpt)
     a = rec["achieved"]

@@ -123,11 +123,50 @@ def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
     return counts
 
 
+def stage_train(cfg: dict, out: Path, fm_path: Path) -> Path:
+    from scanstream.train import config_from_dict, train
+
+    d = {**cfg["train"], "seed": cfg["train"].get("seed", cfg["seed"])}
+    config = config_from_dict({
+        **d, "train_store": str(out / "train_pool.zarr"), "valid_store": str(out / "valid_pool.zarr"),
+        "out_dir": str(out / "run"), "feature_model": str(fm_path),
+    })
+    t0 = time.perf_counter()
+    result = train(config, progress=False)
+    logger.info("train: %s in %.0f s; %s", result.checkpoint, time.perf_counter() - t0, json.dumps(result.metrics))
+    return result.checkpoint
+
+
+def stage_holdout(cfg: dict, out: Path, fm_path: Path, models: list[str]) -> Path:
+    import subprocess
+
+    from scanstream.simulate.dataset import simulate_store
+    from scanstream.store import is_store, open_store
+
+    h = cfg["holdout"]
+    used = {f"RF{i:02d}" for i in range(cfg["features"]["sheets"])} | set(pool_sheets("RT", cfg["pool"]["train_sheets"], cfg["seed"]))
+    used |= set(pool_sheets("RV", cfg["pool"]["valid_sheets"], cfg["seed"]))
+    if h["sheet"] in used:
+        raise ConfigError(f"[holdout] sheet {h['sheet']!r} is one the recipe trains on; name another")
+    path = out / "holdout.zarr"
+    if not (is_store(path) and open_store(path, require_complete=False).complete):
+        simulate_store(path, objects=h["objects"], alpha_fraction=h["alpha"] / h["objects"], sheet=h["sheet"], seed=h["seed"],
+                       workers=cfg["workers"], progress=True)
+    cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "benchmarks" / "holdout.py"), "--store", str(path),
+           "--feature-model", str(fm_path), "--out", str(out / "holdout")]
+    for m in models:
+        cmd += ["--model", m]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out / "holdout" / "holdout.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=Path(__file__).with_name("recipe.toml"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=CKPT[,CKPT]",
+                    help="more models for the held-out comparison (e.g. a pixels-only network)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -140,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         fm_path = stage_features(cfg, args.out) if "features" in stages else args.out / "feature_model.safetensors"
         if "pool" in stages:
             stage_pool(cfg, args.out, fm_path)
+        ckpt = stage_train(cfg, args.out, fm_path) if "train" in stages else args.out / "run" / "model.safetensors"
+        if "holdout" in stages:
+            report = stage_holdout(cfg, args.out, fm_path, [f"cascade={ckpt}", *args.compare])
+            logger.info("holdout: %s", report)
     except ScanstreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -167,6 +167,30 @@ def summarize(table: pa.Table, result: pa.Table) -> dict:
     return out
 
 
+def summarize_scores(table: pa.Table, scores: np.ndarray, *, at_recall: float | None = None) -> dict:
+    """A score's ranking on a labelled object table: AP, and the selection needed at ``at_recall``.
+
+    ``at_recall`` is typically the former method's recall on the same objects, so that the two
+    are compared at equal recall (the paper's Table 2). Returns ``{"objects": n}`` alone when
+    the table has no labelled alpha decay.
+    """
+    from scanstream.metrics import average_precision, operating_point_at_recall
+
+    out: dict = {"objects": int(table.num_rows)}
+    if "label" not in table.column_names:
+        return out
+    labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+    known = labels >= 0
+    y, s = labels[known], np.asarray(scores, np.float64)[known]
+    if not (y == 1).any() or not (y == 0).any():
+        return out
+    out["ap"] = average_precision(y, s)
+    if at_recall is not None and at_recall > 0:
+        op = operating_point_at_recall(y, s, at_recall)
+        out["at_recall"] = {"recall_target": at_recall, **op.to_dict()}
+    return out
+
+
 def _floor(x: float, step: float) -> float:
     return math.floor(x / step) * step
 

@@ -30,12 +30,12 @@ from torch import nn
 
 from scanstream.atomic import atomic_path
 from scanstream.errors import CheckpointError, InputError
-from scanstream.feature_model import FeatureModel
+from scanstream.feature_model import EMBEDDED_PREFIX, FeatureModel
 from scanstream.model import ModelConfig, build_model, resolve_device
 
 CHECKPOINT_VERSION = 1
 METADATA_KEY = "scanstream"
-PREFILTER_PREFIX = "prefilter."
+PREFILTER_PREFIX = EMBEDDED_PREFIX
 #: A safetensors header larger than this is not one of ours (ours are a few tens of kB).
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 

@@ -4,7 +4,8 @@ Three layers, as STYLE.md asks:
 
 1. loading (I/O): :func:`load_truth` (labels and categories from crop stores),
    :func:`load_candidate_scores` (a candidate table's scores and calibrated threshold),
-   :func:`load_baseline` (the former method's table);
+   :func:`load_baseline` (the former method's table), :func:`load_feature_scores` (the learned
+   former method's logits on the stores' labelled objects);
 2. :func:`join` aligns them on ``object_id`` into :class:`EvalData` (unknown labels dropped,
    any labelled object missing from a table is an error: a recall over half a sheet is wrong);
 3. :func:`compute_metrics` (pure) measures AP, the operating points at the former method's
@@ -19,6 +20,12 @@ or more models a second Table 2 row gives the mean +- std over the models (the p
 seeds). The former method's recall on the evaluated set is the target recall; the CNN's
 operating point there keeps the same number of true alpha decays
 (:func:`scanstream.metrics.operating_point_at_recall`).
+
+The learned former method (:mod:`scanstream.feature_model`, boosted trees on the same picker
+features the cuts use) is a second baseline, never one of the models: it gets its AP, its
+operating point at the former method's recall (Table 2 against the cuts) and a paired
+comparison with each model there, so that a CNN's gain can be split into what the features
+alone give and what the images add.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from scanstream import metrics as mt
 from scanstream.errors import InputError, ThresholdError
 
 logger = logging.getLogger(__name__)
+
+#: How reports, figures and metrics.json call the feature model's scores.
+LEARNED_NAME = "learned former method (features only)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,9 @@ class EvalData:
     dropped_unknown : int
         Objects of the stores with label -1 (not evaluated).
     stores : list of str
+    learned : ScoreSet or None
+        The learned former method's logits (same ``object_ids`` order), a baseline beside the
+        cuts and not one of ``models``.
     """
 
     object_ids: np.ndarray
@@ -100,6 +113,7 @@ class EvalData:
     former_score: np.ndarray | None = None
     dropped_unknown: int = 0
     stores: list[str] = field(default_factory=list)
+    learned: ScoreSet | None = None
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -211,6 +225,43 @@ def load_baseline(path: str | os.PathLike) -> pa.Table:
     return t
 
 
+def load_feature_scores(path: str | os.PathLike, stores: Sequence[str | os.PathLike]) -> ScoreSet:
+    """The learned former method's logits on the labelled objects (label 0 / 1) of ``stores``.
+
+    ``path`` is a feature model written by ``scanstream baseline --learned ... --save-model``
+    (:func:`scanstream.feature_model.save_feature_model`). Each store's labelled rows are
+    scored from its own object table, so object ids and logits stay row-aligned; :func:`join`
+    then aligns them with the labels by ``object_id``.
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` is not a feature model.
+    InputError
+        A store lacks the picker's features (``multiplicity``, ``track_lengths_um``) or has
+        labelled objects without a multiplicity; the message names the store.
+    """
+    from scanstream.feature_model import load_feature_model
+    from scanstream.store import open_store
+
+    model = load_feature_model(path)
+    ids, scores, where = [], [], []
+    for p in stores:
+        s = open_store(p)
+        t = s.table
+        t = t.filter(pc.greater_equal(t.column("label"), 0))
+        ids.extend(t.column("object_id").to_pylist())
+        scores.append(model.score_table(t, source=f"store {s.path} (scored by the feature model {path})"))
+        where.extend([str(s.path)] * t.num_rows)
+    return ScoreSet(
+        LEARNED_NAME,
+        np.asarray(ids, dtype=object),
+        np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),
+        source=str(path),
+        stores=np.asarray(where, dtype=object),
+    )
+
+
 # -- joining ---------------------------------------------------------------------------------
 def _align(keys: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
     """Row index into ``ids`` of every key (error when some are missing)."""
@@ -230,8 +281,15 @@ def _resolve(p: str) -> str:
         return p
 
 
-def join(truth: pa.Table, models: Sequence[ScoreSet], baseline: pa.Table | None = None, *, baseline_name: str = "former-method table") -> EvalData:
-    """Align model scores and the former method with the labelled objects of ``truth``.
+def join(
+    truth: pa.Table,
+    models: Sequence[ScoreSet],
+    baseline: pa.Table | None = None,
+    *,
+    baseline_name: str = "former-method table",
+    learned: ScoreSet | None = None,
+) -> EvalData:
+    """Align model scores, the former method and the learned one with the labelled objects of ``truth``.
 
     Rows of a candidate table that belong to other objects (another sheet classified in the
     same run) are ignored; labelled objects that a table lacks are an error.
@@ -272,6 +330,9 @@ def join(truth: pa.Table, models: Sequence[ScoreSet], baseline: pa.Table | None 
         former_sel = baseline.column("selected").to_numpy(zero_copy_only=False).astype(bool)[pos]
         if "baseline_score" in baseline.column_names:
             former_score = baseline.column("baseline_score").to_numpy(zero_copy_only=False).astype(np.float64)[pos]
+    if learned is not None:
+        pos = _align(ids, learned.object_ids, f"feature-model scores of {learned.source or learned.name}")
+        learned = ScoreSet(learned.name, ids, learned.scores[pos], None, (), learned.source)
     return EvalData(
         object_ids=ids,
         labels=labels,
@@ -281,6 +342,7 @@ def join(truth: pa.Table, models: Sequence[ScoreSet], baseline: pa.Table | None 
         former_score=former_score,
         dropped_unknown=dropped,
         stores=sorted(set(truth.column("store").to_pylist())),
+        learned=learned,
     )
 
 
@@ -303,7 +365,8 @@ def compute_metrics(data: EvalData, *, spread_over: Sequence[str] | None = None)
         and, with a score, its AP), ``at_former_recall`` (target recall, per-model operating
         points, ``table2`` for the primary model, ``table2_models`` over all models when
         several, false positives by category), ``at_threshold`` (per model with a calibrated
-        threshold: operating point, Table 2 against the former method, false positives).
+        threshold: operating point, Table 2 against the former method, false positives) and,
+        with ``data.learned``, ``learned`` (see :func:`learned_metrics`).
     """
     y, cats = data.labels, data.categories
     mt.check_labels_scores(y, np.zeros(len(y)))  # both classes present
@@ -326,7 +389,7 @@ def compute_metrics(data: EvalData, *, spread_over: Sequence[str] | None = None)
     if len(group) > 1:
         out["ap"] = mt.mean_std([out["models"][k]["ap"] for k in group]).to_dict()
         out["spread_over"] = group
-    former = None
+    former, ops = None, None
     if data.former_selected is not None:
         former = mt.operating_point_from_selection(y, data.former_selected)
         out["former"] = {"operating_point": former.to_dict()}
@@ -368,6 +431,64 @@ def compute_metrics(data: EvalData, *, spread_over: Sequence[str] | None = None)
             entry["table2"] = mt.table2(former, op)
         at_thr[m.name] = entry
     out["at_threshold"] = at_thr
+    if data.learned is not None:
+        out["learned"] = learned_metrics(data, former, ops, at_thr)
+    return out
+
+
+def learned_metrics(
+    data: EvalData,
+    former: mt.OperatingPoint | None,
+    ops: Mapping[str, mt.OperatingPoint] | None,
+    at_threshold: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The learned former method beside the cuts and the models (``metrics["learned"]``).
+
+    Parameters
+    ----------
+    data : EvalData
+        With ``learned`` set.
+    former : OperatingPoint or None
+        The cuts' operating point (None without a former-method table).
+    ops : mapping of str to OperatingPoint, or None
+        Each model's operating point at the former method's recall (None when not compared).
+    at_threshold : mapping
+        ``compute_metrics``' ``at_threshold`` section.
+
+    Returns
+    -------
+    dict
+        ``name``, ``source``, ``ap``; ``at_former_recall`` when the models are compared there:
+        ``target_recall``, ``operating_point``, ``table2`` (the learned method in the CNN column
+        against the cuts), ``false_positives`` by category, and ``paired`` per model:
+        ``paired_false_positives(labels, learned_selection, model_selection)`` with its sides
+        named ``only_learned`` / ``only_cnn``; ``at_threshold_recall`` per model with a
+        calibrated threshold: the learned method's operating point at the recall the model
+        reaches there.
+    """
+    y, lm = data.labels, data.learned
+    out: dict[str, Any] = {"name": lm.name, "source": lm.source, "ap": mt.average_precision(y, lm.scores)}
+    if former is not None and ops is not None:
+        op = mt.operating_point_at_recall(y, lm.scores, former.recall.value)
+        sel = lm.scores >= op.threshold
+        paired = {}
+        for k, v in ops.items():
+            p = mt.paired_false_positives(y, sel, _selection(data, k, v.threshold))
+            paired[k] = {"only_learned": p["only_former"], "only_cnn": p["only_cnn"], "both": p["both"], "p_value": p["p_value"]}
+        out["at_former_recall"] = {
+            "target_recall": former.recall.value,
+            "operating_point": op.to_dict(),
+            "table2": mt.table2(former, op),
+            "false_positives": mt.false_positives_by_category(y, data.categories, sel),
+            "paired": paired,
+        }
+    at_rec = {}
+    for name, entry in at_threshold.items():
+        recall = entry["operating_point"]["recall"]["value"]
+        if recall > 0:
+            at_rec[name] = {"target_recall": recall, "operating_point": mt.operating_point_at_recall(y, lm.scores, recall).to_dict()}
+    if at_rec:
+        out["at_threshold_recall"] = at_rec
     return out
 
 
@@ -401,6 +522,9 @@ def make_figures(data: EvalData, metrics: Mapping[str, Any], out: Path, *, prefi
     if data.former_score is not None:
         p, r, _ = mt.precision_recall_curve(y, data.former_score)
         curves.append(fg.Curve("former method (score)", p, r, metrics["former"]["ap"]))
+    if data.learned is not None:
+        p, r, _ = mt.precision_recall_curve(y, data.learned.scores)
+        curves.append(fg.Curve(data.learned.name, p, r, metrics["learned"]["ap"]))
     points = []
     if "former" in metrics:
         op = metrics["former"]["operating_point"]
@@ -411,6 +535,10 @@ def make_figures(data: EvalData, metrics: Mapping[str, Any], out: Path, *, prefi
         op = metrics["at_former_recall"]["operating_points"][name]
         points.append(fg.Point(f"{name} at former recall", op["recall"]["value"], op["precision"]["value"],
                                op["recall"]["error"], op["precision"]["error"], marker="D"))
+    if "at_former_recall" in metrics.get("learned", {}):
+        op = metrics["learned"]["at_former_recall"]["operating_point"]
+        points.append(fg.Point("learned former method at former recall", op["recall"]["value"], op["precision"]["value"],
+                               op["recall"]["error"], op["precision"]["error"], marker="v"))
     for name, entry in metrics.get("at_threshold", {}).items():
         op = entry["operating_point"]
         points.append(fg.Point(f"{name} at calibrated threshold", op["recall"]["value"], op["precision"]["value"],
@@ -436,6 +564,7 @@ def evaluate(
     extra_models: Sequence[ScoreSet] = (),
     spread_over: Sequence[str] | None = None,
     title: str = "scanstream evaluation",
+    feature_model: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Evaluate candidate tables against the truth of crop stores; write figures and a report.
 
@@ -456,6 +585,10 @@ def evaluate(
         More models to compare (e.g. the single models of a search), after the tables.
     spread_over : sequence of str, optional
         Models to quote as mean +- std (default: all); see :func:`compute_metrics`.
+    feature_model : path, optional
+        A feature model (``scanstream baseline --learned ... --save-model FILE``): the learned
+        former method, scored on the stores' labelled objects and reported beside the cuts
+        (``metrics["learned"]``).
     """
     from scanstream.report import render_evaluation, write_report
 
@@ -473,7 +606,8 @@ def evaluate(
         models.append(load_candidate_scores(c, name=nm, threshold=threshold if i == 0 else None))
     models.extend(extra_models)
     base = load_baseline(baseline) if baseline is not None else None
-    data = join(truth, models, base, baseline_name=str(baseline))
+    learned = load_feature_scores(feature_model, stores) if feature_model is not None else None
+    data = join(truth, models, base, baseline_name=str(baseline), learned=learned)
     metrics = compute_metrics(data, spread_over=spread_over)
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(data, metrics, out)

@@ -39,6 +39,8 @@ from scanstream.metrics import operating_point_at_recall
 FORMAT_VERSION = 1
 METADATA_KEY = "scanstream_feature_model"
 TENSOR_NAMES = ("feature", "threshold", "left", "right", "is_leaf", "value", "roots", "baseline")
+#: Prefix of a feature model's tensors inside a fused network's checkpoint.
+EMBEDDED_PREFIX = "prefilter."
 #: Divides the feature model's logit where the fused network reads it (inputs of order 1).
 LOGIT_SCALE = 10.0
 #: Inputs of the fused network per object: the scaled features plus the feature model's logit.
@@ -242,7 +244,8 @@ def save_feature_model(model: FeatureModel, path: str | os.PathLike) -> Path:
 
 
 def load_feature_model(path: str | os.PathLike) -> FeatureModel:
-    """Read a file written by :func:`save_feature_model` (CheckpointError for anything else)."""
+    """Read a file written by :func:`save_feature_model`, or the feature model inside a fused
+    network's checkpoint (fine-tuning reuses it); CheckpointError for anything else."""
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
@@ -256,6 +259,9 @@ def load_feature_model(path: str | os.PathLike) -> FeatureModel:
         raise CheckpointError(f"{p}: not a safetensors feature model: {exc}") from None
     raw = meta.get(METADATA_KEY)
     if raw is None:
+        embedded = _embedded_info(meta)
+        if embedded is not None:  # a fused network's checkpoint carries its feature model
+            return FeatureModel.from_tensors(tensors, embedded, prefix=EMBEDDED_PREFIX, source=str(p))
         raise CheckpointError(f"{p}: a safetensors file but not a scanstream feature model (no '{METADATA_KEY}' metadata)")
     try:
         info = json.loads(raw)
@@ -264,6 +270,16 @@ def load_feature_model(path: str | os.PathLike) -> FeatureModel:
     if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{p}: unsupported feature model version {info.get('version') if isinstance(info, dict) else info!r}")
     return FeatureModel.from_tensors(tensors, info, source=str(p))
+
+
+def _embedded_info(meta: dict[str, str]) -> dict[str, Any] | None:
+    """The feature model metadata inside a fused network's checkpoint header, or None."""
+    try:
+        ck = json.loads(meta.get("scanstream", "null"))
+    except ValueError:
+        return None
+    info = ck.get("feature_model") if isinstance(ck, dict) else None
+    return info if isinstance(info, dict) else None
 
 
 def model_inputs(table: pa.Table, model: FeatureModel, *, source: str = "object table") -> np.ndarray:

@@ -103,19 +103,37 @@ def table2_markdown(
     *,
     cnn_label: str = "CNN",
     paper: Mapping[str, Any] | None = None,
+    learned: Mapping[str, Any] | None = None,
+    learned_label: str = "learned former method (features only)",
 ) -> str:
-    """The paper's Table 2 as markdown, optionally with the paper's columns beside ours."""
+    """The paper's Table 2 as markdown, optionally with the paper's columns beside ours.
+
+    ``learned`` is a second Table 2 (:func:`scanstream.metrics.table2`) with the learned former
+    method in its CNN column against the same cuts; it becomes a column between the former
+    method and the CNN, its ratios taken against the cuts too.
+    """
     header = ["", "former method", cnn_label]
+    if learned is not None:
+        header.insert(2, learned_label)
     if paper is not None:
         header += ["paper: former method", "paper: CNN"]
     rows = []
     for label, (key,), dec in _T2_ROWS:
-        row = [label, pm(t2["former"][key], dec), pm(t2["cnn"][key], dec)]
+        row = [label, pm(t2["former"][key], dec)]
+        if learned is not None:
+            row.append(pm(learned["cnn"][key], dec))
+        row.append(pm(t2["cnn"][key], dec))
         if paper is not None:
             row += [pm(paper["former"][key], dec), pm(paper["cnn"][key], dec)]
         rows.append(row)
-    ratio = ["precision ratio (CNN / former)", "", pm(t2["precision_ratio"], 1)]
-    load = ["inspection-load factor (former / CNN candidates)", "", pm(t2["load_factor"], 1)]
+    if learned is None:
+        ratio = ["precision ratio (CNN / former)", ""]
+        load = ["inspection-load factor (former / CNN candidates)", ""]
+    else:
+        ratio = ["precision ratio (column / former)", "", pm(learned["precision_ratio"], 1)]
+        load = ["inspection-load factor (former / column candidates)", "", pm(learned["load_factor"], 1)]
+    ratio.append(pm(t2["precision_ratio"], 1))
+    load.append(pm(t2["load_factor"], 1))
     if paper is not None:
         ratio += ["", pm(paper["precision_ratio"], 1)]
         load += ["", pm(paper["load_factor"], 1)]
@@ -128,6 +146,35 @@ def _fp_table(fps: Mapping[str, Mapping[str, int]]) -> str:
     if not cats:
         return "No false positives.\n"
     return md_table(["category", *fps.keys()], [[c, *(d.get(c, 0) for d in fps.values())] for c in cats])
+
+
+def _learned_at_former(metrics: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The learned former method's section at the former method's recall, if measured."""
+    return (metrics.get("learned") or {}).get("at_former_recall")
+
+
+def _learned_paired_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Object-by-object comparison of each model with the learned former method."""
+    lf = _learned_at_former(metrics)
+    if lf is None:
+        return []
+    return [
+        f"Object by object ({name} against the learned former method): {p['only_learned']} non-alpha objects "
+        f"only the learned former method selects, {p['only_cnn']} only the CNN, {p['both']} both; "
+        f"McNemar's exact test p = {p['p_value']:.2g}.\n"
+        for name, p in lf["paired"].items()
+    ]
+
+
+def _learned_at_threshold_line(metrics: Mapping[str, Any], name: str) -> list[str]:
+    """The learned former method at the recall model ``name`` reaches at its calibrated threshold."""
+    e = ((metrics.get("learned") or {}).get("at_threshold_recall") or {}).get(name)
+    if e is None:
+        return []
+    op = e["operating_point"]
+    line = (f"The {metrics['learned']['name']} at the same recall ({e['target_recall']:.3f}): {op['selected']} "
+            f"candidates, precision {pm(op['precision'])}, recall {pm(op['recall'])}.\n")
+    return [line]
 
 
 def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream evaluation", level: int = 1) -> str:
@@ -145,6 +192,8 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
              ", ".join(h_[:12] for h_ in m.get("model_hashes", [])) or "?"] for name, m in metrics["models"].items()]
     if "former" in metrics and "ap" in metrics["former"]:
         rows.append(["former method (ordered by its score)", f"{metrics['former']['ap']:.3f}", "", ""])
+    if "learned" in metrics:
+        rows.append([metrics["learned"]["name"], f"{metrics['learned']['ap']:.3f}", "", ""])
     lines.append(md_table(["model", "AP", "calibrated threshold (logit)", "model hashes"], rows))
     if "ap" in metrics:
         lines.append(f"Over the {len(metrics['spread_over'])} models {', '.join(metrics['spread_over'])}: "
@@ -156,8 +205,10 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
         lines.append(f"![output distributions]({figs['score_distributions']})\n")
     if "at_former_recall" in metrics:
         s = metrics["at_former_recall"]
+        lf = _learned_at_former(metrics)
+        lt2 = None if lf is None else lf["table2"]
         lines.append(f"{h}# At the former method's recall ({s['target_recall']:.3f}): Table 2\n")
-        lines.append(table2_markdown(s["table2"], cnn_label=s["primary"]))
+        lines.append(table2_markdown(s["table2"], cnn_label=s["primary"], learned=lt2))
         lines.append(
             "Errors: counts ± sqrt(N); precision and recall ± sqrt(TP) / denominator; ratios propagate "
             "relative errors in quadrature (scanstream.metrics).\n"
@@ -165,14 +216,18 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
         if "table2_models" in s:
             lines.append(f"Over the {s['table2_models']['models']} models {', '.join(metrics['spread_over'])} "
                          "(mean ± sample std):\n")
-            lines.append(table2_markdown(s["table2_models"], cnn_label="models"))
+            lines.append(table2_markdown(s["table2_models"], cnn_label="models", learned=lt2))
         for name, p in s.get("paired", {}).items():
             lines.append(
                 f"Object by object ({name}): {p['only_former']} non-alpha objects only the former method selects, "
                 f"{p['only_cnn']} only the CNN, {p['both']} both; McNemar's exact test p = {p['p_value']:.2g} "
                 "(the chance of a split at least this uneven if neither method were better).\n"
             )
-        fps = {"former method": metrics["former"]["false_positives"], **s["false_positives"]}
+        lines += _learned_paired_lines(metrics)
+        fps = {"former method": metrics["former"]["false_positives"]}
+        if lf is not None:
+            fps[metrics["learned"]["name"]] = lf["false_positives"]
+        fps.update(s["false_positives"])
         lines.append(f"{h}## False positives by category at this recall\n")
         lines.append(_fp_table(fps))
     elif "former" in metrics:
@@ -187,6 +242,7 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
                 f"**{name}**, threshold {op['threshold']:.3f}: {op['selected']} candidates, "
                 f"{op['true_positives']} alpha decays, precision {pm(op['precision'])}, recall {pm(op['recall'])}.\n"
             )
+            lines += _learned_at_threshold_line(metrics, name)
             if "table2" in e:
                 lines.append(table2_markdown(e["table2"], cnn_label=f"{name} at threshold"))
             lines.append(_fp_table({"false positives": e["false_positives"]}))
@@ -287,14 +343,19 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
                  f"with {ens['cnn']['candidates']['value']:.0f} candidates instead of "
                  f"{ens['former']['candidates']['value']:.0f}: {'more' if more else 'fewer'} objects to inspect "
                  "than the former method (the paper: 366 instead of 2,489).\n")
+        lf = _learned_at_former(ev)
+        lt2 = None if lf is None else lf["table2"]
         if "table2_models" in sect:
             L.append(f"The best setting's {sect['table2_models']['models']} single models (mean ± sample std), as in the paper:\n")
-            L.append(table2_markdown(sect["table2_models"], cnn_label="CNN (models)", paper=PAPER["table2"]))
+            L.append(table2_markdown(sect["table2_models"], cnn_label="CNN (models)", paper=PAPER["table2"], learned=lt2))
         L.append("Their ensemble (mean logit; counts ± sqrt(N)):\n")
-        L.append(table2_markdown(sect["table2"], cnn_label="CNN (ensemble)", paper=PAPER["table2"]))
+        L.append(table2_markdown(sect["table2"], cnn_label="CNN (ensemble)", paper=PAPER["table2"], learned=lt2))
         L.append("Errors: counts ± sqrt(N); precision and recall ± sqrt(TP) / denominator (this reproduces the "
                  "paper's 0.081 ± 0.006 and 0.788 ± 0.056); ratios propagate relative errors in quadrature.\n")
-        fps = {"former method": ev["former"]["false_positives"], "CNN (ensemble)": sect["false_positives"]["ensemble"]}
+        fps = {"former method": ev["former"]["false_positives"]}
+        if lf is not None:
+            fps[ev["learned"]["name"]] = lf["false_positives"]
+        fps["CNN (ensemble)"] = sect["false_positives"]["ensemble"]
         L.append("False positives by simulated category at this recall:\n")
         L.append(_fp_table(fps))
     else:
@@ -323,5 +384,7 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
     rows = [[k, f"{v['ap']:.3f}"] for k, v in ev["models"].items()]
     if "former" in ev and "ap" in ev["former"]:
         rows.append(["former method (ordered by its score)", f"{ev['former']['ap']:.3f}"])
+    if "learned" in ev:
+        rows.append([ev["learned"]["name"], f"{ev['learned']['ap']:.3f}"])
     L.append(md_table(["curve", "AP"], rows))
     return "\n".join(L)

@@ -8,6 +8,7 @@ import urllib.parse
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -335,3 +336,159 @@ def test_spread_over_a_subset_of_models(case):
     assert m["at_former_recall"]["table2"]["cnn"]["candidates"]["value"] == ops["ensemble"]["selected"]
     with pytest.raises(InputError, match="unknown models"):
         ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep2", extra_models=extra, spread_over=["zz"])
+
+
+# -- the learned former method (--feature-model) -------------------------------------------------
+@pytest.fixture(scope="module")
+def feature_model_file(tmp_path_factory):
+    """A small feature model fitted on simulated picker features (30 trees, about a second)."""
+    from scanstream.feature_model import fit_feature_model, save_feature_model
+    from scanstream.simulate import simulate_table
+
+    t = simulate_table(objects=2000, alpha_fraction=0.2, sheet="X", seed=1)
+    return save_feature_model(fit_feature_model(t, max_iter=30), tmp_path_factory.mktemp("fm") / "fm.safetensors")
+
+
+def sim_store(path, sheet, seed, *, n=100, unknown=0):
+    """A store of simulated objects (picker features, categories) with blank crops."""
+    from scanstream.simulate import simulate_table
+
+    t = simulate_table(objects=n, alpha_fraction=0.3, sheet=sheet, seed=seed)
+    labels = t.column("label").to_numpy(zero_copy_only=False).copy()
+    if unknown:
+        labels[-unknown:] = -1
+        t = t.set_column(t.column_names.index("label"), "label", pa.array(labels, pa.int8()))
+    return create_store(path, np.zeros((n, 224, 224, 3), np.uint8), t, source={"stage": "test"}), labels
+
+
+@pytest.fixture
+def fcase(tmp_path):
+    """Two simulated stores scored by one candidate table, a former-method selection over both."""
+    a, la = sim_store(tmp_path / "a.zarr", "S1", 2, unknown=5)
+    b, lb = sim_store(tmp_path / "b.zarr", "S2", 3)
+    rng = np.random.default_rng(4)
+    cand = tmp_path / "cands"
+    scores = {}
+    for store, lab in ((a, la), (b, lb)):
+        scores[store.path] = 2.0 * (lab == 1) + rng.normal(0, 1.0, len(lab))
+        write_candidates(cand, store, scores[store.path])
+    labels = np.concatenate([la, lb])
+    fscore = 1.0 * (labels == 1) + rng.normal(0, 1.0, len(labels))
+    fsel = fscore >= np.quantile(fscore, 0.66)
+    ids = pa.concat_arrays([a.table.column("object_id").combine_chunks(), b.table.column("object_id").combine_chunks()])
+    pq.write_table(pa.table({"object_id": ids, "selected": pa.array(fsel)}), tmp_path / "former.parquet")
+    return {"tmp": tmp_path, "stores": [a, b], "labels": labels, "fsel": fsel, "cand": cand,
+            "scores": np.concatenate([scores[a.path], scores[b.path]]), "base": tmp_path / "former.parquet"}
+
+
+def direct_learned_logits(path, stores):
+    """The feature model's logits of the stores' labelled objects, in store then row order."""
+    from scanstream.feature_model import load_feature_model
+
+    fm = load_feature_model(path)
+    parts = []
+    for s in stores:
+        t = s.table
+        parts.append(fm.score_table(t.filter(pc.greater_equal(t.column("label"), 0))))
+    return np.concatenate(parts).astype(np.float64)
+
+
+def test_learned_former_method_beside_the_cuts(fcase, feature_model_file):
+    out = fcase["tmp"] / "rep"
+    res = ev.evaluate([fcase["cand"]], [s.path for s in fcase["stores"]], out, baseline=fcase["base"],
+                      feature_model=feature_model_file)
+    known = fcase["labels"] >= 0
+    y, fsel = fcase["labels"][known], fcase["fsel"][known]
+    cnn_s = fcase["scores"][known].astype(np.float32).astype(np.float64)
+    logits = direct_learned_logits(feature_model_file, fcase["stores"])
+    lm = res.metrics["learned"]
+    assert lm["name"] == ev.LEARNED_NAME and lm["source"] == str(feature_model_file)
+    assert lm["ap"] == pytest.approx(mt.average_precision(y, logits))
+    former = mt.operating_point_from_selection(y, fsel)
+    direct = mt.operating_point_at_recall(y, logits, former.recall.value)
+    sect = lm["at_former_recall"]
+    op = sect["operating_point"]
+    assert sect["target_recall"] == pytest.approx(former.recall.value)
+    assert op["selected"] == direct.selected and op["true_positives"] == direct.true_positives
+    assert op["candidates"]["error"] == pytest.approx(math.sqrt(direct.selected))
+    assert op["precision"]["value"] == pytest.approx(direct.precision.value)
+    assert op["recall"]["error"] == pytest.approx(direct.recall.error)
+    assert sect["table2"]["load_factor"]["value"] == pytest.approx(former.selected / direct.selected)
+    assert sum(sect["false_positives"].values()) == direct.false_positives
+    # paired: learned selection first, CNN second, as the cuts against the CNN
+    lsel = logits >= direct.threshold
+    csel = cnn_s >= mt.operating_point_at_recall(y, cnn_s, former.recall.value).threshold
+    p = sect["paired"]["cands"]
+    ref = mt.paired_false_positives(y, lsel, csel)
+    assert (p["only_learned"], p["only_cnn"], p["both"]) == (ref["only_former"], ref["only_cnn"], ref["both"])
+    assert p["p_value"] == pytest.approx(ref["p_value"])
+    md = res.report.read_text()
+    assert f"| former method | {ev.LEARNED_NAME} | cands |" in md
+    assert f"| candidates to inspect | {former.selected:.0f} ± " in md and f"| {direct.selected:.0f} ± " in md
+    assert f"{p['only_learned']} non-alpha objects only the learned former method selects" in md
+    assert f"| {ev.LEARNED_NAME} | {lm['ap']:.3f} |" in md
+    assert (out / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "metrics.json").read_text())["learned"]["at_former_recall"]["operating_point"]["selected"] == direct.selected
+
+
+def test_learned_without_baseline_at_the_threshold_recall(fcase, feature_model_file):
+    a = fcase["stores"][0]
+    cand = write_candidates(fcase["tmp"] / "thr", a, fcase["scores"][: a.n], threshold=0.5)
+    res = ev.evaluate([cand], [a.path], fcase["tmp"] / "rep", feature_model=feature_model_file)
+    lm = res.metrics["learned"]
+    assert "at_former_recall" not in lm and "former" not in res.metrics
+    known = fcase["labels"][: a.n] >= 0
+    y = fcase["labels"][: a.n][known]
+    logits = direct_learned_logits(feature_model_file, [a])
+    recall = res.metrics["at_threshold"]["thr"]["operating_point"]["recall"]["value"]
+    e = lm["at_threshold_recall"]["thr"]
+    assert e["target_recall"] == recall and e["operating_point"]["selected"] == mt.operating_point_at_recall(y, logits, recall).selected
+    md = res.report.read_text()
+    assert f"The {ev.LEARNED_NAME} at the same recall ({recall:.3f}): {e['operating_point']['selected']} candidates" in md
+    assert "Table 2 not built" in md
+
+
+def test_without_feature_model_no_learned_key(case):
+    out = case["tmp"] / "rep"
+    ev.evaluate([case["cand"]], [case["store"].path], out, baseline=case["base"])
+    assert "learned" not in json.loads((out / "metrics.json").read_text())
+    assert "learned" not in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("how, match", [("null", "have no picker multiplicity"), ("dropped", "no 'multiplicity'")])
+def test_store_without_features_is_one_line_naming_the_store(case, feature_model_file, capsys, how, match):
+    store = case["store"]  # tiny_store: no picker output, null multiplicities
+    if how == "dropped":  # an object table written before the feature columns existed
+        t = store.table.drop_columns(["multiplicity", "track_lengths_um"])
+        pq.write_table(t, store.path / "objects.parquet")
+    with pytest.raises(InputError, match=match) as info:
+        ev.evaluate([case["cand"]], [store.path], case["tmp"] / "rep", feature_model=feature_model_file)
+    assert str(store.path) in str(info.value) and "\n" not in str(info.value)
+    assert not (case["tmp"] / "rep" / "report.md").exists()
+    rc = main(["evaluate", "--candidates", str(case["cand"]), "--store", str(store.path),
+               "--feature-model", str(feature_model_file), "--out", str(case["tmp"] / "cli")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and str(store.path) in err
+
+
+def test_join_aligns_learned_scores_by_object_id(case):
+    truth = ev.load_truth([case["store"].path])
+    ids = np.asarray(truth.column("object_id").to_pylist(), dtype=object)
+    cnn = ev.ScoreSet("m", ids, case["scores"])
+    order = np.random.default_rng(0).permutation(len(ids))
+    learned = ev.ScoreSet(ev.LEARNED_NAME, ids[order], np.arange(len(ids), dtype=np.float64)[order], source="fm")
+    data = ev.join(truth, [cnn], learned=learned)
+    known = case["labels"] >= 0
+    np.testing.assert_array_equal(data.learned.scores, np.flatnonzero(known))
+    with pytest.raises(InputError, match="feature-model scores of fm lacks 1 of"):
+        ev.join(truth, [cnn], learned=ev.ScoreSet(ev.LEARNED_NAME, ids[1:], np.zeros(len(ids) - 1), source="fm"))
+
+
+def test_cli_evaluate_feature_model_summary_line(fcase, feature_model_file, capsys):
+    a, b = fcase["stores"]
+    rc = main(["evaluate", "--candidates", str(fcase["cand"]), "--store", str(a.path), "--store", str(b.path),
+               "--baseline", str(fcase["base"]), "--feature-model", str(feature_model_file), "--out", str(fcase["tmp"] / "cli")])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(ev.LEARNED_NAME)]
+    m = json.loads((fcase["tmp"] / "cli" / "metrics.json").read_text())["learned"]
+    assert rc == 0 and len(lines) == 1
+    assert f"AP {m['ap']:.3f}; {m['at_former_recall']['operating_point']['selected']} candidates at the former method's recall" in lines[0]

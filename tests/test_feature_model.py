@@ -272,3 +272,95 @@ def test_training_a_fused_model_on_a_store_without_features_is_refused(tmp_path)
                       backbone="mobilenet_v3_small", input_size=32, feature_model=str(fm_path), loader="local")
     with pytest.raises(InputError, match="t.zarr: 16 of 16 objects have no picker multiplicity"):
         train(cfg, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes and fine-tuning from a shipped checkpoint
+
+
+def test_auto_recipe_by_initial_weights_and_device(tmp_path):
+    from scanstream.train import RECIPES, choose_recipe
+
+    assert choose_recipe("auto", device="cpu") == ("cpu", "no GPU here")
+    ck = fused_checkpoint(tmp_path / "c.safetensors")
+    assert choose_recipe("auto", device="cpu", pretrained=str(ck))[0] == "finetune"
+    assert choose_recipe("paper", device="cpu") == ("paper", "asked for")
+    assert RECIPES["paper"] == {}  # the paper's protocol is the dataclass defaults, unchanged
+    with pytest.raises(Exception, match="unknown recipe 'fast'"):
+        choose_recipe("fast")
+
+
+def test_fine_tuning_takes_backbone_size_and_feature_model_from_the_checkpoint(tmp_path):
+    from scanstream.train import pretrained_options
+
+    ck = fused_checkpoint(tmp_path / "c.safetensors", prefilter=0.0)
+    opts = pretrained_options(str(ck))
+    assert opts == {"backbone": "mobilenet_v3_small", "input_size": 32, "feature_model": str(ck)}
+    fm = load_feature_model(ck)  # the feature model inside the fused checkpoint
+    assert prefilter_threshold(fm) == 0.0
+    np.testing.assert_array_equal(fm.score_table(_table([2, 5], [[], []])), [-2.0, 2.0])
+    # the fused weights load whole into the fused network of a fine-tuning run
+    model = build_model(ModelConfig("mobilenet_v3_small", 32, pretrained=str(ck), inputs=N_MODEL_INPUTS))
+    ref = load_checkpoint(ck).model.state_dict()
+    assert all(torch.equal(model.state_dict()[k], ref[k]) for k in ref)
+
+
+def test_cli_fine_tunes_a_shipped_cascade(tmp_path, capsys):
+    from scanstream.cli import main
+
+    t = feature_store(tmp_path / "t.zarr", n=48, seed=3)
+    v = feature_store(tmp_path / "v.zarr", n=32, seed=4)
+    ck = fused_checkpoint(tmp_path / "c.safetensors", prefilter=0.0)
+    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(tmp_path / "ft"), "--pretrained",
+               str(ck), "--max-epochs", "1", "--batch-size", "8", "--loader", "local", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["recipe"]["name"] == "finetune" and summary["recipe"]["fused_with"] == str(ck)
+    resolved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert resolved["recipe"] == "finetune" and resolved["lr"] == 5e-4 and resolved["input_size"] == 32
+    out = load_checkpoint(tmp_path / "ft" / "model.safetensors")
+    assert out.prefilter_threshold == 0.0 and out.model_config.inputs == N_MODEL_INPUTS
+
+
+def test_cli_learned_baseline_beside_the_cuts(tmp_path, sheets, capsys):
+    import pyarrow.parquet as pq
+
+    from scanstream.cli import main
+
+    fit, cal = sheets
+    pq.write_table(fit, tmp_path / "train.parquet")
+    pq.write_table(cal, tmp_path / "test.parquet")
+    rc = main(["baseline", str(tmp_path / "test.parquet"), "--learned", str(tmp_path / "train.parquet"), "--save-model",
+               str(tmp_path / "fm.safetensors"), "--prefilter-recall", "0.95", "--calibrate-on", str(tmp_path / "test.parquet"),
+               "--out", str(tmp_path / "sel.parquet")])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    model = load_feature_model(tmp_path / "fm.safetensors")
+    scores = model.score_table(cal)
+    from scanstream.metrics import average_precision, operating_point_at_recall
+
+    y = cal.column("label").to_numpy()
+    assert doc["learned"]["ap"] == pytest.approx(average_precision(y, scores))
+    assert doc["learned"]["at_recall"]["selected"] == operating_point_at_recall(y, scores, doc["recall"]["value"]).selected
+    assert doc["learned"]["model"]["prefilter"]["recall"] == 0.95
+    out = pq.read_table(tmp_path / "sel.parquet")
+    np.testing.assert_allclose(out.column("learned_score").to_numpy(), scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--save-model", "x.safetensors"], "--save-model needs --learned"),
+        (["--learned", "T", "--prefilter-recall", "0.9"], "go together"),
+        (["--learned", "T", "--feature-model", "F"], "either --learned"),
+    ],
+)
+def test_cli_learned_baseline_bad_flags(tmp_path, sheets, capsys, extra, match):
+    import pyarrow.parquet as pq
+
+    from scanstream.cli import main
+
+    pq.write_table(sheets[1], tmp_path / "test.parquet")
+    rc = main(["baseline", str(tmp_path / "test.parquet"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and match in err

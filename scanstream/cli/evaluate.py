@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and others; with --baseline, the paper's Table 2 at the former method's recall (candidates, "
         "precision and recall with sqrt(N) errors, precision ratio, inspection-load factor) and false "
         "positives by category; the same at the calibrated threshold. Writes report.md, metrics.json "
-        "and PNG figures to --out. Objects labelled unknown (-1) are left out.",
+        "and PNG figures to --out. Objects labelled unknown (-1) are left out. With --feature-model, the "
+        "learned former method (boosted trees on the picker's features) is reported beside the cuts.",
     )
     p.add_argument("--candidates", type=Path, action="append", required=True, metavar="DIR",
                    help="candidate table directory (repeat to compare models; the first is the primary one)")
@@ -26,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labelled crop store the tables scored (repeat for several)")
     p.add_argument("--baseline", type=Path, metavar="FILE",
                    help="the former method's table (`scanstream baseline STORE --out FILE.parquet`)")
+    p.add_argument("--feature-model", type=Path, metavar="FILE",
+                   help="the learned former method, a feature model (`scanstream baseline --learned TRAIN "
+                   "--save-model FILE.safetensors`): its AP, Table 2 column and paired comparison beside the cuts")
     p.add_argument("--threshold", type=Path, metavar="FILE",
                    help="threshold record for the first table (default: the one recorded in the table, if any)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="report directory")
@@ -40,6 +44,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(
         args.candidates, args.store, args.out,
         baseline=args.baseline, threshold=args.threshold, names=args.name, title=args.title,
+        feature_model=args.feature_model,
     )
     m = res.metrics
     for name, v in m["models"].items():
@@ -52,5 +57,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"CNN {t2['cnn']['candidates']['value']:.0f} (precision {pm(t2['cnn']['precision'])}); "
             f"precision ratio {pm(t2['precision_ratio'], 1)}, inspection load / {pm(t2['load_factor'], 1)}"
         )
+    if "learned" in m:
+        print(_learned_summary(m))
     print(f"report: {res.report}")
     return 0
+
+
+def _learned_summary(m: dict) -> str:
+    """One line: the learned former method's AP and its candidates at the comparison recall."""
+    from scanstream.report import pm
+
+    lm = m["learned"]
+    line = f"{lm['name']}: AP {lm['ap']:.3f}"
+    if "at_former_recall" in lm:
+        op = lm["at_former_recall"]["operating_point"]
+        return line + (f"; {op['selected']} candidates at the former method's recall "
+                       f"{lm['at_former_recall']['target_recall']:.3f} (precision {pm(op['precision'])})")
+    primary = next(iter(m["models"]))
+    e = (lm.get("at_threshold_recall") or {}).get(primary)
+    if e is not None:
+        line += (f"; {e['operating_point']['selected']} candidates at {primary}'s calibrated-threshold recall "
+                 f"{e['target_recall']:.3f}")
+    return line

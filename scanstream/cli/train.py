@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 from scanstream.cli._common import print_json
 from scanstream.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 #: flag dest -> TrainConfig field (flags left unset fall back to --config, then the defaults)
 _FIELDS = (
     "backbone", "input_size", "pretrained", "n", "m", "darkness_jitter", "seed", "max_epochs", "batch_size",
     "epoch_size", "lr", "lr_schedule", "warmup_epochs", "device", "loader", "scheduler", "workers", "amp",
-    "augment_on", "pos_weight", "unfreeze",
+    "augment_on", "pos_weight", "unfreeze", "feature_model",
 )
 
 
@@ -32,24 +35,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid", required=True, type=Path, metavar="V.zarr", help="labelled validation crop store")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="output directory of the run")
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="training options as TOML keys (flags override)")
-    p.add_argument("--backbone", help="resnet50 (paper, default), resnet18 or mobilenet_v3_small (CPU)")
-    p.add_argument("--input-size", type=int, metavar="PX", help="network input side: 224 native (default), 112 for CPUs")
+    p.add_argument("--recipe", default="auto", choices=("auto", "paper", "cpu", "finetune"),
+                   help="starting values of every option (TOML and flags override): paper (ResNet50 224 px, "
+                   "RandAugment (2, 24), constant 3e-4, batch 96, 100 epochs), cpu (mobilenet_v3_small 112 px, flips + "
+                   "darkness jitter 0.3, cosine 2e-3, batch 32, 12 epochs), finetune (from a scanstream checkpoint: "
+                   "cosine 5e-4, 12 epochs); auto (default): finetune with a scanstream checkpoint as --pretrained, "
+                   "paper on a GPU, cpu otherwise. The recipe used is printed and recorded in config.json")
+    p.add_argument("--feature-model", metavar="FILE",
+                   help="train the fused image + feature network with this feature model (`scanstream baseline "
+                   "--learned TRAIN --save-model FILE`); with a calibrated prefilter the model is a cascade")
+    p.add_argument("--backbone", help="resnet50 (paper), resnet18 or mobilenet_v3_small (cpu recipe); from a scanstream --pretrained checkpoint: its own")
+    p.add_argument("--input-size", type=int, metavar="PX", help="network input side: 224 native (paper), 112 (cpu recipe); from a scanstream --pretrained checkpoint: its own")
     p.add_argument("--pretrained", metavar="PATH|imagenet|none",
                    help="initial weights: none (default), imagenet (torchvision's local cache; never downloaded) "
                    "or a weights file")
-    p.add_argument("--n", type=int, help="RandAugment operations per image, 0..8 (default 2)")
-    p.add_argument("--m", type=float, help="RandAugment magnitude, 0..30 (default 24)")
+    p.add_argument("--n", type=int, help="RandAugment operations per image, 0..8 (paper 2; cpu and finetune recipes 0)")
+    p.add_argument("--m", type=float, help="RandAugment magnitude, 0..30 (paper 24)")
     p.add_argument("--darkness-jitter", type=float, metavar="J",
                    help="scale each crop's optical density about its background by a factor drawn in "
-                   "[1-J, 1+J] (sheet-to-sheet development; default 0, off, as in the paper)")
+                   "[1-J, 1+J] (sheet-to-sheet development; paper 0 = off, cpu and finetune recipes 0.3)")
     p.add_argument("--seed", type=int, help="random seed (default 0); same seed, same device: same result")
-    p.add_argument("--max-epochs", type=int, help="epoch limit (default 100)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size (default 96)")
+    p.add_argument("--max-epochs", type=int, help="epoch limit (paper 100; cpu and finetune recipes 12)")
+    p.add_argument("--batch-size", type=int, help="mini-batch size (paper 96; cpu and finetune recipes 32)")
     p.add_argument("--epoch-size", type=int, metavar="K", help="samples per epoch (default: labelled crops in TRAIN)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-4)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (paper 3e-4, cpu 2e-3, finetune 5e-4)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"),
-                   help="constant (paper, default) or cosine: decay per step to 0 at --max-epochs")
-    p.add_argument("--warmup-epochs", type=int, help="epochs before early stopping may stop (default 5)")
+                   help="constant (paper) or cosine (cpu and finetune recipes): decay per step to 0 at --max-epochs")
+    p.add_argument("--warmup-epochs", type=int, help="epochs before early stopping may stop (paper 5, cpu and finetune recipes 2)")
     p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask scheduler instead of a LocalCluster")
     p.add_argument("--loader", choices=("dask", "local"), help="dask (default) or local threads (no Dask)")
@@ -76,13 +88,17 @@ def _toml_options(path: Path) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scanstream.train import config_from_dict, train
+    from scanstream.train import RECIPES, choose_recipe, config_from_dict, pretrained_options, train
 
-    options = _toml_options(args.config) if args.config else {}
+    given = _toml_options(args.config) if args.config else {}
     for name in _FIELDS:
         value = getattr(args, name)
         if value is not None:
-            options[name] = value
+            given[name] = value
+    recipe, why = choose_recipe(args.recipe, device=given.get("device", "auto"), pretrained=given.get("pretrained"))
+    options = {**RECIPES[recipe], **(pretrained_options(given["pretrained"]) if given.get("pretrained") else {}), **given}
+    options["recipe"] = recipe
+    logger.info("recipe %s (%s)", recipe, why)
     if isinstance(options.get("m"), float) and options["m"].is_integer():
         options["m"] = int(options["m"])
     options.update(train_store=str(args.train), valid_store=str(args.valid), out_dir=str(args.out))
@@ -90,6 +106,8 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(config, progress=not args.no_progress)
     print_json(
         {
+            "recipe": {"name": recipe, "why": why, "backbone": config.backbone, "input_size": config.input_size,
+                       "fused_with": config.feature_model},
             "checkpoint": str(result.checkpoint),
             "best_epoch": result.best_epoch,
             "metrics": result.metrics,
