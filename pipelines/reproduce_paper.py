@@ -188,6 +188,12 @@ def stage_former(cfg: PipelineConfig, out: Path, stores: dict[str, Path]) -> dic
     config = bl.choose_config(train.table, low_percentile=cfg.baseline.low_percentile,
                               high_percentile=cfg.baseline.high_percentile)
     result = {"config": config.to_dict(), "tables": {}, "summary": {}}
+    # the learned former method: boosted trees on the same picker features, fitted on TRAIN
+    # (seconds); evaluate reports it beside the cuts
+    from scanstream.feature_model import fit_feature_model, save_feature_model
+
+    learned = fit_feature_model(train.table, seed=cfg.dataset.seed, source=str(stores["train"]))
+    result["feature_model"] = str(save_feature_model(learned, d / "feature_model.safetensors"))
     for split in ("valid", "test"):
         s = open_store(stores[split])
         table = bl.run_baseline(s, config=config)  # cheap (features only): always recomputed
@@ -271,6 +277,7 @@ def stage_evaluate(out: Path, stores: dict[str, Path], cand: Path, former: dict[
 
     singles = scores_from_table(pq.read_table(search_out / "test_scores.parquet"), exclude=("object_id", "label", "ensemble"))
     return evaluate([cand], [stores["test"]], out / "evaluation", baseline=former["tables"]["test"],
+                    feature_model=former.get("feature_model"),
                     names=["ensemble"], extra_models=singles, spread_over=[s.name for s in singles],
                     title="Evaluation on simulated TEST")
 

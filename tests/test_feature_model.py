@@ -364,3 +364,22 @@ def test_cli_learned_baseline_bad_flags(tmp_path, sheets, capsys, extra, match):
     rc = main(["baseline", str(tmp_path / "test.parquet"), *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and match in err
+
+
+def test_threshold_and_watch_take_a_cascade(tmp_path):
+    from scanstream.threshold import calibrate_threshold
+    from scanstream.watch import WatchConfig, watch
+
+    store = feature_store(tmp_path / "v.zarr", n=48)
+    ck = fused_checkpoint(tmp_path / "c.safetensors")
+    rec = calibrate_threshold(store.path, [ck], target_recall=0.5, device="cpu", precision="fp32")
+    assert rec["achieved"]["recall"] >= 0.5
+    bare = feature_store(tmp_path / "nofeat.zarr", n=16, features=False)
+    with pytest.raises(InputError, match="nofeat.zarr"):
+        calibrate_threshold(bare.path, [ck], target_recall=0.5, device="cpu", precision="fp32")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    feature_store(inbox / "night.zarr", n=32, seed=5)
+    config = WatchConfig(models=(str(ck),), device="cpu", workers=1, processes=False)
+    rep = watch(inbox, tmp_path / "cand", config, once=True, progress=False)
+    assert not rep.failed and len(rep.processed) == 1
