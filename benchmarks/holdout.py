@@ -35,7 +35,7 @@ from scanstream import baseline as bl
 from scanstream import metrics as mt
 from scanstream.checkpoint import checkpoint_hash, load_checkpoint
 from scanstream.classify import score_store
-from scanstream.feature_model import load_feature_model
+from scanstream.feature_model import load_feature_model, prefilter_accounting
 from scanstream.store import open_store, write_parquet_atomic
 
 
@@ -52,20 +52,13 @@ def at_recall(y: np.ndarray, scores: np.ndarray, recall: float, former: np.ndarr
     return out
 
 
-def cascade_record(y: np.ndarray, table: pa.Table, checkpoints: list[str]) -> dict | None:
+def cascade_record(table: pa.Table, checkpoints: list[str]) -> dict | None:
     """What a cascade's prefilter passed on to the network (None for other models)."""
     ck = load_checkpoint(checkpoints[0])
     if ck.prefilter_threshold is None:
         return None
-    kept = ck.feature_model.score_table(table) >= ck.prefilter_threshold
-    alpha = y == 1
-    return {
-        "prefilter_threshold": ck.prefilter_threshold,
-        "passed_to_network": int(kept.sum()),
-        "objects": len(y),
-        "alpha_rejected": int((alpha & ~kept).sum()),
-        "recall_lost": float((alpha & ~kept).sum() / max(1, alpha.sum())),
-    }
+    return {"prefilter_threshold": ck.prefilter_threshold,
+            **prefilter_accounting(ck.feature_model, table, ck.prefilter_threshold)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             cache[key] = score_store(store, ckpts, device="cpu", batch_size=args.batch_size, precision="fp32").tolist()
         s = np.asarray(cache[key], np.float64)
         rec = at_recall(y, s, recall, former, learned)
-        rec.update(checkpoints=ckpts, seconds=round(time.perf_counter() - t0, 1), cascade=cascade_record(y, table, ckpts))
+        rec.update(checkpoints=ckpts, seconds=round(time.perf_counter() - t0, 1), cascade=cascade_record(table, ckpts))
         doc["models"][name] = rec
         curves.append((name, s))
     if args.out is not None:

@@ -317,3 +317,25 @@ def prefilter_threshold(model: FeatureModel) -> float | None:
     """The calibrated prefilter threshold of a feature model, or None."""
     pre = model.info.get("prefilter")
     return None if not isinstance(pre, dict) else float(pre["threshold"])
+
+
+def prefilter_accounting(model: FeatureModel, table: pa.Table, threshold: float, *, source: str = "object table") -> dict[str, Any]:
+    """What a cascade's prefilter does to a labelled table: objects passed on, recall given up.
+
+    Returns
+    -------
+    dict
+        ``objects``, ``passed`` (feature logit >= ``threshold``: scored by the network),
+        ``alpha``, ``alpha_rejected`` (alpha decays the network never sees: the cascade cannot
+        select them at any threshold), ``recall_lost`` = alpha_rejected / alpha.
+    """
+    if "label" not in table.column_names:
+        raise InputError(f"{source}: no 'label' column: prefilter accounting needs labelled objects")
+    y = np.asarray(table.column("label").to_numpy(zero_copy_only=False))
+    passed = model.score_table(table, source=source) >= threshold
+    alpha = y == 1
+    rejected = int((alpha & ~passed).sum())
+    return {
+        "objects": len(y), "passed": int(passed.sum()), "alpha": int(alpha.sum()), "alpha_rejected": rejected,
+        "recall_lost": rejected / int(alpha.sum()) if alpha.any() else 0.0,
+    }

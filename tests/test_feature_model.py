@@ -383,3 +383,13 @@ def test_threshold_and_watch_take_a_cascade(tmp_path):
     config = WatchConfig(models=(str(ck),), device="cpu", workers=1, processes=False)
     rep = watch(inbox, tmp_path / "cand", config, once=True, progress=False)
     assert not rep.failed and len(rep.processed) == 1
+
+
+def test_prefilter_accounting_counts_what_the_network_never_sees():
+    from scanstream.feature_model import prefilter_accounting
+
+    t = _table([2, 5, 3, 6, 4], [[]] * 5).append_column("label", pa.array([1, 1, 0, 0, 1], pa.int8()))
+    acc = prefilter_accounting(hand_model(), t, 0.0)  # keeps multiplicity >= 4
+    assert acc == {"objects": 5, "passed": 3, "alpha": 3, "alpha_rejected": 1, "recall_lost": pytest.approx(1 / 3)}
+    with pytest.raises(InputError, match="no 'label' column"):
+        prefilter_accounting(hand_model(), _table([2], [[]]), 0.0)
