@@ -13,13 +13,16 @@ table, and a morning summary per sheet is written to ``<out>.watch/morning/``.
 ``--demo`` (what ``make demo`` runs) is the whole job on simulated sheets, on a CPU, with the
 sizes of the TOML file's [demo] table::
 
-    1 simulate   labelled TRAIN and VALID stores, and one sheet at the natural prevalence that is
-                 written to OUT/staging and moved into OUT/inbox when complete, as a scanner would
-    2 train      a small CPU backbone (mobilenet_v3_small at 112 px by default)
+    1 simulate   a labelled VALID store (and TRAIN when training here), and one sheet at the natural
+                 prevalence that is written to OUT/staging and moved into OUT/inbox when complete,
+                 as a scanner would
+    2 model      the shipped cascade (models/README.md) by default; with ``model = ""`` a small CPU
+                 backbone trained here (mobilenet_v3_small at 112 px)
     3 threshold  calibrated on VALID at the target recall
     4 overnight  the watch, once, over OUT/inbox -> OUT/candidates (+ OUT/candidates.watch/morning/)
-    5 morning    the summary and the top candidates printed; OUT/gallery/ (HTML + contact sheet);
-                 OUT/revisit.csv (the selected candidates along a short stage path)
+    5 morning    the summary and the top candidates printed; the former method's selection on the
+                 same sheet; OUT/gallery/ (HTML + contact sheet); OUT/revisit.csv (the selected
+                 candidates along a short stage path); then the simulation's truth for both
 
 Each stage resumes: rerunning finds the finished stages' outputs and does not redo them
 (``--fresh`` starts over). The simulated sheet's truth is used only at the very end, to say how
@@ -327,8 +330,8 @@ def run_demo(cfg: DemoConfig, out: Path, *, fresh: bool = False) -> dict[str, An
 
     t = time.perf_counter()
     stores = stage_simulate(cfg, out)
-    clock.stage("1 simulate", t, f"TRAIN {cfg.train_objects}, VALID {cfg.valid_objects}, sheet {cfg.sheet_objects} "
-                f"objects ({cfg.sheet_prevalence}) -> {out / 'inbox'}")
+    made = ("" if cfg.model else f"TRAIN {cfg.train_objects}, ") + f"VALID {cfg.valid_objects}, sheet {cfg.sheet_objects}"
+    clock.stage("1 simulate", t, f"{made} objects ({cfg.sheet_prevalence}) -> {out / 'inbox'}")
     t = time.perf_counter()
     ckpt, metrics = stage_train(cfg, out, stores)
     if cfg.model:

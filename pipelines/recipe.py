@@ -16,6 +16,8 @@ Stages (each resumes: finished outputs are found and kept):
               OUT/train_pool.zarr, OUT/valid_pool.zarr
     train     the fused network (image + features) on the pools: OUT/run/model.safetensors, a
               cascade (objects the prefilter rejects are never shown to it)
+    pixels    (with a [pixels] table) the pixels-only comparison: pools of every object of other
+              sheets, no prefilter, the same network without the features: OUT/run_pixels/
     holdout   the held-out full-size sheet simulated (a name and seed no stage above used) and the
               comparison written by ``benchmarks/holdout.py``: OUT/holdout/
 
@@ -47,12 +49,14 @@ from scanstream.simulate.dataset import iter_simulated, plan_sheet
 from scanstream.simulate.pool import pool_sheets, simulate_pool
 
 logger = logging.getLogger("scanstream.pipelines.recipe")
-STAGES = ("features", "pool", "train", "holdout")
+STAGES = ("features", "pool", "train", "pixels", "holdout")
 SECTIONS = {
     "features": {"sheets", "objects_per_sheet", "alpha_fraction", "calibration_sheets", "prefilter_recall"},
     "pool": {"train_sheets", "valid_sheets", "objects_per_sheet", "alpha_fraction"},
     "holdout": {"sheet", "seed", "objects", "alpha"},
+    "pixels": {"sheets", "objects_per_sheet", "alpha_fraction"},
 }
+OPTIONAL = {"pixels"}
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -64,6 +68,8 @@ def load_config(path: Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     for name, keys in SECTIONS.items():
+        if name in OPTIONAL and name not in cfg:
+            continue
         missing, extra = keys - set(cfg.get(name, {})), set(cfg.get(name, {})) - keys
         if missing or extra:
             raise ConfigError(f"{path}: [{name}] needs exactly {sorted(keys)}; missing {sorted(missing)}, unknown {sorted(extra)}")
@@ -123,13 +129,27 @@ def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
     return counts
 
 
-def stage_train(cfg: dict, out: Path, fm_path: Path) -> Path:
+def stage_pixels(cfg: dict, out: Path) -> Path:
+    """The pixels-only comparison: the same network and schedule without the picker's features,
+    trained on pools of every object (no prefilter) of sheets of their own (RP.., RQ..)."""
+    if "pixels" not in cfg:
+        raise ConfigError("stage pixels needs a [pixels] table in the recipe config")
+    p, seed = cfg["pixels"], cfg["seed"]
+    for role, prefix, sheets in (("train", "RP", p["sheets"]), ("valid", "RQ", max(1, p["sheets"] // 4))):
+        store, c = simulate_pool(out / f"{role}_pixels.zarr", prefix=prefix, sheets=sheets, objects_per_sheet=p["objects_per_sheet"],
+                                 alpha_fraction=p["alpha_fraction"], seed=seed, workers=cfg["workers"], progress=True)
+        logger.info("pixels pool %s: %s (%d crops) %s", role, store.path, store.n, json.dumps(c))
+    return stage_train(cfg, out, None, run="run_pixels", pools=("train_pixels.zarr", "valid_pixels.zarr"))
+
+
+def stage_train(cfg: dict, out: Path, fm_path: Path | None, *, run: str = "run",
+                pools: tuple[str, str] = ("train_pool.zarr", "valid_pool.zarr")) -> Path:
     from scanstream.train import config_from_dict, train
 
     d = {**cfg["train"], "seed": cfg["train"].get("seed", cfg["seed"])}
     config = config_from_dict({
-        **d, "train_store": str(out / "train_pool.zarr"), "valid_store": str(out / "valid_pool.zarr"),
-        "out_dir": str(out / "run"), "feature_model": str(fm_path),
+        **d, "train_store": str(out / pools[0]), "valid_store": str(out / pools[1]),
+        "out_dir": str(out / run), "feature_model": None if fm_path is None else str(fm_path),
     })
     t0 = time.perf_counter()
     result = train(config, progress=False)
@@ -146,6 +166,9 @@ def stage_holdout(cfg: dict, out: Path, fm_path: Path, models: list[str]) -> Pat
     h = cfg["holdout"]
     used = {f"RF{i:02d}" for i in range(cfg["features"]["sheets"])} | set(pool_sheets("RT", cfg["pool"]["train_sheets"], cfg["seed"]))
     used |= set(pool_sheets("RV", cfg["pool"]["valid_sheets"], cfg["seed"]))
+    if "pixels" in cfg:
+        used |= set(pool_sheets("RP", cfg["pixels"]["sheets"], cfg["seed"]))
+        used |= set(pool_sheets("RQ", max(1, cfg["pixels"]["sheets"] // 4), cfg["seed"]))
     if h["sheet"] in used:
         raise ConfigError(f"[holdout] sheet {h['sheet']!r} is one the recipe trains on; name another")
     path = out / "holdout.zarr"
@@ -180,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         if "pool" in stages:
             stage_pool(cfg, args.out, fm_path)
         ckpt = stage_train(cfg, args.out, fm_path) if "train" in stages else args.out / "run" / "model.safetensors"
+        pixels = stage_pixels(cfg, args.out) if "pixels" in stages else args.out / "run_pixels" / "model.safetensors"
         if "holdout" in stages:
-            report = stage_holdout(cfg, args.out, fm_path, [f"cascade={ckpt}", *args.compare])
+            models = [f"cascade={ckpt}"] + ([f"pixels-only={pixels}"] if pixels.exists() else [])
+            report = stage_holdout(cfg, args.out, fm_path, [*models, *args.compare])
             logger.info("holdout: %s", report)
     except ScanstreamError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -76,7 +76,9 @@ CONFIG_FILE = "config.json"
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "smoothed_val_loss", "val_ap", "images_per_s", "seconds", "best")
 #: Fields that may change between a run and its resumption (max_epochs only under a constant rate:
 #: the cosine schedule is laid out over max_epochs).
-_RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead", "torch_threads", "out_dir"}
+#: Options a rerun may change without changing the run (``keep`` only chooses which epoch is kept).
+_RESUMABLE = {"max_epochs", "device", "loader", "scheduler", "workers", "ahead", "torch_threads", "out_dir", "keep"}
+KEEP = ("best", "last")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -122,6 +124,12 @@ class TrainConfig:
     model has a calibrated prefilter the checkpoint is a cascade: training draws only the
     objects the prefilter keeps, and validation scores the others by the feature model alone,
     as inference will.
+    ``keep``: which epoch's model the checkpoint holds: ``"best"`` (the paper: the minimum of
+    the smoothed validation loss, with early stopping) or ``"last"`` (the final epoch, no early
+    stopping: for a fixed-length cosine schedule, whose rate reaches 0 at ``max_epochs``; with
+    smoothing 0.9 and S_0 = V_0 the smoothed loss moves a tenth of the way per epoch, so in an
+    8-epoch run it can stay above epoch 0's value while validation AP keeps rising). It may be
+    changed on a rerun of a finished run: training is the same, only the kept epoch differs.
     ``recipe``: the named starting point (:data:`RECIPES`) the values came from, recorded only.
     ``darkness_jitter``: half-width of the per-image darkness augmentation
     (:func:`scanstream.augment.darken`; 0, the paper: off); it covers development darkness
@@ -161,6 +169,7 @@ class TrainConfig:
     torch_threads: int | None = None
     feature_model: str | None = None
     recipe: str = ""
+    keep: str = "best"
 
     def model_config(self) -> ModelConfig:
         inputs = N_MODEL_INPUTS if self.feature_model else 0
@@ -278,6 +287,8 @@ def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
         raise ConfigError(f"smoothing w must be in [0, 1), got {config.smoothing}")
     if not config.stop_factor > 1:
         raise ConfigError(f"stop_factor must be > 1, got {config.stop_factor}")
+    if config.keep not in KEEP:
+        raise ConfigError(f"keep must be one of {', '.join(KEEP)}, got {config.keep!r}")
     if config.warmup_epochs < 0:
         raise ConfigError(f"warmup_epochs must be >= 0, got {config.warmup_epochs}")
     if config.loader not in LOADERS:
@@ -688,7 +699,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         stopper = EarlyStopping(**st["stopper"])
         if st.get("stopped") or start_epoch >= config.max_epochs:
             logger.info("%s: run already finished at epoch %d", out, start_epoch - 1)
-            return _result(out, history, stopper, stopped=bool(st.get("stopped")))
+            stopped = bool(st.get("stopped"))
+            if config.keep == "last":  # the finished run's final weights are the loaded state
+                _save_last(out, model, history, stopper, stopped, config, resolved, dhash, features)
+            return _result(out, history, stopper, stopped=stopped, keep=config.keep)
         logger.info("%s: resuming after epoch %d", out, start_epoch - 1)
     else:
         optimizer = _build_optimizer(model, config, 0)
@@ -713,16 +727,16 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             history.append(row)
             logger.info("epoch %d: train %.4f val %.4f smoothed %.4f AP %.4f %.1f img/s%s", epoch, train_loss, val_loss,
                         smoothed, val_ap, row["images_per_s"] or 0, " (best)" if is_best else "")
-            if is_best:
-                metrics = _metrics(history, stopper, epochs_run=epoch + 1, stopped=False)
+            if is_best or config.keep == "last":
+                metrics = _metrics(history, stopper, epochs_run=epoch + 1, stopped=False, keep=config.keep)
                 save_checkpoint(out / CHECKPOINT_FILE, model, model_config=config.model_config(), train_config=resolved,
                                 data_hash=dhash, metrics=metrics, **_cascade(features))
-            stopped = stop
+            stopped = stop and config.keep == "best"
             write_history(history, out)
             save_train_state(state_path, model, run.optimizer, {
                 "epoch": epoch, "history": history, "stopper": stopper.state(), "stopped": stopped, "config": resolved,
             })
-            if stop:
+            if stopped:
                 if next_stream is not None:
                     next_stream.cancel()
                 logger.info("early stop at epoch %d: smoothed loss %.4f > %.2f x min %.4f (epoch %d)", epoch, smoothed,
@@ -731,7 +745,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     if stopper.best_epoch < 0:
         raise TrainingError(f"{out}: the validation loss was never finite (diverged?); no checkpoint was written")
     _finalise_checkpoint(out, history, stopper, stopped, config, resolved, dhash)
-    return _result(out, history, stopper, stopped=stopped)
+    return _result(out, history, stopper, stopped=stopped, keep=config.keep)
 
 
 def _set_threads(rt: Runtime) -> None:
@@ -800,9 +814,9 @@ def _build_optimizer_keeping(old: torch.optim.Optimizer, model, config: TrainCon
     return new
 
 
-def _metrics(history: list[dict], stopper: EarlyStopping, *, epochs_run: int, stopped: bool) -> dict[str, Any]:
+def _metrics(history: list[dict], stopper: EarlyStopping, *, epochs_run: int, stopped: bool, keep: str = "best") -> dict[str, Any]:
     rows = [h for h in history if h["epoch"] == stopper.best_epoch]
-    best = rows[0] if rows else history[-1]
+    best = rows[0] if rows and keep == "best" else history[-1]
     return {
         "val_ap": best["val_ap"], "val_loss": best["val_loss"], "smoothed_val_loss": best["smoothed_val_loss"],
         "train_loss": best["train_loss"], "best_epoch": best["epoch"], "epochs_run": epochs_run,
@@ -815,15 +829,25 @@ def _finalise_checkpoint(out: Path, history, stopper, stopped, config, resolved,
     from scanstream.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(out / CHECKPOINT_FILE)
-    metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped)
+    metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped, keep=config.keep)
     if ckpt.metrics != metrics:
         save_checkpoint(out / CHECKPOINT_FILE, ckpt.model, model_config=config.model_config(), train_config=resolved,
                         data_hash=dhash, metrics=metrics, feature_model=ckpt.feature_model,
                         prefilter_threshold=ckpt.prefilter_threshold)
 
 
-def _result(out: Path, history: list[dict], stopper: EarlyStopping, *, stopped: bool) -> TrainResult:
-    metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped)
+def _save_last(out: Path, model, history, stopper, stopped, config, resolved, dhash, features) -> None:
+    """A finished run rerun with ``keep="last"``: the checkpoint becomes the final epoch's model."""
+    from scanstream.checkpoint import load_checkpoint
+
+    metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped, keep="last")
+    if load_checkpoint(out / CHECKPOINT_FILE).metrics != metrics:
+        save_checkpoint(out / CHECKPOINT_FILE, model, model_config=config.model_config(), train_config=resolved,
+                        data_hash=dhash, metrics=metrics, **_cascade(features))
+
+
+def _result(out: Path, history: list[dict], stopper: EarlyStopping, *, stopped: bool, keep: str = "best") -> TrainResult:
+    metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped, keep=keep)
     return TrainResult(checkpoint=out / CHECKPOINT_FILE, history=list(history), best_epoch=metrics["best_epoch"],
                        metrics=metrics)
 
@@ -838,9 +862,9 @@ def _result(out: Path, history: list[dict], stopper: EarlyStopping, *, stopped: 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     "cpu": {"backbone": "mobilenet_v3_small", "input_size": 112, "n": 0, "m": 0, "darkness_jitter": 0.3, "lr": 2e-3,
-            "lr_schedule": "cosine", "max_epochs": 12, "batch_size": 32, "warmup_epochs": 2},
+            "lr_schedule": "cosine", "max_epochs": 12, "batch_size": 32, "warmup_epochs": 2, "keep": "last"},
     "finetune": {"n": 0, "m": 0, "darkness_jitter": 0.3, "lr": 5e-4, "lr_schedule": "cosine", "max_epochs": 12,
-                 "batch_size": 32, "warmup_epochs": 2},
+                 "batch_size": 32, "warmup_epochs": 2, "keep": "last"},
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -393,3 +394,31 @@ def test_prefilter_accounting_counts_what_the_network_never_sees():
     assert acc == {"objects": 5, "passed": 3, "alpha": 3, "alpha_rejected": 1, "recall_lost": pytest.approx(1 / 3)}
     with pytest.raises(InputError, match="no 'label' column"):
         prefilter_accounting(hand_model(), _table([2], [[]]), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped checkpoint
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "scanstream-cpu-cascade.safetensors"
+
+
+def test_shipped_cascade_loads_and_scores_a_simulated_sheet(tmp_path):
+    from scanstream.checkpoint import checkpoint_hash
+    from scanstream.simulate import simulate_store
+
+    ck = load_checkpoint(SHIPPED)
+    assert ck.model_config == ModelConfig("mobilenet_v3_small", 112, "none", inputs=N_MODEL_INPUTS)
+    assert ck.prefilter_threshold is not None and ck.feature_model.n_trees > 0
+    assert ck.feature_model.info["prefilter"]["recall"] == 0.99
+    tc = ck.train_config
+    assert tc["seed"] == 0 and tc["keep"] == "last" and tc["resolved"]["data_hash"] == ck.data_hash
+    assert len(tc["resolved"]["feature_model_hash"]) == 16 and 0.9 < ck.metrics["val_ap"] <= 1
+    assert ck.hash == checkpoint_hash(SHIPPED)
+    assert SHIPPED.stat().st_size < 25 * 1024 * 1024
+    store = simulate_store(tmp_path / "s.zarr", objects=40, alpha_fraction=0.5, sheet="SHIPTEST", seed=5)
+    scores = score_store(store, [SHIPPED], device="cpu", precision="fp32")
+    passed = ck.feature_model.score_table(store.table) >= ck.prefilter_threshold
+    assert np.isfinite(scores).all() and passed.any()
+    y = store.labels
+    assert scores[y == 1].mean() > scores[y == 0].mean()
+

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from safetensors.torch import load_file
 
 import scanstream.train as tr
 from scanstream.augment import AugmentConfig, augment
@@ -273,6 +274,22 @@ def test_dask_fed_run_is_the_same_run(reference, tmp_path):
     assert _strip(dask.history) == _strip(local.history)
     wa, wd = _weights(local.checkpoint), _weights(dask.checkpoint)
     assert all(torch.equal(wa[k], wd[k]) for k in wa)
+
+
+def test_keep_last_on_a_finished_run_keeps_the_final_epoch(reference, tmp_path):
+    """Rerunning a finished run with keep="last" trains nothing and keeps the last epoch's weights."""
+    import shutil
+
+    stores, local = reference
+    run_dir = tmp_path / "copy"
+    shutil.copytree(local.checkpoint.parent, run_dir)
+    cfg = _cfg(stores, run_dir, keep="last")
+    result = train(cfg, progress=False)
+    assert [h["epoch"] for h in result.history] == [0, 1] and result.best_epoch == 1
+    final = {k[len("model."):]: v for k, v in load_file(str(run_dir / "train_state.safetensors")).items() if k.startswith("model.")}
+    kept = _weights(run_dir / "model.safetensors")
+    assert all(torch.equal(kept[k], final[k]) for k in kept)
+    assert load_checkpoint(run_dir / "model.safetensors").metrics["val_ap"] == result.history[1]["val_ap"]
 
 
 def test_another_seed_is_another_run(reference, tmp_path):

@@ -337,6 +337,12 @@ def test_committed_overnight_toml_loads():
     assert pipe.load_demo_config(pipe.DEFAULT_CONFIG, epochs=2).epochs == 2
 
 
+def test_demo_uses_the_shipped_model():
+    pipe = _pipeline()
+    cfg = pipe.load_demo_config(pipe.DEFAULT_CONFIG)
+    assert cfg.model and (pipe.ROOT / cfg.model).is_file() and (pipe.ROOT / cfg.model).parent.name == "models"
+
+
 def test_demo_config_errors(tmp_path):
     pipe = _pipeline()
     bad = tmp_path / "o.toml"

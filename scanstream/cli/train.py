@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 _FIELDS = (
     "backbone", "input_size", "pretrained", "n", "m", "darkness_jitter", "seed", "max_epochs", "batch_size",
     "epoch_size", "lr", "lr_schedule", "warmup_epochs", "device", "loader", "scheduler", "workers", "amp",
-    "augment_on", "pos_weight", "unfreeze", "feature_model",
+    "augment_on", "pos_weight", "unfreeze", "feature_model", "keep",
 )
 
 
@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default="auto", choices=("auto", "paper", "cpu", "finetune"),
                    help="starting values of every option (TOML and flags override): paper (ResNet50 224 px, "
                    "RandAugment (2, 24), constant 3e-4, batch 96, 100 epochs), cpu (mobilenet_v3_small 112 px, flips + "
-                   "darkness jitter 0.3, cosine 2e-3, batch 32, 12 epochs), finetune (from a scanstream checkpoint: "
-                   "cosine 5e-4, 12 epochs); auto (default): finetune with a scanstream checkpoint as --pretrained, "
+                   "darkness jitter 0.3, cosine 2e-3, batch 32, 12 epochs, the last epoch kept), finetune (from a scanstream "
+                   "checkpoint: cosine 5e-4, 12 epochs, the last kept); auto (default): finetune with a scanstream checkpoint as --pretrained, "
                    "paper on a GPU, cpu otherwise. The recipe used is printed and recorded in config.json")
     p.add_argument("--feature-model", metavar="FILE",
                    help="train the fused image + feature network with this feature model (`scanstream baseline "
@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unfreeze", action="store_true", default=None,
                    help="the authors' staged unfreezing (for --pretrained): backbone frozen except BatchNorm, "
                    "last two stages trained from epoch 50, the rest from 100, at lr/10")
+    p.add_argument("--keep", choices=("best", "last"),
+                   help="the epoch the checkpoint holds: best (paper: minimum of the smoothed validation loss, early "
+                   "stopping) or last (fixed-length cosine runs; the cpu and finetune recipes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
