@@ -498,7 +498,7 @@ def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = N
             factor = lr_factor(cfg.lr_schedule, epoch, step, n_batches, cfg.max_epochs)
             for group in run.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-        loss = train_step(run, x, y, f)
+        loss = train_step(run, x, y) if f is None else train_step(run, x, y, f)
         total += loss * len(idx)  # accumulated on the device: no sync per step
         count += len(idx)
         if bar is not None:

@@ -66,8 +66,8 @@ def test_feature_array_refuses_tables_without_features(table, match):
 
 @pytest.fixture(scope="module")
 def sheets():
-    fit = simulate_table(objects=3000, alpha_fraction=0.2, sheet="FMFIT", seed=1)
-    cal = simulate_table(objects=2000, alpha_fraction=0.2, sheet="FMCAL", seed=2)
+    fit = simulate_table(objects=2000, alpha_fraction=0.25, sheet="FMFIT", seed=1)
+    cal = simulate_table(objects=1500, alpha_fraction=0.2, sheet="FMCAL", seed=2)
     return fit, cal
 
 
@@ -98,7 +98,7 @@ def test_saved_feature_model_reads_back_identically(tmp_path, sheets, fitted):
     path = save_feature_model(fitted, tmp_path / "fm.safetensors")
     back = load_feature_model(path)
     np.testing.assert_array_equal(back.score_table(sheets[1]), fitted.score_table(sheets[1]))
-    assert back.info["features"][0] == "multiplicity" and back.info["train"]["objects"] == 3000
+    assert back.info["features"][0] == "multiplicity" and back.info["train"]["objects"] == 2000
     assert not list(tmp_path.glob(".*tmp*"))
 
 
