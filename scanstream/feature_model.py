@@ -43,6 +43,12 @@ TENSOR_NAMES = ("feature", "threshold", "left", "right", "is_leaf", "value", "ro
 EMBEDDED_PREFIX = "prefilter."
 #: Divides the feature model's logit where the fused network reads it (inputs of order 1).
 LOGIT_SCALE = 10.0
+#: The fused network reads the feature model's logit clipped to +-LOGIT_CLIP (then / LOGIT_SCALE):
+#: a logit beyond it says no more about the object, and an input far outside the range the
+#: network was trained on would be extrapolated without bound.
+LOGIT_CLIP = 15.0
+#: Default l2 regularisation of the tree ensemble's leaves (:func:`fit_feature_model`).
+L2_REGULARIZATION = 1.0
 #: Inputs of the fused network per object: the scaled features plus the feature model's logit.
 N_MODEL_INPUTS = N_FEATURES + 1
 _ROWS_PER_BLOCK = 8192
@@ -209,22 +215,33 @@ def labelled_features(table: pa.Table, *, source: str = "object table") -> tuple
     return x, y
 
 
-def fit_feature_model(table: pa.Table, *, seed: int = 0, max_iter: int = 300, source: str = "TRAIN") -> FeatureModel:
+def fit_feature_model(
+    table: pa.Table, *, seed: int = 0, max_iter: int = 300, l2_regularization: float = L2_REGULARIZATION, source: str = "TRAIN"
+) -> FeatureModel:
     """Fit the tree ensemble on a labelled object table's picker features.
 
     scikit-learn's defaults otherwise (learning rate 0.1, 31 leaves, early stopping on a 10 %
     validation split when there are more than 10,000 rows), with class weights left equal: the
     logit is that of TRAIN's prevalence, and only its ranking matters downstream.
+
+    ``l2_regularization`` (scikit-learn's default is 0) bounds each leaf's Newton step
+    -G / (H + l2). Without it, a leaf holding a few objects of one class whose predicted
+    probability is already near 0 or 1 has a vanishing hessian and a huge value: fitted on
+    180,000 objects of six sheets, the unregularised ensemble had leaves from -2,851 to +362
+    and gave a hadron interaction a logit of +300 (rank 1 of a 3,000-object sheet, above every
+    alpha decay). With 1.0 the leaves stay within about +-1 and the validation AP is unchanged
+    (0.952 against 0.954 on a sheet of 20,000 objects).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     x, y = labelled_features(table, source=source)
-    est = HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed)
+    est = HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed, l2_regularization=l2_regularization)
     est.fit(x, y)
     info = {
         "features": list(FEATURE_NAMES),
         "estimator": "sklearn.ensemble.HistGradientBoostingClassifier",
-        "params": {"max_iter": max_iter, "random_state": seed, "n_iter": int(est.n_iter_)},
+        "params": {"max_iter": max_iter, "random_state": seed, "l2_regularization": l2_regularization,
+                   "n_iter": int(est.n_iter_)},
         "train": {"objects": len(y), "alpha": int((y == 1).sum()), "source": source},
     }
     return from_sklearn(est, info)
@@ -286,11 +303,18 @@ def model_inputs(table: pa.Table, model: FeatureModel, *, source: str = "object 
     """What the fused network reads per object: float32 (n, :data:`N_MODEL_INPUTS`).
 
     The scaled picker features (:data:`scanstream.features.FEATURE_SCALE`) and the feature
-    model's logit divided by :data:`LOGIT_SCALE`; training and inference share this function.
+    model's logit clipped to +-:data:`LOGIT_CLIP` and divided by :data:`LOGIT_SCALE`; training
+    and inference share this function.
     """
+    return inputs_and_logits(table, model, source=source)[0]
+
+
+def inputs_and_logits(table: pa.Table, model: FeatureModel, *, source: str = "object table") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`model_inputs` and the feature model's unclipped logits float32 (n,), in one pass."""
     x = feature_array(table, source=source)
     logit = model.decision_function(x)
-    return np.concatenate([x / FEATURE_SCALE, (logit / LOGIT_SCALE)[:, None]], axis=1).astype(np.float32)
+    clipped = np.clip(logit, -LOGIT_CLIP, LOGIT_CLIP)
+    return np.concatenate([x / FEATURE_SCALE, (clipped / LOGIT_SCALE)[:, None]], axis=1).astype(np.float32), logit
 
 
 def calibrate_prefilter(model: FeatureModel, table: pa.Table, *, recall: float, source: str = "calibration table") -> FeatureModel:

@@ -40,7 +40,7 @@ import torch
 from scanstream import store as st
 from scanstream.cluster import tune_malloc, worker_settings
 from scanstream.errors import CheckpointError, InputError, PipelineError, StoreError
-from scanstream.feature_model import LOGIT_SCALE, FeatureModel, model_inputs
+from scanstream.feature_model import FeatureModel, inputs_and_logits
 from scanstream.features import feature_array
 
 logger = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ class Ensemble:
                 continue
             key = id(fm)
             if key not in cache:
-                inputs = model_inputs(table, fm, source=source)
-                cache[key] = ObjectInputs(inputs, inputs[:, -1] * LOGIT_SCALE, pre)
+                inputs, logits = inputs_and_logits(table, fm, source=source)
+                cache[key] = ObjectInputs(inputs, logits, pre)
             out.append(cache[key] if cache[key].prefilter == pre else ObjectInputs(cache[key].inputs, cache[key].logits, pre))
         return out
 

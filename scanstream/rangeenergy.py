@@ -52,22 +52,16 @@ prior included), or from a bootstrap over objects when asked.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from scipy import optimize, special
 
 from scanstream import baseline as bl
-from scanstream.atomic import atomic_path
 from scanstream.errors import InputError
 from scanstream.simulate import physics as ph
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel
@@ -364,7 +358,9 @@ class FitConfig:
 # parameter vector: density, shrinkage, logit(th_fraction), logit(background fraction), slope (1/um)
 _NAMES = ("density", "shrinkage", "th_fraction", "background_fraction", "background_slope_per_um")
 _LOGIT_BOUND = 9.0
-_STEPS = np.array([1e-3, 2e-3, 2e-2, 2e-2, 2e-3])  # finite-difference steps for the curvature
+# finite-difference steps for the curvature: the likelihood has kinks where a line's steepest
+# prongs reach one more focal plane, so steps far below the errors would measure the kinks
+_STEPS = np.array([5e-3, 5e-3, 5e-2, 5e-2, 5e-3])
 
 
 #: Alpha lines (indices into LINES) of each kind of star: thorium by either branch, uranium.
@@ -484,7 +480,9 @@ def _minimise(nll: _Likelihood, u0: np.ndarray, bounds: list[tuple[float, float]
                             options={"eps": 1e-5, "maxiter": 300})
     u = u0.copy()
     u[idx] = res.x
-    return u, bool(res.success)
+    # a line search stopped by a kink of the likelihood is still at its minimum (checked by the
+    # density profile in fit_spectrum); only running out of iterations is a failure
+    return u, bool(res.success) or "ABNORMAL" in str(res.message)
 
 
 def _free(bounds: list[tuple[float, float]]) -> np.ndarray:
@@ -537,6 +535,45 @@ def _curvature_errors(nll: _Likelihood, u: np.ndarray, bounds: list[tuple[float,
     diag = np.diag(cov)
     err[idx] = np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan)
     return err
+
+
+def _profile(nll: _Likelihood, u: np.ndarray, bounds: list[tuple[float, float]], i: int,
+             step: float, max_steps: int = 12) -> tuple[np.ndarray, float, float]:
+    """Errors (lower, upper) of parameter ``i`` from the profile likelihood (others re-fitted).
+
+    Density and shrinkage lie on a long, kinked, flat-bottomed ridge (lengths constrain mainly
+    a combination of the two), where a finite-difference Hessian is fragile. The profile is
+    walked outwards in ``step`` until it has risen by 1/2, and the crossing interpolated
+    (linearly in sqrt(2 rise), exact for a parabola). A profile point below the fit (a minimum
+    the local fit missed) becomes the new fit and the walk starts again, once.
+    """
+    free = _free(bounds)
+    free[i] = False
+    errs = [math.nan, math.nan]
+    for _ in range(2):
+        f0 = nll(u)
+        errs, better = [], None
+        for sign in (-1.0, 1.0):
+            v, prev, err = u.copy(), 0.0, math.nan
+            for k in range(1, max_steps + 1):
+                v = v.copy()
+                v[i] = u[i] + sign * k * step
+                if not bounds[i][0] <= v[i] <= bounds[i][1]:
+                    break
+                v, _ = _minimise(nll, v, bounds, free)
+                rise = nll(v) - f0
+                if rise < -1e-3 and (better is None or nll(v) < nll(better)):
+                    better = v
+                r = math.sqrt(2.0 * max(rise, 0.0))
+                if r >= 1.0:
+                    err = step * (k - 1 + (1.0 - prev) / (r - prev))
+                    break
+                prev = r
+            errs.append(err)
+        if better is None:
+            break
+        u, _ = _minimise(nll, better, bounds, _free(bounds))
+    return u, errs[0], errs[1]
 
 
 def _report(u: np.ndarray, err: np.ndarray, boot: np.ndarray | None, config: FitConfig) -> dict[str, Any]:
@@ -615,17 +652,28 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
                          f"(of {len(x_all)}); at least {config.min_prongs} are needed")
     nll = _Likelihood(x, g_in, model, config)
     u, ok = _best_fit(nll, config)
-    err = _curvature_errors(nll, u, _bounds(config))
+    bounds = _bounds(config)
+    err = _curvature_errors(nll, u, bounds)
+    profiles: dict[str, tuple[float, float]] = {}
+    for i, name in ((0, "density"), (1, "shrinkage")):
+        if _free(bounds)[i]:
+            sigma = float(np.clip(err[i] if np.isfinite(err[i]) else 0.02, 0.005, 0.1))
+            u, err_lo, err_hi = _profile(nll, u, bounds, i, sigma / 2)
+            profiles[name] = (err_lo, err_hi)
+            if np.isfinite(err_lo) and np.isfinite(err_hi):
+                err[i] = 0.5 * (err_lo + err_hi)
     boot = _bootstrap(x, g_in, u, model, config) if config.bootstrap else None
     out = _report(u, err, boot, config)
     out.update(
         line_ranges_um={ln.nuclide: float(r) for ln, r in zip(LINES, line_ranges_um(out["density"]), strict=True)},
-        prongs=int(len(x_all)), prongs_fitted=int(len(x)), objects_fitted=int(g_in.max() + 1), nll=float(nll(u)),
+        prongs=len(x_all), prongs_fitted=len(x), objects_fitted=int(g_in.max() + 1), nll=float(nll(u)),
         converged=ok,
         window_um=[float(lo), float(hi)],
     )
-    if config.shrinkage is not None:
-        out["shrinkage_fixed"] = True
+    for name, (err_lo, err_hi) in profiles.items():
+        out[f"{name}_err_lower"] = None if not np.isfinite(err_lo) else float(err_lo)
+        out[f"{name}_err_upper"] = None if not np.isfinite(err_hi) else float(err_hi)
+    out["shrinkage_fixed"] = config.shrinkage is not None
     return out
 
 

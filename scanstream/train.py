@@ -48,11 +48,10 @@ from scanstream.dataload import (
 )
 from scanstream.errors import ConfigError, InputError, ScanstreamError
 from scanstream.feature_model import (
-    LOGIT_SCALE,
     N_MODEL_INPUTS,
     FeatureModel,
+    inputs_and_logits,
     load_feature_model,
-    model_inputs,
     prefilter_threshold,
 )
 from scanstream.features import feature_array
@@ -426,9 +425,8 @@ class RunFeatures:
     @classmethod
     def build(cls, model: FeatureModel, train_store: CropStore, valid_store: CropStore) -> RunFeatures:
         prefilter = prefilter_threshold(model)
-        tin = model_inputs(train_store.table, model, source=str(train_store.path))
-        vin = model_inputs(valid_store.table, model, source=str(valid_store.path))
-        t_logits, v_logits = tin[:, -1] * LOGIT_SCALE, vin[:, -1] * LOGIT_SCALE
+        tin, t_logits = inputs_and_logits(train_store.table, model, source=str(train_store.path))
+        vin, v_logits = inputs_and_logits(valid_store.table, model, source=str(valid_store.path))
         keep_t = np.ones(len(tin), bool) if prefilter is None else t_logits >= prefilter
         rejected_v = np.zeros(len(vin), bool) if prefilter is None else v_logits < prefilter
         return cls(model, prefilter, torch.from_numpy(tin), vin, v_logits, rejected_v, keep_t)

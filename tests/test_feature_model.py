@@ -16,6 +16,7 @@ from scanstream.checkpoint import load_checkpoint, save_checkpoint
 from scanstream.classify import score_store
 from scanstream.errors import CheckpointError, InputError
 from scanstream.feature_model import (
+    L2_REGULARIZATION,
     LOGIT_SCALE,
     N_MODEL_INPUTS,
     FeatureModel,
@@ -82,7 +83,7 @@ def test_tree_walk_equals_scikit_learn(sheets, fitted):
     from scanstream.feature_model import labelled_features
 
     x, y = labelled_features(sheets[0])
-    ref = HistGradientBoostingClassifier(max_iter=40, random_state=0).fit(x, y)
+    ref = HistGradientBoostingClassifier(max_iter=40, random_state=0, l2_regularization=L2_REGULARIZATION).fit(x, y)
     xc = feature_array(sheets[1])
     np.testing.assert_allclose(fitted.decision_function(xc), ref.decision_function(xc), atol=1e-5)
 
@@ -422,3 +423,20 @@ def test_shipped_cascade_loads_and_scores_a_simulated_sheet(tmp_path):
     y = store.labels
     assert scores[y == 1].mean() > scores[y == 0].mean()
 
+
+
+def test_network_reads_the_logit_clipped_and_rejected_rows_keep_it_whole(tmp_path):
+    from scanstream.feature_model import LOGIT_CLIP, inputs_and_logits
+
+    extreme = FeatureModel(**{**hand_model().__dict__, "value": np.array([0.0, -400.0, 300.0])})
+    t = _table([2, 5], [[], []])
+    inputs, logits = inputs_and_logits(t, extreme)
+    np.testing.assert_array_equal(logits, [-400.0, 300.0])
+    np.testing.assert_allclose(inputs[:, -1], [-LOGIT_CLIP / LOGIT_SCALE, LOGIT_CLIP / LOGIT_SCALE])
+    np.testing.assert_array_equal(model_inputs(t, extreme), inputs)
+
+
+def test_regularised_leaves_stay_small(sheets):
+    fm = fit_feature_model(sheets[0], seed=0, max_iter=60)
+    assert fm.info["params"]["l2_regularization"] == L2_REGULARIZATION
+    assert np.abs(fm.value[fm.is_leaf]).max() < 5
