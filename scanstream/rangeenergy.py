@@ -1,7 +1,7 @@
 """The range-energy relation of alpha particles in emulsion, and its calibration per sheet.
 
 Alpha decays of the thorium and uranium chains are mono-energetic lines; their ranges in a
-sheet fix the sheet's density (and, through the depth part of each prong, its shrinkage).
+sheet fix the sheet's density (and, through the depth part of each prong, weakly, its shrinkage).
 
 The relation
 ------------
@@ -17,8 +17,8 @@ density every range scales as
 is the simulator's (:func:`scanstream.simulate.physics.alpha_range_um`): one copy of the
 relation serves both the simulation and the calibration.
 
->>> round(float(range_um(8.785, density=3.50)), 2)
-50.65
+>>> round(float(range_um(8.785, density=3.50)), 2)  # the table's 49.8 um scaled; PHYSICS.md: 50.65
+50.69
 >>> round(density_from_range(49.8, 8.785), 3)
 3.6
 
@@ -35,33 +35,42 @@ as
 plus the picker's error (4 % of the length and 0.8 um, in quadrature) and the range
 straggling (sigma 1 um on R). Flat prongs measure R whatever the shrinkage; steep ones are
 stretched by 2.0 / Sh and quantised. Each line's shape (:func:`line_shapes`) integrates this
-over c numerically. A false candidate's prongs form a smooth background, modelled as an
-exponential in length over the fit window.
+over c numerically. Each object is a thorium or uranium star whose prongs are different lines
+of its chain, or a false candidate whose prongs follow a smooth background (exponential in
+length over the fit window).
 
 The fit
 -------
 :func:`fit_spectrum` maximises the likelihood of the prong lengths inside a window (default
 the former method's 15-55 um, so selected candidates and verified decays are treated alike)
-over the density, the shrinkage (with a Gaussian prior, default 1.95 +- 0.05, the E07 span),
+over the density, the shrinkage (with a Gaussian prior, default 1.95 +- 0.03, the E07 span),
 the share of thorium-series stars, the background fraction and its slope. It starts from a
 scan over density (the likelihood has local maxima where lines swap places), then polishes
-with L-BFGS-B; errors come from the curvature of the log-likelihood (inverse Hessian, the
-prior included), or from a bootstrap over objects when asked.
+with L-BFGS-B. The density's error comes from its profile likelihood (where it has risen by
+1/2, the other parameters re-fitted), the shrinkage's from the same profile plus its
+conditional curvature, the others' from the inverse Hessian; a bootstrap over objects on
+request.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy import optimize, special
 
 from scanstream import baseline as bl
+from scanstream.atomic import atomic_path
 from scanstream.errors import InputError
 from scanstream.simulate import physics as ph
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel
@@ -177,8 +186,8 @@ class SpectrumModel:
     z_step_um: float = DEFAULT_PICKER.z_step_um
     shrinkage_nominal: float = DEFAULT_PICKER.shrinkage_nominal
     window_um: tuple[float, float] = (bl.DEFAULT_CONFIG.min_length_um, bl.DEFAULT_CONFIG.max_length_um)
-    n_gauss: int = 8
-    grid_step_um: float = 0.1
+    n_gauss: int = 4
+    grid_step_um: float = 0.2
 
     def __post_init__(self) -> None:
         lo, hi = self.window_um
@@ -305,7 +314,8 @@ class FitConfig:
     shrinkage_prior : (float, float) or None
         Gaussian prior (mean, sigma) on the fitted shrinkage; None: flat within ``shrinkage_bounds``.
         Lengths alone constrain the shrinkage only weakly (through the steep prongs), so the
-        prior (the E07 span 1.9-2.0) keeps small samples sensible; its width enters the errors.
+        prior carries the E07 span 1.9-2.0 (sigma 0.03, that of a uniform 1.9-2.0); its width
+        enters the density's error. Other emulsions need their own.
     th_fraction : float or None
         Fix the share of thorium-series stars; None fits it.
     background : bool
@@ -322,13 +332,14 @@ class FitConfig:
         prong of each of its lines resolves most of the ambiguity between close lines.
     prong_efficiency : float
         Probability that each alpha of a star is reported inside the window (sets how likely a
-        4-prong object is a uranium star or a thorium star that lost a prong).
+        4-prong object is a uranium star or a thorium star that lost a prong). 0.93: simulated
+        thorium stars show 5 of 5 in-window prongs 72 % of the time, uranium stars 4 of 4 77 %.
     """
 
     density_range: tuple[float, float] = (3.30, 3.95)
     density_step: float = 0.01
     shrinkage: float | None = None
-    shrinkage_prior: tuple[float, float] | None = (1.95, 0.05)
+    shrinkage_prior: tuple[float, float] | None = (1.95, 0.03)
     shrinkage_bounds: tuple[float, float] = (1.6, 2.4)
     th_fraction: float | None = None
     background: bool = True
@@ -336,7 +347,7 @@ class FitConfig:
     seed: int = 0
     min_prongs: int = 20
     stars: bool = True
-    prong_efficiency: float = 0.9
+    prong_efficiency: float = 0.93
 
     def __post_init__(self) -> None:
         lo, hi = self.density_range
@@ -351,6 +362,8 @@ class FitConfig:
             raise InputError(f"shrinkage prior sigma must be > 0, got {self.shrinkage_prior!r}")
         if self.th_fraction is not None and not 0.0 <= self.th_fraction <= 1.0:
             raise InputError(f"thorium fraction must lie in [0, 1], got {self.th_fraction!r}")
+        if not 0.0 < self.prong_efficiency <= 1.0:
+            raise InputError(f"prong efficiency must lie in (0, 1], got {self.prong_efficiency!r}")
         if self.bootstrap < 0 or self.min_prongs < 1:
             raise InputError(f"bootstrap >= 0 and min_prongs >= 1 required, got {self.bootstrap}, {self.min_prongs}")
 
@@ -538,26 +551,34 @@ def _curvature_errors(nll: _Likelihood, u: np.ndarray, bounds: list[tuple[float,
 
 
 def _profile(nll: _Likelihood, u: np.ndarray, bounds: list[tuple[float, float]], i: int,
-             step: float, max_steps: int = 12) -> tuple[np.ndarray, float, float]:
-    """Errors (lower, upper) of parameter ``i`` from the profile likelihood (others re-fitted).
+             step: float, max_steps: int = 7) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """The profile likelihood of parameter ``i`` (others re-fitted): where it has risen by 1/2.
 
     Density and shrinkage lie on a long, kinked, flat-bottomed ridge (lengths constrain mainly
     a combination of the two), where a finite-difference Hessian is fragile. The profile is
-    walked outwards in ``step`` until it has risen by 1/2, and the crossing interpolated
-    (linearly in sqrt(2 rise), exact for a parabola). A profile point below the fit (a minimum
-    the local fit missed) becomes the new fit and the walk starts again, once.
+    walked outwards at ``step`` times 1, 2, 4, ... until it has risen by 1/2, and the crossing
+    interpolated (linearly in sqrt(2 rise), exact for a parabola). A profile point below the
+    fit (a minimum the local fit missed) becomes the new fit and the walk starts again, once.
+
+    Returns
+    -------
+    u : float array (5,)
+        The fit (improved if the walk found a lower point).
+    ends : [lower, upper]
+        The parameter vectors where the profile crosses +1/2 (None where it does not within
+        the bounds).
     """
     free = _free(bounds)
     free[i] = False
-    errs = [math.nan, math.nan]
+    ends: list[np.ndarray | None] = [None, None]
     for _ in range(2):
         f0 = nll(u)
-        errs, better = [], None
+        ends, better = [], None
         for sign in (-1.0, 1.0):
-            v, prev, err = u.copy(), 0.0, math.nan
-            for k in range(1, max_steps + 1):
+            v, prev_v, prev, end = u.copy(), u.copy(), 0.0, None
+            for k in range(max_steps):
                 v = v.copy()
-                v[i] = u[i] + sign * k * step
+                v[i] = u[i] + sign * step * 2**k
                 if not bounds[i][0] <= v[i] <= bounds[i][1]:
                     break
                 v, _ = _minimise(nll, v, bounds, free)
@@ -566,14 +587,23 @@ def _profile(nll: _Likelihood, u: np.ndarray, bounds: list[tuple[float, float]],
                     better = v
                 r = math.sqrt(2.0 * max(rise, 0.0))
                 if r >= 1.0:
-                    err = step * (k - 1 + (1.0 - prev) / (r - prev))
+                    end = prev_v + (v - prev_v) * (1.0 - prev) / (r - prev)
                     break
-                prev = r
-            errs.append(err)
+                prev, prev_v = r, v
+            ends.append(end)
         if better is None:
             break
         u, _ = _minimise(nll, better, bounds, _free(bounds))
-    return u, errs[0], errs[1]
+    return u, ends
+
+
+def _conditional_sigma(nll: _Likelihood, u: np.ndarray, i: int, h: float) -> float:
+    """Error of parameter ``i`` with all others held at ``u``: 1 / sqrt(d2 NLL / d u_i^2)."""
+    up, down = u.copy(), u.copy()
+    up[i] += h
+    down[i] -= h
+    d2 = (nll(up) - 2.0 * nll(u) + nll(down)) / (h * h)
+    return 1.0 / math.sqrt(d2) if d2 > 0 else math.nan
 
 
 def _report(u: np.ndarray, err: np.ndarray, boot: np.ndarray | None, config: FitConfig) -> dict[str, Any]:
@@ -623,9 +653,12 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
     -------
     dict
         ``density`` (g/cm3), ``shrinkage``, ``th_fraction``, ``background_fraction``,
-        ``background_slope_per_um``, each with ``*_err`` (curvature; None when at a bound or
-        fixed) and, with a bootstrap, ``*_bootstrap_err``; ``line_ranges_um`` at the fit;
-        ``prongs``, ``prongs_fitted``, ``nll``, ``converged``, ``window_um``.
+        ``background_slope_per_um``, each with ``*_err`` (density: profile likelihood, also
+        ``density_err_lower`` / ``_upper``; shrinkage: profile + conditional curvature; others:
+        inverse Hessian; None when fixed or at a bound) and, with a bootstrap,
+        ``*_bootstrap_err``; ``line_ranges_um`` at the fit; ``prongs``, ``prongs_fitted``,
+        ``objects_fitted`` (objects with 1-5 prongs in the window), ``nll``, ``converged``,
+        ``window_um``, ``shrinkage_fixed``.
 
     Raises
     ------
@@ -654,14 +687,17 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
     u, ok = _best_fit(nll, config)
     bounds = _bounds(config)
     err = _curvature_errors(nll, u, bounds)
-    profiles: dict[str, tuple[float, float]] = {}
-    for i, name in ((0, "density"), (1, "shrinkage")):
-        if _free(bounds)[i]:
-            sigma = float(np.clip(err[i] if np.isfinite(err[i]) else 0.02, 0.005, 0.1))
-            u, err_lo, err_hi = _profile(nll, u, bounds, i, sigma / 2)
-            profiles[name] = (err_lo, err_hi)
-            if np.isfinite(err_lo) and np.isfinite(err_hi):
-                err[i] = 0.5 * (err_lo + err_hi)
+    profile: dict[str, float | None] = {}
+    if _free(bounds)[0]:
+        u, ends = _profile(nll, u, bounds, 0, 0.02)
+        lo_end, hi_end = ends
+        profile = {"density_err_lower": None if lo_end is None else float(u[0] - lo_end[0]),
+                   "density_err_upper": None if hi_end is None else float(hi_end[0] - u[0])}
+        if lo_end is not None and hi_end is not None:
+            err[0] = 0.5 * (hi_end[0] - lo_end[0])
+            if _free(bounds)[1]:  # marginal = conditional + the ridge's share (Gaussian identity)
+                cond = _conditional_sigma(nll, u, 1, _STEPS[1])
+                err[1] = math.sqrt((cond if np.isfinite(cond) else 0.0) ** 2 + (0.5 * (hi_end[1] - lo_end[1])) ** 2)
     boot = _bootstrap(x, g_in, u, model, config) if config.bootstrap else None
     out = _report(u, err, boot, config)
     out.update(
@@ -670,9 +706,7 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
         converged=ok,
         window_um=[float(lo), float(hi)],
     )
-    for name, (err_lo, err_hi) in profiles.items():
-        out[f"{name}_err_lower"] = None if not np.isfinite(err_lo) else float(err_lo)
-        out[f"{name}_err_upper"] = None if not np.isfinite(err_hi) else float(err_hi)
+    out.update(profile)
     out["shrinkage_fixed"] = config.shrinkage is not None
     return out
 
@@ -710,3 +744,192 @@ def fit_sheet(lengths: Sequence[np.ndarray], *, model: SpectrumModel | None = No
     out = fit_spectrum(flat, groups=groups, model=model, config=config)
     out["objects"] = len(arrays)
     return out
+
+
+# -- inputs, outputs ------------------------------------------------------------------------
+def alpha_object_ids(verdicts: str | os.PathLike) -> set[str]:
+    """Object ids whose latest verdict in a verdicts table (directory or .jsonl file) is alpha."""
+    from scanstream.verdicts import read_verdicts
+
+    latest: dict[str, str] = {}
+    for record in read_verdicts(verdicts):  # in time order: the last one per object wins
+        latest[str(record["object_id"])] = record["verdict"]
+    ids = {k for k, v in latest.items() if v == "alpha"}
+    if not ids:
+        raise InputError(f"{verdicts}: no object is marked alpha ({len(latest)} verdict(s) read)")
+    return ids
+
+
+def _column(table: pa.Table, name: str, source: str | os.PathLike) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise InputError(f"{source}: object table has no {name!r} column")
+    return table.column(name)
+
+
+def _sheet_rows(table: pa.Table, sheet: str, source: str | os.PathLike) -> pa.Table:
+    rows = table.filter(pc.equal(_column(table, "sheet", source).cast(pa.string()), sheet))
+    if rows.num_rows == 0:
+        known = sorted({str(s) for s in pc.unique(table.column("sheet")).to_pylist()})[:10]
+        raise InputError(f"{source}: no objects of sheet {sheet!r} (sheets there: {', '.join(known) or 'none'})")
+    return rows
+
+
+def read_sheet_lengths(source: str | os.PathLike, *, sheet: str, store: str | os.PathLike | None = None,
+                       verdicts: str | os.PathLike | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Prong lengths (um) of one sheet's alpha decays or candidates, and what was read.
+
+    Parameters
+    ----------
+    source : path
+        A candidate table directory (with ``store``), else a labelled crop store or
+        features-only ``.parquet`` object table.
+    sheet : str
+    store : path, optional
+        The crop store (or object table) holding the candidates' ``track_lengths_um``.
+    verdicts : path, optional
+        A verdicts table: keep only objects whose latest verdict is alpha (instead of the
+        candidates' ``selected`` or the store's ``label == 1``).
+
+    Returns
+    -------
+    lengths : list of float arrays
+        One per object.
+    inputs : dict
+        Paths, the selection used, counts, and the simulation's truth where the table has it.
+    """
+    inputs: dict[str, Any] = {"sheet": sheet, "verdicts": None if verdicts is None else str(verdicts)}
+    alpha_ids = alpha_object_ids(verdicts) if verdicts is not None else None
+    if store is None:
+        table = _sheet_rows(bl.read_object_table(source), sheet, source)
+        inputs.update(mode="store", store=str(source))
+        if alpha_ids is None:
+            rows = table.filter(pc.equal(_column(table, "label", source), 1))
+            inputs["selection"] = "label == 1"
+        else:
+            rows = table.filter(pc.is_in(_column(table, "object_id", source), pa.array(sorted(alpha_ids))))
+            inputs["selection"] = "verdict alpha"
+        wanted = rows.num_rows
+    else:
+        from scanstream.candidates import read_candidates
+
+        cands = _sheet_rows(read_candidates(source, columns=["object_id", "sheet", "selected"]), sheet, source)
+        if alpha_ids is None:
+            cands = cands.filter(pc.fill_null(cands.column("selected"), False))
+            inputs["selection"] = "selected"
+        else:
+            cands = cands.filter(pc.is_in(cands.column("object_id"), pa.array(sorted(alpha_ids))))
+            inputs["selection"] = "verdict alpha"
+        ids = pa.array(sorted(set(cands.column("object_id").to_pylist())), pa.string())
+        table = bl.read_object_table(store)
+        rows = table.filter(pc.is_in(_column(table, "object_id", store).cast(pa.string()), ids))
+        inputs.update(mode="candidates", candidates=str(source), store=str(store), missing_in_store=len(ids) - rows.num_rows)
+        wanted = len(ids)
+        if inputs["missing_in_store"]:
+            logger.warning("%s: %d of %d candidate(s) are not in %s", source, inputs["missing_in_store"], wanted, store)
+    if rows.num_rows == 0:
+        raise InputError(f"{source}: no objects of sheet {sheet!r} left after the selection ({inputs['selection']})")
+    inputs.update(objects_wanted=int(wanted), objects=rows.num_rows)
+    lengths = [np.asarray(x if x is not None else [], np.float64)
+               for x in _column(rows, "track_lengths_um", inputs["store"]).to_pylist()]
+    if "truth_density" in rows.column_names:
+        inputs["truth"] = {k: float(np.nanmean(np.asarray(rows.column(f"truth_{k}").to_pylist(), float)))
+                           for k in ("density", "shrinkage") if f"truth_{k}" in rows.column_names}
+    return lengths, inputs
+
+
+def expected_spectrum(lengths_um: np.ndarray, fit: dict[str, Any], model: SpectrumModel | None = None) -> dict[str, np.ndarray]:
+    """The fitted model's prong spectrum (1/um, over the window) as per-prong densities.
+
+    Returns ``{"total", "background"}`` evaluated at ``lengths_um``: the lines in proportion
+    to their weights at the fitted thorium share, plus the background share.
+    """
+    model = model or SpectrumModel()
+    g, inside = line_shapes(lengths_um, fit["density"], fit["shrinkage"], model)
+    w = line_weights(fit["th_fraction"])
+    f_bg = fit.get("background_fraction") or 0.0
+    bg = f_bg * background_density(lengths_um, fit.get("background_slope_per_um") or 0.0, model.window_um)
+    return {"total": (1.0 - f_bg) * (g @ w) / (inside @ w) + bg, "background": bg}
+
+
+def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str | os.PathLike, *,
+                  model: SpectrumModel | None = None, title: str = "") -> Path:
+    """PNG: the measured prong-length spectrum, the fitted expectation and the lines at the fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # imported here: fit_sheet's callers (watch) need no plotting
+
+    model = model or SpectrumModel()
+    flat = np.concatenate([np.asarray(a, float) for a in lengths]) if len(lengths) else np.zeros(0)
+    lo, hi = model.window_um
+    top = max(hi + 15.0, float(np.percentile(flat, 99)) + 5.0 if len(flat) else 0.0)
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    ax.hist(flat, bins=np.arange(0.0, top + 1.0, 1.0), color="0.55", label=f"measured prongs ({len(flat)})")
+    x = np.linspace(lo, hi, 600)
+    curves = expected_spectrum(x, fit, model)
+    n_fit = fit.get("prongs_fitted", len(flat))
+    ax.plot(x, n_fit * curves["total"], color="C3", lw=1.8, label="fitted expectation")
+    if np.any(curves["background"] > 0):
+        ax.plot(x, n_fit * curves["background"], color="C0", lw=1.2, ls="--", label="background")
+    ax.axvspan(0.0, lo, color="0.9", zorder=-1)
+    ax.axvspan(hi, top, color="0.9", zorder=-1, label="outside the fit window")
+    ymax = ax.get_ylim()[1]
+    for ln, r in zip(LINES, line_ranges_um(fit["density"]), strict=True):
+        ax.axvline(r, color="C2" if ln.chain == "Th" else "C1", lw=0.8, ls=":")
+        ax.text(r, ymax * 0.98, f"{ln.nuclide}", rotation=90, va="top", ha="right", fontsize=7,
+                color="C2" if ln.chain == "Th" else "C1")
+    ax.set_xlim(0.0, top)
+    ax.set_xlabel("measured prong length (um, picker: nominal shrinkage 2.0)")
+    ax.set_ylabel("prongs per 1 um")
+    err = fit.get("density_err")
+    s_err = fit.get("shrinkage_err")
+    head = (f"density {fit['density']:.3f}" + (f" ± {err:.3f}" if err else "") + " g/cm³, shrinkage "
+            f"{fit['shrinkage']:.3f}" + (f" ± {s_err:.3f}" if s_err else " (fixed)" if fit.get("shrinkage_fixed") else ""))
+    ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.8))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return out
+
+
+def _write_json(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` as JSON (temporary file in the same folder, fsync, rename)."""
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return out
+
+
+def run_range_energy(source: str | os.PathLike, *, sheet: str, out: str | os.PathLike,
+                     store: str | os.PathLike | None = None, verdicts: str | os.PathLike | None = None,
+                     model: SpectrumModel | None = None, config: FitConfig | None = None) -> dict[str, Any]:
+    """Read a sheet's alpha decays or candidates, fit, write ``OUT/rangeenergy.json`` and ``OUT/spectrum.png``.
+
+    See :func:`read_sheet_lengths` for ``source``, ``store`` and ``verdicts``; returns the JSON
+    document written (fitted values with errors, inputs, counts, model and fit settings).
+    """
+    from scanstream import __version__
+
+    model = model or SpectrumModel()
+    config = config or FitConfig()
+    lengths, inputs = read_sheet_lengths(source, sheet=sheet, store=store, verdicts=verdicts)
+    fit = fit_sheet(lengths, model=model, config=config)
+    out_dir = Path(out)
+    png = plot_spectrum(lengths, fit, out_dir / SPECTRUM_FILE, model=model, title=f"sheet {sheet}")
+    doc = {
+        "stage": "range-energy",
+        "version": __version__,
+        "sheet": sheet,
+        "fit": fit,
+        "inputs": inputs,
+        "model": asdict(model),
+        "config": asdict(config),
+        "relation": {"reference_density": REFERENCE_DENSITY, "density_exponent": DENSITY_EXPONENT,
+                     "power_law_a_um": POWER_A_UM, "power_law_b": POWER_B},
+        "spectrum": str(png),
+    }
+    doc["json"] = str(_write_json(doc, out_dir / RESULT_FILE))
+    return doc

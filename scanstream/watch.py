@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scanstream.errors import ConfigError, IncompleteStoreError, InputError, ScanstreamError, StoreError
 from scanstream.store import CropStore, is_store, open_store
 
@@ -73,6 +75,10 @@ class WatchConfig:
         LocalCluster is started for the whole watch and reused for every store.
     top : int
         Candidates listed per sheet in the markdown summary.
+    range_energy : bool
+        Fit each sheet's density (and shrinkage) to the prong lengths of its selected candidates
+        (:func:`scanstream.rangeenergy.fit_sheet`, with a background term for the false ones)
+        and write it into the morning summary; a fit takes a few CPU-seconds per sheet.
     inbox, out : str, optional
         Defaults for the inbox and candidate table (the CLI arguments win).
     """
@@ -89,6 +95,7 @@ class WatchConfig:
     crops_per_task: int | None = None
     processes: bool = True
     top: int = 10
+    range_energy: bool = False
     inbox: str | None = None
     out: str | None = None
 
@@ -265,6 +272,21 @@ def precision_for(record: Mapping[str, Any] | None, prevalence: str | None) -> d
     }
 
 
+def sheet_range_energy(candidates: Path, sheet: str, stores: list[str]) -> dict[str, Any]:
+    """The sheet's density fitted to its selected candidates' prong lengths (or why there is none)."""
+    from scanstream import rangeenergy
+
+    lengths: list[np.ndarray] = []
+    try:
+        for store in stores:
+            lengths += rangeenergy.read_sheet_lengths(candidates, sheet=sheet, store=store)[0]
+        fit = rangeenergy.fit_sheet(lengths)
+    except InputError as exc:
+        return {"error": str(exc)}
+    keep = ("density", "density_err", "shrinkage", "shrinkage_err", "background_fraction", "objects")
+    return {k: fit.get(k) for k in keep}
+
+
 def sheet_summary(
     sheet: str,
     records: list[Mapping[str, Any]],
@@ -320,6 +342,12 @@ def summary_markdown(s: Mapping[str, Any], top: list[dict[str, Any]] | None = No
                      f"{prec['source']} |")
     if exp is not None:
         lines.append(f"| expected true alpha decays | {_num(exp['value'])} [{_num(exp['ci'][0])}, {_num(exp['ci'][1])}] |")
+    rng = s.get("range_energy")
+    if rng is not None:
+        lines.append(
+            f"| fitted density (range-energy) | {_num(rng.get('density'), '.3f')} ± {_num(rng.get('density_err'), '.3f')} g/cm3 "
+            f"from {rng.get('objects')} selected candidates |" if "error" not in rng else f"| fitted density | none: {rng['error']} |"
+        )
     lines += [
         f"| time taken | {_num(s['seconds'])} s (classification {_num(s['classify_seconds'])} s) |",
         f"| crops/s | {_num(s['crops_per_s'])} |",
@@ -356,6 +384,8 @@ def write_summaries(out: Path, state: WatchState, config: WatchConfig, sheets: s
         s = sheet_summary(sheet, records, threshold=threshold, prevalence=config.prevalence)
         top = query_candidates(out, CandidateFilter(sheet=sheet, top=config.top)).to_pylist()
         s["top"] = [{k: r.get(k) for k in ("rank", "object_id", "score", "x_mm", "y_mm", "z_mm", "selected")} for r in top]
+        if config.range_energy and s["selected"]:
+            s["range_energy"] = sheet_range_energy(out, sheet, [r["path"] for r in records])
         name = _sheet_file(sheet)
         _write_atomic(json.dumps(s, indent=1, default=str) + "\n", morning / f"{name}.json")
         _write_atomic(summary_markdown(s, s["top"]), morning / f"{name}.md")

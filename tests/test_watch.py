@@ -357,3 +357,25 @@ def test_demo_config_errors(tmp_path):
         bad.write_text(f"[demo]\n{line}\n")
         with pytest.raises((ConfigError, InputError), match=match):
             pipe.load_demo_config(bad)
+
+
+def test_morning_summary_fits_the_sheet_density_when_asked(tmp_path):
+    """The selected candidates' prong lengths give the sheet's density, into the JSON and the page."""
+    from scanstream import candidates as cand
+    from scanstream.simulate import simulate_table
+    from scanstream.watch import sheet_range_energy, summary_markdown
+
+    table = simulate_table(objects=300, alpha_fraction=0.7, sheet="RE1", seed=3, conditions={"density": 3.66})
+    path = tmp_path / "objects.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path)
+    labels = table.column("label").to_numpy()
+    part = cand.build_part(table, np.where(labels == 1, 1.0, -1.0).astype(np.float32), threshold=0.0, store=str(path), start=0)
+    cand.write_parts(tmp_path / "cands", part, store_hash="h", start=0, metadata={})
+    fit = sheet_range_energy(tmp_path / "cands", "RE1", [str(path)])
+    assert fit["objects"] == int((labels == 1).sum()) and abs(fit["density"] - 3.66) < 0.1 and fit["density_err"] > 0
+    page = summary_markdown({"sheet": "RE1", "objects": 300, "selected": fit["objects"], "threshold": 0.0, "seconds": 1.0,
+                             "classify_seconds": 1.0, "crops_per_s": 300.0, "stores": [], "range_energy": fit})
+    assert "fitted density (range-energy)" in page and f"{fit['density']:.3f}" in page
+    assert "error" in sheet_range_energy(tmp_path / "cands", "OTHER", [str(path)])

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="LocalCluster workers")
     p.add_argument("--scheduler", metavar="ADDRESS", help="existing Dask scheduler to use")
     p.add_argument("--retry-failed", action="store_true", help="try stores that failed before again")
+    p.add_argument("--range-energy", action="store_true", default=None,
+                   help="fit each sheet's density to its selected candidates' prong lengths into the morning summary")
     p.set_defaults(func=run_watch)
 
 
@@ -46,6 +48,7 @@ def run_watch(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         scheduler=args.scheduler,
+        range_energy=args.range_energy,
     )
     inbox = args.inbox or (Path(config.inbox) if config.inbox else None)
     out = args.out or (Path(config.out) if config.out else None)

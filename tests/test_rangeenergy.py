@@ -1,0 +1,280 @@
+"""Range-energy relation against PHYSICS.md, the spectrum model against the picker, the fit, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scanstream import rangeenergy as re
+from scanstream.candidates import CANDIDATE_SCHEMA, sheet_dir
+from scanstream.cli import main
+from scanstream.errors import InputError
+from scanstream.simulate import simulate_table
+from scanstream.simulate.objects import ALPHA, SimObject
+from scanstream.simulate.picker import PickerModel, pick_features
+
+#: PHYSICS.md, "Alpha decays in emulsion": nuclide, E_alpha (MeV), range at 3.60 g/cm3 (um).
+PHYSICS_TABLE = [
+    ("Th-228", 5.423, 24.2), ("Ra-224", 5.685, 25.9), ("Rn-220", 6.288, 30.0), ("Po-216", 6.778, 33.6),
+    ("Po-212", 8.785, 49.8), ("Bi-212", 6.051, 28.4), ("Ra-226", 4.784, 20.2), ("Rn-222", 5.490, 24.6),
+    ("Po-218", 6.002, 28.0), ("Po-214", 7.687, 40.6),
+]
+#: PHYSICS.md: the Po-212 range at three densities (g/cm3, um).
+PO212_BY_DENSITY = [(3.815, 47.96), (3.60, 49.76), (3.50, 50.65)]
+
+
+# -- the relation ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("nuclide", "energy", "range_"), PHYSICS_TABLE)
+def test_relation_reproduces_the_table(nuclide, energy, range_):
+    assert float(re.range_um(energy, 3.60)) == pytest.approx(range_, abs=0.05)
+    assert float(re.energy_mev(range_, 3.60)) == pytest.approx(energy, abs=0.005)
+    assert {ln.nuclide: ln.range_um for ln in re.LINES}[nuclide] == range_
+
+
+@pytest.mark.parametrize(("nuclide", "energy", "range_"), PHYSICS_TABLE)
+def test_power_law_within_one_um_of_the_table(nuclide, energy, range_):
+    assert abs(float(re.power_law_range_um(energy)) - range_) <= 1.0
+
+
+@pytest.mark.parametrize(("density", "range_"), PO212_BY_DENSITY)
+def test_density_dependence_of_po212(density, range_):
+    assert float(re.range_um(8.785, density)) == pytest.approx(range_, abs=0.1)
+    assert re.density_from_range(float(re.range_um(8.785, density)), 8.785) == pytest.approx(density, rel=1e-9)
+
+
+def test_line_table_is_the_two_chains():
+    assert len(re.LINES) == 10
+    assert sum(ln.intensity for ln in re.LINES if ln.chain == "Th") == pytest.approx(5.0)
+    assert sum(ln.intensity for ln in re.LINES if ln.chain == "U") == pytest.approx(4.0)
+    assert re.line_ranges_um(3.60).max() == pytest.approx(49.8)
+
+
+@pytest.mark.parametrize("density", [0.0, -3.6, float("nan"), 20.0, "3.6"])
+def test_bad_density_is_refused(density):
+    with pytest.raises(InputError, match="density"):
+        re.range_um(8.785, density)
+
+
+def test_bad_range_is_refused():
+    with pytest.raises(InputError, match="range"):
+        re.density_from_range(0.0)
+
+
+# -- the spectrum model ---------------------------------------------------------------------
+def _one_prong(range_um: float, cos: float, shrinkage: float) -> SimObject:
+    end = np.array([[range_um * np.sqrt(1 - cos**2), 0.0, range_um * cos / shrinkage]])
+    return SimObject(category="alpha_th", label=1, starts=np.zeros((1, 3)), ends=end, kinds=np.array([ALPHA], np.int8),
+                     residual_end=np.zeros(1), ionisation=np.full(1, np.nan), widths=np.zeros(1),
+                     blobs=np.zeros((0, 4)), defocus=0.0, depth=100.0)
+
+
+@pytest.mark.parametrize("shrinkage", [1.9, 1.95, 2.0])
+@pytest.mark.parametrize("cos", [0.0, 0.3, 0.55, 0.8, 1.0])
+@pytest.mark.parametrize("range_", [24.2, 33.6, 49.8])
+def test_reported_length_is_the_pickers(range_, cos, shrinkage):
+    picker = PickerModel(noise_rel=0.0, noise_abs_um=0.0, p_black=1.0)
+    _, lengths = pick_features(_one_prong(range_, cos, shrinkage), np.random.default_rng(0), picker)
+    model = re.SpectrumModel.from_picker(picker)
+    assert float(re.reported_lengths_um(range_, cos, shrinkage, model)) == pytest.approx(float(lengths[0]), abs=1e-3)
+
+
+def test_line_shapes_are_normalised_and_count_the_window():
+    x = np.arange(0.0, 90.0, 0.05)
+    model = re.SpectrumModel(window_um=(15.0, 55.0))
+    g, inside = re.line_shapes(x, 3.62, 1.93, model)
+    assert g.shape == (len(x), 10)
+    np.testing.assert_allclose(g.sum(axis=0) * 0.05, 1.0, atol=2e-3)
+    win = (x >= 15.0) & (x < 55.0)
+    np.testing.assert_allclose(g[win].sum(axis=0) * 0.05, inside, atol=5e-3)
+    # the lines peak at (or just above: steep prongs are stretched by 2.0 / 1.93) their ranges
+    peaks = x[np.argmax(g, axis=0)]
+    assert np.all(peaks >= re.line_ranges_um(3.62) - 0.6) and np.all(peaks <= re.line_ranges_um(3.62) * 1.04)
+
+
+# -- the fit on constructed spectra ---------------------------------------------------------
+def _stars(n: int, density: float, shrinkage: float, seed: int, th_fraction: float = 0.6) -> list[np.ndarray]:
+    """Stars drawn from the spectrum model itself: isotropic prongs, straggling, depth planes, noise."""
+    rng = np.random.default_rng(seed)
+    ranges = dict(zip([ln.nuclide for ln in re.LINES], re.line_ranges_um(density), strict=True))
+    model = re.SpectrumModel()
+    out = []
+    for _ in range(n):
+        if rng.random() < th_fraction:
+            chain = ["Th-228", "Ra-224", "Rn-220", "Po-216", "Po-212" if rng.random() < 0.64 else "Bi-212"]
+        else:
+            chain = ["Ra-226", "Rn-222", "Po-218", "Po-214"]
+        r = np.array([ranges[c] for c in chain]) + rng.normal(0.0, model.straggling_um, len(chain))
+        length = re.reported_lengths_um(r, rng.uniform(0.0, 1.0, len(chain)), shrinkage, model)
+        out.append(length * (1 + rng.normal(0, model.noise_rel, len(chain))) + rng.normal(0, model.noise_abs_um, len(chain)))
+    return out
+
+
+@pytest.mark.parametrize(("density", "shrinkage", "seed"), [(3.52, 1.91, 0), (3.70, 1.99, 1)])
+def test_fit_recovers_density_of_constructed_stars(density, shrinkage, seed):
+    fit = re.fit_sheet(_stars(300, density, shrinkage, seed), config=re.FitConfig(shrinkage=shrinkage))
+    assert fit["converged"]
+    assert abs(fit["density"] - density) < max(3 * fit["density_err"], 0.01 * density)
+    assert 0.003 < fit["density_err"] < 0.03
+    assert fit["density_err_lower"] > 0 and fit["density_err_upper"] > 0
+    assert fit["shrinkage"] == shrinkage and fit["shrinkage_err"] is None and fit["shrinkage_fixed"]
+    assert fit["objects"] == 300 and fit["prongs"] == sum(len(s) for s in _stars(300, density, shrinkage, seed))
+
+
+def test_fit_with_background_objects_finds_their_share():
+    rng = np.random.default_rng(5)
+    stars = _stars(240, 3.60, 1.95, 2)
+    false = [rng.uniform(15.0, 55.0, int(rng.integers(4, 6))) for _ in range(60)]
+    fit = re.fit_sheet(stars + false, config=re.FitConfig(shrinkage=1.95))
+    assert abs(fit["density"] - 3.60) < max(3 * fit["density_err"], 0.036)
+    assert 0.1 < fit["background_fraction"] < 0.3
+    assert fit["background_fraction_err"] > 0
+
+
+def test_fit_of_shrinkage_is_pulled_by_the_prior_and_inflates_the_density_error():
+    stars = _stars(200, 3.64, 1.95, 3)
+    fixed = re.fit_sheet(stars, config=re.FitConfig(shrinkage=1.95))
+    free = re.fit_sheet(stars, config=re.FitConfig())
+    assert free["shrinkage_err"] is not None and 0.0 < free["shrinkage_err"] < 0.04
+    assert abs(free["shrinkage"] - 1.95) < 3 * free["shrinkage_err"]
+    assert free["density_err"] > fixed["density_err"]
+    assert abs(free["density"] - 3.64) < 3 * free["density_err"]
+
+
+def test_fit_prongs_independently_also_works():
+    fit = re.fit_sheet(_stars(200, 3.58, 1.95, 4), config=re.FitConfig(shrinkage=1.95, stars=False))
+    assert abs(fit["density"] - 3.58) < max(3 * fit["density_err"], 0.036)
+
+
+def test_bootstrap_errors_are_reported():
+    fit = re.fit_sheet(_stars(120, 3.6, 2.0, 6), config=re.FitConfig(shrinkage=2.0, bootstrap=3, background=False))
+    assert fit["density_bootstrap_err"] > 0
+    assert fit["background_fraction"] == 0.0
+
+
+# -- the fit on a small simulated sheet -----------------------------------------------------
+@pytest.fixture(scope="module")
+def sheet_table() -> pa.Table:
+    """A small simulated sheet: 160 alpha decays and 160 other objects (features only)."""
+    return simulate_table(objects=320, alpha_fraction=0.5, sheet="RE", seed=11,
+                          conditions={"density": 3.68, "shrinkage": 1.94})
+
+
+def test_fit_recovers_a_simulated_sheets_density(sheet_table):
+    rows = sheet_table.filter(pa.compute.equal(sheet_table.column("label"), 1))
+    lengths = [np.asarray(x) for x in rows.column("track_lengths_um").to_pylist()]
+    fit = re.fit_sheet(lengths)
+    assert abs(fit["density"] / 3.68 - 1.0) < 0.02
+    assert abs(fit["density"] - 3.68) < 3 * fit["density_err"]
+    assert abs(fit["shrinkage"] - 1.94) < 3 * fit["shrinkage_err"]
+
+
+# -- bad inputs -----------------------------------------------------------------------------
+def test_no_objects_is_refused():
+    with pytest.raises(InputError, match="no objects"):
+        re.fit_sheet([])
+
+
+def test_too_few_prongs_is_refused():
+    with pytest.raises(InputError, match="only 3 prong"):
+        re.fit_sheet([np.array([20.0, 30.0, 40.0, 80.0])])
+
+
+def test_non_finite_lengths_are_refused():
+    with pytest.raises(InputError, match="finite"):
+        re.fit_sheet([np.array([20.0, np.nan])] * 30)
+
+
+@pytest.mark.parametrize("kwargs", [{"density_range": (3.9, 3.3)}, {"shrinkage": 9.0}, {"shrinkage_prior": (1.95, 0.0)},
+                                    {"th_fraction": 1.5}, {"bootstrap": -1}, {"prong_efficiency": 0.0}])
+def test_bad_fit_settings_are_refused(kwargs):
+    with pytest.raises(InputError):
+        re.FitConfig(**kwargs)
+
+
+def test_bad_window_is_refused():
+    with pytest.raises(InputError, match="window"):
+        re.SpectrumModel(window_um=(55.0, 15.0))
+
+
+# -- the CLI --------------------------------------------------------------------------------
+def test_cli_on_a_labelled_table(tmp_path, sheet_table, capsys):
+    path = tmp_path / "sheet.parquet"
+    pq.write_table(sheet_table, path)
+    out = tmp_path / "out"
+    assert main(["range-energy", str(path), "--sheet", "RE", "--out", str(out), "--shrinkage", "1.94"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    doc = json.loads((out / "rangeenergy.json").read_text())
+    assert doc["fit"]["density"] == pytest.approx(printed["density"])
+    assert abs(doc["fit"]["density"] - 3.68) < 3 * doc["fit"]["density_err"]
+    assert doc["inputs"]["selection"] == "label == 1" and doc["inputs"]["objects"] == 160
+    assert doc["inputs"]["truth"]["density"] == pytest.approx(3.68, abs=1e-5)
+    assert doc["config"]["shrinkage"] == 1.94
+    assert (out / "spectrum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["rangeenergy.json", "spectrum.png"]
+
+
+def _candidate_table(tmp_path, table: pa.Table):
+    """A candidate table of the sheet: every alpha and 30 others selected; verdicts: alpha for 100 alphas."""
+    n = table.num_rows
+    labels = np.asarray(table.column("label").to_pylist())
+    selected = (labels == 1) | (np.arange(n) < 60)
+    cols = {name: table.column(name) for name in ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm")}
+    cols.update(score=pa.array(np.zeros(n), pa.float32()), probability=pa.array(np.zeros(n), pa.float32()),
+                selected=pa.array(selected), rank=pa.array(np.arange(n), pa.int64()), store=pa.array(["s"] * n),
+                store_index=pa.array(np.arange(n), pa.int64()))
+    cands = tmp_path / "candidates"
+    sheet_dir(cands, "RE").mkdir(parents=True)
+    pq.write_table(pa.table(cols).cast(CANDIDATE_SCHEMA), sheet_dir(cands, "RE") / "part-aaaaaaaaaaaa-000000000000.parquet")
+    ids = np.asarray(table.column("object_id").to_pylist())[labels == 1][:100]
+    verdicts = tmp_path / "verdicts.jsonl"
+    lines = [{"object_id": i, "verdict": "alpha", "time": "2026-12-01T00:00:00"} for i in ids]
+    lines.append({"object_id": ids[0], "verdict": "not_alpha", "time": "2026-12-01T01:00:00"})  # changed their mind
+    verdicts.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return cands, verdicts, int(selected.sum())
+
+
+def test_cli_on_candidates_and_verdicts(tmp_path, sheet_table):
+    store = tmp_path / "sheet.parquet"
+    pq.write_table(sheet_table, store)
+    cands, verdicts, n_selected = _candidate_table(tmp_path, sheet_table)
+    out = tmp_path / "out"
+    assert main(["range-energy", str(cands), "--store", str(store), "--sheet", "RE", "--out", str(out),
+                 "--verdicts", str(verdicts), "--shrinkage", "1.94", "--no-background"]) == 0
+    doc = json.loads((out / "rangeenergy.json").read_text())
+    assert doc["inputs"]["mode"] == "candidates" and doc["inputs"]["selection"] == "verdict alpha"
+    assert doc["inputs"]["objects"] == 99 and doc["inputs"]["missing_in_store"] == 0
+    lengths, inputs = re.read_sheet_lengths(cands, sheet="RE", store=store)
+    assert inputs["selection"] == "selected" and len(lengths) == n_selected
+
+
+def test_cli_bad_sheet_is_one_line_error(tmp_path, sheet_table, capsys):
+    path = tmp_path / "sheet.parquet"
+    pq.write_table(sheet_table, path)
+    assert main(["range-energy", str(path), "--sheet", "NOPE", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NOPE" in err and str(path) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_candidates_without_store_is_an_error(tmp_path, sheet_table, capsys):
+    cands, _, _ = _candidate_table(tmp_path, sheet_table)
+    assert main(["range-energy", str(cands), "--sheet", "RE", "--out", str(tmp_path / "o")]) == 2
+    assert "--store" in capsys.readouterr().err
+
+
+def test_cli_verdicts_without_alpha_is_an_error(tmp_path, sheet_table, capsys):
+    path = tmp_path / "sheet.parquet"
+    pq.write_table(sheet_table, path)
+    verdicts = tmp_path / "v.jsonl"
+    verdicts.write_text(json.dumps({"object_id": "x", "verdict": "not_alpha"}) + "\n")
+    assert main(["range-energy", str(path), "--sheet", "RE", "--verdicts", str(verdicts), "--out", str(tmp_path / "o")]) == 2
+    assert "no object is marked alpha" in capsys.readouterr().err
+
+
+def test_missing_file_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="nothing.parquet"):
+        re.read_sheet_lengths(tmp_path / "nothing.parquet", sheet="RE")
