@@ -1,0 +1,222 @@
+"""Inputs and outputs: prong lengths of a sheet's alpha decays or candidates, the spectrum figure, the result file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from scanstream import baseline as bl
+from scanstream.atomic import atomic_path
+from scanstream.errors import InputError
+from scanstream.rangeenergy.fit import FitConfig, fit_sheet
+from scanstream.rangeenergy.relation import (
+    DENSITY_EXPONENT,
+    LINES,
+    POWER_A_UM,
+    POWER_B,
+    REFERENCE_DENSITY,
+    RESULT_FILE,
+    SPECTRUM_FILE,
+    line_ranges_um,
+)
+from scanstream.rangeenergy.spectrum import SpectrumModel, background_density, line_shapes, line_weights
+
+logger = logging.getLogger(__name__)
+
+
+# -- inputs, outputs ------------------------------------------------------------------------
+def alpha_object_ids(verdicts: str | os.PathLike) -> set[str]:
+    """Object ids whose latest verdict in a verdicts table (directory or .jsonl file) is alpha."""
+    from scanstream.verdicts import read_verdicts
+
+    latest: dict[str, str] = {}
+    for record in read_verdicts(verdicts):  # in time order: the last one per object wins
+        latest[str(record["object_id"])] = record["verdict"]
+    ids = {k for k, v in latest.items() if v == "alpha"}
+    if not ids:
+        raise InputError(f"{verdicts}: no object is marked alpha ({len(latest)} verdict(s) read)")
+    return ids
+
+
+def _column(table: pa.Table, name: str, source: str | os.PathLike) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise InputError(f"{source}: object table has no {name!r} column")
+    return table.column(name)
+
+
+def _sheet_rows(table: pa.Table, sheet: str, source: str | os.PathLike) -> pa.Table:
+    rows = table.filter(pc.equal(_column(table, "sheet", source).cast(pa.string()), sheet))
+    if rows.num_rows == 0:
+        known = sorted({str(s) for s in pc.unique(table.column("sheet")).to_pylist()})[:10]
+        raise InputError(f"{source}: no objects of sheet {sheet!r} (sheets there: {', '.join(known) or 'none'})")
+    return rows
+
+
+def read_sheet_lengths(source: str | os.PathLike, *, sheet: str, store: str | os.PathLike | None = None,
+                       verdicts: str | os.PathLike | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Prong lengths (um) of one sheet's alpha decays or candidates, and what was read.
+
+    Parameters
+    ----------
+    source : path
+        A candidate table directory (with ``store``), else a labelled crop store or
+        features-only ``.parquet`` object table.
+    sheet : str
+    store : path, optional
+        The crop store (or object table) holding the candidates' ``track_lengths_um``.
+    verdicts : path, optional
+        A verdicts table: keep only objects whose latest verdict is alpha (instead of the
+        candidates' ``selected`` or the store's ``label == 1``).
+
+    Returns
+    -------
+    lengths : list of float arrays
+        One per object.
+    inputs : dict
+        Paths, the selection used, counts, and the simulation's truth where the table has it.
+    """
+    inputs: dict[str, Any] = {"sheet": sheet, "verdicts": None if verdicts is None else str(verdicts)}
+    alpha_ids = alpha_object_ids(verdicts) if verdicts is not None else None
+    if store is None:
+        table = _sheet_rows(bl.read_object_table(source), sheet, source)
+        inputs.update(mode="store", store=str(source))
+        if alpha_ids is None:
+            rows = table.filter(pc.equal(_column(table, "label", source), 1))
+            inputs["selection"] = "label == 1"
+        else:
+            rows = table.filter(pc.is_in(_column(table, "object_id", source), pa.array(sorted(alpha_ids))))
+            inputs["selection"] = "verdict alpha"
+        wanted = rows.num_rows
+    else:
+        from scanstream.candidates import read_candidates
+
+        cands = _sheet_rows(read_candidates(source, columns=["object_id", "sheet", "selected"]), sheet, source)
+        if alpha_ids is None:
+            cands = cands.filter(pc.fill_null(cands.column("selected"), False))
+            inputs["selection"] = "selected"
+        else:
+            cands = cands.filter(pc.is_in(cands.column("object_id"), pa.array(sorted(alpha_ids))))
+            inputs["selection"] = "verdict alpha"
+        ids = pa.array(sorted(set(cands.column("object_id").to_pylist())), pa.string())
+        table = bl.read_object_table(store)
+        rows = table.filter(pc.is_in(_column(table, "object_id", store).cast(pa.string()), ids))
+        inputs.update(mode="candidates", candidates=str(source), store=str(store), missing_in_store=len(ids) - rows.num_rows)
+        wanted = len(ids)
+        if inputs["missing_in_store"]:
+            logger.warning("%s: %d of %d candidate(s) are not in %s", source, inputs["missing_in_store"], wanted, store)
+    if rows.num_rows == 0:
+        raise InputError(f"{source}: no objects of sheet {sheet!r} left after the selection ({inputs['selection']})")
+    inputs.update(objects_wanted=int(wanted), objects=rows.num_rows)
+    lengths = [np.asarray(x if x is not None else [], np.float64)
+               for x in _column(rows, "track_lengths_um", inputs["store"]).to_pylist()]
+    if "truth_density" in rows.column_names:
+        inputs["truth"] = {k: float(np.nanmean(np.asarray(rows.column(f"truth_{k}").to_pylist(), float)))
+                           for k in ("density", "shrinkage") if f"truth_{k}" in rows.column_names}
+    return lengths, inputs
+
+
+def expected_spectrum(lengths_um: np.ndarray, fit: dict[str, Any], model: SpectrumModel | None = None) -> dict[str, np.ndarray]:
+    """The fitted model's prong spectrum (1/um, over the window) as per-prong densities.
+
+    Returns ``{"total", "background"}`` evaluated at ``lengths_um``: the lines in proportion
+    to their weights at the fitted thorium share, plus the background share.
+    """
+    model = model or SpectrumModel()
+    g, inside = line_shapes(lengths_um, fit["density"], fit["shrinkage"], model)
+    w = line_weights(fit["th_fraction"])
+    f_bg = fit.get("background_fraction") or 0.0
+    bg = f_bg * background_density(lengths_um, fit.get("background_slope_per_um") or 0.0, model.window_um)
+    return {"total": (1.0 - f_bg) * (g @ w) / (inside @ w) + bg, "background": bg}
+
+
+def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str | os.PathLike, *,
+                  model: SpectrumModel | None = None, title: str = "") -> Path:
+    """PNG: the measured prong-length spectrum, the fitted expectation and the lines at the fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # imported here: fit_sheet's callers (watch) need no plotting
+
+    model = model or SpectrumModel()
+    flat = np.concatenate([np.asarray(a, float) for a in lengths]) if len(lengths) else np.zeros(0)
+    lo, hi = model.window_um
+    top = max(hi + 15.0, float(np.percentile(flat, 99)) + 5.0 if len(flat) else 0.0)
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    ax.hist(flat, bins=np.arange(0.0, top + 1.0, 1.0), color="0.55", label=f"measured prongs ({len(flat)})")
+    x = np.linspace(lo, hi, 600)
+    curves = expected_spectrum(x, fit, model)
+    n_fit = fit.get("prongs_fitted", len(flat))
+    ax.plot(x, n_fit * curves["total"], color="C3", lw=1.8, label="fitted expectation")
+    if np.any(curves["background"] > 0):
+        ax.plot(x, n_fit * curves["background"], color="C0", lw=1.2, ls="--", label="background")
+    ax.axvspan(0.0, lo, color="0.9", zorder=-1)
+    ax.axvspan(hi, top, color="0.9", zorder=-1, label="outside the fit window")
+    ymax = ax.get_ylim()[1]
+    for ln, r in zip(LINES, line_ranges_um(fit["density"]), strict=True):
+        ax.axvline(r, color="C2" if ln.chain == "Th" else "C1", lw=0.8, ls=":")
+        ax.text(r, ymax * 0.98, f"{ln.nuclide}", rotation=90, va="top", ha="right", fontsize=7,
+                color="C2" if ln.chain == "Th" else "C1")
+    ax.set_xlim(0.0, top)
+    ax.set_xlabel("measured prong length (um, picker: nominal shrinkage 2.0)")
+    ax.set_ylabel("prongs per 1 um")
+    err = fit.get("density_err")
+    s_err = fit.get("shrinkage_err")
+    head = (f"density {fit['density']:.3f}" + (f" ± {err:.3f}" if err else "") + " g/cm³, shrinkage "
+            f"{fit['shrinkage']:.3f}" + (f" ± {s_err:.3f}" if s_err else " (fixed)" if fit.get("shrinkage_fixed") else ""))
+    ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.8))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return out
+
+
+def _write_json(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` as JSON (temporary file in the same folder, fsync, rename)."""
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return out
+
+
+def run_range_energy(source: str | os.PathLike, *, sheet: str, out: str | os.PathLike,
+                     store: str | os.PathLike | None = None, verdicts: str | os.PathLike | None = None,
+                     model: SpectrumModel | None = None, config: FitConfig | None = None) -> dict[str, Any]:
+    """Read a sheet's alpha decays or candidates, fit, write ``OUT/rangeenergy.json`` and ``OUT/spectrum.png``.
+
+    See :func:`read_sheet_lengths` for ``source``, ``store`` and ``verdicts``; returns the JSON
+    document written (fitted values with errors, inputs, counts, model and fit settings).
+    """
+    from scanstream import __version__
+
+    model = model or SpectrumModel()
+    config = config or FitConfig()
+    lengths, inputs = read_sheet_lengths(source, sheet=sheet, store=store, verdicts=verdicts)
+    fit = fit_sheet(lengths, model=model, config=config)
+    out_dir = Path(out)
+    png = plot_spectrum(lengths, fit, out_dir / SPECTRUM_FILE, model=model, title=f"sheet {sheet}")
+    doc = {
+        "stage": "range-energy",
+        "version": __version__,
+        "sheet": sheet,
+        "fit": fit,
+        "inputs": inputs,
+        "model": asdict(model),
+        "config": asdict(config),
+        "relation": {"reference_density": REFERENCE_DENSITY, "density_exponent": DENSITY_EXPONENT,
+                     "power_law_a_um": POWER_A_UM, "power_law_b": POWER_B},
+        "spectrum": str(png),
+    }
+    doc["json"] = str(_write_json(doc, out_dir / RESULT_FILE))
+    return doc
