@@ -259,3 +259,20 @@ def test_calibration_report_structure():
     assert isinstance(s["in_band"], bool) and 0 <= s["recall"]["value"] <= 1
     md = to_markdown([r])
     assert "| 3 | S3T" in md and "2,489" in md
+
+
+def test_pool_keeps_what_the_rule_keeps_and_a_rerun_reuses_it(tmp_path):
+    from scanstream.simulate.pool import simulate_pool
+
+    def keep(table):
+        return np.asarray(table.column("multiplicity").to_numpy(zero_copy_only=False)) >= 3
+
+    args = dict(prefix="PL", sheets=2, objects_per_sheet=15, alpha_fraction=0.4, seed=3, keep=keep, keep_identity={"rule": "m>=3"})
+    store, counts = simulate_pool(tmp_path / "pool.zarr", **args)
+    mult = store.table.column("multiplicity").to_numpy()
+    assert counts["planned"] == 30 and counts["kept"] == store.n == int((mult >= 3).sum()) and (mult >= 3).all()
+    assert set(store.table.column("sheet").to_pylist()) <= {"PL00", "PL01"}
+    again, counts2 = simulate_pool(tmp_path / "pool.zarr", **args)
+    assert again.content_hash == store.content_hash and counts2 == counts
+    with pytest.raises(Exception, match="exists"):
+        simulate_pool(tmp_path / "pool.zarr", **{**args, "keep_identity": {"rule": "other"}})

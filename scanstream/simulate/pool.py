@@ -90,6 +90,10 @@ def simulate_pool(
     ``keep_identity`` (JSON) names the keep rule in the store's source record, so that a rerun
     with another rule is refused instead of resumed into a mixed store.
     """
+    existing = _finished_pool(Path(path), prefix=prefix, sheets=sheets, objects_per_sheet=objects_per_sheet,
+                              alpha_fraction=alpha_fraction, seed=seed, keep_identity=keep_identity)
+    if existing is not None and not overwrite:
+        return existing  # a rerun of a finished pool: nothing to do
     plans, conds, counts = pool_plans(prefix=prefix, sheets=sheets, objects_per_sheet=objects_per_sheet,
                                       alpha_fraction=alpha_fraction, seed=seed, keep=keep, workers=workers)
     if not plans:
@@ -102,3 +106,17 @@ def simulate_pool(
     store = write_plans(Path(path), plans, conds, source=source, workers=workers, overwrite=overwrite, progress=progress,
                         desc=f"pool {prefix}")
     return store, counts
+
+
+def _finished_pool(path: Path, *, keep_identity: Mapping[str, Any] | None, **args: Any) -> tuple[CropStore, dict[str, int]] | None:
+    """A complete store at ``path`` written by :func:`simulate_pool` with these arguments, or None."""
+    from scanstream.store import is_store, open_store
+
+    if not is_store(path):
+        return None
+    store = open_store(path, require_complete=False)
+    src = store.attrs.get("source") or {}
+    same = src.get("stage") == "simulate-pool" and src.get("keep") == dict(keep_identity or {}) and all(
+        src.get(k) == (float(v) if k == "alpha_fraction" else v) for k, v in args.items()
+    )
+    return (store, dict(src.get("counts", {}))) if store.complete and same else None
