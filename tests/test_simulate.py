@@ -267,7 +267,8 @@ def test_pool_keeps_what_the_rule_keeps_and_a_rerun_reuses_it(tmp_path):
     def keep(table):
         return np.asarray(table.column("multiplicity").to_numpy(zero_copy_only=False)) >= 3
 
-    args = dict(prefix="PL", sheets=2, objects_per_sheet=15, alpha_fraction=0.4, seed=3, keep=keep, keep_identity={"rule": "m>=3"})
+    args = {"prefix": "PL", "sheets": 2, "objects_per_sheet": 15, "alpha_fraction": 0.4, "seed": 3, "keep": keep,
+            "keep_identity": {"rule": "m>=3"}}
     store, counts = simulate_pool(tmp_path / "pool.zarr", **args)
     mult = store.table.column("multiplicity").to_numpy()
     assert counts["planned"] == 30 and counts["kept"] == store.n == int((mult >= 3).sum()) and (mult >= 3).all()
