@@ -26,9 +26,10 @@ from pathlib import Path
 from scanstream import metrics as mt
 from scanstream.classify import score_store
 from scanstream.feature_model import fit_feature_model
+from scanstream.recipes import RECIPES, pretrained_options
 from scanstream.simulate.dataset import simulate_store
 from scanstream.store import is_store, open_store
-from scanstream.train import RECIPES, TrainConfig, pretrained_options, train
+from scanstream.train import TrainConfig, train
 
 
 def _store(path: Path, **kw):

@@ -175,18 +175,10 @@ class Ensemble:
         InputError
             A model reads the picker's features and ``table`` lacks them (names ``source``).
         """
-        out: list[ObjectInputs | None] = []
-        cache: dict[int, ObjectInputs] = {}
-        for fm, pre in zip(self.feature_models, self.prefilters, strict=True):
-            if fm is None:
-                out.append(None)
-                continue
-            key = id(fm)
-            if key not in cache:
-                inputs, logits = inputs_and_logits(table, fm, source=source)
-                cache[key] = ObjectInputs(inputs, logits, pre)
-            out.append(cache[key] if cache[key].prefilter == pre else ObjectInputs(cache[key].inputs, cache[key].logits, pre))
-        return out
+        return [
+            None if fm is None else ObjectInputs(*inputs_and_logits(table, fm, source=source), pre)
+            for fm, pre in zip(self.feature_models, self.prefilters, strict=True)
+        ]
 
     @torch.inference_mode()
     def score(self, crops: torch.Tensor | np.ndarray, objects: Sequence[ObjectInputs | None] | None = None) -> np.ndarray:

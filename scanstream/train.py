@@ -54,7 +54,6 @@ from scanstream.feature_model import (
     load_feature_model,
     prefilter_threshold,
 )
-from scanstream.features import feature_array
 from scanstream.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
 from scanstream.sampling import BalancedSampler, class_counts
 from scanstream.sampling import pos_weight as class_pos_weight
@@ -129,7 +128,7 @@ class TrainConfig:
     smoothing 0.9 and S_0 = V_0 the smoothed loss moves a tenth of the way per epoch, so in an
     8-epoch run it can stay above epoch 0's value while validation AP keeps rising). It may be
     changed on a rerun of a finished run: training is the same, only the kept epoch differs.
-    ``recipe``: the named starting point (:data:`RECIPES`) the values came from, recorded only.
+    ``recipe``: the named starting point (:data:`scanstream.recipes.RECIPES`) the values came from, recorded only.
     ``darkness_jitter``: half-width of the per-image darkness augmentation
     (:func:`scanstream.augment.darken`; 0, the paper: off); it covers development darkness
     varying from sheet to sheet, when TRAIN comes from fewer sheets than the model will see.
@@ -303,10 +302,6 @@ def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
     valid_store = open_store(config.valid_store)
     _labelled(train_store, "train")
     _labelled(valid_store, "valid")
-    if config.feature_model:
-        load_feature_model(config.feature_model)
-        for store in (train_store, valid_store):
-            feature_array(store.table, source=str(store.path))
     if train_store.crops.shape[1:] != valid_store.crops.shape[1:]:
         raise InputError(
             f"crop shapes differ: {train_store.path} has {tuple(train_store.crops.shape[1:])}, "
@@ -848,67 +843,6 @@ def _result(out: Path, history: list[dict], stopper: EarlyStopping, *, stopped: 
     metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped, keep=keep)
     return TrainResult(checkpoint=out / CHECKPOINT_FILE, history=list(history), best_epoch=metrics["best_epoch"],
                        metrics=metrics)
-
-
-#: Named starting points of a run (the CLI's ``--recipe``); TOML keys and flags override them.
-#: ``paper``: the dataclass defaults, the published protocol (ResNet50 at 224 px, RandAugment
-#: (2, 24), Adam 3e-4 constant, batch 96, up to 100 epochs), for GPUs and ImageNet weights.
-#: ``cpu``: what trains from random weights on a few cores (docs/training.md: flips and darkness
-#: jitter, a cosine rate over a fixed short run; the paper's constant rate and RandAugment left a
-#: CPU model noisy from epoch to epoch and its best epoch at 0). ``finetune``: from a scanstream
-#: checkpoint (the shipped simulation-trained model), on a small labelled store: a lower rate.
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "cpu": {"backbone": "mobilenet_v3_small", "input_size": 112, "n": 0, "m": 0, "darkness_jitter": 0.3, "lr": 2e-3,
-            "lr_schedule": "cosine", "max_epochs": 12, "batch_size": 32, "warmup_epochs": 2, "keep": "last"},
-    "finetune": {"n": 0, "m": 0, "darkness_jitter": 0.3, "lr": 5e-4, "lr_schedule": "cosine", "max_epochs": 12,
-                 "batch_size": 32, "warmup_epochs": 2, "keep": "last"},
-}
-
-
-def choose_recipe(name: str, *, device: str = "auto", pretrained: str | None = None) -> tuple[str, str]:
-    """The recipe to start from, and why: ``auto`` picks by initial weights and device.
-
-    ``auto``: ``finetune`` when ``pretrained`` is a scanstream checkpoint, else ``paper`` on a
-    CUDA device, else ``cpu``.
-    """
-    if name != "auto":
-        if name not in RECIPES:
-            raise ConfigError(f"unknown recipe {name!r}; choose auto, {', '.join(RECIPES)}")
-        return name, "asked for"
-    if pretrained and pretrained not in ("none", "imagenet") and scanstream_checkpoint(pretrained) is not None:
-        return "finetune", f"--pretrained {pretrained} is a scanstream checkpoint"
-    if resolve_device(device).type == "cuda":
-        return "paper", "a CUDA device"
-    return "cpu", "no GPU here"
-
-
-def scanstream_checkpoint(path: str) -> dict[str, Any] | None:
-    """A scanstream checkpoint's header metadata, or None when ``path`` is not one."""
-    from scanstream.checkpoint import read_header
-    from scanstream.errors import CheckpointError
-
-    try:
-        return read_header(path)
-    except CheckpointError:
-        return None
-
-
-def pretrained_options(path: str) -> dict[str, Any]:
-    """What fine-tuning from a scanstream checkpoint takes from it unless told otherwise.
-
-    The backbone and input size (the weights only fit those), and for a fused network its
-    feature model (the checkpoint itself: :func:`scanstream.feature_model.load_feature_model`
-    reads the feature model inside it).
-    """
-    meta = scanstream_checkpoint(path)
-    if meta is None:
-        return {}
-    mc = meta["model_config"]
-    out = {"backbone": mc["backbone"], "input_size": mc["input_size"]}
-    if mc.get("inputs"):
-        out["feature_model"] = str(path)
-    return out
 
 
 def field_defaults(cls: type) -> dict[str, Any]:

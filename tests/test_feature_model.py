@@ -281,7 +281,7 @@ def test_training_a_fused_model_on_a_store_without_features_is_refused(tmp_path)
 
 
 def test_auto_recipe_by_initial_weights_and_device(tmp_path):
-    from scanstream.train import RECIPES, choose_recipe
+    from scanstream.recipes import RECIPES, choose_recipe
 
     assert choose_recipe("auto", device="cpu") == ("cpu", "no GPU here")
     ck = fused_checkpoint(tmp_path / "c.safetensors")
@@ -293,7 +293,7 @@ def test_auto_recipe_by_initial_weights_and_device(tmp_path):
 
 
 def test_fine_tuning_takes_backbone_size_and_feature_model_from_the_checkpoint(tmp_path):
-    from scanstream.train import pretrained_options
+    from scanstream.recipes import pretrained_options
 
     ck = fused_checkpoint(tmp_path / "c.safetensors", prefilter=0.0)
     opts = pretrained_options(str(ck))

@@ -91,7 +91,8 @@ def _toml_options(path: Path) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scanstream.train import RECIPES, choose_recipe, config_from_dict, pretrained_options, train
+    from scanstream.recipes import RECIPES, choose_recipe, pretrained_options
+    from scanstream.train import config_from_dict, train
 
     given = _toml_options(args.config) if args.config else {}
     for name in _FIELDS:
