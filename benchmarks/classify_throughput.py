@@ -3,13 +3,13 @@
 Prints one JSON document. For each model configuration (backbone, input size, precision), on
 the same crops, batch size and machine, in one run:
 
-- ``a_forward_crops_per_s``: :meth:`scanstream.inference.Ensemble.score` on uint8 crops
+- ``a_forward_crops_per_s``: :meth:`scanstream.inference.engine.Ensemble.score` on uint8 crops
   already in memory (moved to the device, normalised there, the model in channels_last,
   bf16 autocast when asked): what the model itself costs, measured before the first (b) run
   and after every round of warm (b) runs (median reported; each (b) figure is compared with
   the mean of the (a) runs around it). ``a_model_only_crops_per_s`` is the forward pass on
   already-normalised input.
-- ``b_pipeline_crops_per_s``: :func:`scanstream.classify.classify` of the whole store on a
+- ``b_pipeline_crops_per_s``: :func:`scanstream.inference.classify.classify` of the whole store on a
   running Dask cluster (store -> Dask task -> read + digest check -> model -> Parquet part ->
   ranks -> manifest), wall time of the call. ``cold``: the workers load the model during the
   run (first use); ``warm``: a second run into a new table, models already in the workers'
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scanstream import inference
-from scanstream.checkpoint import save_checkpoint
-from scanstream.classify import classify
-from scanstream.model import ModelConfig, build_model, preprocess
+from scanstream.inference import engine as inference
+from scanstream.inference.classify import classify
 from scanstream.store import create_store, open_store
+from scanstream.training.checkpoint import save_checkpoint
+from scanstream.training.model import ModelConfig, build_model, preprocess
 
 
 def make_store(path: Path, n: int, seed: int = 0):

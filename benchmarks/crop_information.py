@@ -7,7 +7,7 @@ and computes, from each object's true 3-D geometry, what its focal planes show i
 (an upper bound for a perfect reader of the crop), then trains scikit-learn's
 HistGradientBoostingClassifier on
 
-  (a)  the picker's features (``scanstream.features.feature_array``: the learned former method),
+  (a)  the picker's features (``scanstream.picker.features.feature_array``: the learned former method),
        and the same 11 numbers from the true 3-D prong lengths in the picker's tracking volume
        (an ideal picker: no missed or merged prongs, no length error, no z-steps);
   (b)  the crop-observable features of the three planes (geometry + ionisation class), also
@@ -24,7 +24,7 @@ every variant reading the same random numbers (the object's picker stream).
 TRAIN is one sheet (``--objects``, ``--alpha-fraction``), TEST another sheet with its
 own conditions at the paper's prevalence (255 / 46,948). For each feature set it prints TEST's
 Average Precision (with a bootstrap standard deviation over TEST objects) and the candidates
-needed at the recall of the former method's cuts (``scanstream.baseline.select``) on TEST.
+needed at the recall of the former method's cuts (``scanstream.picker.cuts.select``) on TEST.
 
 What "observable in principle" means here (lengths in um; 3-D lengths undeveloped, i.e. depth
 times the sheet's true shrinkage; planes and depths developed):
@@ -80,9 +80,9 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
-from scanstream.baseline import select
-from scanstream.features import feature_array
-from scanstream.metrics import average_precision, operating_point_at_recall
+from scanstream.evaluation.metrics import average_precision, operating_point_at_recall
+from scanstream.picker.cuts import select
+from scanstream.picker.features import feature_array
 from scanstream.simulate.dataset import make_object, object_stream, pick_features, plan_sheet, resolve_conditions
 from scanstream.simulate.objects import ALPHA, GREY, HEAVY, KIND_NAMES, MIP, PROTON
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel
@@ -377,7 +377,7 @@ def fit_score(x_tr, y_tr, x_te, seed: int, max_iter: int = 300) -> tuple[np.ndar
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     t = time.process_time()
-    est = HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed)  # as scanstream.feature_model
+    est = HistGradientBoostingClassifier(max_iter=max_iter, random_state=seed)  # as scanstream.picker.learned
     est.fit(x_tr, y_tr)
     return est.decision_function(x_te), time.process_time() - t
 

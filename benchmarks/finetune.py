@@ -23,13 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-from scanstream import metrics as mt
-from scanstream.classify import score_store
-from scanstream.feature_model import fit_feature_model
-from scanstream.recipes import RECIPES, pretrained_options
+from scanstream.evaluation import metrics as mt
+from scanstream.inference.classify import score_store
+from scanstream.picker.learned import fit_feature_model
 from scanstream.simulate.dataset import simulate_store
 from scanstream.store import is_store, open_store
-from scanstream.train import TrainConfig, train
+from scanstream.training.loop import TrainConfig, train
+from scanstream.training.recipes import RECIPES, pretrained_options
 
 
 def _store(path: Path, **kw):

@@ -5,7 +5,7 @@ default the recipe's held-out sheet: the paper's TEST size, 46,948 objects with 
 decays, simulated with a sheet name and seed of its own). The former method's cuts fix the
 recall; each other method is measured at that recall (the paper's Table 2): candidates a person
 must inspect, precision with sqrt(N) errors, the inspection-load factor against the cuts, and
-the object-by-object McNemar test (:func:`scanstream.metrics.paired_false_positives`) against
+the object-by-object McNemar test (:func:`scanstream.evaluation.metrics.paired_false_positives`) against
 the cuts and against the learned former method. A cascade also reports what its prefilter did
 (objects passed to the network, alpha decays it rejected: the recall the cascade gives up).
 
@@ -31,12 +31,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scanstream import baseline as bl
-from scanstream import metrics as mt
-from scanstream.checkpoint import checkpoint_hash, load_checkpoint
-from scanstream.classify import score_store
-from scanstream.feature_model import load_feature_model, prefilter_accounting
+from scanstream.evaluation import metrics as mt
+from scanstream.inference.classify import score_store
+from scanstream.picker import cuts as bl
+from scanstream.picker.learned import load_feature_model, prefilter_accounting
 from scanstream.store import open_store, write_parquet_atomic
+from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint
 
 
 def at_recall(y: np.ndarray, scores: np.ndarray, recall: float, former: np.ndarray, learned: np.ndarray | None) -> dict:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _figure(y: np.ndarray, curves: list[tuple[str, np.ndarray]], former: mt.OperatingPoint, path: Path) -> None:
-    from scanstream import figures as fg
+    from scanstream.evaluation import figures as fg
 
     drawn = [fg.Curve(name, *mt.precision_recall_curve(y, s)[:2], mt.average_precision(y, s)) for name, s in curves]
     point = fg.Point("former method (cuts)", former.recall.value, former.precision.value, former.recall.error,

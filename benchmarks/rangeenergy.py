@@ -6,7 +6,7 @@ runs cover both ranges). From the sheet's alpha decays, the first 50, 200 and 1,
 (:func:`scanstream.rangeenergy.fit_sheet`, default settings: shrinkage fitted under its prior);
 with ``--contamination F``, the 200- and 1,000-decay samples are fitted again with false
 candidates mixed in: non-alpha objects of the same sheet that pass the former method's cuts
-(:func:`scanstream.baseline.select`), F of the inputs. ``--fixed-shrinkage`` adds fits with
+(:func:`scanstream.picker.cuts.select`), F of the inputs. ``--fixed-shrinkage`` adds fits with
 the shrinkage fixed at its true value (what a measured shrinkage would give).
 
 Usage::
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanstream import baseline as bl
+from scanstream.picker import cuts as bl
 from scanstream.rangeenergy import FitConfig, fit_sheet
 from scanstream.simulate import simulate_table
 

@@ -3,7 +3,7 @@
 For each backbone configuration, in one process and with the same torch threads:
 
 (a) ``in_memory``: Adam steps on a preprocessed float batch already in memory (compute only);
-(b) ``dask_fed``: epochs of the real training loop (:func:`scanstream.train.train_one_epoch`):
+(b) ``dask_fed``: epochs of the real training loop (:func:`scanstream.training.loop.train_one_epoch`):
     Dask workers read chunk-aligned blocks from a crop store, resize and augment them (flips +
     RandAugment), the main process preprocesses and steps;
 measured in interleaved rounds (a, b, a, b, ...; medians reported, so a shared machine's load
@@ -31,11 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scanstream.augment import AugmentConfig, Augmenter
-from scanstream.dataload import open_executor
-from scanstream.model import build_model, preprocess
 from scanstream.store import CROP_SIZE, StoreWriter
-from scanstream.train import (
+from scanstream.training.augment import AugmentConfig, Augmenter
+from scanstream.training.dataload import open_executor
+from scanstream.training.loop import (
     TrainConfig,
     check_config,
     make_run,
@@ -44,6 +43,7 @@ from scanstream.train import (
     train_step,
     train_stream,
 )
+from scanstream.training.model import build_model, preprocess
 
 THREADS: int | None = None  # --threads: torch threads of the training process (default: the library's)
 
@@ -98,7 +98,7 @@ def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, a
     """Interleaved rounds of (a) in-memory steps and (b) one epoch of the real Dask-fed loop.
 
     Both use the same model, optimizer and threads. Before each round the epoch's first blocks
-    are already loaded, as :func:`scanstream.train.train` has them loaded during validation.
+    are already loaded, as :func:`scanstream.training.loop.train` has them loaded during validation.
     """
     cfg = TrainConfig(
         train_store=str(tmp / "train.zarr"), valid_store=str(tmp / "valid.zarr"), out_dir=str(tmp / "unused"),
@@ -115,7 +115,7 @@ def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, a
     y = (torch.arange(batch) % 2).float()
 
     def in_memory(run) -> float:
-        """The loop's own step (:func:`scanstream.train.train_step`) on a batch already prepared."""
+        """The loop's own step (:func:`scanstream.training.loop.train_step`) on a batch already prepared."""
         model.train()
         t0 = time.perf_counter()
         for _ in range(steps):

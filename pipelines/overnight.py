@@ -7,7 +7,7 @@ Usage::
     python pipelines/overnight.py --demo [--out demo-output] [--fresh] [--sheet-objects N] ...
 
 With ``--config`` this is ``scanstream watch`` driven by the TOML file's [watch] table
-(:mod:`scanstream.watch`): every complete store in the inbox is classified into the candidate
+(:mod:`scanstream.inference.watch`): every complete store in the inbox is classified into the candidate
 table, and a morning summary per sheet is written to ``<out>.watch/morning/``.
 
 ``--demo`` (what ``make demo`` runs) is the whole job on simulated sheets, on a CPU, with the
@@ -97,8 +97,8 @@ def load_demo_config(path: Path, **overrides: Any) -> DemoConfig:
     for name in ("train_objects", "valid_objects", "sheet_objects", "epochs", "batch_size", "workers", "gallery_top"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"demo {name} must be >= 1, got {getattr(cfg, name)}")
-    from scanstream.augment import parse_darkness, parse_m, parse_n
-    from scanstream.train import parse_lr_schedule
+    from scanstream.training.augment import parse_darkness, parse_m, parse_n
+    from scanstream.training.loop import parse_lr_schedule
 
     try:
         parse_n(cfg.n)
@@ -130,9 +130,9 @@ def _complete_store(path: Path) -> bool:
 
 
 def stage_simulate(cfg: DemoConfig, out: Path) -> dict[str, Path]:
+    from scanstream.inference.threshold import parse_prevalence
     from scanstream.simulate.conditions import draw_conditions
     from scanstream.simulate.dataset import simulate_store
-    from scanstream.threshold import parse_prevalence
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def stage_simulate(cfg: DemoConfig, out: Path) -> dict[str, Path]:
 
 def shipped_model(cfg: DemoConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     """The shipped checkpoint, copied to OUT/model/ (what a site would keep beside its config)."""
-    from scanstream.checkpoint import checkpoint_hash, read_header
+    from scanstream.training.checkpoint import checkpoint_hash, read_header
 
     src = (ROOT / cfg.model) if not Path(cfg.model).is_absolute() else Path(cfg.model)
     meta = read_header(src)
@@ -180,7 +180,7 @@ def shipped_model(cfg: DemoConfig, out: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
-    from scanstream.train import TrainConfig, train
+    from scanstream.training.loop import TrainConfig, train
 
     if cfg.model:
         return shipped_model(cfg, out)
@@ -203,8 +203,8 @@ def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Pa
 
 
 def stage_threshold(cfg: DemoConfig, out: Path, stores: dict[str, Path], ckpt: Path) -> dict[str, Any]:
-    from scanstream.inference import checkpoint_identity
-    from scanstream.threshold import calibrate_threshold, load_threshold, write_threshold
+    from scanstream.inference.engine import checkpoint_identity
+    from scanstream.inference.threshold import calibrate_threshold, load_threshold, write_threshold
 
     path = out / "model" / "threshold.json"
     if path.exists():
@@ -234,7 +234,7 @@ def write_watch_toml(cfg: DemoConfig, out: Path) -> Path:
 
 
 def stage_overnight(out: Path, toml: Path) -> Any:
-    from scanstream.watch import load_watch_config, watch
+    from scanstream.inference.watch import load_watch_config, watch
 
     config = load_watch_config(toml)
 
@@ -252,12 +252,12 @@ def stage_overnight(out: Path, toml: Path) -> Any:
 
 
 def stage_morning(cfg: DemoConfig, out: Path, sheet_store: Path) -> dict[str, Any]:
-    from scanstream.baseline import run_baseline
-    from scanstream.gallery import write_gallery
-    from scanstream.query import CandidateFilter, format_text, query_candidates, write_result
-    from scanstream.revisit import revisit_table
+    from scanstream.candidates.query import CandidateFilter, format_text, query_candidates, write_result
+    from scanstream.candidates.revisit import revisit_table
+    from scanstream.inference.watch import state_dir
+    from scanstream.picker.cuts import run_baseline
+    from scanstream.review.gallery import write_gallery
     from scanstream.store import open_store
-    from scanstream.watch import state_dir
 
     cands = out / "candidates"
     morning = state_dir(cands) / "morning"
@@ -300,7 +300,7 @@ def stage_morning(cfg: DemoConfig, out: Path, sheet_store: Path) -> dict[str, An
 
 def _at_cuts_recall(cands: Path, truth: dict[str, int], cuts_alpha: int) -> str:
     """'; the network needs N candidates for as many' (from the ranked table and the truth)."""
-    from scanstream.query import CandidateFilter, query_candidates
+    from scanstream.candidates.query import CandidateFilter, query_candidates
 
     if cuts_alpha == 0:
         return ""

@@ -8,7 +8,7 @@ Usage::
 Stages (each resumes: finished outputs are found and kept):
 
     features  features-only sheets (no images); the feature model (boosted trees on the picker's
-              features, ``scanstream.feature_model``) fitted on all but the last
+              features, ``scanstream.picker.learned``) fitted on all but the last
               ``calibration_sheets`` sheets, whose objects calibrate the prefilter threshold at
               ``prefilter_recall``: OUT/feature_model.safetensors
     pool      TRAIN and VALID pools: every object of many sheets (each of its own conditions)
@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from scanstream.errors import ConfigError, ScanstreamError
-from scanstream.feature_model import (
+from scanstream.picker.learned import (
     calibrate_prefilter,
     fit_feature_model,
     load_feature_model,
@@ -109,7 +109,7 @@ def stage_features(cfg: dict, out: Path) -> Path:
 def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
     fm = load_feature_model(fm_path)
     threshold = prefilter_threshold(fm)
-    from scanstream.checkpoint import checkpoint_hash
+    from scanstream.training.checkpoint import checkpoint_hash
 
     identity = {"feature_model": checkpoint_hash(fm_path), "prefilter_threshold": threshold}
 
@@ -144,7 +144,7 @@ def stage_pixels(cfg: dict, out: Path) -> Path:
 
 def stage_train(cfg: dict, out: Path, fm_path: Path | None, *, run: str = "run",
                 pools: tuple[str, str] = ("train_pool.zarr", "valid_pool.zarr")) -> Path:
-    from scanstream.train import config_from_dict, train
+    from scanstream.training.loop import config_from_dict, train
 
     d = {**cfg["train"], "seed": cfg["train"].get("seed", cfg["seed"])}
     config = config_from_dict({

@@ -4,7 +4,7 @@
 Stages (each resumes: a finished stage is not redone when the command is rerun)::
 
     1 simulate-dataset   TRAIN / VALID / TEST stores (the paper's Table 1 times --scale)
-    2 former method      cuts chosen on TRAIN (scanstream.baseline.choose_config), run on VALID and TEST
+    2 former method      cuts chosen on TRAIN (scanstream.picker.cuts.choose_config), run on VALID and TEST
     3 search             the RandAugment (N, M) x seeds grid on Dask; best setting by mean VALID AP;
                          its models measured on TEST one by one and as an ensemble
     4 threshold          calibrated on VALID at the former method's recall
@@ -150,7 +150,7 @@ def load_config(path: str | os.PathLike, *, scale: float | None = None) -> Pipel
 
 # -- stages -------------------------------------------------------------------------------------
 def _json_write(obj: Any, path: Path) -> None:
-    from scanstream.report import json_ready
+    from scanstream.evaluation.report import json_ready
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(json_ready(obj), indent=1) + "\n")
@@ -179,7 +179,7 @@ def stage_dataset(cfg: PipelineConfig, out: Path) -> dict[str, Path]:
 
 
 def stage_former(cfg: PipelineConfig, out: Path, stores: dict[str, Path]) -> dict[str, Any]:
-    from scanstream import baseline as bl
+    from scanstream.picker import cuts as bl
     from scanstream.store import open_store
 
     d = out / "former"
@@ -190,7 +190,7 @@ def stage_former(cfg: PipelineConfig, out: Path, stores: dict[str, Path]) -> dic
     result = {"config": config.to_dict(), "tables": {}, "summary": {}}
     # the learned former method: boosted trees on the same picker features, fitted on TRAIN
     # (seconds); evaluate reports it beside the cuts
-    from scanstream.feature_model import fit_feature_model, save_feature_model
+    from scanstream.picker.learned import fit_feature_model, save_feature_model
 
     learned = fit_feature_model(train.table, seed=cfg.dataset.seed, source=str(stores["train"]))
     result["feature_model"] = str(save_feature_model(learned, d / "feature_model.safetensors"))
@@ -205,7 +205,7 @@ def stage_former(cfg: PipelineConfig, out: Path, stores: dict[str, Path]) -> dic
 
 
 def stage_search(cfg: PipelineConfig, out: Path, stores: dict[str, Path]):
-    from scanstream.search import SearchConfig, run_search
+    from scanstream.training.search import SearchConfig, run_search
 
     s = cfg.search
     config = SearchConfig(
@@ -229,9 +229,9 @@ def target_recall(cfg: PipelineConfig, former: dict[str, Any]) -> tuple[float, s
 
 
 def stage_threshold(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckpts: list[Path], recall: float) -> Path:
-    from scanstream.checkpoint import checkpoint_hash
     from scanstream.errors import ThresholdError
-    from scanstream.threshold import calibrate_threshold, load_threshold, write_threshold
+    from scanstream.inference.threshold import calibrate_threshold, load_threshold, write_threshold
+    from scanstream.training.checkpoint import checkpoint_hash
 
     path = out / "threshold.json"
     hashes = sorted(checkpoint_hash(c) for c in ckpts)
@@ -249,10 +249,10 @@ def stage_threshold(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckp
 
 
 def stage_classify(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckpts: list[Path], threshold: Path) -> Path:
-    from scanstream.candidates import read_manifest, read_metadata
-    from scanstream.checkpoint import checkpoint_hash
-    from scanstream.classify import classify
-    from scanstream.threshold import load_threshold
+    from scanstream.candidates.table import read_manifest, read_metadata
+    from scanstream.inference.classify import classify
+    from scanstream.inference.threshold import load_threshold
+    from scanstream.training.checkpoint import checkpoint_hash
 
     cand = out / "candidates"
     hashes = sorted(checkpoint_hash(c) for c in ckpts)
@@ -273,7 +273,7 @@ def stage_classify(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckpt
 def stage_evaluate(out: Path, stores: dict[str, Path], cand: Path, former: dict[str, Any], search_out: Path):
     import pyarrow.parquet as pq
 
-    from scanstream.evaluate import evaluate, scores_from_table
+    from scanstream.evaluation.evaluate import evaluate, scores_from_table
 
     singles = scores_from_table(pq.read_table(search_out / "test_scores.parquet"), exclude=("object_id", "label", "ensemble"))
     return evaluate([cand], [stores["test"]], out / "evaluation", baseline=former["tables"]["test"],
@@ -302,7 +302,7 @@ def read_history(trial_dir: Path) -> list[dict]:
 
 
 def table1(stores: dict[str, Path]) -> dict[str, dict[str, int]]:
-    from scanstream import metrics as mt
+    from scanstream.evaluation import metrics as mt
     from scanstream.store import open_store
 
     return {split.upper(): mt.class_counts(open_store(p).labels) for split, p in stores.items()}
@@ -318,8 +318,8 @@ def _cpu_seconds() -> float:
 
 def run(cfg: PipelineConfig, out: str | os.PathLike) -> Path:
     """All stages; returns the report directory."""
-    from scanstream import figures as fg
-    from scanstream.report import render_reproduction, write_report
+    from scanstream.evaluation import figures as fg
+    from scanstream.evaluation.report import render_reproduction, write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,7 +354,7 @@ def run(cfg: PipelineConfig, out: str | os.PathLike) -> Path:
         dst = rep / {"fig3": "fig3_heatmap.png", "fig4": "fig4_score_distributions.png", "fig5": "fig5_pr_curves.png"}[key]
         shutil.copyfile(src, dst)
         figs[key] = dst.name
-    from scanstream.threshold import load_threshold
+    from scanstream.inference.threshold import load_threshold
 
     metrics = {
         "config": asdict(cfg),

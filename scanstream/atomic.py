@@ -2,15 +2,18 @@
 
 A reader (or a rerun after a kill) sees either the previous file or the complete new one,
 never a half-written one; on failure the temporary file is removed and the destination is
-left as it was.
+left as it was. Every file scanstream writes goes through :func:`atomic_path` (directly, or
+through the ``write_*`` helpers, which all take the destination first).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def umask_mode() -> int:
@@ -52,3 +55,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; return ``path``."""
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1, sort_keys: bool = True) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; return ``path``."""
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_parquet(path: str | os.PathLike, table: Any, *, compression: str = "zstd") -> Path:
+    """Write an Arrow table to ``path`` as Parquet atomically; return ``path``."""
+    import pyarrow.parquet as pq  # only writers of tables need pyarrow
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression=compression)
+    return Path(path)

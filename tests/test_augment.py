@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from scanstream.augment import (
+from scanstream.errors import InputError
+from scanstream.training.augment import (
     ENHANCE,
     GEOMETRIC,
     OPS,
@@ -21,7 +22,6 @@ from scanstream.augment import (
     op_value,
     single_op_params,
 )
-from scanstream.errors import InputError
 
 PIL_ENHANCE = {"brightness": ImageEnhance.Brightness, "contrast": ImageEnhance.Contrast, "sharpness": ImageEnhance.Sharpness}
 

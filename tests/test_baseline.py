@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scanstream.baseline import (
+from scanstream.cli import main
+from scanstream.errors import InputError
+from scanstream.picker.cuts import (
     DEFAULT_CONFIG,
     BaselineConfig,
     choose_config,
@@ -18,8 +20,6 @@ from scanstream.baseline import (
     select,
     summarize,
 )
-from scanstream.cli import main
-from scanstream.errors import InputError
 
 ALPHA_STAR = [49.0, 33.0, 30.0, 26.0, 24.0]
 

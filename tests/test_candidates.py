@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scanstream import candidates as cand
+from scanstream.candidates import table as cand
 from scanstream.errors import InputError, PipelineError
 from scanstream.store import rows_to_table
 

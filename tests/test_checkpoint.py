@@ -9,10 +9,10 @@ import pickle
 import pytest
 import torch
 
-import scanstream.checkpoint as ckpt
-from scanstream.checkpoint import checkpoint_hash, load_checkpoint, read_header, save_checkpoint
+import scanstream.training.checkpoint as ckpt
 from scanstream.errors import CheckpointError
-from scanstream.model import ModelConfig, build_model
+from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint, read_header, save_checkpoint
+from scanstream.training.model import ModelConfig, build_model
 
 CFG = ModelConfig(backbone="resnet18", input_size=64)
 

@@ -22,21 +22,21 @@ import torch
 import zarr
 from conftest import draw_crops
 
-from scanstream import candidates as cand
-from scanstream import inference
-from scanstream.checkpoint import checkpoint_hash, save_checkpoint
-from scanstream.classify import classify, score_store
+from scanstream.candidates import table as cand
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreError, ThresholdError
-from scanstream.model import ModelConfig, build_model, preprocess
-from scanstream.store import StoreWriter, open_store, rows_to_table
-from scanstream.threshold import (
+from scanstream.inference import engine as inference
+from scanstream.inference.classify import classify, score_store
+from scanstream.inference.threshold import (
     build_threshold_record,
     calibrate_threshold,
     load_threshold,
     threshold_at_recall,
     write_threshold,
 )
+from scanstream.store import StoreWriter, open_store, rows_to_table
+from scanstream.training.checkpoint import checkpoint_hash, save_checkpoint
+from scanstream.training.model import ModelConfig, build_model, preprocess
 
 N = 80
 
@@ -242,7 +242,7 @@ def test_no_threshold_leaves_selected_null_and_auto_asks_the_workers(env):
 def test_gpu_tasks_refused_when_no_worker_offers_a_gpu(env):
     from distributed import Client
 
-    from scanstream.classify import _submit
+    from scanstream.inference.classify import _submit
 
     with Client(env["scheduler"]) as client, pytest.raises(InputError, match="--resources GPU=1"):
         _submit(client, [object()], [], [], env["root"], None, {}, torch.device("cuda"), "bf16", 8, True, False)

@@ -1,4 +1,4 @@
-"""scanstream.evaluate / report / figures and the `evaluate` verb on tiny hand-built tables."""
+"""scanstream.evaluation.evaluate / report / figures and the `evaluate` verb on tiny hand-built tables."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from scanstream import evaluate as ev
-from scanstream import metrics as mt
 from scanstream.cli import main
 from scanstream.errors import InputError, ThresholdError
+from scanstream.evaluation import evaluate as ev
+from scanstream.evaluation import metrics as mt
 from scanstream.store import create_store
 
 CATS = ["dust", "1vtx", "track", "scratch"]
@@ -292,7 +292,7 @@ def test_cli_evaluate_bad_input_one_line_exit_2(case, capsys):
 
 # -- figures and report rendering ----------------------------------------------------------------
 def test_heatmap_and_loss_figures(tmp_path):
-    from scanstream import figures as fg
+    from scanstream.evaluation import figures as fg
 
     mean = np.array([[0.9, 0.95], [np.nan, 0.97]])
     p = fg.plot_search_heatmap([2, 4], [6, 12], mean, np.full((2, 2), 0.01), tmp_path / "h.png", best=(4, 12))
@@ -306,7 +306,7 @@ def test_heatmap_and_loss_figures(tmp_path):
 
 
 def test_table2_markdown_with_paper_columns():
-    from scanstream.report import PAPER, table2_markdown
+    from scanstream.evaluation.report import PAPER, table2_markdown
 
     former = mt.OperatingPoint(None, 2489, 201, 255, 46948)
     md = table2_markdown(mt.table2(former, mt.OperatingPoint(0.0, 366, 201, 255, 46948)), paper=PAPER["table2"])
@@ -315,7 +315,7 @@ def test_table2_markdown_with_paper_columns():
 
 
 def test_json_ready_strict():
-    from scanstream.report import json_ready
+    from scanstream.evaluation.report import json_ready
 
     out = json_ready({"a": math.nan, "b": [np.float32(1.5), math.inf], "c": {"d": np.int64(3)}})
     assert json.dumps(out, allow_nan=False) == '{"a": null, "b": [1.5, null], "c": {"d": 3}}'
@@ -342,7 +342,7 @@ def test_spread_over_a_subset_of_models(case):
 @pytest.fixture(scope="module")
 def feature_model_file(tmp_path_factory):
     """A small feature model fitted on simulated picker features (30 trees, about a second)."""
-    from scanstream.feature_model import fit_feature_model, save_feature_model
+    from scanstream.picker.learned import fit_feature_model, save_feature_model
     from scanstream.simulate import simulate_table
 
     t = simulate_table(objects=2000, alpha_fraction=0.2, sheet="X", seed=1)
@@ -383,7 +383,7 @@ def fcase(tmp_path):
 
 def direct_learned_logits(path, stores):
     """The feature model's logits of the stores' labelled objects, in store then row order."""
-    from scanstream.feature_model import load_feature_model
+    from scanstream.picker.learned import load_feature_model
 
     fm = load_feature_model(path)
     parts = []

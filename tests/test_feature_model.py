@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from scanstream import inference
-from scanstream.checkpoint import load_checkpoint, save_checkpoint
-from scanstream.classify import score_store
 from scanstream.errors import CheckpointError, InputError
-from scanstream.feature_model import (
+from scanstream.inference import engine as inference
+from scanstream.inference.classify import score_store
+from scanstream.picker.features import N_FEATURES, feature_array
+from scanstream.picker.learned import (
     L2_REGULARIZATION,
     LOGIT_SCALE,
     N_MODEL_INPUTS,
@@ -27,11 +27,11 @@ from scanstream.feature_model import (
     prefilter_threshold,
     save_feature_model,
 )
-from scanstream.features import N_FEATURES, feature_array
-from scanstream.model import Classifier, ModelConfig, build_model
 from scanstream.simulate import simulate_table
 from scanstream.store import create_store
-from scanstream.train import TrainConfig, train
+from scanstream.training.checkpoint import load_checkpoint, save_checkpoint
+from scanstream.training.loop import TrainConfig, train
+from scanstream.training.model import Classifier, ModelConfig, build_model
 
 
 def _table(mult, lengths):
@@ -80,7 +80,7 @@ def fitted(sheets):
 def test_tree_walk_equals_scikit_learn(sheets, fitted):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from scanstream.feature_model import labelled_features
+    from scanstream.picker.learned import labelled_features
 
     x, y = labelled_features(sheets[0])
     ref = HistGradientBoostingClassifier(max_iter=40, random_state=0, l2_regularization=L2_REGULARIZATION).fit(x, y)
@@ -89,7 +89,7 @@ def test_tree_walk_equals_scikit_learn(sheets, fitted):
 
 
 def test_feature_model_ranks_better_than_chance(sheets, fitted):
-    from scanstream.metrics import average_precision
+    from scanstream.evaluation.metrics import average_precision
 
     y = sheets[1].column("label").to_numpy()
     assert average_precision(y, fitted.score_table(sheets[1])) > 2 * y.mean()
@@ -213,7 +213,7 @@ def test_cascade_scores_kept_rows_with_the_network_and_the_rest_by_features(tmp_
     np.testing.assert_array_equal(got[~kept], -2.0)  # rejected: the feature model's logit, never the network
     assert sum(seen) == kept.sum()  # the network saw exactly the kept rows
     ck = load_checkpoint(path)
-    from scanstream.model import preprocess
+    from scanstream.training.model import preprocess
 
     inputs = torch.from_numpy(model_inputs(store.table, ck.feature_model))
     x = preprocess(torch.from_numpy(store.read(0, store.n)), 32)
@@ -242,7 +242,7 @@ def test_fused_model_refuses_a_store_without_features(tmp_path):
     path = fused_checkpoint(tmp_path / "c.safetensors")
     with pytest.raises(InputError, match=r"nofeat.zarr: 16 of 16 objects have no picker multiplicity.*fused network"):
         score_store(store, [path], device="cpu", precision="fp32")
-    from scanstream.classify import classify
+    from scanstream.inference.classify import classify
 
     with pytest.raises(InputError, match="nofeat.zarr"):
         classify([store.path], [path], tmp_path / "cand", device="cpu", progress=False, processes=False)
@@ -281,7 +281,7 @@ def test_training_a_fused_model_on_a_store_without_features_is_refused(tmp_path)
 
 
 def test_auto_recipe_by_initial_weights_and_device(tmp_path):
-    from scanstream.recipes import RECIPES, choose_recipe
+    from scanstream.training.recipes import RECIPES, choose_recipe
 
     assert choose_recipe("auto", device="cpu") == ("cpu", "no GPU here")
     ck = fused_checkpoint(tmp_path / "c.safetensors")
@@ -293,7 +293,7 @@ def test_auto_recipe_by_initial_weights_and_device(tmp_path):
 
 
 def test_fine_tuning_takes_backbone_size_and_feature_model_from_the_checkpoint(tmp_path):
-    from scanstream.recipes import pretrained_options
+    from scanstream.training.recipes import pretrained_options
 
     ck = fused_checkpoint(tmp_path / "c.safetensors", prefilter=0.0)
     opts = pretrained_options(str(ck))
@@ -339,7 +339,7 @@ def test_cli_learned_baseline_beside_the_cuts(tmp_path, sheets, capsys):
     doc = json.loads(capsys.readouterr().out)
     model = load_feature_model(tmp_path / "fm.safetensors")
     scores = model.score_table(cal)
-    from scanstream.metrics import average_precision, operating_point_at_recall
+    from scanstream.evaluation.metrics import average_precision, operating_point_at_recall
 
     y = cal.column("label").to_numpy()
     assert doc["learned"]["ap"] == pytest.approx(average_precision(y, scores))
@@ -369,8 +369,8 @@ def test_cli_learned_baseline_bad_flags(tmp_path, sheets, capsys, extra, match):
 
 
 def test_threshold_and_watch_take_a_cascade(tmp_path):
-    from scanstream.threshold import calibrate_threshold
-    from scanstream.watch import WatchConfig, watch
+    from scanstream.inference.threshold import calibrate_threshold
+    from scanstream.inference.watch import WatchConfig, watch
 
     store = feature_store(tmp_path / "v.zarr", n=48)
     ck = fused_checkpoint(tmp_path / "c.safetensors")
@@ -388,7 +388,7 @@ def test_threshold_and_watch_take_a_cascade(tmp_path):
 
 
 def test_prefilter_accounting_counts_what_the_network_never_sees():
-    from scanstream.feature_model import prefilter_accounting
+    from scanstream.picker.learned import prefilter_accounting
 
     t = _table([2, 5, 3, 6, 4], [[]] * 5).append_column("label", pa.array([1, 1, 0, 0, 1], pa.int8()))
     acc = prefilter_accounting(hand_model(), t, 0.0)  # keeps multiplicity >= 4
@@ -404,8 +404,8 @@ SHIPPED = Path(__file__).resolve().parent.parent / "models" / "scanstream-cpu-ca
 
 
 def test_shipped_cascade_loads_and_scores_a_simulated_sheet(tmp_path):
-    from scanstream.checkpoint import checkpoint_hash
     from scanstream.simulate import simulate_store
+    from scanstream.training.checkpoint import checkpoint_hash
 
     ck = load_checkpoint(SHIPPED)
     assert ck.model_config == ModelConfig("mobilenet_v3_small", 112, "none", inputs=N_MODEL_INPUTS)
@@ -426,7 +426,7 @@ def test_shipped_cascade_loads_and_scores_a_simulated_sheet(tmp_path):
 
 
 def test_network_reads_the_logit_clipped_and_rejected_rows_keep_it_whole(tmp_path):
-    from scanstream.feature_model import LOGIT_CLIP, inputs_and_logits
+    from scanstream.picker.learned import LOGIT_CLIP, inputs_and_logits
 
     extreme = FeatureModel(**{**hand_model().__dict__, "value": np.array([0.0, -400.0, 300.0])})
     t = _table([2, 5], [[], []])

@@ -1,4 +1,4 @@
-"""scanstream.gallery and `scanstream gallery`: the HTML page, crops and contact sheet."""
+"""scanstream.review.gallery and `scanstream gallery`: the HTML page, crops and contact sheet."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from test_query import candidates_from_store, write_candidates
 
+from scanstream.candidates.query import CandidateFilter
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreNotFoundError
-from scanstream.gallery import CropLookup, write_gallery
-from scanstream.query import CandidateFilter
+from scanstream.review.gallery import CropLookup, write_gallery
 
 
 @pytest.fixture

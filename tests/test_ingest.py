@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from scanstream import ingest as ig
 from scanstream import store as st
 from scanstream.cli import main
+from scanstream.ingest import images as ig
 
 
 def gray_crops(n: int, seed: int = 0, size: int = 224) -> np.ndarray:

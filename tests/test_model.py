@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from scanstream.errors import CheckpointError, InputError
-from scanstream.model import (
+from scanstream.training.model import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -1,4 +1,4 @@
-"""scanstream.query and `scanstream query`: every filter, hostile filter values, user SQL, formats."""
+"""scanstream.candidates.query and `scanstream query`: every filter, hostile filter values, user SQL, formats."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from scanstream.candidates.query import (
+    CandidateFilter,
+    QueryError,
+    check_select,
+    filter_sql,
+    parse_region,
+    query_candidates,
+)
 from scanstream.cli import main
-from scanstream.query import CandidateFilter, QueryError, check_select, filter_sql, parse_region, query_candidates
 
 HOSTILE = [
     "x' OR 1=1; DROP TABLE candidates; --",

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scanstream import rangeenergy as re
-from scanstream.candidates import CANDIDATE_SCHEMA, sheet_dir
+from scanstream.candidates.table import CANDIDATE_SCHEMA, sheet_dir
 from scanstream.cli import main
 from scanstream.errors import InputError
 from scanstream.simulate import simulate_table

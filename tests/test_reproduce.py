@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scanstream import metrics as mt
 from scanstream.errors import ConfigError
+from scanstream.evaluation import metrics as mt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,8 +96,8 @@ def test_report_beside_the_paper(rp):
     """render_reproduction on measured-looking metrics built with the real evaluation code."""
     from dataclasses import asdict
 
-    from scanstream.evaluate import EvalData, ScoreSet, compute_metrics
-    from scanstream.report import render_reproduction
+    from scanstream.evaluation.evaluate import EvalData, ScoreSet, compute_metrics
+    from scanstream.evaluation.report import render_reproduction
 
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.05).astype(np.int8)

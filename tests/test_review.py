@@ -1,4 +1,4 @@
-"""scanstream.review: the review server over HTTP, and the page in a real headless Chromium."""
+"""scanstream.review.server: the review server over HTTP, and the page in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from conftest import make_store
 from PIL import Image
 from test_query import candidates_from_store
 
+from scanstream.candidates.query import CandidateFilter
 from scanstream.errors import InputError
-from scanstream.query import CandidateFilter
-from scanstream.review import ReviewSession, default_verdicts_path, make_server
-from scanstream.verdicts import read_records, read_verdicts
+from scanstream.review.server import ReviewSession, default_verdicts_path, make_server
+from scanstream.review.verdicts import read_records, read_verdicts
 
 N_CARDS = 6
 

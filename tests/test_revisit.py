@@ -1,4 +1,4 @@
-"""scanstream.revisit: short stage paths over the selected candidates of each plate."""
+"""scanstream.candidates.revisit: short stage paths over the selected candidates of each plate."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scanstream.errors import InputError
-from scanstream.revisit import (
+from scanstream.candidates.revisit import (
     REVISIT_COLUMNS,
     nearest_neighbour_order,
     path_length,
@@ -17,6 +16,7 @@ from scanstream.revisit import (
     revisit_table,
     two_opt,
 )
+from scanstream.errors import InputError
 
 
 def slow_path_length(xy, order):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scanstream.errors import InputError
-from scanstream.sampling import BalancedSampler, class_counts, oversampling_weights, pos_weight
+from scanstream.training.sampling import BalancedSampler, class_counts, oversampling_weights, pos_weight
 
 # 1:17, as the paper's TRAIN split (906 alpha, 14,979 others), scaled down
 LABELS = np.array([1] * 50 + [0] * 850 + [-1] * 30, dtype=np.int8)

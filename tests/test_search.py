@@ -1,4 +1,4 @@
-"""scanstream.search: the grid on Dask, results, heatmap, best setting, TEST scoring, resume.
+"""scanstream.training.search: the grid on Dask, results, heatmap, best setting, TEST scoring, resume.
 
 Orchestration tests replace training and scoring by fast stand-ins (threads-only Dask
 cluster, same process); one end-to-end test trains real tiny models on tiny stores.
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scanstream import search as sr
 from scanstream.errors import ConfigError, InputError, PipelineError
+from scanstream.training import search as sr
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def fake_ap(n, m, seed):
 
 @pytest.fixture
 def fake(monkeypatch):
-    """Stand-ins for scanstream.train and scanstream.classify.score_store (same process: threads)."""
-    import scanstream.train as real_train
+    """Stand-ins for scanstream.training.loop and scanstream.inference.classify.score_store (same process: threads)."""
+    import scanstream.training.loop as real_train
 
     calls = {"train": [], "score": []}
 
@@ -97,10 +97,10 @@ def fake(monkeypatch):
         rng = np.random.default_rng(seed)
         return (2.0 * (labels == 1) + rng.normal(0, 1, len(labels))).astype(np.float32)
 
-    monkeypatch.setitem(sys.modules, "scanstream.train", types.SimpleNamespace(
+    monkeypatch.setitem(sys.modules, "scanstream.training.loop", types.SimpleNamespace(
         TrainConfig=TrainConfig, train=train, parse_lr_schedule=real_train.parse_lr_schedule,
         field_defaults=real_train.field_defaults))
-    monkeypatch.setitem(sys.modules, "scanstream.classify", types.SimpleNamespace(score_store=score_store))
+    monkeypatch.setitem(sys.modules, "scanstream.inference.classify", types.SimpleNamespace(score_store=score_store))
     return calls
 
 
@@ -128,7 +128,7 @@ def test_grid_results_summary_best_and_test(stores, fake, client, tmp_path):
         done = json.loads((res.out / "trials" / f"n{n}_m{m}_s{s}" / "done.json").read_text())
         assert done["val_ap"] == pytest.approx(fake_ap(n, m, s))
     # TEST: both best-setting models one by one, ensemble = mean logit
-    from scanstream import metrics as mt
+    from scanstream.evaluation import metrics as mt
 
     y = stores["test"].labels
     per = [2.0 * (y == 1) + np.random.default_rng(s).normal(0, 1, len(y)) for s in range(2)]
@@ -262,9 +262,9 @@ def test_pure_core():
 
 def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path, capsys):
     """Real training runs (tiny stores, tiny network, 2 epochs); a rerun retrains nothing."""
-    from scanstream import metrics as mt
-    from scanstream.classify import score_store
     from scanstream.cli import main
+    from scanstream.evaluation import metrics as mt
+    from scanstream.inference.classify import score_store
     from scanstream.store import open_store
 
     tr = store_factory("tr.zarr", n=32, seed=1, alpha_fraction=0.4)
@@ -320,7 +320,7 @@ def test_trial_threads_default_and_explicit(stores, tmp_path, fake, client):
 
 
 def test_started_workers_keep_glibcs_malloc_trim_default(monkeypatch):
-    # Dask's nanny default (65536) made torch steps fault every buffer back in (scanstream.cluster)
+    # Dask's nanny default (65536) made torch steps fault every buffer back in (scanstream.executor)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     client, _, _ = sr.start_client(None, 1, gpus=0)
     try:

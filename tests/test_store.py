@@ -14,6 +14,7 @@ import zarr
 from scanstream import store as st
 from scanstream.cli import main
 from scanstream.errors import IncompleteStoreError, InputError, StoreExistsError, StoreNotFoundError
+from scanstream.store import writer as store_writer
 
 CHUNK, SHARD = 4, 8  # small blocks so a few dozen crops cross several shard boundaries
 
@@ -212,19 +213,19 @@ def test_crops_beyond_committed_rows_are_dropped(tmp_path, monkeypatch):
     """A crash after the crops of a shard were written but before its rows were committed."""
     crops, rows = crops_and_rows(24)
     path = tmp_path / "a.zarr"
-    real = st.write_parquet_atomic
+    real = store_writer.write_parquet
     calls = []
 
-    def failing(table, p):
+    def failing(p, table):
         calls.append(p)
         if len(calls) == 2:
             raise Boom("disk full")
-        real(table, p)
+        real(p, table)
 
-    monkeypatch.setattr(st, "write_parquet_atomic", failing)
+    monkeypatch.setattr(store_writer, "write_parquet", failing)
     with pytest.raises(Boom):
         write(path, crops, rows, batches=(6,))
-    monkeypatch.setattr(st, "write_parquet_atomic", real)
+    monkeypatch.setattr(store_writer, "write_parquet", real)
     assert zarr.open_array(str(path / "crops"), mode="r").shape[0] == 16  # 8 committed + 8 uncommitted
     assert st.open_store(path, require_complete=False).n == 8
     with st.StoreWriter(path, source={"stage": "test"}) as w:
@@ -247,7 +248,7 @@ def test_crash_in_finalize_after_table_merge_does_not_duplicate_rows(tmp_path, m
             raise Boom("killed")
         real(p, *a, **k)
 
-    monkeypatch.setattr(st.shutil, "rmtree", no_rmtree)
+    monkeypatch.setattr(store_writer.shutil, "rmtree", no_rmtree)
     with pytest.raises(Boom):
         write(path, crops, rows)
     monkeypatch.undo()

@@ -17,14 +17,21 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
-import scanstream.train as tr
-from scanstream.augment import AugmentConfig, augment
-from scanstream.checkpoint import load_checkpoint
+import scanstream.training.loop as tr
 from scanstream.cli import main
-from scanstream.dataload import BlockStream, load_block, plan_sequential, plan_train_epoch, rebatch, resize_crops
 from scanstream.errors import ConfigError, InputError
-from scanstream.model import ModelConfig, build_model
-from scanstream.train import EarlyStopping, TrainConfig, train
+from scanstream.training.augment import AugmentConfig, augment
+from scanstream.training.checkpoint import load_checkpoint
+from scanstream.training.dataload import (
+    BlockStream,
+    load_block,
+    plan_sequential,
+    plan_train_epoch,
+    rebatch,
+    resize_crops,
+)
+from scanstream.training.loop import EarlyStopping, TrainConfig, train
+from scanstream.training.model import ModelConfig, build_model
 
 # ---------------------------------------------------------------------------------------------
 # Early stopping on scripted loss sequences

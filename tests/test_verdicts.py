@@ -1,4 +1,4 @@
-"""scanstream.verdicts: the append-only verdicts table and `verdicts to-store`."""
+"""scanstream.review.verdicts: the append-only verdicts table and `verdicts to-store`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 
 from scanstream.cli import main
 from scanstream.errors import StoreExistsError
-from scanstream.store import StoreWriter, open_store
-from scanstream.verdicts import (
+from scanstream.review.verdicts import (
     VerdictError,
     VerdictLog,
     latest,
@@ -19,6 +18,7 @@ from scanstream.verdicts import (
     read_verdicts,
     verdicts_to_store,
 )
+from scanstream.store import StoreWriter, open_store
 
 
 def cand(store, i):

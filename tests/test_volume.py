@@ -10,8 +10,8 @@ import pytest
 import zarr
 from PIL import Image
 
-from scanstream import volume as vol
 from scanstream.cli import main
+from scanstream.ingest import stacks as vol
 
 H, W = 40, 56  # small planes keep the tests fast; real E07 planes are 440 x 512
 

@@ -1,4 +1,4 @@
-"""scanstream.watch: the overnight mode processes each store exactly once and survives restarts."""
+"""scanstream.inference.watch: the overnight mode processes each store exactly once and survives restarts."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from conftest import draw_crops
 
-from scanstream.candidates import read_candidates, read_manifest
+from scanstream.candidates.table import read_candidates, read_manifest
 from scanstream.cli import main
 from scanstream.errors import ConfigError, InputError
-from scanstream.store import StoreWriter, open_store
-from scanstream.watch import (
+from scanstream.inference.watch import (
     WatchConfig,
     WatchError,
     load_watch_config,
@@ -28,6 +27,7 @@ from scanstream.watch import (
     state_dir,
     watch,
 )
+from scanstream.store import StoreWriter, open_store
 
 
 def write_store(path: Path, n: int, *, sheet: str, seed: int, finalize: bool = True) -> Path:
@@ -52,9 +52,9 @@ def models(tmp_path_factory):
     """A random-weight checkpoint and a threshold record calibrated for it."""
     import torch
 
-    from scanstream.checkpoint import save_checkpoint
-    from scanstream.model import ModelConfig, build_model
-    from scanstream.threshold import build_threshold_record, write_threshold
+    from scanstream.inference.threshold import build_threshold_record, write_threshold
+    from scanstream.training.checkpoint import save_checkpoint
+    from scanstream.training.model import ModelConfig, build_model
 
     root = tmp_path_factory.mktemp("models")
     cfg = ModelConfig(backbone="mobilenet_v3_small", input_size=64)
@@ -216,7 +216,7 @@ def test_restart_after_kill_mid_store(models, tmp_path):
 
 
 def test_second_watcher_refused(models, tmp_path):
-    from scanstream.watch import _exclusive
+    from scanstream.inference.watch import _exclusive
 
     root, _ = models
     (tmp_path / "inbox").mkdir()
@@ -361,9 +361,9 @@ def test_demo_config_errors(tmp_path):
 
 def test_morning_summary_fits_the_sheet_density_when_asked(tmp_path):
     """The selected candidates' prong lengths give the sheet's density, into the JSON and the page."""
-    from scanstream import candidates as cand
+    from scanstream.candidates import table as cand
+    from scanstream.inference.watch import sheet_range_energy, summary_markdown
     from scanstream.simulate import simulate_table
-    from scanstream.watch import sheet_range_energy, summary_markdown
 
     table = simulate_table(objects=300, alpha_fraction=0.7, sheet="RE1", seed=3, conditions={"density": 3.66})
     path = tmp_path / "objects.parquet"

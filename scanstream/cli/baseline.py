@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scanstream import feature_model as fm
 from scanstream.cli._common import print_json
+from scanstream.picker import learned as fm
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "baseline",
         help="the former method: alpha candidates by multiplicity and track-length cuts",
         description="Select alpha-decay candidates the way it was done before the CNN: cuts on the "
-        "picker's vertex multiplicity and prong lengths (scanstream.baseline.BaselineConfig). "
+        "picker's vertex multiplicity and prong lengths (scanstream.picker.cuts.BaselineConfig). "
         "Writes object_id, selected, baseline_score (--out) and prints the selection; with labels, "
         "true positives, precision and recall with sqrt(N) errors. --cuts-from TRAIN chooses the "
         "cuts on a labelled TRAIN store first (never choose them on TEST).",
@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _learned(args: argparse.Namespace, table: pa.Table) -> tuple[fm.FeatureModel, np.ndarray] | None:
     """The feature model asked for (fitted or read, calibrated if asked) and its scores on ``table``."""
-    from scanstream import baseline as bl
     from scanstream.errors import InputError
+    from scanstream.picker import cuts as bl
 
     if args.learned is not None and args.feature_model is not None:
         raise InputError("give either --learned TRAIN (fit a feature model) or --feature-model FILE, not both")
@@ -70,8 +70,8 @@ def _learned(args: argparse.Namespace, table: pa.Table) -> tuple[fm.FeatureModel
 
 
 def run(args: argparse.Namespace) -> int:
-    from scanstream import baseline as bl
     from scanstream.errors import InputError
+    from scanstream.picker import cuts as bl
 
     table = bl.read_object_table(args.store)
     if args.cuts_from is not None and args.config is not None:

@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_threshold(args: argparse.Namespace) -> int:
-    from scanstream.threshold import calibrate_threshold, write_threshold
+    from scanstream.inference.threshold import calibrate_threshold, write_threshold
 
     prevalences = [p.strip() for p in args.prevalence.split(",") if p.strip()]
     record = calibrate_threshold(
@@ -93,7 +93,7 @@ def _f(x: float | None) -> str:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from scanstream.classify import classify
+    from scanstream.inference.classify import classify
 
     def show(link: str | None) -> None:
         print(f"Dask dashboard: {link}", file=sys.stderr, flush=True)

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from scanstream.evaluate import evaluate
-    from scanstream.report import pm
+    from scanstream.evaluation.evaluate import evaluate
+    from scanstream.evaluation.report import pm
 
     res = evaluate(
         args.candidates, args.store, args.out,
@@ -65,7 +65,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _learned_summary(m: dict) -> str:
     """One line: the learned former method's AP and its candidates at the comparison recall."""
-    from scanstream.report import pm
+    from scanstream.evaluation.report import pm
 
     lm = m["learned"]
     line = f"{lm['name']}: AP {lm['ap']:.3f}"

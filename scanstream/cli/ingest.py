@@ -62,7 +62,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     try:
         if args.format == "stack":
             from scanstream.errors import InputError
-            from scanstream.volume import ingest_stacks
+            from scanstream.ingest.stacks import ingest_stacks
 
             given = [flag for flag, value in (("--resize", args.resize), ("--listing", args.listing),
                                               ("--id-prefix", args.id_prefix), ("--sheet", args.sheet),
@@ -73,7 +73,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             result = ingest_stacks(args.src, args.store, skip_bad=args.skip_bad, progress=bar.update,
                                    total=_set_total(bar))
         else:
-            from scanstream.ingest import IngestConfig, ingest
+            from scanstream.ingest.images import IngestConfig, ingest
 
             config = IngestConfig(
                 format=args.format, listing=args.listing, positive=args.positive, resize=args.resize,

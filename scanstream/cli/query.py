@@ -20,7 +20,7 @@ def add_filter_args(p: argparse.ArgumentParser, *, top_default: int | None = Non
 
 
 def build_filter(args: argparse.Namespace, *, selected: bool | None = None):
-    from scanstream.query import CandidateFilter, parse_region
+    from scanstream.candidates.query import CandidateFilter, parse_region
 
     return CandidateFilter(
         sheet=args.sheet,
@@ -70,12 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from scanstream.query import infer_format, query_candidates, write_result
+    from scanstream.candidates.query import infer_format, query_candidates, write_result
 
     fmt = infer_format(args.out, args.format)
     table = query_candidates(args.candidates, build_filter(args, selected=args.revisit or None), sql=args.sql)
     if args.revisit:
-        from scanstream.revisit import revisit_table
+        from scanstream.candidates.revisit import revisit_table
 
         table = revisit_table(table)
     text = write_result(table, fmt, args.out)
@@ -87,7 +87,7 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_gallery(args: argparse.Namespace) -> int:
-    from scanstream.gallery import write_gallery
+    from scanstream.review.gallery import write_gallery
 
     result = write_gallery(
         args.candidates, args.out, stores=args.store or None, filters=build_filter(args), columns=args.sheet_columns

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_review(args: argparse.Namespace) -> int:
-    from scanstream.review import ReviewSession, default_verdicts_path, make_server
+    from scanstream.review.server import ReviewSession, default_verdicts_path, make_server
 
     verdicts = args.verdicts or default_verdicts_path(args.candidates)
     session = ReviewSession(args.candidates, verdicts, stores=args.store or None, filters=build_filter(args))
@@ -74,7 +74,7 @@ def run_review(args: argparse.Namespace) -> int:
 
 
 def run_to_store(args: argparse.Namespace) -> int:
-    from scanstream.verdicts import verdicts_to_store
+    from scanstream.review.verdicts import verdicts_to_store
 
     r = verdicts_to_store(args.verdicts, args.store, args.out, include_unsure=args.include_unsure,
                           overwrite=args.overwrite)
@@ -86,8 +86,8 @@ def run_to_store(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    from scanstream.query import write_result
-    from scanstream.verdicts import count_verdicts, read_verdicts
+    from scanstream.candidates.query import write_result
+    from scanstream.review.verdicts import count_verdicts, read_verdicts
 
     records = read_verdicts(args.verdicts)
     cols = ["object_id", "verdict", "sheet", "score", "x_mm", "y_mm", "z_mm", "time"]

@@ -91,8 +91,8 @@ def _toml_options(path: Path) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scanstream.recipes import RECIPES, choose_recipe, pretrained_options
-    from scanstream.train import config_from_dict, train
+    from scanstream.training.loop import config_from_dict, train
+    from scanstream.training.recipes import RECIPES, choose_recipe, pretrained_options
 
     given = _toml_options(args.config) if args.config else {}
     for name in _FIELDS:

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_watch(args: argparse.Namespace) -> int:
     from scanstream.errors import ConfigError
-    from scanstream.watch import load_watch_config, watch
+    from scanstream.inference.watch import load_watch_config, watch
 
     if args.config is None and (args.inbox is None or args.out is None):
         raise ConfigError("give INBOX and --out CANDIDATES (or a --config whose [watch] table names inbox and out)")

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scanstream import baseline as bl
 from scanstream.atomic import atomic_path
 from scanstream.errors import InputError
+from scanstream.picker import cuts as bl
 from scanstream.rangeenergy.fit import FitConfig, fit_sheet
 from scanstream.rangeenergy.relation import (
     DENSITY_EXPONENT,
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # -- inputs, outputs ------------------------------------------------------------------------
 def alpha_object_ids(verdicts: str | os.PathLike) -> set[str]:
     """Object ids whose latest verdict in a verdicts table (directory or .jsonl file) is alpha."""
-    from scanstream.verdicts import read_verdicts
+    from scanstream.review.verdicts import read_verdicts
 
     latest: dict[str, str] = {}
     for record in read_verdicts(verdicts):  # in time order: the last one per object wins
@@ -97,7 +97,7 @@ def read_sheet_lengths(source: str | os.PathLike, *, sheet: str, store: str | os
             inputs["selection"] = "verdict alpha"
         wanted = rows.num_rows
     else:
-        from scanstream.candidates import read_candidates
+        from scanstream.candidates.table import read_candidates
 
         cands = _sheet_rows(read_candidates(source, columns=["object_id", "sheet", "selected"]), sheet, source)
         if alpha_ids is None:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from scanstream import baseline as bl
 from scanstream.errors import InputError
+from scanstream.picker import cuts as bl
 from scanstream.rangeenergy.relation import _INTENSITY, _IS_TH, line_ranges_um
 from scanstream.simulate import physics as ph
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel

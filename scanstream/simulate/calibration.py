@@ -2,7 +2,7 @@
 
 For each seed: simulate the picker features (no images) of a full-size TRAIN (15,885 objects,
 906 alpha decays, two sheets) and TEST (46,948 objects, 255 alpha decays, a third sheet), choose
-the former method's cuts on TRAIN (:func:`scanstream.baseline.choose_config`), apply them to
+the former method's cuts on TRAIN (:func:`scanstream.picker.cuts.choose_config`), apply them to
 TEST, and compare with the paper: 2,489 selected, precision 0.081 +- 0.006, recall
 0.788 +- 0.056. The band the simulator must hold for every seed: precision 0.06-0.11 and
 recall 0.70-0.86 with about 2,500 selected.
@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from scanstream.baseline import DEFAULT_CONFIG, choose_config, run_baseline_table, summarize
+from scanstream.picker.cuts import DEFAULT_CONFIG, choose_config, run_baseline_table, summarize
 from scanstream.simulate.dataset import dataset_tables
 
 logger = logging.getLogger(__name__)

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scanstream.atomic import write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions, sheet_key
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel, pick_features
 from scanstream.simulate.render import render_object
-from scanstream.store import CropStore, StoreWriter, is_store, open_store, rows_to_table, write_parquet_atomic
+from scanstream.store import CropStore, StoreWriter, is_store, open_store, rows_to_table
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def write_features(
             "sheet": sheet, "seed": int(seed)}
     table = table.replace_schema_metadata({"scanstream": json.dumps(meta)})
     p.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(table, p)
+    write_parquet(p, table)
     return table
 
 

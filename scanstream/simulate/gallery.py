@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanstream.baseline import DEFAULT_CONFIG, select
+from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.simulate.conditions import draw_conditions
 from scanstream.simulate.dataset import ObjectPlan, simulate_objects
 from scanstream.simulate.objects import CATEGORIES

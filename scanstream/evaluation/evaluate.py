@@ -19,9 +19,9 @@ The first one is the primary model: Table 2 is built from it with sqrt(N) errors
 or more models a second Table 2 row gives the mean +- std over the models (the paper's four
 seeds). The former method's recall on the evaluated set is the target recall; the CNN's
 operating point there keeps the same number of true alpha decays
-(:func:`scanstream.metrics.operating_point_at_recall`).
+(:func:`scanstream.evaluation.metrics.operating_point_at_recall`).
 
-The learned former method (:mod:`scanstream.feature_model`, boosted trees on the same picker
+The learned former method (:mod:`scanstream.picker.learned`, boosted trees on the same picker
 features the cuts use) is a second baseline, never one of the models: it gets its AP, its
 operating point at the former method's recall (Table 2 against the cuts) and a paired
 comparison with each model there, so that a CNN's gain can be split into what the features
@@ -43,8 +43,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scanstream import metrics as mt
 from scanstream.errors import InputError, ThresholdError
+from scanstream.evaluation import metrics as mt
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def load_candidate_scores(
     ThresholdError
         The threshold record belongs to other models.
     """
-    from scanstream.candidates import read_candidates, read_metadata
+    from scanstream.candidates.table import read_candidates, read_metadata
 
     p = Path(path)
     table = read_candidates(p, columns=["object_id", "score", "store"])
@@ -183,7 +183,7 @@ def load_candidate_scores(
     hashes = tuple(meta.get("model_hashes") or ())
     record = meta.get("threshold")
     if threshold is not None:
-        from scanstream.threshold import load_threshold
+        from scanstream.inference.threshold import load_threshold
 
         record = load_threshold(threshold)
         rec_hashes = tuple(record.get("model_hashes") or ())
@@ -229,7 +229,7 @@ def load_feature_scores(path: str | os.PathLike, stores: Sequence[str | os.PathL
     """The learned former method's logits on the labelled objects (label 0 / 1) of ``stores``.
 
     ``path`` is a feature model written by ``scanstream baseline --learned ... --save-model``
-    (:func:`scanstream.feature_model.save_feature_model`). Each store's labelled rows are
+    (:func:`scanstream.picker.learned.save_feature_model`). Each store's labelled rows are
     scored from its own object table, so object ids and logits stay row-aligned; :func:`join`
     then aligns them with the labels by ``object_id``.
 
@@ -241,7 +241,7 @@ def load_feature_scores(path: str | os.PathLike, stores: Sequence[str | os.PathL
         A store lacks the picker's features (``multiplicity``, ``track_lengths_um``) or has
         labelled objects without a multiplicity; the message names the store.
     """
-    from scanstream.feature_model import load_feature_model
+    from scanstream.picker.learned import load_feature_model
     from scanstream.store import open_store
 
     model = load_feature_model(path)
@@ -512,7 +512,7 @@ class EvaluationResult:
 
 def make_figures(data: EvalData, metrics: Mapping[str, Any], out: Path, *, prefix: str = "") -> dict[str, Path]:
     """PR curves (figure 5) and score distributions (figure 4) of ``data`` into ``out``."""
-    from scanstream import figures as fg
+    from scanstream.evaluation import figures as fg
 
     y = data.labels
     curves = []
@@ -590,7 +590,7 @@ def evaluate(
         former method, scored on the stores' labelled objects and reported beside the cuts
         (``metrics["learned"]``).
     """
-    from scanstream.report import render_evaluation, write_report
+    from scanstream.evaluation.report import render_evaluation, write_report
 
     if names is not None and len(names) != len(candidates):
         raise InputError(f"{len(names)} names for {len(candidates)} candidate tables")

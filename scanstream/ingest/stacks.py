@@ -61,7 +61,7 @@ from PIL import Image, UnidentifiedImageError
 from zarr.codecs import ZstdCodec
 
 from scanstream.errors import InputError, StoreError, StoreNotFoundError
-from scanstream.ingest import BadItem, quarantine_path, write_quarantine
+from scanstream.ingest.images import BadItem, quarantine_path, write_quarantine
 
 logger = logging.getLogger(__name__)
 

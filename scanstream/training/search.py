@@ -3,7 +3,7 @@
 The paper (PHYSICS.md, "Grid search") trains four seeds at each N in {2, 4, 6, 8} and M in
 {6, 12, 18, 24, 30} and keeps the setting with the best mean VALID Average Precision; its
 four models are then measured on TEST one by one (mean +- std AP). Trials are independent,
-so each is a Dask task running :func:`scanstream.train.train` with ``loader="local"`` (the
+so each is a Dask task running :func:`scanstream.training.loop.train` with ``loader="local"`` (the
 data loader stays inside the task, no nested cluster). With GPUs every task asks for the
 worker resource ``GPU=1``: a LocalCluster gets one worker per GPU declaring it, and on an
 existing cluster (``scheduler``) the resource is asked for when its workers advertise it.
@@ -41,8 +41,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from scanstream.cluster import worker_settings
 from scanstream.errors import ConfigError, InputError, PipelineError
+from scanstream.executor import worker_settings
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class SearchConfig:
         Labelled store on which the best setting's models are measured.
     backbone, input_size, pretrained, max_epochs, batch_size, lr, lr_schedule, warmup_epochs, epoch_size,
     darkness_jitter, pos_weight, unfreeze :
-        Passed to every trial's :class:`scanstream.train.TrainConfig`.
+        Passed to every trial's :class:`scanstream.training.loop.TrainConfig`.
     device : str
         Device of each trial ("auto": a GPU when the worker has one).
     threads : int or None
@@ -141,8 +141,8 @@ class SearchConfig:
                 raise ConfigError(f"M (RandAugment magnitude) must be in 0..{MAX_MAGNITUDE}, got {m}")
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
-        from scanstream.augment import parse_darkness
-        from scanstream.train import parse_lr_schedule
+        from scanstream.training.augment import parse_darkness
+        from scanstream.training.loop import parse_lr_schedule
 
         parse_lr_schedule(self.lr_schedule)
         try:
@@ -182,7 +182,7 @@ class SearchConfig:
 
 def _shared_defaults() -> dict[str, Any]:
     """Defaults of the search settings, read into records written before a setting existed."""
-    from scanstream.train import field_defaults
+    from scanstream.training.loop import field_defaults
 
     return field_defaults(SearchConfig)
 
@@ -234,10 +234,10 @@ def trial_threads(cores: int, train_config: dict[str, Any]) -> int:
     """torch threads of a trial given ``cores``: on CPU, one core is left to its loader thread.
 
     A trial trains with the local-thread loader; torch threads on every core as well would
-    oversubscribe them, as :func:`scanstream.train.resolve_runtime` avoids for single runs.
+    oversubscribe them, as :func:`scanstream.training.loop.resolve_runtime` avoids for single runs.
     """
-    from scanstream.dataload import threads_beside_loader
-    from scanstream.model import resolve_device
+    from scanstream.training.dataload import threads_beside_loader
+    from scanstream.training.model import resolve_device
 
     device = resolve_device(train_config.get("device", "auto"))
     return threads_beside_loader(device, int(train_config.get("workers") or 1), cores)
@@ -252,8 +252,8 @@ def run_trial(spec: dict) -> dict:
     """
     import torch
 
-    from scanstream.checkpoint import checkpoint_hash
-    from scanstream.train import TrainConfig, train
+    from scanstream.training.checkpoint import checkpoint_hash
+    from scanstream.training.loop import TrainConfig, train
 
     trial_dir = Path(spec["dir"])
     done = read_done(trial_dir)
@@ -290,7 +290,7 @@ def score_checkpoint(store_path: str, checkpoint: str, device: str, batch_size: 
     """Logits (float32, (n,)) of one checkpoint over a store (a Dask task)."""
     import torch
 
-    from scanstream.classify import score_store
+    from scanstream.inference.classify import score_store
     from scanstream.store import open_store
 
     if threads:
@@ -559,8 +559,8 @@ def run_search(
             if cluster is not None:
                 cluster.close()
 
-    from scanstream import figures as fg
-    from scanstream.report import write_report
+    from scanstream.evaluation import figures as fg
+    from scanstream.evaluation.report import write_report
 
     mean, std = heatmap_arrays(summary, config.ns, config.ms)
     heat = fg.plot_search_heatmap(config.ns, config.ms, mean, std, out / "heatmap.png", best=best,
@@ -592,8 +592,8 @@ def _write_results(out: Path, results: pa.Table) -> None:
 
 def _score_test(client, resources, config: SearchConfig, out: Path, rows: list[dict], ckpts: list[Path], *, progress: bool) -> dict:
     """TEST AP of each best-setting model and of their ensemble (mean logit); cached in test_scores.parquet."""
-    from scanstream import metrics as mt
     from scanstream.cli._common import progress as _progress
+    from scanstream.evaluation import metrics as mt
     from scanstream.store import open_store
 
     store = open_store(config.test_store)
@@ -644,7 +644,7 @@ def _score_test(client, resources, config: SearchConfig, out: Path, rows: list[d
 
 def render_search(m: dict) -> str:
     """report.md of a search."""
-    from scanstream.report import md_table, pm
+    from scanstream.evaluation.report import md_table, pm
 
     cfg = m["config"]
     lines = ["# RandAugment grid search\n",

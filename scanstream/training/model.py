@@ -71,7 +71,7 @@ class ModelConfig:
         weights file path.
     inputs : int
         Numbers per object the network reads beside the pixels: 0 (pixels only, the paper) or
-        :data:`scanstream.feature_model.N_MODEL_INPUTS` (the fused network: the picker's
+        :data:`scanstream.picker.learned.N_MODEL_INPUTS` (the fused network: the picker's
         features and the feature model's logit, read from the store's object table).
     """
 
@@ -141,7 +141,7 @@ class Classifier(nn.Module):
     dict keys are torchvision's with a ``net.`` prefix.
 
     With ``inputs > 0`` it is the fused network (beyond the paper): ``forward(x, f)`` also takes
-    float (B, inputs) per-object numbers (:func:`scanstream.feature_model.model_inputs`); a
+    float (B, inputs) per-object numbers (:func:`scanstream.picker.learned.model_inputs`); a
     small MLP (``inputs -> 64 -> 64``) encodes them, and the paper's head reads the backbone's
     pooled features and that encoding side by side (late fusion). The image branch then learns
     what the picker's numbers do not say (how black and thick each prong is, what crosses the

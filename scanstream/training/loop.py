@@ -3,7 +3,7 @@
 Reads top to bottom: :class:`TrainConfig` and its validation (every bad input is refused
 before any training), :class:`EarlyStopping` (the smoothed-validation-loss rule, pure),
 :func:`train_one_epoch`, :func:`evaluate`, and :func:`train`, which wires them together with
-Dask-fed loading (:mod:`scanstream.dataload`), writes the outputs and resumes interrupted runs.
+Dask-fed loading (:mod:`scanstream.training.dataload`), writes the outputs and resumes interrupted runs.
 
 Outputs in ``out_dir``: ``config.json`` (the resolved configuration, written before training),
 ``model.safetensors`` (the checkpoint at the minimum of the smoothed validation loss, replaced
@@ -33,9 +33,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scanstream.augment import AugmentConfig, Augmenter
-from scanstream.checkpoint import checkpoint_hash, load_train_state, read_train_state, save_checkpoint, save_train_state
-from scanstream.dataload import (
+from scanstream.errors import ConfigError, InputError, ScanstreamError
+from scanstream.picker.learned import (
+    N_MODEL_INPUTS,
+    FeatureModel,
+    inputs_and_logits,
+    load_feature_model,
+    prefilter_threshold,
+)
+from scanstream.store import CropStore, open_store
+from scanstream.training.augment import AugmentConfig, Augmenter
+from scanstream.training.checkpoint import (
+    checkpoint_hash,
+    load_train_state,
+    read_train_state,
+    save_checkpoint,
+    save_train_state,
+)
+from scanstream.training.dataload import (
     DEFAULT_BLOCK_CROPS,
     LOADERS,
     BlockStream,
@@ -46,18 +61,9 @@ from scanstream.dataload import (
     rebatch,
     threads_beside_loader,
 )
-from scanstream.errors import ConfigError, InputError, ScanstreamError
-from scanstream.feature_model import (
-    N_MODEL_INPUTS,
-    FeatureModel,
-    inputs_and_logits,
-    load_feature_model,
-    prefilter_threshold,
-)
-from scanstream.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
-from scanstream.sampling import BalancedSampler, class_counts
-from scanstream.sampling import pos_weight as class_pos_weight
-from scanstream.store import CropStore, open_store
+from scanstream.training.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
+from scanstream.training.sampling import BalancedSampler, class_counts
+from scanstream.training.sampling import pos_weight as class_pos_weight
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +122,7 @@ class TrainConfig:
     :func:`lr_factor`; for short runs from random weights, where a constant rate leaves the
     model noisy from epoch to epoch).
     ``feature_model``: a feature model file (``scanstream baseline --learned --save-model``);
-    when given, the network is the fused one (:class:`scanstream.model.Classifier` with
+    when given, the network is the fused one (:class:`scanstream.training.model.Classifier` with
     per-object inputs: the picker's features and the feature model's logit, read from each
     store's object table), the checkpoint carries the feature model, and when the feature
     model has a calibrated prefilter the checkpoint is a cascade: training draws only the
@@ -128,9 +134,9 @@ class TrainConfig:
     smoothing 0.9 and S_0 = V_0 the smoothed loss moves a tenth of the way per epoch, so in an
     8-epoch run it can stay above epoch 0's value while validation AP keeps rising). It may be
     changed on a rerun of a finished run: training is the same, only the kept epoch differs.
-    ``recipe``: the named starting point (:data:`scanstream.recipes.RECIPES`) the values came from, recorded only.
+    ``recipe``: the named starting point (:data:`scanstream.training.recipes.RECIPES`) the values came from, recorded only.
     ``darkness_jitter``: half-width of the per-image darkness augmentation
-    (:func:`scanstream.augment.darken`; 0, the paper: off); it covers development darkness
+    (:func:`scanstream.training.augment.darken`; 0, the paper: off); it covers development darkness
     varying from sheet to sheet, when TRAIN comes from fewer sheets than the model will see.
     """
 
@@ -405,7 +411,7 @@ class RunFeatures:
     """The fused network's per-object inputs for both stores, and the cascade's prefilter.
 
     ``train_inputs`` float32 (n_train, k) tensor, ``valid_inputs`` float32 (n_valid, k) ndarray
-    (:func:`scanstream.feature_model.model_inputs`); ``valid_rejected`` bool (n_valid,): rows
+    (:func:`scanstream.picker.learned.model_inputs`); ``valid_rejected`` bool (n_valid,): rows
     the prefilter rejects (scored by the feature model's logit, never by the network).
     """
 
@@ -819,7 +825,7 @@ def _metrics(history: list[dict], stopper: EarlyStopping, *, epochs_run: int, st
 
 def _finalise_checkpoint(out: Path, history, stopper, stopped, config, resolved, dhash) -> None:
     """Rewrite the best checkpoint's metrics with the final epochs_run / stopped_early."""
-    from scanstream.checkpoint import load_checkpoint
+    from scanstream.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(out / CHECKPOINT_FILE)
     metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped, keep=config.keep)
@@ -831,7 +837,7 @@ def _finalise_checkpoint(out: Path, history, stopper, stopped, config, resolved,
 
 def _save_last(out: Path, model, history, stopper, stopped, config, resolved, dhash, features) -> None:
     """A finished run rerun with ``keep="last"``: the checkpoint becomes the final epoch's model."""
-    from scanstream.checkpoint import load_checkpoint
+    from scanstream.training.checkpoint import load_checkpoint
 
     metrics = _metrics(history, stopper, epochs_run=len(history), stopped=stopped, keep="last")
     if load_checkpoint(out / CHECKPOINT_FILE).metrics != metrics:

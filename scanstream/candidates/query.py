@@ -155,7 +155,7 @@ def _one_line(exc: BaseException) -> str:
 
 def part_files(path: str | os.PathLike) -> list[str]:
     """The candidate part files under ``path`` (sorted), per the candidate-table layout."""
-    from scanstream.candidates import part_files as candidate_parts
+    from scanstream.candidates.table import part_files as candidate_parts
 
     p = Path(path)
     if not p.exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from scanstream.errors import CheckpointError, ConfigError
-from scanstream.model import resolve_device
+from scanstream.training.model import resolve_device
 
 #: Named starting points of a run (the CLI's ``--recipe``); TOML keys and flags override them.
 #: ``paper``: the dataclass defaults, the published protocol (ResNet50 at 224 px, RandAugment
@@ -47,7 +47,7 @@ def choose_recipe(name: str, *, device: str = "auto", pretrained: str | None = N
 
 def scanstream_checkpoint(path: str) -> dict[str, Any] | None:
     """A scanstream checkpoint's header metadata, or None when ``path`` is not one."""
-    from scanstream.checkpoint import read_header
+    from scanstream.training.checkpoint import read_header
 
     try:
         return read_header(path)
@@ -59,7 +59,7 @@ def pretrained_options(path: str) -> dict[str, Any]:
     """What fine-tuning from a scanstream checkpoint takes from it unless told otherwise.
 
     The backbone and input size (the weights only fit those), and for a fused network its
-    feature model (the checkpoint itself: :func:`scanstream.feature_model.load_feature_model`
+    feature model (the checkpoint itself: :func:`scanstream.picker.learned.load_feature_model`
     reads the feature model inside it).
     """
     meta = scanstream_checkpoint(path)

@@ -11,7 +11,7 @@ positive rate, which do not::
     precision(pi) = r * pi / (r * pi + fpr * (1 - pi))
 
 The core here is pure functions over numpy arrays; :func:`calibrate_threshold` is the I/O
-edge that scores a store (:func:`scanstream.classify.score_store`) and builds the record.
+edge that scores a store (:func:`scanstream.inference.classify.score_store`) and builds the record.
 """
 
 from __future__ import annotations
@@ -336,8 +336,8 @@ def calibrate_threshold(
     Exactly one of ``target_recall`` / ``target_precision`` is given. Crops labelled unknown
     (-1) are scored but not used.
     """
-    from scanstream.classify import score_store
-    from scanstream.inference import checkpoint_identity, resolve_precision
+    from scanstream.inference.classify import score_store
+    from scanstream.inference.engine import checkpoint_identity, resolve_precision
     from scanstream.store import open_store
 
     if (target_recall is None) == (target_precision is None):

@@ -1,7 +1,7 @@
 """The learned former method: boosted trees on the picker's features, stored without pickle.
 
-The former method (:mod:`scanstream.baseline`) cuts on multiplicity and prong lengths. The same
-ten numbers per object (:mod:`scanstream.features`) carry more than two cuts use: which prong
+The former method (:mod:`scanstream.picker.cuts`) cuts on multiplicity and prong lengths. The same
+ten numbers per object (:mod:`scanstream.picker.features`) carry more than two cuts use: which prong
 lengths fall on the alpha lines, how many long tracks leave the vertex. A gradient-boosted tree
 ensemble (scikit-learn's :class:`~sklearn.ensemble.HistGradientBoostingClassifier`) learns that
 from TRAIN's labelled objects in about a second and scores millions of objects a minute.
@@ -10,7 +10,7 @@ It serves three roles:
 
 * a second baseline beside the cuts in every report (``scanstream baseline --learned``);
 * the prefilter of a cascade: objects whose feature logit is below a threshold calibrated at
-  a stated recall are never shown to the image network (:mod:`scanstream.inference`);
+  a stated recall are never shown to the image network (:mod:`scanstream.inference.engine`);
 * one input of the fused image + feature network (its logit, :func:`model_inputs`).
 
 Storage: scikit-learn's own persistence is pickle, which scanstream never loads. The fitted
@@ -33,8 +33,8 @@ import pyarrow as pa
 
 from scanstream.atomic import atomic_path
 from scanstream.errors import CheckpointError, InputError
-from scanstream.features import FEATURE_NAMES, FEATURE_SCALE, N_FEATURES, feature_array
-from scanstream.metrics import operating_point_at_recall
+from scanstream.evaluation.metrics import operating_point_at_recall
+from scanstream.picker.features import FEATURE_NAMES, FEATURE_SCALE, N_FEATURES, feature_array
 
 FORMAT_VERSION = 1
 METADATA_KEY = "scanstream_feature_model"
@@ -302,7 +302,7 @@ def _embedded_info(meta: dict[str, str]) -> dict[str, Any] | None:
 def model_inputs(table: pa.Table, model: FeatureModel, *, source: str = "object table") -> np.ndarray:
     """What the fused network reads per object: float32 (n, :data:`N_MODEL_INPUTS`).
 
-    The scaled picker features (:data:`scanstream.features.FEATURE_SCALE`) and the feature
+    The scaled picker features (:data:`scanstream.picker.features.FEATURE_SCALE`) and the feature
     model's logit clipped to +-:data:`LOGIT_CLIP` and divided by :data:`LOGIT_SCALE`; training
     and inference share this function.
     """
@@ -321,7 +321,7 @@ def calibrate_prefilter(model: FeatureModel, table: pa.Table, *, recall: float, 
     """The model with a cascade prefilter threshold at ``recall`` on a labelled table.
 
     The threshold is the highest logit that keeps ``ceil(recall * alpha)`` of the table's alpha
-    decays (:func:`scanstream.metrics.operating_point_at_recall`); calibrate on objects the
+    decays (:func:`scanstream.evaluation.metrics.operating_point_at_recall`); calibrate on objects the
     model was not fitted on, or the recall it keeps elsewhere will be lower than stated.
     Returns a new :class:`FeatureModel` whose ``info["prefilter"]`` records the threshold, the
     target, and what it kept on the calibration table.

@@ -2,7 +2,7 @@
 
 ``scanstream watch INBOX --out CANDIDATES --config overnight.toml`` polls INBOX. Each
 directory in it that is a crop store with its completion marker (DESIGN.md) is classified with
-the configured models and threshold (:func:`scanstream.classify.classify`) into the candidate
+the configured models and threshold (:func:`scanstream.inference.classify.classify`) into the candidate
 table CANDIDATES, which grows store by store. After each store the morning summary of every
 sheet it touched is rewritten (JSON + markdown): objects, selected candidates, expected true
 alpha decays (selected x the calibrated precision, with its interval), time taken, crops/s.
@@ -71,7 +71,7 @@ class WatchConfig:
     poll_seconds : float
         Seconds between looks at the inbox.
     device, precision, batch_size, workers, scheduler, crops_per_task, processes
-        Passed to :func:`scanstream.classify.classify`. Without ``scheduler`` one Dask
+        Passed to :func:`scanstream.inference.classify.classify`. Without ``scheduler`` one Dask
         LocalCluster is started for the whole watch and reused for every store.
     top : int
         Candidates listed per sheet in the markdown summary.
@@ -110,7 +110,7 @@ class WatchConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"watch config: {name} must be a positive integer, got {v!r}")
         if self.prevalence is not None:
-            from scanstream.threshold import parse_prevalence
+            from scanstream.inference.threshold import parse_prevalence
 
             try:
                 parse_prevalence(self.prevalence)
@@ -257,7 +257,7 @@ def precision_for(record: Mapping[str, Any] | None, prevalence: str | None) -> d
         if cal.get("alpha") is not None and cal.get("other") is not None:
             src += f" (prevalence {cal['alpha']}:{cal['other']})"
         return {"value": achieved.get("precision"), "ci": achieved.get("precision_ci"), "source": src}
-    from scanstream.threshold import parse_prevalence, project_precision
+    from scanstream.inference.threshold import parse_prevalence, project_precision
 
     pi = parse_prevalence(prevalence)
     r, f = achieved.get("recall"), achieved.get("false_positive_rate")
@@ -370,7 +370,7 @@ def _sheet_file(sheet: str) -> str:
 
 def write_summaries(out: Path, state: WatchState, config: WatchConfig, sheets: set[str]) -> list[Path]:
     """Rewrite the morning summary of ``sheets`` (JSON + markdown) and the index page."""
-    from scanstream.query import CandidateFilter, query_candidates
+    from scanstream.candidates.query import CandidateFilter, query_candidates
 
     threshold = _threshold_record(config)
     morning = state.path.parent / "morning"
@@ -411,14 +411,14 @@ def write_summaries(out: Path, state: WatchState, config: WatchConfig, sheets: s
 def _threshold_record(config: WatchConfig) -> dict[str, Any] | None:
     if config.threshold is None:
         return None
-    from scanstream.threshold import load_threshold
+    from scanstream.inference.threshold import load_threshold
 
     return load_threshold(config.threshold)
 
 
 def store_sheet_counts(out: Path, store_path: str) -> dict[str, dict[str, int]]:
     """Objects and selected rows per sheet of one store in the candidate table (bound query)."""
-    from scanstream.query import connect
+    from scanstream.candidates.query import connect
 
     con = connect(out)
     try:
@@ -468,7 +468,7 @@ class _Watcher:
         self.scheduler = config.scheduler
         self._cluster: contextlib.ExitStack | None = None
         self.threshold = _threshold_record(config)
-        from scanstream.inference import checkpoint_identity
+        from scanstream.inference.engine import checkpoint_identity
 
         self.model_hashes = sorted(checkpoint_identity(m) for m in config.models)
 
@@ -476,7 +476,7 @@ class _Watcher:
         """One Dask LocalCluster for the whole watch (models stay loaded on its workers)."""
         if self.scheduler is not None:
             return
-        from scanstream.inference import dask_client, resolve_device
+        from scanstream.inference.engine import dask_client, resolve_device
 
         stack = contextlib.ExitStack()
         client = stack.enter_context(
@@ -493,7 +493,7 @@ class _Watcher:
             self._cluster = None
 
     def process(self, store: CropStore) -> dict[str, Any]:
-        from scanstream.classify import classify
+        from scanstream.inference.classify import classify
 
         h = str(store.content_hash)
         path = str(store.path.resolve())

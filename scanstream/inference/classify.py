@@ -1,10 +1,10 @@
 """Classify crop stores into a candidate table on Dask; score a store in-process.
 
 ``classify`` is the overnight job (DESIGN.md, "Flow"): every crop of every store is scored by
-the ensemble (mean logit) and written to the candidate table (:mod:`scanstream.candidates`)
+the ensemble (mean logit) and written to the candidate table (:mod:`scanstream.candidates.table`)
 with the calibrated threshold's verdict. The work is split into chunk-aligned ranges of a
 shard or more (thousands of crops); each is one Dask task that finds its models in the
-worker's cache and writes its own part files (:func:`scanstream.inference.run_task`).
+worker's cache and writes its own part files (:func:`scanstream.inference.engine.run_task`).
 
 A rerun of the same command finds the parts already written (their names follow from the
 store hash and range start) and submits only the missing ranges, so a crash or kill loses at
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from scanstream import __version__
-from scanstream import candidates as cand
+from scanstream.candidates import table as cand
 from scanstream.errors import InputError
 from scanstream.store import CropStore, open_store
 
@@ -103,14 +103,14 @@ def score_store(
     batch_size : int
         Crops per forward pass.
     precision : {"auto", "fp32", "bf16"}
-        See :func:`scanstream.inference.resolve_precision`.
+        See :func:`scanstream.inference.engine.resolve_precision`.
 
     Returns
     -------
     ndarray, float32 (n,)
         Row i is crop i's mean logit.
     """
-    from scanstream.inference import Ensemble, check_crops, check_features, score_range
+    from scanstream.inference.engine import Ensemble, check_crops, check_features, score_range
 
     _check_batch_size(batch_size)
     check_crops(store)
@@ -149,7 +149,7 @@ class _Task:
 
 
 def _open_stores(stores: Sequence[str | os.PathLike]) -> dict[str, CropStore]:
-    from scanstream.inference import check_crops
+    from scanstream.inference.engine import check_crops
 
     if not stores:
         raise InputError("no crop stores given")
@@ -287,8 +287,8 @@ def classify(
     StoreError, CheckpointError, InputError
         A store or checkpoint that cannot be used, or ``out`` holds another run's table.
     """
-    from scanstream.inference import check_features, checkpoint_identity, resolve_device, resolve_precision
-    from scanstream.threshold import check_models, load_threshold
+    from scanstream.inference.engine import check_features, checkpoint_identity, resolve_device, resolve_precision
+    from scanstream.inference.threshold import check_models, load_threshold
 
     t0 = time.perf_counter()
     _check_batch_size(batch_size)
@@ -329,7 +329,7 @@ def classify(
     processed = 0
     task_seconds: list[float] = []
     if pending or prec is None:
-        from scanstream.inference import dask_client
+        from scanstream.inference.engine import dask_client
 
         with dask_client(scheduler, workers=workers, device=dev, processes=processes) as client:
             dashboard = client.dashboard_link
@@ -401,7 +401,7 @@ def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, 
     """Device and precision of an existing cluster's workers (they, not this client, run models)."""
     import torch
 
-    from scanstream.inference import PRECISIONS
+    from scanstream.inference.engine import PRECISIONS
 
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -425,7 +425,7 @@ def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, 
     if dev.type == "cuda" and not cuda:
         raise InputError(f"device {device!r} asked for but some Dask workers have no CUDA")
     if precision == "auto":
-        from scanstream.inference import _cpu_has_native_bf16
+        from scanstream.inference.engine import _cpu_has_native_bf16
 
         bf16 = all(a[1] for a in answers) if dev.type == "cuda" else all(client.run(_cpu_has_native_bf16).values())
         precision = "bf16" if bf16 else "fp32"
@@ -448,7 +448,7 @@ def _submit(
 ) -> tuple[int, list[str], list[float]]:
     from distributed import as_completed
 
-    from scanstream.inference import TaskSpec, gpu_resources, host_threads, run_task
+    from scanstream.inference.engine import TaskSpec, gpu_resources, host_threads, run_task
 
     if not pending:
         return 0, [], []

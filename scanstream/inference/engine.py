@@ -4,7 +4,7 @@ Three layers, each usable without the next:
 
 - :class:`Ensemble` holds the loaded checkpoints on one device and turns uint8 crops into
   mean logits: crops go to the device as uint8 and are normalised there
-  (:func:`scanstream.model.preprocess`), models run in channels_last, under bf16 autocast
+  (:func:`scanstream.training.model.preprocess`), models run in channels_last, under bf16 autocast
   when asked.
 - :func:`score_range` walks a chunk-aligned range of a store, reading the next block in a
   background thread while the model runs on the current one, and checks what it read
@@ -38,10 +38,10 @@ import pyarrow as pa
 import torch
 
 from scanstream import store as st
-from scanstream.cluster import tune_malloc, worker_settings
 from scanstream.errors import CheckpointError, InputError, PipelineError, StoreError
-from scanstream.feature_model import FeatureModel, inputs_and_logits
-from scanstream.features import feature_array
+from scanstream.executor import tune_malloc, worker_settings
+from scanstream.picker.features import feature_array
+from scanstream.picker.learned import FeatureModel, inputs_and_logits
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class TaskError(PipelineError):
 
 # -- devices and precision ----------------------------------------------------------------
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu (see :func:`scanstream.model.resolve_device`)."""
-    from scanstream.model import resolve_device as _resolve
+    """``auto`` -> cuda when available, else cpu (see :func:`scanstream.training.model.resolve_device`)."""
+    from scanstream.training.model import resolve_device as _resolve
 
     return _resolve(device)
 
@@ -87,7 +87,7 @@ def _cpu_has_native_bf16() -> bool:
 
 def checkpoint_identity(path: str | os.PathLike) -> str:
     """The checkpoint hash after checking the file is a scanstream checkpoint (header only)."""
-    from scanstream.checkpoint import checkpoint_hash, read_header
+    from scanstream.training.checkpoint import checkpoint_hash, read_header
 
     read_header(path)
     return checkpoint_hash(path)
@@ -104,7 +104,7 @@ def check_features(checkpoints: Sequence[str | os.PathLike], stores: Sequence[st
     InputError
         Names the store, the checkpoint and what is missing.
     """
-    from scanstream.checkpoint import read_header
+    from scanstream.training.checkpoint import read_header
 
     fused = [c for c in checkpoints if read_header(c)["model_config"].get("inputs", 0)]
     if not fused:
@@ -140,7 +140,7 @@ class Ensemble:
         precision: str = "auto",
         expected_hashes: Sequence[str] | None = None,
     ) -> None:
-        from scanstream.checkpoint import load_checkpoint
+        from scanstream.training.checkpoint import load_checkpoint
 
         if not checkpoints:
             raise InputError("no model checkpoints given")
@@ -196,7 +196,7 @@ class Ensemble:
         -------
         ndarray, float32 (B,)
         """
-        from scanstream.model import preprocess
+        from scanstream.training.model import preprocess
 
         x = torch.as_tensor(crops).to(self.device, non_blocking=True)
         if objects is None:
@@ -233,7 +233,7 @@ class Ensemble:
 class ObjectInputs:
     """One model's per-object inputs for a run of rows.
 
-    ``inputs`` float32 (n, k) (:func:`scanstream.feature_model.model_inputs`), ``logits``
+    ``inputs`` float32 (n, k) (:func:`scanstream.picker.learned.model_inputs`), ``logits``
     float32 (n,) the feature model's logits, ``prefilter`` the cascade threshold or None.
     """
 
@@ -307,7 +307,7 @@ class BlockVerifier:
             ok = digest == self.digests[b_index]
         else:
             if self._table_digest is None:
-                self._table_digest = st._table_digest(self.store.table.replace_schema_metadata(None))
+                self._table_digest = st.table_digest(self.store.table.replace_schema_metadata(None))
             h = hashlib.blake2b(digest_size=16)
             for d in [*self.digests, digest]:
                 h.update(bytes.fromhex(d))
@@ -519,7 +519,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
     TaskError
         Anything failed; the message names the store path and the crop range.
     """
-    from scanstream import candidates as cand
+    from scanstream.candidates import table as cand
 
     t0 = time.perf_counter()
     try:

@@ -30,8 +30,8 @@ from torch import nn
 
 from scanstream.atomic import atomic_path
 from scanstream.errors import CheckpointError, InputError
-from scanstream.feature_model import EMBEDDED_PREFIX, FeatureModel
-from scanstream.model import ModelConfig, build_model, resolve_device
+from scanstream.picker.learned import EMBEDDED_PREFIX, FeatureModel
+from scanstream.training.model import ModelConfig, build_model, resolve_device
 
 CHECKPOINT_VERSION = 1
 METADATA_KEY = "scanstream"

@@ -1,9 +1,9 @@
 """Galleries: candidate crops on a static HTML page and a PNG contact sheet.
 
-The rows come from :func:`scanstream.query.query_candidates` (highest score first); their crops
+The rows come from :func:`scanstream.candidates.query.query_candidates` (highest score first); their crops
 come from the crop stores, located by the candidate row's ``store_index`` (checked against the
 object id) and, when a store was moved or rebuilt, by object id. The same page renderer serves
-the review page (:mod:`scanstream.review`), which adds verdict buttons to each card.
+the review page (:mod:`scanstream.review.server`), which adds verdict buttons to each card.
 
 Layout of a gallery directory::
 
@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
+from scanstream.candidates.query import CandidateFilter, query_candidates
 from scanstream.errors import InputError
-from scanstream.query import CandidateFilter, query_candidates
 from scanstream.store import CropStore, open_store
 
 logger = logging.getLogger(__name__)

@@ -23,9 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scanstream.atomic import write_parquet
 from scanstream.errors import InputError
-from scanstream.metrics import OperatingPoint, operating_point_from_selection
-from scanstream.store import CropStore, write_parquet_atomic
+from scanstream.evaluation.metrics import OperatingPoint, operating_point_from_selection
+from scanstream.store import CropStore
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def summarize_scores(table: pa.Table, scores: np.ndarray, *, at_recall: float | 
     are compared at equal recall (the paper's Table 2). Returns ``{"objects": n}`` alone when
     the table has no labelled alpha decay.
     """
-    from scanstream.metrics import average_precision, operating_point_at_recall
+    from scanstream.evaluation.metrics import average_precision, operating_point_at_recall
 
     out: dict = {"objects": int(table.num_rows)}
     if "label" not in table.column_names:
@@ -250,5 +251,5 @@ def write_result(result: pa.Table, path: str | os.PathLike, *, config: BaselineC
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(result.replace_schema_metadata({"scanstream_baseline": json.dumps(config.to_dict())}), p)
+    write_parquet(p, result.replace_schema_metadata({"scanstream_baseline": json.dumps(config.to_dict())}))
     return p

@@ -1,0 +1,75 @@
+"""Crop stores: zarr v3 arrays of vertex crops with a Parquet object table (DESIGN.md, "Crop store").
+
+``schema`` (the object table's columns, constants, content digests), ``crops`` (reading:
+:class:`CropStore`, :func:`open_store`, validation, summaries) and ``writer`` (crash-safe,
+resumable writes: :class:`StoreWriter`, :func:`create_store`). The names below are the store's
+public API; ``from scanstream import store as st; st.open_store(path)`` is the usual spelling.
+"""
+
+from __future__ import annotations
+
+from scanstream.errors import IncompleteStoreError, StoreError, StoreExistsError, StoreNotFoundError
+from scanstream.store.crops import (
+    CropStore,
+    compute_content_hash,
+    is_store,
+    iter_blocks,
+    open_store,
+    read_table,
+    summarize_store,
+    validate_store,
+)
+from scanstream.store.schema import (
+    CHANNELS,
+    CHUNK_CROPS,
+    CROP_SIZE,
+    DIGESTS_FILE,
+    LABEL_ALPHA,
+    LABEL_OTHER,
+    LABEL_UNKNOWN,
+    OBJECT_SCHEMA,
+    PARTS_DIR,
+    PIXEL_SIZE_UM,
+    SCHEMA_VERSION,
+    SHARD_CROPS,
+    TABLE_FILE,
+    ZSTD_LEVEL,
+    iter_rows,
+    rows_to_table,
+    table_digest,
+)
+from scanstream.store.writer import StoreWriter, create_store
+
+__all__ = [
+    "CHANNELS",
+    "CHUNK_CROPS",
+    "CROP_SIZE",
+    "DIGESTS_FILE",
+    "LABEL_ALPHA",
+    "LABEL_OTHER",
+    "LABEL_UNKNOWN",
+    "OBJECT_SCHEMA",
+    "PARTS_DIR",
+    "PIXEL_SIZE_UM",
+    "SCHEMA_VERSION",
+    "SHARD_CROPS",
+    "TABLE_FILE",
+    "ZSTD_LEVEL",
+    "CropStore",
+    "IncompleteStoreError",
+    "StoreError",
+    "StoreExistsError",
+    "StoreNotFoundError",
+    "StoreWriter",
+    "compute_content_hash",
+    "create_store",
+    "is_store",
+    "iter_blocks",
+    "iter_rows",
+    "open_store",
+    "read_table",
+    "rows_to_table",
+    "summarize_store",
+    "table_digest",
+    "validate_store",
+]

@@ -1,0 +1,338 @@
+"""Writing crop stores: :class:`StoreWriter` (crash-safe, resumable appends) and :func:`create_store`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import ZstdCodec
+
+from scanstream.atomic import write_json, write_parquet
+from scanstream.errors import InputError, StoreError, StoreExistsError
+from scanstream.store.crops import CropStore, is_store, live_parts, open_store, read_table
+from scanstream.store.schema import (
+    CHANNELS,
+    CHUNK_CROPS,
+    CROP_SIZE,
+    DIGESTS_FILE,
+    PARTS_DIR,
+    PIXEL_SIZE_UM,
+    SCHEMA_VERSION,
+    SHARD_CROPS,
+    TABLE_FILE,
+    ZSTD_LEVEL,
+    block_digest,
+    content_hash,
+    rows_to_table,
+)
+
+logger = logging.getLogger(__name__)
+
+_EMPTY_BLOCK = np.empty((0, CROP_SIZE, CROP_SIZE, CHANNELS), np.uint8)
+
+
+class StoreWriter:
+    """Create, append to, or resume a crop store; use as a context manager.
+
+    Crops arrive in any batch size through :meth:`append`; they are buffered and written a
+    shard at a time, each write followed by the commit of the rows describing it.
+    :meth:`finalize` (called on a clean ``with`` exit) writes the rest, merges the table,
+    computes the content hash and sets the completion marker. On an exception the store is
+    left incomplete but consistent up to its last commit, so the next writer resumes;
+    :meth:`rollback` instead undoes everything this writer added. The writer holds one
+    shard of crops in memory (``shard_crops`` x 150,528 bytes), whatever the batch sizes.
+    ``created`` says whether this writer created the store.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``NAME.zarr`` directory.
+    source : dict
+        How the store was made (stage name and its arguments); recorded in the attributes.
+    overwrite : bool
+        Remove an existing store at ``path`` first. Without it, an existing complete store
+        is opened for appending (ingest's idempotent rerun) and an incomplete one is resumed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        source: Mapping[str, Any],
+        overwrite: bool = False,
+        exist_ok: bool = True,
+        pixel_size_um: float = PIXEL_SIZE_UM,
+        chunk_crops: int = CHUNK_CROPS,
+        shard_crops: int = SHARD_CROPS,
+        extra_attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if shard_crops % chunk_crops:
+            raise InputError(f"shard_crops {shard_crops} is not a multiple of chunk_crops {chunk_crops}")
+        if self.path.exists() and overwrite:
+            shutil.rmtree(self.path)
+        self._pending_attrs: dict[str, Any] = {"source": dict(source), **dict(extra_attrs or {})}
+        if self.path.exists():
+            if not is_store(self.path):
+                raise StoreExistsError(f"{self.path}: exists and is not a crop store")
+            if not exist_ok:
+                raise StoreExistsError(f"{self.path}: store exists (use --overwrite to replace it)")
+            self.created = False
+            self._group = zarr.open_group(str(self.path), mode="r+")
+            try:
+                self._crops = self._group["crops"]
+            except KeyError:
+                raise StoreError(f"{self.path}: store has no 'crops' array") from None
+            self._shard = int(self._group.attrs.get("shard_crops", SHARD_CROPS))
+        else:
+            self.created = True
+            self._create(pixel_size_um, chunk_crops, shard_crops)
+        # What the store looked like when this writer opened it, for rollback(); an existing
+        # store is marked incomplete only when the first crop is written (a rerun that adds
+        # nothing leaves a complete store untouched).
+        self._start_attrs = dict(self._group.attrs)
+        self._marked = self.created
+
+        committed = read_table(self.path)
+        self._committed_rows = committed.num_rows
+        self._start_rows = committed.num_rows
+        self._ids: set[str] = set(committed.column("object_id").to_pylist())
+        if len(self._ids) != self._committed_rows:
+            raise StoreError(f"{self.path}: object table has duplicate object ids")
+        if self._crops.shape[0] < self._committed_rows:
+            raise StoreError(
+                f"{self.path}: object table has {self._committed_rows} rows but only {self._crops.shape[0]} crops"
+            )
+        if self._crops.shape[0] > self._committed_rows:
+            logger.info("%s: dropping %d uncommitted crops", self.path, self._crops.shape[0] - self._committed_rows)
+            self._crops.resize((self._committed_rows, CROP_SIZE, CROP_SIZE, CHANNELS))
+        self._digests = self._load_digests()
+        # One shard-sized buffer: the current aligned block of rows, committed (read back on
+        # resume, for its digest) and buffered. Crops are copied into it once; nothing else
+        # holds crops, so a writer's memory is about one shard whatever the batch sizes.
+        self._block_start = (self._committed_rows // self._shard) * self._shard
+        self._block = np.empty((self._shard, CROP_SIZE, CROP_SIZE, CHANNELS), np.uint8)
+        self._fill = self._committed_rows - self._block_start
+        if self._fill:
+            self._block[: self._fill] = self._crops[self._block_start : self._committed_rows]
+        self._buf_rows: list[pa.Table] = []
+        self._finalized = False
+
+    def _create(self, pixel_size_um: float, chunk_crops: int, shard_crops: int) -> None:
+        """Create an empty store under a temporary name, then rename it into place.
+
+        A store directory therefore always has its group attributes and its ``crops`` array;
+        a crash during creation leaves only a hidden temporary directory.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        attrs = {
+            "scanstream_schema": SCHEMA_VERSION,
+            "pixel_size_um": pixel_size_um,
+            "crop_size": CROP_SIZE,
+            "chunk_crops": chunk_crops,
+            "shard_crops": shard_crops,
+            "complete": False,
+            "content_hash": None,
+            **self._pending_attrs,
+        }
+        group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
+        group.create_array(
+            "crops",
+            shape=(0, CROP_SIZE, CROP_SIZE, CHANNELS),
+            chunks=(chunk_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+            shards=(shard_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+            dtype="uint8",
+            compressors=ZstdCodec(level=ZSTD_LEVEL),
+            fill_value=0,
+        )
+        os.replace(tmp, self.path)
+        self._group = zarr.open_group(str(self.path), mode="r+")
+        self._crops = self._group["crops"]
+        self._shard = shard_crops
+
+    def _mark_incomplete(self) -> None:
+        """Before the first write into an existing store: clear its completion marker."""
+        if not self._marked:
+            self._group.attrs.update({**self._pending_attrs, "complete": False, "content_hash": None})
+            self._marked = True
+
+    # -- reading back what is committed ---------------------------------------------------
+    def _load_digests(self) -> list[str]:
+        digests: list[str] = []
+        merged_rows = 0
+        f = self.path / DIGESTS_FILE
+        if f.exists():
+            saved = json.loads(f.read_text())
+            digests = list(saved["blocks"])
+            merged_rows = int(saved.get("n_rows", len(digests) * self._shard))
+        for part in live_parts(self.path, merged_rows):
+            meta = pq.read_schema(part).metadata or {}
+            digests.extend(json.loads(meta.get(b"scanstream_blocks", b"[]")))
+        return digests[: self._committed_rows // self._shard]  # complete blocks only
+
+    @property
+    def n(self) -> int:
+        """Crops accepted so far (committed plus buffered)."""
+        return self._block_start + self._fill
+
+    def __contains__(self, object_id: str) -> bool:
+        return object_id in self._ids
+
+    @property
+    def object_ids(self) -> set[str]:
+        return self._ids
+
+    # -- writing --------------------------------------------------------------------------
+    def append(self, crops: np.ndarray, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
+        """Add crops (k, 224, 224, 3) uint8 and their k object rows.
+
+        Raises
+        ------
+        InputError
+            Wrong dtype or shape, a row count that differs from the crop count, or an
+            object id that is already in the store.
+        """
+        crops = np.asarray(crops)
+        if crops.ndim == 3:
+            crops = crops[None]
+        if crops.dtype != np.uint8 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, CHANNELS):
+            raise InputError(
+                f"{self.path}: crops must be uint8 (k, {CROP_SIZE}, {CROP_SIZE}, {CHANNELS}), got {crops.dtype} {crops.shape}"
+            )
+        table = rows_to_table(rows)
+        if table.num_rows != crops.shape[0]:
+            raise InputError(f"{self.path}: {crops.shape[0]} crops but {table.num_rows} object rows")
+        ids = table.column("object_id").to_pylist()
+        seen = set()
+        for oid in ids:
+            if oid in self._ids or oid in seen:
+                raise InputError(f"{self.path}: duplicate object id {oid!r}")
+            seen.add(oid)
+        self._ids.update(ids)
+        self._buf_rows.append(table)
+        pos = 0
+        while pos < len(crops):
+            take = min(self._shard - self._fill, len(crops) - pos)
+            self._block[self._fill : self._fill + take] = crops[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self._shard:
+                self._flush()  # a whole shard: written without reading anything back
+
+    def _flush(self) -> None:
+        """Write the buffered crops of the current block and commit the rows describing them."""
+        upto = self._block_start + self._fill
+        k = upto - self._committed_rows
+        if k <= 0:
+            return
+        self._mark_incomplete()
+        (self.path / PARTS_DIR).mkdir(exist_ok=True)
+        start = self._committed_rows
+        self._crops.resize((upto, CROP_SIZE, CROP_SIZE, CHANNELS))
+        self._crops[start:upto] = self._block[start - self._block_start : self._fill]
+        full = self._fill == self._shard
+        new_digests = [block_digest(self._block)] if full else []
+        rows = pa.concat_tables(self._buf_rows, promote_options="permissive") if len(self._buf_rows) > 1 else self._buf_rows[0]
+        part = rows.slice(0, k).replace_schema_metadata({"scanstream_blocks": json.dumps(new_digests)})
+        write_parquet(self.path / PARTS_DIR / f"part-{start:012d}.parquet", part)
+        self._digests.extend(new_digests)
+        self._committed_rows = upto
+        self._buf_rows = [rows.slice(k)] if rows.num_rows > k else []
+        if full:
+            self._block_start += self._shard
+            self._fill = 0
+
+    def finalize(self) -> CropStore:
+        """Write the rest, merge the table, set the content hash and the completion marker.
+
+        The merged table and the digests are written before ``_parts/`` is removed and the
+        marker set; readers skip parts already merged, so a crash at any point leaves a store
+        that is either complete or resumable, never one with duplicated rows.
+        """
+        if self._finalized:
+            return open_store(self.path)
+        self._flush()
+        if not self._marked and self._start_attrs.get("complete"):
+            # An existing complete store to which nothing was added: leave it as it was.
+            self._finalized = True
+            return open_store(self.path)
+        self._mark_incomplete()
+        table = read_table(self.path)
+        if table.num_rows != self._crops.shape[0]:
+            raise StoreError(f"{self.path}: object table has {table.num_rows} rows but crops has {self._crops.shape[0]}")
+        table = table.replace_schema_metadata(None)
+        digests = list(self._digests)
+        if self._fill:
+            digests.append(block_digest(self._block[: self._fill]))
+        self._block = _EMPTY_BLOCK  # release the buffer
+        write_json(self.path / DIGESTS_FILE, {"block_crops": self._shard, "blocks": self._digests, "n_rows": table.num_rows})
+        write_parquet(self.path / TABLE_FILE, table)
+        # Hash the table as readers will see it (a Parquet round trip renames list fields).
+        table = pq.read_table(self.path / TABLE_FILE).replace_schema_metadata(None)
+        shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
+        self._group.attrs.update(
+            {"n_objects": table.num_rows, "content_hash": content_hash(digests, table), "complete": True}
+        )
+        self._finalized = True
+        return open_store(self.path)
+
+    def rollback(self) -> None:
+        """Undo everything this writer did: the store returns to its state when opened.
+
+        A store this writer created is removed. For an existing store, the rows and crops
+        added since opening are dropped and its attributes (completion marker, content hash,
+        source) restored; the table and digests of a complete store are only rewritten by
+        :meth:`finalize`, so they are untouched. Interrupted itself, a rollback leaves the
+        store incomplete and resumable, never complete with foreign rows.
+        """
+        self._buf_rows, self._block = [], _EMPTY_BLOCK
+        self._finalized = True
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        if not self._marked:
+            return
+        for part in live_parts(self.path, self._start_rows):
+            part.unlink()
+        self._crops.resize((self._start_rows, CROP_SIZE, CROP_SIZE, CHANNELS))
+        if self._start_attrs.get("complete"):
+            shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
+        self._group.attrs.put(self._start_attrs)
+        self._committed_rows = self._start_rows
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        elif not self._finalized:
+            # Commit nothing more: what is buffered is lost, what is committed stays, and the
+            # store remains marked incomplete so nothing downstream reads it.
+            logger.warning("%s: write interrupted; %d crops committed, store left incomplete", self.path, self._committed_rows)
+
+
+def create_store(
+    path: str | os.PathLike,
+    crops: np.ndarray,
+    rows: pa.Table | Sequence[Mapping[str, Any]],
+    *,
+    source: Mapping[str, Any],
+    overwrite: bool = False,
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> CropStore:
+    """Write a whole store from arrays in memory (small stores, tests)."""
+    with StoreWriter(path, source=source, overwrite=overwrite, exist_ok=False, extra_attrs=extra_attrs) as w:
+        w.append(crops, rows)
+    return open_store(path)
