@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scanstream.devices import resolve_device
+from scanstream.executor import dask_client, gpu_count, local_cores
 from scanstream.inference import engine as inference
 from scanstream.inference.classify import classify
 from scanstream.store import create_store, open_store
@@ -171,15 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="classify_bench_", dir=args.tmp))
-    device = inference.resolve_device(args.device)
-    cores = inference._local_cores()
+    device = resolve_device(args.device)
+    cores = local_cores()
     try:
         t0 = time.perf_counter()
         store, source = make_store(tmp / "bench.zarr", args.n)
         store = open_store(store.path)
         make_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with inference.dask_client(None, workers=args.workers, device=device) as client:
+        with dask_client(None, workers=args.workers, gpus=gpu_count() if device.type == "cuda" else 0) as client:
             start_s = time.perf_counter() - t0
             n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
             threads = max(1, cores // n_workers)

@@ -47,3 +47,35 @@ class ThresholdError(ScanstreamError, ValueError):
 
 class PipelineError(ScanstreamError, RuntimeError):
     """A distributed run that finished with failed tasks."""
+
+
+class SchedulerError(InputError):
+    """A Dask scheduler address that cannot be reached, or a cluster that cannot be started as asked."""
+
+
+class TaskError(PipelineError):
+    """One distributed task failed; the message names the store and the crop range."""
+
+
+class TrainingError(ScanstreamError, RuntimeError):
+    """A training run that could not produce a model (e.g. a loss that never became finite)."""
+
+
+class IngestError(InputError):
+    """Bad scanner output: names the file (or listing row) and the problem."""
+
+
+class StackError(InputError):
+    """A z-stack whose info.json or images cannot be used (names the file and the key)."""
+
+
+class QueryError(InputError):
+    """A query that cannot run: bad filter value, refused or failing SQL, no candidate table."""
+
+
+class VerdictError(InputError):
+    """A bad verdict value, an unreadable verdicts table, or verdicts that cannot become a store."""
+
+
+class WatchError(InputError):
+    """An inbox or candidate table the watcher cannot use, or a second watcher on one table."""

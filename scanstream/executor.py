@@ -1,4 +1,14 @@
-"""Dask workers and glibc malloc: settings for the workers scanstream starts, tuning for the rest.
+"""Dask for every stage: one way to start or join a cluster, and the worker settings scanstream uses.
+
+:func:`dask_client` is the only place a Dask client is made (training's loaders, the search,
+classify and watch all use it): connect to an existing scheduler (one timeout,
+:data:`CONNECT_TIMEOUT`; an unreachable one is a :class:`~scanstream.errors.SchedulerError`), or
+start a LocalCluster for the run and close it afterwards. On GPUs the local cluster has one
+worker per GPU, each seeing only its own device and offering the resource ``{"GPU": 1}``
+(dask-cuda's ``LocalCUDACluster`` where it is installed, else an equivalent SpecCluster).
+:func:`task_resources` says what a model task claims on a given cluster.
+
+Dask workers and glibc malloc: settings for the workers scanstream starts, tuning for the rest.
 
 Dask's nanny starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, a guard against memory
 creep in dataframe workloads. With torch it makes glibc hand every freed tensor buffer back to
@@ -12,9 +22,18 @@ every process that builds an inference ensemble) sets glibc's thresholds from in
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dask
+
+from scanstream.errors import SchedulerError
+
+#: how long a client waits for an existing scheduler before giving up
+CONNECT_TIMEOUT = "30s"
 
 NANNY_ENVIRON: dict[str, Any] = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
@@ -50,3 +69,143 @@ def tune_malloc() -> bool:
         return False
     _MALLOC_TUNED = bool(ok)
     return _MALLOC_TUNED
+
+
+def local_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def gpu_count() -> int:
+    """CUDA devices visible to this process (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def connect(address: str) -> Any:
+    """A client of the existing scheduler at ``address``."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerError(f"cannot connect to Dask scheduler {address!r}: {exc}") from None
+
+
+def _gpu_ids(n: int) -> list[str]:
+    gpus = gpu_count()
+    if n > gpus:
+        raise SchedulerError(f"{n} GPU workers asked for on a machine with {gpus} GPU(s)")
+    # keep a batch system's assignment: worker i gets the i-th GPU this process may use
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(gpus)]
+    return ids[:n]
+
+
+def local_cluster(workers: int | None = None, *, gpus: int = 0, processes: bool = True,
+                  silence_logs: int = logging.WARNING) -> Any:
+    """A LocalCluster for one run: ``gpus`` workers, one per GPU, or ``workers`` CPU workers.
+
+    Every worker has one thread (torch does the parallel work inside a task) and a free
+    dashboard port; workers keep glibc's malloc defaults (:func:`worker_settings`).
+    """
+    if workers is not None and workers < 1:
+        raise SchedulerError(f"workers must be >= 1, got {workers}")
+    with worker_settings():
+        if gpus:
+            ids = _gpu_ids(workers or gpus)
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError:
+                return _gpu_spec_cluster(ids, silence_logs)
+            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(ids), threads_per_worker=1,
+                                    resources={"GPU": 1}, dashboard_address=":0", silence_logs=silence_logs)
+        from distributed import LocalCluster
+
+        # ":0": a free port for the dashboard (None would take the default 8787, often in use)
+        return LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=processes,
+                            dashboard_address=":0", silence_logs=silence_logs)
+
+
+def _gpu_spec_cluster(ids: list[str], silence_logs: int) -> Any:
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    worker = {
+        i: {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": gpu}}}
+        for i, gpu in enumerate(ids)
+    }
+    return SpecCluster(workers=worker, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                       silence_logs=silence_logs)
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpus: int = 0,
+                processes: bool = True) -> Iterator[Any]:
+    """A Dask client for a run: to ``scheduler`` if given, else to a LocalCluster closed afterwards."""
+    if scheduler:
+        client = connect(scheduler)
+        with client:
+            yield client
+        return
+    from distributed import Client
+
+    with local_cluster(workers, gpus=gpus, processes=processes) as cluster, Client(cluster) as client:
+        yield client
+
+
+def worker_count(client: Any) -> int:
+    """Workers of the cluster behind ``client`` (at least 1)."""
+    return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+
+
+def task_resources(client: Any, *, gpu: bool | None = None) -> dict[str, int] | None:
+    """What a model task claims: ``{"GPU": 1}`` on clusters whose workers offer GPUs, else nothing.
+
+    ``gpu`` overrides the look at the workers (a CPU run on a GPU cluster claims nothing).
+    """
+    if gpu is None:
+        infos = client.scheduler_info(n_workers=-1)["workers"].values()
+        gpu = any("GPU" in (w.get("resources") or {}) for w in infos)
+    return {"GPU": 1} if gpu else None
+
+
+def host_threads(client: Any) -> tuple[tuple[str, int], ...]:
+    """Torch threads per task on each worker host: the host's cores over its Dask threads."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    cores = client.run(local_cores)
+    per_host: dict[str, list[int]] = {}
+    host_cores: dict[str, int] = {}
+    for addr, w in info.items():
+        host = addr.rsplit(":", 1)[0].split("://")[-1]
+        per_host.setdefault(host, []).append(int(w.get("nthreads", 1)))
+        host_cores[host] = int(cores.get(addr, 1))
+    return tuple(sorted((h, max(1, host_cores[h] // max(1, sum(n)))) for h, n in per_host.items()))
+
+
+def run_tasks(client: Any, fn: Any, items: Sequence[Any], *, resources: dict[str, int] | None = None,
+              keys: Sequence[str] | None = None) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """Run ``fn(item)`` on the cluster for every item; yield ``(item, result, None)`` or ``(item, None, error)``.
+
+    Results come in completion order. Tasks are impure (never deduplicated by Dask) and not
+    retried: a failing task is reported once, the others go on, and the caller decides (the
+    stages rerun only what failed). ``keys`` names the tasks on the dashboard.
+    """
+    from distributed import as_completed
+
+    if not items:
+        return
+    kw: dict[str, Any] = {"pure": False, "resources": resources, "retries": 0}
+    if keys is not None:
+        kw["key"] = [f"{k}-{os.urandom(4).hex()}" for k in keys]
+    futures = client.map(fn, list(items), **kw)
+    item_of = {f.key: item for f, item in zip(futures, items, strict=True)}
+    for fut in as_completed(futures):
+        item = item_of[fut.key]
+        if fut.status == "error":
+            yield item, None, fut.exception()
+        else:
+            yield item, fut.result(), None

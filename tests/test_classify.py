@@ -24,6 +24,7 @@ from conftest import draw_crops
 
 from scanstream.candidates import table as cand
 from scanstream.cli import main
+from scanstream.devices import resolve_precision
 from scanstream.errors import InputError, StoreError, ThresholdError
 from scanstream.inference import engine as inference
 from scanstream.inference.classify import classify, score_store
@@ -236,7 +237,7 @@ def test_no_threshold_leaves_selected_null_and_auto_asks_the_workers(env):
     meta = cand.read_metadata(res.out)
     assert meta["threshold"] is None
     # the workers have no GPU here: auto means the CPU, in the precision auto picks for this CPU
-    assert meta["device"] == "cpu" and meta["score_precision"] == inference.resolve_precision("auto", "cpu")
+    assert meta["device"] == "cpu" and meta["score_precision"] == resolve_precision("auto", "cpu")
 
 
 def test_gpu_tasks_refused_when_no_worker_offers_a_gpu(env):

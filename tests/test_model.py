@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, InputError
 from scanstream.training.model import (
     BACKBONES,
@@ -17,7 +18,6 @@ from scanstream.training.model import (
     imagenet_weight_files,
     parameter_groups,
     preprocess,
-    resolve_device,
 )
 
 

@@ -13,13 +13,13 @@ import pytest
 
 from scanstream.candidates.query import (
     CandidateFilter,
-    QueryError,
     check_select,
     filter_sql,
     parse_region,
     query_candidates,
 )
 from scanstream.cli import main
+from scanstream.errors import QueryError
 
 HOSTILE = [
     "x' OR 1=1; DROP TABLE candidates; --",

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from scanstream.errors import ConfigError, InputError, PipelineError
+from scanstream.executor import dask_client
 from scanstream.training import search as sr
 
 
@@ -322,11 +323,6 @@ def test_trial_threads_default_and_explicit(stores, tmp_path, fake, client):
 def test_started_workers_keep_glibcs_malloc_trim_default(monkeypatch):
     # Dask's nanny default (65536) made torch steps fault every buffer back in (scanstream.executor)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    client, _, _ = sr.start_client(None, 1, gpus=0)
-    try:
+    with dask_client(None, workers=1) as client:
         env = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
         assert list(env.values()) == [None]
-    finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()

@@ -27,15 +27,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from scanstream.errors import InputError
+from scanstream.errors import QueryError
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "parquet", "json")
 
-
-class QueryError(InputError):
-    """A query that cannot run: bad filter value, refused or failing SQL, no candidate table."""
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
-from tqdm.auto import tqdm
+from scanstream.progress import Bar, bars
 
 
-def progress(total: int | None, desc: str, *, unit: str = "crop", disable: bool | None = None) -> tqdm:
+def progress(total: int | None, desc: str, *, unit: str = "crop", disable: bool | None = None) -> Bar:
     """A progress bar on stderr (hidden when stderr is not a terminal unless forced)."""
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True)
+    return bars(total, desc, unit, disable=disable)
 
 
 def print_json(obj: Any) -> None:

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search_cli(args: argparse.Namespace) -> int:
-    from scanstream.training.search import SearchConfig, default_grid, gpu_count, parse_int_list, run_search
+    from scanstream.executor import gpu_count
+    from scanstream.training.search import SearchConfig, default_grid, parse_int_list, run_search
 
     # the paper's grid where GPUs do the work (local GPUs or a cluster), a small one on a CPU
     gpus = args.device != "cpu" and (args.scheduler is not None or gpu_count() > 0)

@@ -34,6 +34,7 @@ import numpy as np
 from scanstream import __version__
 from scanstream.candidates import table as cand
 from scanstream.errors import InputError
+from scanstream.progress import as_progress
 from scanstream.store import CropStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def score_store(
     batch_size : int
         Crops per forward pass.
     precision : {"auto", "fp32", "bf16"}
-        See :func:`scanstream.inference.engine.resolve_precision`.
+        See :func:`scanstream.devices.resolve_precision`.
 
     Returns
     -------
@@ -116,17 +117,11 @@ def score_store(
     check_crops(store)
     check_features(checkpoints, [store])
     ensemble = Ensemble(list(checkpoints), device=device, precision=precision)
-    bar = _bar(store.n, f"score {store.path.name}", progress)
+    bar = as_progress(progress)(store.n, f"score {store.path.name}", "crop")
     try:
         return score_range(ensemble, store, 0, store.n, batch_size=batch_size, on_batch=bar.update)
     finally:
         bar.close()
-
-
-def _bar(total: int, desc: str, enabled: bool) -> Any:
-    from scanstream.cli._common import progress
-
-    return progress(total, desc, disable=not enabled)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -287,7 +282,8 @@ def classify(
     StoreError, CheckpointError, InputError
         A store or checkpoint that cannot be used, or ``out`` holds another run's table.
     """
-    from scanstream.inference.engine import check_features, checkpoint_identity, resolve_device, resolve_precision
+    from scanstream.devices import resolve_device, resolve_precision
+    from scanstream.inference.engine import check_features, checkpoint_identity
     from scanstream.inference.threshold import check_models, load_threshold
 
     t0 = time.perf_counter()
@@ -329,9 +325,10 @@ def classify(
     processed = 0
     task_seconds: list[float] = []
     if pending or prec is None:
-        from scanstream.inference.engine import dask_client
+        from scanstream.executor import dask_client, gpu_count
 
-        with dask_client(scheduler, workers=workers, device=dev, processes=processes) as client:
+        gpus = gpu_count() if dev is not None and dev.type == "cuda" else 0
+        with dask_client(scheduler, workers=workers, gpus=gpus, processes=processes) as client:
             dashboard = client.dashboard_link
             logger.info("Dask dashboard: %s", dashboard)
             if on_cluster is not None:
@@ -399,9 +396,7 @@ def _metadata(record: dict | None, hashes: list[str], run: dict, prec: str, devi
 
 def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, str]:
     """Device and precision of an existing cluster's workers (they, not this client, run models)."""
-    import torch
-
-    from scanstream.inference.engine import PRECISIONS
+    from scanstream.devices import PRECISIONS, cpu_has_native_bf16, parse_device, resolve_precision
 
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -415,21 +410,9 @@ def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, 
     answers = list(client.run(probe).values())
     if not answers:
         raise InputError("the Dask cluster has no workers")
-    cuda = all(a[0] for a in answers)
-    if device == "auto":
-        device = "cuda" if cuda else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not cuda:
-        raise InputError(f"device {device!r} asked for but some Dask workers have no CUDA")
-    if precision == "auto":
-        from scanstream.inference.engine import _cpu_has_native_bf16
-
-        bf16 = all(a[1] for a in answers) if dev.type == "cuda" else all(client.run(_cpu_has_native_bf16).values())
-        precision = "bf16" if bf16 else "fp32"
-    return dev, precision
+    dev = parse_device(device, cuda=all(a[0] for a in answers))
+    native = all(a[1] for a in answers) if dev.type == "cuda" else all(client.run(cpu_has_native_bf16).values())
+    return dev, resolve_precision(precision, dev, native=native)
 
 
 def _submit(
@@ -448,11 +431,12 @@ def _submit(
 ) -> tuple[int, list[str], list[float]]:
     from distributed import as_completed
 
-    from scanstream.inference.engine import TaskSpec, gpu_resources, host_threads, run_task
+    from scanstream.executor import host_threads, task_resources
+    from scanstream.inference.engine import TaskSpec, run_task
 
     if not pending:
         return 0, [], []
-    resources = gpu_resources(dev)
+    resources = task_resources(client, gpu=dev.type == "cuda")
     if resources:
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
         if not any(w.get("resources", {}).get("GPU") for w in workers):
@@ -484,7 +468,7 @@ def _submit(
     futures = client.map(run_task, specs, pure=False, resources=resources, retries=0)
     name = {f.key: s for f, s in zip(futures, specs, strict=True)}
     processed, failed, seconds = 0, [], []
-    bar = _bar(sum(t.stop - t.start for t in pending), "classify", progress)
+    bar = as_progress(progress)(sum(t.stop - t.start for t in pending), "classify", "crop")
     try:
         for fut in as_completed(futures):
             if fut.status == "error":

@@ -26,9 +26,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,51 +37,18 @@ import pyarrow as pa
 import torch
 
 from scanstream import store as st
-from scanstream.errors import CheckpointError, InputError, PipelineError, StoreError
-from scanstream.executor import tune_malloc, worker_settings
+from scanstream.devices import resolve_device, resolve_precision
+from scanstream.errors import CheckpointError, InputError, StoreError, TaskError
+from scanstream.executor import local_cores, tune_malloc
 from scanstream.picker.features import feature_array
 from scanstream.picker.learned import FeatureModel, inputs_and_logits
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
-
-class TaskError(PipelineError):
-    """One classify task failed; the message names the store and the crop range."""
 
 
 # -- devices and precision ----------------------------------------------------------------
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu (see :func:`scanstream.training.model.resolve_device`)."""
-    from scanstream.training.model import resolve_device as _resolve
-
-    return _resolve(device)
-
-
-def resolve_precision(precision: str, device: str | torch.device = "auto") -> str:
-    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 on a CUDA device that supports it, else fp32.
-
-    On CPUs without native bf16 instructions (AVX-512 BF16 / AMX), bf16 autocast is emulated
-    and measured slower here (see docs/classify.md), so auto keeps fp32 on the CPU unless the
-    CPU advertises them.
-    """
-    if precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dev = resolve_device(device)
-    if precision != "auto":
-        return precision
-    if dev.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_native_bf16() else "fp32"
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def checkpoint_identity(path: str | os.PathLike) -> str:
@@ -373,7 +339,7 @@ def score_range(
     if verifier is not None and not verifier.aligned(start, stop):
         verifier = None
     pin = ensemble.device.type == "cuda"
-    n_readers = readers or (min(4, _local_cores()) if pin else 1)
+    n_readers = readers or (min(4, local_cores()) if pin else 1)
     depth = n_readers + 1 if pin else n_readers  # reads in flight besides the block being scored
 
     def read(a: int, b: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -546,90 +512,3 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "parts": [str(p) for p in paths],
     }
-
-
-# -- clusters -----------------------------------------------------------------------------
-def _local_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-@contextmanager
-def dask_client(
-    scheduler: str | None = None,
-    *,
-    workers: int | None = None,
-    device: torch.device | None = None,
-    processes: bool = True,
-) -> Iterator[Any]:
-    """A distributed Client: to ``scheduler`` if given, else to a LocalCluster for the run.
-
-    The LocalCluster has one thread per worker (torch does the parallel work inside a task).
-    With CUDA it has one worker per GPU, each seeing only its own GPU
-    (``CUDA_VISIBLE_DEVICES``) and offering the resource ``{"GPU": 1}``.
-    """
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError) as exc:
-            raise InputError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
-        with client:
-            yield client
-        return
-    if device is not None and device.type == "cuda":
-        with worker_settings():
-            cluster = _gpu_cluster(workers or torch.cuda.device_count())
-    else:
-        n = workers or 1
-        with worker_settings():
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
-                silence_logs=logging.CRITICAL,
-            )
-    with cluster, Client(cluster) as client:
-        yield client
-
-
-def _gpu_cluster(n: int) -> Any:
-    from distributed import Nanny, Scheduler, SpecCluster
-
-    gpus = torch.cuda.device_count()
-    if n > gpus:
-        raise InputError(f"--workers {n} asked for on a machine with {gpus} GPU(s)")
-    # keep a batch system's assignment: worker i gets the i-th GPU this process may use
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(gpus)]
-    worker = {
-        i: {
-            "cls": Nanny,
-            "options": {"nthreads": 1, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": ids[i]}},
-        }
-        for i in range(n)
-    }
-    return SpecCluster(
-        workers=worker,
-        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-        silence_logs=logging.CRITICAL,
-    )
-
-
-def host_threads(client: Any) -> tuple[tuple[str, int], ...]:
-    """Torch threads per task on each worker host: the host's cores over its Dask threads."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    cores = client.run(_local_cores)
-    per_host: dict[str, list[int]] = {}
-    host_cores: dict[str, int] = {}
-    for addr, w in info.items():
-        host = addr.rsplit(":", 1)[0].split("://")[-1]
-        per_host.setdefault(host, []).append(int(w.get("nthreads", 1)))
-        host_cores[host] = int(cores.get(addr, 1))
-    return tuple(sorted((h, max(1, host_cores[h] // max(1, sum(n)))) for h, n in per_host.items()))
-
-
-def gpu_resources(device: torch.device) -> dict[str, int] | None:
-    """Dask resources a model task claims: one GPU on CUDA, none on the CPU."""
-    return {"GPU": 1} if device.type == "cuda" else None

@@ -336,8 +336,9 @@ def calibrate_threshold(
     Exactly one of ``target_recall`` / ``target_precision`` is given. Crops labelled unknown
     (-1) are scored but not used.
     """
+    from scanstream.devices import resolve_precision
     from scanstream.inference.classify import score_store
-    from scanstream.inference.engine import checkpoint_identity, resolve_precision
+    from scanstream.inference.engine import checkpoint_identity
     from scanstream.store import open_store
 
     if (target_recall is None) == (target_precision is None):

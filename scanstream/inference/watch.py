@@ -42,16 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from scanstream.errors import ConfigError, IncompleteStoreError, InputError, ScanstreamError, StoreError
+from scanstream.errors import ConfigError, IncompleteStoreError, InputError, ScanstreamError, StoreError, WatchError
 from scanstream.store import CropStore, is_store, open_store
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
-
-class WatchError(InputError):
-    """An inbox or candidate table the watcher cannot use, or a second watcher on one table."""
 
 
 @dataclass(frozen=True)
@@ -476,13 +473,13 @@ class _Watcher:
         """One Dask LocalCluster for the whole watch (models stay loaded on its workers)."""
         if self.scheduler is not None:
             return
-        from scanstream.inference.engine import dask_client, resolve_device
+        from scanstream.devices import resolve_device
+        from scanstream.executor import dask_client, gpu_count
 
+        gpus = gpu_count() if resolve_device(self.config.device).type == "cuda" else 0
         stack = contextlib.ExitStack()
-        client = stack.enter_context(
-            dask_client(None, workers=self.config.workers, device=resolve_device(self.config.device),
-                        processes=self.config.processes)
-        )
+        client = stack.enter_context(dask_client(None, workers=self.config.workers, gpus=gpus,
+                                                 processes=self.config.processes))
         self._cluster = stack
         self.scheduler = client.scheduler.address
         logger.info("Dask cluster for the watch: %s (dashboard %s)", self.scheduler, client.dashboard_link)

@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from scanstream import store as st
-from scanstream.errors import InputError
+from scanstream.errors import IngestError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,6 @@ LABEL_WORDS = {
 }  # fmt: skip
 _EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
-
-class IngestError(InputError):
-    """Bad scanner output: names the file (or listing row) and the problem."""
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ import zarr
 from PIL import Image, UnidentifiedImageError
 from zarr.codecs import ZstdCodec
 
-from scanstream.errors import InputError, StoreError, StoreNotFoundError
+from scanstream.errors import StackError, StoreError, StoreNotFoundError
 from scanstream.ingest.images import BadItem, quarantine_path, write_quarantine
 
 logger = logging.getLogger(__name__)
@@ -82,9 +82,6 @@ def _um(mm: float) -> float:
     """mm -> micrometres, rounded to 1e-9 um so 0.000284 mm reads 0.284, not 0.28400000000000003."""
     return round(mm * 1000.0, 9)
 
-
-class StackError(InputError):
-    """A z-stack whose info.json or images cannot be used (names the file and the key)."""
 
 
 @dataclass(frozen=True)

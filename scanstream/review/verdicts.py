@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scanstream.errors import InputError, StoreExistsError
+from scanstream.errors import InputError, StoreExistsError, VerdictError
 from scanstream.store import CropStore, StoreWriter, is_store, open_store
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ SESSION_GLOB = "session-*.jsonl"
 #: Fields copied from a candidate row into its verdict record.
 CANDIDATE_FIELDS = ("object_id", "sheet", "plate", "x_mm", "y_mm", "z_mm", "score", "rank", "store", "store_index")
 
-
-class VerdictError(InputError):
-    """A bad verdict value, an unreadable verdicts table, or verdicts that cannot become a store."""
 
 
 def parse_verdict(value: str) -> str:

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from scanstream.atomic import write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
+from scanstream.progress import as_progress
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions, sheet_key
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
 from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel, pick_features
@@ -298,18 +299,12 @@ def write_plans(
         if done and expected != writer.object_ids:
             raise StoreError(f"{p}: the committed objects are not this simulation's first {done}; use --overwrite")
         todo = plans[done:]
-        bar = None
-        if progress:
-            from scanstream.cli._common import progress as make_bar
-
-            bar = make_bar(len(plans), desc)
-            bar.update(done)
+        bar = as_progress(progress)(len(plans), desc, "crop")
+        bar.update(done)
         for crops, rows in iter_simulated(todo, conditions, workers=workers, render=True):
             writer.append(crops, rows)
-            if bar is not None:
-                bar.update(rows.num_rows)
-        if bar is not None:
-            bar.close()
+            bar.update(rows.num_rows)
+        bar.close()
     return open_store(p)
 
 

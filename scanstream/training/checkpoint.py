@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from scanstream.atomic import atomic_path
+from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, InputError
 from scanstream.picker.learned import EMBEDDED_PREFIX, FeatureModel
-from scanstream.training.model import ModelConfig, build_model, resolve_device
+from scanstream.training.model import ModelConfig, build_model
 
 CHECKPOINT_VERSION = 1
 METADATA_KEY = "scanstream"

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from scanstream.errors import InputError
-from scanstream.executor import worker_settings
+from scanstream.executor import dask_client
 from scanstream.training.augment import AugmentConfig, augment
 
 logger = logging.getLogger(__name__)
@@ -338,26 +338,5 @@ def open_executor(loader: str, *, scheduler: str | None = None, workers: int = 1
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="scanstream-load") as pool:
             yield pool
         return
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise InputError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    with worker_settings():
-        cluster = LocalCluster(
-            n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
-    client = Client(cluster)
-    try:
+    with dask_client(scheduler, workers=max(1, workers)) as client:
         yield client
-    finally:
-        client.close()
-        cluster.close()

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scanstream.errors import ConfigError, InputError, ScanstreamError
+from scanstream.devices import autocast_bf16, resolve_device
+from scanstream.errors import ConfigError, InputError, TrainingError
 from scanstream.picker.learned import (
     N_MODEL_INPUTS,
     FeatureModel,
@@ -41,6 +42,7 @@ from scanstream.picker.learned import (
     load_feature_model,
     prefilter_threshold,
 )
+from scanstream.progress import as_progress
 from scanstream.store import CropStore, open_store
 from scanstream.training.augment import AugmentConfig, Augmenter
 from scanstream.training.checkpoint import (
@@ -61,15 +63,12 @@ from scanstream.training.dataload import (
     rebatch,
     threads_beside_loader,
 )
-from scanstream.training.model import ModelConfig, build_model, parameter_groups, preprocess, resolve_device
+from scanstream.training.model import ModelConfig, build_model, parameter_groups, preprocess
 from scanstream.training.sampling import BalancedSampler, class_counts
 from scanstream.training.sampling import pos_weight as class_pos_weight
 
 logger = logging.getLogger(__name__)
 
-
-class TrainingError(ScanstreamError, RuntimeError):
-    """A training run that could not produce a model (e.g. a loss that never became finite)."""
 
 
 CHECKPOINT_FILE = "model.safetensors"
@@ -323,21 +322,9 @@ def data_hash(train_store: CropStore, valid_store: CropStore) -> str:
     return h.hexdigest()[:16]
 
 
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_amp(amp: str, device: torch.device) -> bool:
-    """Whether to run bf16 autocast (see :class:`TrainConfig`)."""
-    if amp != "auto":
-        return amp == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return _cpu_has_fast_bf16()
+    """Whether to run bf16 autocast (see :class:`TrainConfig`; the rule is :mod:`scanstream.devices`')."""
+    return autocast_bf16(amp, device)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -487,7 +474,7 @@ def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = N
     on_worker = run.augment_on == "worker"
     n_batches = sum(len(t.indices) for t in stream.tasks) // cfg.batch_size
     augmenter = None if on_worker else Augmenter(cfg.augment_config(), seed=cfg.seed * 100_003 + epoch)
-    bar = _progress(n_batches, f"epoch {epoch}", progress)
+    bar = as_progress(progress)(n_batches, f"epoch {epoch}", "batch")
     total, count, t0 = torch.zeros((), device=run.device), 0, time.perf_counter()
     for step, (idx, crops) in enumerate(rebatch(iter(stream), cfg.batch_size, drop_last=True)):
         x = _to_input(run, crops, augmenter)
@@ -500,15 +487,13 @@ def train_one_epoch(run: TrainRun, epoch: int, *, stream: BlockStream | None = N
         loss = train_step(run, x, y) if f is None else train_step(run, x, y, f)
         total += loss * len(idx)  # accumulated on the device: no sync per step
         count += len(idx)
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{float(total) / count:.4f}")
+        bar.update(1)
+        if step % 10 == 0 and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{float(total) / count:.4f}")
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+    bar.close()
     return (float(total) / count if count else math.nan), seconds, count
 
 
@@ -542,14 +527,6 @@ def evaluate(run: TrainRun) -> tuple[float, float, np.ndarray]:
     loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(scores), torch.from_numpy(y)))
     ap = float(average_precision_score(y, scores))
     return loss, ap, logits
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from scanstream.cli._common import progress
-
-    return progress(total, desc, unit="batch")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,20 +112,6 @@ def parse_input_size(size: int) -> int:
     return size
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as torch reads it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
-    return dev
-
 
 def make_head(in_features: int) -> nn.Sequential:
     """The paper's head: ``in -> 256 -> 32 -> 1`` with ReLU between stages."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, ConfigError
-from scanstream.training.model import resolve_device
 
 #: Named starting points of a run (the CLI's ``--recipe``); TOML keys and flags override them.
 #: ``paper``: the dataclass defaults, the published protocol (ResNet50 at 224 px, RandAugment

@@ -26,6 +26,7 @@ The core (:func:`summarize`, :func:`best_setting`) is pure over the results tabl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -42,7 +43,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from scanstream.errors import ConfigError, InputError, PipelineError
-from scanstream.executor import worker_settings
+from scanstream.executor import dask_client, gpu_count, task_resources, worker_count
+from scanstream.progress import as_progress
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +238,8 @@ def trial_threads(cores: int, train_config: dict[str, Any]) -> int:
     A trial trains with the local-thread loader; torch threads on every core as well would
     oversubscribe them, as :func:`scanstream.training.loop.resolve_runtime` avoids for single runs.
     """
+    from scanstream.devices import resolve_device
     from scanstream.training.dataload import threads_beside_loader
-    from scanstream.training.model import resolve_device
 
     device = resolve_device(train_config.get("device", "auto"))
     return threads_beside_loader(device, int(train_config.get("workers") or 1), cores)
@@ -383,41 +385,6 @@ class SearchResult:
     report: Path | None = None
 
 
-def gpu_count() -> int:
-    """CUDA devices visible here (0 without torch or CUDA)."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def start_client(scheduler: str | None, workers: int | None, *, gpus: int, processes: bool = True):
-    """A Dask client: connected to ``scheduler``, or a LocalCluster (one worker per GPU, else ``workers``).
-
-    Returns (client, resources per task, worker count).
-    """
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="30s")
-        except OSError as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}") from None
-        infos = client.scheduler_info(n_workers=-1)["workers"].values()
-        has_gpu = any("GPU" in (w.get("resources") or {}) for w in infos)
-        return client, ({"GPU": 1} if has_gpu else None), max(1, len(infos))
-    n = workers or (gpus if gpus else 1)
-    if n < 1:
-        raise ConfigError(f"workers must be >= 1, got {n}")
-    # ":0": a free port for the dashboard (None would take the default 8787, often in use)
-    kw: dict[str, Any] = {"n_workers": n, "threads_per_worker": 1, "processes": processes, "dashboard_address": ":0",
-                          "silence_logs": logging.WARNING}
-    if gpus:
-        kw["resources"] = {"GPU": 1}
-    with worker_settings():
-        cluster = LocalCluster(**kw)
-    return Client(cluster), ({"GPU": 1} if gpus else None), n
-
-
 def _check_inputs(config: SearchConfig) -> dict[str, str | None]:
     from scanstream.store import open_store
 
@@ -480,8 +447,6 @@ def run_search(
     """
     from distributed import as_completed
 
-    from scanstream.cli._common import progress as progress_bar
-
     out = Path(config.out_dir)
     hashes = _check_inputs(config)
     _check_config_file(out, config)
@@ -510,11 +475,12 @@ def run_search(
     own_client = client is None
     need_cluster = bool(specs) or config.test_store is not None
     resources = None
+    stack = contextlib.ExitStack()
     if need_cluster and own_client:
-        client, resources, n_workers = start_client(scheduler, workers, gpus=gpu_count() if not scheduler else 0,
-                                                   processes=processes)
-    elif need_cluster:
-        n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+        client = stack.enter_context(dask_client(scheduler, workers=workers, gpus=0 if scheduler else gpu_count(),
+                                                 processes=processes))
+    if need_cluster:
+        n_workers, resources = worker_count(client), task_resources(client)
     try:
         if specs:
             share = max(1, (os.cpu_count() or 1) // n_workers)  # a trial's cores on this machine
@@ -525,7 +491,7 @@ def run_search(
                 fut = client.submit(run_trial, spec, key=f"trial-{spec['key']}-{os.urandom(4).hex()}",
                                     resources=resources, pure=False)
                 futures[fut] = spec["key"]
-            bar = progress_bar(len(specs), "search trials", unit="trial", disable=not progress)
+            bar = as_progress(progress)(len(specs), "search trials", "trial")
             for fut in as_completed(futures):
                 key = futures[fut]
                 try:
@@ -553,11 +519,7 @@ def run_search(
         if config.test_store is not None:
             test = _score_test(client, resources, config, out, best_rows, ckpts, progress=progress)
     finally:
-        if need_cluster and own_client:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        stack.close()
 
     from scanstream.evaluation import figures as fg
     from scanstream.evaluation.report import write_report
@@ -592,7 +554,6 @@ def _write_results(out: Path, results: pa.Table) -> None:
 
 def _score_test(client, resources, config: SearchConfig, out: Path, rows: list[dict], ckpts: list[Path], *, progress: bool) -> dict:
     """TEST AP of each best-setting model and of their ensemble (mean logit); cached in test_scores.parquet."""
-    from scanstream.cli._common import progress as _progress
     from scanstream.evaluation import metrics as mt
     from scanstream.store import open_store
 
@@ -614,7 +575,7 @@ def _score_test(client, resources, config: SearchConfig, out: Path, rows: list[d
     if table is None:
         futs = [client.submit(score_checkpoint, str(store.path), str(c), config.device, config.score_batch_size,
                               config.threads, resources=resources, pure=False) for c in ckpts]
-        bar = _progress(len(futs), "scoring TEST", unit="model", disable=not progress)
+        bar = as_progress(progress)(len(futs), "scoring TEST", "model")
         scores = {}
         for k, f in zip(keys, futs, strict=True):
             scores[k] = np.asarray(f.result(), np.float32)

@@ -1,0 +1,87 @@
+"""Devices and numeric precision: the one place their names are parsed and ``auto`` is decided.
+
+``auto`` device: CUDA when this process sees a GPU, else the CPU. ``auto`` precision: bf16
+where the device computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else
+fp32; on CPUs without those instructions bf16 autocast is emulated and measured 3-6x slower
+(docs/classify.md). Training's ``amp`` option ("auto" / "bf16" / "off") is the same rule
+under its historical names (:func:`precision_from_amp`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from scanstream.errors import InputError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def parse_device(device: str | torch.device = "auto", *, cuda: bool | None = None) -> torch.device:
+    """A torch device from ``auto``, ``cpu`` or ``cuda[:N]``.
+
+    ``cuda`` says whether CUDA is available where the device will be used (default: here);
+    classify passes what its Dask workers report.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        return torch.device("cuda" if cuda else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not cuda:
+        raise InputError(f"device {str(device)!r} asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available here, else ``cpu``; anything else as torch reads it."""
+    return parse_device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU advertises AVX-512 BF16 or AMX (Linux ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` (here) computes bf16 natively."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_native_bf16()
+
+
+def resolve_precision(precision: str, device: str | torch.device = "auto", *, native: bool | None = None) -> str:
+    """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 where the device computes it natively.
+
+    ``native`` overrides the check made here (classify passes what its workers report).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dev = device if isinstance(device, torch.device) and native is not None else parse_device(device)
+    if precision != "auto":
+        return precision
+    fast = native_bf16(dev) if native is None else native
+    return "bf16" if fast else "fp32"
+
+
+def precision_from_amp(amp: str) -> str:
+    """Training's ``amp`` names as precisions: ``off`` -> ``fp32``, ``bf16`` and ``auto`` as they are."""
+    if amp not in AMP_MODES:
+        raise InputError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    return "fp32" if amp == "off" else amp
+
+
+def autocast_bf16(amp: str, device: torch.device) -> bool:
+    """Whether a training run with ``amp`` on ``device`` runs bf16 autocast."""
+    return resolve_precision(precision_from_amp(amp), device) == "bf16"
