@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 from scanstream.evaluation import metrics as mt
-from scanstream.inference.classify import score_store
+from scanstream.inference.scoring import score_store
 from scanstream.picker.learned import fit_feature_model
 from scanstream.simulate.dataset import simulate_store
 from scanstream.store import is_store, open_store
-from scanstream.training.loop import TrainConfig, train
+from scanstream.training.config import TrainConfig
+from scanstream.training.loop import train
 from scanstream.training.recipes import RECIPES, pretrained_options
 
 

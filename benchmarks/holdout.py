@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scanstream.evaluation import metrics as mt
-from scanstream.inference.classify import score_store
+from scanstream.inference.scoring import score_store
 from scanstream.picker import cuts as bl
 from scanstream.picker.learned import load_feature_model, prefilter_accounting
 from scanstream.store import open_store, write_parquet_atomic

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from scanstream.evaluation import metrics as mt
-from scanstream.inference.classify import score_store
+from scanstream.inference.scoring import score_store
 from scanstream.simulate.conditions import CONDITION_NAMES, draw_conditions
 from scanstream.simulate.dataset import simulate_store
 from scanstream.store import is_store, open_store

@@ -33,17 +33,11 @@ import torch.nn.functional as F
 
 from scanstream.store import CROP_SIZE, StoreWriter
 from scanstream.training.augment import AugmentConfig, Augmenter
+from scanstream.training.config import TrainConfig
 from scanstream.training.dataload import open_executor
-from scanstream.training.loop import (
-    TrainConfig,
-    check_config,
-    make_run,
-    resolve_runtime,
-    train_one_epoch,
-    train_step,
-    train_stream,
-)
+from scanstream.training.loop import train_one_epoch, train_step, train_stream
 from scanstream.training.model import build_model, preprocess
+from scanstream.training.run import check_config, make_run, model_config, resolve_runtime
 
 THREADS: int | None = None  # --threads: torch threads of the training process (default: the library's)
 
@@ -109,7 +103,7 @@ def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, a
     rt = resolve_runtime(cfg)
     torch.set_num_threads(rt.threads)
     torch.manual_seed(0)
-    model = build_model(cfg.model_config()).to(memory_format=torch.channels_last)
+    model = build_model(model_config(cfg)).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     x = preprocess(torch.from_numpy(synthetic_crops(batch, 1)), size).contiguous(memory_format=torch.channels_last)
     y = (torch.arange(batch) % 2).float()

@@ -39,11 +39,11 @@ import resource
 import shutil
 import sys
 import time
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from scanstream.config import from_dict, read_toml
 from scanstream.errors import ConfigError, ScanstreamError
 
 logger = logging.getLogger("scanstream.pipelines.overnight")
@@ -81,24 +81,12 @@ class DemoConfig:
 
 
 def load_demo_config(path: Path, **overrides: Any) -> DemoConfig:
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable TOML file: {exc}") from None
-    table = doc.get("demo", {})
-    known = {f.name for f in fields(DemoConfig)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown} in [demo] (known: {', '.join(sorted(known))})")
-    cfg = DemoConfig(**table)
+    cfg = from_dict(DemoConfig, read_toml(path, section="demo", optional=True), where=f"{path} [demo]")
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     for name in ("train_objects", "valid_objects", "sheet_objects", "epochs", "batch_size", "workers", "gallery_top"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"demo {name} must be >= 1, got {getattr(cfg, name)}")
-    from scanstream.training.augment import parse_darkness, parse_m, parse_n
-    from scanstream.training.loop import parse_lr_schedule
+    from scanstream.training.config import parse_darkness, parse_lr_schedule, parse_m, parse_n
 
     try:
         parse_n(cfg.n)
@@ -180,7 +168,8 @@ def shipped_model(cfg: DemoConfig, out: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Path, dict[str, Any]]:
-    from scanstream.training.loop import TrainConfig, train
+    from scanstream.training.config import TrainConfig
+    from scanstream.training.loop import train
 
     if cfg.model:
         return shipped_model(cfg, out)
@@ -204,7 +193,8 @@ def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Pa
 
 def stage_threshold(cfg: DemoConfig, out: Path, stores: dict[str, Path], ckpt: Path) -> dict[str, Any]:
     from scanstream.inference.engine import checkpoint_identity
-    from scanstream.inference.threshold import calibrate_threshold, load_threshold, write_threshold
+    from scanstream.inference.scoring import calibrate_threshold
+    from scanstream.inference.threshold import load_threshold, write_threshold
 
     path = out / "model" / "threshold.json"
     if path.exists():

@@ -31,12 +31,12 @@ import json
 import logging
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from scanstream.config import check_keys, read_toml
 from scanstream.errors import ConfigError, ScanstreamError
 from scanstream.picker.learned import (
     calibrate_prefilter,
@@ -60,13 +60,8 @@ OPTIONAL = {"pixels"}
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    try:
-        cfg = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read recipe config: {exc}") from None
-    unknown = set(cfg) - {"seed", "workers", "train", *SECTIONS}
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    cfg = read_toml(path)
+    check_keys(cfg, {"seed", "workers", "train", *SECTIONS}, str(path))
     for name, keys in SECTIONS.items():
         if name in OPTIONAL and name not in cfg:
             continue
@@ -144,7 +139,8 @@ def stage_pixels(cfg: dict, out: Path) -> Path:
 
 def stage_train(cfg: dict, out: Path, fm_path: Path | None, *, run: str = "run",
                 pools: tuple[str, str] = ("train_pool.zarr", "valid_pool.zarr")) -> Path:
-    from scanstream.training.loop import config_from_dict, train
+    from scanstream.training.config import config_from_dict
+    from scanstream.training.loop import train
 
     d = {**cfg["train"], "seed": cfg["train"].get("seed", cfg["seed"])}
     config = config_from_dict({

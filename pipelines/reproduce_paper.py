@@ -31,11 +31,11 @@ import os
 import shutil
 import sys
 import time
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scanstream.config import check_keys, from_dict, read_toml
 from scanstream.errors import ConfigError, ScanstreamError
 
 logger = logging.getLogger("scanstream.pipelines.reproduce_paper")
@@ -109,31 +109,18 @@ _SECTIONS = {"dataset": DatasetSection, "baseline": BaselineSection, "search": S
 def _section(cls, values: Any, name: str, source: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: [{name}] must be a table")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown} in [{name}] (known: {sorted(known)})")
-    vals = dict(values)
     for key in ("n", "m"):
-        if key in vals:
-            if not isinstance(vals[key], list) or not all(isinstance(v, int) for v in vals[key]):
-                raise ConfigError(f"{source}: [{name}] {key} must be a list of integers, got {vals[key]!r}")
-            vals[key] = tuple(vals[key])
-    return cls(**vals)
+        v = values.get(key)
+        if v is not None and (not isinstance(v, list) or not all(isinstance(x, int) for x in v)):
+            raise ConfigError(f"{source}: [{name}] {key} must be a list of integers, got {v!r}")
+    return from_dict(cls, values, where=f"{source} [{name}]")
 
 
 def load_config(path: str | os.PathLike, *, scale: float | None = None) -> PipelineConfig:
     """Read a preset; ``scale`` overrides [dataset] scale."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p}: not a readable TOML file: {exc}") from None
-    unknown = sorted(set(raw) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{p}: unknown section(s) {unknown} (known: {sorted(_SECTIONS)})")
+    raw = read_toml(p)
+    check_keys(raw, _SECTIONS, str(p), what="section")
     sections = {name: _section(cls, raw.get(name, {}), name, str(p)) for name, cls in _SECTIONS.items()}
     if scale is not None:
         sections["dataset"] = DatasetSection(**{**asdict(sections["dataset"]), "scale": scale})
@@ -205,17 +192,16 @@ def stage_former(cfg: PipelineConfig, out: Path, stores: dict[str, Path]) -> dic
 
 
 def stage_search(cfg: PipelineConfig, out: Path, stores: dict[str, Path]):
-    from scanstream.training.search import SearchConfig, run_search
+    from scanstream.training.config import SearchConfig, config_from_dict
+    from scanstream.training.search import run_search
 
     s = cfg.search
-    config = SearchConfig(
-        train_store=str(stores["train"]), valid_store=str(stores["valid"]), out_dir=str(out / "search"),
-        ns=s.n, ms=s.m, seeds=s.seeds, test_store=str(stores["test"]), backbone=s.backbone,
-        input_size=s.input_size, pretrained=s.pretrained, max_epochs=s.max_epochs, batch_size=s.batch_size,
-        lr=s.lr, lr_schedule=s.lr_schedule, warmup_epochs=s.warmup_epochs, epoch_size=s.epoch_size,
-        darkness_jitter=s.darkness_jitter, pos_weight=s.pos_weight, unfreeze=s.unfreeze, device=s.device,
-        threads=s.threads,
-    )
+    # [search] holds the grid and its cluster; its other keys are the trials' shared TrainConfig options
+    grid = ("n", "m", "seeds", "threads", "workers", "scheduler")
+    base = config_from_dict({**{k: v for k, v in asdict(s).items() if k not in grid}, "train_store": str(stores["train"]),
+                             "valid_store": str(stores["valid"]), "out_dir": str(out / "search")}, where=f"{cfg.source} [search]")
+    config = SearchConfig(base=base, out_dir=str(out / "search"), ns=s.n, ms=s.m, seeds=s.seeds,
+                          test_store=str(stores["test"]), threads=s.threads)
     return run_search(config, scheduler=s.scheduler, workers=s.workers)
 
 
@@ -230,7 +216,8 @@ def target_recall(cfg: PipelineConfig, former: dict[str, Any]) -> tuple[float, s
 
 def stage_threshold(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckpts: list[Path], recall: float) -> Path:
     from scanstream.errors import ThresholdError
-    from scanstream.inference.threshold import calibrate_threshold, load_threshold, write_threshold
+    from scanstream.inference.scoring import calibrate_threshold
+    from scanstream.inference.threshold import load_threshold, write_threshold
     from scanstream.training.checkpoint import checkpoint_hash
 
     path = out / "threshold.json"

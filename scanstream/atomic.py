@@ -81,3 +81,30 @@ def write_parquet(path: str | os.PathLike, table: Any, *, compression: str = "zs
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression=compression)
     return Path(path)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; on a clean exit it replaces ``path``.
+
+    The writer fills the directory (its files through :func:`atomic_path` / ``write_*``, so they
+    are fsynced); it is then renamed to ``path``. An existing ``path`` is moved aside first and
+    removed once the new one is in place. On failure the temporary directory is removed and
+    ``path`` is left as it was.
+    """
+    import shutil  # only directory writers need it
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -31,9 +31,15 @@ def read_toml(path: str | os.PathLike, *, section: str | None = None, optional: 
     """
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read TOML: {exc}") from None
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not a readable TOML file: {exc}") from None
     if section is None:
         return doc
     if section in doc:
@@ -48,12 +54,12 @@ def read_toml(path: str | os.PathLike, *, section: str | None = None, optional: 
     raise ConfigError(f"{p}: no [{section}] table")
 
 
-def check_keys(d: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+def check_keys(d: Mapping[str, Any], known: Iterable[str], where: str, *, what: str = "key") -> None:
     """Refuse keys of ``d`` outside ``known``; the message names ``where`` and the known keys."""
     known = set(known)
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} (known: {', '.join(sorted(known))})")
+        raise ConfigError(f"{where}: unknown {what}(s) {unknown} (known: {', '.join(sorted(known))})")
 
 
 def field_defaults(cls: type) -> dict[str, Any]:

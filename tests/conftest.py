@@ -1,71 +1,9 @@
-"""Shared fixtures: tiny labelled crop stores made in tmp_path.
-
-``make_store`` draws simple synthetic crops (not the physics simulator): positives are bright
-4-5 prong stars from the centre, negatives are blobs and crossing lines. They are enough for a
-small network to learn in seconds, which is what pipeline tests need.
-"""
+"""Pytest fixtures shared by the test modules; the helpers behind them live in ``fixtures.py``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
-
-from scanstream.store import CROP_SIZE, create_store
-
-
-def draw_crops(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """uint8 (n, 224, 224, 3): stars for label 1, blobs / lines for label 0."""
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    yy, xx = np.mgrid[0:CROP_SIZE, 0:CROP_SIZE].astype(np.float32)
-    c = CROP_SIZE / 2
-    out = np.empty((n, CROP_SIZE, CROP_SIZE, 3), np.uint8)
-    for i, lab in enumerate(labels):
-        img = np.full((CROP_SIZE, CROP_SIZE), 200.0, np.float32) + rng.normal(0, 6, (CROP_SIZE, CROP_SIZE))
-        if lab == 1:
-            for _ in range(int(rng.integers(4, 6))):
-                a = rng.uniform(0, 2 * np.pi)
-                length = rng.uniform(50, 100)
-                t = (xx - c) * np.cos(a) + (yy - c) * np.sin(a)
-                d = np.abs(-(xx - c) * np.sin(a) + (yy - c) * np.cos(a))
-                img -= 140 * ((d < 2.5) & (t > 0) & (t < length))
-        else:
-            for _ in range(int(rng.integers(1, 3))):
-                bx, by = rng.uniform(40, 184, 2)
-                img -= 120 * (((xx - bx) ** 2 + (yy - by) ** 2) < rng.uniform(30, 200))
-            a = rng.uniform(0, np.pi)
-            d = np.abs(-(xx - c) * np.sin(a) + (yy - c) * np.cos(a))
-            img -= 60 * (d < 1.2)
-        img = np.clip(img, 0, 255).astype(np.uint8)
-        out[i] = img[..., None]
-    return out
-
-
-def make_store(path: Path, n: int = 64, *, alpha_fraction: float = 0.25, seed: int = 0, sheet: str = "S1", labelled: bool = True):
-    rng = np.random.default_rng(seed)
-    labels = (rng.random(n) < alpha_fraction).astype(np.int8)
-    labels[:2] = [1, 0]  # both classes always present
-    crops = draw_crops(labels, seed=seed)
-    rows = [
-        {
-            "object_id": f"{sheet}-{seed:03d}-{i:06d}",
-            "experiment": "E07",
-            "module": 99,
-            "plate": 9,
-            "sheet": sheet,
-            "x_mm": float(rng.uniform(0, 50)),
-            "y_mm": float(rng.uniform(0, 50)),
-            "z_mm": float(rng.uniform(-0.5, 0)),
-            "label": int(labels[i]) if labelled else -1,
-            "category": ("alpha_th" if labels[i] else "dust") if labelled else None,
-            "multiplicity": (5 if labels[i] else 3),
-            "track_lengths_um": [30.0] * (5 if labels[i] else 3),
-        }
-        for i in range(n)
-    ]
-    return create_store(path, crops, rows, source={"stage": "test", "seed": seed})
+from fixtures import make_store
 
 
 @pytest.fixture

@@ -20,17 +20,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
-from conftest import draw_crops
+from fixtures import draw_crops
 
 from scanstream.candidates import table as cand
 from scanstream.cli import main
 from scanstream.devices import resolve_precision
 from scanstream.errors import InputError, StoreError, ThresholdError
 from scanstream.inference import engine as inference
-from scanstream.inference.classify import classify, score_store
+from scanstream.inference.classify import classify
+from scanstream.inference.scoring import calibrate_threshold, score_store
 from scanstream.inference.threshold import (
     build_threshold_record,
-    calibrate_threshold,
     load_threshold,
     threshold_at_recall,
     write_threshold,
@@ -85,7 +85,7 @@ def env(tmp_path_factory):
     }
     known = store.labels >= 0
     record = build_threshold_record(
-        scores["ab"][known], store.labels[known], target_kind="recall", target_value=0.8,
+        store.labels[known], scores["ab"][known], target_kind="recall", target_value=0.8,
         model_hashes=[checkpoint_hash(a), checkpoint_hash(b)],
         calibration_store={"path": str(store.path), "hash": store.content_hash}, score_precision="fp32",
     )
@@ -137,7 +137,7 @@ def test_calibrate_threshold_reaches_target_on_calibration_store(env):
     s = env["store"]
     rec = calibrate_threshold(s.path, [env["a"]], target_recall=0.8, device="cpu", precision="fp32")
     scores, y = env["scores"]["a"], s.labels
-    assert rec["threshold"] == pytest.approx(threshold_at_recall(scores, y, 0.8), abs=1e-6)
+    assert rec["threshold"] == pytest.approx(threshold_at_recall(y, scores, 0.8), abs=1e-6)
     recall = ((scores >= rec["threshold"]) & (y == 1)).sum() / (y == 1).sum()
     assert recall >= 0.8 and rec["achieved"]["recall"] == pytest.approx(recall)
     assert rec["calibration_store"]["hash"] == s.content_hash
@@ -243,10 +243,11 @@ def test_no_threshold_leaves_selected_null_and_auto_asks_the_workers(env):
 def test_gpu_tasks_refused_when_no_worker_offers_a_gpu(env):
     from distributed import Client
 
-    from scanstream.inference.classify import _submit
+    from scanstream.inference.classify import _Job, _submit
 
+    job = _Job(env["root"], {}, (), (), None, batch_size=8, verify=True, crops_per_task=None)
     with Client(env["scheduler"]) as client, pytest.raises(InputError, match="--resources GPU=1"):
-        _submit(client, [object()], [], [], env["root"], None, {}, torch.device("cuda"), "bf16", 8, True, False)
+        _submit(client, [object()], job, {}, torch.device("cuda"), "bf16", False)
 
 
 def _broken_copy(env, name):

@@ -15,6 +15,7 @@ import pytest
 from scanstream.cli import main
 from scanstream.errors import InputError, ThresholdError
 from scanstream.evaluation import evaluate as ev
+from scanstream.evaluation import loading as ld
 from scanstream.evaluation import metrics as mt
 from scanstream.store import create_store
 
@@ -199,15 +200,15 @@ def test_missing_objects_in_baseline_is_an_error(case):
 def test_baseline_without_selected_column(case):
     pq.write_table(pa.table({"object_id": case["store"].table.column("object_id")}), case["tmp"] / "b.parquet")
     with pytest.raises(InputError, match="no 'selected' column"):
-        ev.load_baseline(case["tmp"] / "b.parquet")
+        ld.load_baseline(case["tmp"] / "b.parquet")
 
 
 def test_baseline_missing_or_not_parquet(tmp_path):
     with pytest.raises(InputError, match="no such former-method table"):
-        ev.load_baseline(tmp_path / "nope.parquet")
+        ld.load_baseline(tmp_path / "nope.parquet")
     (tmp_path / "x.parquet").write_text("not parquet")
     with pytest.raises(InputError, match="not a readable Parquet"):
-        ev.load_baseline(tmp_path / "x.parquet")
+        ld.load_baseline(tmp_path / "x.parquet")
 
 
 def test_all_unknown_labels_is_an_error(tmp_path):
@@ -232,7 +233,7 @@ def test_duplicate_ids_across_stores_is_an_error(tmp_path):
     a, _ = tiny_store(tmp_path / "a.zarr", n=10, prefix="X")
     b, _ = tiny_store(tmp_path / "b.zarr", n=10, prefix="X", seed=1)
     with pytest.raises(InputError, match="more than one of the stores"):
-        ev.load_truth([a.path, b.path])
+        ld.load_truth([a.path, b.path])
 
 
 def test_candidates_covering_more_stores_use_only_the_evaluated_one(tmp_path):
@@ -323,7 +324,7 @@ def test_json_ready_strict():
 
 def test_spread_over_a_subset_of_models(case):
     rng = np.random.default_rng(8)
-    extra = [ev.ScoreSet(f"s{i}", case["store"].table.column("object_id").to_numpy(zero_copy_only=False),
+    extra = [ld.ScoreSet(f"s{i}", case["store"].table.column("object_id").to_numpy(zero_copy_only=False),
                          case["scores"] + rng.normal(0, 0.8, len(case["scores"]))) for i in range(2)]
     res = ev.evaluate([case["cand"]], [case["store"].path], case["tmp"] / "rep", baseline=case["base"],
                       names=["ensemble"], extra_models=extra, spread_over=["s0", "s1"])
@@ -402,7 +403,7 @@ def test_learned_former_method_beside_the_cuts(fcase, feature_model_file):
     cnn_s = fcase["scores"][known].astype(np.float32).astype(np.float64)
     logits = direct_learned_logits(feature_model_file, fcase["stores"])
     lm = res.metrics["learned"]
-    assert lm["name"] == ev.LEARNED_NAME and lm["source"] == str(feature_model_file)
+    assert lm["name"] == ld.LEARNED_NAME and lm["source"] == str(feature_model_file)
     assert lm["ap"] == pytest.approx(mt.average_precision(y, logits))
     former = mt.operating_point_from_selection(y, fsel)
     direct = mt.operating_point_at_recall(y, logits, former.recall.value)
@@ -423,10 +424,10 @@ def test_learned_former_method_beside_the_cuts(fcase, feature_model_file):
     assert (p["only_learned"], p["only_cnn"], p["both"]) == (ref["only_former"], ref["only_cnn"], ref["both"])
     assert p["p_value"] == pytest.approx(ref["p_value"])
     md = res.report.read_text()
-    assert f"| former method | {ev.LEARNED_NAME} | cands |" in md
+    assert f"| former method | {ld.LEARNED_NAME} | cands |" in md
     assert f"| candidates to inspect | {former.selected:.0f} ± " in md and f"| {direct.selected:.0f} ± " in md
     assert f"{p['only_learned']} non-alpha objects only the learned former method selects" in md
-    assert f"| {ev.LEARNED_NAME} | {lm['ap']:.3f} |" in md
+    assert f"| {ld.LEARNED_NAME} | {lm['ap']:.3f} |" in md
     assert (out / "pr_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "metrics.json").read_text())["learned"]["at_former_recall"]["operating_point"]["selected"] == direct.selected
 
@@ -444,7 +445,7 @@ def test_learned_without_baseline_at_the_threshold_recall(fcase, feature_model_f
     e = lm["at_threshold_recall"]["thr"]
     assert e["target_recall"] == recall and e["operating_point"]["selected"] == mt.operating_point_at_recall(y, logits, recall).selected
     md = res.report.read_text()
-    assert f"The {ev.LEARNED_NAME} at the same recall ({recall:.3f}): {e['operating_point']['selected']} candidates" in md
+    assert f"The {ld.LEARNED_NAME} at the same recall ({recall:.3f}): {e['operating_point']['selected']} candidates" in md
     assert "Table 2 not built" in md
 
 
@@ -472,23 +473,23 @@ def test_store_without_features_is_one_line_naming_the_store(case, feature_model
 
 
 def test_join_aligns_learned_scores_by_object_id(case):
-    truth = ev.load_truth([case["store"].path])
+    truth = ld.load_truth([case["store"].path])
     ids = np.asarray(truth.column("object_id").to_pylist(), dtype=object)
-    cnn = ev.ScoreSet("m", ids, case["scores"])
+    cnn = ld.ScoreSet("m", ids, case["scores"])
     order = np.random.default_rng(0).permutation(len(ids))
-    learned = ev.ScoreSet(ev.LEARNED_NAME, ids[order], np.arange(len(ids), dtype=np.float64)[order], source="fm")
+    learned = ld.ScoreSet(ld.LEARNED_NAME, ids[order], np.arange(len(ids), dtype=np.float64)[order], source="fm")
     data = ev.join(truth, [cnn], learned=learned)
     known = case["labels"] >= 0
     np.testing.assert_array_equal(data.learned.scores, np.flatnonzero(known))
     with pytest.raises(InputError, match="feature-model scores of fm lacks 1 of"):
-        ev.join(truth, [cnn], learned=ev.ScoreSet(ev.LEARNED_NAME, ids[1:], np.zeros(len(ids) - 1), source="fm"))
+        ev.join(truth, [cnn], learned=ld.ScoreSet(ld.LEARNED_NAME, ids[1:], np.zeros(len(ids) - 1), source="fm"))
 
 
 def test_cli_evaluate_feature_model_summary_line(fcase, feature_model_file, capsys):
     a, b = fcase["stores"]
     rc = main(["evaluate", "--candidates", str(fcase["cand"]), "--store", str(a.path), "--store", str(b.path),
                "--baseline", str(fcase["base"]), "--feature-model", str(feature_model_file), "--out", str(fcase["tmp"] / "cli")])
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(ev.LEARNED_NAME)]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(ld.LEARNED_NAME)]
     m = json.loads((fcase["tmp"] / "cli" / "metrics.json").read_text())["learned"]
     assert rc == 0 and len(lines) == 1
     assert f"AP {m['ap']:.3f}; {m['at_former_recall']['operating_point']['selected']} candidates at the former method's recall" in lines[0]

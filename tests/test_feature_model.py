@@ -13,7 +13,7 @@ import torch
 
 from scanstream.errors import CheckpointError, InputError
 from scanstream.inference import engine as inference
-from scanstream.inference.classify import score_store
+from scanstream.inference.scoring import score_store
 from scanstream.picker.features import N_FEATURES, feature_array
 from scanstream.picker.learned import (
     L2_REGULARIZATION,
@@ -369,7 +369,7 @@ def test_cli_learned_baseline_bad_flags(tmp_path, sheets, capsys, extra, match):
 
 
 def test_threshold_and_watch_take_a_cascade(tmp_path):
-    from scanstream.inference.threshold import calibrate_threshold
+    from scanstream.inference.scoring import calibrate_threshold
     from scanstream.inference.watch import WatchConfig, watch
 
     store = feature_store(tmp_path / "v.zarr", n=48)

@@ -235,15 +235,11 @@ def test_rerun_with_more_files_adds_only_the_new_ones(tmp_path, capsys):
     assert st.validate_store(s.path, deep=True) == []
 
 
-@pytest.fixture
-def small_shards(monkeypatch):
-    """StoreWriter defaults of 2-crop chunks in 4-crop shards, so small runs commit several shards."""
-    kw = dict(st.StoreWriter.__init__.__kwdefaults__)
-    kw.update(chunk_crops=2, shard_crops=4)
-    monkeypatch.setattr(st.StoreWriter.__init__, "__kwdefaults__", kw)
+#: 2-crop chunks in 4-crop shards, so small runs commit several shards.
+SMALL_SHARDS = {"chunk_crops": 2, "shard_crops": 4}
 
 
-def test_interrupted_ingest_resumes(tmp_path, capsys, small_shards, monkeypatch):
+def test_interrupted_ingest_resumes(tmp_path, capsys, monkeypatch):
     crops, _rows = write_images_source(tmp_path / "src", n=11)
     store = tmp_path / "s.zarr"
     calls = []
@@ -253,7 +249,7 @@ def test_interrupted_ingest_resumes(tmp_path, capsys, small_shards, monkeypatch)
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    cfg = ig.IngestConfig(format="images", batch_size=3)
+    cfg = ig.IngestConfig(format="images", batch_size=3, **SMALL_SHARDS)
     with pytest.raises(KeyboardInterrupt):
         ig.ingest(tmp_path / "src", store, cfg, progress=interrupt)
     partial = st.open_store(store, require_complete=False)
@@ -264,6 +260,13 @@ def test_interrupted_ingest_resumes(tmp_path, capsys, small_shards, monkeypatch)
     np.testing.assert_array_equal(s.read(), crops)
     oneshot = ig.ingest(tmp_path / "src", tmp_path / "one.zarr", cfg)
     assert oneshot.added == 11 and s.content_hash == st.open_store(tmp_path / "one.zarr").content_hash
+
+
+@pytest.mark.parametrize("sizes", [{"chunk_crops": 3, "shard_crops": 4}, {"chunk_crops": 0, "shard_crops": 4},
+                                   {"chunk_crops": 4, "shard_crops": 0}])
+def test_store_layout_must_be_whole_chunks_per_shard(sizes):
+    with pytest.raises(ValueError, match="not a positive multiple of chunk_crops"):
+        ig.IngestConfig(**sizes)
 
 
 def test_ingest_streams_in_batches(tmp_path, monkeypatch):
@@ -305,9 +308,9 @@ def test_truncated_image_found_mid_stream_removes_new_store(tmp_path, capsys):
     bad_case(tmp_path, capsys, expect="crop_002.png: truncated or unreadable image")
 
 
-def test_truncated_image_leaves_existing_store_as_it_was(tmp_path, capsys, small_shards):
+def test_truncated_image_leaves_existing_store_as_it_was(tmp_path, capsys):
     write_images_source(tmp_path / "src", n=3)
-    run(capsys, tmp_path / "src", tmp_path / "s.zarr", "--format", "images")
+    ig.ingest(tmp_path / "src", tmp_path / "s.zarr", ig.IngestConfig(format="images", **SMALL_SHARDS))
     before = st.open_store(tmp_path / "s.zarr")
     more = gray_crops(9, seed=3)
     rows = []

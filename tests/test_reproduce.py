@@ -6,8 +6,7 @@ docs/reproduce/); these tests cover what can go wrong before it starts and its r
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def rp():
-    spec = importlib.util.spec_from_file_location("reproduce_paper", ROOT / "pipelines" / "reproduce_paper.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_paper"] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("reproduce_paper", None)
+    """pipelines/reproduce_paper.py, imported as a module from the pipelines folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(ROOT / "pipelines"))
+        yield importlib.import_module("reproduce_paper")
 
 
 @pytest.mark.parametrize("preset", ["reproduce_paper.toml", "reproduce_paper_cpu.toml"])
@@ -96,7 +93,8 @@ def test_report_beside_the_paper(rp):
     """render_reproduction on measured-looking metrics built with the real evaluation code."""
     from dataclasses import asdict
 
-    from scanstream.evaluation.evaluate import EvalData, ScoreSet, compute_metrics
+    from scanstream.evaluation.evaluate import EvalData, compute_metrics
+    from scanstream.evaluation.loading import ScoreSet
     from scanstream.evaluation.report import render_reproduction
 
     rng = np.random.default_rng(0)

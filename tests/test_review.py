@@ -14,7 +14,7 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from conftest import make_store
+from fixtures import make_store
 from PIL import Image
 from test_query import candidates_from_store
 

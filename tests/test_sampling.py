@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from scanstream.errors import InputError
-from scanstream.training.sampling import BalancedSampler, class_counts, oversampling_weights, pos_weight
+from scanstream.evaluation.metrics import class_counts
+from scanstream.training.sampling import BalancedSampler, oversampling_weights, pos_weight
 
 # 1:17, as the paper's TRAIN split (906 alpha, 14,979 others), scaled down
 LABELS = np.array([1] * 50 + [0] * 850 + [-1] * 30, dtype=np.int8)
@@ -48,7 +49,7 @@ def test_deterministic_per_seed_and_epoch():
 
 def test_pos_weight_is_class_ratio():
     assert pos_weight(LABELS) == pytest.approx(17.0)
-    assert class_counts(LABELS) == (50, 850)
+    assert class_counts(LABELS) == {"alpha": 50, "other": 850, "total": 930}
 
 
 @pytest.mark.parametrize("labels", [np.zeros(10, np.int8), np.ones(10, np.int8), -np.ones(10, np.int8)])

@@ -1,6 +1,6 @@
 """scanstream.training.search: the grid on Dask, results, heatmap, best setting, TEST scoring, resume.
 
-Orchestration tests replace training and scoring by fast stand-ins (threads-only Dask
+Orchestration tests pass fast stand-ins for training and scoring to run_search (threads-only Dask
 cluster, same process); one end-to-end test trains real tiny models on tiny stores.
 """
 
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import types
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from scanstream.errors import ConfigError, InputError, PipelineError
 from scanstream.executor import dask_client
 from scanstream.training import search as sr
+from scanstream.training.config import PAPER_MS, PAPER_NS, SearchConfig, TrainConfig, default_grid, parse_int_list
 
 
 @pytest.fixture(scope="module")
@@ -43,78 +43,65 @@ def fake_ap(n, m, seed):
     return 0.5 + 0.02 * n + 0.001 * m + 0.003 * seed
 
 
+#: What the stand-ins below were called with (reset by the ``fake`` fixture). Module-level functions
+#: and state: Dask pickles a task's function, and a module-level one unpickles as itself.
+CALLS: dict = {}
+
+
+def fake_train(config, progress=True):
+    """Stands in for scanstream.training.loop.train."""
+    if config.n == 99:
+        raise RuntimeError("boom")
+    assert isinstance(config, TrainConfig) and config.loader == "local"
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ck = out / "model.safetensors"
+    ck.write_bytes(f"{config.n}-{config.m}-{config.seed}".encode())
+    CALLS["train"].append((config.n, config.m, config.seed))
+    CALLS.setdefault("schedules", []).append(config.lr_schedule)
+    CALLS.setdefault("darkness", []).append(config.darkness_jitter)
+    CALLS.setdefault("threads", []).append((config.workers, config.torch_threads))
+    ap = fake_ap(config.n, config.m, config.seed)
+    return types.SimpleNamespace(checkpoint=ck, history=[{"epoch": 0}], best_epoch=config.seed + 1,
+                                 metrics={"val_ap": ap, "val_loss": 1 - ap, "epochs_run": 3})
+
+
+def fake_score_store(store, checkpoints, *, device="auto", batch_size=64):
+    """Stands in for scanstream.inference.scoring.score_store."""
+    CALLS["score"].append([Path(c).read_bytes().decode() for c in checkpoints])
+    seed = int(Path(checkpoints[0]).read_bytes().decode().split("-")[2])
+    labels = store.labels
+    rng = np.random.default_rng(seed)
+    return (2.0 * (labels == 1) + rng.normal(0, 1, len(labels))).astype(np.float32)
+
+
+#: run_search's collaborators replaced by the stand-ins (same process: a threads-only cluster)
+FAKES = {"trainer": fake_train, "scorer": fake_score_store}
+
+
 @pytest.fixture
-def fake(monkeypatch):
-    """Stand-ins for scanstream.training.loop and scanstream.inference.classify.score_store (same process: threads)."""
-    import scanstream.training.loop as real_train
+def fake():
+    """The calls of the stand-ins in :data:`FAKES`, recorded afresh for each test."""
+    CALLS.clear()
+    CALLS.update(train=[], score=[])
+    return CALLS
 
-    calls = {"train": [], "score": []}
 
-    @dataclass(frozen=True)
-    class TrainConfig:
-        train_store: str
-        valid_store: str
-        out_dir: str
-        backbone: str = "resnet50"
-        input_size: int = 224
-        pretrained: str = "none"
-        n: int = 2
-        m: int = 24
-        seed: int = 0
-        max_epochs: int = 100
-        batch_size: int = 96
-        lr: float = 3e-4
-        lr_schedule: str = "constant"
-        warmup_epochs: int = 5
-        epoch_size: int | None = None
-        darkness_jitter: float = 0.0
-        pos_weight: bool = False
-        unfreeze: bool = False
-        device: str = "auto"
-        loader: str = "dask"
-        workers: int | None = None
-        torch_threads: int | None = None
-
-    def train(config, progress=True):
-        if config.n == 99:
-            raise RuntimeError("boom")
-        assert config.loader == "local"
-        out = Path(config.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        ck = out / "model.safetensors"
-        ck.write_bytes(f"{config.n}-{config.m}-{config.seed}".encode())
-        calls["train"].append((config.n, config.m, config.seed))
-        calls.setdefault("schedules", []).append(config.lr_schedule)
-        calls.setdefault("darkness", []).append(config.darkness_jitter)
-        calls.setdefault("threads", []).append((config.workers, config.torch_threads))
-        ap = fake_ap(config.n, config.m, config.seed)
-        return types.SimpleNamespace(checkpoint=ck, history=[{"epoch": 0}], best_epoch=config.seed + 1,
-                                     metrics={"val_ap": ap, "val_loss": 1 - ap, "epochs_run": 3})
-
-    def score_store(store, checkpoints, *, device="auto", batch_size=64):
-        calls["score"].append([Path(c).read_bytes().decode() for c in checkpoints])
-        seed = int(Path(checkpoints[0]).read_bytes().decode().split("-")[2])
-        labels = store.labels
-        rng = np.random.default_rng(seed)
-        return (2.0 * (labels == 1) + rng.normal(0, 1, len(labels))).astype(np.float32)
-
-    monkeypatch.setitem(sys.modules, "scanstream.training.loop", types.SimpleNamespace(
-        TrainConfig=TrainConfig, train=train, parse_lr_schedule=real_train.parse_lr_schedule,
-        field_defaults=real_train.field_defaults))
-    monkeypatch.setitem(sys.modules, "scanstream.inference.classify", types.SimpleNamespace(score_store=score_store))
-    return calls
+#: keyword arguments of config() that are the trials' shared TrainConfig options
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
 def config(stores, out, **kw):
-    base = {"train_store": str(stores["train"].path), "valid_store": str(stores["valid"].path), "out_dir": str(out),
-            "ns": (1, 3), "ms": (5, 10), "seeds": 2, "max_epochs": 2}
-    base.update(kw)
-    return sr.SearchConfig(**base)
+    train = {"train_store": str(stores["train"].path), "valid_store": str(stores["valid"].path), "out_dir": str(out),
+             "max_epochs": 2}
+    train.update({k: kw.pop(k) for k in list(kw) if k in TRAIN_FIELDS})
+    grid = {"ns": (1, 3), "ms": (5, 10), "seeds": 2, **kw}
+    return SearchConfig(base=TrainConfig(**train), out_dir=str(out), **grid)
 
 
 def test_grid_results_summary_best_and_test(stores, fake, client, tmp_path):
     cfg = config(stores, tmp_path / "s", test_store=str(stores["test"].path))
-    res = sr.run_search(cfg, client=client, progress=False)
+    res = sr.run_search(cfg, client=client, progress=False, **FAKES)
     assert sorted(fake["train"]) == sorted(cfg.trials()) and len(res.trained) == 8 and res.resumed == []
     assert res.results.num_rows == 8
     assert res.best == (3, 10)  # highest fake AP
@@ -146,34 +133,35 @@ def test_grid_results_summary_best_and_test(stores, fake, client, tmp_path):
 
 def test_resume_does_not_retrain_or_rescore(stores, fake, client, tmp_path):
     cfg = config(stores, tmp_path / "s", test_store=str(stores["test"].path))
-    sr.run_search(cfg, client=client, progress=False)
+    sr.run_search(cfg, client=client, progress=False, **FAKES)
     n_train, n_score = len(fake["train"]), len(fake["score"])
-    res = sr.run_search(cfg, client=client, progress=False)
+    res = sr.run_search(cfg, client=client, progress=False, **FAKES)
     assert len(fake["train"]) == n_train and len(fake["score"]) == n_score
     assert res.trained == [] and len(res.resumed) == 8 and res.results.num_rows == 8
 
 
 def test_extending_the_grid_trains_only_new_trials(stores, fake, client, tmp_path):
-    sr.run_search(config(stores, tmp_path / "s", ns=(1,)), client=client, progress=False)
+    sr.run_search(config(stores, tmp_path / "s", ns=(1,)), client=client, progress=False, **FAKES)
     fake["train"].clear()
-    res = sr.run_search(config(stores, tmp_path / "s", ns=(1, 3)), client=client, progress=False)
+    res = sr.run_search(config(stores, tmp_path / "s", ns=(1, 3)), client=client, progress=False, **FAKES)
     assert sorted(fake["train"]) == [(3, 5, 0), (3, 5, 1), (3, 10, 0), (3, 10, 1)]
     assert len(res.resumed) == 4 and res.results.num_rows == 8
 
 
 def test_an_interrupted_trial_is_rerun(stores, fake, client, tmp_path):
     cfg = config(stores, tmp_path / "s", ns=(1,), ms=(5,))
-    sr.run_search(cfg, client=client, progress=False)
+    sr.run_search(cfg, client=client, progress=False, **FAKES)
     (tmp_path / "s" / "trials" / "n1_m5_s1" / "done.json").unlink()  # killed before its marker
     fake["train"].clear()
-    res = sr.run_search(cfg, client=client, progress=False)
+    res = sr.run_search(cfg, client=client, progress=False, **FAKES)
     assert fake["train"] == [(1, 5, 1)] and res.trained == ["n1_m5_s1"]
 
 
 def test_resume_with_other_settings_is_refused(stores, fake, client, tmp_path):
-    sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,)), client=client, progress=False)
+    sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,)), client=client, progress=False, **FAKES)
     with pytest.raises(ConfigError, match="max_epochs: 2 -> 3"):
-        sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), max_epochs=3), client=client, progress=False)
+        sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), max_epochs=3), client=client, progress=False,
+                      **FAKES)
 
 
 @pytest.mark.parametrize("name, calls_key, default, other", [("lr_schedule", "schedules", "constant", "cosine"),
@@ -181,7 +169,7 @@ def test_resume_with_other_settings_is_refused(stores, fake, client, tmp_path):
 def test_option_reaches_trials_and_searches_written_before_it_existed_resume(stores, fake, client, tmp_path, name,
                                                                             calls_key, default, other):
     cfg = config(stores, tmp_path / "s", ns=(1,), ms=(5,))
-    sr.run_search(cfg, client=client, progress=False)
+    sr.run_search(cfg, client=client, progress=False, **FAKES)
     assert fake[calls_key] == [default, default]
     # a search written before the option existed (no such key anywhere) resumes without retraining
     for f in [tmp_path / "s" / "search_config.json", *(tmp_path / "s" / "trials").glob("*/done.json")]:
@@ -189,11 +177,12 @@ def test_option_reaches_trials_and_searches_written_before_it_existed_resume(sto
         (d.get("shared") or d["identity"]["train_config"]).pop(name, None)
         f.write_text(json.dumps(d))
     fake["train"].clear()
-    assert sr.run_search(cfg, client=client, progress=False).trained == [] and fake["train"] == []
+    assert sr.run_search(cfg, client=client, progress=False, **FAKES).trained == [] and fake["train"] == []
     with pytest.raises(ConfigError, match=f"{name}: {default!r} -> {other!r}"):
         sr.run_search(config(stores, tmp_path / "s", ns=(1,), ms=(5,), **{name: other}), client=client,
-                      progress=False)
-    sr.run_search(config(stores, tmp_path / "c", ns=(1,), ms=(5,), **{name: other}), client=client, progress=False)
+                      progress=False, **FAKES)
+    sr.run_search(config(stores, tmp_path / "c", ns=(1,), ms=(5,), **{name: other}), client=client, progress=False,
+                  **FAKES)
     # two workers: the trials may finish in either order
     assert sorted(fake["train"]) == [(1, 5, 0), (1, 5, 1)] and fake[calls_key][-2:] == [other, other]
 
@@ -201,7 +190,7 @@ def test_option_reaches_trials_and_searches_written_before_it_existed_resume(sto
 def test_failed_trial_reported_others_kept(stores, fake, client, tmp_path):
     cfg = config(stores, tmp_path / "s", ns=(1, 99), ms=(5,), seeds=1)
     with pytest.raises(PipelineError, match="1 of 2 search trials failed.*n99_m5_s0: RuntimeError: boom"):
-        sr.run_search(cfg, client=client, progress=False)
+        sr.run_search(cfg, client=client, progress=False, **FAKES)
     assert (tmp_path / "s" / "trials" / "n1_m5_s0" / "done.json").exists()
     assert (tmp_path / "s" / "results.csv").read_text().count("\n") == 2  # header + the finished trial
 
@@ -222,28 +211,30 @@ def test_failed_trial_reported_others_kept(stores, fake, client, tmp_path):
     ],
 )
 def test_bad_config(tmp_path, kw, match):
-    base = {"train_store": "t", "valid_store": "v", "out_dir": str(tmp_path)}
+    grid = {k: v for k, v in kw.items() if k not in TRAIN_FIELDS}
+    base = TrainConfig(train_store="t", valid_store="v", out_dir=str(tmp_path),
+                       **{k: v for k, v in kw.items() if k in TRAIN_FIELDS})
     with pytest.raises(ConfigError, match=match):
-        sr.SearchConfig(**{**base, **kw})
+        SearchConfig(base=base, out_dir=str(tmp_path), **grid)
 
 
 def test_parse_int_list():
-    assert sr.parse_int_list("2, 4,6", "--n") == (2, 4, 6)
+    assert parse_int_list("2, 4,6", "--n") == (2, 4, 6)
     with pytest.raises(ConfigError, match="comma-separated"):
-        sr.parse_int_list("2,x", "--n")
+        parse_int_list("2,x", "--n")
 
 
 def test_missing_store_fails_before_any_trial(stores, fake, tmp_path):
     cfg = config(stores, tmp_path / "s", valid_store=str(tmp_path / "nope.zarr"))
     with pytest.raises(FileNotFoundError, match="nope.zarr"):
-        sr.run_search(cfg, progress=False)
+        sr.run_search(cfg, progress=False, **FAKES)
     assert fake["train"] == [] and not (tmp_path / "s").exists()
 
 
 def test_unlabelled_store_refused(stores, store_factory, fake, tmp_path):
     unl = store_factory("unl.zarr", n=8, labelled=False)
     with pytest.raises(InputError, match="labelled alpha decays"):
-        sr.run_search(config(stores, tmp_path / "s", valid_store=str(unl.path)), progress=False)
+        sr.run_search(config(stores, tmp_path / "s", valid_store=str(unl.path)), progress=False, **FAKES)
 
 
 def test_pure_core():
@@ -258,23 +249,23 @@ def test_pure_core():
     assert np.isnan(mean[2, 0]) and np.isnan(mean[0, 1])
     with pytest.raises(InputError):
         sr.best_setting([])
-    assert sr.default_grid(True) == (sr.PAPER_NS, sr.PAPER_MS, 4)
+    assert default_grid(True) == (PAPER_NS, PAPER_MS, 4)
 
 
 def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path, capsys):
     """Real training runs (tiny stores, tiny network, 2 epochs); a rerun retrains nothing."""
     from scanstream.cli import main
     from scanstream.evaluation import metrics as mt
-    from scanstream.inference.classify import score_store
+    from scanstream.inference.scoring import score_store
     from scanstream.store import open_store
 
     tr = store_factory("tr.zarr", n=32, seed=1, alpha_fraction=0.4)
     va = store_factory("va.zarr", n=16, seed=2, alpha_fraction=0.4)
     te = store_factory("te.zarr", n=16, seed=3, alpha_fraction=0.3)
     out = tmp_path / "search"
-    cfg = sr.SearchConfig(train_store=str(tr.path), valid_store=str(va.path), out_dir=str(out), ns=(1, 2), ms=(6,),
-                          seeds=2, test_store=str(te.path), backbone="mobilenet_v3_small", input_size=32, max_epochs=2,
-                          batch_size=16, warmup_epochs=0, device="cpu", threads=1)
+    base = TrainConfig(train_store=str(tr.path), valid_store=str(va.path), out_dir=str(out), backbone="mobilenet_v3_small",
+                       input_size=32, max_epochs=2, batch_size=16, warmup_epochs=0, device="cpu")
+    cfg = SearchConfig(base=base, out_dir=str(out), ns=(1, 2), ms=(6,), seeds=2, test_store=str(te.path), threads=1)
     res = sr.run_search(cfg, client=client, progress=False)
     assert res.results.num_rows == 4 and len(res.trained) == 4
     assert [(r["n"], r["m"], r["trials"]) for r in res.summary] == [(1, 6, 2), (2, 6, 2)]
@@ -306,17 +297,17 @@ def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path
 
 
 def test_cpu_trial_leaves_a_core_to_its_loader():
-    assert sr.trial_threads(2, {"device": "cpu"}) == 1
-    assert sr.trial_threads(8, {"device": "cpu", "workers": 2}) == 6
-    assert sr.trial_threads(1, {"device": "cpu"}) == 1
+    assert sr.trial_threads(2, device="cpu") == 1
+    assert sr.trial_threads(8, device="cpu", workers=2) == 6
+    assert sr.trial_threads(1, device="cpu") == 1
 
 
 def test_trial_threads_default_and_explicit(stores, tmp_path, fake, client):
     share = max(1, (os.cpu_count() or 1) // len(client.scheduler_info(n_workers=-1)["workers"]))
-    sr.run_search(config(stores, tmp_path / "a", device="cpu"), client=client, progress=False)
+    sr.run_search(config(stores, tmp_path / "a", device="cpu"), client=client, progress=False, **FAKES)
     assert fake["threads"] and all(t == (1, max(1, share - 1)) for t in fake["threads"])
     fake["threads"].clear()
-    sr.run_search(config(stores, tmp_path / "b", device="cpu", threads=3), client=client, progress=False)
+    sr.run_search(config(stores, tmp_path / "b", device="cpu", threads=3), client=client, progress=False, **FAKES)
     assert fake["threads"] and all(t == (1, 3) for t in fake["threads"])
 
 

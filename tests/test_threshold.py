@@ -54,13 +54,13 @@ LABELS = np.array([1] * len(POS) + [0] * len(NEG))
     [(0.2, 0.9), (0.4, 0.8), (0.6, 0.6), (0.61, 0.3), (0.8, 0.3), (1.0, 0.1)],
 )
 def test_threshold_at_recall_known_answer(target, expected):
-    assert threshold_at_recall(SCORES, LABELS, target) == expected
+    assert threshold_at_recall(LABELS, SCORES, target) == expected
 
 
 def test_threshold_at_recall_float_product_does_not_ask_for_one_more():
     # 0.9 * 10 == 9.000000000000002: nine positives reach recall 0.9, not ten
     s = np.arange(10, 0, -1, dtype=float)
-    assert threshold_at_recall(s, np.ones(10, int), 0.9) == 2.0
+    assert threshold_at_recall(np.ones(10, int), s, 0.9) == 2.0
 
 
 @pytest.mark.parametrize(
@@ -69,12 +69,12 @@ def test_threshold_at_recall_float_product_does_not_ask_for_one_more():
     [(0.6, 0.6), (0.65, 0.8), (0.5, 0.1), (0.51, 0.6)],
 )
 def test_threshold_at_precision_known_answer(target, expected):
-    assert threshold_at_precision(SCORES, LABELS, target) == expected
+    assert threshold_at_precision(LABELS, SCORES, target) == expected
 
 
 def test_threshold_at_precision_unreachable():
     with pytest.raises(ThresholdError, match="no threshold reaches precision 0.9"):
-        threshold_at_precision(SCORES, LABELS, 0.9)
+        threshold_at_precision(LABELS, SCORES, 0.9)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -84,43 +84,43 @@ def test_thresholds_match_slow_reference_with_ties(seed):
     y = (rng.random(n) < 0.3).astype(int)
     s = np.round(rng.normal(y * 1.5, 1.0), 1)  # rounding makes ties across classes
     for target in (0.1, 0.5, 0.77, 0.9, 0.95, 1.0):
-        assert threshold_at_recall(s, y, target) == slow_threshold_at_recall(s, y, target)
-        t = threshold_at_recall(s, y, target)
+        assert threshold_at_recall(y, s, target) == slow_threshold_at_recall(s, y, target)
+        t = threshold_at_recall(y, s, target)
         assert _recall(s, y, t) >= target
     for target in (0.3, 0.5, 0.6, 0.8):
         ref = slow_threshold_at_precision(s, y, target)
         if ref is None:
             with pytest.raises(ThresholdError):
-                threshold_at_precision(s, y, target)
+                threshold_at_precision(y, s, target)
         else:
-            assert threshold_at_precision(s, y, target) == ref
+            assert threshold_at_precision(y, s, target) == ref
 
 
 # -- bad inputs ----------------------------------------------------------------------------
 def test_rejects_length_mismatch():
     with pytest.raises(InputError, match="differ in length"):
-        threshold_at_recall([0.1, 0.2], [1], 0.5)
+        threshold_at_recall([1], [0.1, 0.2], 0.5)
 
 
 def test_rejects_unknown_labels():
     with pytest.raises(InputError, match=r"labels must be 0 or 1.*-1"):
-        threshold_at_recall([0.1, 0.2], [1, -1], 0.5)
+        threshold_at_recall([1, -1], [0.1, 0.2], 0.5)
 
 
 @pytest.mark.parametrize("target", [0.0, -0.1, 1.5, float("nan")])
 def test_rejects_target_outside_unit_interval(target):
     with pytest.raises(InputError, match="target recall must be in"):
-        threshold_at_recall([0.1, 0.2], [1, 0], target)
+        threshold_at_recall([1, 0], [0.1, 0.2], target)
 
 
 def test_rejects_non_finite_scores():
     with pytest.raises(InputError, match="non-finite"):
-        threshold_at_precision([0.1, float("nan")], [1, 0], 0.5)
+        threshold_at_precision([1, 0], [0.1, float("nan")], 0.5)
 
 
 def test_rejects_no_positives():
     with pytest.raises(ThresholdError, match="no positive"):
-        threshold_at_recall([0.1, 0.2], [0, 0], 0.5)
+        threshold_at_recall([0, 0], [0.1, 0.2], 0.5)
 
 
 # -- intervals -----------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def _record(**kw):
         "prevalences": ["1:17", "1:183"],
     }
     args.update(kw)
-    return build_threshold_record(SCORES, LABELS, **args)
+    return build_threshold_record(LABELS, SCORES, **args)
 
 
 def test_record_at_recall():

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,11 @@ from safetensors.torch import load_file
 
 import scanstream.training.loop as tr
 from scanstream.cli import main
+from scanstream.config import flag_name
 from scanstream.errors import ConfigError, InputError
 from scanstream.training.augment import AugmentConfig, augment
 from scanstream.training.checkpoint import load_checkpoint
+from scanstream.training.config import TrainConfig, lr_factor, verb_fields
 from scanstream.training.dataload import (
     BlockStream,
     load_block,
@@ -30,7 +33,7 @@ from scanstream.training.dataload import (
     rebatch,
     resize_crops,
 )
-from scanstream.training.loop import EarlyStopping, TrainConfig, train
+from scanstream.training.loop import EarlyStopping, train
 from scanstream.training.model import ModelConfig, build_model
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +248,7 @@ def _strip(history):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Tiny stores and one 2-epoch run with the local loader, shared by the run tests."""
-    from conftest import make_store
+    from fixtures import make_store
 
     d = tmp_path_factory.mktemp("ref")
     stores = (make_store(d / "t.zarr", n=64, seed=1), make_store(d / "v.zarr", n=32, seed=2))
@@ -269,7 +272,7 @@ def test_tiny_run_writes_outputs(reference):
     assert ck.metrics == local.metrics and ck.train_config["n"] == 2 and len(ck.data_hash) == 16
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["resolved"]["augment_on"] == "worker" and resolved["resolved"]["amp"] in ("off", "bf16")
-    assert resolved["max_epochs"] == 2 and resolved["resolved"]["train_counts"][0] > 0
+    assert resolved["max_epochs"] == 2 and resolved["resolved"]["train_counts"]["alpha"] > 0
     header = (out / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,train_loss,val_loss,smoothed_val_loss,val_ap,images_per_s")
 
@@ -346,13 +349,13 @@ def test_crash_leaves_best_checkpoint_and_rerun_resumes(reference, tmp_path, mon
 
 
 def test_lr_factor_constant_and_cosine():
-    assert all(tr.lr_factor("constant", e, s, 10, 4) == 1.0 for e in range(4) for s in range(10))
-    cos = [tr.lr_factor("cosine", e, s, 10, 4) for e in range(4) for s in range(10)]
+    assert all(lr_factor("constant", e, s, 10, 4) == 1.0 for e in range(4) for s in range(10))
+    cos = [lr_factor("cosine", e, s, 10, 4) for e in range(4) for s in range(10)]
     assert cos[0] == 1.0 and cos[20] == pytest.approx(0.5) and 0 < cos[-1] < 0.01
     assert all(a > b for a, b in itertools.pairwise(cos))
     assert cos[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 40)))
     with pytest.raises(ConfigError, match="lr_schedule"):
-        tr.lr_factor("linear", 0, 0, 10, 4)
+        lr_factor("linear", 0, 0, 10, 4)
 
 
 def test_cosine_run_decays_rates_and_resumes_the_same(reference, tmp_path, monkeypatch):
@@ -370,7 +373,7 @@ def test_cosine_run_decays_rates_and_resumes_the_same(reference, tmp_path, monke
     cfg = _cfg(stores, tmp_path / "c", lr=1e-3, lr_schedule="cosine")
     straight = train(cfg, progress=False)
     steps = 32 // 16
-    expected = [1e-3 * tr.lr_factor("cosine", e, s, steps, 2) for e in range(2) for s in range(steps)]
+    expected = [1e-3 * lr_factor("cosine", e, s, steps, 2) for e in range(2) for s in range(steps)]
     assert seen == pytest.approx(expected)
     real_epoch = _interrupt_in_epoch_1(_cfg(stores, tmp_path / "r", lr=1e-3, lr_schedule="cosine"), monkeypatch)
     monkeypatch.setattr(tr, "train_one_epoch", real_epoch)
@@ -416,6 +419,35 @@ def test_cli_train(stores, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["checkpoint"] == str(out / "model.safetensors") and summary["metrics"]["epochs_run"] == 1
     assert load_checkpoint(out / "model.safetensors").model_config.input_size == 32
+
+
+def test_cli_train_reads_a_toml_config_and_flags_override_it(stores, tmp_path, capsys):
+    t, v = stores
+    toml = tmp_path / "train.toml"
+    toml.write_text('[train]\nbackbone = "mobilenet_v3_small"\ninput_size = 32\nmax_epochs = 1\nbatch_size = 16\n'
+                    'epoch_size = 32\nloader = "local"\ndarkness_jitter = 0.1\nunfreeze_epochs = [3, 5]\n')
+    out = tmp_path / "toml"
+    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(out), "--config", str(toml),
+               "--darkness-jitter", "0.2", "--no-progress"])
+    assert rc == 0
+    resolved = json.loads((out / "config.json").read_text())
+    assert (resolved["darkness_jitter"], resolved["input_size"], resolved["unfreeze_epochs"]) == (0.2, 32, [3, 5])
+    capsys.readouterr()
+    toml.write_text("[train]\nmax_epoch = 1\n")
+    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(tmp_path / "bad"), "--config",
+               str(toml)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "max_epoch" in err and str(toml) in err
+
+
+def test_cli_flags_are_the_config_fields_with_their_help(capsys):
+    assert all(f.metadata.get("help") for f in fields(TrainConfig))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    flags = verb_fields(TrainConfig, "train")
+    assert len(flags) == 23 and all(flag_name(name) in text for name in flags)
+    assert "--pos-weight" in text and "--input-size PX" in text and "{constant,cosine}" in text
 
 
 def test_cli_bad_n_is_one_line_exit_2(stores, tmp_path, capsys):

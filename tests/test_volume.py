@@ -10,8 +10,10 @@ import pytest
 import zarr
 from PIL import Image
 
+from scanstream import store as st
 from scanstream.cli import main
-from scanstream.ingest import stacks as vol
+from scanstream.errors import StoreError, StoreNotFoundError
+from scanstream.ingest.stacks import ingest_stacks
 
 H, W = 40, 56  # small planes keep the tests fast; real E07 planes are 440 x 512
 
@@ -55,7 +57,7 @@ def test_stack_round_trip_and_ngff_metadata(tmp_path, capsys):
     rc, summary, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
     assert rc == 0, err
     assert summary["added"] == 2 and summary["planes_written"] == 8 and summary["fields_of_view_in_store"] == 2
-    v = vol.open_volume(tmp_path / "v.zarr")
+    v = st.open_volume(tmp_path / "v.zarr")
     assert v.complete and len(v) == 2 and [f.source for f in v] == ["fov_a", "fov_b"]
     a = v["fov_a"]
     np.testing.assert_array_equal(a.read(), p0)  # planes in increasing stage z
@@ -86,7 +88,7 @@ def test_stack_round_trip_and_ngff_metadata(tmp_path, capsys):
 def test_pixel_to_stage(tmp_path, capsys):
     write_stack(tmp_path / "s", x=1.0, y=-2.0)
     run(capsys, tmp_path / "s", tmp_path / "v.zarr")
-    f = vol.open_volume(tmp_path / "v.zarr")[0]
+    f = st.open_volume(tmp_path / "v.zarr")[0]
     cx, cy = (W - 1) / 2, (H - 1) / 2
     assert f.pixel_to_stage(0, cy, cx) == pytest.approx((1.0, -2.0, -0.118))
     assert f.pixel_to_stage(4, cy + 10, cx - 100) == pytest.approx((1.0 - 100 * 0.000283, -2.0 + 10 * 0.000284, -0.106))
@@ -96,7 +98,7 @@ def test_pixel_to_stage(tmp_path, capsys):
 def test_single_stack_folder_as_source_and_rerun(tmp_path, capsys):
     write_stack(tmp_path / "fov_1")
     rc, summary, _ = run(capsys, tmp_path / "fov_1", tmp_path / "v.zarr")
-    assert rc == 0 and summary["added"] == 1 and vol.open_volume(tmp_path / "v.zarr")[0].source == "fov_1"
+    assert rc == 0 and summary["added"] == 1 and st.open_volume(tmp_path / "v.zarr")[0].source == "fov_1"
     before = json.loads((tmp_path / "v.zarr" / "zarr.json").read_text())
     rc, summary, _ = run(capsys, tmp_path / "fov_1", tmp_path / "v.zarr")
     assert rc == 0 and summary["added"] == 0 and summary["already_present"] == 1 and summary["planes_written"] == 0
@@ -109,7 +111,7 @@ def test_rerun_adds_only_new_stacks(tmp_path, capsys):
     p, _ = write_stack(tmp_path / "scan" / "b", seed=4)
     rc, summary, _ = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
     assert rc == 0 and summary["added"] == 1 and summary["already_present"] == 1
-    v = vol.open_volume(tmp_path / "v.zarr")
+    v = st.open_volume(tmp_path / "v.zarr")
     assert [f.source for f in v] == ["a", "b"] and [f.name for f in v] == ["0", "1"]
     np.testing.assert_array_equal(v["b"].read(), p)
 
@@ -124,19 +126,15 @@ def test_interrupted_ingest_resumes_without_duplicates(tmp_path):
         if len(calls) == 4:  # after the first block of the second field of view (3 blocks each)
             raise KeyboardInterrupt
 
-    vol.Z_BLOCK, z_block = 2, vol.Z_BLOCK
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            vol.ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr", progress=interrupt)
-    finally:
-        vol.Z_BLOCK = z_block
-    with pytest.raises(vol.StoreError, match="incomplete"):
-        vol.open_volume(tmp_path / "v.zarr")
-    partial = vol.open_volume(tmp_path / "v.zarr", require_complete=False)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr", progress=interrupt, z_block=2)
+    with pytest.raises(StoreError, match="incomplete"):
+        st.open_volume(tmp_path / "v.zarr")
+    partial = st.open_volume(tmp_path / "v.zarr", require_complete=False)
     assert [f.source for f in partial] == ["a"]
-    result = vol.ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr")
+    result = ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr")
     assert result.added == 2 and result.already_present == 1
-    v = vol.open_volume(tmp_path / "v.zarr")
+    v = st.open_volume(tmp_path / "v.zarr")
     assert [f.source for f in v] == ["a", "b", "c"]
     for f in v:
         want, _ = write_stack(tmp_path / "again" / f.source, seed=ord(f.source))
@@ -236,7 +234,7 @@ def test_truncated_plane_leaves_existing_volume_as_it_was(tmp_path, capsys):
     assert rc == 2 and f"{tmp_path / 'scan' / 'b' / '3.png'}: truncated or unreadable image" in err
     assert json.loads((tmp_path / "v.zarr" / "zarr.json").read_text()) == before
     assert not (tmp_path / "v.zarr" / "1").exists()
-    assert [f.source for f in vol.open_volume(tmp_path / "v.zarr")] == ["a"]
+    assert [f.source for f in st.open_volume(tmp_path / "v.zarr")] == ["a"]
 
 
 def test_truncated_plane_removes_new_volume(tmp_path, capsys):
@@ -261,7 +259,7 @@ def test_skip_bad_stacks(tmp_path, capsys):
     rows = {r["object_id"]: r["reason"] for r in csv.DictReader(report.open())}
     assert rows["units"].endswith("DocumentType.unit is 'um', expected 'mm'")
     assert "2.png: truncated or unreadable image" in rows["trunc"]
-    v = vol.open_volume(tmp_path / "v.zarr")
+    v = st.open_volume(tmp_path / "v.zarr")
     assert [f.source for f in v] == ["good"] and [f.name for f in v] == ["0"]
     assert zarr.open_group(str(tmp_path / "v.zarr"), mode="r")["OME"].attrs["ome"]["series"] == ["0"]
 
@@ -281,5 +279,5 @@ def test_volume_is_not_a_crop_store_and_vice_versa(tmp_path, capsys, store_facto
     write_stack(tmp_path / "st", n=1)
     rc, _, err = run(capsys, tmp_path / "st", s.path)
     assert rc == 2 and err.endswith(f"{s.path}: exists and is not a scanstream volume store")
-    with pytest.raises(vol.StoreNotFoundError):
-        vol.open_volume(s.path)
+    with pytest.raises(StoreNotFoundError):
+        st.open_volume(s.path)

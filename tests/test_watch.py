@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,21 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_crops
+from fixtures import draw_crops
 
 from scanstream.candidates.table import read_candidates, read_manifest
 from scanstream.cli import main
-from scanstream.errors import ConfigError, InputError
-from scanstream.inference.watch import (
-    WatchConfig,
-    WatchError,
-    load_watch_config,
-    precision_for,
-    sheet_summary,
-    state_dir,
-    watch,
-)
+from scanstream.errors import ConfigError, InputError, WatchError
+from scanstream.inference.watch import WatchConfig, load_watch_config, state_dir, watch
+from scanstream.review.morning import precision_for, sheet_range_energy, sheet_summary, summary_markdown
 from scanstream.store import StoreWriter, open_store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_store(path: Path, n: int, *, sheet: str, seed: int, finalize: bool = True) -> Path:
@@ -64,7 +61,7 @@ def models(tmp_path_factory):
     rng = np.random.default_rng(0)
     labels = (rng.random(400) < 0.2).astype(int)
     scores = rng.normal(0, 1, 400) + 2 * labels
-    rec = build_threshold_record(scores, labels, target_kind="recall", target_value=0.8, model_hashes=[h],
+    rec = build_threshold_record(labels, scores, target_kind="recall", target_value=0.8, model_hashes=[h],
                                  calibration_store={"path": "valid.zarr", "hash": "v"})
     write_threshold(rec, root / "threshold.json")
     toml = root / "overnight.toml"
@@ -270,7 +267,7 @@ def test_config_errors(models, tmp_path):
         WatchConfig()
     bad = tmp_path / "bad.toml"
     bad.write_text('[watch]\nmodels = ["m"]\nmodles = 1\n')
-    with pytest.raises(ConfigError, match="unknown key 'modles'"):
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(bad))} \[watch\]: unknown key\(s\) \['modles'\]"):
         load_watch_config(bad)
     bad.write_text("[other]\n")
     with pytest.raises(ConfigError, match=r"no \[watch\] table"):
@@ -316,20 +313,14 @@ def test_cli_watch_once(models, tmp_path, capsys):
     assert "0 processed, 0 failed, 1 already done" in capsys.readouterr().out
 
 
-def _pipeline():
-    import importlib.util
-
-    if "overnight_pipeline" not in sys.modules:
-        path = Path(__file__).resolve().parent.parent / "pipelines" / "overnight.py"
-        spec = importlib.util.spec_from_file_location("overnight_pipeline", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["overnight_pipeline"] = module  # dataclasses look their module up while defining
-        spec.loader.exec_module(module)
-    return sys.modules["overnight_pipeline"]
+@pytest.fixture
+def pipe(monkeypatch):
+    """pipelines/overnight.py, imported as a module (its directory on the path for the import)."""
+    monkeypatch.syspath_prepend(str(ROOT / "pipelines"))
+    return importlib.import_module("overnight")
 
 
-def test_committed_overnight_toml_loads():
-    pipe = _pipeline()
+def test_committed_overnight_toml_loads(pipe):
     watch_cfg = load_watch_config(pipe.DEFAULT_CONFIG)
     assert watch_cfg.prevalence == "1:183" and watch_cfg.models[0].endswith("model.safetensors")
     demo = pipe.load_demo_config(pipe.DEFAULT_CONFIG)
@@ -337,14 +328,12 @@ def test_committed_overnight_toml_loads():
     assert pipe.load_demo_config(pipe.DEFAULT_CONFIG, epochs=2).epochs == 2
 
 
-def test_demo_uses_the_shipped_model():
-    pipe = _pipeline()
+def test_demo_uses_the_shipped_model(pipe):
     cfg = pipe.load_demo_config(pipe.DEFAULT_CONFIG)
     assert cfg.model and (pipe.ROOT / cfg.model).is_file() and (pipe.ROOT / cfg.model).parent.name == "models"
 
 
-def test_demo_config_errors(tmp_path):
-    pipe = _pipeline()
+def test_demo_config_errors(pipe, tmp_path):
     bad = tmp_path / "o.toml"
     bad.write_text("[demo]\nepoch = 3\n")
     with pytest.raises(ConfigError, match="unknown key"):
@@ -362,7 +351,6 @@ def test_demo_config_errors(tmp_path):
 def test_morning_summary_fits_the_sheet_density_when_asked(tmp_path):
     """The selected candidates' prong lengths give the sheet's density, into the JSON and the page."""
     from scanstream.candidates import table as cand
-    from scanstream.inference.watch import sheet_range_energy, summary_markdown
     from scanstream.simulate import simulate_table
 
     table = simulate_table(objects=300, alpha_fraction=0.7, sheet="RE1", seed=3, conditions={"density": 3.66})

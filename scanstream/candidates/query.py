@@ -25,14 +25,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
+from scanstream.atomic import write_parquet, write_text
+from scanstream.candidates.table import part_files as candidate_parts
 from scanstream.errors import QueryError
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "parquet", "json")
-
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,6 @@ def _one_line(exc: BaseException) -> str:
 
 def part_files(path: str | os.PathLike) -> list[str]:
     """The candidate part files under ``path`` (sorted), per the candidate-table layout."""
-    from scanstream.candidates.table import part_files as candidate_parts
-
     p = Path(path)
     if not p.exists():
         raise QueryError(f"{p}: no such candidate table")
@@ -315,14 +313,8 @@ def write_result(table: pa.Table, fmt: str, out: str | os.PathLike | None = None
         raise QueryError(f"{dest}: --out is a directory; give a file name")
     if not dest.parent.exists():
         raise QueryError(f"{dest.parent}: no such directory for --out")
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        if fmt == "parquet":
-            pq.write_table(table, tmp, compression="zstd")
-        else:
-            text = {"table": format_text, "csv": format_csv, "json": format_json}[fmt](table)
-            tmp.write_text(text)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if fmt == "parquet":
+        write_parquet(dest, table)
+    else:
+        write_text(dest, {"table": format_text, "csv": format_csv, "json": format_json}[fmt](table))
     return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -160,16 +160,14 @@ def two_opt(
         raise InputError(f"order must be a permutation of 0..{len(pts) - 1}")
     if n < 3:
         return path
-    k = min(int(neighbours), n - 1)
-    _, nb = cKDTree(pts).query(pts, k=k + 1)
+    _, nb = cKDTree(pts).query(pts, k=min(int(neighbours), n - 1) + 1)
     xs, ys = pts[:, 0].tolist(), pts[:, 1].tolist()
     p = path.tolist()
     pos = [0] * n
     for idx, city in enumerate(p):
         pos[city] = idx
     hypot = math.hypot
-    scale = max(1.0, path_length(pts, path))
-    eps = 1e-12 * scale
+    eps = 1e-12 * max(1.0, path_length(pts, path))
 
     def step(u: int, v: int) -> float:
         return hypot(xs[u] - xs[v], ys[u] - ys[v])
@@ -186,35 +184,44 @@ def two_opt(
             if c == a:
                 continue
             lo, hi = sorted((pos[a], pos[c]))
-            # the successor move (x, y) = (lo, hi) and the predecessor move (lo - 1, hi - 1)
-            moved = False
-            for x, y in ((lo, hi), (lo - 1, hi - 1)):
-                if y - x < 2 or x < -1 or (x == -1 and y == n - 1):
-                    continue
-                old = new = 0.0
-                if x >= 0:
-                    old += step(p[x], p[x + 1])
-                    new += step(p[x], p[y])
-                if y < n - 1:
-                    old += step(p[y], p[y + 1])
-                    new += step(p[x + 1], p[y + 1])
-                if new < old - eps:
-                    ends = [p[i] for i in (x, x + 1, y, y + 1) if 0 <= i < n]
-                    p[x + 1 : y + 1] = p[x + 1 : y + 1][::-1]
-                    for idx in range(x + 1, y + 1):
-                        pos[p[idx]] = idx
-                    for e in ends:
-                        if not queued[e]:
-                            queued[e] = True
-                            active.append(e)
-                    moved = True
-                    break
-            if moved:
-                if not queued[a]:
-                    queued[a] = True
-                    active.append(a)
+            ends = _reverse_if_shorter(p, pos, lo, hi, step, eps)
+            if ends is not None:
+                for e in (*ends, a):  # a is examined again too: it may gain another move
+                    if not queued[e]:
+                        queued[e] = True
+                        active.append(e)
                 break
     return np.asarray(p, dtype=np.int64)
+
+
+def _reverse_if_shorter(
+    p: list[int], pos: list[int], lo: int, hi: int, step: Callable[[int, int], float], eps: float
+) -> list[int] | None:
+    """Apply the first of the two 2-opt moves making ``p[lo]`` and ``p[hi]`` adjacent that shortens the path.
+
+    The successor move reverses ``p[lo+1..hi]`` (``(x, y) = (lo, hi)``), the predecessor move
+    ``p[lo..hi-1]`` (``(x, y) = (lo - 1, hi - 1)``); ``pos`` (point -> index in ``p``) is kept
+    up to date. Returns the points at the ends of the changed steps, or None when neither move
+    gains more than ``eps``.
+    """
+    n = len(p)
+    for x, y in ((lo, hi), (lo - 1, hi - 1)):
+        if y - x < 2 or x < -1 or (x == -1 and y == n - 1):
+            continue
+        old = new = 0.0
+        if x >= 0:
+            old += step(p[x], p[x + 1])
+            new += step(p[x], p[y])
+        if y < n - 1:
+            old += step(p[y], p[y + 1])
+            new += step(p[x + 1], p[y + 1])
+        if new < old - eps:
+            ends = [p[i] for i in (x, x + 1, y, y + 1) if 0 <= i < n]
+            p[x + 1 : y + 1] = p[x + 1 : y + 1][::-1]
+            for idx in range(x + 1, y + 1):
+                pos[p[idx]] = idx
+            return ends
+    return None
 
 
 def plan_path(xy: np.ndarray, *, neighbours: int = 12, max_passes: int = 50) -> np.ndarray:

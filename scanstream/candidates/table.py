@@ -12,8 +12,9 @@ one sheet; its name is fixed by the store hash and the range start, so a rerun r
 same names and never duplicates a row. Every part holds all columns, ``sheet`` included, so
 readers need no hive partitioning; each file's schema metadata key ``scanstream`` carries the
 threshold record, model and store hashes, version, run id and time. Files are written under a
-temporary name and renamed. ``rank`` is null until the run completes; :func:`finalize` then
-ranks each sheet by score, rewrites the parts and writes the manifest.
+temporary name and renamed (:mod:`scanstream.atomic`). ``rank`` is null until the run
+completes; :func:`finalize` then ranks each sheet by score, rewrites the parts and writes the
+manifest.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from scanstream import __version__
+from scanstream.atomic import write_json, write_parquet
 from scanstream.errors import InputError, PipelineError
 from scanstream.store import OBJECT_SCHEMA
 
@@ -145,19 +147,6 @@ def with_metadata(table: pa.Table, metadata: Mapping[str, Any]) -> pa.Table:
 
 
 # -- files --------------------------------------------------------------------------------
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def write_parts(
     out: str | os.PathLike, table: pa.Table, *, store_hash: str, start: int, metadata: Mapping[str, Any]
 ) -> list[Path]:
@@ -165,7 +154,7 @@ def write_parts(
     paths = []
     for sheet, part in split_by_sheet(table).items():
         path = sheet_dir(out, sheet) / part_name(store_hash, start)
-        _write_atomic(with_metadata(part, metadata), path)
+        write_parquet(path, with_metadata(part, metadata))
         paths.append(path)
     return paths
 
@@ -318,7 +307,7 @@ def finalize(
             r = pa.array(rank[offset : offset + t.num_rows], pa.int64())
             offset += t.num_rows
             t = t.set_column(CANDIDATE_SCHEMA.get_field_index("rank"), CANDIDATE_SCHEMA.field("rank"), r)
-            _write_atomic(with_metadata(t, metadata), path)
+            write_parquet(path, with_metadata(t, metadata))
         sheet = urllib.parse.unquote(paths[0].parent.name[len("sheet=") :])
         n_sel = int(pc.sum(whole.column("selected").fill_null(False).cast(pa.int64())).as_py() or 0)
         manifest_sheets[sheet] = {"rows": whole.num_rows, "selected": n_sel}
@@ -339,5 +328,5 @@ def finalize(
         "version": __version__,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    write_json_atomic(manifest, out / MANIFEST)
+    write_json(out / MANIFEST, manifest)
     return manifest

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from scanstream.cli._common import print_json
+from scanstream.errors import InputError
 from scanstream.picker import learned as fm
 
 
@@ -45,7 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _learned(args: argparse.Namespace, table: pa.Table) -> tuple[fm.FeatureModel, np.ndarray] | None:
     """The feature model asked for (fitted or read, calibrated if asked) and its scores on ``table``."""
-    from scanstream.errors import InputError
     from scanstream.picker import cuts as bl
 
     if args.learned is not None and args.feature_model is not None:
@@ -70,7 +70,6 @@ def _learned(args: argparse.Namespace, table: pa.Table) -> tuple[fm.FeatureModel
 
 
 def run(args: argparse.Namespace) -> int:
-    from scanstream.errors import InputError
     from scanstream.picker import cuts as bl
 
     table = bl.read_object_table(args.store)

@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_threshold(args: argparse.Namespace) -> int:
-    from scanstream.inference.threshold import calibrate_threshold, write_threshold
+    from scanstream.inference.scoring import calibrate_threshold
+    from scanstream.inference.threshold import write_threshold
 
     prevalences = [p.strip() for p in args.prevalence.split(",") if p.strip()]
     record = calibrate_threshold(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanstream.evaluation.report import pm
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -38,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from scanstream.evaluation.evaluate import evaluate
-    from scanstream.evaluation.report import pm
+    from scanstream.evaluation.evaluate import evaluate  # matplotlib, sklearn: only when the verb runs
 
     res = evaluate(
         args.candidates, args.store, args.out,
@@ -65,8 +66,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _learned_summary(m: dict) -> str:
     """One line: the learned former method's AP and its candidates at the comparison recall."""
-    from scanstream.evaluation.report import pm
-
     lm = m["learned"]
     line = f"{lm['name']}: AP {lm['ap']:.3f}"
     if "at_former_recall" in lm:

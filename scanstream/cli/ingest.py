@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from scanstream.cli._common import print_json, progress
+from scanstream.errors import InputError
 
 FORMAT_HELP = """\
 formats:
@@ -61,7 +62,6 @@ def run_ingest(args: argparse.Namespace) -> int:
     bar = progress(None, f"ingest {args.src.name}", unit="file", disable=True if args.no_progress else None)
     try:
         if args.format == "stack":
-            from scanstream.errors import InputError
             from scanstream.ingest.stacks import ingest_stacks
 
             given = [flag for flag, value in (("--resize", args.resize), ("--listing", args.listing),

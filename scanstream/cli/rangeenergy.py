@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from scanstream.cli._common import print_json
+from scanstream.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,10 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from scanstream import rangeenergy as re
-    from scanstream.errors import InputError
     from scanstream.store import is_store
 
     if args.store is None and args.source.is_dir() and not is_store(args.source) and any(args.source.glob("sheet=*")):

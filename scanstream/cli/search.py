@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanstream.config import add_flags, given_flags
+from scanstream.training.config import SearchConfig, TrainConfig, config_from_dict, default_grid, verb_fields
+
+#: the trials' shared training options with a flag (TrainConfig fields, their help the field's)
+TRAIN_FLAGS = verb_fields(TrainConfig, "search")
+#: the grid's own (SearchConfig fields: --n, --m, --seeds, --threads)
+GRID_FLAGS = verb_fields(SearchConfig, "search")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,26 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid", type=Path, required=True, metavar="STORE", help="labelled VALID crop store (chooses the setting)")
     p.add_argument("--test", type=Path, metavar="STORE", help="labelled TEST store to measure the best setting on")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="search directory (trials, results, report)")
-    p.add_argument("--n", metavar="LIST", help="RandAugment operation counts, e.g. 2,4,6,8")
-    p.add_argument("--m", metavar="LIST", help="RandAugment magnitudes in 0..30, e.g. 6,12,18,24,30")
-    p.add_argument("--seeds", type=int, help="training runs per setting")
-    p.add_argument("--backbone", default="resnet50", help="resnet50 | resnet18 | mobilenet_v3_small (default resnet50)")
-    p.add_argument("--input-size", type=int, default=224, help="network input side in px (224 native, 112 for CPUs)")
-    p.add_argument("--pretrained", default="none", help="none | imagenet (local torchvision cache) | weights file")
-    p.add_argument("--max-epochs", type=int, default=100, help="epoch limit of each run (early stopping may end it sooner)")
-    p.add_argument("--batch-size", type=int, default=96, help="mini-batch size (paper: 96)")
-    p.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (paper: 3e-4)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="constant (paper) or cosine: decay per step to 0 at --max-epochs")
-    p.add_argument("--warmup-epochs", type=int, default=5, help="epochs before early stopping may act (default 5)")
-    p.add_argument("--epoch-size", type=int, help="samples per epoch (default: the TRAIN store's size)")
-    p.add_argument("--darkness-jitter", type=float, default=0.0, metavar="J",
-                   help="per-image darkness augmentation, factors in [1-J, 1+J] (default 0: off, the paper)")
-    p.add_argument("--pos-weight", action="store_true", help="weight the alpha class in the loss by the class ratio")
-    p.add_argument("--unfreeze", action="store_true",
-                   help="the authors' schedule: pretrained backbone frozen first, unfrozen in stages")
-    p.add_argument("--device", default="auto", help="device of each trial: auto | cpu | cuda (default auto)")
-    p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / workers)")
+    add_flags(p, SearchConfig, GRID_FLAGS)
+    add_flags(p, TrainConfig, TRAIN_FLAGS)
     p.add_argument("--scheduler", metavar="ADDRESS", help="existing Dask scheduler (default: a LocalCluster)")
     p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, else 1)")
     p.set_defaults(func=run_search_cli)
@@ -48,22 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_search_cli(args: argparse.Namespace) -> int:
     from scanstream.executor import gpu_count
-    from scanstream.training.search import SearchConfig, default_grid, parse_int_list, run_search
+    from scanstream.training.search import run_search
 
+    shared = given_flags(args, TRAIN_FLAGS)
     # the paper's grid where GPUs do the work (local GPUs or a cluster), a small one on a CPU
-    gpus = args.device != "cpu" and (args.scheduler is not None or gpu_count() > 0)
+    gpus = shared.get("device", "auto") != "cpu" and (args.scheduler is not None or gpu_count() > 0)
     ns, ms, seeds = default_grid(gpus)
-    config = SearchConfig(
-        train_store=str(args.train), valid_store=str(args.valid), out_dir=str(args.out),
-        ns=parse_int_list(args.n, "--n") if args.n else ns,
-        ms=parse_int_list(args.m, "--m") if args.m else ms,
-        seeds=args.seeds if args.seeds is not None else seeds,
-        test_store=str(args.test) if args.test else None,
-        backbone=args.backbone, input_size=args.input_size, pretrained=args.pretrained,
-        max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs, epoch_size=args.epoch_size, darkness_jitter=args.darkness_jitter,
-        pos_weight=args.pos_weight, unfreeze=args.unfreeze, device=args.device, threads=args.threads,
-    )
+    base = config_from_dict({**shared, "train_store": str(args.train), "valid_store": str(args.valid),
+                             "out_dir": str(args.out)})
+    grid = {"ns": ns, "ms": ms, "seeds": seeds, **given_flags(args, GRID_FLAGS)}
+    config = SearchConfig(base=base, out_dir=str(args.out), test_store=str(args.test) if args.test else None, **grid)
     res = run_search(config, scheduler=args.scheduler, workers=args.workers)
     print(f"trials: {len(res.trained)} trained, {len(res.resumed)} already finished")
     for r in res.summary:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from scanstream.cli._common import print_json
+from scanstream.errors import InputError
 
 CONDITION_FLAGS = {
     "density": "emulsion density, g/cm3 (sets alpha ranges)",
@@ -80,7 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from scanstream.errors import InputError
     from scanstream.simulate import simulate_store
     from scanstream.simulate.dataset import category_counts, check_counts, write_features
 
@@ -108,7 +108,6 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_simulate_dataset(args: argparse.Namespace) -> int:
-    from scanstream.errors import InputError
     from scanstream.simulate import simulate_dataset
     from scanstream.store import open_store
 

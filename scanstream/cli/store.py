@@ -32,10 +32,8 @@ def run_info(args: argparse.Namespace) -> int:
             summary["problems"] = st.validate_store(args.path, deep=True)
         print_json(summary)
         return 1 if args.validate and summary["problems"] else 0
-    from scanstream.ingest import stacks as vol
-
-    if vol.is_volume(args.path):
-        print_json(vol.summarize_volume(vol.open_volume(args.path, require_complete=False)))
+    if st.is_volume(args.path):
+        print_json(st.summarize_volume(st.open_volume(args.path, require_complete=False)))
         return 0
     try:
         from scanstream.candidates.table import summarize_candidates

@@ -2,10 +2,10 @@
 
 Three layers, as STYLE.md asks:
 
-1. loading (I/O): :func:`load_truth` (labels and categories from crop stores),
-   :func:`load_candidate_scores` (a candidate table's scores and calibrated threshold),
-   :func:`load_baseline` (the former method's table), :func:`load_feature_scores` (the learned
-   former method's logits on the stores' labelled objects);
+1. loading (I/O, :mod:`scanstream.evaluation.loading`): ``load_truth`` (labels and categories
+   from crop stores), ``load_candidate_scores`` (a candidate table's scores and calibrated
+   threshold), ``load_baseline`` (the former method's table), ``load_feature_scores`` (the
+   learned former method's logits on the stores' labelled objects);
 2. :func:`join` aligns them on ``object_id`` into :class:`EvalData` (unknown labels dropped,
    any labelled object missing from a table is an error: a recall over half a sheet is wrong);
 3. :func:`compute_metrics` (pure) measures AP, the operating points at the former method's
@@ -40,47 +40,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from scanstream.errors import InputError, ThresholdError
+from scanstream.errors import InputError
+from scanstream.evaluation import figures as fg
 from scanstream.evaluation import metrics as mt
+from scanstream.evaluation.loading import (
+    ScoreSet,
+    load_baseline,
+    load_candidate_scores,
+    load_feature_scores,
+    load_truth,
+)
+from scanstream.evaluation.report import render_evaluation, write_report
 
 logger = logging.getLogger(__name__)
-
-#: How reports, figures and metrics.json call the feature model's scores.
-LEARNED_NAME = "learned former method (features only)"
-
-
-@dataclass(frozen=True)
-class ScoreSet:
-    """Scores of one model (or ensemble) over objects.
-
-    Attributes
-    ----------
-    name : str
-        How figures and tables call it.
-    object_ids : array of str, shape (n,)
-    scores : array of float64, shape (n,)
-        Logits (mean logit for an ensemble).
-    threshold : float or None
-        The calibrated threshold on the logit, when there is one.
-    model_hashes : tuple of str
-        The checkpoints behind the scores (empty when unknown).
-    source : str
-        Where the scores came from (a candidate table path), for the report.
-    stores : array of str, shape (n,), or None
-        The crop store of each row (candidate tables record it), to tell apart equal object
-        ids of different stores.
-    """
-
-    name: str
-    object_ids: np.ndarray
-    scores: np.ndarray
-    threshold: float | None = None
-    model_hashes: tuple[str, ...] = ()
-    source: str = ""
-    stores: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -114,152 +87,6 @@ class EvalData:
     dropped_unknown: int = 0
     stores: list[str] = field(default_factory=list)
     learned: ScoreSet | None = None
-
-
-# -- loading ---------------------------------------------------------------------------------
-def load_truth(stores: Sequence[str | os.PathLike]) -> pa.Table:
-    """object_id, label, category and store path of every object of the given crop stores.
-
-    Raises
-    ------
-    InputError
-        No store given, or an object id present in two stores.
-    """
-    from scanstream.store import open_store
-
-    if not stores:
-        raise InputError("evaluate needs at least one crop store with labels (--store)")
-    parts = []
-    for path in stores:
-        s = open_store(path)
-        t = s.table
-        cat = t.column("category") if "category" in t.column_names else pa.nulls(t.num_rows, pa.string())
-        parts.append(
-            pa.table(
-                {
-                    "object_id": t.column("object_id"),
-                    "label": t.column("label"),
-                    "category": cat,
-                    "store": pa.array([str(s.path)] * t.num_rows, pa.string()),
-                }
-            )
-        )
-    truth = pa.concat_tables(parts)
-    ids = truth.column("object_id")
-    if pc.count_distinct(ids).as_py() != truth.num_rows:
-        counts = pc.value_counts(ids)
-        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:3]
-        raise InputError(f"object ids appear in more than one of the stores {[str(p) for p in stores]}: e.g. {dup}")
-    return truth
-
-
-def load_candidate_scores(
-    path: str | os.PathLike,
-    *,
-    name: str | None = None,
-    threshold: str | os.PathLike | None = None,
-) -> ScoreSet:
-    """A candidate table's object ids, scores, calibrated threshold and model hashes.
-
-    The threshold is taken from ``threshold`` (a threshold record JSON) when given, else from
-    the record in the table's metadata, else None. A threshold record that names other models
-    than the table's is refused.
-
-    Raises
-    ------
-    InputError
-        The table lacks ``object_id`` / ``score`` or has non-finite scores.
-    ThresholdError
-        The threshold record belongs to other models.
-    """
-    from scanstream.candidates.table import read_candidates, read_metadata
-
-    p = Path(path)
-    table = read_candidates(p, columns=["object_id", "score", "store"])
-    for col in ("object_id", "score"):
-        if col not in table.column_names:
-            raise InputError(f"{p}: candidate table has no {col!r} column")
-    meta = read_metadata(p) or {}
-    hashes = tuple(meta.get("model_hashes") or ())
-    record = meta.get("threshold")
-    if threshold is not None:
-        from scanstream.inference.threshold import load_threshold
-
-        record = load_threshold(threshold)
-        rec_hashes = tuple(record.get("model_hashes") or ())
-        if hashes and rec_hashes and sorted(rec_hashes) != sorted(hashes):
-            raise ThresholdError(
-                f"{threshold}: threshold record belongs to models {list(rec_hashes)}, but {p} was scored by {list(hashes)}"
-            )
-    thr = None if not record else float(record["threshold"])
-    scores = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    if not np.all(np.isfinite(scores)):
-        raise InputError(f"{p}: {int((~np.isfinite(scores)).sum())} non-finite scores in the candidate table")
-    ids = np.asarray(table.column("object_id").to_pylist(), dtype=object)
-    stores = None
-    if "store" in table.column_names:
-        stores = np.asarray([str(s) if s is not None else "" for s in table.column("store").to_pylist()], dtype=object)
-    return ScoreSet(name or p.name, ids, scores, thr, hashes, str(p), stores)
-
-
-def load_baseline(path: str | os.PathLike) -> pa.Table:
-    """The former method's table (``scanstream baseline``): object_id, selected[, baseline_score].
-
-    Raises
-    ------
-    InputError
-        Missing file, unreadable Parquet, missing columns or duplicate object ids.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such former-method table")
-    try:
-        t = pq.read_table(p)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
-    for col in ("object_id", "selected"):
-        if col not in t.column_names:
-            raise InputError(f"{p}: former-method table has no {col!r} column (columns: {t.column_names})")
-    if pc.count_distinct(t.column("object_id")).as_py() != t.num_rows:
-        raise InputError(f"{p}: former-method table has duplicate object ids")
-    return t
-
-
-def load_feature_scores(path: str | os.PathLike, stores: Sequence[str | os.PathLike]) -> ScoreSet:
-    """The learned former method's logits on the labelled objects (label 0 / 1) of ``stores``.
-
-    ``path`` is a feature model written by ``scanstream baseline --learned ... --save-model``
-    (:func:`scanstream.picker.learned.save_feature_model`). Each store's labelled rows are
-    scored from its own object table, so object ids and logits stay row-aligned; :func:`join`
-    then aligns them with the labels by ``object_id``.
-
-    Raises
-    ------
-    CheckpointError
-        ``path`` is not a feature model.
-    InputError
-        A store lacks the picker's features (``multiplicity``, ``track_lengths_um``) or has
-        labelled objects without a multiplicity; the message names the store.
-    """
-    from scanstream.picker.learned import load_feature_model
-    from scanstream.store import open_store
-
-    model = load_feature_model(path)
-    ids, scores, where = [], [], []
-    for p in stores:
-        s = open_store(p)
-        t = s.table
-        t = t.filter(pc.greater_equal(t.column("label"), 0))
-        ids.extend(t.column("object_id").to_pylist())
-        scores.append(model.score_table(t, source=f"store {s.path} (scored by the feature model {path})"))
-        where.extend([str(s.path)] * t.num_rows)
-    return ScoreSet(
-        LEARNED_NAME,
-        np.asarray(ids, dtype=object),
-        np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),
-        source=str(path),
-        stores=np.asarray(where, dtype=object),
-    )
 
 
 # -- joining ---------------------------------------------------------------------------------
@@ -368,71 +195,95 @@ def compute_metrics(data: EvalData, *, spread_over: Sequence[str] | None = None)
         threshold: operating point, Table 2 against the former method, false positives) and,
         with ``data.learned``, ``learned`` (see :func:`learned_metrics`).
     """
-    y, cats = data.labels, data.categories
+    y = data.labels
     mt.check_labels_scores(y, np.zeros(len(y)))  # both classes present
     out: dict[str, Any] = {
         "data": {**mt.class_counts(y), "unknown_dropped": data.dropped_unknown, "stores": list(data.stores)},
-        "models": {},
+        "models": {m.name: _model_metrics(y, m) for m in data.models},
     }
-    for m in data.models:
-        out["models"][m.name] = {
-            "ap": mt.average_precision(y, m.scores),
-            "threshold": m.threshold,
-            "model_hashes": list(m.model_hashes),
-            "source": m.source,
-        }
-    names = [m.name for m in data.models]
-    group = list(spread_over) if spread_over is not None else names
-    unknown = sorted(set(group) - set(names))
-    if unknown:
-        raise InputError(f"spread_over names unknown models {unknown} (models: {names})")
+    group = _spread_group(data, spread_over)
     if len(group) > 1:
         out["ap"] = mt.mean_std([out["models"][k]["ap"] for k in group]).to_dict()
         out["spread_over"] = group
     former, ops = None, None
     if data.former_selected is not None:
         former = mt.operating_point_from_selection(y, data.former_selected)
-        out["former"] = {"operating_point": former.to_dict()}
-        if data.former_score is not None:
-            out["former"]["ap"] = mt.average_precision(y, data.former_score)
-        out["former"]["false_positives"] = mt.false_positives_by_category(y, cats, data.former_selected)
+        out["former"] = _former_metrics(data, former)
         if former.true_positives == 0:
             logger.warning("the former method selects no alpha decay: no comparison at its recall")
         else:
-            target = former.recall.value
-            ops = {m.name: mt.operating_point_at_recall(y, m.scores, target) for m in data.models}
-            primary = data.models[0].name
-            sect: dict[str, Any] = {
-                "target_recall": target,
-                "primary": primary,
-                "operating_points": {k: v.to_dict() for k, v in ops.items()},
-                "table2": mt.table2(former, ops[primary]),
-                "false_positives": {
-                    k: mt.false_positives_by_category(y, cats, _selection(data, k, v.threshold)) for k, v in ops.items()
-                },
-                "paired": {
-                    k: mt.paired_false_positives(y, data.former_selected, _selection(data, k, v.threshold))
-                    for k, v in ops.items()
-                },
-            }
-            if len(group) > 1:
-                sect["table2_models"] = mt.table2(former, [ops[k] for k in group])
-            out["at_former_recall"] = sect
-    at_thr: dict[str, Any] = {}
+            ops = {m.name: mt.operating_point_at_recall(y, m.scores, former.recall.value) for m in data.models}
+            out["at_former_recall"] = _at_former_recall(data, former, ops, group)
+    out["at_threshold"] = _at_threshold(data, former)
+    if data.learned is not None:
+        out["learned"] = learned_metrics(data, former, ops, out["at_threshold"])
+    return out
+
+
+def _model_metrics(y: np.ndarray, m: ScoreSet) -> dict[str, Any]:
+    """``metrics["models"][name]``: a model's AP, threshold, hashes and source."""
+    return {"ap": mt.average_precision(y, m.scores), "threshold": m.threshold, "model_hashes": list(m.model_hashes),
+            "source": m.source}
+
+
+def _spread_group(data: EvalData, spread_over: Sequence[str] | None) -> list[str]:
+    """The models quoted as mean +- std (default all); unknown names are an error."""
+    names = [m.name for m in data.models]
+    group = list(spread_over) if spread_over is not None else names
+    unknown = sorted(set(group) - set(names))
+    if unknown:
+        raise InputError(f"spread_over names unknown models {unknown} (models: {names})")
+    return group
+
+
+def _former_metrics(data: EvalData, former: mt.OperatingPoint) -> dict[str, Any]:
+    """``metrics["former"]``: the cuts' operating point, AP (with a score) and false positives."""
+    out: dict[str, Any] = {"operating_point": former.to_dict()}
+    if data.former_score is not None:
+        out["ap"] = mt.average_precision(data.labels, data.former_score)
+    out["false_positives"] = mt.false_positives_by_category(data.labels, data.categories, data.former_selected)
+    return out
+
+
+def _at_former_recall(
+    data: EvalData, former: mt.OperatingPoint, ops: Mapping[str, mt.OperatingPoint], group: Sequence[str]
+) -> dict[str, Any]:
+    """``metrics["at_former_recall"]``: every model at the former method's recall (``ops``) against the cuts."""
+    y, cats = data.labels, data.categories
+    primary = data.models[0].name
+    sect: dict[str, Any] = {
+        "target_recall": former.recall.value,
+        "primary": primary,
+        "operating_points": {k: v.to_dict() for k, v in ops.items()},
+        "table2": mt.table2(former, ops[primary]),
+        "false_positives": {
+            k: mt.false_positives_by_category(y, cats, _selection(data, k, v.threshold)) for k, v in ops.items()
+        },
+        "paired": {
+            k: mt.paired_false_positives(y, data.former_selected, _selection(data, k, v.threshold))
+            for k, v in ops.items()
+        },
+    }
+    if len(group) > 1:
+        sect["table2_models"] = mt.table2(former, [ops[k] for k in group])
+    return sect
+
+
+def _at_threshold(data: EvalData, former: mt.OperatingPoint | None) -> dict[str, Any]:
+    """``metrics["at_threshold"]``: every model with a calibrated threshold, at that threshold."""
+    y = data.labels
+    out: dict[str, Any] = {}
     for m in data.models:
         if m.threshold is None:
             continue
         op = mt.operating_point_at_threshold(y, m.scores, m.threshold)
         entry: dict[str, Any] = {
             "operating_point": op.to_dict(),
-            "false_positives": mt.false_positives_by_category(y, cats, m.scores >= m.threshold),
+            "false_positives": mt.false_positives_by_category(y, data.categories, m.scores >= m.threshold),
         }
         if former is not None:
             entry["table2"] = mt.table2(former, op)
-        at_thr[m.name] = entry
-    out["at_threshold"] = at_thr
-    if data.learned is not None:
-        out["learned"] = learned_metrics(data, former, ops, at_thr)
+        out[m.name] = entry
     return out
 
 
@@ -512,8 +363,6 @@ class EvaluationResult:
 
 def make_figures(data: EvalData, metrics: Mapping[str, Any], out: Path, *, prefix: str = "") -> dict[str, Path]:
     """PR curves (figure 5) and score distributions (figure 4) of ``data`` into ``out``."""
-    from scanstream.evaluation import figures as fg
-
     y = data.labels
     curves = []
     for m in data.models:
@@ -590,8 +439,6 @@ def evaluate(
         former method, scored on the stores' labelled objects and reported beside the cuts
         (``metrics["learned"]``).
     """
-    from scanstream.evaluation.report import render_evaluation, write_report
-
     if names is not None and len(names) != len(candidates):
         raise InputError(f"{len(names)} names for {len(candidates)} candidate tables")
     out = Path(out)

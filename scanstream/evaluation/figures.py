@@ -22,18 +22,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from scanstream.atomic import atomic_path
 from scanstream.errors import InputError
 
 DPI = 110
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
+    """Save ``fig`` as a PNG at ``path`` atomically and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -190,3 +192,26 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+def plot_run_loss_curve(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
+    """One training run's loss per epoch (training, validation, smoothed validation), the kept epoch marked.
+
+    Written as PNG to ``path`` whatever its name: the training loop passes the temporary path
+    of :func:`scanstream.atomic.atomic_path`.
+    """
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=DPI)
+    ax.plot(epochs, [h["train_loss"] for h in history], label="training loss", color="tab:blue")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange", alpha=0.6)
+    ax.plot(epochs, [h["smoothed_val_loss"] for h in history], label="smoothed validation loss", color="tab:red")
+    best = [h["epoch"] for h in history if h.get("best")]
+    if best:
+        ax.axvline(best[-1], color="grey", ls="--", lw=1, label=f"kept model (epoch {best[-1]})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("binary cross entropy")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return Path(path)

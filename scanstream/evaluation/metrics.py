@@ -89,6 +89,43 @@ def check_labels_scores(labels: np.ndarray, scores: np.ndarray, *, need_both: bo
     return y, s
 
 
+def check_target(value: float, what: str) -> float:
+    """A target recall or precision as a float in (0, 1]; an InputError naming ``what`` otherwise."""
+    if not 0.0 < float(value) <= 1.0:
+        raise InputError(f"target {what} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def recall_cut(labels: np.ndarray, scores: np.ndarray, recall: float) -> float:
+    """The highest threshold whose selection ``score >= threshold`` reaches ``recall``.
+
+    Objects are taken in decreasing score until ``ceil(recall * positives)`` alpha decays are
+    selected; the threshold is the score of the last alpha decay taken (every object tied with
+    it is selected too). Any higher cut keeps fewer alpha decays.
+
+    Parameters
+    ----------
+    labels : array of int, shape (n,)
+        1 alpha decay, 0 other; at least one alpha decay.
+    scores : array of float, shape (n,)
+    recall : float
+        Target recall in (0, 1].
+
+    Examples
+    --------
+    >>> recall_cut(np.array([1, 0, 1, 1]), np.array([0.9, 0.8, 0.7, 0.1]), 2 / 3)
+    0.7
+    """
+    recall = check_target(recall, "recall")
+    y, s = check_labels_scores(labels, scores, need_both=False)
+    positives = int((y == 1).sum())
+    if positives == 0:
+        raise InputError("recall is undefined without alpha decays (0 positives)")
+    # the small tolerance keeps 201/255 -> 201 (and 0.9 * 10 -> 9) despite floating point
+    need = max(1, math.ceil(recall * positives - 1e-9))
+    return float(np.sort(s[y == 1])[::-1][need - 1])
+
+
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Average Precision: the area under the step precision-recall curve (scikit-learn).
 
@@ -248,7 +285,8 @@ def operating_point_at_recall(labels: np.ndarray, scores: np.ndarray, recall: fl
 
     Objects are taken in decreasing score until ``ceil(recall * positives)`` alpha decays are
     selected (the same number of true positives as a rule with that recall); the threshold is
-    the score of the last alpha decay taken, and every object tied with it is selected too.
+    the score of the last alpha decay taken (:func:`recall_cut`), and every object tied with it
+    is selected too.
 
     Parameters
     ----------
@@ -263,15 +301,9 @@ def operating_point_at_recall(labels: np.ndarray, scores: np.ndarray, recall: fl
     >>> (op.threshold, op.selected, op.true_positives)
     (3.0, 3, 2)
     """
-    if not 0 < recall <= 1:
-        raise InputError(f"target recall must be in (0, 1], got {recall}")
+    check_target(recall, "recall")
     y, s = check_labels_scores(labels, scores)
-    positives = int((y == 1).sum())
-    # the small tolerance keeps 201/255 -> 201 despite floating point
-    need = max(1, math.ceil(recall * positives - 1e-9))
-    pos_scores = np.sort(s[y == 1])[::-1]
-    threshold = float(pos_scores[need - 1])
-    return operating_point_at_threshold(y, s, threshold)
+    return operating_point_at_threshold(y, s, recall_cut(y, s, recall))
 
 
 def table2(former: OperatingPoint, cnn: OperatingPoint | Sequence[OperatingPoint]) -> dict:

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scanstream.atomic import write_text
+
 #: The paper's numbers (Yoshida et al., NIM A, doi 10.1016/j.nima.2020.164930; PHYSICS.md).
 PAPER: dict[str, Any] = {
     "table1": {
@@ -60,14 +62,12 @@ def json_ready(obj: Any) -> Any:
 
 
 def write_report(out: str | os.PathLike, markdown: str, metrics: Mapping[str, Any], *, name: str = "report.md") -> tuple[Path, Path]:
-    """Write ``out/report.md`` and ``out/metrics.json`` (temporary name, then rename)."""
+    """Write ``out/report.md`` and ``out/metrics.json``, each atomically (:mod:`scanstream.atomic`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / name, out / "metrics.json"
-    for path, text in ((js, json.dumps(json_ready(metrics), indent=1, allow_nan=False) + "\n"), (md, markdown)):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_text(js, json.dumps(json_ready(metrics), indent=1, allow_nan=False) + "\n")
+    write_text(md, markdown)
     return md, js
 
 
@@ -251,23 +251,15 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
     return "\n".join(lines)
 
 
-def render_reproduction(m: Mapping[str, Any]) -> str:
-    """report.md of pipelines/reproduce_paper.py: Tables 1-2 and figures 2-5 beside the paper's numbers.
-
-    ``m`` holds ``config``, ``table1`` (split -> class counts), ``former`` (cuts and per-split
-    summary), ``search`` (best, summary, best_trials, test), ``threshold``, ``evaluation``
-    (:func:`scanstream.evaluation.evaluate.compute_metrics` output), ``figures`` and ``seconds``.
-    """
+def _reproduction_intro(m: Mapping[str, Any]) -> list[str]:
+    """Title, what was run against what, and the run time per stage."""
     cfg = m["config"]
     ds, sc = cfg["dataset"], cfg["search"]
-    scale = float(ds["scale"])
-    figs = m.get("figures", {})
-    ev = m["evaluation"]
-    L: list[str] = ["# Reproducing the paper on simulated sheets\n"]
+    L = ["# Reproducing the paper on simulated sheets\n"]
     L.append(
         f"Yoshida et al., *CNN-based event classification for alpha-decay events in nuclear emulsion*, NIM A "
         f"(doi 10.1016/j.nima.2020.164930), rerun by `pipelines/reproduce_paper.py --config {cfg.get('source', '?')}` "
-        f"on sheets drawn by scanstream's simulator at scale {scale:g} of the paper's counts (seed {ds['seed']}), "
+        f"on sheets drawn by scanstream's simulator at scale {float(ds['scale']):g} of the paper's counts (seed {ds['seed']}), "
         f"backbone {sc['backbone']} at {sc['input_size']} px (pretrained: {sc['pretrained']}), at most "
         f"{sc['max_epochs']} epoch(s), grid N {list(sc['n'])} x M {list(sc['m'])} x {sc['seeds']} seeds. "
         "Every number below was measured by this run; the paper's are quoted beside them. The paper used real "
@@ -280,8 +272,13 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
                  + f"; total {total:.0f} s ({total / 60:.1f} min) wall clock"
                  + (f", {m['cpu_seconds'] / 60:.1f} min of CPU time on {m.get('cpus', '?')} cores" if m.get("cpu_seconds") else "")
                  + ".\n")
+    return L
 
-    L.append("## Table 1: data sets\n")
+
+def _reproduction_data(m: Mapping[str, Any]) -> list[str]:
+    """Table 1 (the data sets beside the paper's, scaled) and the former method's cuts and results."""
+    scale = float(m["config"]["dataset"]["scale"])
+    L = ["## Table 1: data sets\n"]
     rows = []
     for split, ours in m["table1"].items():
         p = PAPER["table1"][split]
@@ -301,10 +298,14 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
                      pm(s.get("precision")), pm(s.get("recall"))])
     rows.append(["paper TEST", 2489, 201, 255, "0.081 ± 0.006", "0.788 ± 0.056"])
     L.append(md_table(["set", "selected", "alpha selected", "alpha in set", "precision", "recall"], rows))
+    return L
 
+
+def _reproduction_search(m: Mapping[str, Any], figs: Mapping[str, str]) -> list[str]:
+    """Figure 3 (the grid search), figure 2 (loss curves) and the TEST Average Precision."""
     s = m["search"]
     best = s["best"]
-    L.append("## Figure 3: the (N, M) grid search (VALID AP, mean ± std over seeds)\n")
+    L = ["## Figure 3: the (N, M) grid search (VALID AP, mean ± std over seeds)\n"]
     if "fig3" in figs:
         L.append(f"![VALID AP over (N, M)]({figs['fig3']})\n")
     best_row = next((r for r in s["summary"] if (r["n"], r["m"]) == (best["n"], best["m"])), None)
@@ -332,50 +333,63 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
         rows.append(["mean ± std over the models", pm(t["ap"]), pm(PAPER["test_ap"])])
         rows.append(["ensemble (mean logit)", f"{t['ap_ensemble']:.3f}", ""])
     L.append(md_table(["model", "TEST AP", "paper"], rows))
+    return L
 
-    L.append("## Table 2: the CNN against the former method on TEST, at the former method's recall\n")
+
+def _reproduction_table2(ev: Mapping[str, Any]) -> list[str]:
+    """Table 2 on TEST at the former method's recall, beside the paper's, and the false positives."""
+    L = ["## Table 2: the CNN against the former method on TEST, at the former method's recall\n"]
     sect = ev.get("at_former_recall")
-    if sect:
-        ens = sect["table2"]
-        more = ens["cnn"]["candidates"]["value"] > ens["former"]["candidates"]["value"]
-        L.append(f"Target recall {sect['target_recall']:.3f} (the former method's on this TEST set). At it the CNN "
-                 f"ensemble keeps the former method's {ens['former']['true_positives']['value']:.0f} true alpha decays "
-                 f"with {ens['cnn']['candidates']['value']:.0f} candidates instead of "
-                 f"{ens['former']['candidates']['value']:.0f}: {'more' if more else 'fewer'} objects to inspect "
-                 "than the former method (the paper: 366 instead of 2,489).\n")
-        lf = _learned_at_former(ev)
-        lt2 = None if lf is None else lf["table2"]
-        if "table2_models" in sect:
-            L.append(f"The best setting's {sect['table2_models']['models']} single models (mean ± sample std), as in the paper:\n")
-            L.append(table2_markdown(sect["table2_models"], cnn_label="CNN (models)", paper=PAPER["table2"], learned=lt2))
-        L.append("Their ensemble (mean logit; counts ± sqrt(N)):\n")
-        L.append(table2_markdown(sect["table2"], cnn_label="CNN (ensemble)", paper=PAPER["table2"], learned=lt2))
-        L.append("Errors: counts ± sqrt(N); precision and recall ± sqrt(TP) / denominator (this reproduces the "
-                 "paper's 0.081 ± 0.006 and 0.788 ± 0.056); ratios propagate relative errors in quadrature.\n")
-        fps = {"former method": ev["former"]["false_positives"]}
-        if lf is not None:
-            fps[ev["learned"]["name"]] = lf["false_positives"]
-        fps["CNN (ensemble)"] = sect["false_positives"]["ensemble"]
-        L.append("False positives by simulated category at this recall:\n")
-        L.append(_fp_table(fps))
-    else:
+    if not sect:
         L.append("The former method selected no alpha decay on TEST: no comparison at its recall.\n")
+        return L
+    ens = sect["table2"]
+    more = ens["cnn"]["candidates"]["value"] > ens["former"]["candidates"]["value"]
+    L.append(f"Target recall {sect['target_recall']:.3f} (the former method's on this TEST set). At it the CNN "
+             f"ensemble keeps the former method's {ens['former']['true_positives']['value']:.0f} true alpha decays "
+             f"with {ens['cnn']['candidates']['value']:.0f} candidates instead of "
+             f"{ens['former']['candidates']['value']:.0f}: {'more' if more else 'fewer'} objects to inspect "
+             "than the former method (the paper: 366 instead of 2,489).\n")
+    lf = _learned_at_former(ev)
+    lt2 = None if lf is None else lf["table2"]
+    if "table2_models" in sect:
+        L.append(f"The best setting's {sect['table2_models']['models']} single models (mean ± sample std), as in the paper:\n")
+        L.append(table2_markdown(sect["table2_models"], cnn_label="CNN (models)", paper=PAPER["table2"], learned=lt2))
+    L.append("Their ensemble (mean logit; counts ± sqrt(N)):\n")
+    L.append(table2_markdown(sect["table2"], cnn_label="CNN (ensemble)", paper=PAPER["table2"], learned=lt2))
+    L.append("Errors: counts ± sqrt(N); precision and recall ± sqrt(TP) / denominator (this reproduces the "
+             "paper's 0.081 ± 0.006 and 0.788 ± 0.056); ratios propagate relative errors in quadrature.\n")
+    fps = {"former method": ev["former"]["false_positives"]}
+    if lf is not None:
+        fps[ev["learned"]["name"]] = lf["false_positives"]
+    fps["CNN (ensemble)"] = sect["false_positives"]["ensemble"]
+    L.append("False positives by simulated category at this recall:\n")
+    L.append(_fp_table(fps))
+    return L
 
+
+def _reproduction_threshold(m: Mapping[str, Any]) -> list[str]:
+    """The ensemble at the threshold calibrated on VALID, applied to TEST (when both are known)."""
     thr = m.get("threshold")
-    at = (ev.get("at_threshold") or {}).get("ensemble")
-    if thr and at:
-        rec = thr["record"]
-        op = at["operating_point"]
-        L.append("## At the calibrated threshold (chosen on VALID, applied to TEST)\n")
-        L.append(f"Threshold {rec['threshold']:.3f} (logit) at target recall {thr['target_recall']:.3f}, "
-                 f"{thr['source']}; on VALID it reached recall {rec['achieved']['recall']:.3f} and precision "
-                 f"{rec['achieved']['precision'] if rec['achieved']['precision'] is not None else float('nan'):.3f}. "
-                 f"On TEST: {op['selected']} candidates, {op['true_positives']} of {op['positives']} alpha decays, "
-                 f"precision {pm(op['precision'])}, recall {pm(op['recall'])}.\n")
-        if "table2" in at:
-            L.append(table2_markdown(at["table2"], cnn_label="CNN at threshold", paper=PAPER["table2"]))
+    at = (m["evaluation"].get("at_threshold") or {}).get("ensemble")
+    if not (thr and at):
+        return []
+    rec = thr["record"]
+    op = at["operating_point"]
+    L = ["## At the calibrated threshold (chosen on VALID, applied to TEST)\n"]
+    L.append(f"Threshold {rec['threshold']:.3f} (logit) at target recall {thr['target_recall']:.3f}, "
+             f"{thr['source']}; on VALID it reached recall {rec['achieved']['recall']:.3f} and precision "
+             f"{rec['achieved']['precision'] if rec['achieved']['precision'] is not None else float('nan'):.3f}. "
+             f"On TEST: {op['selected']} candidates, {op['true_positives']} of {op['positives']} alpha decays, "
+             f"precision {pm(op['precision'])}, recall {pm(op['recall'])}.\n")
+    if "table2" in at:
+        L.append(table2_markdown(at["table2"], cnn_label="CNN at threshold", paper=PAPER["table2"]))
+    return L
 
-    L.append("## Figure 4: output distributions on TEST (ensemble)\n")
+
+def _reproduction_figures(ev: Mapping[str, Any], figs: Mapping[str, str]) -> list[str]:
+    """Figures 4 and 5 (output distributions, precision-recall curves) and the AP of every curve."""
+    L = ["## Figure 4: output distributions on TEST (ensemble)\n"]
     if "fig4" in figs:
         L.append(f"![output distributions]({figs['fig4']})\n")
     L.append("## Figure 5: precision-recall curves on TEST\n")
@@ -387,4 +401,48 @@ def render_reproduction(m: Mapping[str, Any]) -> str:
     if "learned" in ev:
         rows.append([ev["learned"]["name"], f"{ev['learned']['ap']:.3f}"])
     L.append(md_table(["curve", "AP"], rows))
-    return "\n".join(L)
+    return L
+
+
+def render_reproduction(m: Mapping[str, Any]) -> str:
+    """report.md of pipelines/reproduce_paper.py: Tables 1-2 and figures 2-5 beside the paper's numbers.
+
+    ``m`` holds ``config``, ``table1`` (split -> class counts), ``former`` (cuts and per-split
+    summary), ``search`` (best, summary, best_trials, test), ``threshold``, ``evaluation``
+    (:func:`scanstream.evaluation.evaluate.compute_metrics` output), ``figures`` and ``seconds``.
+    """
+    figs = m.get("figures", {})
+    sections = (
+        _reproduction_intro(m),
+        _reproduction_data(m),
+        _reproduction_search(m, figs),
+        _reproduction_table2(m["evaluation"]),
+        _reproduction_threshold(m),
+        _reproduction_figures(m["evaluation"], figs),
+    )
+    return "\n".join(line for section in sections for line in section)
+
+
+def render_search(m: Mapping[str, Any]) -> str:
+    """report.md of a grid search (:func:`scanstream.training.search.run_search`).
+
+    ``m`` holds ``config`` (the SearchConfig as a dict: the grid and ``base``, the trials' shared
+    training options), ``summary`` (mean ± std VALID AP per (N, M)), ``best``, ``figures`` and
+    ``test`` (the best setting's models on TEST, or None).
+    """
+    cfg = m["config"]
+    base = cfg["base"]
+    lines = ["# RandAugment grid search\n",
+             (f"Grid N {cfg['ns']} x M {cfg['ms']}, {cfg['seeds']} seeds; backbone {base['backbone']} at "
+              f"{base['input_size']} px, at most {base['max_epochs']} epochs. VALID AP, mean ± sample std over seeds:\n"),
+             f"![VALID AP heatmap]({m['figures']['heatmap']})\n"]
+    rows = [[r["n"], r["m"], r["trials"], pm({"value": r["val_ap_mean"], "error": r["val_ap_std"]}),
+             f"{r['best_epoch_mean']:.1f}"] for r in m["summary"]]
+    lines.append(md_table(["N", "M", "trials", "VALID AP", "mean best epoch"], rows))
+    lines.append(f"Best setting: **N = {m['best']['n']}, M = {m['best']['m']}** (highest mean VALID AP).\n")
+    if m.get("test"):
+        t = m["test"]
+        lines.append(f"## Best setting on TEST ({t['objects']['alpha']} alpha decays, {t['objects']['other']} others)\n")
+        lines.append(md_table(["model", "TEST AP"], [[k, f"{v:.3f}"] for k, v in t["ap_per_model"].items()]
+                              + [["mean ± std over models", pm(t["ap"])], ["ensemble (mean logit)", f"{t['ap_ensemble']:.3f}"]]))
+    return "\n".join(lines)

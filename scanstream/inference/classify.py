@@ -1,4 +1,4 @@
-"""Classify crop stores into a candidate table on Dask; score a store in-process.
+"""Classify crop stores into a candidate table on Dask.
 
 ``classify`` is the overnight job (DESIGN.md, "Flow"): every crop of every store is scored by
 the ensemble (mean logit) and written to the candidate table (:mod:`scanstream.candidates.table`)
@@ -13,6 +13,8 @@ corrupt shard) fails alone; the run reports it by store and range and writes no 
 until a rerun has completed every range. ``_run.json`` pins the identity of the table (model
 hashes, threshold record, score precision): a rerun with other models or another threshold
 into the same directory is refused rather than mixed in.
+
+Scoring one store in this process is :func:`scanstream.inference.scoring.score_store`.
 """
 
 from __future__ import annotations
@@ -32,10 +34,18 @@ from typing import Any
 import numpy as np
 
 from scanstream import __version__
+from scanstream.atomic import write_json
 from scanstream.candidates import table as cand
+from scanstream.devices import PRECISIONS, cpu_has_native_bf16, parse_device, resolve_device, resolve_precision
 from scanstream.errors import InputError
+from scanstream.executor import dask_client, gpu_count, host_threads, run_tasks, task_resources
+from scanstream.inference.engine import TaskSpec, check_crops, check_features, checkpoint_identity, run_task
+from scanstream.inference.scoring import check_batch_size
+from scanstream.inference.threshold import check_models, load_threshold
 from scanstream.progress import as_progress
 from scanstream.store import CropStore, open_store
+
+__all__ = ["ClassifyResult", "classify", "plan_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,52 +93,6 @@ class ClassifyResult:
     task_seconds: list[float] = field(default_factory=list)
 
 
-# -- in-process scoring -------------------------------------------------------------------
-def score_store(
-    store: CropStore,
-    checkpoints: Sequence[str | os.PathLike],
-    *,
-    device: str = "auto",
-    batch_size: int = 64,
-    precision: str = "auto",
-    progress: bool = False,
-) -> np.ndarray:
-    """Ensemble mean logit of every crop of ``store``, in this process.
-
-    Parameters
-    ----------
-    store : CropStore
-    checkpoints : sequence of path-like
-        One or more scanstream checkpoints; the score is their mean logit.
-    device : {"auto", "cpu", "cuda", "cuda:N"}
-    batch_size : int
-        Crops per forward pass.
-    precision : {"auto", "fp32", "bf16"}
-        See :func:`scanstream.devices.resolve_precision`.
-
-    Returns
-    -------
-    ndarray, float32 (n,)
-        Row i is crop i's mean logit.
-    """
-    from scanstream.inference.engine import Ensemble, check_crops, check_features, score_range
-
-    _check_batch_size(batch_size)
-    check_crops(store)
-    check_features(checkpoints, [store])
-    ensemble = Ensemble(list(checkpoints), device=device, precision=precision)
-    bar = as_progress(progress)(store.n, f"score {store.path.name}", "crop")
-    try:
-        return score_range(ensemble, store, 0, store.n, batch_size=batch_size, on_batch=bar.update)
-    finally:
-        bar.close()
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-
-
 # -- planning -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Task:
@@ -144,8 +108,6 @@ class _Task:
 
 
 def _open_stores(stores: Sequence[str | os.PathLike]) -> dict[str, CropStore]:
-    from scanstream.inference.engine import check_crops
-
     if not stores:
         raise InputError("no crop stores given")
     opened: dict[str, CropStore] = {}
@@ -218,7 +180,7 @@ def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore])
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     out.mkdir(parents=True, exist_ok=True)
-    cand.write_json_atomic(run, f)
+    write_json(f, run)
     return run
 
 
@@ -282,19 +244,111 @@ def classify(
     StoreError, CheckpointError, InputError
         A store or checkpoint that cannot be used, or ``out`` holds another run's table.
     """
-    from scanstream.devices import resolve_device, resolve_precision
-    from scanstream.inference.engine import check_features, checkpoint_identity
-    from scanstream.inference.threshold import check_models, load_threshold
-
     t0 = time.perf_counter()
-    _check_batch_size(batch_size)
-    for name, v in (("workers", workers), ("crops per task", crops_per_task)):
+    _check_counts(batch_size=batch_size, workers=workers, crops_per_task=crops_per_task)
+    job = _prepare_job(stores, checkpoints, out, threshold, batch_size=batch_size, verify=verify,
+                       crops_per_task=crops_per_task)
+    cluster = _Cluster(scheduler, workers, processes, device, precision, on_cluster)
+    return _result(job.out, _score_missing(job, cluster, progress), t0)
+
+
+def _result(out: Path, scored: _Scored, t0: float) -> ClassifyResult:
+    """The call's result, once the table is finalized (when every range is in)."""
+    rows, selected, complete = _table_counts(out, scored)
+    seconds = time.perf_counter() - t0
+    return ClassifyResult(
+        out=out,
+        rows=rows,
+        selected=selected,
+        failed=scored.failed,
+        seconds=seconds,
+        crops_per_s=scored.processed / seconds if seconds > 0 else 0.0,
+        processed=scored.processed,
+        tasks=len(scored.pending),
+        complete=complete,
+        dashboard=scored.dashboard,
+        run_id=scored.run["run_id"],
+        task_seconds=scored.task_seconds,
+    )
+
+
+def _check_counts(**counts: int | None) -> None:
+    """Refuse a batch size, worker count or task size that is not a positive integer."""
+    check_batch_size(counts.pop("batch_size"))
+    for name, v in counts.items():
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise InputError(f"{name} must be a positive integer, got {v!r}")
+            raise InputError(f"{name.replace('_', ' ')} must be a positive integer, got {v!r}")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one classify call scores, and what every one of its tasks shares."""
+
+    out: Path
+    stores: dict[str, CropStore]
+    model_paths: tuple[str, ...]
+    hashes: tuple[str, ...]
+    record: dict[str, Any] | None
+    batch_size: int
+    verify: bool
+    crops_per_task: int | None
+
+    def identity(self, prec: str) -> dict[str, Any]:
+        """What ``_run.json`` pins: the models, the threshold record and the score precision."""
+        return {"model_hashes": sorted(self.hashes), "threshold": _digest(self.record) if self.record else None,
+                "score_precision": prec}
+
+    def start(self, prec: str) -> tuple[dict[str, Any], list[_Task]]:
+        """Open (or resume) the run in ``out``; the run record and the tasks still to do."""
+        run = _open_run(self.out, self.identity(prec), self.stores)
+        cand.remove_temporaries(self.out)
+        return run, [t for t in plan_tasks(self.out, self.stores, self.crops_per_task) if not t.done]
+
+    def metadata(self, run: dict[str, Any], prec: str, device: str) -> dict[str, Any]:
+        """The ``scanstream`` schema metadata of every part."""
+        return {
+            "threshold": self.record,
+            "model_hashes": sorted(self.hashes),
+            "store_hashes": {p: s["hash"] for p, s in run["stores"].items()},
+            "version": __version__,
+            "run_id": run["run_id"],
+            "time": run["started"],
+            "score_precision": prec,
+            "device": device,
+        }
+
+    def specs(self, pending: list[_Task], metadata: dict[str, Any], dev: Any, prec: str,
+              threads: tuple[tuple[str, int], ...]) -> list[TaskSpec]:
+        """One Dask task spec per pending range."""
+        meta_json = json.dumps(metadata, sort_keys=True)
+        return [
+            TaskSpec(
+                store=t.path,
+                store_hash=t.store.content_hash,
+                start=t.start,
+                stop=t.stop,
+                checkpoints=self.model_paths,
+                model_hashes=self.hashes,
+                out=str(self.out.resolve()),
+                threshold=None if self.record is None else float(self.record["threshold"]),
+                metadata=meta_json,
+                device="cuda" if dev.type == "cuda" else str(dev),  # a GPU worker uses the GPU it sees
+                precision=prec,
+                batch_size=self.batch_size,
+                verify=self.verify,
+                host_threads=threads,
+            )
+            for t in pending
+        ]
+
+
+def _prepare_job(stores: list[Path], checkpoints: list[Path], out: Path, threshold: Path | None, *,
+                 batch_size: int, verify: bool, crops_per_task: int | None) -> _Job:
+    """Check the models, the threshold record and the stores before any cluster starts."""
     if not checkpoints:
         raise InputError("no model checkpoints given")
-    model_paths = [str(Path(c).resolve()) for c in checkpoints]
-    hashes = [checkpoint_identity(c) for c in checkpoints]
+    model_paths = tuple(str(Path(c).resolve()) for c in checkpoints)
+    hashes = tuple(checkpoint_identity(c) for c in checkpoints)
     if len(set(hashes)) != len(hashes):
         raise InputError(f"the same checkpoint is given twice among {[str(c) for c in checkpoints]}")
     record = None
@@ -303,101 +357,85 @@ def classify(
         check_models(record, hashes, source=str(threshold))
     opened = _open_stores(stores)
     check_features(checkpoints, list(opened.values()))
-    out = Path(out)
+    return _Job(Path(out), opened, model_paths, hashes, record, batch_size, verify, crops_per_task)
 
-    if scheduler is None:
-        dev = resolve_device(device)
-        prec = resolve_precision(precision, dev)
-    else:  # the workers' hardware decides, asked once connected
-        dev, prec = None, None
 
-    def identity(prec: str) -> dict[str, Any]:
-        return {"model_hashes": sorted(hashes), "threshold": _digest(record) if record else None, "score_precision": prec}
+@dataclass(frozen=True)
+class _Cluster:
+    """Where the tasks run: an existing scheduler or a LocalCluster, and the device asked for."""
 
-    if prec is not None:
-        run = _open_run(out, identity(prec), opened)
-    if out.exists():
-        cand.remove_temporaries(out)
-    tasks = plan_tasks(out, opened, crops_per_task)
-    pending = [t for t in tasks if not t.done]
-    dashboard = None
-    failed: list[str] = []
-    processed = 0
-    task_seconds: list[float] = []
-    if pending or prec is None:
-        from scanstream.executor import dask_client, gpu_count
+    scheduler: str | None
+    workers: int | None
+    processes: bool
+    device: str
+    precision: str
+    on_cluster: Callable[[str | None], None] | None
 
-        gpus = gpu_count() if dev is not None and dev.type == "cuda" else 0
-        with dask_client(scheduler, workers=workers, gpus=gpus, processes=processes) as client:
-            dashboard = client.dashboard_link
-            logger.info("Dask dashboard: %s", dashboard)
-            if on_cluster is not None:
-                on_cluster(dashboard)
-            if prec is None:
-                dev, prec = _resolve_on_workers(client, device, precision)
-                run = _open_run(out, identity(prec), opened)
-                cand.remove_temporaries(out)
-                pending = [t for t in plan_tasks(out, opened, crops_per_task) if not t.done]
-            if record is not None and record.get("score_precision") not in (None, prec):
-                logger.warning(
-                    "threshold was calibrated with %s scores but this run scores in %s; borderline crops may move",
-                    record.get("score_precision"), prec,
-                )
-            metadata = _metadata(record, hashes, run, prec, dev.type)
-            processed, failed, task_seconds = _submit(
-                client, pending, model_paths, hashes, out, record, metadata, dev, prec, batch_size, verify, progress
+
+@dataclass(frozen=True)
+class _Scored:
+    """What :func:`_score_missing` did."""
+
+    run: dict[str, Any]
+    pending: list[_Task]
+    metadata: dict[str, Any]
+    processed: int = 0
+    failed: list[str] = field(default_factory=list)
+    task_seconds: list[float] = field(default_factory=list)
+    dashboard: str | None = None
+
+
+def _score_missing(job: _Job, cluster: _Cluster, progress: bool) -> _Scored:
+    """Score the ranges the table lacks, on a cluster started (or joined) only when there is work.
+
+    With an existing scheduler its workers' hardware decides the device and precision, so the
+    run is opened once connected.
+    """
+    dev = prec = None
+    if cluster.scheduler is None:
+        dev = resolve_device(cluster.device)
+        prec = resolve_precision(cluster.precision, dev)
+        run, pending = job.start(prec)
+        if not pending:
+            return _Scored(run, pending, job.metadata(run, prec, dev.type))
+    gpus = gpu_count() if dev is not None and dev.type == "cuda" else 0
+    with dask_client(cluster.scheduler, workers=cluster.workers, gpus=gpus, processes=cluster.processes) as client:
+        dashboard = client.dashboard_link
+        logger.info("Dask dashboard: %s", dashboard)
+        if cluster.on_cluster is not None:
+            cluster.on_cluster(dashboard)
+        if prec is None:
+            dev, prec = _resolve_on_workers(client, cluster.device, cluster.precision)
+            run, pending = job.start(prec)
+        if job.record is not None and job.record.get("score_precision") not in (None, prec):
+            logger.warning(
+                "threshold was calibrated with %s scores but this run scores in %s; borderline crops may move",
+                job.record.get("score_precision"), prec,
             )
-    else:
-        metadata = _metadata(record, hashes, run, prec, dev.type)
+        metadata = job.metadata(run, prec, dev.type)
+        processed, failed, task_seconds = _submit(client, pending, job, metadata, dev, prec, progress)
+    return _Scored(run, pending, metadata, processed, failed, task_seconds, dashboard)
 
-    complete = False
-    manifest = cand.read_manifest(out) if not failed and not processed else None
+
+def _table_counts(out: Path, scored: _Scored) -> tuple[int, int, bool]:
+    """Rows, selected rows and completeness of the table; finalize it when every range is in."""
+    run = scored.run
+    manifest = cand.read_manifest(out) if not scored.failed and not scored.processed else None
     if manifest is not None and manifest.get("run_id") == run["run_id"] and set(manifest["stores"]) == set(run["stores"]):
-        rows, selected, complete = manifest["rows"], manifest["selected"], True  # nothing was left to do
-    elif not failed:
+        return manifest["rows"], manifest["selected"], True  # nothing was left to do
+    if not scored.failed:
         manifest = cand.finalize(
-            out, stores={p: (s["hash"], s["rows"]) for p, s in run["stores"].items()}, metadata=metadata
+            out, stores={p: (s["hash"], s["rows"]) for p, s in run["stores"].items()}, metadata=scored.metadata
         )
-        rows, selected, complete = manifest["rows"], manifest["selected"], True
-    else:
-        done = cand.part_files(out)
-        t = cand.read_candidates(out, columns=["selected"]) if done else None
-        rows = t.num_rows if t is not None else 0
-        selected = int(np.asarray(t.column("selected").fill_null(False)).sum()) if t is not None else 0
-    seconds = time.perf_counter() - t0
-    return ClassifyResult(
-        out=out,
-        rows=rows,
-        selected=selected,
-        failed=failed,
-        seconds=seconds,
-        crops_per_s=processed / seconds if seconds > 0 else 0.0,
-        processed=processed,
-        tasks=len(pending),
-        complete=complete,
-        dashboard=dashboard,
-        run_id=run["run_id"],
-        task_seconds=task_seconds,
-    )
-
-
-def _metadata(record: dict | None, hashes: list[str], run: dict, prec: str, device: str) -> dict[str, Any]:
-    return {
-        "threshold": record,
-        "model_hashes": sorted(hashes),
-        "store_hashes": {p: s["hash"] for p, s in run["stores"].items()},
-        "version": __version__,
-        "run_id": run["run_id"],
-        "time": run["started"],
-        "score_precision": prec,
-        "device": device,
-    }
+        return manifest["rows"], manifest["selected"], True
+    t = cand.read_candidates(out, columns=["selected"]) if cand.part_files(out) else None
+    if t is None:
+        return 0, 0, False
+    return t.num_rows, int(np.asarray(t.column("selected").fill_null(False)).sum()), False
 
 
 def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, str]:
     """Device and precision of an existing cluster's workers (they, not this client, run models)."""
-    from scanstream.devices import PRECISIONS, cpu_has_native_bf16, parse_device, resolve_precision
-
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
@@ -415,27 +453,8 @@ def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, 
     return dev, resolve_precision(precision, dev, native=native)
 
 
-def _submit(
-    client: Any,
-    pending: list[_Task],
-    model_paths: list[str],
-    hashes: list[str],
-    out: Path,
-    record: dict | None,
-    metadata: dict,
-    dev: Any,
-    prec: str,
-    batch_size: int,
-    verify: bool,
-    progress: bool,
-) -> tuple[int, list[str], list[float]]:
-    from distributed import as_completed
-
-    from scanstream.executor import host_threads, task_resources
-    from scanstream.inference.engine import TaskSpec, run_task
-
-    if not pending:
-        return 0, [], []
+def _task_resources(client: Any, dev: Any) -> dict[str, int] | None:
+    """What each model task claims; GPU tasks are refused when no worker offers a GPU."""
     resources = task_resources(client, gpu=dev.type == "cuda")
     if resources:
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
@@ -444,41 +463,26 @@ def _submit(
                 "no Dask worker offers the resource GPU, so no model task could start; start GPU workers "
                 "with --resources GPU=1 (one per GPU, e.g. `dask cuda worker ADDRESS --resources GPU=1`)"
             )
-    threads = host_threads(client)
-    meta_json = json.dumps(metadata, sort_keys=True)
-    specs = [
-        TaskSpec(
-            store=t.path,
-            store_hash=t.store.content_hash,
-            start=t.start,
-            stop=t.stop,
-            checkpoints=tuple(model_paths),
-            model_hashes=tuple(hashes),
-            out=str(out.resolve()),
-            threshold=None if record is None else float(record["threshold"]),
-            metadata=meta_json,
-            device="cuda" if dev.type == "cuda" else str(dev),  # a GPU worker uses the GPU it sees
-            precision=prec,
-            batch_size=batch_size,
-            verify=verify,
-            host_threads=threads,
-        )
-        for t in pending
-    ]
-    futures = client.map(run_task, specs, pure=False, resources=resources, retries=0)
-    name = {f.key: s for f, s in zip(futures, specs, strict=True)}
+    return resources
+
+
+def _submit(
+    client: Any, pending: list[_Task], job: _Job, metadata: dict, dev: Any, prec: str, progress: bool
+) -> tuple[int, list[str], list[float]]:
+    """Run one task per pending range; crops scored, failed tasks (sorted lines) and task times."""
+    if not pending:
+        return 0, [], []
+    resources = _task_resources(client, dev)
+    specs = job.specs(pending, metadata, dev, prec, host_threads(client))
     processed, failed, seconds = 0, [], []
     bar = as_progress(progress)(sum(t.stop - t.start for t in pending), "classify", "crop")
     try:
-        for fut in as_completed(futures):
-            if fut.status == "error":
-                s = name[fut.key]
-                exc = fut.exception()
+        for s, res, exc in run_tasks(client, run_task, specs, resources=resources):
+            if exc is not None:
                 msg = str(exc) if str(exc).startswith(s.store) else f"{s.store}: crops [{s.start}, {s.stop}): {exc!r}"
                 logger.error("task failed: %s", msg)
                 failed.append(msg)
                 continue
-            res = fut.result()
             processed += res["rows"]
             seconds.append(res["seconds"])
             bar.update(res["rows"])

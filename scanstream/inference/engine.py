@@ -12,9 +12,12 @@ Three layers, each usable without the next:
   by name instead of scoring zeros or garbage).
 - :func:`run_task` is the Dask task: it finds the worker's models in a worker-local cache
   (keyed by checkpoint hash, loaded on first use, never shipped in the task graph), scores
-  one range and writes its candidate parts. :func:`dask_client` starts a LocalCluster for the
-  run (processes, one thread each; one worker per GPU with ``{"GPU": 1}`` resources) or
-  connects to an existing scheduler.
+  one range and writes its candidate parts. :func:`scanstream.executor.dask_client` starts a
+  LocalCluster for the run (processes, one thread each; one worker per GPU with ``{"GPU": 1}``
+  resources) or connects to an existing scheduler.
+
+:func:`scanstream.inference.scoring.score_store` runs the first two layers over a whole store in
+this process.
 """
 
 from __future__ import annotations
@@ -37,24 +40,21 @@ import pyarrow as pa
 import torch
 
 from scanstream import store as st
+from scanstream.candidates import table as cand
 from scanstream.devices import resolve_device, resolve_precision
 from scanstream.errors import CheckpointError, InputError, StoreError, TaskError
 from scanstream.executor import local_cores, tune_malloc
 from scanstream.picker.features import feature_array
 from scanstream.picker.learned import FeatureModel, inputs_and_logits
+from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint, read_header
+from scanstream.training.model import preprocess
 
 logger = logging.getLogger(__name__)
 
 
-
-
-# -- devices and precision ----------------------------------------------------------------
-
-
+# -- checkpoints --------------------------------------------------------------------------
 def checkpoint_identity(path: str | os.PathLike) -> str:
     """The checkpoint hash after checking the file is a scanstream checkpoint (header only)."""
-    from scanstream.training.checkpoint import checkpoint_hash, read_header
-
     read_header(path)
     return checkpoint_hash(path)
 
@@ -70,8 +70,6 @@ def check_features(checkpoints: Sequence[str | os.PathLike], stores: Sequence[st
     InputError
         Names the store, the checkpoint and what is missing.
     """
-    from scanstream.training.checkpoint import read_header
-
     fused = [c for c in checkpoints if read_header(c)["model_config"].get("inputs", 0)]
     if not fused:
         return
@@ -106,8 +104,6 @@ class Ensemble:
         precision: str = "auto",
         expected_hashes: Sequence[str] | None = None,
     ) -> None:
-        from scanstream.training.checkpoint import load_checkpoint
-
         if not checkpoints:
             raise InputError("no model checkpoints given")
         tune_malloc()
@@ -162,8 +158,6 @@ class Ensemble:
         -------
         ndarray, float32 (B,)
         """
-        from scanstream.training.model import preprocess
-
         x = torch.as_tensor(crops).to(self.device, non_blocking=True)
         if objects is None:
             if self.reads_features:
@@ -325,29 +319,60 @@ def score_range(
     StoreError
         A missing shard file, or crops that do not match their digest.
     """
+    _check_range(store, start, stop)
+    reads = read_plan(store, start, stop, batch_size)
+    verifier = BlockVerifier(store) if verify else None
+    if verifier is not None and not verifier.aligned(start, stop):
+        verifier = None
+    out = np.empty(stop - start, np.float32)
+    score_block = _block_scorer(ensemble, store, start, stop, out, batch_size=batch_size, on_batch=on_batch)
+    pin = ensemble.device.type == "cuda"
+    if pin or readers is not None:
+        n_readers = readers or (min(4, local_cores()) if pin else 1)
+        _score_reading_ahead(store, reads, verifier, score_block, readers=n_readers, pin=pin)
+        return out
+    # CPU: the model's threads own the cores, and a read or digest thread running beside them
+    # stalls their whole team (measured: resnet50 scored 12 % slower with a reader thread
+    # than the bare forward pass); reading and checking a block between blocks costs ~1 %.
+    for a, b in reads:
+        raw = store.read(a, b)
+        if verifier is not None:
+            verifier.feed(a, raw)
+        score_block(a, b, torch.from_numpy(raw))
+    return out
+
+
+def _check_range(store: st.CropStore, start: int, stop: int) -> None:
+    """Refuse a range outside the store, or one whose shard files are missing (zarr would read zeros)."""
     if not (0 <= start <= stop <= store.n):
         raise InputError(f"{store.path}: crop range [{start}, {stop}) outside 0..{store.n}")
     absent = missing_shards(store, start, stop)
     if absent:
         raise StoreError(f"{store.path}: missing shard file {absent[0]} for crops [{start}, {stop})")
+
+
+def read_plan(store: st.CropStore, start: int, stop: int, batch_size: int) -> deque[tuple[int, int]]:
+    """The reads of crops ``start:stop``: whole chunks, at least ``batch_size`` crops each.
+
+    The first read ends on a chunk boundary so that later reads stay chunk-aligned.
+    """
     chunk = store.chunk_crops
     step = max(chunk, -(-batch_size // chunk) * chunk)
-    # the first read ends on a chunk boundary so later reads stay chunk-aligned
     bounds = list(range(start, stop, step)) if start % chunk == 0 else [start, *range(-(-start // chunk) * chunk, stop, step)]
-    reads = deque((a, min(b, stop)) for a, b in zip(bounds, [*bounds[1:], stop], strict=True) if a < min(b, stop))
-    verifier = BlockVerifier(store) if verify else None
-    if verifier is not None and not verifier.aligned(start, stop):
-        verifier = None
-    pin = ensemble.device.type == "cuda"
-    n_readers = readers or (min(4, local_cores()) if pin else 1)
-    depth = n_readers + 1 if pin else n_readers  # reads in flight besides the block being scored
+    return deque((a, min(b, stop)) for a, b in zip(bounds, [*bounds[1:], stop], strict=True) if a < min(b, stop))
 
-    def read(a: int, b: int) -> tuple[np.ndarray, torch.Tensor]:
-        crops = store.read(a, b)
-        t = torch.from_numpy(crops)
-        return crops, (t.pin_memory() if pin else t)
 
-    out = np.empty(stop - start, np.float32)
+def _block_scorer(
+    ensemble: Ensemble,
+    store: st.CropStore,
+    start: int,
+    stop: int,
+    out: np.ndarray,
+    *,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> Callable[[int, int, torch.Tensor], None]:
+    """``score_block(a, b, crops)``: the mean logits of crops ``a:b`` into ``out``, ``batch_size`` at a time."""
     objects = None
     if ensemble.reads_features:
         objects = ensemble.object_inputs(store.table.slice(start, stop - start), source=str(store.path))
@@ -361,18 +386,32 @@ def score_range(
         if on_batch is not None:
             on_batch(b - a)
 
-    if not pin and readers is None:
-        # CPU: the model's threads own the cores, and a read or digest thread running beside them
-        # stalls their whole team (measured: resnet50 scored 12 % slower with a reader thread
-        # than the bare forward pass); reading and checking a block between blocks costs ~1 %.
-        for a, b in reads:
-            raw = store.read(a, b)
-            if verifier is not None:
-                verifier.feed(a, raw)
-            score_block(a, b, torch.from_numpy(raw))
-        return out
+    return score_block
+
+
+def _score_reading_ahead(
+    store: st.CropStore,
+    reads: deque[tuple[int, int]],
+    verifier: BlockVerifier | None,
+    score_block: Callable[[int, int, torch.Tensor], None],
+    *,
+    readers: int,
+    pin: bool,
+) -> None:
+    """Score the blocks of ``reads`` in order while ``readers`` threads read the next ones.
+
+    On CUDA the readers pin the crops and one more read is in flight; the digest checks run in
+    order on one more thread, and the first failing check ends the range.
+    """
+    depth = readers + 1 if pin else readers  # reads in flight besides the block being scored
+
+    def read(a: int, b: int) -> tuple[np.ndarray, torch.Tensor]:
+        crops = store.read(a, b)
+        t = torch.from_numpy(crops)
+        return crops, (t.pin_memory() if pin else t)
+
     with (
-        ThreadPoolExecutor(n_readers, thread_name_prefix="scanstream-read") as pool,
+        ThreadPoolExecutor(readers, thread_name_prefix="scanstream-read") as pool,
         ThreadPoolExecutor(1, thread_name_prefix="scanstream-verify") as check,
     ):
         inflight: deque[tuple[int, int, Future]] = deque()
@@ -396,7 +435,6 @@ def score_range(
             score_block(a, b, crops)
         for c in checks:
             c.result()
-    return out
 
 
 # -- the Dask task ------------------------------------------------------------------------
@@ -485,8 +523,6 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
     TaskError
         Anything failed; the message names the store path and the crop range.
     """
-    from scanstream.candidates import table as cand
-
     t0 = time.perf_counter()
     try:
         threads = _torch_threads(spec)

@@ -10,8 +10,11 @@ positive rate, which do not::
 
     precision(pi) = r * pi / (r * pi + fpr * (1 - pi))
 
-The core here is pure functions over numpy arrays; :func:`calibrate_threshold` is the I/O
-edge that scores a store (:func:`scanstream.inference.classify.score_store`) and builds the record.
+The core here is pure functions over numpy arrays, labels first as in
+:mod:`scanstream.evaluation.metrics` (whose input checks and recall cut they use);
+:func:`scanstream.inference.scoring.calibrate_threshold` is the I/O edge that scores a store
+and builds the record. This module needs neither torch nor a model, so reading and checking
+records stays cheap (evaluation and the candidate tables read them).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import numpy as np
 from scipy.stats import binomtest
 
 from scanstream import __version__
+from scanstream.atomic import write_json
 from scanstream.errors import InputError, ThresholdError
+from scanstream.evaluation.metrics import check_labels_scores, check_target, operating_point_at_threshold, recall_cut
 
 RECORD_VERSION = 1
 CI_METHODS = {"clopper-pearson": "exact", "wilson": "wilson"}
@@ -36,32 +41,33 @@ DEFAULT_PREVALENCES = ("1:17", "1:183")  # the paper's VALID and TEST (PHYSICS.m
 
 
 # -- pure core ---------------------------------------------------------------------------
-def _validate(scores: Any, labels: Any, target: float, what: str) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel()
-    if s.shape != y.shape:
-        raise InputError(f"scores ({s.size}) and labels ({y.size}) differ in length")
-    if not np.all(np.isfinite(s)):
-        raise InputError(f"scores contain {int((~np.isfinite(s)).sum())} non-finite values")
-    bad = set(np.unique(y).tolist()) - {0, 1}
-    if bad:
-        raise InputError(f"labels must be 0 or 1 (filter unknown -1 first), got {sorted(bad)}")
-    if not (0.0 < float(target) <= 1.0):
-        raise InputError(f"target {what} must be in (0, 1], got {target!r}")
+def _calibration_data(labels: Any, scores: Any, target: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (bool) and scores (float64) checked by :func:`~scanstream.evaluation.metrics.check_labels_scores`.
+
+    Raises
+    ------
+    InputError
+        Bad arrays (different lengths, labels other than 0/1, non-finite scores) or a target
+        outside (0, 1].
+    ThresholdError
+        No alpha label: there is nothing to calibrate on.
+    """
+    y, s = check_labels_scores(np.ravel(labels), np.ravel(scores), need_both=False)
+    check_target(target, what)
     if not (y == 1).any():
         raise ThresholdError("no positive (alpha) labels: a threshold cannot be calibrated")
-    return s, y.astype(bool)
+    return y.astype(bool), s
 
 
-def threshold_at_recall(scores: Any, labels: Any, target: float) -> float:
+def threshold_at_recall(labels: Any, scores: Any, target: float) -> float:
     """The highest threshold whose selection ``score >= threshold`` reaches ``target`` recall.
 
     Parameters
     ----------
-    scores : array-like, float (n,)
-        Logits (higher = more alpha-like).
     labels : array-like, int (n,)
         1 alpha decay, 0 other.
+    scores : array-like, float (n,)
+        Logits (higher = more alpha-like).
     target : float
         Recall to reach, in (0, 1].
 
@@ -69,26 +75,24 @@ def threshold_at_recall(scores: Any, labels: Any, target: float) -> float:
     -------
     float
         The score of the ``ceil(target * n_pos)``-th highest positive: selecting every crop at
-        or above it keeps at least that many positives, and any higher cut keeps fewer.
+        or above it keeps at least that many positives, and any higher cut keeps fewer
+        (:func:`scanstream.evaluation.metrics.recall_cut`).
 
     Examples
     --------
-    >>> threshold_at_recall([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 1], 2 / 3)
+    >>> threshold_at_recall([1, 0, 1, 1], [0.9, 0.8, 0.7, 0.1], 2 / 3)
     0.7
     """
-    s, y = _validate(scores, labels, target, "recall")
-    pos = np.sort(s[y])[::-1]
-    # round before ceil so that 0.9 * 10 = 9.000000000000002 asks for 9 positives, not 10
-    k = max(1, math.ceil(round(float(target) * pos.size, 9)))
-    return float(pos[k - 1])
+    y, s = _calibration_data(labels, scores, target, "recall")
+    return recall_cut(y.astype(np.int8), s, target)
 
 
-def threshold_at_precision(scores: Any, labels: Any, target: float) -> float:
+def threshold_at_precision(labels: Any, scores: Any, target: float) -> float:
     """The lowest threshold (highest recall) whose selection reaches ``target`` precision.
 
     Parameters
     ----------
-    scores, labels : array-like (n,)
+    labels, scores : array-like (n,)
         As in :func:`threshold_at_recall`.
     target : float
         Precision to reach, in (0, 1].
@@ -106,10 +110,10 @@ def threshold_at_precision(scores: Any, labels: Any, target: float) -> float:
 
     Examples
     --------
-    >>> threshold_at_precision([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 1], 0.75)
+    >>> threshold_at_precision([1, 0, 1, 1], [0.9, 0.8, 0.7, 0.1], 0.75)
     0.1
     """
-    s, y = _validate(scores, labels, target, "precision")
+    y, s = _calibration_data(labels, scores, target, "precision")
     order = np.argsort(-s, kind="stable")
     s_sorted, y_sorted = s[order], y[order]
     tp = np.cumsum(y_sorted)
@@ -169,22 +173,9 @@ def project_precision(recall: float, fpr: float, prevalence: float) -> float | N
     return None if den <= 0 else float(recall * prevalence / den)
 
 
-def operating_point(scores: Any, labels: Any, threshold: float) -> dict[str, int]:
-    """Confusion counts of the cut ``score >= threshold``: tp, fp, fn, tn."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel() == 1
-    sel = s >= threshold
-    return {
-        "tp": int((sel & y).sum()),
-        "fp": int((sel & ~y).sum()),
-        "fn": int((~sel & y).sum()),
-        "tn": int((~sel & ~y).sum()),
-    }
-
-
 def build_threshold_record(
-    scores: Any,
     labels: Any,
+    scores: Any,
     *,
     target_kind: str,
     target_value: float,
@@ -199,10 +190,10 @@ def build_threshold_record(
 
     Parameters
     ----------
-    scores : array-like, float (n,)
-        Ensemble mean logits of the calibration crops with a known label.
     labels : array-like, int (n,)
         1 alpha, 0 other.
+    scores : array-like, float (n,)
+        Ensemble mean logits of the calibration crops with a known label.
     target_kind : {"recall", "precision"}
     target_value : float
     model_hashes : sequence of str
@@ -213,18 +204,18 @@ def build_threshold_record(
         ``"1:183"``-style prevalences to project precision to.
     """
     if target_kind == "recall":
-        t = threshold_at_recall(scores, labels, target_value)
+        t = threshold_at_recall(labels, scores, target_value)
     elif target_kind == "precision":
-        t = threshold_at_precision(scores, labels, target_value)
+        t = threshold_at_precision(labels, scores, target_value)
     else:
         raise InputError(f"target kind must be 'recall' or 'precision', got {target_kind!r}")
-    c = operating_point(scores, labels, t)
-    n_pos, n_neg = c["tp"] + c["fn"], c["fp"] + c["tn"]
-    sel = c["tp"] + c["fp"]
-    recall = c["tp"] / n_pos
-    fpr = c["fp"] / n_neg if n_neg else 0.0
-    r_ci = proportion_ci(c["tp"], n_pos, level=level, method=ci_method)
-    f_ci = proportion_ci(c["fp"], n_neg, level=level, method=ci_method)
+    op = operating_point_at_threshold(np.ravel(labels), np.ravel(scores), t)
+    tp, fp, sel = op.true_positives, op.false_positives, op.selected
+    n_pos, n_neg = op.positives, op.total - op.positives
+    recall = tp / n_pos
+    fpr = fp / n_neg if n_neg else 0.0
+    r_ci = proportion_ci(tp, n_pos, level=level, method=ci_method)
+    f_ci = proportion_ci(fp, n_neg, level=level, method=ci_method)
     projection = []
     for text in prevalences:
         pi = parse_prevalence(text)
@@ -245,13 +236,13 @@ def build_threshold_record(
         "achieved": {
             "recall": recall,
             "recall_ci": list(r_ci),
-            "precision": c["tp"] / sel if sel else None,
-            "precision_ci": list(proportion_ci(c["tp"], sel, level=level, method=ci_method)),
+            "precision": tp / sel if sel else None,
+            "precision_ci": list(proportion_ci(tp, sel, level=level, method=ci_method)),
             "false_positive_rate": fpr,
             "false_positive_rate_ci": list(f_ci),
             "selected": sel,
-            "true_positives": c["tp"],
-            "false_positives": c["fp"],
+            "true_positives": tp,
+            "false_positives": fp,
         },
         "ci": {"method": ci_method, "level": level},
         "calibration_store": {**calibration_store, "alpha": n_pos, "other": n_neg},
@@ -296,14 +287,10 @@ def load_threshold(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_threshold(record: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a record atomically (temporary file, then rename)."""
+    """Check a record and write it to ``path`` atomically (:func:`scanstream.atomic.write_json`)."""
     p = Path(path)
     validate_threshold_record(record, source=str(p))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, p)
-    return p
+    return write_json(p, record, sort_keys=False)
 
 
 def check_models(record: dict[str, Any], model_hashes: Sequence[str], *, source: str = "threshold record") -> None:
@@ -314,54 +301,3 @@ def check_models(record: dict[str, Any], model_hashes: Sequence[str], *, source:
             f"{source}: calibrated for models {want} but the given models are {have}; "
             "calibrate a threshold for these models with `scanstream threshold`"
         )
-
-
-# -- I/O edge ----------------------------------------------------------------------------
-def calibrate_threshold(
-    store_path: str | os.PathLike,
-    checkpoints: Sequence[str | os.PathLike],
-    *,
-    target_recall: float | None = None,
-    target_precision: float | None = None,
-    prevalences: Sequence[str] = DEFAULT_PREVALENCES,
-    level: float = 0.95,
-    ci_method: str = "clopper-pearson",
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 64,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Score a labelled store with the ensemble and build its threshold record.
-
-    Exactly one of ``target_recall`` / ``target_precision`` is given. Crops labelled unknown
-    (-1) are scored but not used.
-    """
-    from scanstream.devices import resolve_precision
-    from scanstream.inference.classify import score_store
-    from scanstream.inference.engine import checkpoint_identity
-    from scanstream.store import open_store
-
-    if (target_recall is None) == (target_precision is None):
-        raise InputError("give exactly one of a target recall or a target precision")
-    for text in prevalences:
-        parse_prevalence(text)  # fail before the slow scoring
-    store = open_store(store_path)
-    labels = store.labels
-    known = labels >= 0
-    if not (labels == 1).any():
-        raise ThresholdError(f"{store.path}: no crops labelled alpha (1); a threshold needs a labelled store")
-    hashes = [checkpoint_identity(c) for c in checkpoints]
-    scores = score_store(store, list(checkpoints), device=device, batch_size=batch_size, precision=precision, progress=progress)
-    kind, value = ("recall", target_recall) if target_recall is not None else ("precision", target_precision)
-    return build_threshold_record(
-        scores[known],
-        labels[known],
-        target_kind=kind,
-        target_value=float(value),
-        model_hashes=hashes,
-        calibration_store={"path": str(store.path), "hash": store.content_hash, "unknown": int((~known).sum())},
-        prevalences=prevalences,
-        level=level,
-        ci_method=ci_method,
-        score_precision=resolve_precision(precision, device),
-    )

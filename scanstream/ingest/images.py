@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from scanstream import store as st
+from scanstream.atomic import write_text
 from scanstream.errors import IngestError, InputError
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ class IngestConfig:
         Images decoded per batch (memory holds about two batches plus one store shard).
     workers : int
         Decoding threads.
+    chunk_crops, shard_crops : int
+        Crops per chunk and per shard of a store this ingest creates (an existing store keeps
+        its own); a shard is also the unit of a commit, so a resumed ingest redoes at most one.
     """
 
     format: str = "images"
@@ -134,12 +138,16 @@ class IngestConfig:
     id_prefix: str = ""
     batch_size: int = 256
     workers: int = 2
+    chunk_crops: int = st.CHUNK_CROPS
+    shard_crops: int = st.SHARD_CROPS
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise InputError(f"unknown ingest format {self.format!r}; expected one of {', '.join(FORMATS)}")
         if self.batch_size < 1 or self.workers < 1:
             raise InputError(f"batch_size and workers must be positive, got {self.batch_size}, {self.workers}")
+        if self.chunk_crops < 1 or self.shard_crops < self.chunk_crops or self.shard_crops % self.chunk_crops:
+            raise InputError(f"shard_crops {self.shard_crops} is not a positive multiple of chunk_crops {self.chunk_crops}")
 
 
 @dataclass(frozen=True)
@@ -192,9 +200,7 @@ def write_quarantine(path: Path, bad: Sequence[BadItem]) -> None:
     w.writerow(["item", "object_id", "reason"])
     for b in bad:
         w.writerow([b.item, b.object_id or "", b.reason])
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())
 
 
 # -- images: pure decoding ----------------------------------------------------------------
@@ -546,7 +552,7 @@ def _write(plan: _Plan, store: Path, src: Path, cfg: IngestConfig, pool: ThreadP
         "positive": cfg.positive if cfg.format == "imagefolder" else None,
     }
     added = 0
-    writer = st.StoreWriter(store, source=source)
+    writer = st.StoreWriter(store, source=source, chunk_crops=cfg.chunk_crops, shard_crops=cfg.shard_crops)
     with writer:
         try:
             # decode batch k+1 while batch k is being appended

@@ -1,4 +1,4 @@
-"""Scanned volumes: the microscope's z-stacks (info.json) as an OME-Zarr store napari opens.
+"""Ingest of the microscope's z-stacks (info.json) into a scanned-volume store napari opens.
 
 A z-stack folder holds the images of one field of view at successive focal depths and an
 ``info.json`` describing them (PHYSICS.md, "Scanner z-stack metadata")::
@@ -16,24 +16,8 @@ micrometres given as mm are caught), ``ImageType`` the image size and ``Depth`` 
 ``Images`` entry a ``Path`` and numeric ``x``, ``y``, ``z``. ``EmulsionType`` and ``Stage`` are
 optional and kept. A problem is one line naming the file and the key.
 
-Layout of ``NAME.zarr`` (zarr v3, OME-Zarr / NGFF 0.5, the ``bioformats2raw.layout`` collection
-that ome-zarr readers and napari's ome-zarr plugin open)::
-
-    zarr.json        attributes "ome": {"version": "0.5", "bioformats2raw.layout": 3} and
-                     "scanstream_volume": {schema, complete, source, fields: ["0", "1", ...]}
-    OME/zarr.json    "ome": {"version": "0.5", "series": ["0", "1", ...]}
-    0/               field of view 0: an NGFF image ("ome": {"multiscales": [...]}, axes z, y, x
-                     in micrometer) plus "scanstream_fov" (the info.json as read, the stage
-                     x, y, z of every plane in mm, pixel and step sizes, source folder)
-    0/0/             uint8 (z, y, x), one chunk per plane, shards of 16 planes, zstd
-    1/ ...
-
-Planes are stored in increasing stage z. The NGFF transform maps voxel (k, i, j) to stage
-micrometres: scale (step, pixel y, pixel x) and translation (z of plane 0, and the top-left
-pixel centre). Two conventions the metadata does not state are assumed and used in one place,
-:meth:`FieldOfView.pixel_to_stage`: the stage x, y of an image is the centre of the image,
-and image columns / rows run along +x / +y of the stage. Stage z is as measured (developed
-emulsion; multiply depths by the shrinkage factor ``Sh`` for pre-development depths).
+The store's layout (OME-Zarr / NGFF 0.5, one multiscale image per field of view, planes in
+increasing stage z) and its reader are :mod:`scanstream.store.volume`.
 
 Ingest (:func:`ingest_stacks`) validates every info.json and image header first, then writes one
 field of view at a time, 16 planes at a time (memory stays flat), each marked complete last;
@@ -50,7 +34,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,28 +44,22 @@ import zarr
 from PIL import Image, UnidentifiedImageError
 from zarr.codecs import ZstdCodec
 
-from scanstream.errors import StackError, StoreError, StoreNotFoundError
+from scanstream.atomic import atomic_dir
+from scanstream.errors import StackError, StoreError
 from scanstream.ingest.images import BadItem, quarantine_path, write_quarantine
+from scanstream.store.volume import AXES, NGFF_VERSION, VOLUME_SCHEMA, is_volume, open_volume
 
 logger = logging.getLogger(__name__)
 
-VOLUME_SCHEMA = 1
-NGFF_VERSION = "0.5"
 INFO_FILE = "info.json"
 Z_BLOCK = 16  # planes per shard, and per write
 MAX_PIXEL_MM = 0.01  # 10 um per pixel: coarser is not an emulsion microscope (um given as mm?)
 MAX_STEP_MM = 0.1
-AXES = [
-    {"name": "z", "type": "space", "unit": "micrometer"},
-    {"name": "y", "type": "space", "unit": "micrometer"},
-    {"name": "x", "type": "space", "unit": "micrometer"},
-]
 
 
 def _um(mm: float) -> float:
     """mm -> micrometres, rounded to 1e-9 um so 0.000284 mm reads 0.284, not 0.28400000000000003."""
     return round(mm * 1000.0, 9)
-
 
 
 @dataclass(frozen=True)
@@ -254,157 +232,6 @@ def check_stack(folder: Path) -> StackInfo:
     return info
 
 
-# -- reading ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FieldOfView:
-    """One z-stack in a volume store.
-
-    Attributes
-    ----------
-    name : str
-        Its group in the store ("0", "1", ...).
-    source : str
-        The stack folder, relative to the ingest source.
-    data : zarr.Array
-        uint8 (z, y, x), planes in increasing stage z.
-    pixel_size_um : tuple of float
-        (x, y) micrometres per pixel.
-    step_um : float
-        Micrometres per z step (from Interval).
-    stage_x_mm, stage_y_mm, stage_z_mm : numpy.ndarray
-        float64 (z,): stage position of every plane (mm), as in info.json.
-    attrs : dict
-        The field of view's ``scanstream_fov`` attributes (including the raw info.json).
-    """
-
-    name: str
-    source: str
-    data: zarr.Array
-    pixel_size_um: tuple[float, float]
-    step_um: float
-    stage_x_mm: np.ndarray
-    stage_y_mm: np.ndarray
-    stage_z_mm: np.ndarray
-    attrs: dict
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.data.shape)
-
-    @property
-    def info(self) -> dict:
-        return self.attrs["info"]
-
-    @property
-    def shrinkage(self) -> float | None:
-        return (self.info.get("EmulsionType") or {}).get("Sh")
-
-    def read(self, z: int | slice = slice(None)) -> np.ndarray:
-        """Planes ``z`` as uint8 ((k,) y, x)."""
-        return np.asarray(self.data[z])
-
-    def pixel_to_stage(self, z: float, y: float, x: float) -> tuple[float, float, float]:
-        """Stage position (x_mm, y_mm, z_mm) of voxel (plane z, row y, column x).
-
-        Uses the plane's own stage x, y, z (interpolated for a fractional plane), the image
-        centre as the stage position, and columns / rows along +x / +y.
-        """
-        k = np.arange(len(self.stage_z_mm))
-        sx, sy, sz = (float(np.interp(z, k, a)) for a in (self.stage_x_mm, self.stage_y_mm, self.stage_z_mm))
-        ny, nx = self.data.shape[1:]
-        return (sx + (x - (nx - 1) / 2) * self.pixel_size_um[0] / 1000.0,
-                sy + (y - (ny - 1) / 2) * self.pixel_size_um[1] / 1000.0,
-                sz)
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A scanned-volume store: its fields of view, in ingest order."""
-
-    path: Path
-    fields: tuple[FieldOfView, ...]
-    attrs: dict
-
-    def __len__(self) -> int:
-        return len(self.fields)
-
-    def __iter__(self) -> Iterator[FieldOfView]:
-        return iter(self.fields)
-
-    def __getitem__(self, key: int | str) -> FieldOfView:
-        if isinstance(key, int):
-            return self.fields[key]
-        for f in self.fields:
-            if key in (f.name, f.source):
-                return f
-        raise KeyError(f"{self.path}: no field of view {key!r}")
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.attrs.get("complete"))
-
-
-def is_volume(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a scanned-volume store (complete or not)."""
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("node_type") == "group" and "scanstream_volume" in meta.get("attributes", {})
-
-
-def open_volume(path: str | os.PathLike, *, require_complete: bool = True) -> Volume:
-    """Open a scanned-volume store read-only.
-
-    Raises
-    ------
-    StoreNotFoundError
-        ``path`` is not a volume store.
-    StoreError
-        It is incomplete (and ``require_complete``), or a field of view is malformed.
-    """
-    p = Path(path)
-    if not is_volume(p):
-        raise StoreNotFoundError(f"{p}: not a scanstream volume store")
-    group = zarr.open_group(str(p), mode="r")
-    attrs = dict(group.attrs["scanstream_volume"])
-    if require_complete and not attrs.get("complete"):
-        raise StoreError(f"{p}: volume store is incomplete (interrupted ingest?); rerun the ingest")
-    fields = []
-    for name in attrs.get("fields", []):
-        g = group[name]
-        fa = dict(g.attrs["scanstream_fov"])
-        fields.append(FieldOfView(
-            name=name, source=fa["source"], data=g["0"], pixel_size_um=tuple(fa["pixel_size_um"]),
-            step_um=float(fa["step_um"]), stage_x_mm=np.asarray(fa["stage_x_mm"], np.float64),
-            stage_y_mm=np.asarray(fa["stage_y_mm"], np.float64), stage_z_mm=np.asarray(fa["stage_z_mm"], np.float64),
-            attrs=fa,
-        ))
-    return Volume(p, tuple(fields), attrs)
-
-
-def summarize_volume(volume: Volume) -> dict[str, Any]:
-    """A JSON-ready summary (``scanstream info``)."""
-    size = sum(f.stat().st_size for f in volume.path.rglob("*") if f.is_file())
-    return {
-        "path": str(volume.path),
-        "kind": "volume",
-        "ngff": NGFF_VERSION,
-        "complete": volume.complete,
-        "fields_of_view": len(volume),
-        "planes": sum(f.shape[0] for f in volume),
-        "fields": [
-            {"name": f.name, "source": f.source, "shape_zyx": list(f.shape),
-             "stage_x_mm": float(f.stage_x_mm[0]), "stage_y_mm": float(f.stage_y_mm[0]),
-             "z_mm": [float(f.stage_z_mm[0]), float(f.stage_z_mm[-1])],
-             "pixel_size_um": list(f.pixel_size_um), "step_um": f.step_um}
-            for f in volume
-        ],
-        "bytes": size,
-        "source": volume.attrs.get("source"),
-    }
-
-
 # -- writing -----------------------------------------------------------------------------------
 def _multiscales(info: StackInfo, planes: list[StackImage], name: str) -> dict:
     px_um, py_um = _um(info.pixel_mm[0]), _um(info.pixel_mm[1])
@@ -451,20 +278,21 @@ class VolumeIngestResult:
 
 
 class _VolumeWriter:
-    """Adds fields of view to a volume store; :meth:`rollback` undoes this run's additions."""
+    """Adds fields of view to a volume store; :meth:`rollback` undoes this run's additions.
 
-    def __init__(self, path: Path, source: dict) -> None:
+    ``z_block`` planes are written at a time and make one shard.
+    """
+
+    def __init__(self, path: Path, source: dict, *, z_block: int = Z_BLOCK) -> None:
         self.path = path
+        self.z_block = z_block
         self.created = not path.exists()
         if self.created:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
             attrs = {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3},
                      "scanstream_volume": {"schema": VOLUME_SCHEMA, "complete": False, "source": source, "fields": []}}
-            g = zarr.open_group(str(tmp), mode="w", attributes=attrs)
-            g.create_group("OME", attributes={"ome": {"version": NGFF_VERSION, "series": []}})
-            os.replace(tmp, path)
+            with atomic_dir(path) as tmp:  # a store directory always has its group attributes
+                g = zarr.open_group(str(tmp), mode="w", attributes=attrs)
+                g.create_group("OME", attributes={"ome": {"version": NGFF_VERSION, "series": []}})
         elif not is_volume(path):
             raise StackError(f"{path}: exists and is not a scanstream volume store")
         self.group = zarr.open_group(str(path), mode="r+")
@@ -499,12 +327,12 @@ class _VolumeWriter:
         nz = len(planes)
         arr = g.create_array(
             "0", shape=(nz, info.height, info.width), chunks=(1, info.height, info.width),
-            shards=(min(Z_BLOCK, nz), info.height, info.width), dtype="uint8",
+            shards=(min(self.z_block, nz), info.height, info.width), dtype="uint8",
             compressors=ZstdCodec(level=3), fill_value=0, dimension_names=["z", "y", "x"],
         )
         self.added.append(name)
-        for start in range(0, nz, Z_BLOCK):
-            block = planes[start : start + Z_BLOCK]
+        for start in range(0, nz, self.z_block):
+            block = planes[start : start + self.z_block]
             arr[start : start + len(block)] = np.stack([read_plane(info.folder / p.path) for p in block])
             if progress is not None:
                 progress(len(block))
@@ -545,6 +373,27 @@ def _stack_key(src: Path, folder: Path) -> str:
     return src.resolve().name if rel == Path(".") else rel.as_posix()
 
 
+def _check_stacks(
+    src: Path, folders: list[Path], present: set[str], *, skip_bad: bool
+) -> tuple[list[tuple[str, StackInfo]], list[BadItem], int]:
+    """The first pass: (key, info) of every stack to add, the bad ones, and how many are present."""
+    todo: list[tuple[str, StackInfo]] = []
+    bad: list[BadItem] = []
+    already = 0
+    for folder in folders:
+        key = _stack_key(src, folder)
+        if key in present:
+            already += 1
+            continue
+        try:
+            todo.append((key, check_stack(folder)))
+        except StackError as exc:
+            if not skip_bad:
+                raise
+            bad.append(BadItem(str(folder), str(exc), key))
+    return todo, bad, already
+
+
 def ingest_stacks(
     src: str | os.PathLike,
     store: str | os.PathLike,
@@ -552,6 +401,7 @@ def ingest_stacks(
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
     total: Callable[[int], None] | None = None,
+    z_block: int = Z_BLOCK,
 ) -> VolumeIngestResult:
     """Ingest z-stack folders under ``src`` into the volume store ``store`` (module docstring).
 
@@ -565,6 +415,8 @@ def ingest_stacks(
         Leave bad stacks out and list them in ``NAME.zarr.quarantine.csv`` instead of failing.
     progress, total : callable, optional
         Called with planes written / once with the planes to write.
+    z_block : int
+        Planes per shard of a new field of view, and per write (memory holds one block).
 
     Raises
     ------
@@ -574,6 +426,8 @@ def ingest_stacks(
     """
     src, store = Path(src), Path(store)
     t0 = time.perf_counter()
+    if z_block < 1:
+        raise StackError(f"z_block must be a positive number of planes, got {z_block}")
     if not src.is_dir():
         raise StackError(f"{src}: no such source folder")
     folders = find_stacks(src)
@@ -581,28 +435,12 @@ def ingest_stacks(
         raise StackError(f"{src}: no z-stack folders (a folder with {INFO_FILE})")
     if store.exists() and not is_volume(store):
         raise StackError(f"{store}: exists and is not a scanstream volume store")
-    present: set[str] = set()
-    if store.exists():
-        present = {f.source for f in open_volume(store, require_complete=False)}
-
-    bad: list[BadItem] = []
-    todo: list[tuple[str, StackInfo]] = []
-    already = 0
-    for folder in folders:
-        key = _stack_key(src, folder)
-        if key in present:
-            already += 1
-            continue
-        try:
-            todo.append((key, check_stack(folder)))
-        except StackError as exc:
-            if not skip_bad:
-                raise
-            bad.append(BadItem(str(folder), str(exc), key))
+    present = {f.source for f in open_volume(store, require_complete=False)} if store.exists() else set()
+    todo, bad, already = _check_stacks(src, folders, present, skip_bad=skip_bad)
     if total is not None:
         total(sum(len(info.images) for _, info in todo))
 
-    writer = _VolumeWriter(store, {"stage": "ingest", "format": "stack", "src": str(src)})
+    writer = _VolumeWriter(store, {"stage": "ingest", "format": "stack", "src": str(src)}, z_block=z_block)
     planes = 0
     try:
         for key, info in todo:

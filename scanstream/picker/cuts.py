@@ -14,6 +14,7 @@ put the windows where nearly all of them are, never looking at TEST.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -25,8 +26,13 @@ import pyarrow.parquet as pq
 
 from scanstream.atomic import write_parquet
 from scanstream.errors import InputError
-from scanstream.evaluation.metrics import OperatingPoint, operating_point_from_selection
-from scanstream.store import CropStore
+from scanstream.evaluation.metrics import (
+    OperatingPoint,
+    average_precision,
+    operating_point_at_recall,
+    operating_point_from_selection,
+)
+from scanstream.store import CropStore, is_store, open_store
 
 
 @dataclass(frozen=True)
@@ -175,8 +181,6 @@ def summarize_scores(table: pa.Table, scores: np.ndarray, *, at_recall: float | 
     are compared at equal recall (the paper's Table 2). Returns ``{"objects": n}`` alone when
     the table has no labelled alpha decay.
     """
-    from scanstream.evaluation.metrics import average_precision, operating_point_at_recall
-
     out: dict = {"objects": int(table.num_rows)}
     if "label" not in table.column_names:
         return out
@@ -232,8 +236,6 @@ def choose_config(train: pa.Table, *, low_percentile: float = 2.0, high_percenti
 
 def read_object_table(path: str | os.PathLike) -> pa.Table:
     """The object table of a crop store or of a features-only Parquet file."""
-    from scanstream.store import is_store, open_store
-
     p = Path(path)
     if is_store(p):
         return open_store(p).table
@@ -247,9 +249,6 @@ def read_object_table(path: str | os.PathLike) -> pa.Table:
 
 def write_result(result: pa.Table, path: str | os.PathLike, *, config: BaselineConfig) -> Path:
     """Write the former method's table atomically (its cuts in the schema metadata)."""
-    import json
-
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(p, result.replace_schema_metadata({"scanstream_baseline": json.dumps(config.to_dict())}))
     return p

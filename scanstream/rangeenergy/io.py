@@ -14,7 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scanstream.atomic import atomic_path
+from scanstream import __version__
+from scanstream.atomic import atomic_path, write_text
+from scanstream.candidates.table import read_candidates
 from scanstream.errors import InputError
 from scanstream.picker import cuts as bl
 from scanstream.rangeenergy.fit import FitConfig, fit_sheet
@@ -29,6 +31,7 @@ from scanstream.rangeenergy.relation import (
     line_ranges_um,
 )
 from scanstream.rangeenergy.spectrum import SpectrumModel, background_density, line_shapes, line_weights
+from scanstream.review.verdicts import read_verdicts
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +39,6 @@ logger = logging.getLogger(__name__)
 # -- inputs, outputs ------------------------------------------------------------------------
 def alpha_object_ids(verdicts: str | os.PathLike) -> set[str]:
     """Object ids whose latest verdict in a verdicts table (directory or .jsonl file) is alpha."""
-    from scanstream.review.verdicts import read_verdicts
-
     latest: dict[str, str] = {}
     for record in read_verdicts(verdicts):  # in time order: the last one per object wins
         latest[str(record["object_id"])] = record["verdict"]
@@ -97,8 +98,6 @@ def read_sheet_lengths(source: str | os.PathLike, *, sheet: str, store: str | os
             inputs["selection"] = "verdict alpha"
         wanted = rows.num_rows
     else:
-        from scanstream.candidates.table import read_candidates
-
         cands = _sheet_rows(read_candidates(source, columns=["object_id", "sheet", "selected"]), sheet, source)
         if alpha_ids is None:
             cands = cands.filter(pc.fill_null(cands.column("selected"), False))
@@ -175,18 +174,9 @@ def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str 
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
     ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.8))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    return out
-
-
-def _write_json(obj: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` as JSON (temporary file in the same folder, fsync, rename)."""
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     return out
 
 
@@ -198,8 +188,6 @@ def run_range_energy(source: str | os.PathLike, *, sheet: str, out: str | os.Pat
     See :func:`read_sheet_lengths` for ``source``, ``store`` and ``verdicts``; returns the JSON
     document written (fitted values with errors, inputs, counts, model and fit settings).
     """
-    from scanstream import __version__
-
     model = model or SpectrumModel()
     config = config or FitConfig()
     lengths, inputs = read_sheet_lengths(source, sheet=sheet, store=store, verdicts=verdicts)
@@ -218,5 +206,5 @@ def run_range_energy(source: str | os.PathLike, *, sheet: str, out: str | os.Pat
                      "power_law_a_um": POWER_A_UM, "power_law_b": POWER_B},
         "spectrum": str(png),
     }
-    doc["json"] = str(_write_json(doc, out_dir / RESULT_FILE))
+    doc["json"] = str(write_text(out_dir / RESULT_FILE, json.dumps(doc, indent=2, default=str) + "\n"))
     return doc

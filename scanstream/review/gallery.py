@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
+from scanstream.atomic import atomic_dir, atomic_path, write_bytes, write_text
 from scanstream.candidates.query import CandidateFilter, query_candidates
 from scanstream.errors import InputError
 from scanstream.store import CropStore, open_store
@@ -286,20 +286,19 @@ def write_gallery(
     lookup = CropLookup(list(stores) if stores else recorded_stores(table))
     crops = lookup.read(rows) if rows else np.zeros((0, 224, 224, 3), np.uint8)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "crops").mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
+        (tmp / "crops").mkdir()
         urls = []
         for i, crop in enumerate(crops):
             name = f"crops/{i + 1:06d}.png"
-            (tmp / name).write_bytes(png_bytes(crop))
+            write_bytes(tmp / name, png_bytes(crop))
             urls.append(name)
         shown = min(len(rows), contact_limit)
-        contact_sheet(crops[:shown], rows[:shown], columns=columns).save(tmp / "contact_sheet.png")
+        with atomic_path(tmp / "contact_sheet.png") as png:
+            contact_sheet(crops[:shown], rows[:shown], columns=columns).save(png, format="PNG")
         title = f"scanstream candidates: {Path(candidates).name}"
         help_text = f"{len(rows)} candidates, highest score first (score = logit; star = selected by the threshold)."
-        (tmp / "index.html").write_text(render_page(rows, urls, title=title, help_text=help_text), encoding="utf-8")
+        write_text(tmp / "index.html", render_page(rows, urls, title=title, help_text=help_text))
         f = filters or CandidateFilter(top=200)
         meta = {
             "candidates": str(Path(candidates).resolve()),
@@ -308,13 +307,6 @@ def write_gallery(
             "count": len(rows),
             "rows": [{k: v for k, v in r.items()} for r in rows],
         }
-        (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str))
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_text(tmp / MARKER, json.dumps(meta, indent=1, default=str))
     logger.info("gallery of %d candidates in %s", len(rows), out)
     return GalleryResult(out=out, html=out / "index.html", contact_sheet=out / "contact_sheet.png", count=len(rows))

@@ -240,23 +240,12 @@ def verdicts_to_store(
         raise VerdictError("no source store given (use --store, repeatable)")
     out = Path(out)
     if out.exists() and not overwrite:
-        if not is_store(out):
-            raise StoreExistsError(f"{out}: exists and is not a crop store")
-        if open_store(out, require_complete=False).complete:
-            raise StoreExistsError(f"{out}: store exists (use --overwrite to replace it)")
+        _refuse_existing(out)
     opened = [open_store(s) for s in stores]
     ids = [s.table.column("object_id") for s in opened]
     by_id: dict[int, dict[str, int]] = {}
     located = [_locate(opened, r, ids, by_id) for r in keep]
-    seen: dict[str, int] = {}
-    for i, r in enumerate(keep):
-        if str(r["object_id"]) in seen:
-            other = keep[seen[str(r["object_id"])]]
-            raise VerdictError(
-                f"object id {r['object_id']!r} has verdicts from two stores ({other.get('store')} and {r.get('store')}); "
-                "a store needs unique ids"
-            )
-        seen[str(r["object_id"])] = i
+    _check_unique_ids(keep)
 
     source = {
         "stage": "verdicts",
@@ -268,35 +257,8 @@ def verdicts_to_store(
         todo = [i for i, r in enumerate(keep) if str(r["object_id"]) not in writer]
         for b in range(0, len(todo), batch):
             chunk = todo[b : b + batch]
-            crops = np.empty((len(chunk), 224, 224, 3), np.uint8)
-            for k in {located[i][0] for i in chunk}:
-                pos = [j for j, i in enumerate(chunk) if located[i][0] == k]
-                crops[pos] = opened[k].read_rows(np.array([located[chunk[j]][1] for j in pos], np.int64))
-            rows = []
-            for i in chunk:
-                k, row = located[i]
-                src = opened[k].table.slice(row, 1).to_pylist()[0]
-                label = VERDICTS[keep[i]["verdict"]]
-                rows.append(
-                    {
-                        "object_id": src["object_id"],
-                        "experiment": src.get("experiment"),
-                        "module": src.get("module"),
-                        "plate": src.get("plate"),
-                        "sheet": src.get("sheet"),
-                        "x_mm": src.get("x_mm"),
-                        "y_mm": src.get("y_mm"),
-                        "z_mm": src.get("z_mm"),
-                        "label": -1 if label is None else label,
-                        "category": None,
-                        "multiplicity": src.get("multiplicity"),
-                        "track_lengths_um": src.get("track_lengths_um"),
-                        "verdict": keep[i]["verdict"],
-                        "verdict_time": str(keep[i].get("time", "")),
-                        "source_store": str(opened[k].path),
-                        "source_index": row,
-                    }
-                )
+            crops = _read_crops(opened, [located[i] for i in chunk])
+            rows = [_verdict_row(keep[i], opened[located[i][0]], located[i][1]) for i in chunk]
             writer.append(crops, _rows_table(rows))
     counts = count_verdicts(keep)
     result = VerdictStoreResult(
@@ -304,6 +266,60 @@ def verdicts_to_store(
     )
     logger.info("%s: %d alpha, %d not alpha (%d unsure left out)", out, result.alpha, result.not_alpha, unsure)
     return result
+
+
+def _refuse_existing(out: Path) -> None:
+    """Refuse a complete store (or anything else) at ``out``; an interrupted store is resumed."""
+    if not is_store(out):
+        raise StoreExistsError(f"{out}: exists and is not a crop store")
+    if open_store(out, require_complete=False).complete:
+        raise StoreExistsError(f"{out}: store exists (use --overwrite to replace it)")
+
+
+def _check_unique_ids(keep: Sequence[Mapping[str, Any]]) -> None:
+    """A store needs unique object ids: refuse verdicts on one id from two stores."""
+    seen: dict[str, int] = {}
+    for i, r in enumerate(keep):
+        if str(r["object_id"]) in seen:
+            other = keep[seen[str(r["object_id"])]]
+            raise VerdictError(
+                f"object id {r['object_id']!r} has verdicts from two stores ({other.get('store')} and {r.get('store')}); "
+                "a store needs unique ids"
+            )
+        seen[str(r["object_id"])] = i
+
+
+def _read_crops(stores: Sequence[CropStore], where: Sequence[tuple[int, int]]) -> np.ndarray:
+    """uint8 (k, 224, 224, 3): the crops at ``where`` ((store number, row) pairs), each store read once."""
+    crops = np.empty((len(where), 224, 224, 3), np.uint8)
+    for k in {w[0] for w in where}:
+        pos = [j for j, w in enumerate(where) if w[0] == k]
+        crops[pos] = stores[k].read_rows(np.array([where[j][1] for j in pos], np.int64))
+    return crops
+
+
+def _verdict_row(record: Mapping[str, Any], store: CropStore, row: int) -> dict[str, Any]:
+    """The labelled store's row for ``record``: the source row's position and picker features, the verdict."""
+    src = store.table.slice(row, 1).to_pylist()[0]
+    label = VERDICTS[record["verdict"]]
+    return {
+        "object_id": src["object_id"],
+        "experiment": src.get("experiment"),
+        "module": src.get("module"),
+        "plate": src.get("plate"),
+        "sheet": src.get("sheet"),
+        "x_mm": src.get("x_mm"),
+        "y_mm": src.get("y_mm"),
+        "z_mm": src.get("z_mm"),
+        "label": -1 if label is None else label,
+        "category": None,
+        "multiplicity": src.get("multiplicity"),
+        "track_lengths_um": src.get("track_lengths_um"),
+        "verdict": record["verdict"],
+        "verdict_time": str(record.get("time", "")),
+        "source_store": str(store.path),
+        "source_index": row,
+    }
 
 
 def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:

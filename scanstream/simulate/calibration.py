@@ -5,20 +5,14 @@ For each seed: simulate the picker features (no images) of a full-size TRAIN (15
 the former method's cuts on TRAIN (:func:`scanstream.picker.cuts.choose_config`), apply them to
 TEST, and compare with the paper: 2,489 selected, precision 0.081 +- 0.006, recall
 0.788 +- 0.056. The band the simulator must hold for every seed: precision 0.06-0.11 and
-recall 0.70-0.86 with about 2,500 selected.
-
-    python -m scanstream.simulate.calibration --seeds 0 1 2 3 4 --workers 2 \\
-        --out docs/simulator/calibration.json --markdown docs/simulator/calibration.md
+recall 0.70-0.86 with about 2,500 selected. ``benchmarks/simulator_calibration.py`` runs it
+over seeds and writes docs/simulator/calibration.json and .md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import time
-from pathlib import Path
 
 from scanstream.picker.cuts import DEFAULT_CONFIG, choose_config, run_baseline_table, summarize
 from scanstream.simulate.dataset import dataset_tables
@@ -76,28 +70,3 @@ def to_markdown(results: list[dict]) -> str:
         fp = r["train_cuts"].get("false_positives_by_category", {})
         lines.append(f"| {r['seed']} | " + " | ".join(str(fp.get(c, 0)) for c in cats) + " |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, help="write the results as JSON")
-    p.add_argument("--markdown", type=Path, help="write the results as a Markdown table")
-    a = p.parse_args(argv)
-    load = os.getloadavg()[0]
-    results = [calibrate_seed(s, workers=a.workers) for s in a.seeds]
-    report = {"paper": PAPER, "band": BAND, "default_cuts": DEFAULT_CONFIG.to_dict(), "seeds": results,
-              "load_average_at_start": round(load, 2)}
-    text = json.dumps(report, indent=1)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
-    if a.markdown:
-        a.markdown.parent.mkdir(parents=True, exist_ok=True)
-        a.markdown.write_text(to_markdown(results))
-    print(to_markdown(results))
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from scanstream.errors import InputError
+from scanstream.config import read_toml
+from scanstream.errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -140,16 +140,23 @@ def parse_assignments(items: list[str] | None) -> dict[str, float]:
 
 
 def read_conditions_file(path: str | os.PathLike) -> dict[str, float]:
-    """Condition overrides from a TOML (``.toml``) or JSON file of ``name = value`` pairs."""
+    """Condition overrides from a TOML (``.toml``) or JSON file of ``name = value`` pairs.
+
+    Errors name the file (and the key): :class:`InputError`, as for conditions given as flags.
+    """
     p = Path(path)
+    if p.suffix.lower() != ".json":
+        try:
+            data = read_toml(p)
+        except ConfigError as exc:  # "<file>: no such config file" / "not a readable TOML file: ..."
+            raise InputError(str(exc)) from None
+        return parse_overrides(data, source=str(p))
     try:
-        text = p.read_text()
+        data = json.loads(p.read_text())
     except OSError as exc:
         raise InputError(f"{p}: cannot read conditions file: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"{p}: not a valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'} conditions file: {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"{p}: not a valid JSON conditions file: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"{p}: a conditions file holds name = value pairs")
     return parse_overrides(data, source=str(p))

@@ -8,6 +8,7 @@ workers, and the picker features do not depend on whether images are drawn.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -251,8 +252,6 @@ def write_features(
     overwrite: bool = False,
 ) -> pa.Table:
     """:func:`simulate_table` written atomically to a Parquet file (the object table, no images)."""
-    import json
-
     p = Path(path)
     if p.exists() and not overwrite:
         raise StoreExistsError(f"{p}: exists (use --overwrite to replace it)")
@@ -262,7 +261,6 @@ def write_features(
     meta = {"stage": "simulate", "features_only": True, "objects": int(objects), "alpha_fraction": float(alpha_fraction),
             "sheet": sheet, "seed": int(seed)}
     table = table.replace_schema_metadata({"scanstream": json.dumps(meta)})
-    p.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(p, table)
     return table
 

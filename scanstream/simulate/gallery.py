@@ -1,18 +1,19 @@
 """A gallery of simulated crops per category, for a person to judge realism.
 
-``python -m scanstream.simulate.gallery docs/simulator/gallery.png`` draws a few crops of every
-category with the picker's features under each (multiplicity, prong lengths) and whether the
-former method selects it, so image and features can be compared by eye.
+:func:`make_gallery` draws a few crops of every category with the picker's features under each
+(multiplicity, prong lengths) and whether the former method selects it, so image and features
+can be compared by eye; ``python benchmarks/simulator_gallery.py docs/simulator/gallery.png``
+writes the one in docs/simulator.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 import numpy as np
 
+from scanstream.atomic import atomic_path
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.simulate.conditions import draw_conditions
 from scanstream.simulate.dataset import ObjectPlan, simulate_objects
@@ -43,7 +44,7 @@ def make_gallery(path: str | os.PathLike, *, per_category: int = 4, seed: int = 
     lengths = [np.asarray(r["track_lengths_um"], float) for r in rows]
     sel, _ = select(mult, lengths, DEFAULT_CONFIG)
     ncols = per_category * (4 if channels else 1)
-    fig, axes = plt.subplots(len(CATEGORIES), ncols, figsize=(2.3 * ncols, 2.6 * len(CATEGORIES)))
+    fig, axes = plt.subplots(len(CATEGORIES), ncols, figsize=(2.3 * ncols, 2.6 * len(CATEGORIES)), squeeze=False)
     for i, r in enumerate(rows):
         row, col = divmod(i, per_category)
         panels = [crops[i]] + ([crops[i][..., c] for c in range(3)] if channels else [])
@@ -65,21 +66,9 @@ def make_gallery(path: str | os.PathLike, *, per_category: int = 4, seed: int = 
     )
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("out", type=Path)
-    p.add_argument("--per-category", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--channels", action="store_true", help="also show the three focal planes")
-    a = p.parse_args(argv)
-    make_gallery(a.out, per_category=a.per_category, seed=a.seed, channels=a.channels)
-
-
-if __name__ == "__main__":
-    main()

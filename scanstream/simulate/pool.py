@@ -24,7 +24,7 @@ import pyarrow as pa
 from scanstream.errors import InputError
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions
 from scanstream.simulate.dataset import ObjectPlan, check_counts, iter_simulated, plan_sheet, write_plans
-from scanstream.store import CropStore
+from scanstream.store import CropStore, is_store, open_store
 
 Keep = Callable[[pa.Table], np.ndarray]
 
@@ -110,8 +110,6 @@ def simulate_pool(
 
 def _finished_pool(path: Path, *, keep_identity: Mapping[str, Any] | None, **args: Any) -> tuple[CropStore, dict[str, int]] | None:
     """A complete store at ``path`` written by :func:`simulate_pool` with these arguments, or None."""
-    from scanstream.store import is_store, open_store
-
     if not is_store(path):
         return None
     store = open_store(path, require_complete=False)

@@ -2,8 +2,10 @@
 
 ``schema`` (the object table's columns, constants, content digests), ``crops`` (reading:
 :class:`CropStore`, :func:`open_store`, validation, summaries) and ``writer`` (crash-safe,
-resumable writes: :class:`StoreWriter`, :func:`create_store`). The names below are the store's
-public API; ``from scanstream import store as st; st.open_store(path)`` is the usual spelling.
+resumable writes: :class:`StoreWriter`, :func:`create_store`); ``volume`` reads scanned-volume
+stores (the microscope's z-stacks as OME-Zarr: :class:`Volume`, :func:`open_volume`). The names
+below are the stores' public API; ``from scanstream import store as st; st.open_store(path)`` is
+the usual spelling.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ from scanstream.store.schema import (
     rows_to_table,
     table_digest,
 )
+from scanstream.store.volume import (
+    NGFF_VERSION,
+    VOLUME_SCHEMA,
+    FieldOfView,
+    Volume,
+    is_volume,
+    open_volume,
+    summarize_volume,
+)
 from scanstream.store.writer import StoreWriter, create_store
 
 __all__ = [
@@ -48,28 +59,35 @@ __all__ = [
     "LABEL_ALPHA",
     "LABEL_OTHER",
     "LABEL_UNKNOWN",
+    "NGFF_VERSION",
     "OBJECT_SCHEMA",
     "PARTS_DIR",
     "PIXEL_SIZE_UM",
     "SCHEMA_VERSION",
     "SHARD_CROPS",
     "TABLE_FILE",
+    "VOLUME_SCHEMA",
     "ZSTD_LEVEL",
     "CropStore",
+    "FieldOfView",
     "IncompleteStoreError",
     "StoreError",
     "StoreExistsError",
     "StoreNotFoundError",
     "StoreWriter",
+    "Volume",
     "compute_content_hash",
     "create_store",
     "is_store",
+    "is_volume",
     "iter_blocks",
     "iter_rows",
     "open_store",
+    "open_volume",
     "read_table",
     "rows_to_table",
     "summarize_store",
+    "summarize_volume",
     "table_digest",
     "validate_store",
 ]

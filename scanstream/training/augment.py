@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from scanstream.errors import InputError
+from scanstream.training.config import MAX_M, parse_darkness, parse_m, parse_n
 
 #: The paper's eight operations, in a fixed order (their index is the op code).
 OPS: tuple[str, ...] = (
@@ -72,30 +73,8 @@ OP_RANGES: dict[str, tuple[float, float]] = {
 }
 GEOMETRIC = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate_y"})
 ENHANCE = frozenset({"contrast", "brightness", "sharpness"})
-MAX_N = 8
-MAX_M = 30
-#: Largest darkness jitter (a factor of 1 - 0.9 = 0.1 nearly erases the tracks).
-MAX_DARKNESS = 0.9
 #: translate values are in pixels of a crop of this side.
 REFERENCE_SIDE = 224
-
-
-def parse_n(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_N:
-        raise InputError(f"RandAugment N (operations per image) must be an integer in 0..{MAX_N}, got {n!r}")
-    return n
-
-
-def parse_m(m: float) -> float:
-    if isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m <= MAX_M:
-        raise InputError(f"RandAugment M (magnitude) must be in 0..{MAX_M}, got {m!r}")
-    return float(m)
-
-
-def parse_darkness(j: float) -> float:
-    if isinstance(j, bool) or not isinstance(j, int | float) or not 0 <= j <= MAX_DARKNESS:
-        raise InputError(f"darkness jitter must be in 0..{MAX_DARKNESS}, got {j!r}")
-    return float(j)
 
 
 def op_value(op: str, m: float) -> float:

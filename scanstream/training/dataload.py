@@ -39,11 +39,10 @@ import torch.nn.functional as F
 from scanstream.errors import InputError
 from scanstream.executor import dask_client
 from scanstream.training.augment import AugmentConfig, augment
+from scanstream.training.config import DEFAULT_BLOCK_CROPS, LOADERS
 
 logger = logging.getLogger(__name__)
 
-LOADERS = ("dask", "local")
-DEFAULT_BLOCK_CROPS = 1024
 
 _ARRAYS: dict[str, Any] = {}
 _ARRAYS_LOCK = threading.Lock()

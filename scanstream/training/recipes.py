@@ -11,6 +11,7 @@ from typing import Any
 
 from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, ConfigError
+from scanstream.training.checkpoint import read_header
 
 #: Named starting points of a run (the CLI's ``--recipe``); TOML keys and flags override them.
 #: ``paper``: the dataclass defaults, the published protocol (ResNet50 at 224 px, RandAugment
@@ -47,8 +48,6 @@ def choose_recipe(name: str, *, device: str = "auto", pretrained: str | None = N
 
 def scanstream_checkpoint(path: str) -> dict[str, Any] | None:
     """A scanstream checkpoint's header metadata, or None when ``path`` is not one."""
-    from scanstream.training.checkpoint import read_header
-
     try:
         return read_header(path)
     except CheckpointError:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanstream.errors import InputError
+from scanstream.evaluation.metrics import class_counts
 
 
-def class_counts(labels: np.ndarray) -> tuple[int, int]:
-    """(positives, negatives) among labels 1 / 0 (unknown, -1, ignored)."""
-    labels = np.asarray(labels)
-    return int((labels == 1).sum()), int((labels == 0).sum())
+def _pos_neg(labels: np.ndarray) -> tuple[int, int]:
+    c = class_counts(labels)
+    return c["alpha"], c["other"]
 
 
 def oversampling_weights(labels: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def oversampling_weights(labels: np.ndarray) -> np.ndarray:
         float64 (n,). The total weight of each class is ``n_neg``: balanced in expectation.
     """
     labels = np.asarray(labels)
-    pos, neg = class_counts(labels)
+    pos, neg = _pos_neg(labels)
     if pos == 0 or neg == 0:
         raise InputError(f"oversampling needs both classes; got {pos} positives and {neg} negatives")
     w = np.zeros(labels.shape[0], dtype=np.float64)
@@ -47,7 +47,7 @@ def oversampling_weights(labels: np.ndarray) -> np.ndarray:
 
 def pos_weight(labels: np.ndarray) -> float:
     """The BCE ``pos_weight`` from the class ratio, ``n_neg / n_pos`` (the authors' code)."""
-    pos, neg = class_counts(labels)
+    pos, neg = _pos_neg(labels)
     if pos == 0:
         raise InputError("pos_weight needs at least one positive")
     return neg / pos

@@ -3,10 +3,16 @@
 The paper (PHYSICS.md, "Grid search") trains four seeds at each N in {2, 4, 6, 8} and M in
 {6, 12, 18, 24, 30} and keeps the setting with the best mean VALID Average Precision; its
 four models are then measured on TEST one by one (mean +- std AP). Trials are independent,
-so each is a Dask task running :func:`scanstream.training.loop.train` with ``loader="local"`` (the
-data loader stays inside the task, no nested cluster). With GPUs every task asks for the
-worker resource ``GPU=1``: a LocalCluster gets one worker per GPU declaring it, and on an
-existing cluster (``scheduler``) the resource is asked for when its workers advertise it.
+so each is a Dask task (:func:`scanstream.executor.run_tasks`) running
+:func:`scanstream.training.loop.train` on ``dataclasses.replace(config.base, n=N, m=M, seed=s,
+out_dir=...)`` with ``loader="local"`` (the data loader stays inside the task, no nested
+cluster). With GPUs every task asks for the worker resource ``GPU=1``: a LocalCluster gets one
+worker per GPU declaring it, and on an existing cluster (``scheduler``) the resource is asked for
+when its workers advertise it. The options are :class:`scanstream.training.config.SearchConfig`.
+
+What trains a trial and what scores TEST are arguments of :func:`run_search` (``trainer``,
+``scorer``; module-level functions, so that Dask can send them to its workers), defaulting to
+:func:`scanstream.training.loop.train` and :func:`scanstream.inference.scoring.score_store`.
 
 Layout of the output directory::
 
@@ -19,7 +25,7 @@ Layout of the output directory::
     DIR/heatmap.png                  figure 3
     DIR/test_scores.parquet          best setting's models on TEST (object_id, label, one
                                      logit column per model, ensemble = mean logit)
-    DIR/report.md, metrics.json      the search report
+    DIR/report.md, metrics.json      the search report (:func:`scanstream.evaluation.report.render_search`)
 
 The core (:func:`summarize`, :func:`best_setting`) is pure over the results table.
 """
@@ -32,8 +38,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,181 +49,68 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from scanstream.atomic import atomic_path, write_json, write_parquet
+from scanstream.config import field_defaults
+from scanstream.devices import resolve_device
 from scanstream.errors import ConfigError, InputError, PipelineError
-from scanstream.executor import dask_client, gpu_count, task_resources, worker_count
+from scanstream.evaluation import metrics as mt
+from scanstream.evaluation.figures import plot_search_heatmap
+from scanstream.evaluation.report import render_search, write_report
+from scanstream.executor import dask_client, gpu_count, run_tasks, task_resources, worker_count
+from scanstream.inference.scoring import score_store
 from scanstream.progress import as_progress
+from scanstream.store import CropStore, open_store
+from scanstream.training.checkpoint import checkpoint_hash
+from scanstream.training.config import SearchConfig, TrainConfig
+from scanstream.training.dataload import threads_beside_loader
+from scanstream.training.loop import train
 
 logger = logging.getLogger(__name__)
 
-PAPER_NS = (2, 4, 6, 8)
-PAPER_MS = (6, 12, 18, 24, 30)
-PAPER_SEEDS = 4
-#: A grid a CPU finishes in minutes with a light backbone (2 x 2 settings, 2 seeds).
-CPU_NS = (2, 6)
-CPU_MS = (12, 24)
-CPU_SEEDS = 2
-MAX_MAGNITUDE = 30
 DONE = "done.json"
 #: TrainConfig fields a trial's identity does not depend on (where and how it runs).
-_RUNTIME_FIELDS = ("out_dir", "device", "loader", "scheduler", "torch_threads")
-
-
-def default_grid(gpu: bool) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """(Ns, Ms, seeds): the paper's grid with GPUs, a small one on CPU."""
-    return (PAPER_NS, PAPER_MS, PAPER_SEEDS) if gpu else (CPU_NS, CPU_MS, CPU_SEEDS)
-
-
-def parse_int_list(text: str | Iterable[int], what: str) -> tuple[int, ...]:
-    """``"2,4,6"`` (or a sequence of ints) -> (2, 4, 6); rejects empty lists and duplicates."""
-    if isinstance(text, str):
-        try:
-            values = tuple(int(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
-    else:
-        values = tuple(int(v) for v in text)
-    if not values:
-        raise ConfigError(f"{what} is empty")
-    if len(set(values)) != len(values):
-        raise ConfigError(f"{what} has duplicates: {values}")
-    return values
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """A grid search.
-
-    Attributes
-    ----------
-    train_store, valid_store : str
-        Labelled crop stores; VALID AP picks the setting.
-    out_dir : str
-    ns, ms : tuple of int
-        RandAugment operation counts N (>= 0) and magnitudes M (0..30).
-    seeds : int
-        Training runs per setting (seeds 0 .. seeds-1).
-    test_store : str or None
-        Labelled store on which the best setting's models are measured.
-    backbone, input_size, pretrained, max_epochs, batch_size, lr, lr_schedule, warmup_epochs, epoch_size,
-    darkness_jitter, pos_weight, unfreeze :
-        Passed to every trial's :class:`scanstream.training.loop.TrainConfig`.
-    device : str
-        Device of each trial ("auto": a GPU when the worker has one).
-    threads : int or None
-        torch threads per trial (default: the trial's share of the machine's cores, less one for
-        its loader thread on CPU).
-    score_batch_size : int
-        Batch size when scoring TEST.
-    """
-
-    train_store: str
-    valid_store: str
-    out_dir: str
-    ns: tuple[int, ...] = PAPER_NS
-    ms: tuple[int, ...] = PAPER_MS
-    seeds: int = PAPER_SEEDS
-    test_store: str | None = None
-    backbone: str = "resnet50"
-    input_size: int = 224
-    pretrained: str = "none"
-    max_epochs: int = 100
-    batch_size: int = 96
-    lr: float = 3e-4
-    lr_schedule: str = "constant"
-    warmup_epochs: int = 5
-    epoch_size: int | None = None
-    darkness_jitter: float = 0.0
-    pos_weight: bool = False
-    unfreeze: bool = False
-    device: str = "auto"
-    threads: int | None = None
-    score_batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ns", parse_int_list(self.ns, "N values"))
-        object.__setattr__(self, "ms", parse_int_list(self.ms, "M values"))
-        for n in self.ns:
-            if n < 0:
-                raise ConfigError(f"N (RandAugment operations) must be >= 0, got {n}")
-        for m in self.ms:
-            if not 0 <= m <= MAX_MAGNITUDE:
-                raise ConfigError(f"M (RandAugment magnitude) must be in 0..{MAX_MAGNITUDE}, got {m}")
-        if self.seeds < 1:
-            raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
-        from scanstream.training.augment import parse_darkness
-        from scanstream.training.loop import parse_lr_schedule
-
-        parse_lr_schedule(self.lr_schedule)
-        try:
-            parse_darkness(self.darkness_jitter)
-        except InputError as exc:
-            raise ConfigError(str(exc)) from None
-        if self.max_epochs < 1:
-            raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
-
-    def trials(self) -> list[tuple[int, int, int]]:
-        """(N, M, seed) of every trial, in grid order."""
-        return [(n, m, s) for n in self.ns for m in self.ms for s in range(self.seeds)]
-
-    def train_options(self) -> dict[str, Any]:
-        """TrainConfig fields shared by every trial."""
-        return {
-            "train_store": str(self.train_store),
-            "valid_store": str(self.valid_store),
-            "backbone": self.backbone,
-            "input_size": self.input_size,
-            "pretrained": self.pretrained,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "lr_schedule": self.lr_schedule,
-            "warmup_epochs": self.warmup_epochs,
-            "epoch_size": self.epoch_size,
-            "darkness_jitter": self.darkness_jitter,
-            "pos_weight": self.pos_weight,
-            "unfreeze": self.unfreeze,
-            "device": self.device,
-            "loader": "local",
-        }
-
-
-def _shared_defaults() -> dict[str, Any]:
-    """Defaults of the search settings, read into records written before a setting existed."""
-    from scanstream.training.loop import field_defaults
-
-    return field_defaults(SearchConfig)
+_RUNTIME_FIELDS = ("out_dir", "device", "loader", "scheduler", "torch_threads", "workers", "ahead")
+#: TrainConfig fields every trial sets itself.
+_TRIAL_FIELDS = ("n", "m", "seed")
 
 
 def trial_key(n: int, m: int, seed: int) -> str:
     return f"n{n}_m{m}_s{seed}"
 
 
-def _identity(train_config: dict, data: dict) -> dict:
-    cfg = {k: v for k, v in train_config.items() if k not in _RUNTIME_FIELDS}
-    cfg.pop("train_store", None)
-    cfg.pop("valid_store", None)
+def _plain(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples as lists)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _defaults() -> dict[str, Any]:
+    """TrainConfig's defaults, read into records written before an option existed."""
+    return _plain(field_defaults(TrainConfig))
+
+
+def _shared(base: TrainConfig) -> dict[str, Any]:
+    """The trials' shared settings as search_config.json records them (a resumed search must match)."""
+    return {k: v for k, v in _plain(asdict(base)).items() if k not in _RUNTIME_FIELDS + _TRIAL_FIELDS}
+
+
+def _identity(config: TrainConfig, data: dict) -> dict:
+    """What makes a trial the same trial: its training options (less where and how it runs) and the data."""
+    cfg = {k: v for k, v in _plain(asdict(config)).items()
+           if k not in _RUNTIME_FIELDS and k not in ("train_store", "valid_store")}
     return {"train_config": cfg, "data": data}
 
 
-def _same_identity(done: dict | None, train_config: dict, data: dict) -> bool:
-    """Whether a finished trial's recorded identity is this trial's.
+def _same_identity(done: dict | None, identity: dict) -> bool:
+    """Whether a finished trial's recorded identity is ``identity``.
 
-    A field added to the search settings after the trial ran is absent from its record; it
-    ran with that field's default, so the record is read with the current defaults filled in.
+    An option added after the trial ran is absent from its record; it ran with that option's
+    default, so the record is read with the current defaults filled in.
     """
     if done is None or "identity" not in done:
         return False
-    old, new = done["identity"], _identity(train_config, data)
-    defaults = {k: v for k, v in _shared_defaults().items() if k in new["train_config"]}
-    return {**old, "train_config": {**defaults, **old.get("train_config", {})}} == new
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    old = done["identity"]
+    defaults = {k: v for k, v in _defaults().items() if k in identity["train_config"]}
+    return {**old, "train_config": {**defaults, **old.get("train_config", {})}} == identity
 
 
 def read_done(trial_dir: Path) -> dict | None:
@@ -232,44 +126,41 @@ def read_done(trial_dir: Path) -> dict | None:
 
 
 # -- work done on a Dask worker ---------------------------------------------------------------
-def trial_threads(cores: int, train_config: dict[str, Any]) -> int:
-    """torch threads of a trial given ``cores``: on CPU, one core is left to its loader thread.
+def trial_threads(cores: int, device: str = "auto", workers: int | None = None) -> int:
+    """torch threads of a trial given ``cores``: on CPU, its loader threads keep a core each.
 
-    A trial trains with the local-thread loader; torch threads on every core as well would
-    oversubscribe them, as :func:`scanstream.training.loop.resolve_runtime` avoids for single runs.
+    A trial trains with the local-thread loader (one thread unless ``workers``); torch threads on
+    every core as well would oversubscribe them, as :func:`scanstream.training.run.resolve_runtime`
+    avoids for single runs.
     """
-    from scanstream.devices import resolve_device
-    from scanstream.training.dataload import threads_beside_loader
-
-    device = resolve_device(train_config.get("device", "auto"))
-    return threads_beside_loader(device, int(train_config.get("workers") or 1), cores)
+    return threads_beside_loader(resolve_device(device), int(workers or 1), cores)
 
 
-def run_trial(spec: dict) -> dict:
+def run_trial(spec: dict, trainer: Callable[..., Any] = train) -> dict:
     """One (N, M, seed) training run; returns (and writes as ``done.json``) its result.
 
-    ``spec``: {"key", "n", "m", "seed", "dir", "train_config" (TrainConfig fields),
-    "data" (store hashes), "threads"}. A trial whose done.json exists with the same identity
-    returns it without training.
+    ``spec``: {"key", "n", "m", "seed", "config" (the trial's TrainConfig, out_dir its
+    directory), "data" (store hashes), "threads" (the trial's cores)}. A trial whose done.json
+    exists with the same identity returns it without training. ``trainer(config,
+    progress=False)`` trains (:func:`scanstream.training.loop.train`).
     """
     import torch
 
-    from scanstream.training.checkpoint import checkpoint_hash
-    from scanstream.training.loop import TrainConfig, train
-
-    trial_dir = Path(spec["dir"])
+    config: TrainConfig = spec["config"]
+    trial_dir = Path(config.out_dir)
+    identity = _identity(config, spec["data"])
     done = read_done(trial_dir)
-    if _same_identity(done, spec["train_config"], spec["data"]):
+    if _same_identity(done, identity):
         return {**done, "resumed": True}
     trial_dir.mkdir(parents=True, exist_ok=True)
-    tc = dict(spec["train_config"])
-    tc["workers"] = tc.get("workers") or 1  # one loader thread per trial
-    if spec.get("threads") and not tc.get("torch_threads"):
-        tc["torch_threads"] = trial_threads(int(spec["threads"]), tc)
-    if tc.get("torch_threads"):
-        torch.set_num_threads(int(tc["torch_threads"]))
+    threads = config.torch_threads
+    if spec.get("threads") and not threads:
+        threads = trial_threads(int(spec["threads"]), config.device, config.workers)
+    config = replace(config, workers=config.workers or 1, torch_threads=threads)  # one loader thread per trial
+    if threads:
+        torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
-    result = train(TrainConfig(**tc, out_dir=str(trial_dir)), progress=False)
+    result = trainer(config, progress=False)
     record = {
         "key": spec["key"],
         "n": spec["n"],
@@ -282,22 +173,20 @@ def run_trial(spec: dict) -> dict:
         "checkpoint": os.path.relpath(result.checkpoint, trial_dir),
         "checkpoint_hash": checkpoint_hash(result.checkpoint),
         "seconds": round(time.perf_counter() - t0, 2),
-        "identity": _identity(spec["train_config"], spec["data"]),
+        "identity": identity,
     }
-    _write_json(record, trial_dir / DONE)
+    write_json(trial_dir / DONE, record)
     return {**record, "resumed": False}
 
 
-def score_checkpoint(store_path: str, checkpoint: str, device: str, batch_size: int, threads: int | None) -> np.ndarray:
-    """Logits (float32, (n,)) of one checkpoint over a store (a Dask task)."""
+def score_checkpoint(checkpoint: str, *, store_path: str, device: str, batch_size: int, threads: int | None,
+                     scorer: Callable[..., Any] = score_store) -> np.ndarray:
+    """Logits (float32, (n,)) of one checkpoint over a store (a Dask task); ``scorer`` is score_store's stand-in."""
     import torch
-
-    from scanstream.inference.classify import score_store
-    from scanstream.store import open_store
 
     if threads:
         torch.set_num_threads(int(threads))
-    return np.asarray(score_store(open_store(store_path), [Path(checkpoint)], device=device, batch_size=batch_size), np.float32)
+    return np.asarray(scorer(open_store(store_path), [Path(checkpoint)], device=device, batch_size=batch_size), np.float32)
 
 
 # -- pure core ----------------------------------------------------------------------------------
@@ -386,10 +275,8 @@ class SearchResult:
 
 
 def _check_inputs(config: SearchConfig) -> dict[str, str | None]:
-    from scanstream.store import open_store
-
     hashes = {}
-    for what, p in (("train", config.train_store), ("valid", config.valid_store), ("test", config.test_store)):
+    for what, p in (("train", config.base.train_store), ("valid", config.base.valid_store), ("test", config.test_store)):
         if p is None:
             continue
         s = open_store(p)
@@ -403,10 +290,9 @@ def _check_inputs(config: SearchConfig) -> dict[str, str | None]:
 def _check_config_file(out: Path, config: SearchConfig) -> None:
     """Refuse to resume a search whose shared settings differ (its trials would not compare)."""
     f = out / "search_config.json"
-    shared = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "ns", "ms", "seeds", "test_store", "device",
-                                                                    "threads", "score_batch_size")}
+    shared = _shared(config.base)
     if f.exists():
-        old = {**_shared_defaults(), **json.loads(f.read_text()).get("shared", {})}  # fields added since
+        old = {**_defaults(), **json.loads(f.read_text()).get("shared", {})}  # options added since
         diff = {k: (old.get(k), v) for k, v in shared.items() if old.get(k) != v}
         if diff:
             raise ConfigError(
@@ -414,7 +300,49 @@ def _check_config_file(out: Path, config: SearchConfig) -> None:
                 "use a new --out or the same settings"
             )
     out.mkdir(parents=True, exist_ok=True)
-    _write_json({"shared": shared, "config": asdict(config)}, f)
+    write_json(f, _plain({"shared": shared, "config": asdict(config)}))
+
+
+def _plan_trials(config: SearchConfig, out: Path, data: dict) -> tuple[list[dict], list[dict]]:
+    """(specs of the trials to run, records of the finished ones); a finished trial of other settings is refused."""
+    specs, resumed = [], []
+    for n, m, s in config.trials():
+        key = trial_key(n, m, s)
+        tdir = out / "trials" / key
+        trial = replace(config.base, n=n, m=m, seed=s, out_dir=str(tdir.resolve()), loader="local", scheduler=None,
+                        torch_threads=config.threads or config.base.torch_threads)
+        done = read_done(tdir)
+        if done is not None:
+            if not _same_identity(done, _identity(trial, data)):
+                raise ConfigError(
+                    f"{tdir}: finished with other settings or data than this search (see its {DONE}); use a new --out"
+                )
+            resumed.append(done)
+            continue
+        specs.append({"key": key, "n": n, "m": m, "seed": s, "config": trial, "data": data, "threads": config.threads})
+    return specs, resumed
+
+
+def _run_trials(client: Any, specs: list[dict], config: SearchConfig, *, resources: dict | None,
+                trainer: Callable[..., Any], progress: bool) -> tuple[list[dict], list[str]]:
+    """Every spec as a Dask task; (records of the trials that finished, one line per failed trial)."""
+    share = max(1, (os.cpu_count() or 1) // worker_count(client))  # a trial's cores on this machine
+    for spec in specs:
+        spec["threads"] = config.threads or share
+    records, failed = [], []
+    bar = as_progress(progress)(len(specs), "search trials", "trial")
+    tasks = run_tasks(client, partial(run_trial, trainer=trainer), specs, resources=resources,
+                      keys=[f"trial-{spec['key']}" for spec in specs])
+    for spec, rec, exc in tasks:
+        if exc is not None:  # any trial failure is reported, the others are kept
+            logger.error("trial %s failed: %s", spec["key"], exc)
+            failed.append(f"{spec['key']}: {type(exc).__name__}: {exc}")
+        else:
+            records.append(rec)
+            logger.info("trial %s: VALID AP %.4f (best epoch %s)", spec["key"], rec["val_ap"], rec["best_epoch"])
+        bar.update(1)
+    bar.close()
+    return records, failed
 
 
 def run_search(
@@ -425,6 +353,8 @@ def run_search(
     client: Any = None,
     processes: bool = True,
     progress: bool = True,
+    trainer: Callable[..., Any] = train,
+    scorer: Callable[..., Any] = score_store,
 ) -> SearchResult:
     """Run (or resume) the grid, gather the results, choose the best setting, measure it on TEST.
 
@@ -439,73 +369,32 @@ def run_search(
         Use this client instead (tests, notebooks); it is not closed.
     processes : bool
         LocalCluster workers as processes (default) or threads.
+    trainer, scorer : callable
+        ``trainer(TrainConfig, progress=False) -> TrainResult`` trains a trial and
+        ``scorer(store, checkpoints, device=..., batch_size=...) -> logits`` scores TEST; they run on
+        the workers, so must be picklable (module-level functions).
 
     Raises
     ------
     PipelineError
         Some trials failed (the others are kept; a rerun resumes).
     """
-    from distributed import as_completed
-
     out = Path(config.out_dir)
     hashes = _check_inputs(config)
     _check_config_file(out, config)
-    data = {"train": hashes["train"], "valid": hashes["valid"]}
-    base = config.train_options()
-    specs, resumed_records = [], []
-    for n, m, s in config.trials():
-        key = trial_key(n, m, s)
-        tdir = out / "trials" / key
-        tc = {**base, "n": n, "m": m, "seed": s}
-        done = read_done(tdir)
-        if done is not None:
-            if not _same_identity(done, tc, data):
-                raise ConfigError(
-                    f"{tdir}: finished with other settings or data than this search (see its {DONE}); use a new --out"
-                )
-            resumed_records.append(done)
-            continue
-        specs.append({"key": key, "n": n, "m": m, "seed": s, "dir": str(tdir.resolve()), "train_config": tc,
-                      "data": data, "threads": config.threads})
-    logger.info("search %s: %d trials to run, %d already finished", out, len(specs), len(resumed_records))
-
-    records = list(resumed_records)
-    trained: list[str] = []
-    failed: list[str] = []
-    own_client = client is None
-    need_cluster = bool(specs) or config.test_store is not None
-    resources = None
-    stack = contextlib.ExitStack()
-    if need_cluster and own_client:
-        client = stack.enter_context(dask_client(scheduler, workers=workers, gpus=0 if scheduler else gpu_count(),
-                                                 processes=processes))
-    if need_cluster:
-        n_workers, resources = worker_count(client), task_resources(client)
-    try:
+    specs, resumed = _plan_trials(config, out, {"train": hashes["train"], "valid": hashes["valid"]})
+    logger.info("search %s: %d trials to run, %d already finished", out, len(specs), len(resumed))
+    records, failed, test = list(resumed), [], None
+    with contextlib.ExitStack() as stack:
+        need_cluster = bool(specs) or config.test_store is not None
+        if need_cluster and client is None:
+            client = stack.enter_context(dask_client(scheduler, workers=workers, gpus=0 if scheduler else gpu_count(),
+                                                     processes=processes))
+        resources = task_resources(client) if need_cluster else None
         if specs:
-            share = max(1, (os.cpu_count() or 1) // n_workers)  # a trial's cores on this machine
-            futures = {}
-            for spec in specs:
-                spec["threads"] = config.threads or share
-                spec["train_config"]["torch_threads"] = config.threads
-                fut = client.submit(run_trial, spec, key=f"trial-{spec['key']}-{os.urandom(4).hex()}",
-                                    resources=resources, pure=False)
-                futures[fut] = spec["key"]
-            bar = as_progress(progress)(len(specs), "search trials", "trial")
-            for fut in as_completed(futures):
-                key = futures[fut]
-                try:
-                    rec = fut.result()
-                except Exception as exc:  # noqa: BLE001 - any trial failure is reported, the others are kept
-                    logger.error("trial %s failed: %s", key, exc)
-                    failed.append(f"{key}: {type(exc).__name__}: {exc}")
-                else:
-                    records.append(rec)
-                    if not rec.get("resumed"):
-                        trained.append(key)
-                    logger.info("trial %s: VALID AP %.4f (best epoch %s)", key, rec["val_ap"], rec["best_epoch"])
-                bar.update(1)
-            bar.close()
+            finished, failed = _run_trials(client, specs, config, resources=resources, trainer=trainer,
+                                           progress=progress)
+            records += finished
         results = results_table(records)
         _write_results(out, results)
         summary = summarize(results) if records else []
@@ -515,18 +404,20 @@ def run_search(
         best = best_setting(summary)
         best_rows = [r for r in sorted(records, key=lambda r: r["seed"]) if (r["n"], r["m"]) == best]
         ckpts = [out / "trials" / r["key"] / r["checkpoint"] for r in best_rows]
-        test = None
         if config.test_store is not None:
-            test = _score_test(client, resources, config, out, best_rows, ckpts, progress=progress)
-    finally:
-        stack.close()
+            test = _score_test(client, resources, config, out, best_rows, ckpts, scorer=scorer, progress=progress)
+    heat, report = _write_report(config, out, records, summary, best, test)
+    trained = sorted(r["key"] for r in records if r.get("resumed") is False)
+    return SearchResult(out, results, summary, best, ckpts, trained, sorted(r["key"] for r in resumed), test, heat,
+                        report)
 
-    from scanstream.evaluation import figures as fg
-    from scanstream.evaluation.report import write_report
 
+def _write_report(config: SearchConfig, out: Path, records: list[dict], summary: list[dict], best: tuple[int, int],
+                  test: dict | None) -> tuple[Path, Path]:
+    """heatmap.png (figure 3), report.md and metrics.json."""
     mean, std = heatmap_arrays(summary, config.ns, config.ms)
-    heat = fg.plot_search_heatmap(config.ns, config.ms, mean, std, out / "heatmap.png", best=best,
-                                  title=f"VALID AP, mean ± std over {config.seeds} seeds")
+    heat = plot_search_heatmap(config.ns, config.ms, mean, std, out / "heatmap.png", best=best,
+                               title=f"VALID AP, mean ± std over {config.seeds} seeds")
     report_metrics = {
         "best": {"n": best[0], "m": best[1]},
         "summary": summary,
@@ -536,61 +427,63 @@ def run_search(
         "figures": {"heatmap": heat.name},
     }
     report, _ = write_report(out, render_search(report_metrics), report_metrics)
-    return SearchResult(out, results, summary, best, ckpts, sorted(trained),
-                        sorted(r["key"] for r in resumed_records), test, heat, report)
+    return heat, report
 
 
 def _write_results(out: Path, results: pa.Table) -> None:
-    for name, writer in (("results.parquet", lambda t, p: pq.write_table(t, p)), ("results.csv", pacsv.write_csv)):
-        path = out / name
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-        writer(results, tmp)
-        os.replace(tmp, path)
+    """results.parquet, results.csv and summary.csv."""
+    write_parquet(out / "results.parquet", results)
+    with atomic_path(out / "results.csv") as tmp:
+        pacsv.write_csv(results, tmp)
     summary = summarize(results) if results.num_rows else []
-    tmp = out / f".summary.csv.tmp-{os.getpid()}"
-    pacsv.write_csv(pa.Table.from_pylist(summary) if summary else pa.table({"n": pa.array([], pa.int64())}), tmp)
-    os.replace(tmp, out / "summary.csv")
+    with atomic_path(out / "summary.csv") as tmp:
+        pacsv.write_csv(pa.Table.from_pylist(summary) if summary else pa.table({"n": pa.array([], pa.int64())}), tmp)
 
 
-def _score_test(client, resources, config: SearchConfig, out: Path, rows: list[dict], ckpts: list[Path], *, progress: bool) -> dict:
-    """TEST AP of each best-setting model and of their ensemble (mean logit); cached in test_scores.parquet."""
-    from scanstream.evaluation import metrics as mt
-    from scanstream.store import open_store
-
-    store = open_store(config.test_store)
-    labels = store.labels
-    known = labels >= 0
+def _test_scores(client, resources, config: SearchConfig, store: CropStore, out: Path, rows: list[dict],
+                 ckpts: list[Path], *, scorer: Callable[..., Any], progress: bool) -> pa.Table:
+    """test_scores.parquet: each model's logits and the ensemble's (mean logit) on TEST; reused when its models match."""
     keys = [r["key"] for r in rows]
     cache = out / "test_scores.parquet"
     ident = {
         "store_hash": store.content_hash,
         "model_hashes": {**{r["key"]: [r["checkpoint_hash"]] for r in rows}, "ensemble": [r["checkpoint_hash"] for r in rows]},
     }
-    table = None
     if cache.exists():
         t = pq.read_table(cache)
         if json.loads((t.schema.metadata or {}).get(b"scanstream", b"{}")) == ident:
-            table = t
             logger.info("%s: TEST scores of these models already there; not scoring again", cache)
-    if table is None:
-        futs = [client.submit(score_checkpoint, str(store.path), str(c), config.device, config.score_batch_size,
-                              config.threads, resources=resources, pure=False) for c in ckpts]
-        bar = as_progress(progress)(len(futs), "scoring TEST", "model")
-        scores = {}
-        for k, f in zip(keys, futs, strict=True):
-            scores[k] = np.asarray(f.result(), np.float32)
-            bar.update(1)
-        bar.close()
-        # the ensemble's score is the mean logit, what score_store computes for several checkpoints
-        ens = np.mean(np.stack([scores[k].astype(np.float64) for k in keys]), axis=0).astype(np.float32)
-        cols = {"object_id": store.table.column("object_id"), "label": store.table.column("label"),
-                **{k: pa.array(scores[k], pa.float32()) for k in keys}, "ensemble": pa.array(ens, pa.float32())}
-        table = pa.table(cols).replace_schema_metadata({b"scanstream": json.dumps(ident)})
-        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, cache)
+            return t
+    score = partial(score_checkpoint, store_path=str(store.path), device=config.base.device,
+                    batch_size=config.score_batch_size, threads=config.threads, scorer=scorer)
+    key_of = {str(c): k for k, c in zip(keys, ckpts, strict=True)}
+    bar = as_progress(progress)(len(ckpts), "scoring TEST", "model")
+    scores = {}
+    for ckpt, logits, exc in run_tasks(client, score, list(key_of), resources=resources,
+                                       keys=[f"score-{k}" for k in keys]):
+        if exc is not None:
+            raise exc
+        scores[key_of[ckpt]] = np.asarray(logits, np.float32)
+        bar.update(1)
+    bar.close()
+    # the ensemble's score is the mean logit, what score_store computes for several checkpoints
+    ens = np.mean(np.stack([scores[k].astype(np.float64) for k in keys]), axis=0).astype(np.float32)
+    cols = {"object_id": store.table.column("object_id"), "label": store.table.column("label"),
+            **{k: pa.array(scores[k], pa.float32()) for k in keys}, "ensemble": pa.array(ens, pa.float32())}
+    table = pa.table(cols).replace_schema_metadata({b"scanstream": json.dumps(ident)})
+    write_parquet(cache, table)
+    return table
+
+
+def _score_test(client, resources, config: SearchConfig, out: Path, rows: list[dict], ckpts: list[Path], *,
+                scorer: Callable[..., Any], progress: bool) -> dict:
+    """TEST AP of each best-setting model and of their ensemble (mean logit); cached in test_scores.parquet."""
+    store = open_store(config.test_store)
+    table = _test_scores(client, resources, config, store, out, rows, ckpts, scorer=scorer, progress=progress)
+    keys = [r["key"] for r in rows]
+    labels = store.labels
+    known = labels >= 0
     scores = {k: table.column(k).to_numpy() for k in [*keys, "ensemble"]}
-    ens = scores["ensemble"]
     y = labels[known]
     per_model = {k: mt.average_precision(y, scores[k][known]) for k in keys}
     return {
@@ -598,27 +491,6 @@ def _score_test(client, resources, config: SearchConfig, out: Path, rows: list[d
         "objects": mt.class_counts(y),
         "ap_per_model": per_model,
         "ap": mt.mean_std(list(per_model.values())).to_dict(),
-        "ap_ensemble": mt.average_precision(y, np.asarray(ens)[known]),
-        "scores": cache.name,
+        "ap_ensemble": mt.average_precision(y, np.asarray(scores["ensemble"])[known]),
+        "scores": "test_scores.parquet",
     }
-
-
-def render_search(m: dict) -> str:
-    """report.md of a search."""
-    from scanstream.evaluation.report import md_table, pm
-
-    cfg = m["config"]
-    lines = ["# RandAugment grid search\n",
-             (f"Grid N {cfg['ns']} x M {cfg['ms']}, {cfg['seeds']} seeds; backbone {cfg['backbone']} at "
-             f"{cfg['input_size']} px, at most {cfg['max_epochs']} epochs. VALID AP, mean ± sample std over seeds:\n"),
-             f"![VALID AP heatmap]({m['figures']['heatmap']})\n"]
-    rows = [[r["n"], r["m"], r["trials"], pm({"value": r["val_ap_mean"], "error": r["val_ap_std"]}),
-             f"{r['best_epoch_mean']:.1f}"] for r in m["summary"]]
-    lines.append(md_table(["N", "M", "trials", "VALID AP", "mean best epoch"], rows))
-    lines.append(f"Best setting: **N = {m['best']['n']}, M = {m['best']['m']}** (highest mean VALID AP).\n")
-    if m.get("test"):
-        t = m["test"]
-        lines.append(f"## Best setting on TEST ({t['objects']['alpha']} alpha decays, {t['objects']['other']} others)\n")
-        lines.append(md_table(["model", "TEST AP"], [[k, f"{v:.3f}"] for k, v in t["ap_per_model"].items()]
-                              + [["mean ± std over models", pm(t["ap"])], ["ensemble (mean logit)", f"{t['ap_ensemble']:.3f}"]]))
-    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""Scanned-volume stores: the microscope's z-stacks as OME-Zarr, read-only access.
+
+Layout of ``NAME.zarr`` (zarr v3, OME-Zarr / NGFF 0.5, the ``bioformats2raw.layout`` collection
+that ome-zarr readers and napari's ome-zarr plugin open)::
+
+    zarr.json        attributes "ome": {"version": "0.5", "bioformats2raw.layout": 3} and
+                     "scanstream_volume": {schema, complete, source, fields: ["0", "1", ...]}
+    OME/zarr.json    "ome": {"version": "0.5", "series": ["0", "1", ...]}
+    0/               field of view 0: an NGFF image ("ome": {"multiscales": [...]}, axes z, y, x
+                     in micrometer) plus "scanstream_fov" (the info.json as read, the stage
+                     x, y, z of every plane in mm, pixel and step sizes, source folder)
+    0/0/             uint8 (z, y, x), one chunk per plane, shards of 16 planes, zstd
+    1/ ...
+
+Planes are stored in increasing stage z. The NGFF transform maps voxel (k, i, j) to stage
+micrometres: scale (step, pixel y, pixel x) and translation (z of plane 0, and the top-left
+pixel centre). Two conventions the metadata does not state are assumed and used in one place,
+:meth:`FieldOfView.pixel_to_stage`: the stage x, y of an image is the centre of the image,
+and image columns / rows run along +x / +y of the stage. Stage z is as measured (developed
+emulsion; multiply depths by the shrinkage factor ``Sh`` for pre-development depths).
+
+Volume stores are written by :func:`scanstream.ingest.stacks.ingest_stacks`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from scanstream.errors import StoreError, StoreNotFoundError
+
+VOLUME_SCHEMA = 1
+NGFF_VERSION = "0.5"
+#: The NGFF axes of every field of view's image.
+AXES = [
+    {"name": "z", "type": "space", "unit": "micrometer"},
+    {"name": "y", "type": "space", "unit": "micrometer"},
+    {"name": "x", "type": "space", "unit": "micrometer"},
+]
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """One z-stack in a volume store.
+
+    Attributes
+    ----------
+    name : str
+        Its group in the store ("0", "1", ...).
+    source : str
+        The stack folder, relative to the ingest source.
+    data : zarr.Array
+        uint8 (z, y, x), planes in increasing stage z.
+    pixel_size_um : tuple of float
+        (x, y) micrometres per pixel.
+    step_um : float
+        Micrometres per z step (from Interval).
+    stage_x_mm, stage_y_mm, stage_z_mm : numpy.ndarray
+        float64 (z,): stage position of every plane (mm), as in info.json.
+    attrs : dict
+        The field of view's ``scanstream_fov`` attributes (including the raw info.json).
+    """
+
+    name: str
+    source: str
+    data: zarr.Array
+    pixel_size_um: tuple[float, float]
+    step_um: float
+    stage_x_mm: np.ndarray
+    stage_y_mm: np.ndarray
+    stage_z_mm: np.ndarray
+    attrs: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)
+
+    @property
+    def info(self) -> dict:
+        return self.attrs["info"]
+
+    @property
+    def shrinkage(self) -> float | None:
+        return (self.info.get("EmulsionType") or {}).get("Sh")
+
+    def read(self, z: int | slice = slice(None)) -> np.ndarray:
+        """Planes ``z`` as uint8 ((k,) y, x)."""
+        return np.asarray(self.data[z])
+
+    def pixel_to_stage(self, z: float, y: float, x: float) -> tuple[float, float, float]:
+        """Stage position (x_mm, y_mm, z_mm) of voxel (plane z, row y, column x).
+
+        Uses the plane's own stage x, y, z (interpolated for a fractional plane), the image
+        centre as the stage position, and columns / rows along +x / +y.
+        """
+        k = np.arange(len(self.stage_z_mm))
+        sx, sy, sz = (float(np.interp(z, k, a)) for a in (self.stage_x_mm, self.stage_y_mm, self.stage_z_mm))
+        ny, nx = self.data.shape[1:]
+        return (sx + (x - (nx - 1) / 2) * self.pixel_size_um[0] / 1000.0,
+                sy + (y - (ny - 1) / 2) * self.pixel_size_um[1] / 1000.0,
+                sz)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A scanned-volume store: its fields of view, in ingest order."""
+
+    path: Path
+    fields: tuple[FieldOfView, ...]
+    attrs: dict
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __iter__(self) -> Iterator[FieldOfView]:
+        return iter(self.fields)
+
+    def __getitem__(self, key: int | str) -> FieldOfView:
+        if isinstance(key, int):
+            return self.fields[key]
+        for f in self.fields:
+            if key in (f.name, f.source):
+                return f
+        raise KeyError(f"{self.path}: no field of view {key!r}")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+
+def is_volume(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a scanned-volume store (complete or not)."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("node_type") == "group" and "scanstream_volume" in meta.get("attributes", {})
+
+
+def open_volume(path: str | os.PathLike, *, require_complete: bool = True) -> Volume:
+    """Open a scanned-volume store read-only.
+
+    Raises
+    ------
+    StoreNotFoundError
+        ``path`` is not a volume store.
+    StoreError
+        It is incomplete (and ``require_complete``), or a field of view is malformed.
+    """
+    p = Path(path)
+    if not is_volume(p):
+        raise StoreNotFoundError(f"{p}: not a scanstream volume store")
+    group = zarr.open_group(str(p), mode="r")
+    attrs = dict(group.attrs["scanstream_volume"])
+    if require_complete and not attrs.get("complete"):
+        raise StoreError(f"{p}: volume store is incomplete (interrupted ingest?); rerun the ingest")
+    fields = []
+    for name in attrs.get("fields", []):
+        g = group[name]
+        fa = dict(g.attrs["scanstream_fov"])
+        fields.append(FieldOfView(
+            name=name, source=fa["source"], data=g["0"], pixel_size_um=tuple(fa["pixel_size_um"]),
+            step_um=float(fa["step_um"]), stage_x_mm=np.asarray(fa["stage_x_mm"], np.float64),
+            stage_y_mm=np.asarray(fa["stage_y_mm"], np.float64), stage_z_mm=np.asarray(fa["stage_z_mm"], np.float64),
+            attrs=fa,
+        ))
+    return Volume(p, tuple(fields), attrs)
+
+
+def summarize_volume(volume: Volume) -> dict[str, Any]:
+    """A JSON-ready summary (``scanstream info``)."""
+    size = sum(f.stat().st_size for f in volume.path.rglob("*") if f.is_file())
+    return {
+        "path": str(volume.path),
+        "kind": "volume",
+        "ngff": NGFF_VERSION,
+        "complete": volume.complete,
+        "fields_of_view": len(volume),
+        "planes": sum(f.shape[0] for f in volume),
+        "fields": [
+            {"name": f.name, "source": f.source, "shape_zyx": list(f.shape),
+             "stage_x_mm": float(f.stage_x_mm[0]), "stage_y_mm": float(f.stage_y_mm[0]),
+             "z_mm": [float(f.stage_z_mm[0]), float(f.stage_z_mm[-1])],
+             "pixel_size_um": list(f.pixel_size_um), "step_um": f.step_um}
+            for f in volume
+        ],
+        "bytes": size,
+        "source": volume.attrs.get("source"),
+    }
