@@ -30,7 +30,7 @@ from torch import nn
 
 from scanstream.atomic import atomic_path
 from scanstream.devices import resolve_device
-from scanstream.errors import CheckpointError, InputError
+from scanstream.errors import CheckpointError, ConfigError, InputError
 from scanstream.picker.learned import EMBEDDED_PREFIX, FeatureModel
 from scanstream.training.model import ModelConfig, build_model
 
@@ -231,7 +231,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     meta = read_header(path)
     try:
         config = ModelConfig.from_dict(meta["model_config"])
-    except (InputError, TypeError) as exc:
+    except (InputError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad model config in checkpoint: {exc}") from None
     dev = resolve_device(device)
     model = build_model(ModelConfig(backbone=config.backbone, input_size=config.input_size, inputs=config.inputs))

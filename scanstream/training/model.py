@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
+from scanstream.config import from_dict
 from scanstream.errors import CheckpointError, InputError
 
 logger = logging.getLogger(__name__)
@@ -93,11 +94,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from a dict (checkpoint metadata); unknown keys are an error."""
-        unknown = set(d) - {"backbone", "input_size", "pretrained", "inputs"}
-        if unknown:
-            raise InputError(f"model config has unknown keys {sorted(unknown)}")
-        return cls(**d)
+        """Build from a dict (checkpoint metadata); unknown keys are an error (ConfigError)."""
+        return from_dict(cls, d, where="model config")
 
 
 def parse_backbone(name: str) -> str:
