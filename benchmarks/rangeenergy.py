@@ -7,12 +7,17 @@ runs cover both ranges). From the sheet's alpha decays, the first 50, 200 and 1,
 with ``--contamination F``, the 200- and 1,000-decay samples are fitted again with false
 candidates mixed in: non-alpha objects of the same sheet that pass the former method's cuts
 (:func:`scanstream.picker.cuts.select`), F of the inputs. ``--fixed-shrinkage`` adds fits with
-the shrinkage fixed at its true value (what a measured shrinkage would give).
+the shrinkage fixed at its true value (a perfectly measured shrinkage), and
+``--measured-shrinkage SIGMA ...`` fits with the shrinkage measured to SIGMA: each sheet's
+measurement is its truth plus a Gaussian error of that width (drawn from the sheet's seed),
+given to the fit as its prior (``--shrinkage-prior MEASURED SIGMA`` on the command line), as
+when the scanner reports the developed emulsion thickness and the poured one is known.
 
 Usage::
 
     python benchmarks/rangeenergy.py [--seeds 6] [--decays 50 200 1000] [--contamination 0.2]
-        [--fixed-shrinkage [--fixed-only]] [--shrinkage-prior MEAN SIGMA] [--prongs] [--out FILE]
+        [--fixed-shrinkage] [--measured-shrinkage SIGMA ...] [--fixed-only] [--shrinkage-prior MEAN SIGMA]
+        [--prongs] [--out FILE]
 
 Prints one JSON document: per setting, each sheet's truth and fit and a summary (mean and
 standard deviation of the density's deviation in %, the largest |deviation|, the share within
@@ -62,6 +67,13 @@ def simulate_sheet(seed: int, density: float, shrinkage: float, n_alpha: int, n_
     return alphas, false
 
 
+def measured_shrinkages(seed: int, shrinkage: float, sigmas: list[float]) -> list[tuple[float, float]]:
+    """(sigma, the sheet's measured shrinkage) for each measurement error: truth + N(0, sigma)."""
+    rng = np.random.default_rng([seed, 77])
+    z = rng.standard_normal()  # one draw per sheet, scaled per sigma: the same sheet errs the same way
+    return [(s, round(shrinkage + s * z, 4)) for s in sigmas]
+
+
 def one_fit(lengths: list, density: float, shrinkage: float, config: FitConfig) -> dict:
     t = time.process_time()
     fit = fit_sheet(lengths, config=config)
@@ -104,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contamination", type=float, default=0.2, help="share of false candidates among the inputs")
     p.add_argument("--contaminated-decays", type=int, nargs="*", default=[200, 1000])
     p.add_argument("--fixed-shrinkage", action="store_true", help="also fit with the true shrinkage fixed")
-    p.add_argument("--fixed-only", action="store_true", help="with --fixed-shrinkage: skip the fits that fit the shrinkage")
+    p.add_argument("--fixed-only", action="store_true",
+                   help="skip the fits whose shrinkage is free under the default prior (keep fixed and measured ones)")
+    p.add_argument("--measured-shrinkage", type=float, nargs="+", default=[], metavar="SIGMA",
+                   help="also fit with the shrinkage measured to SIGMA (truth + N(0, SIGMA) as the prior)")
     p.add_argument("--shrinkage-prior", type=float, nargs=2, metavar=("MEAN", "SIGMA"),
                    help="prior on the fitted shrinkage (default FitConfig's)")
     p.add_argument("--prongs", action="store_true", help="fit prongs independently (FitConfig(stars=False))")
@@ -127,11 +142,19 @@ def main(argv: list[str] | None = None) -> int:
                 settings.append((f"{n} decays", alphas[:n], base))
             if args.fixed_shrinkage:
                 settings.append((f"{n} decays, shrinkage fixed at truth", alphas[:n], replace(base, shrinkage=sh)))
+            for sigma, measured in measured_shrinkages(seed, sh, args.measured_shrinkage):
+                settings.append((f"{n} decays, shrinkage measured to {sigma:g}", alphas[:n],
+                                 replace(base, shrinkage_prior=(measured, sigma))))
         for n in args.contaminated_decays if f > 0 else []:
             k = round(n * f / (1 - f))
             if k > len(false):
                 print(f"seed {seed}: only {len(false)} false candidates, {k} wanted", file=sys.stderr)
-            settings.append((f"{n} decays + {100 * f:g} % false candidates", alphas[:n] + false[:k], base))
+            mixed = alphas[:n] + false[:k]
+            if not args.fixed_only:
+                settings.append((f"{n} decays + {100 * f:g} % false candidates", mixed, base))
+            for sigma, measured in measured_shrinkages(seed, sh, args.measured_shrinkage):
+                settings.append((f"{n} decays + {100 * f:g} % false candidates, shrinkage measured to {sigma:g}", mixed,
+                                 replace(base, shrinkage_prior=(measured, sigma))))
         for name, lengths, config in settings:
             row = one_fit(lengths, rho, sh, config)
             row["seed"] = seed

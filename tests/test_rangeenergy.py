@@ -144,6 +144,17 @@ def test_fit_of_shrinkage_is_pulled_by_the_prior_and_inflates_the_density_error(
     assert abs(free["density"] - 3.64) < 3 * free["density_err"]
 
 
+def test_a_measured_shrinkage_narrows_the_density_between_free_and_fixed():
+    """A shrinkage measured to 0.01 (a prior at the measurement) sits between fitting it freely and knowing it."""
+    stars = _stars(200, 3.56, 1.92, 7)
+    fixed = re.fit_sheet(stars, config=re.FitConfig(shrinkage=1.92))
+    measured = re.fit_sheet(stars, config=re.FitConfig(shrinkage_prior=(1.925, 0.01)))
+    free = re.fit_sheet(stars, config=re.FitConfig())
+    assert fixed["density_err"] < measured["density_err"] < free["density_err"]
+    assert abs(measured["shrinkage"] - 1.92) < 0.02 and measured["shrinkage_err"] <= 0.0101
+    assert abs(measured["density"] - 3.56) < max(3 * measured["density_err"], 0.036)
+
+
 def test_fit_prongs_independently_also_works():
     fit = re.fit_sheet(_stars(200, 3.58, 1.95, 4), config=re.FitConfig(shrinkage=1.95, stars=False))
     assert abs(fit["density"] - 3.58) < max(3 * fit["density_err"], 0.036)
