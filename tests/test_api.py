@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,20 @@ def test_an_unknown_name_is_an_attribute_error():
 def test_the_api_works_end_to_end_on_a_tiny_store(tmp_path):
     store = scanstream.simulate_store(tmp_path / "s.zarr", objects=6, alpha_fraction=0.5, sheet="S1", seed=1)
     assert scanstream.open_store(store.path).n == 6 and scanstream.validate_store(store.path) == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_python_example_runs(tmp_path):
+    """README's "From Python" block, run as written in a scratch folder (the model path made absolute)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- python-example -->\n```python\n(.*?)```", readme, re.DOTALL)
+    assert block, "README lost its Python example"
+    code = block.group(1).replace('"models/', f'"{ROOT}/models/')
+    run = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    ap = float(re.search(r"AP (\d\.\d+)", run.stdout).group(1))
+    assert 0.3 < ap <= 1.0, run.stdout  # the shipped model on a fresh simulated sheet, 30 alpha decays
+    assert (tmp_path / "pr.png").stat().st_size > 1000 and (tmp_path / "candidates" / "_manifest.json").exists()
