@@ -29,7 +29,7 @@ _EXPORTS = {
     "validate_store": "scanstream.store:validate_store",
     "open_volume": "scanstream.store:open_volume",
     # scanner output and simulation
-    "ingest": "scanstream.ingest.images:ingest",
+    "ingest_images": "scanstream.ingest.images:ingest",  # not "ingest": that name is the ingest package
     "ingest_stacks": "scanstream.ingest.stacks:ingest_stacks",
     "simulate_store": "scanstream.simulate:simulate_store",
     "simulate_dataset": "scanstream.simulate:simulate_dataset",
@@ -65,7 +65,7 @@ __all__ = [
     "create_store",
     "evaluate",
     "fit_sheet",
-    "ingest",
+    "ingest_images",
     "ingest_stacks",
     "load_checkpoint",
     "load_threshold",

@@ -108,3 +108,44 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def try_exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two directory entries in one step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the call is missing or the filesystem cannot exchange (EINVAL, ENOSYS,
+    EOPNOTSUPP), so the caller falls back to renames; any other failure is an OSError.
+    """
+    import ctypes  # only directory switches need it
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def exchange_dirs(new: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put directory ``new`` in place of ``path`` in one step; the old ``path`` ends up at ``new``.
+
+    With :func:`try_exchange` a reader listing ``path`` sees the old directory or the new one,
+    never neither. Where the filesystem cannot exchange, the old directory is renamed to
+    ``new`` + ``.old`` and ``new`` into place (a moment without ``path``), and the old one is then
+    moved to ``new``. A missing ``path`` is a plain rename. ``new`` must be on the same filesystem.
+    """
+    new, path = Path(new), Path(path)
+    if not path.exists():
+        os.replace(new, path)
+        return
+    if try_exchange(new, path):
+        return
+    aside = new.with_name(new.name + ".old")
+    os.replace(path, aside)
+    os.replace(new, path)
+    os.replace(aside, new)

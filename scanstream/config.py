@@ -85,11 +85,51 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_type(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against a field's type (bool, int, float, str, tuples of them); returns it.
+
+    An int is accepted for a float (and converted), a list for a tuple (converted); None and
+    other field types pass unchecked (None is each field's own business: TOML has no null).
+
+    Examples
+    --------
+    >>> check_type(1, float, "x")
+    1.0
+    >>> check_type("3", int, "max_epochs")
+    Traceback (most recent call last):
+    ...
+    scanstream.errors.ConfigError: max_epochs: expected an integer, got '3' (str)
+    """
+    if value is None:
+        return value
+    base = _base_type(tp)
+    if base in _TYPE_WORDS:
+        ok = isinstance(value, base) and (base is bool or not isinstance(value, bool))
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise ConfigError(f"{where}: expected {_TYPE_WORDS[base]}, got {value!r} ({type(value).__name__})")
+        return value
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
+        args = typing.get_args(base)
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(items) != len(value):
+            raise ConfigError(f"{where}: expected a list of {len(items)} values, got {list(value)!r}")
+        return tuple(check_type(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items, strict=True)))
+    return value
+
+
 def from_dict(cls: type, d: Mapping[str, Any], *, where: str = "configuration") -> Any:
     """An instance of dataclass ``cls`` from a TOML / JSON dict; unknown keys are an error.
 
     Lists become tuples for tuple-typed fields and dicts become nested dataclasses for
-    dataclass-typed fields. Missing required fields are a :class:`ConfigError` naming them.
+    dataclass-typed fields; values are checked against the field types (:func:`check_type`).
+    Missing required fields are a :class:`ConfigError` naming them.
     """
     if not isinstance(d, Mapping):
         raise ConfigError(f"{where}: expected a table of options, got {type(d).__name__}")
@@ -101,8 +141,8 @@ def from_dict(cls: type, d: Mapping[str, Any], *, where: str = "configuration") 
         tp = _base_type(hints[name])
         if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
             value = from_dict(tp, value, where=f"{where} [{name}]")
-        elif typing.get_origin(tp) is tuple and isinstance(value, list):
-            value = tuple(value)
+        else:
+            value = check_type(value, tp, f"{where}: {name}")
         kw[name] = value
     missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in kw and f.default is dataclasses.MISSING
                      and f.default_factory is dataclasses.MISSING and f.init)

@@ -79,3 +79,7 @@ class VerdictError(InputError):
 
 class WatchError(InputError):
     """An inbox or candidate table the watcher cannot use, or a second watcher on one table."""
+
+
+class IncompleteTableError(InputError):
+    """A candidate table without its ``_manifest.json`` (a run that has not finished); readers refuse it."""

@@ -29,6 +29,14 @@ def test_all_lists_exactly_the_exports():
     assert sorted(scanstream.__all__) == sorted(["__version__", *scanstream._EXPORTS])
 
 
+def test_no_export_is_shadowed_by_a_subpackage():
+    """``import scanstream.ingest`` sets the attribute ``ingest``: an export of that name would vanish."""
+    import pkgutil
+
+    packages = {m.name for m in pkgutil.iter_modules(scanstream.__path__)}
+    assert not packages & set(scanstream.__all__)
+
+
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         scanstream.nope  # noqa: B018

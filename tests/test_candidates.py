@@ -178,3 +178,70 @@ def test_readers_refuse_non_tables(tmp_path):
         cand.read_candidates(tmp_path / "nope")
     with pytest.raises(InputError, match="not a candidate table"):
         cand.read_metadata(tmp_path)
+
+
+def _complete_table(out, sheets=("S1", "S2")):
+    """A complete table of two stores, one per sheet; the manifest."""
+    _write_store_parts(out, sheets=sheets[:1], store="a.zarr", h="aa" * 16, seed=1)
+    _write_store_parts(out, sheets=sheets[1:], store="b.zarr", h="bb" * 16, seed=2)
+    return cand.finalize(out, stores={"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10)}, metadata=_meta())
+
+
+def test_merge_staged_rewrites_only_the_touched_sheet(tmp_path):
+    previous = _complete_table(tmp_path)
+    untouched = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "sheet=S2").iterdir()}
+    staging = cand.staging_dir(tmp_path, "r2")
+    c = _write_store_parts(staging, sheets=("S1",), store="c.zarr", h="cc" * 16, seed=3)
+    # until the merge, readers see the previous complete table and nothing of the staged store
+    assert cand.read_manifest(tmp_path) == previous and cand.read_candidates(tmp_path).num_rows == 20
+    stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
+    m = cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)
+    assert m["rows"] == 30 and m["sheets"]["S1"]["rows"] == 20 and m["sheets"]["S2"] == previous["sheets"]["S2"]
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "sheet=S2").iterdir()} == untouched
+    t = cand.read_candidates(tmp_path)
+    s1 = t.filter(pa.compute.equal(t.column("sheet"), "S1"))
+    assert sorted(s1.column("rank").to_pylist()) == list(range(1, 21))
+    assert s1.filter(pa.compute.equal(s1.column("rank"), 1)).column("score")[0].as_py() == pytest.approx(
+        max(c.max(), s1.column("score").to_numpy().max()))
+    assert not staging.exists() and not list(tmp_path.glob(".sheet=*"))
+    assert json.loads((tmp_path / cand.MANIFEST).read_text()) == m and m["run_id"] == "r2"
+
+
+def test_merge_staged_again_after_an_interruption_adds_no_duplicate(tmp_path):
+    previous = _complete_table(tmp_path)
+    staging = cand.staging_dir(tmp_path, "r2")
+    _write_store_parts(staging, sheets=("S1", "S3"), store="c.zarr", h="cc" * 16, seed=3)
+    stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
+    # a merge killed after switching sheet S1 in: S1 already holds the staged parts
+    for p in (staging / "sheet=S1").iterdir():
+        (tmp_path / "sheet=S1" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / ".sheet=S3.new-r2").mkdir()  # and a sheet half built
+    assert cand.remove_temporaries(tmp_path) == 1
+    m = cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)
+    t = cand.read_candidates(tmp_path)
+    assert t.num_rows == m["rows"] == 30 and m["sheets"]["S3"]["rows"] == 5
+    assert len(set(zip(t.column("store").to_pylist(), t.column("store_index").to_pylist(), strict=True))) == 30
+
+
+def test_merge_staged_refuses_missing_rows_and_keeps_the_previous_table(tmp_path):
+    previous = _complete_table(tmp_path)
+    staging = cand.staging_dir(tmp_path, "r2")
+    _write_store_parts(staging, sheets=("S1",), store="c.zarr", h="cc" * 16, seed=3)
+    next((staging / "sheet=S1").iterdir()).unlink()
+    stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
+    with pytest.raises(PipelineError, match="c.zarr has 10 crops"):
+        cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)
+    assert cand.read_manifest(tmp_path) == previous and cand.read_candidates(tmp_path).num_rows == 20
+
+
+def test_exchange_dirs_swaps_in_one_step(tmp_path):
+    from scanstream.atomic import exchange_dirs
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "f").write_text("new")
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "cur" / "f").write_text("old")
+    exchange_dirs(tmp_path / "new", tmp_path / "cur")
+    assert (tmp_path / "cur" / "f").read_text() == "new" and (tmp_path / "new" / "f").read_text() == "old"
+    exchange_dirs(tmp_path / "new", tmp_path / "absent")
+    assert (tmp_path / "absent" / "f").read_text() == "old" and not (tmp_path / "new").exists()

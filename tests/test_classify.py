@@ -340,6 +340,20 @@ def test_adding_a_store_extends_a_complete_table_and_reranks(env, store_factory)
                                                                             str(env["store"].path.resolve())}
 
 
+
+def test_adding_a_store_of_another_sheet_leaves_the_other_sheets_files_alone(env, store_factory):
+    out = env["root"] / "incremental"
+    assert run(env, out).complete
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cand.part_files(out)}
+    other = store_factory("s9.zarr", n=40, sheet="S9", seed=4)
+    res = run(env, out, stores=[other.path])
+    assert res.complete and res.rows == N + 40
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cand.part_files(out) if p in before} == before
+    s9 = [p for p in cand.part_files(out) if p.parent.name == "sheet=S9"]
+    assert s9 and sorted(pa.concat_tables([pq.read_table(p) for p in s9]).column("rank").to_pylist()) == list(range(1, 41))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging and old sheets gone
+    assert "staging" not in json.loads((out / cand.RUN_FILE).read_text())
+
 def test_cli_threshold_and_classify(env, capsys):
     root = env["root"]
     thr = root / "cli-thr.json"

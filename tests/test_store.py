@@ -168,7 +168,7 @@ def test_create_store_refuses_existing_unless_overwrite(tmp_path):
     s = st.create_store(tmp_path / "a.zarr", crops[:1], rows[:1], source={}, overwrite=True)
     assert s.n == 1
     (tmp_path / "plain").mkdir()
-    with pytest.raises(StoreExistsError, match="not a crop store"):
+    with pytest.raises(StoreExistsError, match="not a scanstream crop store"):
         st.StoreWriter(tmp_path / "plain", source={})
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
 

@@ -22,6 +22,7 @@ import scanstream.training.loop as tr
 from scanstream.cli import main
 from scanstream.config import flag_name
 from scanstream.errors import ConfigError, InputError
+from scanstream.store import create_store
 from scanstream.training.augment import AugmentConfig, augment
 from scanstream.training.checkpoint import load_checkpoint
 from scanstream.training.config import TrainConfig, lr_factor, verb_fields
@@ -178,24 +179,22 @@ def test_store_without_labels(stores, store_factory, tmp_path):
     _refused(_cfg((unlabelled, stores[1]), tmp_path / "r"), InputError, "no labels")
 
 
+def _relabelled(store, labels, path):
+    """A copy of ``store`` whose labels are ``labels`` (written as a store, so its digests match)."""
+    table = store.table.set_column(store.table.schema.get_field_index("label"), "label", [labels])
+    return create_store(path, store.read(), table, source={"stage": "test"})
+
+
 def test_train_store_with_one_class(stores, store_factory, tmp_path):
     one = store_factory("one.zarr", n=16, alpha_fraction=0.0)
-    # make_store always puts one alpha first; rewrite its label to leave one class
-    import pyarrow.parquet as pq
-
-    table = one.table
-    labels = np.zeros(one.n, np.int8)
-    table = table.set_column(table.schema.get_field_index("label"), "label", [labels])
-    pq.write_table(table, one.path / "objects.parquet")
+    # make_store always puts one alpha first: relabel it to leave one class
+    one = _relabelled(one, np.zeros(one.n, np.int8), tmp_path / "one0.zarr")
     _refused(_cfg((one, stores[1]), tmp_path / "r"), InputError, "one class only")
 
 
 def test_valid_store_with_one_class(stores, store_factory, tmp_path):
-    import pyarrow.parquet as pq
-
     one = store_factory("onev.zarr", n=16)
-    table = one.table.set_column(one.table.schema.get_field_index("label"), "label", [np.ones(one.n, np.int8)])
-    pq.write_table(table, one.path / "objects.parquet")
+    one = _relabelled(one, np.ones(one.n, np.int8), tmp_path / "onev1.zarr")
     _refused(_cfg((stores[0], one), tmp_path / "r"), InputError, "valid store has one class")
 
 

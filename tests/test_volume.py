@@ -267,7 +267,7 @@ def test_skip_bad_stacks(tmp_path, capsys):
 def test_no_stacks_and_wrong_flags(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     rc, _, err = run(capsys, tmp_path / "empty", tmp_path / "v.zarr")
-    assert rc == 2 and err.endswith(f"{tmp_path / 'empty'}: no z-stack folders (a folder with info.json)")
+    assert rc == 2 and err.endswith(f"{tmp_path / 'empty'}: no z-stack folders (a folder with info.json or image.json)")
     write_stack(tmp_path / "s", n=1)
     rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr", "--resize")
     assert rc == 2 and err.endswith("--resize: not for --format stack (info.json gives the emulsion and stage)")
@@ -281,3 +281,89 @@ def test_volume_is_not_a_crop_store_and_vice_versa(tmp_path, capsys, store_facto
     assert rc == 2 and err.endswith(f"{s.path}: exists and is not a scanstream volume store")
     with pytest.raises(StoreNotFoundError):
         st.open_volume(s.path)
+
+
+# -- the later metadata variant (image.json) and stack problems -----------------------------------
+def write_image_json_stack(folder, *, n=4, affine=None, seed=0, **over):
+    """A stack folder with image.json: AffineP2S, string-typed Stage / EmulsionType, stagez and extrastage."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = []
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (H, W), dtype=np.uint8)).save(folder / f"{k:04d}.png")
+        images.append({"Path": f"{k:04d}.png", "x": 1.0, "y": -2.0, "z": round(-0.1 - 0.003 * k, 6),
+                       "stagez": round(-0.2 - 0.003 * k, 6), "extrastage": {"theta": 0.5}})
+    meta = {"Stage": {"Location": "", "ID": "nlab", "Objective": "20"},
+            "EmulsionType": {"Experiment": "E07", "Module": "", "Plate": "12", "Sh": ""},
+            "ImageType": {"Height": H, "Width": W, "Depth": 8},
+            "AffineP2S": affine if affine is not None else [0.00028889, 0.0, 0.0, 0.00028889, 0.0, 0.0],
+            "Images": images}
+    meta.update(over)
+    (folder / "image.json").write_text(json.dumps(meta))
+
+
+def test_image_json_variant(tmp_path, capsys):
+    rot = [0.0002, -0.0001, 0.0001, 0.0002]  # rotated by 26.6 degrees, 0.2236 um per pixel
+    write_image_json_stack(tmp_path / "scan" / "new", affine=rot)
+    write_stack(tmp_path / "scan" / "old")
+    rc, summary, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    assert rc == 0, err
+    assert summary["added"] == 2
+    f = st.open_volume(tmp_path / "v.zarr")["new"]
+    assert f.pixel_size_um == pytest.approx((0.2236068, 0.2236068)) and f.step_um == pytest.approx(3.0)
+    assert f.attrs["affine_p2s_mm"] == [0.0002, -0.0001, 0.0001, 0.0002, 0.0, 0.0]
+    assert f.attrs["metadata_file"] == "image.json" and f.shrinkage is None
+    assert f.attrs["stagez"] == [-0.209, -0.206, -0.203, -0.2] and f.attrs["extrastage"][0] == {"theta": 0.5}
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    assert f.pixel_to_stage(0, cy + 10, cx + 10) == pytest.approx((1.0 + 10 * 0.0001, -2.0 + 10 * 0.0003, -0.109))
+    assert st.open_volume(tmp_path / "v.zarr")["old"].attrs["metadata_file"] == "info.json"
+
+
+def test_image_json_string_shrinkage_and_stagez_only(tmp_path, capsys):
+    write_image_json_stack(tmp_path / "s", EmulsionType={"Sh": "1.9", "Plate": ""})
+    meta = json.loads((tmp_path / "s" / "image.json").read_text())
+    for im in meta["Images"]:
+        del im["z"]
+    (tmp_path / "s" / "image.json").write_text(json.dumps(meta))
+    rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert rc == 0, err
+    f = st.open_volume(tmp_path / "v.zarr")[0]
+    assert f.shrinkage == 1.9 and f.stage_z_mm.tolist() == [-0.209, -0.206, -0.203, -0.2]
+    assert f.pixel_size_um == pytest.approx((0.28889, 0.28889))
+
+
+@pytest.mark.parametrize("affine, message", [
+    ([1, 0, 0, 1, 0, 0], "AffineP2S gives 1.0 mm per pixel in x, outside (0, 0.01] mm"),
+    ([0.0003, 0.0003, 0.0003, 0.0003], "AffineP2S [0.0003, 0.0003, 0.0003, 0.0003] is singular"),
+    ("0.0003", "AffineP2S is '0.0003', expected [a, b, c, d(, e, f)]"),
+])
+def test_bad_affine(tmp_path, capsys, affine, message):
+    write_image_json_stack(tmp_path / "s", affine=affine)
+    rc, _, err = run(capsys, tmp_path / "s", tmp_path / "v.zarr")
+    assert rc == 2 and "\n" not in err and f"{tmp_path / 's' / 'image.json'}: {message}" in err
+    assert not (tmp_path / "v.zarr").exists()
+
+
+@pytest.mark.parametrize("path", ["../../x.png", "/etc/hostname"])
+def test_image_path_outside_the_stack_folder(tmp_path, capsys, path):
+    write_stack(tmp_path / "scan" / "f1", n=2)
+    info = json.loads((tmp_path / "scan" / "f1" / "info.json").read_text())
+    info["Images"][1]["Path"] = path
+    (tmp_path / "scan" / "f1" / "info.json").write_text(json.dumps(info))
+    rc, _, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    assert rc == 2 and "\n" not in err
+    assert err.endswith(f"field 'f1': Images[1].Path {path!r} is outside the stack folder")
+
+
+def test_missing_plane_and_skip_bad_lists_the_field(tmp_path, capsys):
+    write_stack(tmp_path / "scan" / "gap", n=4)
+    info = json.loads((tmp_path / "scan" / "gap" / "info.json").read_text())
+    del info["Images"][2]
+    (tmp_path / "scan" / "gap" / "info.json").write_text(json.dumps(info))
+    write_stack(tmp_path / "scan" / "ok", n=2)
+    rc, _, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr")
+    assert rc == 2 and "field 'gap': missing plane(s) between z = -0.115 and -0.109 mm (step 0.003 mm)" in err
+    rc, summary, err = run(capsys, tmp_path / "scan", tmp_path / "v.zarr", "--skip-bad")
+    assert rc == 0 and summary["added"] == 1 and summary["quarantined"] == 1
+    rows = list(csv.DictReader((tmp_path / "v.zarr.quarantine.csv").open()))
+    assert rows[0]["object_id"] == "gap" and "missing plane" in rows[0]["reason"]

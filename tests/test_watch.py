@@ -169,9 +169,13 @@ def test_two_stores_dropped_in_turn_each_processed_once(models, tmp_path):
     # the waiting store completes: the next pass picks it up
     w = StoreWriter(inbox / "partial.zarr", source={"stage": "test"})
     w.finalize()
+    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("sheet=*/part-*.parquet")}
     last = watch(inbox, out, config, once=True, progress=False)
     assert [r["name"] for r in last.processed] == ["partial.zarr"]
     assert read_candidates(out).num_rows == 256
+    # only the new store's sheet was ranked and written: sheets A and B kept their files
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files} == files
+    assert read_manifest(out)["sheets"]["P"]["rows"] == 64 and read_manifest(out)["rows"] == 256
 
 
 def test_restart_after_kill_mid_store(models, tmp_path):

@@ -28,11 +28,14 @@ import pyarrow.dataset as ds
 
 from scanstream.atomic import write_parquet, write_text
 from scanstream.candidates.table import part_files as candidate_parts
+from scanstream.candidates.table import require_complete
 from scanstream.errors import QueryError
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "parquet", "json")
+#: The label of everything made from a table without its manifest (``allow_partial``).
+PARTIAL_LABEL = "PARTIAL: unfinished run (no _manifest.json); rows may be missing or unranked"
 
 
 @dataclass(frozen=True)
@@ -163,18 +166,21 @@ def part_files(path: str | os.PathLike) -> list[str]:
     return files
 
 
-def connect(path: str | os.PathLike, f: CandidateFilter | None = None):
+def connect(path: str | os.PathLike, f: CandidateFilter | None = None, *, allow_partial: bool = False):
     """A locked-down DuckDB connection with the (filtered) candidates as view ``candidates``.
 
     The parts are read through an Arrow dataset registered as ``_source``; external file
     access is then disabled and the configuration locked, so SQL run on the returned
-    connection can only see these rows.
+    connection can only see these rows. A table without its manifest (an unfinished run) is
+    refused unless ``allow_partial`` (:func:`scanstream.candidates.table.require_complete`).
     """
     import duckdb
 
     f = f or CandidateFilter()
+    files = part_files(path)
+    require_complete(path, allow_partial=allow_partial)
     try:
-        dataset = ds.dataset(part_files(path), format="parquet")
+        dataset = ds.dataset(files, format="parquet")
     except (pa.ArrowInvalid, OSError) as exc:
         raise QueryError(f"{path}: unreadable candidate parts: {_one_line(exc)}") from None
     con = duckdb.connect(":memory:")
@@ -200,7 +206,9 @@ def _missing_columns(schema: pa.Schema, f: CandidateFilter) -> list[str]:
     return sorted(need - set(schema.names))
 
 
-def query_candidates(path: str | os.PathLike, f: CandidateFilter | None = None, *, sql: str | None = None) -> pa.Table:
+def query_candidates(
+    path: str | os.PathLike, f: CandidateFilter | None = None, *, sql: str | None = None, allow_partial: bool = False
+) -> pa.Table:
     """Run the filters (and optionally a user SELECT) over a candidate table.
 
     Parameters
@@ -212,6 +220,9 @@ def query_candidates(path: str | os.PathLike, f: CandidateFilter | None = None, 
     sql : str, optional
         A single SELECT over ``candidates``. Without it the result is every filtered row,
         highest score first (ties by object_id).
+    allow_partial : bool
+        Read a table without its manifest (an unfinished run) instead of refusing it; the
+        caller labels the result as partial.
 
     Returns
     -------
@@ -222,12 +233,14 @@ def query_candidates(path: str | os.PathLike, f: CandidateFilter | None = None, 
     ------
     QueryError
         A missing or empty table, a refused statement, or SQL that fails to run.
+    IncompleteTableError
+        The table has no manifest and ``allow_partial`` is false.
     """
     import duckdb
 
     f = f or CandidateFilter()
     user = check_select(sql) if sql is not None else None
-    con = connect(path, f)
+    con = connect(path, f, allow_partial=allow_partial)
     try:
         rel = con.sql(user) if user is not None else con.sql("SELECT * FROM candidates ORDER BY score DESC, object_id")
         if f.top is not None:

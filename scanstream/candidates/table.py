@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,14 +36,17 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from scanstream import __version__
-from scanstream.atomic import write_json, write_parquet
-from scanstream.errors import InputError, PipelineError
+from scanstream.atomic import exchange_dirs, write_json, write_parquet
+from scanstream.errors import IncompleteTableError, InputError, PipelineError
 from scanstream.store import OBJECT_SCHEMA
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 RUN_FILE = "_run.json"
+#: Prefix of the hidden directory where the parts of stores added to a complete table wait
+#: (out of the readers' ``sheet=*`` glob) until :func:`merge_staged` switches them in.
+STAGING_PREFIX = ".staging-"
 METADATA_KEY = b"scanstream"
 TABLE_VERSION = 1
 
@@ -162,9 +166,13 @@ def write_parts(
 def remove_temporaries(out: str | os.PathLike) -> int:
     """Delete temporary files a killed run left behind; return how many."""
     n = 0
-    for p in Path(out).glob("**/.*.tmp-*"):
-        p.unlink(missing_ok=True)
+    for p in Path(out).glob(".sheet=*.new-*"):  # an interrupted merge's sheet being built (or the old one)
+        shutil.rmtree(p, ignore_errors=True)
         n += 1
+    for p in Path(out).glob("**/.*.tmp-*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
     return n
 
 
@@ -275,10 +283,28 @@ def finalize(
         A store's rows are missing, duplicated, or a part belongs to no known store.
     """
     out = Path(out)
+    per_sheet = _check_rows(part_files(out), stores, out)
+    manifest_sheets: dict[str, dict[str, int]] = {}
+    for paths in per_sheet.values():  # one sheet in memory at a time
+        sheet = urllib.parse.unquote(paths[0].parent.name[len("sheet=") :])
+        manifest_sheets[sheet] = _rank_sheet(paths, lambda p: p, metadata)
+    manifest = _manifest(out, stores, metadata, manifest_sheets)
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _check_rows(parts: Sequence[Path], stores: Mapping[str, tuple[str, int]], out: Path) -> dict[Path, list[Path]]:
+    """Check that ``parts`` hold exactly one row per crop of ``stores``; the parts grouped by sheet directory.
+
+    Raises
+    ------
+    PipelineError
+        A store's rows are missing, duplicated, or a part belongs to no store of ``stores``.
+    """
     prefixes = {h[:12]: path for path, (h, _) in stores.items()}
     per_sheet: dict[Path, list[Path]] = {}
     seen: dict[str, list[np.ndarray]] = {p: [] for p in stores}
-    for part in part_files(out):
+    for part in parts:
         if part.name.split("-")[1] not in prefixes:
             raise PipelineError(f"{part}: belongs to no store of this run (a stale part from another store version?)")
         per_sheet.setdefault(part.parent, []).append(part)
@@ -293,33 +319,35 @@ def finalize(
         if counts.size != n or (counts != 1).any():
             missing, dup = int((counts[:n] == 0).sum()), int((counts > 1).sum())
             raise PipelineError(f"{out}: store {s} has {n} crops but {missing} have no row and {dup} more than one")
+    return per_sheet
 
-    manifest_sheets: dict[str, dict[str, int]] = {}
-    total = selected = 0
-    for paths in per_sheet.values():  # one sheet in memory at a time
-        tables = [pq.read_table(p) for p in paths]
-        whole = pa.concat_tables(tables)
-        rank = rank_within_sheet(
-            whole.column("score").to_numpy(), whole.column("store").to_pylist(), whole.column("store_index").to_numpy()
-        )
-        offset = 0
-        for path, t in zip(paths, tables, strict=True):
-            r = pa.array(rank[offset : offset + t.num_rows], pa.int64())
-            offset += t.num_rows
-            t = t.set_column(CANDIDATE_SCHEMA.get_field_index("rank"), CANDIDATE_SCHEMA.field("rank"), r)
-            write_parquet(path, with_metadata(t, metadata))
-        sheet = urllib.parse.unquote(paths[0].parent.name[len("sheet=") :])
-        n_sel = int(pc.sum(whole.column("selected").fill_null(False).cast(pa.int64())).as_py() or 0)
-        manifest_sheets[sheet] = {"rows": whole.num_rows, "selected": n_sel}
-        total += whole.num_rows
-        selected += n_sel
+
+def _rank_sheet(paths: Sequence[Path], dest: Any, metadata: Mapping[str, Any]) -> dict[str, int]:
+    """Rank the rows of one sheet's parts ``paths`` by score; write each ranked part to ``dest(path)``."""
+    tables = [pq.read_table(p) for p in paths]
+    whole = pa.concat_tables(tables)
+    rank = rank_within_sheet(
+        whole.column("score").to_numpy(), whole.column("store").to_pylist(), whole.column("store_index").to_numpy()
+    )
+    offset = 0
+    for path, t in zip(paths, tables, strict=True):
+        r = pa.array(rank[offset : offset + t.num_rows], pa.int64())
+        offset += t.num_rows
+        t = t.set_column(CANDIDATE_SCHEMA.get_field_index("rank"), CANDIDATE_SCHEMA.field("rank"), r)
+        write_parquet(dest(path), with_metadata(t, metadata))
+    n_sel = int(pc.sum(whole.column("selected").fill_null(False).cast(pa.int64())).as_py() or 0)
+    return {"rows": whole.num_rows, "selected": n_sel}
+
+
+def _manifest(out: Path, stores: Mapping[str, tuple[str, int]], metadata: Mapping[str, Any],
+              sheets: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
     threshold = metadata.get("threshold") or {}
-    manifest = {
+    return {
         "scanstream_candidates": TABLE_VERSION,
         "complete": True,
-        "rows": total,
-        "selected": selected,
-        "sheets": dict(sorted(manifest_sheets.items())),
+        "rows": sum(int(v["rows"]) for v in sheets.values()),
+        "selected": sum(int(v["selected"]) for v in sheets.values()),
+        "sheets": {k: dict(v) for k, v in sorted(sheets.items())},
         "parts": [str(p.relative_to(out)) for p in part_files(out)],
         "stores": {path: {"hash": h, "rows": n} for path, (h, n) in stores.items()},
         "model_hashes": metadata.get("model_hashes"),
@@ -328,5 +356,106 @@ def finalize(
         "version": __version__,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+# -- readers' completeness check ------------------------------------------------------------
+def require_complete(path: str | os.PathLike, allow_partial: bool = False) -> dict[str, Any] | None:
+    """The manifest of a complete candidate table; refuse one without it unless ``allow_partial``.
+
+    Readers (query, gallery, review) call this first, so rows of an unfinished run (unranked,
+    or ranked by a pass that did not finish) are never served as a result. With
+    ``allow_partial`` an incomplete table returns None and the caller labels its output.
+
+    Raises
+    ------
+    IncompleteTableError
+        ``path`` has part files but no ``_manifest.json`` (and ``allow_partial`` is false).
+    InputError
+        ``path`` is not a candidate table, or its manifest is unreadable.
+    """
+    parts = _parts_or_fail(path)
+    manifest = read_manifest(path)
+    if manifest is not None and not isinstance(manifest, dict):
+        raise InputError(f"{Path(path) / MANIFEST}: unreadable manifest (not a JSON object)")
+    if manifest is None and not allow_partial:
+        raise IncompleteTableError(
+            f"{path}: candidate table is incomplete: {MANIFEST} is missing ({len(parts)} part file(s) of an "
+            "unfinished run); rerun classify to finish it, or pass --allow-partial to look anyway"
+        )
+    return manifest
+
+
+# -- adding stores to a complete table ----------------------------------------------------
+def staging_dir(out: str | os.PathLike, run_id: str) -> Path:
+    """``out/.staging-<run_id>``: where the tasks of stores added to a complete table write."""
+    return Path(out) / f"{STAGING_PREFIX}{run_id}"
+
+
+def store_counts(out: str | os.PathLike, store_hash: str) -> dict[str, dict[str, int]]:
+    """Objects and selected rows per sheet of one store, read from that store's parts only."""
+    counts: dict[str, dict[str, int]] = {}
+    for part in Path(out).glob(f"sheet=*/part-{store_hash[:12]}-*.parquet"):
+        t = pq.read_table(part, columns=["sheet", "selected"])
+        sheet = urllib.parse.unquote(part.parent.name[len("sheet=") :])
+        d = counts.setdefault(sheet, {"objects": 0, "selected": 0})
+        d["objects"] += t.num_rows
+        d["selected"] += int(pc.sum(t.column("selected").fill_null(False).cast(pa.int64())).as_py() or 0)
+    return dict(sorted(counts.items()))
+
+
+def merge_staged(
+    out: str | os.PathLike,
+    staging: str | os.PathLike,
+    *,
+    stores: Mapping[str, tuple[str, int]],
+    metadata: Mapping[str, Any],
+    previous: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Add the staged parts of new stores to a complete table, ranking only the sheets they touch.
+
+    The work grows with the touched sheets, not with the table: the new stores' rows are checked
+    (one row per crop) in the staged parts alone, the stores of ``previous`` (the manifest of the
+    complete table) are taken as it recorded them, and only a touched sheet is read, ranked and
+    rewritten. Each touched sheet is built whole in a hidden directory beside it and switched in
+    with one atomic exchange (:func:`scanstream.atomic.exchange_dirs`); the previous manifest
+    stays until every switch is done and the new one replaces it, so readers see a complete
+    table throughout. A staged part replaces a part of the same name (a merge interrupted after
+    some switches is simply run again).
+
+    Parameters
+    ----------
+    out, staging : path-like
+        The table and its staging directory (:func:`staging_dir`).
+    stores : mapping
+        ``store path -> (content hash, rows)`` of every store the table will cover.
+    metadata : mapping
+        The ``scanstream`` schema metadata of the rewritten parts (the new run id).
+    previous : mapping
+        The table's manifest before the stores were added.
+
+    Raises
+    ------
+    PipelineError
+        A new store's rows are missing or duplicated, or a staged part belongs to no new store.
+    """
+    out, staging = Path(out), Path(staging)
+    old_hashes = {p: v["hash"] for p, v in previous["stores"].items()}
+    new = {p: v for p, v in stores.items() if old_hashes.get(p) != v[0]}
+    per_sheet = _check_rows(part_files(staging), new, staging)
+    sheets = {k: dict(v) for k, v in previous.get("sheets", {}).items()}
+    for staged_dir, staged in sorted(per_sheet.items()):
+        target = out / staged_dir.name
+        names = {p.name for p in staged}
+        kept = sorted(p for p in target.glob("part-*.parquet") if p.name not in names) if target.is_dir() else []
+        build = out / f".{staged_dir.name}.new-{metadata.get('run_id', 'run')}"
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir()
+        paths = kept + sorted(staged)
+        sheet = urllib.parse.unquote(staged_dir.name[len("sheet=") :])
+        sheets[sheet] = _rank_sheet(paths, lambda p, b=build: b / p.name, metadata)
+        exchange_dirs(build, target)
+        shutil.rmtree(build, ignore_errors=True)  # the sheet as it was
+    manifest = _manifest(out, stores, metadata, sheets)
     write_json(out / MANIFEST, manifest)
+    shutil.rmtree(staging, ignore_errors=True)
     return manifest

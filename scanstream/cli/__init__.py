@@ -2,7 +2,9 @@
 
 Each module in this package that defines ``register(subparsers)`` contributes its verbs; a
 verb's handler only parses, builds library objects and calls library functions. Any
-:class:`~scanstream.errors.ScanstreamError` becomes one line on stderr and exit status 2.
+:class:`~scanstream.errors.ScanstreamError`, any ``OSError`` (permissions, a directory where a
+file goes, a full disk) and a lost Dask worker or connection become one line on stderr and
+exit status 2.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import importlib
 import logging
 import os
 import pkgutil
+import re
 import sys
 from collections.abc import Sequence
 
 from scanstream import __version__
-from scanstream.errors import ScanstreamError
+from scanstream.errors import InputError, ScanstreamError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,11 +70,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run_verb(args)
+
+
+def run_verb(args: argparse.Namespace) -> int:
+    """Run ``args.func(args)``; every error a user can cause becomes one line on stderr and status 2."""
     try:
+        check_counts(args)
         return int(args.func(args) or 0)
     except ScanstreamError as exc:
-        print(f"scanstream {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args, exc)
     except KeyboardInterrupt:
         print(f"scanstream {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if _is_dask_comm_error(exc):  # (distributed's CommClosedError is also an OSError)
+            return _error(args, f"the Dask cluster lost a worker or its connection ({type(exc).__name__}: "
+                                f"{_one_line(exc)}); rerun the same command to resume")
+        if isinstance(exc, OSError):  # the safety net: permissions, a directory where a file goes, a full disk
+            return _error(args, _os_error(exc))
+        raise
+
+
+def _one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())
+
+
+def _error(args: argparse.Namespace, exc: BaseException | str) -> int:
+    print(f"scanstream {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
+    return 2
+
+
+def _os_error(exc: OSError) -> str:
+    """``FILE: reason``, naming the destination rather than the temporary file written beside it."""
+    if not exc.filename:
+        return str(exc.strerror or exc)
+    name = str(exc.filename)
+    tmp = re.fullmatch(r"(.*/)?\.([^/]+)\.tmp-\d+", name)
+    return f"{(tmp.group(1) or '') + tmp.group(2) if tmp else name}: {exc.strerror or exc}"
+
+
+def _is_dask_comm_error(exc: BaseException) -> bool:
+    """A connection or worker failure inside dask.distributed (a worker killed, a scheduler gone)."""
+    comm = ("CommClosedError", "StreamClosedError", "KilledWorker", "FatalCommClosedError")
+    return any(t.__module__.split(".")[0] in ("distributed", "tornado") and t.__name__ in comm
+               for t in type(exc).__mro__)
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Refuse a worker count below 1 and a negative seed, whichever verb takes them."""
+    for name in ("workers", "threads", "torch_threads"):
+        value = getattr(args, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    seeds = getattr(args, "seeds", None)
+    for value in [getattr(args, "seed", None), *(seeds if isinstance(seeds, (list, tuple)) else [seeds])]:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise InputError(f"--seed must be >= 0, got {value}")

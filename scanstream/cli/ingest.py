@@ -19,8 +19,12 @@ formats:
   imagefolder  SRC/<class>/<file>: files in the positive class folder (--positive, default
                1_positive) get label 1, every other class folder label 0; category = folder
                name; object id = path relative to SRC (prefixed by --id-prefix).
-  stack        SRC is a z-stack folder with info.json, or a folder of them; STORE becomes an
-               OME-Zarr (NGFF 0.5) scanned-volume store, one multiscale image per field of view.
+  stack        SRC is a z-stack folder with info.json (or the later image.json: AffineP2S,
+               string-typed Stage / EmulsionType, per-image stagez / extrastage), or a folder of
+               them; STORE becomes an OME-Zarr (NGFF 0.5) scanned-volume store, one multiscale
+               image per field of view. Image paths must lie inside the stack folder; a stack
+               with missing planes, planes of another size or missing images is refused
+               (--skip-bad: left out and listed). Then: scanstream pick STORE --out CROPS.zarr.
 
 Crops must be 224 x 224 px unless --resize; grayscale becomes three equal channels. A rerun adds
 nothing twice (ids already in STORE are skipped) and resumes an interrupted store. Bad input

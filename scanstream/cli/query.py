@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -17,6 +18,19 @@ def add_filter_args(p: argparse.ArgumentParser, *, top_default: int | None = Non
         "--top", type=int, metavar="K", default=top_default,
         help="keep the K highest-scoring rows" + (f" (default {top_default})" if top_default else ""),
     )
+    p.add_argument(
+        "--allow-partial", action="store_true",
+        help="read a table without its _manifest.json (an unfinished or killed run: rows may be missing or "
+        "unranked); the output is labelled PARTIAL",
+    )
+
+
+def warn_partial(args: argparse.Namespace, partial: bool) -> None:
+    """The one stderr line that labels output made from an unfinished table."""
+    if partial:
+        from scanstream.candidates.query import PARTIAL_LABEL
+
+        print(f"scanstream {args.verb}: {args.candidates}: {PARTIAL_LABEL}", file=sys.stderr)
 
 
 def build_filter(args: argparse.Namespace, *, selected: bool | None = None):
@@ -71,18 +85,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_query(args: argparse.Namespace) -> int:
     from scanstream.candidates.query import infer_format, query_candidates, write_result
+    from scanstream.candidates.table import require_complete
 
     fmt = infer_format(args.out, args.format)
-    table = query_candidates(args.candidates, build_filter(args, selected=args.revisit or None), sql=args.sql)
+    partial = require_complete(args.candidates, allow_partial=args.allow_partial) is None
+    table = query_candidates(args.candidates, build_filter(args, selected=args.revisit or None), sql=args.sql,
+                             allow_partial=args.allow_partial)
     if args.revisit:
         from scanstream.candidates.revisit import revisit_table
 
         table = revisit_table(table)
     text = write_result(table, fmt, args.out)
+    warn_partial(args, partial)
     if text is not None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
-        print(f"wrote {table.num_rows} rows to {args.out}")
+        print(f"wrote {table.num_rows} rows to {args.out}" + (" (PARTIAL table)" if partial else ""))
     return 0
 
 
@@ -90,8 +108,10 @@ def run_gallery(args: argparse.Namespace) -> int:
     from scanstream.review.gallery import write_gallery
 
     result = write_gallery(
-        args.candidates, args.out, stores=args.store or None, filters=build_filter(args), columns=args.sheet_columns
+        args.candidates, args.out, stores=args.store or None, filters=build_filter(args), columns=args.sheet_columns,
+        allow_partial=args.allow_partial,
     )
-    print(f"gallery of {result.count} candidates: {result.html}")
+    warn_partial(args, result.partial)
+    print(f"gallery of {result.count} candidates{' (PARTIAL table)' if result.partial else ''}: {result.html}")
     print(f"contact sheet: {result.contact_sheet}")
     return 0

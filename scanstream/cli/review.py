@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scanstream.cli.query import add_filter_args, build_filter
+from scanstream.cli.query import add_filter_args, build_filter, warn_partial
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +58,9 @@ def run_review(args: argparse.Namespace) -> int:
     from scanstream.review.server import ReviewSession, default_verdicts_path, make_server
 
     verdicts = args.verdicts or default_verdicts_path(args.candidates)
-    session = ReviewSession(args.candidates, verdicts, stores=args.store or None, filters=build_filter(args))
+    session = ReviewSession(args.candidates, verdicts, stores=args.store or None, filters=build_filter(args),
+                            allow_partial=args.allow_partial)
+    warn_partial(args, session.partial)
     server = make_server(session, port=args.port)
     host, port = server.server_address[:2]
     print(f"reviewing {len(session.rows)} candidates at http://{host}:{port}/  (Ctrl-C to stop)")

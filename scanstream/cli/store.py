@@ -32,6 +32,8 @@ def run_info(args: argparse.Namespace) -> int:
             summary["problems"] = st.validate_store(args.path, deep=True)
         print_json(summary)
         return 1 if args.validate and summary["problems"] else 0
+    if (args.path / "zarr.json").is_file() and not st.is_volume(args.path):
+        st.open_store(args.path, require_complete=False)  # names the unreadable zarr.json
     if st.is_volume(args.path):
         print_json(st.summarize_volume(st.open_volume(args.path, require_complete=False)))
         return 0

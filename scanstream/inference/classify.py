@@ -101,6 +101,7 @@ class _Task:
     start: int
     stop: int
     parts: tuple[Path, ...]
+    out: Path | None = None  # where its parts go: the table, or its staging directory
 
     @property
     def done(self) -> bool:
@@ -139,7 +140,7 @@ def plan_tasks(out: Path, stores: dict[str, CropStore], crops_per_task: int | No
         sheets = store.table.column("sheet").fill_null("").to_numpy(zero_copy_only=False)
         for start, stop in store.chunk_ranges(_round_to_blocks(store, crops_per_task)):
             names = set(sheets[start:stop].tolist())
-            tasks.append(_Task(store, path, start, stop, tuple(cand.part_paths(out, names, store.content_hash, start))))
+            tasks.append(_Task(store, path, start, stop, tuple(cand.part_paths(out, names, store.content_hash, start)), out))
     return tasks
 
 
@@ -165,10 +166,14 @@ def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore])
             old = run["stores"].get(p)
             if old is not None and old["hash"] != s["hash"]:
                 raise InputError(f"{p}: store changed since {out} was started ({old['hash']} -> {s['hash']}); use a new --out")
-        if not set(wanted) <= set(run["stores"]) and cand.read_manifest(out) is not None:
-            # extending a complete table: a new run, and the table is incomplete until it ends
+        manifest = cand.read_manifest(out)
+        if run.get("staging") and manifest is not None and manifest.get("run_id") == run["run_id"]:
+            run.pop("staging")  # a merge that ended before its run file was updated
+        if not set(wanted) <= set(run["stores"]) and manifest is not None and not run.get("staging"):
+            # extending a complete table: a new run whose parts wait in a staging directory; the
+            # table stays complete (its manifest kept) until cand.merge_staged switches them in
             run["run_id"] = uuid.uuid4().hex[:12]
-            (out / cand.MANIFEST).unlink()
+            run["staging"] = cand.staging_dir(out, run["run_id"]).name
         run["stores"] = {**run["stores"], **wanted}
     else:
         if out.exists() and any(out.iterdir()):
@@ -302,7 +307,14 @@ class _Job:
         """Open (or resume) the run in ``out``; the run record and the tasks still to do."""
         run = _open_run(self.out, self.identity(prec), self.stores)
         cand.remove_temporaries(self.out)
-        return run, [t for t in plan_tasks(self.out, self.stores, self.crops_per_task) if not t.done]
+        if not run.get("staging"):
+            return run, [t for t in plan_tasks(self.out, self.stores, self.crops_per_task) if not t.done]
+        # adding stores to a complete table: those it lacks are scored into the staging directory
+        merged = (cand.read_manifest(self.out) or {}).get("stores", {})
+        old = {p: s for p, s in self.stores.items() if merged.get(p, {}).get("hash") == s.content_hash}
+        new = {p: s for p, s in self.stores.items() if p not in old}
+        tasks = plan_tasks(self.out, old, self.crops_per_task) + plan_tasks(self.out / run["staging"], new, self.crops_per_task)
+        return run, [t for t in tasks if not t.done]
 
     def metadata(self, run: dict[str, Any], prec: str, device: str) -> dict[str, Any]:
         """The ``scanstream`` schema metadata of every part."""
@@ -329,7 +341,7 @@ class _Job:
                 stop=t.stop,
                 checkpoints=self.model_paths,
                 model_hashes=self.hashes,
-                out=str(self.out.resolve()),
+                out=str((t.out or self.out).resolve()),
                 threshold=None if self.record is None else float(self.record["threshold"]),
                 metadata=meta_json,
                 device="cuda" if dev.type == "cuda" else str(dev),  # a GPU worker uses the GPU it sees
@@ -424,9 +436,14 @@ def _table_counts(out: Path, scored: _Scored) -> tuple[int, int, bool]:
     if manifest is not None and manifest.get("run_id") == run["run_id"] and set(manifest["stores"]) == set(run["stores"]):
         return manifest["rows"], manifest["selected"], True  # nothing was left to do
     if not scored.failed:
-        manifest = cand.finalize(
-            out, stores={p: (s["hash"], s["rows"]) for p, s in run["stores"].items()}, metadata=scored.metadata
-        )
+        stores = {p: (s["hash"], s["rows"]) for p, s in run["stores"].items()}
+        previous = cand.read_manifest(out)
+        if run.get("staging") and previous is not None:
+            manifest = cand.merge_staged(out, out / run["staging"], stores=stores, metadata=scored.metadata,
+                                         previous=previous)
+            write_json(out / cand.RUN_FILE, {k: v for k, v in run.items() if k != "staging"})
+        else:
+            manifest = cand.finalize(out, stores=stores, metadata=scored.metadata)
         return manifest["rows"], manifest["selected"], True
     t = cand.read_candidates(out, columns=["selected"]) if cand.part_files(out) else None
     if t is None:

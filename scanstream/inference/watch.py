@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from scanstream.atomic import write_json
-from scanstream.candidates.query import connect
+from scanstream.candidates import table as cand
 from scanstream.config import check_keys, from_dict, read_toml
 from scanstream.devices import resolve_device
 from scanstream.errors import ConfigError, IncompleteStoreError, InputError, ScanstreamError, StoreError, WatchError
@@ -223,22 +223,6 @@ def _threshold_record(config: WatchConfig) -> dict[str, Any] | None:
     return load_threshold(config.threshold)
 
 
-def store_sheet_counts(out: Path, store_path: str) -> dict[str, dict[str, int]]:
-    """Objects and selected rows per sheet of one store in the candidate table (bound query)."""
-    con = connect(out)
-    try:
-        rows = con.execute(
-            "SELECT sheet, count(*), count(*) FILTER (WHERE selected) FROM candidates WHERE store = ? GROUP BY sheet",
-            [store_path],
-        ).fetchall()
-    finally:
-        con.close()
-    return {str(sheet): {"objects": int(n), "selected": int(k)} for sheet, n, k in rows}
-
-
-# -- the watcher ----------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class WatchReport:
     """What one call of :func:`watch` did."""
@@ -251,6 +235,7 @@ class WatchReport:
     state_dir: Path
 
 
+# -- the watcher ----------------------------------------------------------------------------
 def inbox_stores(inbox: Path) -> list[Path]:
     """Crop-store directories in ``inbox`` (complete or not), oldest first."""
     found = []
@@ -262,6 +247,15 @@ def inbox_stores(inbox: Path) -> list[Path]:
         except FileNotFoundError:  # moved away meanwhile
             continue
     return [p for _, _, p in sorted(found)]
+
+
+def _stamp(store: Path) -> str | None:
+    """The store's group metadata file's size and mtime: a store recorded with the same stamp is not reopened."""
+    try:
+        st = (store / "zarr.json").stat()
+    except OSError:
+        return None
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 class _Watcher:
@@ -301,7 +295,8 @@ class _Watcher:
         self.state.save()
         logger.info("classifying %s (%d crops)", store.path, store.n)
         t0 = time.perf_counter()
-        record: dict[str, Any] = {"hash": h, "path": path, "name": store.path.name, "objects": store.n}
+        record: dict[str, Any] = {"hash": h, "path": path, "name": store.path.name, "objects": store.n,
+                                  "stamp": _stamp(store.path)}
         try:
             self._ensure_cluster()
             result = classify(
@@ -316,10 +311,11 @@ class _Watcher:
             record.update({"status": "failed", "error": " ".join(str(exc).split()), "finished": _now()})
             logger.error("%s: not classified: %s", store.path, record["error"])
         else:
-            sheets = store_sheet_counts(self.out, path)
+            sheets = cand.store_counts(self.out, h)  # this store's parts only: no cost per store already done
             record.update(
                 status="done", sheets=sheets, selected=sum(v["selected"] for v in sheets.values()),
                 seconds=time.perf_counter() - t0, classify_seconds=result.seconds,
+                task_seconds=sum(result.task_seconds),
                 crops_per_s=store.n / result.seconds if result.seconds > 0 else None,
                 model_hashes=self.model_hashes, finished=_now(), run_id=result.run_id,
             )
@@ -333,7 +329,12 @@ class _Watcher:
         done: list[dict[str, Any]] = []
         skipped = 0
         waiting: list[str] = []
+        known = {(r.get("path"), r.get("stamp")): r for r in self.state.stores.values() if r.get("stamp")}
         for p in inbox_stores(self.inbox):
+            prior = known.get((str(p.resolve()), _stamp(p)))
+            if prior is not None and not (self.retry_failed and prior.get("status") == "failed"):
+                skipped += 1  # recorded, and its metadata unchanged since: no need to open it again
+                continue
             try:
                 store = open_store(p)
             except IncompleteStoreError:

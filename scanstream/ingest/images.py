@@ -358,6 +358,20 @@ def _parse_row(raw: dict[str, Any], cols: dict[str, str], cfg: IngestConfig) -> 
     return {k: v for k, v in row.items() if v is not None}
 
 
+def inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` names a place under ``root``, decided on the names (``..`` collapsed).
+
+    A listing row may not climb out of its source folder (``../x.png``, ``/elsewhere/x.png``);
+    a symbolic link the user put inside the folder is their choice and is followed.
+    """
+    def under(target: str, base: str) -> bool:
+        return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
+
+    ok = under(os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root)))
+    # ``link/..`` is where the link points, up one: with a ``..`` the real path must stay inside too
+    return ok and (".." not in Path(path).parts or under(os.path.realpath(path), os.path.realpath(root)))
+
+
 def _image_files(root: Path) -> Iterator[Path]:
     """Image files under ``root`` (recursive, hidden files and folders skipped), sorted."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -416,6 +430,9 @@ def plan_images(src: Path, cfg: IngestConfig, in_store: set[str]) -> _Plan:
             plan.bad.append(BadItem(item, "no file named", row["object_id"]))
             continue
         path = src / files[i]
+        if not inside(src, path):
+            plan.bad.append(BadItem(item, f"file {files[i]!r} lies outside the source folder {src}", row["object_id"]))
+            continue
         if not path.is_file():
             plan.bad.append(BadItem(str(path), f"file not found (listed in {item})", row["object_id"]))
             continue

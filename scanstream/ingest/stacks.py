@@ -1,20 +1,8 @@
-"""Ingest of the microscope's z-stacks (info.json) into a scanned-volume store napari opens.
+"""Ingest of the microscope's z-stacks (info.json or image.json) into a scanned-volume store napari opens.
 
-A z-stack folder holds the images of one field of view at successive focal depths and an
-``info.json`` describing them (PHYSICS.md, "Scanner z-stack metadata")::
-
-    {"DocumentType": {"ver": "20170810", "unit": "mm"},
-     "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 2.0},
-     "ImageType": {"Height": 440, "Width": 512, "Depth": 8},
-     "Interval": [0.000283, 0.000284, 0.003],
-     "Images": [{"Path": "1.png", "x": 1.000, "y": -2.000, "z": -0.1060}, ...]}
-
-``Interval`` is mm per pixel in x and y and mm per step in z; x, y, z are stage positions in mm.
-:func:`read_stack_info` validates it: ``DocumentType.unit`` must be ``"mm"``, ``Interval`` three
-positive numbers small enough to be mm (at most 0.01 mm per pixel and 0.1 mm per step, so
-micrometres given as mm are caught), ``ImageType`` the image size and ``Depth`` 8, and every
-``Images`` entry a ``Path`` and numeric ``x``, ``y``, ``z``. ``EmulsionType`` and ``Stage`` are
-optional and kept. A problem is one line naming the file and the key.
+A z-stack folder holds the images of one field of view at successive focal depths and a
+metadata file describing them; its format and the rules it is checked against are
+:mod:`scanstream.ingest.stackmeta`'s. A problem is one line naming the file and the key.
 
 The store's layout (OME-Zarr / NGFF 0.5, one multiscale image per field of view, planes in
 increasing stage z) and its reader are :mod:`scanstream.store.volume`.
@@ -28,9 +16,7 @@ rewrites an interrupted one. Bad input stops the run and leaves the store as it 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -47,151 +33,30 @@ from zarr.codecs import ZstdCodec
 from scanstream.atomic import atomic_dir
 from scanstream.errors import StackError, StoreError
 from scanstream.ingest.images import BadItem, quarantine_path, write_quarantine
+from scanstream.ingest.stackmeta import (
+    INFO_FILE,
+    META_FILES,
+    StackImage,
+    StackInfo,
+    mm_to_um,
+    read_stack_info,
+    stack_meta_file,
+)
 from scanstream.store.volume import AXES, NGFF_VERSION, VOLUME_SCHEMA, is_volume, open_volume
 
 logger = logging.getLogger(__name__)
 
-INFO_FILE = "info.json"
 Z_BLOCK = 16  # planes per shard, and per write
-MAX_PIXEL_MM = 0.01  # 10 um per pixel: coarser is not an emulsion microscope (um given as mm?)
-MAX_STEP_MM = 0.1
-
-
-def _um(mm: float) -> float:
-    """mm -> micrometres, rounded to 1e-9 um so 0.000284 mm reads 0.284, not 0.28400000000000003."""
-    return round(mm * 1000.0, 9)
-
-
-@dataclass(frozen=True)
-class StackImage:
-    """One focal plane: its file (relative to the stack folder) and stage position (mm)."""
-
-    path: str
-    x_mm: float
-    y_mm: float
-    z_mm: float
-
-
-@dataclass(frozen=True)
-class StackInfo:
-    """A validated info.json.
-
-    Attributes
-    ----------
-    path : Path
-        The info.json file.
-    height, width : int
-        Image size (px).
-    pixel_mm : tuple of float
-        (x, y) mm per pixel.
-    step_mm : float
-        mm per z step.
-    images : tuple of StackImage
-        As listed (not yet sorted by z).
-    raw : dict
-        The whole info.json.
-    """
-
-    path: Path
-    height: int
-    width: int
-    pixel_mm: tuple[float, float]
-    step_mm: float
-    images: tuple[StackImage, ...]
-    raw: dict
-
-    @property
-    def folder(self) -> Path:
-        return self.path.parent
-
-    def emulsion(self, key: str) -> Any:
-        """``EmulsionType[key]`` (Experiment, Module, Plate, Sh) or None."""
-        return (self.raw.get("EmulsionType") or {}).get(key)
-
-
-def _key(obj: Any, dotted: str, path: Path) -> Any:
-    cur = obj
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            raise StackError(f"{path}: missing key {dotted}")
-        cur = cur[part]
-    return cur
-
-
-def _number(value: Any, where: str, path: Path, *, unit: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise StackError(f"{path}: {where} is {value!r}, expected a number ({unit})")
-    return float(value)
-
-
-def read_stack_info(path: str | os.PathLike) -> StackInfo:
-    """Read and validate an info.json (see the module docstring for the rules).
-
-    Raises
-    ------
-    StackError
-        Unreadable JSON, a missing key, a wrong unit or an implausible value; the message names
-        the file and the key.
-    """
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StackError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise StackError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise StackError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    unit = _key(raw, "DocumentType.unit", path)
-    if unit != "mm":
-        raise StackError(f"{path}: DocumentType.unit is {unit!r}, expected 'mm'")
-    interval = _key(raw, "Interval", path)
-    if not isinstance(interval, list) or len(interval) != 3:
-        raise StackError(f"{path}: Interval is {interval!r}, expected 3 numbers in mm (x, y per pixel, z per step)")
-    iv = [_number(v, f"Interval[{i}]", path, unit="mm") for i, v in enumerate(interval)]
-    for i, (v, limit, what) in enumerate(zip(iv, (MAX_PIXEL_MM, MAX_PIXEL_MM, MAX_STEP_MM),
-                                             ("per pixel", "per pixel", "per step"), strict=True)):
-        if not 0 < v <= limit:
-            raise StackError(f"{path}: Interval[{i}] = {v} mm {what} is outside (0, {limit}] mm; micrometres given as mm?")
-    dims = {}
-    for key in ("Height", "Width", "Depth"):
-        v = _key(raw, f"ImageType.{key}", path)
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise StackError(f"{path}: ImageType.{key} is {v!r}, expected a positive integer")
-        dims[key] = v
-    if dims["Depth"] != 8:
-        raise StackError(f"{path}: ImageType.Depth is {dims['Depth']}, only 8-bit images are supported")
-    entries = _key(raw, "Images", path)
-    if not isinstance(entries, list) or not entries:
-        raise StackError(f"{path}: Images is {entries!r}, expected a non-empty list")
-    images, seen = [], set()
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict):
-            raise StackError(f"{path}: Images[{i}] is {e!r}, expected an object")
-        for key in ("Path", "x", "y", "z"):
-            if key not in e:
-                raise StackError(f"{path}: missing key Images[{i}].{key}")
-        if not isinstance(e["Path"], str) or not e["Path"]:
-            raise StackError(f"{path}: Images[{i}].Path is {e['Path']!r}, expected a file name")
-        if e["Path"] in seen:
-            raise StackError(f"{path}: Images[{i}].Path {e['Path']!r} is listed twice")
-        seen.add(e["Path"])
-        xyz = [_number(e[k], f"Images[{i}].{k}", path, unit="mm") for k in ("x", "y", "z")]
-        images.append(StackImage(e["Path"], *xyz))
-    sh = (raw.get("EmulsionType") or {}).get("Sh")
-    if sh is not None and (_number(sh, "EmulsionType.Sh", path, unit="shrinkage factor") <= 0):
-        raise StackError(f"{path}: EmulsionType.Sh is {sh!r}, expected a positive number")
-    return StackInfo(path, dims["Height"], dims["Width"], (iv[0], iv[1]), iv[2], tuple(images), raw)
 
 
 def find_stacks(src: Path) -> list[Path]:
-    """Folders holding an info.json: ``src`` itself, or every such folder below it (sorted)."""
-    if (src / INFO_FILE).is_file():
+    """Folders holding an info.json or image.json: ``src`` itself, or every such folder below it (sorted)."""
+    if stack_meta_file(src) is not None:
         return [src]
     found = []
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if INFO_FILE in filenames:
+        if any(name in filenames for name in META_FILES):
             found.append(Path(dirpath))
     return found
 
@@ -205,7 +70,7 @@ def _plane_problem(path: Path, info: StackInfo) -> str | None:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         return f"unreadable image ({exc.__class__.__name__}: {exc})"
     if size != (info.width, info.height):
-        return f"image is {size[0]} x {size[1]} px, info.json ImageType says {info.width} x {info.height}"
+        return f"image is {size[0]} x {size[1]} px, {info.path.name} ImageType says {info.width} x {info.height}"
     if mode not in ("L", "P", "RGB", "RGBA", "LA", "1") or frames != 1:
         return f"image mode {mode} ({frames} frames) is not one 8-bit plane"
     return None
@@ -223,8 +88,8 @@ def read_plane(path: str | os.PathLike) -> np.ndarray:
 
 
 def check_stack(folder: Path) -> StackInfo:
-    """Validate a stack folder's info.json and every image header (no pixel decoding)."""
-    info = read_stack_info(folder / INFO_FILE)
+    """Validate a stack folder's info.json / image.json and every image header (no pixel decoding)."""
+    info = read_stack_info(stack_meta_file(folder) or folder / INFO_FILE)
     for i, im in enumerate(info.images):
         problem = _plane_problem(folder / im.path, info)
         if problem:
@@ -234,17 +99,17 @@ def check_stack(folder: Path) -> StackInfo:
 
 # -- writing -----------------------------------------------------------------------------------
 def _multiscales(info: StackInfo, planes: list[StackImage], name: str) -> dict:
-    px_um, py_um = _um(info.pixel_mm[0]), _um(info.pixel_mm[1])
-    x0 = round(_um(planes[0].x_mm) - (info.width - 1) / 2 * px_um, 9)
-    y0 = round(_um(planes[0].y_mm) - (info.height - 1) / 2 * py_um, 9)
+    px_um, py_um = mm_to_um(info.pixel_mm[0]), mm_to_um(info.pixel_mm[1])
+    x0 = round(mm_to_um(planes[0].x_mm) - (info.width - 1) / 2 * px_um, 9)
+    y0 = round(mm_to_um(planes[0].y_mm) - (info.height - 1) / 2 * py_um, 9)
     return {
         "version": NGFF_VERSION,
         "multiscales": [{
             "name": name,
             "axes": AXES,
             "datasets": [{"path": "0", "coordinateTransformations": [
-                {"type": "scale", "scale": [_um(info.step_mm), py_um, px_um]},
-                {"type": "translation", "translation": [_um(planes[0].z_mm), y0, x0]},
+                {"type": "scale", "scale": [mm_to_um(info.step_mm), py_um, px_um]},
+                {"type": "translation", "translation": [mm_to_um(planes[0].z_mm), y0, x0]},
             ]}],
         }],
     }
@@ -317,12 +182,19 @@ class _VolumeWriter:
         planes = sorted(info.images, key=lambda im: im.z_mm)
         fov_attrs = {
             "source": key, "info": info.raw, "complete": False,
-            "pixel_size_um": [_um(info.pixel_mm[0]), _um(info.pixel_mm[1])],
-            "step_um": _um(info.step_mm),
+            "pixel_size_um": [mm_to_um(info.pixel_mm[0]), mm_to_um(info.pixel_mm[1])],
+            "step_um": mm_to_um(info.step_mm),
             "image_paths": [p.path for p in planes],
             "stage_x_mm": [p.x_mm for p in planes], "stage_y_mm": [p.y_mm for p in planes],
             "stage_z_mm": [p.z_mm for p in planes],
+            "metadata_file": info.path.name,
         }
+        if info.affine_mm is not None:
+            fov_attrs["affine_p2s_mm"] = list(info.affine_mm)
+        by_path = {e.get("Path"): e for e in info.raw["Images"] if isinstance(e, dict)}
+        for extra in ("stagez", "extrastage"):
+            if any(extra in e for e in by_path.values()):
+                fov_attrs[extra] = [by_path[p.path].get(extra) for p in planes]
         g = self.group.create_group(name, attributes={"ome": _multiscales(info, planes, key), "scanstream_fov": fov_attrs})
         nz = len(planes)
         arr = g.create_array(
@@ -432,7 +304,7 @@ def ingest_stacks(
         raise StackError(f"{src}: no such source folder")
     folders = find_stacks(src)
     if not folders:
-        raise StackError(f"{src}: no z-stack folders (a folder with {INFO_FILE})")
+        raise StackError(f"{src}: no z-stack folders (a folder with {' or '.join(META_FILES)})")
     if store.exists() and not is_volume(store):
         raise StackError(f"{store}: exists and is not a scanstream volume store")
     present = {f.source for f in open_volume(store, require_complete=False)} if store.exists() else set()

@@ -30,7 +30,8 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
 from scanstream.atomic import atomic_dir, atomic_path, write_bytes, write_text
-from scanstream.candidates.query import CandidateFilter, query_candidates
+from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
+from scanstream.candidates.table import require_complete
 from scanstream.errors import InputError
 from scanstream.store import CropStore, open_store
 
@@ -242,11 +243,14 @@ class GalleryResult:
     html: Path
     contact_sheet: Path
     count: int
+    partial: bool = False
 
 
-def gallery_rows(candidates: str | os.PathLike, filters: CandidateFilter | None = None) -> pa.Table:
+def gallery_rows(
+    candidates: str | os.PathLike, filters: CandidateFilter | None = None, *, allow_partial: bool = False
+) -> pa.Table:
     """Candidate rows for a gallery: the filtered rows, highest score first."""
-    return query_candidates(candidates, filters or CandidateFilter(top=200))
+    return query_candidates(candidates, filters or CandidateFilter(top=200), allow_partial=allow_partial)
 
 
 def write_gallery(
@@ -257,6 +261,7 @@ def write_gallery(
     filters: CandidateFilter | None = None,
     columns: int = 10,
     contact_limit: int = 200,
+    allow_partial: bool = False,
 ) -> GalleryResult:
     """Write a gallery directory for the filtered candidates (see the module docstring).
 
@@ -275,13 +280,17 @@ def write_gallery(
         Thumbnails per row of the contact sheet.
     contact_limit : int
         At most this many thumbnails on the contact sheet (the page shows all rows).
+    allow_partial : bool
+        Show a table without its manifest (an unfinished run) instead of refusing it; the
+        page's title and ``gallery.json`` then say it is partial.
     """
     out = Path(out)
     if out.exists() and not (out / MARKER).exists():
         raise InputError(f"{out}: exists and is not a scanstream gallery; choose a new --out directory")
     if columns < 1:
         raise InputError(f"contact sheet columns must be >= 1, got {columns}")
-    table = gallery_rows(candidates, filters)
+    partial = require_complete(candidates, allow_partial=allow_partial) is None
+    table = gallery_rows(candidates, filters, allow_partial=allow_partial)
     rows = table.to_pylist()
     lookup = CropLookup(list(stores) if stores else recorded_stores(table))
     crops = lookup.read(rows) if rows else np.zeros((0, 224, 224, 3), np.uint8)
@@ -296,7 +305,7 @@ def write_gallery(
         shown = min(len(rows), contact_limit)
         with atomic_path(tmp / "contact_sheet.png") as png:
             contact_sheet(crops[:shown], rows[:shown], columns=columns).save(png, format="PNG")
-        title = f"scanstream candidates: {Path(candidates).name}"
+        title = f"scanstream candidates: {Path(candidates).name}" + (f" [{PARTIAL_LABEL}]" if partial else "")
         help_text = f"{len(rows)} candidates, highest score first (score = logit; star = selected by the threshold)."
         write_text(tmp / "index.html", render_page(rows, urls, title=title, help_text=help_text))
         f = filters or CandidateFilter(top=200)
@@ -305,8 +314,10 @@ def write_gallery(
             "stores": [str(s.path) for s in lookup.stores],
             "filters": asdict(f),
             "count": len(rows),
+            "partial": partial,
             "rows": [{k: v for k, v in r.items()} for r in rows],
         }
         write_text(tmp / MARKER, json.dumps(meta, indent=1, default=str))
     logger.info("gallery of %d candidates in %s", len(rows), out)
-    return GalleryResult(out=out, html=out / "index.html", contact_sheet=out / "contact_sheet.png", count=len(rows))
+    return GalleryResult(out=out, html=out / "index.html", contact_sheet=out / "contact_sheet.png", count=len(rows),
+                         partial=partial)

@@ -21,7 +21,8 @@ import numpy as np
 
 from scanstream import rangeenergy
 from scanstream.atomic import write_text
-from scanstream.candidates.query import CandidateFilter, query_candidates
+from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
+from scanstream.candidates.table import require_complete
 from scanstream.errors import ConfigError, InputError
 from scanstream.inference.threshold import parse_prevalence, project_precision
 
@@ -117,7 +118,9 @@ def summary_markdown(s: Mapping[str, Any], top: list[dict[str, Any]] | None = No
     prec = s.get("precision")
     target = s.get("target") or {}
     lines = [
-        f"# Morning summary: sheet {s['sheet']}", "", "| | |", "|---|---|",
+        f"# Morning summary: sheet {s['sheet']}", "",
+        *([f"**{PARTIAL_LABEL}**", ""] if s.get("partial") else []),
+        "| | |", "|---|---|",
         f"| objects classified | {s['objects']} |",
         f"| selected candidates | {_num(s['selected'], 'd')} |",
         f"| threshold (logit) | {_num(s['threshold'], '.3f')}"
@@ -194,13 +197,17 @@ def write_summaries(
     """
     morning.mkdir(exist_ok=True)
     done = [r for r in stores.values() if r.get("status") == "done"]
+    # A table without its manifest (a store failed, or the run was killed) is read, but every
+    # page made from it says so: its top rows may be missing or unranked.
+    partial = require_complete(candidates, allow_partial=True) is None if done else False
     written = []
     for sheet in sorted(sheets):
         records = [r for r in done if sheet in r["sheets"]]
         if not records:
             continue
         s = sheet_summary(sheet, records, threshold=threshold, prevalence=prevalence)
-        rows = query_candidates(candidates, CandidateFilter(sheet=sheet, top=top)).to_pylist()
+        rows = query_candidates(candidates, CandidateFilter(sheet=sheet, top=top), allow_partial=True).to_pylist()
+        s["partial"] = partial
         s["top"] = [{k: r.get(k) for k in TOP_COLUMNS} for r in rows]
         if range_energy and s["selected"]:
             s["range_energy"] = sheet_range_energy(candidates, sheet, [r["path"] for r in records])

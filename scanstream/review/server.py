@@ -35,7 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from scanstream.candidates.query import CandidateFilter, query_candidates
+from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
+from scanstream.candidates.table import require_complete
 from scanstream.errors import InputError
 from scanstream.review.gallery import CropLookup, png_bytes, recorded_stores, render_page
 from scanstream.review.verdicts import VERDICTS, VerdictLog, parse_verdict, read_verdicts, verdict_key
@@ -111,6 +112,8 @@ class ReviewSession:
         Crop stores with the crops (default: the stores recorded in the rows).
     filters : CandidateFilter, optional
         Which candidates to review (default: the 200 highest scores).
+    allow_partial : bool
+        Review a table without its manifest (an unfinished run); the page title says so.
     """
 
     def __init__(
@@ -120,9 +123,11 @@ class ReviewSession:
         *,
         stores: Sequence[str | os.PathLike] | None = None,
         filters: CandidateFilter | None = None,
+        allow_partial: bool = False,
     ) -> None:
         self.candidates = Path(candidates)
-        table = query_candidates(self.candidates, filters or CandidateFilter(top=200))
+        self.partial = require_complete(self.candidates, allow_partial=allow_partial) is None
+        table = query_candidates(self.candidates, filters or CandidateFilter(top=200), allow_partial=allow_partial)
         self.rows = table.to_pylist()
         self.lookup = CropLookup(list(stores) if stores else recorded_stores(table))
         self.where = [self.lookup.locate(r["object_id"], r.get("store"), r.get("store_index")) for r in self.rows]
@@ -153,7 +158,7 @@ class ReviewSession:
         text = render_page(
             self.rows,
             [f"/crop/{i}.png" for i in range(len(self.rows))],
-            title=f"scanstream review: {self.candidates.name}",
+            title=f"scanstream review: {self.candidates.name}" + (f" [{PARTIAL_LABEL}]" if self.partial else ""),
             help_text=f"{len(self.rows)} candidates, highest score first. Keys: a = alpha, n = not alpha, "
             "u = unsure (then on to the next card); arrows or j / k move. Verdicts are saved as you go.",
             card_footer=footer,

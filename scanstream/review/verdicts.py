@@ -123,10 +123,7 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         with open(f, "rb") as fh:
             for line in fh:
                 try:
-                    rec = json.loads(line)
-                    rec["verdict"] = parse_verdict(rec["verdict"])
-                    if not rec.get("object_id"):
-                        raise ValueError("no object_id")
+                    rec = _checked_record(json.loads(line))
                 except (ValueError, KeyError, TypeError, InputError):
                     bad += 1
                     continue
@@ -134,6 +131,23 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         if bad:
             logger.warning("%s: skipped %d unreadable line(s) (a crash while writing?)", f, bad)
     return out
+
+
+def _checked_record(rec: Any) -> dict[str, Any]:
+    """A verdict record as :meth:`VerdictLog.append` writes it; ValueError for anything else."""
+    if not isinstance(rec, dict):
+        raise TypeError("not a JSON object")
+    rec["verdict"] = parse_verdict(rec["verdict"])
+    if not isinstance(rec.get("object_id"), (str, int)) or isinstance(rec["object_id"], bool) or rec["object_id"] == "":
+        raise ValueError("no object_id")
+    if not isinstance(rec.get("seq", 0), int) or not isinstance(rec.get("time", ""), str):
+        raise TypeError("seq must be an integer and time a string")
+    if not all(isinstance(rec.get(k) or "", str) for k in ("session", "store", "store_hash")):
+        raise TypeError("session, store and store_hash must be strings")
+    idx = rec.get("store_index")
+    if idx is not None and (not isinstance(idx, int) or isinstance(idx, bool)):
+        raise ValueError("store_index must be an integer")
+    return rec
 
 
 def verdict_key(record: Mapping[str, Any]) -> tuple[str, str]:

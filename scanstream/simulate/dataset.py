@@ -285,7 +285,7 @@ def write_plans(
     source = dict(source)
     if p.exists() and not overwrite:
         if not is_store(p):
-            raise StoreExistsError(f"{p}: exists and is not a crop store (use --overwrite to replace it)")
+            raise StoreExistsError(f"{p}: exists and is not a scanstream crop store; choose another path")
         existing = open_store(p, require_complete=False)
         if existing.complete or existing.attrs.get("source") != source:
             raise StoreExistsError(f"{p}: store exists (use --overwrite to replace it)")
@@ -471,7 +471,7 @@ def simulate_dataset(
                 elif existing.complete:
                     raise StoreExistsError(f"{p}: store exists (use --overwrite to replace it)")
             elif p.exists():
-                raise StoreExistsError(f"{p}: exists and is not a crop store (use --overwrite to replace it)")
+                raise StoreExistsError(f"{p}: exists and is not a scanstream crop store; choose another path")
         if len(done) == len(paths):
             raise StoreExistsError(f"{out}: the dataset exists (use --overwrite to replace it)")
     for split, p in paths.items():

@@ -16,6 +16,11 @@ spreads as it leaves the depth of field (about +-1 um sharp, gone beyond about 1
 Brightness follows Beer-Lambert: I = I0(x, y) exp(-A), A the summed absorption; then contrast,
 camera noise and 8-bit quantisation. The pixel size is :data:`scanstream.store.PIXEL_SIZE_UM`.
 
+The same grain, blur and exposure code renders the focal planes of a whole field of view
+(:func:`render_planes`, grayscale, any image size and pixel size: the scanner's 0.283 um/px for
+:mod:`scanstream.simulate.volume`), so a crop picked from a simulated z-stack shows the same
+physics as a simulated crop.
+
 Every category goes through exactly the same code with the same sheet conditions; nothing
 in the image depends on the label except the physics of the object itself.
 """
@@ -89,8 +94,12 @@ def _positions(rng: np.random.Generator, t0: float, t1: float, mean: float) -> n
     return t0 + (t1 - t0) * (np.arange(n) + rng.random(n)) / max(n, 1)
 
 
-def track_grains(obj: SimObject, cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi: float):
+def track_grains(obj: SimObject, cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi: float,
+                 *, xy_lo: tuple[float, float] | None = None, xy_hi: tuple[float, float] | None = None):
     """Developed grains of every segment within the imaged box.
+
+    The box is x, y in ``xy_lo`` .. ``xy_hi`` (object-frame um; default: the crop's field,
+    +-HALF_FIELD_UM) and depth ``zlo`` .. ``zhi``.
 
     Returns
     -------
@@ -101,8 +110,10 @@ def track_grains(obj: SimObject, cond: SheetConditions, rng: np.random.Generator
     opacity : ndarray (n,)
         Peak optical density of the grain in focus.
     """
-    lo = np.array([-HALF_FIELD_UM, -HALF_FIELD_UM, zlo])
-    hi = np.array([HALF_FIELD_UM, HALF_FIELD_UM, zhi])
+    xy_lo = (-HALF_FIELD_UM, -HALF_FIELD_UM) if xy_lo is None else xy_lo
+    xy_hi = (HALF_FIELD_UM, HALF_FIELD_UM) if xy_hi is None else xy_hi
+    lo = np.array([xy_lo[0], xy_lo[1], zlo])
+    hi = np.array([xy_hi[0], xy_hi[1], zhi])
     g0 = cond.mip_grains / 100.0
     scale = np.array([1.0, 1.0, cond.shrinkage])
     out_p, out_s, out_o = [], [], []
@@ -154,31 +165,40 @@ def track_grains(obj: SimObject, cond: SheetConditions, rng: np.random.Generator
     return np.concatenate(out_p), np.concatenate(out_s), np.concatenate(out_o)
 
 
-def fog_grains(cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi: float):
-    """Random fog grains in the imaged box: (pos (n,3), sigma (n,), opacity (n,))."""
-    volume = (2 * HALF_FIELD_UM) ** 2 * (zhi - zlo)
+def fog_grains(cond: SheetConditions, rng: np.random.Generator, zlo: float, zhi: float,
+               *, xy_lo: tuple[float, float] | None = None, xy_hi: tuple[float, float] | None = None):
+    """Random fog grains in the imaged box (as :func:`track_grains`): (pos (n,3), sigma (n,), opacity (n,))."""
+    if xy_lo is None and xy_hi is None:
+        xy_lo, xy_hi = (-HALF_FIELD_UM, -HALF_FIELD_UM), (HALF_FIELD_UM, HALF_FIELD_UM)
+        volume = (2 * HALF_FIELD_UM) ** 2 * (zhi - zlo)
+    else:
+        volume = (xy_hi[0] - xy_lo[0]) * (xy_hi[1] - xy_lo[1]) * (zhi - zlo)
     n = int(rng.poisson(cond.fog * volume / 1000.0))
-    pos = rng.uniform([-HALF_FIELD_UM, -HALF_FIELD_UM, zlo], [HALF_FIELD_UM, HALF_FIELD_UM, zhi], (n, 3))
+    pos = rng.uniform([xy_lo[0], xy_lo[1], zlo], [xy_hi[0], xy_hi[1], zhi], (n, 3))
     return pos, FOG_SIGMA_UM * rng.uniform(0.8, 1.3, n), np.full(n, FOG_OPACITY)
 
 
-def _splat(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, layer: np.ndarray, n_layers: int, size: int) -> np.ndarray:
-    """Bilinear deposit of point masses into ``n_layers`` images of ``size`` x ``size``."""
+def _splat(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, layer: np.ndarray, n_layers: int,
+           shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear deposit of point masses into ``n_layers`` images of ``shape`` (rows, cols)."""
+    h, w = shape
     r0, c0 = np.floor(rows), np.floor(cols)
     fr, fc = rows - r0, cols - c0
     r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
     idx_parts, w_parts = [], []
-    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+    for dr, dc, wt in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
         rr, cc = r0 + dr, c0 + dc
-        ok = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
-        idx_parts.append((layer[ok] * size + rr[ok]) * size + cc[ok])
-        w_parts.append((mass * w)[ok])
-    acc = np.bincount(np.concatenate(idx_parts), np.concatenate(w_parts), minlength=n_layers * size * size)
-    return acc.reshape(n_layers, size, size).astype(np.float32)
+        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        idx_parts.append((layer[ok] * h + rr[ok]) * w + cc[ok])
+        w_parts.append((mass * wt)[ok])
+    acc = np.bincount(np.concatenate(idx_parts), np.concatenate(w_parts), minlength=n_layers * h * w)
+    return acc.reshape(n_layers, h, w).astype(np.float32)
 
 
-def _stamps(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, sigma_px: np.ndarray, plane: np.ndarray, n_planes: int) -> np.ndarray:
-    """Gaussian spots (separable, normalised to ``mass``) on full-resolution planes (n_planes, 224, 224)."""
+def _stamps(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, sigma_px: np.ndarray, plane: np.ndarray, n_planes: int,
+            shape: tuple[int, int]) -> np.ndarray:
+    """Gaussian spots (separable, normalised to ``mass``) on full-resolution planes (n_planes, *shape)."""
+    h, w_img = shape
     off = np.arange(-STAMP_RADIUS, STAMP_RADIUS + 1)
     r0, c0 = np.rint(rows).astype(np.int64), np.rint(cols).astype(np.int64)
     inv = 1.0 / (2.0 * sigma_px**2)
@@ -188,10 +208,10 @@ def _stamps(rows: np.ndarray, cols: np.ndarray, mass: np.ndarray, sigma_px: np.n
     w = wy[:, :, None] * wx[:, None, :]
     rr = r0[:, None, None] + off[None, :, None]
     cc = c0[:, None, None] + off[None, None, :]
-    ok = (rr >= 0) & (rr < CROP_SIZE) & (cc >= 0) & (cc < CROP_SIZE)
-    idx = (plane[:, None, None] * CROP_SIZE + rr) * CROP_SIZE + cc
-    acc = np.bincount(idx[ok], w[ok], minlength=n_planes * CROP_SIZE * CROP_SIZE)
-    return acc.reshape(n_planes, CROP_SIZE, CROP_SIZE).astype(np.float32)
+    ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w_img)
+    idx = (plane[:, None, None] * h + rr) * w_img + cc
+    acc = np.bincount(idx[ok], w[ok], minlength=n_planes * h * w_img)
+    return acc.reshape(n_planes, h, w_img).astype(np.float32)
 
 
 def _upsample2(a: np.ndarray) -> np.ndarray:
@@ -207,23 +227,26 @@ def _upsample2(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def absorption_planes(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, planes: np.ndarray) -> np.ndarray:
-    """Absorption images (n_planes, 224, 224) float32 of grains seen from focal planes at depths ``planes``.
+def absorption_planes(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, planes: np.ndarray,
+                      *, shape: tuple[int, int] = (CROP_SIZE, CROP_SIZE), pixel_um: float = PIXEL_SIZE_UM) -> np.ndarray:
+    """Absorption images (n_planes, *shape) float32 of grains seen from focal planes at depths ``planes``.
 
-    Each grain keeps its integrated absorption (opacity x its in-focus area) while its image
-    spreads with defocus.
+    ``pos`` is in um with x, y = 0 at the image centre (columns along +x, rows along +y);
+    ``shape`` (rows, cols) must be a multiple of 4 (the blur tiers). Each grain keeps its
+    integrated absorption (opacity x its in-focus area) while its image spreads with defocus.
     """
+    h, w = shape
     k = len(planes)
     dz = pos[None, :, 2] - np.asarray(planes)[:, None]  # (planes, grains)
     plane_idx, grain = np.nonzero(np.abs(dz) < MAX_DEFOCUS_UM)
     dz = dz[plane_idx, grain]
     sig = sigma[grain]
-    sig_tot = np.sqrt(sig**2 + PSF_SIGMA_UM**2 + (DEFOCUS_PER_UM * dz) ** 2) / PIXEL_SIZE_UM
-    mass = opacity[grain] * 2.0 * np.pi * (sig / PIXEL_SIZE_UM) ** 2  # integrated absorption (px^2)
-    cols = pos[grain, 0] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
-    rows = pos[grain, 1] / PIXEL_SIZE_UM + (CROP_SIZE - 1) / 2
+    sig_tot = np.sqrt(sig**2 + PSF_SIGMA_UM**2 + (DEFOCUS_PER_UM * dz) ** 2) / pixel_um
+    mass = opacity[grain] * 2.0 * np.pi * (sig / pixel_um) ** 2  # integrated absorption (px^2)
+    cols = pos[grain, 0] / pixel_um + (w - 1) / 2
+    rows = pos[grain, 1] / pixel_um + (h - 1) / 2
     sharp = sig_tot < STAMP_MAX_PX
-    out = _stamps(rows[sharp], cols[sharp], mass[sharp], sig_tot[sharp], plane_idx[sharp], k)
+    out = _stamps(rows[sharp], cols[sharp], mass[sharp], sig_tot[sharp], plane_idx[sharp], k, shape)
     blur = ~sharp
     if not blur.any():
         return out
@@ -235,12 +258,12 @@ def absorption_planes(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, p
     rows, cols, plane_idx = np.tile(rows, 2), np.tile(cols, 2), np.tile(plane_idx, 2)
     level = np.concatenate([lev0, lev0 + 1])
     mass = np.concatenate([mass * (1.0 - frac), mass * frac])
-    half = np.zeros((k, CROP_SIZE // 2, CROP_SIZE // 2), np.float32)
+    half = np.zeros((k, h // 2, w // 2), np.float32)
     for factor, ids in ((2, np.flatnonzero(LEVELS < TIER_QUARTER)), (4, np.flatnonzero(LEVELS >= TIER_QUARTER))):
         sel = (level >= ids[0]) & (level <= ids[-1]) & (mass > 0)
         if not sel.any():
             continue
-        size = CROP_SIZE // factor
+        size = (h // factor, w // factor)
         nl = len(ids)
         # fine pixel centre p sits at (p + 0.5) / f - 0.5 on the coarse grid
         stack = _splat(
@@ -250,8 +273,8 @@ def absorption_planes(pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, p
             plane_idx[sel] * nl + (level[sel] - ids[0]),
             k * nl,
             size,
-        ).reshape(k, nl, size, size)
-        img = np.zeros((k, size, size), np.float32)
+        ).reshape(k, nl, *size)
+        img = np.zeros((k, *size), np.float32)
         for j, lev in enumerate(ids):
             if stack[:, j].any():
                 s = LEVELS[lev] / factor
@@ -276,20 +299,65 @@ def render_object(obj: SimObject, cond: SheetConditions, rng: np.random.Generato
     sig = np.concatenate([sig, fsig])
     opa = np.concatenate([opa, fopa]) * cond.darkness
     # illumination: brightness, gradient, vignetting, slight colour balance
+    base = _illumination(scene, cond, _XX, _YY)
+    gains = (1.0 + scene.normal(0.0, 0.015, 3)).astype(np.float32)
+    noise = _noise(scene, (CROP_SIZE, CROP_SIZE, 3))
+    a = np.moveaxis(absorption_planes(pos, sig, opa, planes), 0, -1)
+    return _expose(a, base[..., None], gains, cond, noise)
+
+
+def _illumination(scene: np.random.Generator, cond: SheetConditions, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Illumination (grey levels) over a [-1, 1] x [-1, 1] image grid: level, gradient, vignetting, fog veil."""
     gx, gy = scene.normal(0.0, 0.05, 2)
     vign = scene.uniform(0.0, 0.08)
     level = cond.brightness * scene.uniform(0.95, 1.05) * np.exp(-cond.fog * 0.004 * cond.darkness)  # fog veil
-    base = (level * (1.0 + gx * _XX + gy * _YY - vign * (_XX**2 + _YY**2) / 2)).astype(np.float32)
-    gains = (1.0 + scene.normal(0.0, 0.015, 3)).astype(np.float32)
+    return (level * (1.0 + gx * xx + gy * yy - vign * (xx**2 + yy**2) / 2)).astype(np.float32)
+
+
+def _noise(scene: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Camera noise (standard normals) of ``shape``: a random window of the shared bank."""
     bank = _noise_bank()
-    start = int(scene.integers(0, bank.size - 3 * CROP_SIZE * CROP_SIZE))
-    noise = bank[start : start + 3 * CROP_SIZE * CROP_SIZE].reshape(CROP_SIZE, CROP_SIZE, 3)
-    a = np.moveaxis(absorption_planes(pos, sig, opa, planes), 0, -1)
+    size = int(np.prod(shape))
+    start = int(scene.integers(0, bank.size - size))
+    return bank[start : start + size].reshape(shape)
+
+
+def _expose(a: np.ndarray, base: np.ndarray, gains, cond: SheetConditions, noise: np.ndarray) -> np.ndarray:
+    """Absorption to 8-bit grey levels: Beer-Lambert under ``base`` light, contrast, noise, rounding."""
     img = np.exp(-a)
-    img *= base[..., None]
+    img *= base
     img *= gains * cond.contrast
     img += cond.brightness * (1.0 - cond.contrast)
     img += cond.noise * noise
     np.clip(img, 0.0, 255.0, out=img)
     img += 0.5  # round to nearest on the cast
     return img.astype(np.uint8)
+
+
+def render_planes(
+    pos: np.ndarray, sigma: np.ndarray, opacity: np.ndarray, depths: np.ndarray, cond: SheetConditions,
+    scene: np.random.Generator, *, shape: tuple[int, int], pixel_um: float, block: int = 8,
+) -> np.ndarray:
+    """Grayscale focal planes uint8 (len(depths), *shape) of a field of view.
+
+    ``pos`` (n, 3) are grains in um (x, y from the image centre, developed depth), ``sigma``
+    and ``opacity`` as from :func:`track_grains` (opacity already times the sheet's darkness);
+    ``depths`` the developed depth of each focal plane. One illumination for the field, camera
+    noise per plane; ``block`` planes are rendered at a time (memory stays flat).
+    """
+    h, w = shape
+    yy, xx = (g.astype(np.float32) for g in np.mgrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j])
+    base = _illumination(scene, cond, xx, yy)
+    gain = np.float32(1.0 + scene.normal(0.0, 0.015))
+    depths = np.asarray(depths, float)
+    out = np.empty((len(depths), h, w), np.uint8)
+    order = np.argsort(pos[:, 2], kind="stable")
+    z_sorted = pos[order, 2]
+    for start in range(0, len(depths), block):
+        d = depths[start : start + block]
+        lo, hi = np.searchsorted(z_sorted, [d.min() - MAX_DEFOCUS_UM, d.max() + MAX_DEFOCUS_UM])
+        sel = order[lo:hi]
+        a = absorption_planes(pos[sel], sigma[sel], opacity[sel], d, shape=shape, pixel_um=pixel_um)
+        for j in range(len(d)):
+            out[start + j] = _expose(a[j], base, gain, cond, _noise(scene, shape))
+    return out

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
@@ -58,6 +59,7 @@ from scanstream.errors import IncompleteStoreError, StoreError, StoreNotFoundErr
 from scanstream.store.schema import (
     CHANNELS,
     CROP_SIZE,
+    DIGESTS_FILE,
     OBJECT_SCHEMA,
     PARTS_DIR,
     SCHEMA_VERSION,
@@ -66,6 +68,7 @@ from scanstream.store.schema import (
     block_digest,
     content_hash,
     rows_to_table,
+    table_digest,
 )
 
 
@@ -163,8 +166,12 @@ def is_store(path: str | os.PathLike) -> bool:
     return meta.get("node_type") == "group" and "scanstream_schema" in meta.get("attributes", {})
 
 
-def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> CropStore:
+def open_store(path: str | os.PathLike, *, require_complete: bool = True, validate: bool = True) -> CropStore:
     """Open a crop store read-only.
+
+    A complete store's object table is checked on open (:func:`check_object_table`: columns
+    and types, unique ids, labels, the digest recorded at completion); no crop is read.
+    ``validate=False`` skips that (:func:`validate_store` lists every problem itself).
 
     Raises
     ------
@@ -172,11 +179,15 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> Cro
         ``path`` is not a crop store.
     IncompleteStoreError
         The store lacks its completion marker and ``require_complete`` is true.
+    StoreError
+        The object table breaks the format contract or was edited after completion.
     """
     p = Path(path)
     if not p.exists():
         raise StoreNotFoundError(f"{p}: no such crop store")
     if not is_store(p):
+        if (p / "zarr.json").is_file():
+            raise StoreNotFoundError(f"{p / 'zarr.json'}: unreadable or not a scanstream crop store's metadata")
         raise StoreNotFoundError(f"{p}: not a scanstream crop store (no zarr.json with scanstream attributes)")
     group = zarr.open_group(str(p), mode="r")
     attrs = dict(group.attrs)
@@ -188,10 +199,94 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> Cro
         crops = group["crops"]
     except KeyError:
         raise StoreError(f"{p}: store has no 'crops' array") from None
+    if not isinstance(crops, zarr.Array) or crops.dtype != np.uint8 or crops.ndim != 4:
+        what = f"{crops.dtype} {crops.shape}" if isinstance(crops, zarr.Array) else "a group"
+        raise StoreError(f"{p / 'crops'}: crops are {what}, expected uint8 (n, {CROP_SIZE}, {CROP_SIZE}, {CHANNELS})")
     table = read_table(p)
     if require_complete and table.num_rows != crops.shape[0]:
         raise StoreError(f"{p}: object table has {table.num_rows} rows but crops has {crops.shape[0]}")
+    if validate and attrs.get("complete"):
+        problems = check_object_table(table, table_digest_attr=attrs.get("table_digest"))
+        if problems:
+            raise StoreError(f"{p / TABLE_FILE}: invalid object table: {'; '.join(problems)}")
     return CropStore(path=p, crops=crops, table=table, attrs=attrs)
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Equal types, list types compared by their items (a Parquet round trip renames the item field)."""
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return a.value_type == b.value_type
+    return a == b
+
+
+#: Columns every stage downstream reads (identity, position, label); the picker's features and
+#: the category may be absent (stores written before they existed), but are typed when present.
+REQUIRED_COLUMNS = ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm", "label")
+
+
+def check_object_table(table: pa.Table, *, table_digest_attr: str | None = None) -> list[str]:
+    """Problems of an object table against the contract (empty: none); reads no crops.
+
+    The :data:`REQUIRED_COLUMNS`, every :data:`OBJECT_SCHEMA` column present with its type,
+    object ids present and unique, labels
+    in {-1, 0, 1}, and, when the store recorded one at completion, the table's digest (a
+    table edited afterwards, e.g. a row moved to another sheet, no longer matches).
+    """
+    problems = []
+    for field in OBJECT_SCHEMA:
+        if field.name not in table.column_names:
+            if field.name in REQUIRED_COLUMNS:
+                problems.append(f"no {field.name!r} column")
+        elif not _same_type(table.schema.field(field.name).type, field.type):
+            problems.append(f"column {field.name!r} is {table.schema.field(field.name).type}, expected {field.type}")
+    if problems:
+        return problems
+    ids = table.column("object_id")
+    if ids.null_count:
+        problems.append(f"{ids.null_count} rows without an object_id")
+    distinct = pc.count_distinct(ids).as_py()
+    if distinct != table.num_rows - ids.null_count:
+        counts = pc.value_counts(ids)
+        first = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+        problems.append(f"{table.num_rows - ids.null_count - distinct} duplicate object id(s), e.g. {first!r}")
+    bad = sorted(set(pc.unique(table.column("label").drop_null()).to_pylist()) - {-1, 0, 1})
+    if bad:
+        problems.append(f"labels outside -1/0/1: {bad}")
+    if table_digest_attr and not problems and table_digest(table.replace_schema_metadata(None)) != table_digest_attr:
+        problems.append("the table does not match the digest recorded when the store was completed (edited since?)")
+    return problems
+
+
+def verify_crops(store: CropStore, *, progress: Any = None) -> None:
+    """Read every crop and check it against the store's block digests (``digests.json``).
+
+    The same digests classify checks as it reads: full blocks against their recorded digest,
+    the last partial block through the content hash. A deleted or damaged shard file reads
+    back as zeros or garbage and fails here. ``progress`` (optional) is called with the crops
+    checked after each block.
+
+    Raises
+    ------
+    StoreError
+        Unreadable digests, or crops that do not match them (naming the range).
+    """
+    try:
+        saved = json.loads((store.path / DIGESTS_FILE).read_text())
+        block, digests = int(saved["block_crops"]), list(saved["blocks"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{store.path / DIGESTS_FILE}: unreadable block digests: {exc}") from None
+    for start in range(0, store.n, block):
+        stop = min(start + block, store.n)
+        digest = block_digest(store.read(start, stop))
+        if stop - start == block and start // block < len(digests):
+            ok = digest == digests[start // block]
+        else:
+            ok = content_hash([*digests[: start // block], digest], store.table.replace_schema_metadata(None)) == store.content_hash
+        if not ok:
+            raise StoreError(f"{store.path}: crops [{start}, {stop}) do not match the store's digests "
+                             "(a shard file deleted or damaged?); rewrite the store")
+        if progress is not None:
+            progress(stop - start)
 
 
 def _part_start(part: Path) -> int:
@@ -250,7 +345,7 @@ def validate_store(path: str | os.PathLike, *, deep: bool = False) -> list[str]:
     p = Path(path)
     problems: list[str] = []
     try:
-        store = open_store(p, require_complete=False)
+        store = open_store(p, require_complete=False, validate=False)
     except StoreError as exc:
         return [str(exc)]
     if not store.complete:

@@ -7,8 +7,10 @@ that ome-zarr readers and napari's ome-zarr plugin open)::
                      "scanstream_volume": {schema, complete, source, fields: ["0", "1", ...]}
     OME/zarr.json    "ome": {"version": "0.5", "series": ["0", "1", ...]}
     0/               field of view 0: an NGFF image ("ome": {"multiscales": [...]}, axes z, y, x
-                     in micrometer) plus "scanstream_fov" (the info.json as read, the stage
-                     x, y, z of every plane in mm, pixel and step sizes, source folder)
+                     in micrometer) plus "scanstream_fov" (the info.json / image.json as read,
+                     the stage x, y, z of every plane in mm, pixel and step sizes, source
+                     folder; from an image.json also "affine_p2s_mm", the AffineP2S matrix as
+                     (a, b, c, d, e, f), and the images' "stagez" / "extrastage" in plane order)
     0/0/             uint8 (z, y, x), one chunk per plane, shards of 16 planes, zstd
     1/ ...
 
@@ -88,7 +90,20 @@ class FieldOfView:
 
     @property
     def shrinkage(self) -> float | None:
-        return (self.info.get("EmulsionType") or {}).get("Sh")
+        """``EmulsionType.Sh`` as a number (image.json may give it as a string, or empty: None)."""
+        sh = (self.info.get("EmulsionType") or {}).get("Sh")
+        if isinstance(sh, str):
+            try:
+                sh = float(sh)
+            except ValueError:
+                return None
+        return float(sh) if isinstance(sh, int | float) and not isinstance(sh, bool) and sh > 0 else None
+
+    @property
+    def affine_mm(self) -> tuple[float, float, float, float] | None:
+        """The linear part (a, b, c, d) of an image.json's ``AffineP2S`` (mm per pixel), or None."""
+        aff = self.attrs.get("affine_p2s_mm")
+        return tuple(float(v) for v in aff[:4]) if aff else None
 
     def read(self, z: int | slice = slice(None)) -> np.ndarray:
         """Planes ``z`` as uint8 ((k,) y, x)."""
@@ -98,13 +113,18 @@ class FieldOfView:
         """Stage position (x_mm, y_mm, z_mm) of voxel (plane z, row y, column x).
 
         Uses the plane's own stage x, y, z (interpolated for a fractional plane), the image
-        centre as the stage position, and columns / rows along +x / +y.
+        centre as the stage position, and columns / rows along +x / +y, or, for a field
+        ingested from an image.json, its ``AffineP2S`` matrix about the image centre.
         """
         k = np.arange(len(self.stage_z_mm))
         sx, sy, sz = (float(np.interp(z, k, a)) for a in (self.stage_x_mm, self.stage_y_mm, self.stage_z_mm))
         ny, nx = self.data.shape[1:]
-        return (sx + (x - (nx - 1) / 2) * self.pixel_size_um[0] / 1000.0,
-                sy + (y - (ny - 1) / 2) * self.pixel_size_um[1] / 1000.0,
+        dx, dy = x - (nx - 1) / 2, y - (ny - 1) / 2
+        aff = self.affine_mm
+        if aff is not None:  # image.json: x_stage = a col + b row, y_stage = c col + d row
+            return sx + aff[0] * dx + aff[1] * dy, sy + aff[2] * dx + aff[3] * dy, sz
+        return (sx + dx * self.pixel_size_um[0] / 1000.0,
+                sy + dy * self.pixel_size_um[1] / 1000.0,
                 sz)
 
 

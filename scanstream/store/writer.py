@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import ZstdCodec
 
-from scanstream.atomic import write_json, write_parquet
+from scanstream.atomic import try_exchange, write_json, write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
 from scanstream.store.crops import CropStore, is_store, live_parts, open_store, read_table
 from scanstream.store.schema import (
@@ -33,6 +33,7 @@ from scanstream.store.schema import (
     block_digest,
     content_hash,
     rows_to_table,
+    table_digest,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,12 @@ class StoreWriter:
     source : dict
         How the store was made (stage name and its arguments); recorded in the attributes.
     overwrite : bool
-        Remove an existing store at ``path`` first. Without it, an existing complete store
-        is opened for appending (ingest's idempotent rerun) and an incomplete one is resumed.
+        Replace an existing crop store at ``path``: the new store is written beside it under
+        a hidden temporary name and swapped in only when complete (:meth:`finalize`), so a
+        kill at any point leaves the old store or the new one, never neither; the old one is
+        deleted after the swap. Anything at ``path`` that is not a crop store (other than an
+        empty directory) is refused. Without it, an existing complete store is opened for
+        appending (ingest's idempotent rerun) and an incomplete one is resumed.
     """
 
     def __init__(
@@ -78,12 +83,17 @@ class StoreWriter:
         self.path = Path(path)
         if shard_crops % chunk_crops:
             raise InputError(f"shard_crops {shard_crops} is not a multiple of chunk_crops {chunk_crops}")
-        if self.path.exists() and overwrite:
-            shutil.rmtree(self.path)
+        self._final: Path | None = None  # with overwrite: where the finished store is swapped in
+        _recover_swap(self.path)
+        if overwrite and self.path.exists():
+            self._final, self.path = self.path, _beside(self.path)
+            _check_replaceable(self._final)
+            if is_store(self.path):  # a replacement that a kill interrupted: start it again
+                shutil.rmtree(self.path)
         self._pending_attrs: dict[str, Any] = {"source": dict(source), **dict(extra_attrs or {})}
         if self.path.exists():
             if not is_store(self.path):
-                raise StoreExistsError(f"{self.path}: exists and is not a crop store")
+                raise StoreExistsError(f"{self.path}: exists and is not a scanstream crop store; choose another path")
             if not exist_ok:
                 raise StoreExistsError(f"{self.path}: store exists (use --overwrite to replace it)")
             self.created = False
@@ -282,9 +292,13 @@ class StoreWriter:
         table = pq.read_table(self.path / TABLE_FILE).replace_schema_metadata(None)
         shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
         self._group.attrs.update(
-            {"n_objects": table.num_rows, "content_hash": content_hash(digests, table), "complete": True}
+            {"n_objects": table.num_rows, "content_hash": content_hash(digests, table),
+             "table_digest": table_digest(table), "complete": True}
         )
         self._finalized = True
+        if self._final is not None:
+            self.path = _swap_in(self.path, self._final)
+            self._final = None
         return open_store(self.path)
 
     def rollback(self) -> None:
@@ -298,7 +312,7 @@ class StoreWriter:
         """
         self._buf_rows, self._block = [], _EMPTY_BLOCK
         self._finalized = True
-        if self.created:
+        if self.created:  # with overwrite: the replacement beside; the old store stays
             shutil.rmtree(self.path, ignore_errors=True)
             return
         if not self._marked:
@@ -317,10 +331,72 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.finalize()
+        elif not self._finalized and self._final is not None:
+            # A failed replacement is not resumed (a rerun starts it again): drop it, keep the old store.
+            self.rollback()
         elif not self._finalized:
             # Commit nothing more: what is buffered is lost, what is committed stays, and the
             # store remains marked incomplete so nothing downstream reads it.
             logger.warning("%s: write interrupted; %d crops committed, store left incomplete", self.path, self._committed_rows)
+
+
+# -- replacing a store (overwrite) ---------------------------------------------------------
+def _beside(path: Path) -> Path:
+    """The hidden name a replacement of ``path`` is written under."""
+    return path.with_name(f".{path.name}.overwrite")
+
+
+def _aside(path: Path) -> Path:
+    """Where the old store waits during a two-rename swap (filesystems without an exchange)."""
+    return path.with_name(f".{path.name}.replaced")
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to replace anything but a crop store (or an empty directory) at ``path``."""
+    if is_store(path):
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        return
+    raise StoreExistsError(
+        f"{path}: exists and is not a scanstream crop store; --overwrite replaces only a crop store, choose another path"
+    )
+
+
+def _swap_in(new: Path, final: Path) -> Path:
+    """Put the complete store ``new`` at ``final``; delete the store it replaces last.
+
+    With an exchange there is no moment without a store at ``final``; without one the old
+    store is renamed aside first, and :func:`_recover_swap` puts it back if a kill lands
+    between the two renames. Returns ``final``.
+    """
+    if final.exists() and try_exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # now the old store
+        return final
+    aside = _aside(final)
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(new, final)
+    shutil.rmtree(aside, ignore_errors=True)
+    return final
+
+
+def _recover_swap(path: Path) -> None:
+    """After a kill between the two renames of :func:`_swap_in`: the new store, else the old one, at ``path``."""
+    if path.exists():
+        return
+    new, aside = _beside(path), _aside(path)
+    if is_store(new) and json.loads((new / "zarr.json").read_text())["attributes"].get("complete"):
+        os.replace(new, path)
+        shutil.rmtree(aside, ignore_errors=True)
+    elif is_store(aside):
+        os.replace(aside, path)
+
+
+def drop_table_digest(path: str | os.PathLike) -> None:
+    """Forget the table digest of a complete store, as in stores written before it was recorded (tests)."""
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.put({k: v for k, v in group.attrs.items() if k != "table_digest"})
 
 
 def create_store(

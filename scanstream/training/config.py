@@ -198,8 +198,11 @@ def check_options(config: TrainConfig) -> None:
     for name in ("max_epochs", "batch_size", "ahead", "block_crops"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.epoch_size is not None and config.epoch_size < 1:
-        raise ConfigError(f"epoch_size must be >= 1, got {config.epoch_size}")
+    for name in ("epoch_size", "workers", "torch_threads"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {config.seed}")
     if not config.lr > 0:
         raise ConfigError(f"lr must be > 0, got {config.lr}")
     parse_lr_schedule(config.lr_schedule)

@@ -353,11 +353,11 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     files = _RunFiles(config, Path(config.out_dir), _resolved(config, rt, train_store, valid_store, features, dhash),
                       dhash, features)
     saved = _saved_state(files)
-    write_config(files.out, files.resolved)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     model = build_model(model_config(config)).to(rt.device)
+    write_config(files.out, files.resolved)  # after the weights load: a refused run writes nothing
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     start_epoch, history = 0, []

@@ -325,7 +325,7 @@ def parameter_groups(model: Classifier) -> dict[str, list[nn.Parameter]]:
 # Input preparation
 
 
-def preprocess(crops: torch.Tensor, input_size: int) -> torch.Tensor:
+def preprocess(crops: torch.Tensor, input_size: int, *, halving: bool = True) -> torch.Tensor:
     """uint8 crops to normalised network input, on the crops' device.
 
     Parameters
@@ -334,6 +334,12 @@ def preprocess(crops: torch.Tensor, input_size: int) -> torch.Tensor:
         uint8 (B, H, W, 3), NHWC (the store's layout), any device.
     input_size : int
         Output side S in pixels. Resizing is antialiased bilinear (skipped when S == H == W).
+    halving : bool
+        When H == W == 2 S (224 -> 112, the CPU models), compute the same antialiased bilinear
+        resize as a fixed 4 x 4 stride-2 filter with the normalisation folded in
+        (:func:`_halve_normalised`): equal to the ``F.interpolate`` path within float32
+        rounding (measured max |difference| ~1e-6 on normalised values of order 1) and about
+        twice as fast on the CPU. False: always ``F.interpolate`` (the reference).
 
     Returns
     -------
@@ -342,10 +348,33 @@ def preprocess(crops: torch.Tensor, input_size: int) -> torch.Tensor:
     """
     if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
         raise InputError(f"crops must be uint8 (B, H, W, 3), got {crops.dtype} {tuple(crops.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN, device=crops.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=crops.device, dtype=torch.float32).view(1, 3, 1, 1)
+    h, w = crops.shape[1:3]
+    if halving and h == w == 2 * input_size and input_size >= 2:
+        return _halve_normalised(crops, mean, std).contiguous()
     x = crops.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-2:] != (input_size, input_size):
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
 
+
+#: PyTorch's antialiased bilinear weights for a downscale by exactly 2: a triangle of half-width
+#: 2 input pixels centred between two pixels gives taps [1, 3, 3, 1] / 8 at stride 2.
+_HALVING_TAPS = (1.0, 3.0, 3.0, 1.0)
+
+
+def _halve_normalised(crops: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 2S, 2S, 3) -> normalised float32 (B, 3, S, S), as interpolate(antialias) + normalise.
+
+    The resize is separable with taps [1, 3, 3, 1] / 8 at stride 2; at the borders F.interpolate
+    drops the tap outside the image and renormalises ([3, 3, 1] / 7), which is the zero-padded
+    filter times 8 / 7 in the first and last row and column. The division by 255 and by the
+    channel's std go into the filter, the mean after it.
+    """
+    k = torch.tensor(_HALVING_TAPS, device=crops.device, dtype=torch.float32) / 8.0
+    weight = torch.outer(k, k).view(1, 1, 4, 4) / (255.0 * std.view(3, 1, 1, 1))
+    y = F.conv2d(crops.permute(0, 3, 1, 2).float(), weight, stride=2, padding=1, groups=3)
+    edge = torch.ones(y.shape[-1], device=crops.device, dtype=torch.float32)
+    edge[0] = edge[-1] = 8.0 / 7.0
+    return y * (edge.view(1, 1, -1, 1) * edge.view(1, 1, 1, -1)) - mean / std

@@ -31,6 +31,7 @@ from scanstream.picker.learned import (
     prefilter_threshold,
 )
 from scanstream.store import CropStore, open_store
+from scanstream.store.crops import verify_crops
 from scanstream.training.augment import AugmentConfig
 from scanstream.training.checkpoint import checkpoint_hash
 from scanstream.training.config import TrainConfig, check_options
@@ -70,6 +71,8 @@ def _labelled(store: CropStore, role: str) -> np.ndarray:
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output directory {out_dir} is a file; give a directory for --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = write_bytes(out_dir / f".write-test-{os.getpid()}", b"")
@@ -84,7 +87,8 @@ def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
     Raises
     ------
     InputError, ConfigError, StoreError
-        On any bad value, naming it; nothing has been written except the output directory.
+        On any bad value, naming it (also crops that do not match the store's digests);
+        nothing has been written except the output directory.
     """
     model_config(config)
     check_options(config)
@@ -98,6 +102,10 @@ def check_config(config: TrainConfig) -> tuple[CropStore, CropStore]:
             f"crop shapes differ: {train_store.path} has {tuple(train_store.crops.shape[1:])}, "
             f"{valid_store.path} has {tuple(valid_store.crops.shape[1:])}"
         )
+    # What classify refuses, train refuses: every crop against the store's digests (one read
+    # of each store; a deleted shard file would otherwise train on zeros).
+    for store in {train_store.path.resolve(): train_store, valid_store.path.resolve(): valid_store}.values():
+        verify_crops(store)
     _check_out_dir(Path(config.out_dir))
     return train_store, valid_store
 

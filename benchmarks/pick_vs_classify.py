@@ -1,0 +1,176 @@
+"""Picking against classifying, side by side in one run, and the picker's quality on simulated volumes.
+
+One run: ``simulate-volume`` writes fields of view with truth, ``ingest --format stack`` makes
+the volume store, then in this process, one after the other on the same machine:
+
+* **picking** (:func:`scanstream.picker.pick.pick_field` on every field: read the planes,
+  detect, crop): fields/s and objects (vertices) / s;
+* **classifying** the same picked objects with the shipped model
+  (:func:`scanstream.inference.scoring.score_store`, ``models/scanstream-cpu-cascade.safetensors``):
+  crops/s; the ratio of the two rates is the point of the benchmark (is the picker or the
+  classifier the bottleneck?). Torch gets ``--threads`` threads; the picker is single-threaded
+  numpy / scipy, so the default (1) compares one core with one core.
+
+Quality against the truth (``truth.parquet``):
+
+* alpha-decay efficiency: alpha decays with a picked vertex within ``--xy-um`` (2 um) in x, y and
+  one z-step (3 um) in z, with its binomial error;
+* vertex-like objects per alpha decay: picked vertices / alpha decays in the volume;
+* fake vertices per field: picked vertices farther than ``--fake-xy-um`` (5 um) in x, y or two
+  z-steps from every simulated object's vertex (crossings of the field's beam tracks, pieces of
+  a star counted twice, fog), per field;
+* the fraction of each category that was picked (same matching).
+
+Usage::
+
+    python benchmarks/pick_vs_classify.py --fields 6 --objects-per-field 6 --alpha-fraction 0.5 --workdir /tmp/pvc
+
+Prints one JSON document (and writes it to WORKDIR/pick_vs_classify.json). Timings depend on
+the machine and its load: compare the ratio, not the absolute rates, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from scanstream.atomic import write_text
+from scanstream.inference.scoring import score_store
+from scanstream.ingest.stacks import ingest_stacks
+from scanstream.picker.pick import pick_field
+from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
+from scanstream.store import open_store, open_volume
+from scanstream.store.writer import StoreWriter
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade.safetensors"
+
+
+def match(picked: np.ndarray, truth: list[dict], *, xy_um: float, z_um: float) -> np.ndarray:
+    """For each truth row, whether a picked vertex (n, 3) mm lies within xy_um in x, y and z_um in z."""
+    out = np.zeros(len(truth), bool)
+    for i, r in enumerate(truth):
+        if len(picked):
+            dxy = np.hypot(picked[:, 0] - r["x_mm"], picked[:, 1] - r["y_mm"]) * 1000
+            dz = np.abs(picked[:, 2] - r["z_mm"]) * 1000
+            out[i] = bool(((dxy <= xy_um) & (dz <= z_um)).any())
+    return out
+
+
+def quality(rows: list[dict], truth: list[dict], n_fields: int, args: argparse.Namespace) -> dict:
+    """The picker's quality measures (module docstring)."""
+    picked = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in rows]).reshape(-1, 3)
+    found = match(picked, truth, xy_um=args.xy_um, z_um=3.0)
+    alpha = np.array([r["label"] == 1 for r in truth])
+    n_alpha, k = int(alpha.sum()), int(found[alpha].sum())
+    eff = k / n_alpha if n_alpha else float("nan")
+    tpos = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in truth]).reshape(-1, 3)
+    fake = 0
+    for p in picked:
+        if not len(tpos):
+            fake += 1
+            continue
+        dxy = np.hypot(tpos[:, 0] - p[0], tpos[:, 1] - p[1]) * 1000
+        dz = np.abs(tpos[:, 2] - p[2]) * 1000
+        fake += int(not ((dxy <= args.fake_xy_um) & (dz <= 6.0)).any())
+    cats: dict[str, list[int]] = {}
+    for r, f in zip(truth, found, strict=True):
+        cats.setdefault(r["category"], [0, 0])
+        cats[r["category"]][0] += 1
+        cats[r["category"]][1] += int(f)
+    missed = [{"object_id": r["object_id"], "category": r["category"], "depth_um": round(r["depth_um"], 1)}
+              for r, f, a in zip(truth, found, alpha, strict=True) if a and not f]
+    return {
+        "alpha_decays": n_alpha, "alpha_picked": k, "alpha_efficiency": round(eff, 4) if n_alpha else None,
+        "alpha_efficiency_error": round(float(np.sqrt(eff * (1 - eff) / n_alpha)), 4) if n_alpha else None,
+        "vertices": len(rows), "vertices_per_alpha_decay": round(len(rows) / n_alpha, 3) if n_alpha else None,
+        "fake_vertices": fake, "fake_vertices_per_field": round(fake / n_fields, 3),
+        "picked_fraction_by_category": {c: {"objects": n, "picked": m} for c, (n, m) in sorted(cats.items())},
+        "alpha_missed": missed,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    work = Path(args.workdir)
+    sim, vol_path, crops = work / "sim", work / "v.zarr", work / "picked.zarr"
+    t0 = time.perf_counter()
+    if not (sim / "truth.parquet").exists():
+        realistic = args.realistic
+        config = VolumeSimConfig(fields=args.fields, seed=args.seed, field_px=args.field_px,
+                                 objects_per_field=None if realistic else args.objects_per_field,
+                                 alpha_fraction=None if realistic else args.alpha_fraction)
+        simulate_volume(sim, config, overwrite=True)
+    t_sim = time.perf_counter() - t0
+    if vol_path.exists():
+        shutil.rmtree(vol_path)
+    t0 = time.perf_counter()
+    ingest_stacks(sim, vol_path)
+    t_ingest = time.perf_counter() - t0
+    volume = open_volume(vol_path)
+    truth = pq.read_table(sim / "truth.parquet").to_pylist()
+
+    import torch  # only the classification half needs it
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    results = [pick_field(f, "bench") for f in volume]
+    t_pick = time.perf_counter() - t0
+    rows = [r for res in results for r in res.rows]
+    if crops.exists():
+        shutil.rmtree(crops)
+    with StoreWriter(crops, source={"stage": "benchmark pick_vs_classify"}) as w:
+        for res in results:
+            if res.rows:
+                w.append(res.crops, res.rows)
+    t0 = time.perf_counter()
+    if rows:
+        score_store(open_store(crops), [args.model], device="cpu", batch_size=64)
+    t_classify = time.perf_counter() - t0
+    n = len(rows)
+    pick_rate = n / t_pick
+    classify_rate = n / t_classify if n and t_classify else float("nan")
+    planes = sum(f.shape[0] for f in volume)
+    return {
+        "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2), "torch_threads": args.threads},
+        "volume": {"fields": len(volume), "field_px": list(volume[0].shape[1:]), "planes": planes,
+                   "pixel_size_um": list(volume[0].pixel_size_um), "step_um": volume[0].step_um,
+                   "simulate_seconds": round(t_sim, 1), "ingest_seconds": round(t_ingest, 1)},
+        "picking": {"seconds": round(t_pick, 2), "fields_per_s": round(len(volume) / t_pick, 4),
+                    "planes_per_s": round(planes / t_pick, 2), "objects_per_s": round(pick_rate, 3), "objects": n},
+        "classifying": {"model": str(args.model), "seconds": round(t_classify, 2), "crops_per_s": round(classify_rate, 3)},
+        "pick_over_classify_rate": round(pick_rate / classify_rate, 4) if n else None,
+        "quality": quality(rows, truth, len(volume), args),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fields", type=int, default=6)
+    p.add_argument("--objects-per-field", type=int, default=6)
+    p.add_argument("--alpha-fraction", type=float, default=0.5)
+    p.add_argument("--field-px", type=int, default=1024)
+    p.add_argument("--realistic", action="store_true",
+                   help="the simulator's realistic sheet (about 1.6 objects a field, 1:184 alpha decays) instead")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for classifying (default 1)")
+    p.add_argument("--model", type=Path, default=MODEL)
+    p.add_argument("--xy-um", type=float, default=2.0, help="x, y distance for an alpha decay to count as picked")
+    p.add_argument("--fake-xy-um", type=float, default=5.0, help="x, y distance beyond which a vertex is fake")
+    p.add_argument("--workdir", type=Path, required=True, help="keeps the simulated volume (reused) and stores")
+    args = p.parse_args(argv)
+    out = run(args)
+    text = json.dumps(out, indent=1)
+    write_text(args.workdir / "pick_vs_classify.json", text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""``pick``: vertex-like objects from a scanned-volume store's z-stacks to a crop store.
+
+For every field of view (a Dask task per field, :func:`scanstream.executor.run_tasks`) the
+detector of :mod:`scanstream.picker.detect` finds the vertices; each becomes a 224 x 224 crop at
+the crop stores' pixel size (:data:`scanstream.store.PIXEL_SIZE_UM`, 0.388 um/px: the field's
+0.283 um/px planes are smoothed by ``ANTIALIAS_PX`` and resampled bilinearly), centred on the
+vertex, with the same channel encoding as every crop store: R the focal plane one step
+shallower than the vertex, G the vertex's plane, B one step deeper (the edge plane repeated at
+the top or bottom of a stack). Shallower is higher stage z: the planes are listed from the top,
+as the E07 stage lists them (PHYSICS.md), and the simulated volumes follow it. Pixels beyond
+the field take the plane's median grey level.
+
+The object table gets the stage position of the vertex (x_mm, y_mm, z_mm, through
+:meth:`FieldOfView.pixel_to_stage`), the sheet (``--sheet``, default the volume's name), the
+experiment, module and plate from the field's metadata, the picker's features (multiplicity,
+track_lengths_um: undeveloped prong lengths), label -1 (unknown), and ``pick_field`` (the
+field's source folder). Object ids are ``<sheet>-F<field>-V<k>``, stable across reruns.
+
+Resumable: the crop store is written by :class:`scanstream.store.StoreWriter`, and
+``CROPS.zarr/pick_fields.json`` records how many vertices each field gave; a rerun skips fields
+whose vertices are all in the store and appends only the missing ones of a field cut short.
+A field that cannot be picked (fewer than three planes, planes without stage positions) is an
+error naming it, found before anything is written, or with ``skip_bad`` is left out and listed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from scanstream.atomic import write_json
+from scanstream.errors import StackError
+from scanstream.executor import dask_client, run_tasks
+from scanstream.picker.detect import DetectParams, Vertex, detect_vertices
+from scanstream.progress import Progress, as_progress
+from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
+from scanstream.store.volume import FieldOfView, open_volume
+from scanstream.store.writer import StoreWriter
+
+logger = logging.getLogger(__name__)
+
+FIELDS_FILE = "pick_fields.json"
+ANTIALIAS_PX = 0.45  # Gaussian sigma (source px) before the 0.283 -> 0.388 um/px resampling
+DEFAULT_SHRINKAGE = 2.0
+
+
+@dataclass(frozen=True)
+class FieldPicks:
+    """What one field gave: its name, crops (k, 224, 224, 3) uint8 and k object rows."""
+
+    name: str
+    crops: np.ndarray
+    rows: list[dict[str, Any]]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PickResult:
+    """What a pick run did."""
+
+    store: Path
+    fields: int
+    fields_picked: int
+    fields_skipped: int
+    objects_added: int
+    objects: int
+    bad: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "store": str(self.store), "fields": self.fields, "fields_picked": self.fields_picked,
+            "fields_already_done": self.fields_skipped, "objects_added": self.objects_added,
+            "objects_in_store": self.objects, "bad_fields": [{"field": f, "reason": r} for f, r in self.bad],
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def crop_planes(planes: np.ndarray, row: float, col: float, pixel_um: tuple[float, float]) -> np.ndarray:
+    """A (224, 224, 3) uint8 crop centred on (row, col) from three planes (3, y, x) (R, G, B).
+
+    The crop is :data:`CROP_SIZE` pixels of :data:`PIXEL_SIZE_UM`; source pixels ``pixel_um``
+    (x, y) are smoothed (``ANTIALIAS_PX``) and sampled bilinearly; outside the field, the plane's
+    median grey level.
+    """
+    sx, sy = PIXEL_SIZE_UM / pixel_um[0], PIXEL_SIZE_UM / pixel_um[1]
+    half = (CROP_SIZE - 1) / 2
+    ry = int(np.ceil(half * sy)) + 3
+    rx = int(np.ceil(half * sx)) + 3
+    r0, c0 = int(np.floor(row)) - ry, int(np.floor(col)) - rx
+    grid = np.arange(CROP_SIZE) - half
+    out = np.empty((CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    h, w = planes.shape[1:]
+    for ch in range(3):
+        fill = float(np.median(planes[ch, :: max(1, h // 64), :: max(1, w // 64)]))
+        region = np.full((2 * ry + 2, 2 * rx + 2), fill, np.float32)
+        y0, y1, x0, x1 = max(r0, 0), min(r0 + region.shape[0], h), max(c0, 0), min(c0 + region.shape[1], w)
+        if y1 > y0 and x1 > x0:
+            region[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = planes[ch, y0:y1, x0:x1]
+        region = ndi.gaussian_filter(region, ANTIALIAS_PX, mode="nearest")
+        rr = (row - r0 + grid * sy)[:, None] + np.zeros((1, CROP_SIZE))
+        cc = (col - c0 + grid * sx)[None, :] + np.zeros((CROP_SIZE, 1))
+        vals = ndi.map_coordinates(region, [rr, cc], order=1, mode="constant", cval=fill)
+        out[..., ch] = np.clip(vals + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def field_rows(fov: FieldOfView, vertices: list[Vertex], sheet: str) -> list[dict[str, Any]]:
+    """Object rows for ``vertices`` of ``fov`` (module docstring)."""
+    emu = fov.info.get("EmulsionType") or {}
+    rows = []
+    for k, v in enumerate(vertices):
+        x_mm, y_mm, z_mm = fov.pixel_to_stage(v.z, v.y, v.x)
+        rows.append({
+            "object_id": f"{sheet}-F{int(fov.name):04d}-V{k:03d}", "experiment": str(emu.get("Experiment") or ""),
+            "module": _int(emu.get("Module")), "plate": _int(emu.get("Plate")), "sheet": sheet,
+            "x_mm": x_mm, "y_mm": y_mm, "z_mm": z_mm, "label": -1, "category": None,
+            "multiplicity": v.multiplicity, "track_lengths_um": list(v.track_lengths_um), "pick_field": fov.source,
+        })
+    return rows
+
+
+def field_problem(fov: FieldOfView) -> str | None:
+    """Why ``fov`` cannot be picked (one line naming it), or None."""
+    nz = fov.shape[0]
+    if nz < 3:
+        return f"field {fov.source!r}: {nz} planes, the picker needs at least 3"
+    if not (np.all(np.isfinite(fov.stage_x_mm)) and np.all(np.isfinite(fov.stage_y_mm))
+            and np.all(np.isfinite(fov.stage_z_mm))):
+        return f"field {fov.source!r}: planes without stage positions"
+    return None
+
+
+def pick_field(fov: FieldOfView, sheet: str, params: DetectParams | None = None) -> FieldPicks:
+    """Detect, crop and describe the vertices of one field of view."""
+    t0 = time.perf_counter()
+    nz = fov.shape[0]
+    problem = field_problem(fov)
+    if problem:
+        raise StackError(problem)
+    planes = fov.read()
+    step = abs(float(fov.step_um)) or 3.0
+    shrink = fov.shrinkage if isinstance(fov.shrinkage, int | float) and fov.shrinkage > 0 else DEFAULT_SHRINKAGE
+    verts = detect_vertices(planes, pixel_um=float(np.mean(fov.pixel_size_um)), step_um=step, shrinkage=float(shrink),
+                            params=params)
+    crops = np.empty((len(verts), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    up = 1 if fov.stage_z_mm[-1] >= fov.stage_z_mm[0] else -1  # plane index towards higher stage z
+    for i, v in enumerate(verts):
+        kz = round(v.z)
+        ks = [min(max(kz + up * d, 0), nz - 1) for d in (1, 0, -1)]  # R shallower, G, B deeper
+        crops[i] = crop_planes(planes[ks], v.y, v.x, fov.pixel_size_um)
+    return FieldPicks(fov.name, crops, field_rows(fov, verts, sheet), time.perf_counter() - t0)
+
+
+def _pick_task(item: tuple[str, str, str, DetectParams]) -> FieldPicks:
+    path, name, sheet, params = item
+    return pick_field(open_volume(path)[name], sheet, params)
+
+
+def _read_fields_file(out: Path) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads((out / FIELDS_FILE).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def pick_volume(
+    volume: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    sheet: str | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    processes: bool = True,
+    skip_bad: bool = False,
+    params: DetectParams | None = None,
+    progress: bool | Progress | None = None,
+) -> PickResult:
+    """Pick every field of ``volume`` into the crop store ``out`` (module docstring).
+
+    Raises
+    ------
+    StoreError
+        ``volume`` is not a complete volume store, or ``out`` is not a crop store.
+    StackError
+        Without ``skip_bad``: a field that cannot be picked (found before anything is written).
+    """
+    t0 = time.perf_counter()
+    params = params or DetectParams()
+    vol = open_volume(volume)
+    volume, out = Path(volume), Path(out)
+    sheet = sheet or volume.name.removesuffix(".zarr")
+    source = {"stage": "pick", "volume": str(volume), "sheet": sheet, "params": vars(params)}
+    bad: list[tuple[str, str]] = []
+    for f in vol:  # bad input is found before anything is written
+        problem = field_problem(f)
+        if problem and not skip_bad:
+            raise StackError(problem)
+        if problem:
+            bad.append((f.source, problem))
+    skip = {f.name for f in vol if field_problem(f)}
+    bar = as_progress(progress)(len(vol), f"pick {volume.name}", "field")
+    added = picked = 0
+    try:
+        with StoreWriter(out, source=source) as writer:
+            done = _read_fields_file(out)
+            present: dict[str, int] = {}
+            for oid in writer.object_ids:
+                key = oid.rsplit("-V", 1)[0]
+                present[key] = present.get(key, 0) + 1
+            todo = [f.name for f in vol if f.name not in skip
+                    and done.get(f.name, -1) != present.get(f"{sheet}-F{int(f.name):04d}", 0)]
+            bar.update(len(vol) - len(todo))
+            with contextlib.ExitStack() as stack:
+                client = stack.enter_context(dask_client(scheduler, workers=workers, processes=processes)) if todo else None
+                items = [(str(volume), name, sheet, params) for name in todo]
+                for item, res, err in run_tasks(client, _pick_task, items, keys=[f"pick-{n}" for n in todo]):
+                    if err is not None:
+                        raise err  # not bad input (checked above): the run stops, resumable
+                    keep = [i for i, r in enumerate(res.rows) if r["object_id"] not in writer]
+                    if keep:
+                        writer.append(res.crops[keep], [res.rows[i] for i in keep])
+                    added += len(keep)
+                    picked += 1
+                    done[res.name] = len(res.rows)
+                    write_json(out / FIELDS_FILE, done)
+                    bar.update(1)
+            n_objects = writer.n
+    finally:
+        bar.close()
+    return PickResult(out, len(vol), picked, len(vol) - len(todo) - len(skip), added, n_objects, tuple(bad),
+                      time.perf_counter() - t0)

@@ -1,0 +1,255 @@
+"""Simulated scanned volumes: fields of view as the scanner writes them, with truth.
+
+``simulate_volume(DIR, ...)`` writes, per field of view, a folder ``DIR/F0000/`` holding one
+8-bit PNG per focal plane and an ``info.json`` in the scanner's format (PHYSICS.md, "Scanner
+z-stack metadata"; the keys :func:`scanstream.ingest.stacks.read_stack_info` reads), and
+``DIR/truth.parquet`` with one row per object (object_id, field, category, label, x_mm, y_mm,
+z_mm of the vertex in stage coordinates, depth_um, n_prongs). ``ingest --format stack``, ``pick``
+and ``classify`` then run on it exactly as on scanner output.
+
+The scene of a field (developed um, x, y from the image centre, depth below the emulsion
+surface):
+
+* objects of :mod:`scanstream.simulate.objects` (alpha stars and the backgrounds, drawn with
+  the sheet's ``BACKGROUND_MIX``) at uniform x, y (``MARGIN_UM`` from the edges) and at the
+  depth their generator draws in the layer. ``blur`` is left out: it is a crop whose focal
+  planes missed the object, and a z-stack images every depth;
+* tracks crossing the field: ``BEAM_TRACKS`` minimum-ionising beam tracks nearly perpendicular
+  to the plate and ``GREY_TRACKS`` grey tracks at random angles (Poisson means per field);
+* fog over the whole imaged volume, at the sheet's fog density.
+
+Everything is drawn by :mod:`scanstream.simulate.render`'s grain model and imaged with its
+point-spread and defocus model at the scanner's pixel size (0.283 um/px), one focal plane every
+3 um from the surface down through the layer (450 um / shrinkage: about 77 planes). Stage
+coordinates: fields on a grid ``field_mm`` apart from (0, 0) mm; the emulsion surface at stage
+z 0 and planes listed from the top (stage z decreasing with depth), as the E07 stage lists them.
+A vertex at depth d (developed um) has stage z -d / 1000 mm.
+
+Defaults are sized for a realistic sheet (``REALISTIC_PER_MM2`` objects per mm2 from the paper's
+47,000 objects per 50 x 50 mm; 1:184 alpha decays); ``objects_per_field`` and
+``alpha_fraction`` set them for efficiency studies. ``depth_um`` images a thinner slab (tests);
+objects are then redrawn until their vertex lies inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from scanstream.atomic import atomic_dir, write_json, write_parquet
+from scanstream.errors import InputError
+from scanstream.progress import Progress, as_progress
+from scanstream.simulate.conditions import SheetConditions, resolve_conditions
+from scanstream.simulate.objects import (
+    BACKGROUND_MIX,
+    EMULSION_THICKNESS_UM,
+    FAR_UM,
+    GREY,
+    MIP,
+    TH_FRACTION,
+    SimObject,
+    beam_direction,
+    make_object,
+)
+from scanstream.simulate.physics import isotropic_directions
+from scanstream.simulate.render import MAX_DEFOCUS_UM, fog_grains, render_planes, track_grains
+
+PIXEL_UM = 0.283  # the E07 stage's pixel (PHYSICS.md)
+Z_STEP_UM = 3.0
+FIELD_PX = 1024
+MARGIN_UM = 10.0
+REALISTIC_PER_MM2 = 46_948 / 2500.0  # paper's TEST volume: objects per mm2
+REALISTIC_ALPHA_FRACTION = 255 / 46_948
+BEAM_TRACKS = 6.0
+GREY_TRACKS = 1.0
+VOLUME_CATEGORIES = {k: v for k, v in BACKGROUND_MIX.items() if k != "blur"}
+TRUTH_SCHEMA = pa.schema([
+    ("object_id", pa.string()), ("field", pa.string()), ("category", pa.string()), ("label", pa.int8()),
+    ("x_mm", pa.float64()), ("y_mm", pa.float64()), ("z_mm", pa.float64()),
+    ("depth_um", pa.float64()), ("n_prongs", pa.int16()),
+])
+
+
+@dataclass(frozen=True)
+class VolumeSimConfig:
+    """What :func:`simulate_volume` draws (lengths in um unless named _mm / _px)."""
+
+    fields: int = 1
+    seed: int = 0
+    sheet: str = "SIMV"
+    objects_per_field: int | None = None  # None: Poisson, REALISTIC_PER_MM2 x field area
+    alpha_fraction: float | None = None  # None: REALISTIC_ALPHA_FRACTION
+    field_px: int = FIELD_PX
+    depth_um: float | None = None  # imaged depth from the surface; None: the whole layer
+    beam_tracks: float = BEAM_TRACKS
+    grey_tracks: float = GREY_TRACKS
+
+    def __post_init__(self) -> None:
+        if self.fields < 1:
+            raise InputError(f"--fields must be at least 1, got {self.fields}")
+        if self.objects_per_field is not None and self.objects_per_field < 0:
+            raise InputError(f"--objects-per-field must be >= 0, got {self.objects_per_field}")
+        if self.alpha_fraction is not None and not 0.0 <= self.alpha_fraction <= 1.0:
+            raise InputError(f"--alpha-fraction must be in [0, 1], got {self.alpha_fraction}")
+        if self.field_px < 64 or self.field_px % 4:
+            raise InputError(f"--field-px must be a multiple of 4, at least 64, got {self.field_px}")
+        if self.depth_um is not None and not Z_STEP_UM * 2 <= self.depth_um:
+            raise InputError(f"--depth-um must be at least {2 * Z_STEP_UM}, got {self.depth_um}")
+
+    @property
+    def field_mm(self) -> float:
+        return self.field_px * PIXEL_UM / 1000.0
+
+
+def _category(rng: np.random.Generator, alpha_fraction: float) -> str:
+    if rng.random() < alpha_fraction:
+        return "alpha_th" if rng.random() < TH_FRACTION else "alpha_u"
+    names = list(VOLUME_CATEGORIES)
+    w = np.array([VOLUME_CATEGORIES[n] for n in names])
+    return names[int(rng.choice(len(names), p=w / w.sum()))]
+
+
+def _place_object(rng: np.random.Generator, cond: SheetConditions, category: str, depth_max: float) -> SimObject:
+    """An object whose vertex lies in the imaged slab (redrawn when the slab is thinner than the layer)."""
+    for _ in range(1000):
+        obj = make_object(category, rng, cond)
+        if Z_STEP_UM <= obj.depth <= depth_max - Z_STEP_UM or (category == "scratch" and obj.depth <= depth_max):
+            return obj
+    raise InputError(f"no {category} object with its vertex within {depth_max} um of the surface")
+
+
+def crossing_tracks(rng: np.random.Generator, cond: SheetConditions, n_beam: int, n_grey: int,
+                    half_um: float, thick: float) -> SimObject:
+    """Unrelated tracks crossing the field (developed um, field frame, depth from the surface)."""
+    starts, ends, kinds, ion = [], [], [], []
+    for k in range(n_beam + n_grey):
+        d = beam_direction(rng) if k < n_beam else isotropic_directions(rng, 1)[0]
+        d_dev = np.array([d[0], d[1], d[2] / cond.shrinkage])
+        p = np.array([rng.uniform(-half_um, half_um), rng.uniform(-half_um, half_um), rng.uniform(0.0, thick)])
+        starts.append(p - d_dev * FAR_UM)
+        ends.append(p + d_dev * FAR_UM)
+        kinds.append(MIP if k < n_beam else GREY)
+        ion.append(1.0 if k < n_beam else rng.uniform(1.5, 5.0))
+    n = len(kinds)
+    return SimObject(
+        category="crossing", label=0, starts=np.array(starts).reshape(n, 3), ends=np.array(ends).reshape(n, 3),
+        kinds=np.array(kinds, np.int8), residual_end=np.full(n, 1e4), ionisation=np.array(ion, float),
+        widths=np.zeros(n), blobs=np.zeros((0, 4)), defocus=0.0, depth=0.0,
+    )
+
+
+def field_scene(config: VolumeSimConfig, cond: SheetConditions, rng: np.random.Generator, depths: np.ndarray):
+    """Grains of one field and its objects: ((pos, sigma, opacity), [(object, x_um, y_um), ...])."""
+    half = config.field_px * PIXEL_UM / 2
+    thick = EMULSION_THICKNESS_UM / cond.shrinkage
+    zlo, zhi = 0.0, min(thick, float(depths[-1]) + MAX_DEFOCUS_UM)
+    af = REALISTIC_ALPHA_FRACTION if config.alpha_fraction is None else config.alpha_fraction
+    n_obj = (int(rng.poisson(REALISTIC_PER_MM2 * (2 * half / 1000) ** 2)) if config.objects_per_field is None
+             else config.objects_per_field)
+    placed, parts = [], []
+    for _ in range(n_obj):
+        obj = _place_object(rng, cond, _category(rng, af), float(depths[-1]))
+        x0, y0 = rng.uniform(-half + MARGIN_UM, half - MARGIN_UM, 2)
+        pos, sig, opa = track_grains(obj, cond, rng, zlo - obj.depth, zhi - obj.depth,
+                                     xy_lo=(-half - x0 - 4, -half - y0 - 4), xy_hi=(half - x0 + 4, half - y0 + 4))
+        parts.append((pos + np.array([x0, y0, obj.depth]), sig, opa))
+        placed.append((obj, float(x0), float(y0)))
+    tracks = crossing_tracks(rng, cond, int(rng.poisson(config.beam_tracks)), int(rng.poisson(config.grey_tracks)),
+                             half, thick)
+    box = {"xy_lo": (-half - 4, -half - 4), "xy_hi": (half + 4, half + 4)}
+    parts.append(track_grains(tracks, cond, rng, zlo, zhi, **box))
+    parts.append(fog_grains(cond, rng, zlo, zhi, **box))
+    pos = np.concatenate([p[0] for p in parts])
+    sig = np.concatenate([p[1] for p in parts])
+    opa = np.concatenate([p[2] for p in parts]) * cond.darkness
+    return (pos, sig, opa), placed
+
+
+def _info_json(config: VolumeSimConfig, cond: SheetConditions, x_mm: float, y_mm: float, n_planes: int) -> dict:
+    return {
+        "DocumentType": {"ver": "20170810", "unit": "mm"},
+        "Stage": {"Location": "scanstream simulate-volume", "ID": 0, "Objective": 50},
+        "EmulsionType": {"Experiment": "SIM", "Module": 0, "Plate": 0, "Sh": round(cond.shrinkage, 4)},
+        "ImageType": {"Height": config.field_px, "Width": config.field_px, "Depth": 8},
+        "Interval": [PIXEL_UM / 1000, PIXEL_UM / 1000, Z_STEP_UM / 1000],
+        "Images": [{"Path": f"{k + 1:03d}.png", "x": x_mm, "y": y_mm, "z": round(-k * Z_STEP_UM / 1000, 6)}
+                   for k in range(n_planes)],
+    }
+
+
+def plane_depths(config: VolumeSimConfig, cond: SheetConditions) -> np.ndarray:
+    """Developed depth (um) of every focal plane, from the surface down through the imaged slab."""
+    depth = EMULSION_THICKNESS_UM / cond.shrinkage if config.depth_um is None else config.depth_um
+    return np.arange(math.floor(depth / Z_STEP_UM) + 1) * Z_STEP_UM
+
+
+def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetConditions) -> list[dict[str, Any]]:
+    """Render field ``index`` into ``folder`` (PNG planes + info.json); its truth rows."""
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, index, 0x501]))
+    objects_rng, scene = rng.spawn(2)
+    depths = plane_depths(config, cond)
+    grains, placed = field_scene(config, cond, objects_rng, depths)
+    planes = render_planes(*grains, depths, cond, scene, shape=(config.field_px, config.field_px), pixel_um=PIXEL_UM)
+    ncol = max(1, math.ceil(math.sqrt(config.fields)))
+    x_mm = round((index % ncol) * config.field_mm, 6)
+    y_mm = round((index // ncol) * config.field_mm, 6)
+    info = _info_json(config, cond, x_mm, y_mm, len(depths))
+    for k, im in enumerate(info["Images"]):
+        Image.fromarray(planes[k]).save(folder / im["Path"], compress_level=1)
+    write_json(folder / "info.json", info)
+    name = folder.name
+    rows = []
+    for j, (obj, x0, y0) in enumerate(placed):
+        rows.append({
+            "object_id": f"{config.sheet}-{name}-{j:03d}", "field": name, "category": obj.category, "label": obj.label,
+            "x_mm": x_mm + x0 / 1000, "y_mm": y_mm + y0 / 1000, "z_mm": -obj.depth / 1000,
+            "depth_um": obj.depth, "n_prongs": int(obj.truth.get("n_prongs", 0)),
+        })
+    return rows
+
+
+def simulate_volume(
+    out_dir: str | os.PathLike,
+    config: VolumeSimConfig,
+    *,
+    conditions: SheetConditions | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool | Progress | None = None,
+) -> pa.Table:
+    """Write the simulated volume ``out_dir`` (module docstring); returns the truth table.
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` exists (without ``overwrite``) or a bad configuration.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir}: exists and is not empty (use --overwrite to replace it)")
+    cond = resolve_conditions(config.sheet, config.seed, conditions=conditions)
+    bar = as_progress(progress)(config.fields, f"simulate-volume {out_dir.name}", "field")
+    rows: list[dict[str, Any]] = []
+    try:
+        with atomic_dir(out_dir) as tmp:
+            for i in range(config.fields):
+                folder = tmp / f"F{i:04d}"
+                folder.mkdir()
+                rows.extend(write_field(folder, i, config, cond))
+                bar.update(1)
+            table = pa.Table.from_pylist(rows, schema=TRUTH_SCHEMA)
+            meta = {"sheet": config.sheet, "seed": config.seed, "conditions": cond.as_dict(),
+                    "config": {k: v for k, v in vars(config).items()}}
+            write_parquet(tmp / "truth.parquet", table.replace_schema_metadata({"scanstream": json.dumps(meta, sort_keys=True)}))
+    finally:
+        bar.close()
+    return table
+

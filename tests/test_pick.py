@@ -1,0 +1,214 @@
+"""Vertex picking from z-stacks: the detector on constructed stacks, and ``scanstream pick``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from scanstream import store as st
+from scanstream.cli import main
+from scanstream.picker.detect import DetectParams, detect_vertices, is_crossing
+from scanstream.picker.pick import crop_planes, pick_volume
+from scanstream.simulate.conditions import SheetConditions
+from scanstream.simulate.objects import ALPHA, GREY, SimObject
+from scanstream.simulate.render import fog_grains, render_planes, track_grains
+
+PX, STEP, SIZE, N_PLANES, VERTEX_DEPTH = 0.283, 3.0, 256, 11, 15.0
+COND = SheetConditions(fog=0.0, noise=2.0)
+HALF = SIZE * PX / 2
+
+
+def segments(starts, ends, kinds, ionisation=None) -> SimObject:
+    n = len(kinds)
+    return SimObject(
+        category="test", label=0, starts=np.asarray(starts, float).reshape(n, 3), ends=np.asarray(ends, float).reshape(n, 3),
+        kinds=np.asarray(kinds, np.int8), residual_end=np.zeros(n),
+        ionisation=np.asarray(ionisation if ionisation is not None else [np.nan] * n, float),
+        widths=np.zeros(n), blobs=np.zeros((0, 4)), defocus=0.0, depth=0.0,
+    )
+
+
+def star(lengths=(24.0, 26.0, 30.0, 34.0, 50.0)) -> SimObject:
+    """An alpha star at the field centre, prongs spread in azimuth and dipping by up to 30 degrees."""
+    v = np.array([0.0, 0.0, VERTEX_DEPTH])
+    ends = []
+    for k, length in enumerate(lengths):
+        phi, dip = 2 * np.pi * k / len(lengths) + 0.3, np.radians([20, -25, 10, -15, 30][k % 5])
+        d = np.array([np.cos(dip) * np.cos(phi), np.cos(dip) * np.sin(phi), np.sin(dip) / 1.95])
+        ends.append(v + d * length)
+    return segments([v] * len(lengths), ends, [ALPHA] * len(lengths))
+
+
+def crossing() -> SimObject:
+    """Two straight black tracks crossing at the field centre, in the plate plane."""
+    v = np.array([0.0, 0.0, VERTEX_DEPTH])
+    d1, d2 = np.array([1.0, 0.2, 0.0]), np.array([-0.3, 1.0, 0.0])
+    return segments([v - 60 * d1, v - 60 * d2], [v + 60 * d1, v + 60 * d2], [GREY, GREY], [8.0, 8.0])
+
+
+def render_stack(objects=(), *, fog=0.0, seed=0) -> np.ndarray:
+    """Planes uint8 (z, y, x), plane k at depth 3k um (the surface first)."""
+    rng = np.random.default_rng(seed)
+    cond = SheetConditions(fog=fog, noise=2.0)
+    depths = np.arange(N_PLANES) * STEP
+    box = {"xy_lo": (-HALF - 4, -HALF - 4), "xy_hi": (HALF + 4, HALF + 4)}
+    parts = [track_grains(o, cond, rng, 0.0, depths[-1] + 12, **box) for o in objects]
+    parts.append(fog_grains(cond, rng, 0.0, depths[-1] + 12, **box))
+    pos, sig, opa = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return render_planes(pos, sig, opa, depths, cond, rng, shape=(SIZE, SIZE), pixel_um=PX)
+
+
+def detect(planes):
+    return detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=1.95)
+
+
+def test_known_star_is_found_with_its_multiplicity():
+    found = detect(render_stack([star()]))
+    assert len(found) == 1
+    v = found[0]
+    c = (SIZE - 1) / 2
+    assert np.hypot(v.x - c, v.y - c) * PX <= 2.0 and abs(v.z * STEP - VERTEX_DEPTH) <= STEP
+    assert v.multiplicity == 5
+    # prong lengths (undeveloped um): each within 30 % of a true one
+    for length in v.track_lengths_um:
+        assert min(abs(length - t) / t for t in (24.0, 26.0, 30.0, 34.0, 50.0)) < 0.3, v.track_lengths_um
+
+
+def test_crossing_of_two_straight_tracks_is_not_a_vertex():
+    assert detect(render_stack([crossing()])) == []
+
+
+def test_crossing_rule_on_prong_directions():
+    params = DetectParams()
+    pts = np.zeros((1, 3))
+    cross = [(5, 0, 0, 4, pts), (-5, 0.3, 0, 4, pts), (0, 5, 1, 4, pts), (0.2, -5, -1, 4, pts)]
+    assert is_crossing(cross, params)
+    assert not is_crossing(cross[:3], params)  # odd: a track with a prong off it is a vertex
+    tilted = [(5, 0, 0, 4, pts), (-5, 0.3, 0, 4, pts), (0, 5, 1, 4, pts), (3.5, -3.5, -1, 4, pts)]
+    assert not is_crossing(tilted, params)
+    depth = [(5, 0, 1, 4, pts), (-5, 0, 1, 4, pts), (0, 5, 0, 4, pts), (0, -5, 0, 4, pts)]
+    assert not is_crossing(depth, params)  # both halves go down: a V, not a straight track
+
+
+def test_empty_field_and_fog_only_give_nothing():
+    assert detect(np.full((N_PLANES, SIZE, SIZE), 185, np.uint8)) == []
+    assert detect(render_stack(fog=20.0, seed=3)) == []
+
+
+def test_crop_geometry_and_resampling():
+    planes = np.full((3, 200, 300), 100, np.uint8)
+    planes[0, 100, :] = 0  # a dark row through the centre of plane R
+    crop = crop_planes(planes, 100.0, 150.0, (PX, PX))
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+    rows = crop[..., 0].mean(axis=1)
+    assert abs(int(np.argmin(rows)) - 111.5) <= 1 and crop[..., 1].min() >= 99
+    # beyond the field: the plane's median grey
+    assert crop[0, 0, 1] == 100
+
+
+def write_stack_folder(folder, planes, *, x=1.0, y=-2.0, meta="info.json", **over):
+    """A stack folder: planes (plane k at depth 3k) listed from the top, stage z = -3k um."""
+    folder.mkdir(parents=True)
+    images = []
+    for k, p in enumerate(planes):
+        Image.fromarray(p).save(folder / f"{k:03d}.png")
+        images.append({"Path": f"{k:03d}.png", "x": x, "y": y, "z": round(-k * STEP / 1000, 6)})
+    info = {"DocumentType": {"ver": "20170810", "unit": "mm"},
+            "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 1.95},
+            "ImageType": {"Height": planes.shape[1], "Width": planes.shape[2], "Depth": 8},
+            "Interval": [PX / 1000, PX / 1000, STEP / 1000], "Images": images}
+    info.update(over)
+    (folder / meta).write_text(json.dumps(info))
+
+
+@pytest.fixture(scope="module")
+def star_volume(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pick")
+    planes = render_stack([star()])
+    write_stack_folder(d / "scan" / "a", planes)
+    write_stack_folder(d / "scan" / "b", np.full((N_PLANES, SIZE, SIZE), 185, np.uint8), x=1.1)
+    assert main(["ingest", str(d / "scan"), str(d / "v.zarr"), "--format", "stack", "--no-progress"]) == 0
+    return d, planes
+
+
+def test_pick_volume_to_crop_store_and_resume(star_volume, capsys):
+    d, planes = star_volume
+    capsys.readouterr()
+    res = pick_volume(d / "v.zarr", d / "c.zarr", processes=False, workers=1)
+    assert res.fields == 2 and res.objects_added == 1 and res.fields_picked == 2
+    s = st.open_store(d / "c.zarr")
+    row = s.table.to_pylist()[0]
+    assert row["object_id"] == "v-F0000-V000" and row["sheet"] == "v" and row["experiment"] == "E07"
+    assert row["multiplicity"] == 5 and len(row["track_lengths_um"]) == 5 and row["label"] == -1
+    assert row["pick_field"] == "a" and row["plate"] == 9
+    assert abs(row["x_mm"] - 1.0) * 1000 <= 2.0 and abs(row["y_mm"] + 2.0) * 1000 <= 2.0
+    assert abs(-row["z_mm"] * 1000 - VERTEX_DEPTH) <= STEP
+    # channels: R one plane shallower (higher stage z = smaller depth), G the vertex's, B deeper
+    kz = round(-row["z_mm"] * 1000 / STEP)
+    c = (SIZE - 1) / 2
+    x_px = c + (row["x_mm"] - 1.0) * 1000 / PX
+    y_px = c + (row["y_mm"] + 2.0) * 1000 / PX
+    want = crop_planes(planes[[kz - 1, kz, kz + 1]], y_px, x_px, (PX, PX))
+    assert np.abs(np.asarray(s.crops[0]).astype(int) - want).max() <= 1
+    # a rerun finds every field done and adds nothing
+    again = pick_volume(d / "v.zarr", d / "c.zarr", processes=False, workers=1)
+    assert again.fields_skipped == 2 and again.objects_added == 0 and st.open_store(d / "c.zarr").n == 1
+
+
+def test_pick_resumes_a_field_cut_short(star_volume):
+    d, _ = star_volume
+    out = d / "r.zarr"
+    pick_volume(d / "v.zarr", out, processes=False, workers=1)
+    (out / "pick_fields.json").write_text(json.dumps({"1": 0}))  # as if field 0 never finished
+    res = pick_volume(d / "v.zarr", out, processes=False, workers=1)
+    assert res.fields_picked == 1 and res.objects_added == 0 and st.open_store(out).n == 1
+
+
+def test_pick_cli_bad_field_and_skip_bad(tmp_path, capsys):
+    write_stack_folder(tmp_path / "scan" / "good", np.full((4, 64, 64), 185, np.uint8))
+    write_stack_folder(tmp_path / "scan" / "thin", np.full((2, 64, 64), 185, np.uint8))
+    main(["ingest", str(tmp_path / "scan"), str(tmp_path / "v.zarr"), "--format", "stack", "--no-progress"])
+    capsys.readouterr()
+    argv = ["pick", str(tmp_path / "v.zarr"), "--out", str(tmp_path / "c.zarr"), "--workers", "1", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "scanstream pick: error: field 'thin': 2 planes, the picker needs at least 3"
+    assert not (tmp_path / "c.zarr").exists()
+    assert main([*argv, "--skip-bad"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["bad_fields"][0]["field"] == "thin" and "bad fields left out: thin" in err
+    assert summary["objects_in_store"] == 0
+
+
+def test_pick_refuses_a_crop_store_as_volume(tmp_path, capsys, store_factory):
+    s = store_factory("c.zarr", n=2)
+    assert main(["pick", str(s.path), "--out", str(tmp_path / "o.zarr"), "--no-progress"]) == 2
+    assert "not a scanstream volume store" in capsys.readouterr().err
+
+
+def test_simulate_volume_writes_scanner_format_with_truth(tmp_path, capsys):
+    argv = ["simulate-volume", str(tmp_path / "sim"), "--fields", "2", "--seed", "1", "--objects-per-field", "2",
+            "--alpha-fraction", "0.5", "--field-px", "128", "--depth-um", "12", "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["objects"] == 4 and summary["fields"] == 2
+    info = json.loads((tmp_path / "sim" / "F0001" / "info.json").read_text())
+    assert info["Interval"] == [0.000283, 0.000283, 0.003] and len(info["Images"]) == 5
+    assert info["ImageType"] == {"Height": 128, "Width": 128, "Depth": 8}
+    assert [im["z"] for im in info["Images"]] == [0.0, -0.003, -0.006, -0.009, -0.012]
+    truth = pq.read_table(tmp_path / "sim" / "truth.parquet").to_pylist()
+    assert {r["field"] for r in truth} == {"F0000", "F0001"}
+    assert all(-0.012 <= r["z_mm"] <= 0 for r in truth) and {r["label"] for r in truth} <= {0, 1}
+    with Image.open(tmp_path / "sim" / "F0000" / "001.png") as im:
+        assert im.mode == "L" and im.size == (128, 128)
+    # the same seed gives the same volume; an existing folder is refused
+    assert main([*argv[:1], str(tmp_path / "again"), *argv[2:]]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "again" / "F0001" / "004.png").read_bytes() == (tmp_path / "sim" / "F0001" / "004.png").read_bytes()
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith("exists and is not empty (use --overwrite to replace it)")
