@@ -109,6 +109,23 @@ def test_overwrite_refuses_a_folder_that_is_not_a_store(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]
 
 
+def test_overwrite_of_other_outputs_refuses_what_scanstream_did_not_write(tmp_path, capsys):
+    """simulate --features-only and simulate-volume replace only their own outputs."""
+    notes = tmp_path / "notes.parquet"
+    notes.write_bytes(b"not a table")
+    rc = main(["simulate", str(notes), "--objects", "4", "--alpha-fraction", "0.5", "--sheet", "A", "--features-only",
+               "--overwrite"])
+    assert "not a features-only table" in one_line_error(capsys, rc, "simulate")
+    assert notes.read_bytes() == b"not a table"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.png").write_bytes(b"meow")
+    rc = main(["simulate-volume", str(photos), "--fields", "1", "--seed", "1", "--overwrite"])
+    err = one_line_error(capsys, rc, "simulate-volume")
+    assert "not a simulated volume" in err and "--overwrite" not in err
+    assert sorted(q.name for q in photos.iterdir()) == ["cat.png"]
+
+
 def test_a_failed_overwrite_keeps_the_old_store(tmp_path):
     old = make_store(tmp_path / "s.zarr", n=8)
     with pytest.raises(RuntimeError), StoreWriter(old.path, source={"stage": "new"}, overwrite=True) as w:

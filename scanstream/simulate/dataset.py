@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scanstream.atomic import write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
@@ -240,6 +241,15 @@ def simulate_table(
     return pa.concat_tables(parts) if parts else rows_table([])
 
 
+def _is_features_table(path: Path) -> bool:
+    """Whether ``path`` is a Parquet file :func:`write_features` wrote (its ``scanstream`` metadata says so)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return bool(json.loads(meta.get(b"scanstream", b"{}")).get("features_only"))
+    except (OSError, pa.ArrowInvalid, ValueError, AttributeError):
+        return False
+
+
 def write_features(
     path: str | os.PathLike,
     *,
@@ -253,6 +263,8 @@ def write_features(
 ) -> pa.Table:
     """:func:`simulate_table` written atomically to a Parquet file (the object table, no images)."""
     p = Path(path)
+    if p.exists() and not _is_features_table(p):
+        raise StoreExistsError(f"{p}: exists and is not a features-only table written by simulate; choose another path")
     if p.exists() and not overwrite:
         raise StoreExistsError(f"{p}: exists (use --overwrite to replace it)")
     check_counts(objects, alpha_fraction)

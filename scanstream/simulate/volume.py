@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from scanstream.atomic import atomic_dir, write_json, write_parquet
@@ -217,6 +218,25 @@ def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetCo
     return rows
 
 
+def _is_simulated_volume(path: Path) -> bool:
+    """Whether ``path`` holds what :func:`simulate_volume` writes (a truth table with its metadata)."""
+    try:
+        meta = pq.read_schema(path / "truth.parquet").metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return b"scanstream" in meta
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """An existing non-empty ``out_dir`` is replaced only when asked and only if it is a simulated volume."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not _is_simulated_volume(out_dir):
+        raise InputError(f"{out_dir}: exists and is not a simulated volume; choose another folder")
+    if not overwrite:
+        raise InputError(f"{out_dir}: a simulated volume exists (use --overwrite to replace it)")
+
+
 def simulate_volume(
     out_dir: str | os.PathLike,
     config: VolumeSimConfig,
@@ -233,8 +253,7 @@ def simulate_volume(
         ``out_dir`` exists (without ``overwrite``) or a bad configuration.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and any(out_dir.iterdir()):
-        raise InputError(f"{out_dir}: exists and is not empty (use --overwrite to replace it)")
+    _check_replaceable(out_dir, overwrite)
     cond = resolve_conditions(config.sheet, config.seed, conditions=conditions)
     bar = as_progress(progress)(config.fields, f"simulate-volume {out_dir.name}", "field")
     rows: list[dict[str, Any]] = []
