@@ -131,6 +131,52 @@ def test_port_in_use(served):
         make_server(session, port=int(url.rsplit(":", 1)[1]))
 
 
+def test_page_says_how_many_the_top_cut_leaves_out(served):
+    _, session, url = served
+    assert session.matching == 24 and session.shown == f"{N_CARDS} of 24"
+    assert f"{N_CARDS} of 24 candidates" in http(url + "/")[1].decode()
+
+
+def serve(session, **kw):
+    server = make_server(session, port=0, **kw)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def test_allowed_host_lets_a_tunnel_or_proxy_in(table, tmp_path):
+    store, cands = table
+    session = ReviewSession(cands, tmp_path / "v", stores=[store.path], filters=CandidateFilter(top=2))
+    server = serve(session, allowed_hosts=["localhost:9000", "proxy.lab"])
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert http(url + "/", headers={"Host": "localhost:9000"})[0] == 200
+        assert http(url + "/", headers={"Host": "proxy.lab:443"})[0] == 200
+        assert http(url + "/", headers={"Host": "localhost:9001"})[0] == 403
+        assert http(url + "/", headers={"Host": "evil.example"})[0] == 403
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bound_beyond_loopback_every_request_needs_the_token(table, tmp_path):
+    store, cands = table
+    session = ReviewSession(cands, tmp_path / "v", stores=[store.path], filters=CandidateFilter(top=2))
+    server = serve(session, host="0.0.0.0", allowed_hosts=["127.0.0.1"])
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert http(url + "/")[0] == 403 and http(url + "/crop/0.png")[0] == 403
+        assert http(url + "/api/verdicts")[0] == 403
+        req = urllib.request.Request(url + f"/?token={session.token}")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            cookie = r.headers["Set-Cookie"]
+        assert cookie.startswith(f"scanstream_token={session.token}") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert http(url + "/crop/0.png", headers={"Cookie": cookie.split(";")[0]})[0] == 200
+        assert http(url + "/?token=guess")[0] == 403
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_default_verdicts_path(tmp_path):
     assert default_verdicts_path(tmp_path / "cands") == tmp_path / "cands.verdicts"
 

@@ -21,7 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", type=Path, action="append", default=[], metavar="STORE",
                    help="crop store with the candidates' crops (repeatable; default: the paths in the table)")
     add_filter_args(p, top_default=200)
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other address makes every request need the "
+                   "session token, carried once by the printed URL)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME[:PORT]",
+                   help="a further name the browser may use for this server: an SSH tunnel (localhost:9000) or a "
+                   "notebook proxy (repeatable)")
     p.add_argument("--verdicts", type=Path, metavar="DIR",
                    help="verdicts table directory (default: CANDIDATES.verdicts beside the table)")
     p.set_defaults(func=run_review)
@@ -61,9 +67,10 @@ def run_review(args: argparse.Namespace) -> int:
     session = ReviewSession(args.candidates, verdicts, stores=args.store or None, filters=build_filter(args),
                             allow_partial=args.allow_partial)
     warn_partial(args, session.partial)
-    server = make_server(session, port=args.port)
+    server = make_server(session, port=args.port, host=args.host, allowed_hosts=args.allowed_host)
     host, port = server.server_address[:2]
-    print(f"reviewing {len(session.rows)} candidates at http://{host}:{port}/  (Ctrl-C to stop)")
+    where = f"http://{host}:{port}/" + ("" if args.host in ("127.0.0.1", "localhost", "::1") else f"?token={session.token}")
+    print(f"reviewing {session.shown} candidates at {where}  (Ctrl-C to stop)")
     print(f"verdicts are appended to {session.log.path}")
     try:
         server.serve_forever()

@@ -13,10 +13,16 @@ Routes::
     GET  /api/verdicts      {"verdicts": {"<i>": "alpha", ...}} current verdicts of the page's rows
     POST /api/verdict       {"index": i, "verdict": "alpha" | "not_alpha" | "unsure"}
 
-Only 127.0.0.1 is bound. A POST must carry the page's per-session token in the
+By default only 127.0.0.1 is bound. A POST must carry the page's per-session token in the
 ``X-Scanstream-Token`` header (a custom header: other web sites cannot send it without a CORS
 preflight, which this server never grants) and the Host header must name this server, so
 neither another site in the same browser nor DNS rebinding can record verdicts.
+
+Behind an SSH tunnel or a notebook proxy the browser names another host or port:
+``allowed_hosts`` (``--allowed-host``) adds names the Host header may carry (``name`` for any
+port, ``name:port`` for one). Bound to another address (``--host``), every request needs the
+token: the printed URL carries it once (``?token=...``), and the server answers with a
+``SameSite=Strict`` HttpOnly cookie that the page's later requests send.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import re
 import secrets
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,6 +51,8 @@ from scanstream.review.verdicts import VERDICTS, VerdictLog, parse_verdict, read
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+COOKIE = "scanstream_token"
 MAX_BODY = 4096
 
 _KEYS = {"alpha": "a", "not_alpha": "n", "unsure": "u"}
@@ -129,12 +138,25 @@ class ReviewSession:
         self.partial = require_complete(self.candidates, allow_partial=allow_partial) is None
         table = query_candidates(self.candidates, filters or CandidateFilter(top=200), allow_partial=allow_partial)
         self.rows = table.to_pylist()
+        self.matching = self._count_matching(filters or CandidateFilter(top=200), allow_partial)
         self.lookup = CropLookup(list(stores) if stores else recorded_stores(table))
         self.where = [self.lookup.locate(r["object_id"], r.get("store"), r.get("store_index")) for r in self.rows]
         self.verdicts_dir = Path(verdicts)
         self.log = VerdictLog(self.verdicts_dir, context={"candidates": str(self.candidates.resolve())})
         self.token = secrets.token_urlsafe(24)
         self._png_lock = threading.Lock()
+
+    def _count_matching(self, filters: CandidateFilter, allow_partial: bool) -> int:
+        """Rows the filters select before ``top`` cuts them (the page says "200 of 424")."""
+        counted = query_candidates(self.candidates, replace(filters, top=None), allow_partial=allow_partial,
+                                   sql="SELECT count(*) AS n FROM candidates")
+        return int(counted.column("n")[0].as_py())
+
+    @property
+    def shown(self) -> str:
+        """``"200 of 424"`` when the page holds fewer rows than the filters select, else ``"424"``."""
+        n = len(self.rows)
+        return f"{n} of {self.matching}" if self.matching > n else str(n)
 
     def store_hash(self, i: int) -> str | None:
         return self.lookup.stores[self.where[i][0]].content_hash
@@ -159,7 +181,7 @@ class ReviewSession:
             self.rows,
             [f"/crop/{i}.png" for i in range(len(self.rows))],
             title=f"scanstream review: {self.candidates.name}" + (f" [{PARTIAL_LABEL}]" if self.partial else ""),
-            help_text=f"{len(self.rows)} candidates, highest score first. Keys: a = alpha, n = not alpha, "
+            help_text=f"{self.shown} candidates, highest score first. Keys: a = alpha, n = not alpha, "
             "u = unsure (then on to the next card); arrows or j / k move. Verdicts are saved as you go.",
             card_footer=footer,
             script=f"const KEYS = {keys};\n{REVIEW_SCRIPT}",
@@ -185,14 +207,18 @@ class ReviewSession:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    session: ReviewSession  # set on the subclass made by make_server
+    session: ReviewSession  # these three are set on the subclass made by make_server
+    allowed_hosts: frozenset[str] = frozenset()
+    token_always: bool = False
     server_version = "scanstream-review"
 
     def log_message(self, fmt: str, *args: Any) -> None:  # route access logs to logging
         logger.debug("%s %s", self.address_string(), fmt % args)
 
-    def _send(self, status: int, body: bytes, ctype: str, *, cache: bool = False) -> None:
+    def _send(self, status: int, body: bytes, ctype: str, *, cache: bool = False, cookie: bool = False) -> None:
         self.send_response(status)
+        if cookie and self.token_always:
+            self.send_header("Set-Cookie", f"{COOKIE}={self.session.token}; HttpOnly; SameSite=Strict; Path=/")
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
@@ -206,15 +232,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         host = self.headers.get("Host", "")
-        port = self.server.server_address[1]
-        return host in {f"127.0.0.1:{port}", f"localhost:{port}"}
+        bound, port = self.server.server_address[:2]
+        allowed = {f"127.0.0.1:{port}", f"localhost:{port}", f"{bound}:{port}", *self.allowed_hosts}
+        return host in allowed or host.rsplit(":", 1)[0] in self.allowed_hosts
+
+    def _token_ok(self, query: str) -> bool:
+        """The session token from the header, the URL's ``token=`` or the cookie the page got."""
+        given = [self.headers.get("X-Scanstream-Token", "")]
+        given += [v for k, _, v in (kv.partition("=") for kv in query.split("&")) if k == "token"]
+        given += [v for k, _, v in (c.strip().partition("=") for c in self.headers.get("Cookie", "").split(";"))
+                  if k == COOKIE]
+        return any(hmac.compare_digest(g, self.session.token) for g in given if g)
 
     def do_GET(self) -> None:
         if not self._host_ok():
             return self._json(HTTPStatus.FORBIDDEN, {"error": "bad Host header"})
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
+        if self.token_always and not self._token_ok(query):
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "this server needs its token: open the URL it printed"})
         if path in ("/", "/index.html"):
-            return self._send(HTTPStatus.OK, self.session.page().encode(), "text/html; charset=utf-8")
+            return self._send(HTTPStatus.OK, self.session.page().encode(), "text/html; charset=utf-8", cookie=True)
         m = re.fullmatch(r"/crop/(\d{1,9})\.png", path)
         if m:
             i = int(m.group(1))
@@ -251,21 +288,27 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(HTTPStatus.OK, {"ok": True, "object_id": record["object_id"], "verdict": record["verdict"]})
 
 
-def make_server(session: ReviewSession, *, port: int = 8765) -> ThreadingHTTPServer:
-    """A threading HTTP server for ``session`` bound to 127.0.0.1:``port`` (0: any free port).
+def make_server(session: ReviewSession, *, port: int = 8765, host: str = HOST,
+                allowed_hosts: Sequence[str] = ()) -> ThreadingHTTPServer:
+    """A threading HTTP server for ``session`` bound to ``host``:``port`` (0: any free port).
+
+    ``allowed_hosts``: further names the Host header may carry (``name`` or ``name:port``: an SSH
+    tunnel's local port, a notebook proxy). A ``host`` other than the loopback makes every
+    request need the session token (module docstring).
 
     Raises
     ------
     InputError
-        The port is taken or not allowed.
+        The port is taken or not allowed, or the host cannot be bound.
     """
     if not 0 <= int(port) <= 65535:
         raise InputError(f"port must be 0..65535, got {port}")
-    handler = type("ReviewHandler", (_Handler,), {"session": session})
+    attrs = {"session": session, "allowed_hosts": frozenset(allowed_hosts), "token_always": host not in LOOPBACK}
+    handler = type("ReviewHandler", (_Handler,), attrs)
     try:
-        server = ThreadingHTTPServer((HOST, int(port)), handler)
+        server = ThreadingHTTPServer((host, int(port)), handler)
     except OSError as exc:
-        raise InputError(f"cannot listen on {HOST}:{port}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     server.daemon_threads = True
     return server
 
