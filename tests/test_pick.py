@@ -211,4 +211,4 @@ def test_simulate_volume_writes_scanner_format_with_truth(tmp_path, capsys):
     capsys.readouterr()
     assert (tmp_path / "again" / "F0001" / "004.png").read_bytes() == (tmp_path / "sim" / "F0001" / "004.png").read_bytes()
     assert main(argv) == 2
-    assert capsys.readouterr().err.strip().endswith("exists and is not empty (use --overwrite to replace it)")
+    assert capsys.readouterr().err.strip().endswith("a simulated volume exists (use --overwrite to replace it)")
