@@ -371,3 +371,21 @@ def test_morning_summary_fits_the_sheet_density_when_asked(tmp_path):
                              "classify_seconds": 1.0, "crops_per_s": 300.0, "stores": [], "range_energy": fit})
     assert "fitted density (range-energy)" in page and f"{fit['density']:.3f}" in page
     assert "error" in sheet_range_energy(tmp_path / "cands", "OTHER", [str(path)])
+
+
+def test_a_volume_in_the_inbox_is_picked_then_classified(models, tmp_path):
+    """Micrographs in, candidates out: an ingested z-stack volume is picked into a store once, then classified."""
+    root, _ = models
+    sim, inbox = tmp_path / "sim", tmp_path / "inbox"
+    inbox.mkdir()
+    assert main(["simulate-volume", str(sim), "--fields", "1", "--seed", "3", "--objects-per-field", "4",
+                 "--alpha-fraction", "0.75", "--field-px", "384", "--depth-um", "12", "--no-progress"]) == 0
+    assert main(["ingest", str(sim), str(inbox / "S9.zarr"), "--format", "stack"]) == 0
+    config = load_watch_config(root / "overnight.toml")
+    rep = watch(inbox, tmp_path / "c", config, once=True, progress=False)
+    picked = state_dir(tmp_path / "c") / "picked" / "S9.zarr"
+    assert [r["status"] for r in rep.processed] == ["done"] and rep.processed[0]["path"] == str(picked.resolve())
+    store = open_store(picked)
+    assert store.n > 0 and set(store.table.column("sheet").to_pylist()) == {"S9"}
+    again = watch(inbox, tmp_path / "c", config, once=True, progress=False)
+    assert again.processed == [] and again.skipped == 1  # picked once, classified once

@@ -48,8 +48,9 @@ from scanstream.executor import dask_client, gpu_count
 from scanstream.inference.classify import classify
 from scanstream.inference.engine import checkpoint_identity
 from scanstream.inference.threshold import load_threshold, parse_prevalence
+from scanstream.picker.pick import pick_volume
 from scanstream.review.morning import sheet_file, write_summaries
-from scanstream.store import CropStore, is_store, open_store
+from scanstream.store import CropStore, is_store, is_volume, open_store, open_volume
 
 logger = logging.getLogger(__name__)
 
@@ -236,11 +237,11 @@ class WatchReport:
 
 
 # -- the watcher ----------------------------------------------------------------------------
-def inbox_stores(inbox: Path) -> list[Path]:
-    """Crop-store directories in ``inbox`` (complete or not), oldest first."""
+def inbox_stores(inbox: Path, *, kind: Callable[[Path], bool] = is_store) -> list[Path]:
+    """Crop-store directories in ``inbox`` (complete or not; ``kind=is_volume``: volumes), oldest first."""
     found = []
     for p in inbox.iterdir():
-        if p.name.startswith(".") or not p.is_dir() or not is_store(p):
+        if p.name.startswith(".") or not p.is_dir() or not kind(p):
             continue
         try:
             found.append((p.stat().st_mtime, p.name, p))
@@ -324,13 +325,35 @@ class _Watcher:
         self.state.save()
         return record
 
+    def picked_stores(self, waiting: list[str]) -> list[Path]:
+        """Crop stores picked from the inbox's complete volumes (z-stacks ingested), each picked once.
+
+        The picked store is kept in the watch's state folder (``picked/NAME``), never in the
+        inbox; an interrupted pick resumes on the next poll. An incomplete volume waits.
+        """
+        out = []
+        for vol in inbox_stores(self.inbox, kind=is_volume):
+            dest = self.sdir / "picked" / vol.name
+            if not (is_store(dest) and open_store(dest, require_complete=False).complete):
+                try:
+                    open_volume(vol)
+                except StoreError as exc:
+                    waiting.append(str(vol))
+                    logger.info("%s: not ready to pick: %s", vol, exc)
+                    continue
+                self._ensure_cluster()
+                logger.info("picking vertices of %s into %s", vol, dest)
+                pick_volume(vol, dest, scheduler=self.scheduler, progress=self.progress)
+            out.append(dest)
+        return out
+
     def poll(self) -> tuple[list[dict[str, Any]], int, list[str]]:
-        """Process every new complete store in the inbox once."""
+        """Process every new complete store in the inbox once (volumes are picked into stores first)."""
         done: list[dict[str, Any]] = []
         skipped = 0
         waiting: list[str] = []
         known = {(r.get("path"), r.get("stamp")): r for r in self.state.stores.values() if r.get("stamp")}
-        for p in inbox_stores(self.inbox):
+        for p in [*inbox_stores(self.inbox), *self.picked_stores(waiting)]:
             prior = known.get((str(p.resolve()), _stamp(p)))
             if prior is not None and not (self.retry_failed and prior.get("status") == "failed"):
                 skipped += 1  # recorded, and its metadata unchanged since: no need to open it again
