@@ -159,3 +159,16 @@ def test_cascade_step_gives_the_network_full_batches():
     assert cascade_step(None, 64) == 64
     none_kept = ObjectInputs(np.zeros((10, 1), np.float32), -np.ones(10, np.float32), 0.0)
     assert cascade_step([none_kept], 64) == 16 * 64
+
+
+def test_picker_rate_measured_on_a_volume(tmp_path):
+    """--volume: the picker's own rate, from `scanstream pick` over an ingested z-stack volume."""
+    from scanstream.inference.benchmark import measure_picker
+
+    sim = tmp_path / "sim"
+    assert main(["simulate-volume", str(sim), "--fields", "1", "--seed", "3", "--objects-per-field", "4",
+                 "--alpha-fraction", "0.75", "--field-px", "384", "--depth-um", "12", "--no-progress"]) == 0
+    assert main(["ingest", str(sim), str(tmp_path / "v.zarr"), "--format", "stack"]) == 0
+    rate = measure_picker(tmp_path / "v.zarr", workers=1)
+    assert rate.objects > 0 and rate.seconds > 0 and rate.objects_per_s == pytest.approx(rate.objects / rate.seconds, rel=1e-3)
+    assert "scanstream pick" in rate.source and not list(tmp_path.glob("*picked*"))

@@ -11,6 +11,7 @@ from scanstream.inference.benchmark import (
     PickerRate,
     check_rate,
     format_report,
+    measure_picker,
     read_picker_log,
     run_benchmark,
 )
@@ -34,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--picker-rate", type=float, metavar="OBJECTS_PER_S", help="the picker's rate in objects per second")
     g.add_argument("--picker-log", type=Path, metavar="FILE",
                    help="picker log: lines 'timestamp,objects' (docs/classify.md, 'Benchmark')")
+    g.add_argument("--volume", type=Path, metavar="VOLUME",
+                   help="measure the picker here: `scanstream pick` over this volume store (z-stacks ingested)")
     b.add_argument("--objects", type=int, metavar="N", help="objects in a sheet for the projection (default: the store's)")
     b.add_argument("--scheduler", metavar="ADDRESS", help="existing Dask scheduler (default: a LocalCluster)")
     b.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, else 1 using all cores)")
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         picker = PickerRate(check_rate(args.picker_rate), "--picker-rate")
     elif args.picker_log is not None:
         picker = read_picker_log(args.picker_log)
+    elif args.volume is not None:
+        picker = measure_picker(args.volume, scheduler=args.scheduler, workers=args.workers)
     report = run_benchmark(
         args.store, args.model, picker=picker, objects=args.objects, scheduler=args.scheduler, workers=args.workers,
         device=args.device, batch_size=args.batch_size, sample=args.sample, progress=True,

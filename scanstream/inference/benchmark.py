@@ -58,6 +58,7 @@ from scanstream.inference.engine import (
     read_plan,
 )
 from scanstream.picker.cuts import run_baseline_table
+from scanstream.picker.pick import pick_volume
 from scanstream.progress import as_progress
 from scanstream.training.checkpoint import read_header
 from scanstream.training.model import preprocess
@@ -100,6 +101,25 @@ def _parse_time(text: str) -> float:
     if t.tzinfo is None:
         t = t.replace(tzinfo=datetime.UTC)
     return t.timestamp()
+
+
+def measure_picker(volume: str | os.PathLike, *, scheduler: str | None = None, workers: int | None = None) -> PickerRate:
+    """The picker's rate measured here: ``scanstream pick`` over ``volume`` into a temporary store.
+
+    Objects per second over the whole run (reading the planes, detecting, cropping, writing),
+    on the same hardware (and cluster) as the classify measurements.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="scanstream-pick-bench-"))
+    try:
+        t0 = time.perf_counter()
+        result = pick_volume(volume, tmp / "picked.zarr", scheduler=scheduler, workers=workers)
+        seconds = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if result.objects == 0:
+        raise InputError(f"{volume}: the picker found no vertex-like object, so it has no rate to measure")
+    return PickerRate(result.objects / seconds, f"scanstream pick on {volume} ({result.fields} fields)",
+                      objects=result.objects, seconds=round(seconds, 3))
 
 
 def read_picker_log(path: str | os.PathLike) -> PickerRate:
