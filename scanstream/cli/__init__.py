@@ -38,7 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    for verb in _verb_parsers(sub):
+        _common_flags(verb)
     return parser
+
+
+def _verb_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Every verb's parser, nested commands (``verdicts to-store``) included."""
+    out = []
+    for p in dict.fromkeys(sub.choices.values()):
+        out.append(p)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                out.extend(_verb_parsers(action))
+    return out
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    """``-v`` and ``--no-progress`` accepted after any verb, as before it (one grammar for every verb)."""
+    if "-v" not in p._option_string_actions:
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more log output (-vv for debug); also accepted before the verb")
+    if "--no-progress" not in p._option_string_actions:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
 
 
 def _quiet_dask() -> None:

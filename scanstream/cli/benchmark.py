@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         picker = measure_picker(args.volume, scheduler=args.scheduler, workers=args.workers)
     report = run_benchmark(
         args.store, args.model, picker=picker, objects=args.objects, scheduler=args.scheduler, workers=args.workers,
-        device=args.device, batch_size=args.batch_size, sample=args.sample, progress=True,
+        device=args.device, batch_size=args.batch_size, sample=args.sample, progress=not args.no_progress,
     )
     print(format_report(report))
     if args.out is not None:

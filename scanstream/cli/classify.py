@@ -74,7 +74,7 @@ def run_threshold(args: argparse.Namespace) -> int:
         args.store, args.model,
         target_recall=args.target_recall, target_precision=args.target_precision,
         prevalences=prevalences, level=args.level, ci_method=args.ci,
-        device=args.device, precision=args.precision, batch_size=args.batch_size, progress=True,
+        device=args.device, precision=args.precision, batch_size=args.batch_size, progress=not args.no_progress,
     )
     write_threshold(record, args.out)
     a = record["achieved"]
@@ -103,7 +103,7 @@ def run_classify(args: argparse.Namespace) -> int:
         args.stores, args.model, args.out,
         threshold=args.threshold, scheduler=args.scheduler, workers=args.workers, device=args.device,
         batch_size=args.batch_size, crops_per_task=args.crops_per_task, precision=args.precision,
-        verify=args.verify, progress=True, on_cluster=show,
+        verify=args.verify, progress=not args.no_progress, on_cluster=show,
     )
     print_json({
         "out": str(res.out), "complete": res.complete, "rows": res.rows, "selected": res.selected,

@@ -98,7 +98,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     else:
         store = simulate_store(
             args.store, objects=args.objects, alpha_fraction=args.alpha_fraction, sheet=args.sheet,
-            seed=args.seed, conditions=overrides, workers=args.workers, overwrite=args.overwrite, progress=True,
+            seed=args.seed, conditions=overrides, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
         )
         summary = {"path": str(store.path), "objects": store.n, "categories": category_counts(store.table),
                    "content_hash": store.content_hash}
@@ -115,7 +115,7 @@ def run_simulate_dataset(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     t0 = time.perf_counter()
     paths = simulate_dataset(args.out_dir, scale=args.scale, seed=args.seed, workers=args.workers,
-                             overwrite=args.overwrite, progress=True)
+                             overwrite=args.overwrite, progress=not args.no_progress)
     out = {}
     for split, p in paths.items():
         s = open_store(p)
