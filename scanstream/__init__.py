@@ -4,7 +4,7 @@ The verbs' library functions, one import away (``import scanstream as ss``)::
 
     store = ss.open_store("sheet.zarr")                       # a crop store
     result = ss.classify(["sheet.zarr"], ["model.safetensors"], out="candidates")
-    table = ss.read_candidates("candidates")                  # a pyarrow Table
+    table = ss.read_candidates("candidates")                  # pyarrow; to="pandas" or "polars"
 
 Names load on first use (PEP 562), so ``import scanstream`` stays cheap and torch is imported
 only by what needs it. The stage packages (``scanstream.store``, ``.ingest``, ``.simulate``,
@@ -49,7 +49,7 @@ _EXPORTS = {
     "watch": "scanstream.inference.watch:watch",
     # the morning
     "query_candidates": "scanstream.candidates.query:query_candidates",
-    "read_candidates": "scanstream.candidates.table:read_candidates",
+    "read_candidates": "scanstream.candidates.table:read_candidate_table",
     "evaluate": "scanstream.evaluation.evaluate:evaluate",
     "fit_sheet": "scanstream.rangeenergy:fit_sheet",
 }

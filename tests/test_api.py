@@ -62,3 +62,40 @@ def test_the_readme_python_example_runs(tmp_path):
     ap = float(re.search(r"AP (\d\.\d+)", run.stdout).group(1))
     assert 0.3 < ap <= 1.0, run.stdout  # the shipped model on a fresh simulated sheet, 30 alpha decays
     assert (tmp_path / "pr.png").stat().st_size > 1000 and (tmp_path / "candidates" / "_manifest.json").exists()
+
+
+def test_read_candidates_reads_finished_tables_only(tmp_path):
+    from fixtures import make_store
+    from test_query import candidates_from_store
+
+    from scanstream.candidates.table import MANIFEST
+    from scanstream.errors import IncompleteTableError, InputError
+
+    store = make_store(tmp_path / "s.zarr", n=12)
+    table_dir = candidates_from_store(store, tmp_path / "cands", seed=2)
+    table = scanstream.read_candidates(table_dir)
+    assert table.num_rows == 12 and {"object_id", "score", "sheet"} <= set(table.column_names)
+    assert scanstream.read_candidates(table_dir, columns=["score"]).column_names == ["score"]
+    with pytest.raises(InputError, match="to must be one of"):
+        scanstream.read_candidates(table_dir, to="excel")
+    (table_dir / MANIFEST).unlink()
+    with pytest.raises(IncompleteTableError):
+        scanstream.read_candidates(table_dir)
+    assert scanstream.read_candidates(table_dir, allow_partial=True).num_rows == 12
+
+
+@pytest.mark.parametrize("to", ["pandas", "polars"])
+def test_read_candidates_to_a_dataframe_library(tmp_path, to):
+    from fixtures import make_store
+    from test_query import candidates_from_store
+
+    from scanstream.errors import InputError
+
+    table_dir = candidates_from_store(make_store(tmp_path / "s.zarr", n=6), tmp_path / "cands")
+    try:
+        __import__(to)
+    except ModuleNotFoundError:
+        with pytest.raises(InputError, match=f"needs {to}, which is not installed"):
+            scanstream.read_candidates(table_dir, to=to)
+    else:
+        assert len(scanstream.read_candidates(table_dir, to=to)) == 6

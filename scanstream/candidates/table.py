@@ -206,6 +206,33 @@ def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = 
     return dataset.to_table(columns=list(columns) if columns is not None else None)
 
 
+FORMATS = ("arrow", "pandas", "polars")
+
+
+def read_candidate_table(path: str | os.PathLike, *, to: str = "arrow", columns: Sequence[str] | None = None,
+                         allow_partial: bool = False) -> Any:
+    """A finished candidate table as a pyarrow Table, or a pandas / polars DataFrame (``to``).
+
+    The public reader (``scanstream.read_candidates``): a table without its manifest (a run
+    still going, or killed) is refused unless ``allow_partial``. pandas and polars are not
+    dependencies of scanstream; asking for one that is not installed is an InputError.
+    """
+    if to not in FORMATS:
+        raise InputError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
+    require_complete(path, allow_partial=allow_partial)
+    table = read_candidates(path, columns=columns)
+    if to == "arrow":
+        return table
+    try:
+        if to == "pandas":
+            return table.to_pandas()
+        import polars
+
+        return polars.from_arrow(table)
+    except ModuleNotFoundError as exc:
+        raise InputError(f"to={to!r} needs {exc.name}, which is not installed (pip install {exc.name})") from None
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The ``scanstream`` schema metadata JSON of the table (from its first part)."""
     part = _parts_or_fail(path)[0]
