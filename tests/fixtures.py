@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from scanstream.store import CROP_SIZE, create_store
 
@@ -65,3 +66,9 @@ def make_store(path: Path, n: int = 64, *, alpha_fraction: float = 0.25, seed: i
         for i in range(n)
     ]
     return create_store(path, crops, rows, source={"stage": "test", "seed": seed})
+
+
+def drop_table_digest(path: Path) -> None:
+    """Forget the table digest of a complete store, as in stores written before it was recorded."""
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.put({k: v for k, v in group.attrs.items() if k != "table_digest"})

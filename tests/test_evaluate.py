@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from fixtures import drop_table_digest
 
 from scanstream.cli import main
 from scanstream.errors import InputError, ThresholdError
@@ -18,7 +19,6 @@ from scanstream.evaluation import evaluate as ev
 from scanstream.evaluation import loading as ld
 from scanstream.evaluation import metrics as mt
 from scanstream.store import create_store
-from scanstream.store.writer import drop_table_digest
 
 CATS = ["dust", "1vtx", "track", "scratch"]
 

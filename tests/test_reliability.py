@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from fixtures import make_store
+from fixtures import drop_table_digest, make_store
 from PIL import Image
 
 from scanstream.candidates import table as cand
@@ -32,7 +32,7 @@ from scanstream.ingest.images import IngestConfig, ingest
 from scanstream.review.gallery import write_gallery
 from scanstream.review.server import ReviewSession
 from scanstream.store import StoreWriter, create_store, open_store
-from scanstream.store.writer import _aside, _recover_swap, drop_table_digest
+from scanstream.store.writer import _aside, _recover_swap
 from scanstream.training.config import TrainConfig
 from scanstream.training.run import check_config
 

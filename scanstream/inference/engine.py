@@ -22,7 +22,6 @@ this process.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -216,67 +215,6 @@ def check_crops(store: st.CropStore) -> None:
         )
 
 
-class BlockVerifier:
-    """Checks crops read in order against the store's block digests (``digests.json``).
-
-    Full blocks are compared with their recorded digest. The store records no digest for its
-    last, partial block; that one is checked by recomputing the store's content hash from
-    every block digest and the object table.
-    """
-
-    def __init__(self, store: st.CropStore) -> None:
-        try:
-            saved = json.loads((store.path / st.DIGESTS_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{store.path / st.DIGESTS_FILE}: unreadable block digests: {exc}") from None
-        self.store = store
-        self.block = int(saved["block_crops"])
-        self.digests = list(saved["blocks"])
-        self._h: Any = None
-        self._at = -1
-        self._next: int | None = None
-        self._table_digest: str | None = None
-
-    def aligned(self, start: int, stop: int) -> bool:
-        return start % self.block == 0 and (stop % self.block == 0 or stop == self.store.n)
-
-    def feed(self, start: int, crops: np.ndarray) -> None:
-        """Hash crops ``start : start + len(crops)`` (fed in order from a block boundary).
-
-        Raises
-        ------
-        StoreError
-            A block that ends here does not match its digest.
-        """
-        if start != (self._next if self._next is not None else start - start % self.block):
-            raise RuntimeError(f"BlockVerifier fed crops from {start}, expected {self._next}")
-        pos, i = start, 0
-        while i < len(crops):
-            if pos % self.block == 0:
-                self._h, self._at = hashlib.blake2b(digest_size=16), pos
-            take = min(len(crops) - i, self.block - pos % self.block)
-            self._h.update(np.ascontiguousarray(crops[i : i + take]).data)
-            pos, i = pos + take, i + take
-            if pos % self.block == 0 or pos == self.store.n:
-                self._check(self._at, pos, self._h.hexdigest())
-        self._next = pos
-
-    def _check(self, a: int, b: int, digest: str) -> None:
-        b_index = a // self.block
-        if b - a == self.block and b_index < len(self.digests):
-            ok = digest == self.digests[b_index]
-        else:
-            if self._table_digest is None:
-                self._table_digest = st.table_digest(self.store.table.replace_schema_metadata(None))
-            h = hashlib.blake2b(digest_size=16)
-            for d in [*self.digests, digest]:
-                h.update(bytes.fromhex(d))
-            h.update(bytes.fromhex(self._table_digest))
-            ok = h.hexdigest() == self.store.content_hash
-        if not ok:
-            raise StoreError(f"{self.store.path}: crops [{a}, {b}) do not match the store's digest (corrupt shard?)")
-
-
 def missing_shards(store: st.CropStore, start: int, stop: int) -> list[Path]:
     """Shard (or chunk) files of crops ``start:stop`` absent on disk (zarr would read zeros)."""
     grid = (store.crops.shards or store.crops.chunks)[0]
@@ -325,7 +263,7 @@ def score_range(
         objects = ensemble.object_inputs(store.table.slice(start, stop - start), source=str(store.path))
     step = cascade_step(objects, batch_size)
     reads = read_plan(store, start, stop, step)
-    verifier = BlockVerifier(store) if verify else None
+    verifier = st.BlockVerifier(store) if verify else None
     if verifier is not None and not verifier.aligned(start, stop):
         verifier = None
     out = np.empty(stop - start, np.float32)
@@ -407,7 +345,7 @@ def _block_scorer(
 def _score_reading_ahead(
     store: st.CropStore,
     reads: deque[tuple[int, int]],
-    verifier: BlockVerifier | None,
+    verifier: st.BlockVerifier | None,
     score_block: Callable[[int, int, torch.Tensor], None],
     *,
     readers: int,

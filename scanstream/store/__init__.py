@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from scanstream.errors import IncompleteStoreError, StoreError, StoreExistsError, StoreNotFoundError
 from scanstream.store.crops import (
+    BlockVerifier,
     CropStore,
     compute_content_hash,
     is_store,
@@ -68,6 +69,7 @@ __all__ = [
     "TABLE_FILE",
     "VOLUME_SCHEMA",
     "ZSTD_LEVEL",
+    "BlockVerifier",
     "CropStore",
     "FieldOfView",
     "IncompleteStoreError",

@@ -42,6 +42,7 @@ memory copy of the same array, reads at 8-36 %.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -257,6 +258,63 @@ def check_object_table(table: pa.Table, *, table_digest_attr: str | None = None)
     return problems
 
 
+class BlockVerifier:
+    """Checks crops read in order against the store's block digests (``digests.json``).
+
+    Full blocks are compared with their recorded digest. The store records no digest for its
+    last, partial block; that one is checked by recomputing the store's content hash from
+    every block digest and the object table.
+    """
+
+    def __init__(self, store: CropStore) -> None:
+        try:
+            saved = json.loads((store.path / DIGESTS_FILE).read_text())
+            self.block, self.digests = int(saved["block_crops"]), list(saved["blocks"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{store.path / DIGESTS_FILE}: unreadable block digests: {exc}") from None
+        self.store = store
+        self._h: Any = None
+        self._at = -1
+        self._next: int | None = None
+        self._table: pa.Table | None = None
+
+    def aligned(self, start: int, stop: int) -> bool:
+        return start % self.block == 0 and (stop % self.block == 0 or stop == self.store.n)
+
+    def feed(self, start: int, crops: np.ndarray) -> None:
+        """Hash crops ``start : start + len(crops)`` (fed in order from a block boundary).
+
+        Raises
+        ------
+        StoreError
+            A block that ends here does not match its digest.
+        """
+        if start != (self._next if self._next is not None else start - start % self.block):
+            raise RuntimeError(f"BlockVerifier fed crops from {start}, expected {self._next}")
+        pos, i = start, 0
+        while i < len(crops):
+            if pos % self.block == 0:
+                self._h, self._at = hashlib.blake2b(digest_size=16), pos
+            take = min(len(crops) - i, self.block - pos % self.block)
+            self._h.update(np.ascontiguousarray(crops[i : i + take]).data)
+            pos, i = pos + take, i + take
+            if pos % self.block == 0 or pos == self.store.n:
+                self._check(self._at, pos, self._h.hexdigest())
+        self._next = pos
+
+    def _check(self, a: int, b: int, digest: str) -> None:
+        b_index = a // self.block
+        if b - a == self.block and b_index < len(self.digests):
+            ok = digest == self.digests[b_index]
+        else:
+            if self._table is None:
+                self._table = self.store.table.replace_schema_metadata(None)
+            ok = content_hash([*self.digests, digest], self._table) == self.store.content_hash
+        if not ok:
+            raise StoreError(f"{self.store.path}: crops [{a}, {b}) do not match the store's digests "
+                             "(a shard file deleted or damaged?); rewrite the store")
+
+
 def verify_crops(store: CropStore, *, progress: Any = None) -> None:
     """Read every crop and check it against the store's block digests (``digests.json``).
 
@@ -270,23 +328,11 @@ def verify_crops(store: CropStore, *, progress: Any = None) -> None:
     StoreError
         Unreadable digests, or crops that do not match them (naming the range).
     """
-    try:
-        saved = json.loads((store.path / DIGESTS_FILE).read_text())
-        block, digests = int(saved["block_crops"]), list(saved["blocks"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{store.path / DIGESTS_FILE}: unreadable block digests: {exc}") from None
-    for start in range(0, store.n, block):
-        stop = min(start + block, store.n)
-        digest = block_digest(store.read(start, stop))
-        if stop - start == block and start // block < len(digests):
-            ok = digest == digests[start // block]
-        else:
-            ok = content_hash([*digests[: start // block], digest], store.table.replace_schema_metadata(None)) == store.content_hash
-        if not ok:
-            raise StoreError(f"{store.path}: crops [{start}, {stop}) do not match the store's digests "
-                             "(a shard file deleted or damaged?); rewrite the store")
+    verifier = BlockVerifier(store)
+    for start, crops in iter_blocks(store, block=verifier.block):
+        verifier.feed(start, crops)
         if progress is not None:
-            progress(stop - start)
+            progress(len(crops))
 
 
 def _part_start(part: Path) -> int:

@@ -393,12 +393,6 @@ def _recover_swap(path: Path) -> None:
         os.replace(aside, path)
 
 
-def drop_table_digest(path: str | os.PathLike) -> None:
-    """Forget the table digest of a complete store, as in stores written before it was recorded (tests)."""
-    group = zarr.open_group(str(path), mode="r+")
-    group.attrs.put({k: v for k, v in group.attrs.items() if k != "table_digest"})
-
-
 def create_store(
     path: str | os.PathLike,
     crops: np.ndarray,
