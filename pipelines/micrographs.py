@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from scanstream.candidates.table import read_candidates
 from scanstream.errors import ScanstreamError
 from scanstream.inference.classify import classify
 from scanstream.ingest.stacks import ingest_stacks
@@ -42,8 +43,7 @@ def truth_summary(truth_path: Path, picked: Path, candidates: Path) -> dict:
     """Alpha decays of the simulation: picked, and their ranks among the candidates."""
     truth = [r for r in pq.read_table(truth_path).to_pylist() if r["label"] == 1]
     rows = pq.read_table(picked / "objects.parquet", columns=["object_id", "x_mm", "y_mm", "z_mm"]).to_pylist()
-    cand = {r["object_id"]: r["rank"] for part in sorted(candidates.glob("sheet=*/*.parquet"))
-            for r in pq.read_table(part, columns=["object_id", "rank"]).to_pylist()}
+    cand = {r["object_id"]: r["rank"] for r in read_candidates(candidates, columns=["object_id", "rank"]).to_pylist()}
     pos = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in rows]).reshape(-1, 3)
     ranks = []
     for t in truth:

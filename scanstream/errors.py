@@ -82,4 +82,4 @@ class WatchError(InputError):
 
 
 class IncompleteTableError(InputError):
-    """A candidate table without its ``_manifest.json`` (a run that has not finished); readers refuse it."""
+    """A candidate table without its manifest (``_manifest.parquet``) (a run that has not finished); readers refuse it."""

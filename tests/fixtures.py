@@ -72,3 +72,20 @@ def drop_table_digest(path: Path) -> None:
     """Forget the table digest of a complete store, as in stores written before it was recorded."""
     group = zarr.open_group(str(path), mode="r+")
     group.attrs.put({k: v for k, v in group.attrs.items() if k != "table_digest"})
+
+
+def make_checkpoint(path: Path, seed: int, crops: np.ndarray) -> Path:
+    """A resnet18 at 32 px with BatchNorm statistics of ``crops`` and spread logits, saved at ``path``."""
+    import torch
+
+    from scanstream.training.checkpoint import save_checkpoint
+    from scanstream.training.model import ModelConfig, build_model, preprocess
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="resnet18", input_size=32)
+    model = build_model(cfg).train()
+    with torch.no_grad():
+        model(preprocess(torch.from_numpy(crops), 32))  # BatchNorm statistics of real crops
+        model.head[-1].weight.mul_(50.0)  # spread the logits
+    save_checkpoint(path, model.eval(), model_config=cfg, train_config={"seed": seed}, data_hash="test", metrics={})
+    return path

@@ -61,7 +61,7 @@ def test_the_readme_python_example_runs(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     ap = float(re.search(r"AP (\d\.\d+)", run.stdout).group(1))
     assert 0.3 < ap <= 1.0, run.stdout  # the shipped model on a fresh simulated sheet, 30 alpha decays
-    assert (tmp_path / "pr.png").stat().st_size > 1000 and (tmp_path / "candidates" / "_manifest.json").exists()
+    assert (tmp_path / "pr.png").stat().st_size > 1000 and (tmp_path / "candidates" / "_manifest.parquet").exists()
 
 
 def test_read_candidates_reads_finished_tables_only(tmp_path):

@@ -66,8 +66,8 @@ def test_write_parts_one_file_per_sheet_with_quoted_names(tmp_path):
     paths = cand.write_parts(tmp_path, t, store_hash=HASH, start=64, metadata=_meta())
     names = sorted(str(p.relative_to(tmp_path)) for p in paths)
     assert names == [
-        f"sheet=S1/part-{HASH[:12]}-000000000064.parquet",
-        f"sheet=odd%2Fsheet%20%C3%BC/part-{HASH[:12]}-000000000064.parquet",
+        f"sheet-S1/part-{HASH[:12]}-000000000064.parquet",
+        f"sheet-odd%2Fsheet%20%C3%BC/part-{HASH[:12]}-000000000064.parquet",
     ]
     assert sorted(cand.part_paths(tmp_path, ["odd/sheet ü", "S1", "S1"], HASH, 64)) == sorted(paths)
     back = pq.read_table(paths[0])
@@ -77,11 +77,11 @@ def test_write_parts_one_file_per_sheet_with_quoted_names(tmp_path):
 
 
 def test_remove_temporaries(tmp_path):
-    (tmp_path / "sheet=A").mkdir()
-    (tmp_path / "sheet=A" / ".part-x.parquet.tmp-123").write_text("half")
-    (tmp_path / "sheet=A" / "part-x.parquet").write_text("kept")
+    (tmp_path / "sheet-A").mkdir()
+    (tmp_path / "sheet-A" / ".part-x.parquet.tmp-123").write_text("half")
+    (tmp_path / "sheet-A" / "part-x.parquet").write_text("kept")
     assert cand.remove_temporaries(tmp_path) == 1
-    assert [p.name for p in (tmp_path / "sheet=A").iterdir()] == ["part-x.parquet"]
+    assert [p.name for p in (tmp_path / "sheet-A").iterdir()] == ["part-x.parquet"]
 
 
 def test_rank_within_sheet_matches_reference_and_breaks_ties():
@@ -112,7 +112,7 @@ def test_finalize_ranks_rewrites_and_writes_manifest(tmp_path):
     assert manifest["complete"] and manifest["rows"] == 10
     assert manifest["selected"] == int((scores >= 0).sum())
     assert manifest["sheets"]["S1"]["rows"] == 5 and manifest["sheets"]["S2"]["rows"] == 5
-    assert json.loads((tmp_path / cand.MANIFEST).read_text()) == manifest
+    assert cand.read_manifest(tmp_path) == manifest
     t = cand.read_candidates(tmp_path)
     assert t.num_rows == 10 and t.column("rank").null_count == 0
     for sheet in ("S1", "S2"):
@@ -126,7 +126,7 @@ def test_finalize_ranks_rewrites_and_writes_manifest(tmp_path):
 
 def test_finalize_refuses_missing_rows(tmp_path):
     _write_store_parts(tmp_path)
-    (tmp_path / "sheet=S1" / f"part-{HASH[:12]}-000000000004.parquet").unlink()
+    (tmp_path / "sheet-S1" / f"part-{HASH[:12]}-000000000004.parquet").unlink()
     with pytest.raises(PipelineError, match="s.zarr has 10 crops but 2 have no row"):
         cand.finalize(tmp_path, stores={"s.zarr": (HASH, 10)}, metadata=_meta())
     assert not (tmp_path / cand.MANIFEST).exists()
@@ -135,8 +135,8 @@ def test_finalize_refuses_missing_rows(tmp_path):
 def test_finalize_refuses_duplicate_rows(tmp_path):
     _write_store_parts(tmp_path)
     # the same range written under another start: two rows for crops 0..3
-    src = next((tmp_path / "sheet=S1").glob("part-*-000000000000.parquet"))
-    (tmp_path / "sheet=S1" / f"part-{HASH[:12]}-000000000100.parquet").write_bytes(src.read_bytes())
+    src = next((tmp_path / "sheet-S1").glob("part-*-000000000000.parquet"))
+    (tmp_path / "sheet-S1" / f"part-{HASH[:12]}-000000000100.parquet").write_bytes(src.read_bytes())
     with pytest.raises(PipelineError, match="more than one"):
         cand.finalize(tmp_path, stores={"s.zarr": (HASH, 10)}, metadata=_meta())
 
@@ -189,7 +189,7 @@ def _complete_table(out, sheets=("S1", "S2")):
 
 def test_merge_staged_rewrites_only_the_touched_sheet(tmp_path):
     previous = _complete_table(tmp_path)
-    untouched = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "sheet=S2").iterdir()}
+    untouched = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "sheet-S2").iterdir()}
     staging = cand.staging_dir(tmp_path, "r2")
     c = _write_store_parts(staging, sheets=("S1",), store="c.zarr", h="cc" * 16, seed=3)
     # until the merge, readers see the previous complete table and nothing of the staged store
@@ -197,14 +197,14 @@ def test_merge_staged_rewrites_only_the_touched_sheet(tmp_path):
     stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
     m = cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)
     assert m["rows"] == 30 and m["sheets"]["S1"]["rows"] == 20 and m["sheets"]["S2"] == previous["sheets"]["S2"]
-    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "sheet=S2").iterdir()} == untouched
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "sheet-S2").iterdir()} == untouched
     t = cand.read_candidates(tmp_path)
     s1 = t.filter(pa.compute.equal(t.column("sheet"), "S1"))
     assert sorted(s1.column("rank").to_pylist()) == list(range(1, 21))
     assert s1.filter(pa.compute.equal(s1.column("rank"), 1)).column("score")[0].as_py() == pytest.approx(
         max(c.max(), s1.column("score").to_numpy().max()))
-    assert not staging.exists() and not list(tmp_path.glob(".sheet=*"))
-    assert json.loads((tmp_path / cand.MANIFEST).read_text()) == m and m["run_id"] == "r2"
+    assert not staging.exists() and not list(tmp_path.parent.glob(".*.staging-*"))
+    assert cand.read_manifest(tmp_path) == m and m["run_id"] == "r2"
 
 
 def test_merge_staged_again_after_an_interruption_adds_no_duplicate(tmp_path):
@@ -213,10 +213,11 @@ def test_merge_staged_again_after_an_interruption_adds_no_duplicate(tmp_path):
     _write_store_parts(staging, sheets=("S1", "S3"), store="c.zarr", h="cc" * 16, seed=3)
     stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
     # a merge killed after switching sheet S1 in: S1 already holds the staged parts
-    for p in (staging / "sheet=S1").iterdir():
-        (tmp_path / "sheet=S1" / p.name).write_bytes(p.read_bytes())
-    (tmp_path / ".sheet=S3.new-r2").mkdir()  # and a sheet half built
-    assert cand.remove_temporaries(tmp_path) == 1
+    for p in (staging / "sheet-S1").iterdir():
+        (tmp_path / "sheet-S1" / p.name).write_bytes(p.read_bytes())
+    half = staging / ".sheet-S3.new"  # and a sheet half built
+    half.mkdir()
+    (half / "part-junk.parquet").write_bytes(b"half")
     m = cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)
     t = cand.read_candidates(tmp_path)
     assert t.num_rows == m["rows"] == 30 and m["sheets"]["S3"]["rows"] == 5
@@ -227,7 +228,7 @@ def test_merge_staged_refuses_missing_rows_and_keeps_the_previous_table(tmp_path
     previous = _complete_table(tmp_path)
     staging = cand.staging_dir(tmp_path, "r2")
     _write_store_parts(staging, sheets=("S1",), store="c.zarr", h="cc" * 16, seed=3)
-    next((staging / "sheet=S1").iterdir()).unlink()
+    next((staging / "sheet-S1").iterdir()).unlink()
     stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
     with pytest.raises(PipelineError, match="c.zarr has 10 crops"):
         cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)

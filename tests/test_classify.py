@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
-from fixtures import draw_crops
+from fixtures import draw_crops, make_checkpoint
 
 from scanstream.candidates import table as cand
 from scanstream.cli import main
@@ -36,21 +36,9 @@ from scanstream.inference.threshold import (
     write_threshold,
 )
 from scanstream.store import StoreWriter, open_store, rows_to_table
-from scanstream.training.checkpoint import checkpoint_hash, save_checkpoint
-from scanstream.training.model import ModelConfig, build_model, preprocess
+from scanstream.training.checkpoint import checkpoint_hash
 
 N = 80
-
-
-def make_checkpoint(path: Path, seed: int, crops: np.ndarray) -> Path:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="resnet18", input_size=32)
-    model = build_model(cfg).train()
-    with torch.no_grad():
-        model(preprocess(torch.from_numpy(crops), 32))  # BatchNorm statistics of real crops
-        model.head[-1].weight.mul_(50.0)  # spread the logits
-    save_checkpoint(path, model.eval(), model_config=cfg, train_config={"seed": seed}, data_hash="test", metrics={})
-    return path
 
 
 def make_small_shard_store(path: Path, n: int = N, *, seed: int = 0):
@@ -176,7 +164,7 @@ def test_complete_table_has_one_row_per_crop(env, done):
         ranks = sub.column("rank").to_numpy()
         assert sorted(ranks.tolist()) == list(range(1, sub.num_rows + 1))
         assert (np.diff(sub.column("score").to_numpy()[np.argsort(ranks)]) <= 0).all()
-    assert {p.parent.name for p in cand.part_files(out)} == {"sheet=S1", "sheet=S2%2Fb"}
+    assert {p.parent.name for p in cand.part_files(out)} == {"sheet-S1", "sheet-S2%2Fb"}
 
 
 def test_threshold_record_in_schema_metadata_pyarrow_and_duckdb(env, done):
@@ -191,7 +179,7 @@ def test_threshold_record_in_schema_metadata_pyarrow_and_duckdb(env, done):
     rows = duckdb.connect().execute("SELECT key, value FROM parquet_kv_metadata(?)", [part]).fetchall()
     assert json.loads(dict(rows)[b"scanstream"])["threshold"] == record
     assert cand.read_metadata(out) == meta
-    manifest = json.loads((out / cand.MANIFEST).read_text())
+    manifest = cand.read_manifest(out)
     assert manifest["rows"] == N and manifest["run_id"] == meta["run_id"] and len(manifest["parts"]) == 4
 
 
@@ -211,7 +199,7 @@ def test_resume_after_interruption_scores_only_missing_ranges(env):
         if not p.name.endswith("-000000000000.parquet"):
             p.unlink()
     (out / cand.MANIFEST).unlink()
-    (out / "sheet=S2%2Fb" / ".part-x-000000000064.parquet.tmp-999").write_bytes(b"half")
+    (out / "sheet-S2%2Fb" / ".part-x-000000000064.parquet.tmp-999").write_bytes(b"half")
     res = run(env, out)
     assert res.complete and res.processed == N - 32 and res.tasks == 2 and res.run_id == run_id
     t = cand.read_candidates(out)
@@ -336,7 +324,7 @@ def test_adding_a_store_extends_a_complete_table_and_reranks(env, store_factory)
     assert t.num_rows == N + 40 and len(set(zip(t.column("store").to_pylist(), t.column("store_index").to_pylist()))) == N + 40
     s1 = t.filter(pa.compute.equal(t.column("sheet"), "S1"))
     assert sorted(s1.column("rank").to_pylist()) == list(range(1, N // 2 + 40 + 1))  # ranked across stores
-    assert set(json.loads((out / cand.MANIFEST).read_text())["stores"]) == {str(other.path.resolve()),
+    assert set(cand.read_manifest(out)["stores"]) == {str(other.path.resolve()),
                                                                             str(env["store"].path.resolve())}
 
 
@@ -349,10 +337,10 @@ def test_adding_a_store_of_another_sheet_leaves_the_other_sheets_files_alone(env
     res = run(env, out, stores=[other.path])
     assert res.complete and res.rows == N + 40
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cand.part_files(out) if p in before} == before
-    s9 = [p for p in cand.part_files(out) if p.parent.name == "sheet=S9"]
+    s9 = [p for p in cand.part_files(out) if p.parent.name == "sheet-S9"]
     assert s9 and sorted(pa.concat_tables([pq.read_table(p) for p in s9]).column("rank").to_pylist()) == list(range(1, 41))
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging and old sheets gone
-    assert "staging" not in json.loads((out / cand.RUN_FILE).read_text())
+    assert "staging" not in cand.read_side(out, cand.RUN_FILE)
 
 def test_cli_threshold_and_classify(env, capsys):
     root = env["root"]

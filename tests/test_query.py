@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import scanstream.candidates.table as cand
 from scanstream.candidates.query import (
     CandidateFilter,
     check_select,
@@ -31,8 +32,12 @@ HOSTILE = [
 ]
 
 
-def write_candidates(root: Path, rows: list[dict], *, threshold: float | None = 0.0, store_hash: str = "0" * 32) -> Path:
-    """Write candidate rows in the contract's layout: sheet=<quoted>/part-<hash12>-<start>.parquet."""
+def write_candidates(root: Path, rows: list[dict], *, threshold: float | None = 0.0, store_hash: str = "0" * 32,
+                     legacy: bool = False) -> Path:
+    """Write candidate rows in the table's layout: sheet-<quoted>/part-<hash12>-<start>.parquet + manifest.
+
+    With ``legacy`` the version-1 layout (sheet=<quoted> folders, _manifest.json), which readers still take.
+    """
     root.mkdir(parents=True, exist_ok=True)
     meta = {
         "threshold": None if threshold is None else {"threshold": threshold, "achieved": {"precision": 0.5}},
@@ -67,10 +72,13 @@ def write_candidates(root: Path, rows: list[dict], *, threshold: float | None = 
                 "store_index": pa.array([r.get("store_index", i) for i, r in enumerate(rs)], pa.int64()),
             }
         ).replace_schema_metadata({"scanstream": json.dumps(meta)})
-        d = root / f"sheet={urllib.parse.quote(sheet, safe='')}"
+        d = root / f"sheet{'=' if legacy else '-'}{urllib.parse.quote(sheet, safe='')}"
         d.mkdir(exist_ok=True)
         pq.write_table(table, d / f"part-{store_hash[:12]}-{0:012d}.parquet")
-    (root / "_manifest.json").write_text(json.dumps({"complete": True}))
+    if legacy:
+        (root / "_manifest.json").write_text(json.dumps({"complete": True}))
+    else:
+        cand.write_side(root, cand.MANIFEST, {"complete": True})
     return root
 
 

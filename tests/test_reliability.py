@@ -62,7 +62,7 @@ def table(tmp_path):
 
 def test_readers_refuse_a_table_without_its_manifest(table, tmp_path):
     out, store = table
-    with pytest.raises(IncompleteTableError, match=r"cands: candidate table is incomplete: _manifest.json is missing"):
+    with pytest.raises(IncompleteTableError, match=r"cands: candidate table is incomplete: _manifest.parquet is missing"):
         query_candidates(out)
     with pytest.raises(IncompleteTableError, match="--allow-partial"):
         write_gallery(out, tmp_path / "g", stores=[store.path])
@@ -77,7 +77,7 @@ def test_readers_refuse_a_table_without_its_manifest(table, tmp_path):
 def test_query_cli_refuses_a_partial_table_and_labels_it_when_allowed(table, capsys):
     out, _ = table
     err = one_line_error(capsys, main(["query", str(out), "--top", "2"]), "query")
-    assert str(out) in err and "_manifest.json" in err
+    assert str(out) in err and "_manifest.parquet" in err
     assert main(["query", str(out), "--top", "2", "--allow-partial"]) == 0
     captured = capsys.readouterr()
     assert "(2 rows)" in captured.out and "PARTIAL" in captured.err

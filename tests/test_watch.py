@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from fixtures import draw_crops
 
-from scanstream.candidates.table import read_candidates, read_manifest
+from scanstream.candidates.table import part_files, read_candidates, read_manifest
 from scanstream.cli import main
 from scanstream.errors import ConfigError, InputError, WatchError
 from scanstream.inference.watch import WatchConfig, load_watch_config, state_dir, watch
@@ -98,7 +98,7 @@ def drop(store_dir: Path, inbox: Path) -> Path:
 
 
 def part_mtimes(out: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in out.glob("sheet=*/part-*.parquet")}
+    return {str(p): p.stat().st_mtime_ns for p in part_files(out)}
 
 
 def test_two_stores_dropped_in_turn_each_processed_once(models, tmp_path):
@@ -169,7 +169,7 @@ def test_two_stores_dropped_in_turn_each_processed_once(models, tmp_path):
     # the waiting store completes: the next pass picks it up
     w = StoreWriter(inbox / "partial.zarr", source={"stage": "test"})
     w.finalize()
-    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("sheet=*/part-*.parquet")}
+    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in part_files(out)}
     last = watch(inbox, out, config, once=True, progress=False)
     assert [r["name"] for r in last.processed] == ["partial.zarr"]
     assert read_candidates(out).num_rows == 256
@@ -190,7 +190,7 @@ def test_restart_after_kill_mid_store(models, tmp_path):
     try:
         # kill it (no clean-up possible) while the store is in progress with some parts written
         wait_for(lambda: (state(out)["current"] or {}).get("hash") == h
-                 and list(out.glob(f"sheet=B/part-{h[:12]}-*.parquet")), what="store in progress")
+                 and list(out.glob(f"sheet-B/part-{h[:12]}-*.parquet")), what="store in progress")
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -198,7 +198,7 @@ def test_restart_after_kill_mid_store(models, tmp_path):
             proc.kill()
     st = state(out)
     assert h not in st["stores"] and st["current"]["hash"] == h, "the kill did not land mid-way through the store"
-    written_before = {p.name for p in out.glob(f"sheet=B/part-{h[:12]}-*.parquet")}
+    written_before = {p.name for p in out.glob(f"sheet-B/part-{h[:12]}-*.parquet")}
     assert 0 < len(written_before) < 4
     assert read_manifest(out) is None
 

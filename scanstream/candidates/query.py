@@ -1,6 +1,6 @@
 """Querying candidate tables with DuckDB: filters, user SQL, output formats.
 
-The candidate table (DESIGN.md, contracts: ``CANDIDATES/sheet=*/part-*.parquet``) is opened
+The candidate table (:mod:`scanstream.candidates.table`: ``CANDIDATES/sheet-*/part-*.parquet``) is opened
 as an Arrow dataset and registered in an in-memory DuckDB connection. The standard filters
 (sheet, selected, minimum score, stage region) narrow it with bound parameters, never with
 values spliced into SQL text, and the result is exposed to a user's SQL as a view named
@@ -14,6 +14,7 @@ locked before it runs, so a query can read ``candidates`` and nothing else on th
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import json
 import logging
@@ -27,15 +28,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from scanstream.atomic import write_parquet, write_text
+from scanstream.candidates.table import METADATA_KEY, read_metadata, require_complete, resolve_stores
 from scanstream.candidates.table import part_files as candidate_parts
-from scanstream.candidates.table import require_complete
 from scanstream.errors import QueryError
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "parquet", "json")
 #: The label of everything made from a table without its manifest (``allow_partial``).
-PARTIAL_LABEL = "PARTIAL: unfinished run (no _manifest.json); rows may be missing or unranked"
+PARTIAL_LABEL = "PARTIAL: unfinished run (no _manifest.parquet); rows may be missing or unranked"
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,10 @@ def part_files(path: str | os.PathLike) -> list[str]:
     if not p.exists():
         raise QueryError(f"{p}: no such candidate table")
     if not p.is_dir():
-        raise QueryError(f"{p}: a candidate table is a directory of sheet=*/part-*.parquet files")
+        raise QueryError(f"{p}: a candidate table is a directory of sheet-*/part-*.parquet files")
     files = [str(f) for f in candidate_parts(p)]
     if not files:
-        raise QueryError(f"{p}: no candidate parts (sheet=*/part-*.parquet); classify or watch writes them")
+        raise QueryError(f"{p}: no candidate parts (sheet-*/part-*.parquet); classify or watch writes them")
     return files
 
 
@@ -227,7 +228,8 @@ def query_candidates(
     Returns
     -------
     pyarrow.Table
-        The result rows (at most ``f.top``).
+        The result rows (at most ``f.top``), a ``store`` column resolved to paths, and the
+        table's ``scanstream`` schema metadata with the query added under ``query``.
 
     Raises
     ------
@@ -252,7 +254,13 @@ def query_candidates(
         con.close()
     if isinstance(result, pa.RecordBatchReader):
         result = result.read_all()
-    return result
+    meta = read_metadata(path)
+    meta["query"] = {"table": str(Path(path).absolute()), "sql": user, "filters": _filters_record(f)}
+    return resolve_stores(result, path).replace_schema_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def _filters_record(f: CandidateFilter) -> dict[str, Any]:
+    return {k: v for k, v in vars(f).items() if v not in (None, False)}
 
 
 # -- output -------------------------------------------------------------------------------
@@ -303,8 +311,20 @@ def format_csv(table: pa.Table) -> str:
     return buf.getvalue()
 
 
+def _json_value(v: Any) -> Any:
+    """JSON for values :func:`json.dumps` does not take: DuckDB's sums arrive as Decimal, times as datetime."""
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return str(v)
+
+
 def format_json(table: pa.Table) -> str:
-    return json.dumps(table.to_pylist(), indent=1, default=str) + "\n"
+    """The rows as a JSON array of objects; numbers stay numbers (a sum is 28, not "28")."""
+    rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+            for r in table.to_pylist()]
+    return json.dumps(rows, indent=1, default=_json_value, allow_nan=False) + "\n"
 
 
 def write_result(table: pa.Table, fmt: str, out: str | os.PathLike | None = None) -> str | None:

@@ -1,20 +1,32 @@
 """The candidate table: scored crops as a Parquet dataset directory, partitioned by sheet.
 
-Layout (contracts.md, "Candidate table")::
+Layout (table version 2)::
 
     CANDIDATES/
-      sheet=<urlquoted sheet>/part-<store_hash[:12]>-<start:012d>.parquet
-      _run.json          the identity of the run writing here (models, threshold, stores)
-      _manifest.json     written last, when every crop of every store has its row
+      sheet-<urlquoted sheet>/part-<store_hash[:12]>-<start:012d>.parquet
+      _run.parquet        the identity of the run writing here (models, threshold, stores)
+      _manifest.parquet   written last, when every crop of every store has its row
 
 A part holds the rows of one classify task (a chunk-aligned range of one store) that fall in
 one sheet; its name is fixed by the store hash and the range start, so a rerun rewrites the
-same names and never duplicates a row. Every part holds all columns, ``sheet`` included, so
-readers need no hive partitioning; each file's schema metadata key ``scanstream`` carries the
-threshold record, model and store hashes, version, run id and time. Files are written under a
-temporary name and renamed (:mod:`scanstream.atomic`). ``rank`` is null until the run
+same names and never duplicates a row. Every part holds all columns, ``sheet`` included, and
+the folders are deliberately not hive-style (``sheet-X``, not ``sheet=X``): pandas, polars,
+Dask, ``pyarrow.dataset`` and DuckDB each read the directory in one call with the same rows
+and types, hive partitioning on or off, instead of tripping over a ``sheet`` that is both a
+column and a folder key. The run record and the manifest are zero-row Parquet files with the
+candidate schema (their JSON in the schema metadata keys ``scanstream_run`` and
+``scanstream_manifest``), so a reader that takes every file in the directory adds no rows and
+meets no other file type. Each part's schema metadata key ``scanstream`` carries the threshold
+record, model and store hashes, version, run id and time. The ``store`` column holds the crop
+store's path relative to the table directory (POSIX), so a table moved together with its
+stores still finds its crops; :func:`read_candidates` returns it resolved. Files are written
+under a temporary name and renamed (:mod:`scanstream.atomic`). ``rank`` is null until the run
 completes; :func:`finalize` then ranks each sheet by score, rewrites the parts and writes the
-manifest.
+manifest. Parts of stores added to a complete table wait outside it, in a hidden sibling
+directory (:func:`staging_dir`), so no reader of the table sees them before they are ranked.
+
+Tables of version 1 (``sheet=X`` folders, JSON side files, absolute store paths) are still
+read; classify and watch refuse to extend one.
 """
 
 from __future__ import annotations
@@ -36,19 +48,23 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from scanstream import __version__
-from scanstream.atomic import exchange_dirs, write_json, write_parquet
+from scanstream.atomic import exchange_dirs, write_parquet
 from scanstream.errors import IncompleteTableError, InputError, PipelineError
 from scanstream.store import OBJECT_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "_manifest.json"
-RUN_FILE = "_run.json"
-#: Prefix of the hidden directory where the parts of stores added to a complete table wait
-#: (out of the readers' ``sheet=*`` glob) until :func:`merge_staged` switches them in.
-STAGING_PREFIX = ".staging-"
+MANIFEST = "_manifest.parquet"
+RUN_FILE = "_run.parquet"
+#: The side files of version-1 tables (still read).
+LEGACY_MANIFEST, LEGACY_RUN_FILE = "_manifest.json", "_run.json"
+SHEET_PREFIX, LEGACY_SHEET_PREFIX = "sheet-", "sheet="
+#: Infix of the hidden sibling directory where the parts of stores added to a complete table
+#: wait until :func:`merge_staged` switches them in.
+STAGING_INFIX = ".staging-"
 METADATA_KEY = b"scanstream"
-TABLE_VERSION = 1
+_SIDE_KEYS = {MANIFEST: b"scanstream_manifest", RUN_FILE: b"scanstream_run"}
+TABLE_VERSION = 2
 
 #: Columns copied from the store's object table (identity and location), in order.
 _FROM_STORE = ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm")
@@ -70,8 +86,14 @@ CANDIDATE_SCHEMA = pa.schema(
 
 # -- names --------------------------------------------------------------------------------
 def sheet_dir(out: str | os.PathLike, sheet: str) -> Path:
-    """``out/sheet=<urlquoted sheet>``."""
-    return Path(out) / f"sheet={urllib.parse.quote(str(sheet), safe='')}"
+    """``out/sheet-<urlquoted sheet>``."""
+    return Path(out) / f"{SHEET_PREFIX}{urllib.parse.quote(str(sheet), safe='')}"
+
+
+def sheet_of(directory: str | os.PathLike) -> str:
+    """The sheet of a sheet directory (either layout)."""
+    name = Path(directory).name
+    return urllib.parse.unquote(name[len(SHEET_PREFIX):])  # both prefixes are six characters
 
 
 def part_name(store_hash: str, start: int) -> str:
@@ -85,13 +107,53 @@ def part_paths(out: str | os.PathLike, sheets: Iterable[str], store_hash: str, s
 
 
 def candidates_glob(path: str | os.PathLike) -> str:
-    """The glob of every part, for DuckDB: ``read_parquet(?)`` with this bound."""
-    return str(Path(path) / "sheet=*" / "part-*.parquet")
+    """The glob of every part (either layout), for DuckDB: ``read_parquet(?)`` with this bound."""
+    return str(Path(path) / "sheet[-=]*" / "part-*.parquet")
 
 
 def part_files(path: str | os.PathLike) -> list[Path]:
-    """Every part file under a candidate table directory, sorted."""
-    return sorted(Path(path).glob("sheet=*/part-*.parquet"))
+    """Every part file under a candidate table directory (either layout), sorted."""
+    p = Path(path)
+    return sorted([*p.glob(f"{SHEET_PREFIX}*/part-*.parquet"), *p.glob(f"{LEGACY_SHEET_PREFIX}*/part-*.parquet")])
+
+
+def is_legacy(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a version-1 table (``sheet=`` folders or JSON side files)."""
+    p = Path(path)
+    return any((p / f).exists() for f in (LEGACY_MANIFEST, LEGACY_RUN_FILE)) or any(p.glob("sheet=*"))
+
+
+# -- store references ---------------------------------------------------------------------
+def store_ref(store: str | os.PathLike, table: str | os.PathLike) -> str:
+    """``store`` as recorded in the ``store`` column: its path relative to the table (POSIX)."""
+    if not os.path.isabs(store):
+        return Path(store).as_posix()
+    return Path(os.path.relpath(os.path.abspath(store), os.path.abspath(table))).as_posix()
+
+
+def resolve_store(ref: str | None, table: str | os.PathLike) -> str | None:
+    """The path of a recorded store: a relative reference is taken from the table directory."""
+    if not ref or os.path.isabs(ref):
+        return ref
+    return os.path.normpath(os.path.join(os.path.abspath(table), ref))
+
+
+def resolve_stores(rows: pa.Table, table: str | os.PathLike) -> pa.Table:
+    """``rows`` with its ``store`` column (if any) resolved against the table directory."""
+    if "store" not in rows.column_names:
+        return rows
+    i = rows.column_names.index("store")
+    refs = {r: resolve_store(r, table) for r in pc.unique(rows.column(i)).to_pylist()}
+    values = [refs[r] for r in rows.column(i).to_pylist()]
+    return rows.set_column(i, rows.schema.field(i), pa.array(values, rows.schema.field(i).type))
+
+
+def _relative_stores(rows: pa.Table, table: Path) -> pa.Table:
+    """``rows`` with every ``store`` recorded relative to ``table`` (already relative ones kept)."""
+    i = rows.column_names.index("store")
+    refs = {s: store_ref(s, table) for s in pc.unique(rows.column(i)).to_pylist() if s}
+    values = [refs.get(s, s) for s in rows.column(i).to_pylist()]
+    return rows.set_column(i, rows.schema.field(i), pa.array(values, pa.string()))
 
 
 # -- building parts (pure) ----------------------------------------------------------------
@@ -166,7 +228,7 @@ def write_parts(
 def remove_temporaries(out: str | os.PathLike) -> int:
     """Delete temporary files a killed run left behind; return how many."""
     n = 0
-    for p in Path(out).glob(".sheet=*.new-*"):  # an interrupted merge's sheet being built (or the old one)
+    for p in Path(out).glob(".sheet[-=]*.new-*"):  # version 1: an interrupted merge's sheet being built
         shutil.rmtree(p, ignore_errors=True)
         n += 1
     for p in Path(out).glob("**/.*.tmp-*"):
@@ -176,15 +238,43 @@ def remove_temporaries(out: str | os.PathLike) -> int:
     return n
 
 
+def write_side(out: str | os.PathLike, name: str, doc: Mapping[str, Any]) -> Path:
+    """Write a side file (:data:`MANIFEST` or :data:`RUN_FILE`): zero candidate rows, ``doc`` in the metadata."""
+    path = Path(out) / name
+    empty = CANDIDATE_SCHEMA.empty_table().replace_schema_metadata({_SIDE_KEYS[name]: json.dumps(doc, sort_keys=True)})
+    write_parquet(path, empty)
+    return path
+
+
+def read_side(out: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The JSON of a side file, None when absent; a version-1 table's JSON file is read in its place.
+
+    Raises
+    ------
+    InputError
+        The file exists but is not a side file scanstream wrote.
+    """
+    path = Path(out) / name
+    legacy = Path(out) / {MANIFEST: LEGACY_MANIFEST, RUN_FILE: LEGACY_RUN_FILE}[name]
+    what = "manifest" if name == MANIFEST else "run record"
+    try:
+        if path.exists():
+            meta = pq.read_schema(path).metadata or {}
+            doc = json.loads(meta[_SIDE_KEYS[name]])
+        elif legacy.exists():
+            path, doc = legacy, json.loads(legacy.read_text())
+        else:
+            return None
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: unreadable {what}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: unreadable {what} (not a JSON object)")
+    return doc
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of a complete table, or None when the run is not complete."""
-    f = Path(path) / MANIFEST
-    if not f.exists():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except ValueError as exc:
-        raise InputError(f"{f}: unreadable manifest: {exc}") from None
+    return read_side(path, MANIFEST)
 
 
 def _parts_or_fail(path: str | os.PathLike) -> list[Path]:
@@ -193,17 +283,17 @@ def _parts_or_fail(path: str | os.PathLike) -> list[Path]:
         raise InputError(f"{p}: no such candidate table directory")
     parts = part_files(p)
     if not parts:
-        raise InputError(f"{p}: not a candidate table (no sheet=*/part-*.parquet files)")
+        raise InputError(f"{p}: not a candidate table (no {SHEET_PREFIX}*/part-*.parquet files)")
     return parts
 
 
 def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = None) -> pa.Table:
-    """Every row of a candidate table (all parts, no hive partitioning), in part order."""
+    """Every row of a candidate table (all parts), in part order, with ``store`` resolved to a path."""
     parts = _parts_or_fail(path)
     if read_manifest(path) is None:
         logger.warning("%s: candidate table is incomplete (no %s); rows may be missing", path, MANIFEST)
     dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=CANDIDATE_SCHEMA)
-    return dataset.to_table(columns=list(columns) if columns is not None else None)
+    return resolve_stores(dataset.to_table(columns=list(columns) if columns is not None else None), path)
 
 
 FORMATS = ("arrow", "pandas", "polars")
@@ -313,10 +403,9 @@ def finalize(
     per_sheet = _check_rows(part_files(out), stores, out)
     manifest_sheets: dict[str, dict[str, int]] = {}
     for paths in per_sheet.values():  # one sheet in memory at a time
-        sheet = urllib.parse.unquote(paths[0].parent.name[len("sheet=") :])
-        manifest_sheets[sheet] = _rank_sheet(paths, lambda p: p, metadata)
+        manifest_sheets[sheet_of(paths[0].parent)] = _rank_sheet(paths, lambda p: p, metadata, out)
     manifest = _manifest(out, stores, metadata, manifest_sheets)
-    write_json(out / MANIFEST, manifest)
+    write_side(out, MANIFEST, manifest)
     return manifest
 
 
@@ -331,15 +420,16 @@ def _check_rows(parts: Sequence[Path], stores: Mapping[str, tuple[str, int]], ou
     prefixes = {h[:12]: path for path, (h, _) in stores.items()}
     per_sheet: dict[Path, list[Path]] = {}
     seen: dict[str, list[np.ndarray]] = {p: [] for p in stores}
+    known = {resolve_store(p, out): p for p in stores}  # the stores as the parts' resolved references name them
     for part in parts:
         if part.name.split("-")[1] not in prefixes:
             raise PipelineError(f"{part}: belongs to no store of this run (a stale part from another store version?)")
         per_sheet.setdefault(part.parent, []).append(part)
-        t = pq.read_table(part, columns=["store", "store_index"])
+        t = resolve_stores(pq.read_table(part, columns=["store", "store_index"]), out)
         for s in pc.unique(t.column("store")).to_pylist():
-            if s not in seen:
+            if s not in known:
                 raise PipelineError(f"{part}: rows of store {s!r}, which this run does not cover")
-            seen[s].append(t.filter(pc.equal(t.column("store"), s)).column("store_index").to_numpy())
+            seen[known[s]].append(t.filter(pc.equal(t.column("store"), s)).column("store_index").to_numpy())
     for s, (_, n) in stores.items():
         idx = np.concatenate(seen[s]) if seen[s] else np.empty(0, np.int64)
         counts = np.bincount(idx, minlength=n) if idx.size else np.zeros(n, np.int64)
@@ -349,9 +439,13 @@ def _check_rows(parts: Sequence[Path], stores: Mapping[str, tuple[str, int]], ou
     return per_sheet
 
 
-def _rank_sheet(paths: Sequence[Path], dest: Any, metadata: Mapping[str, Any]) -> dict[str, int]:
-    """Rank the rows of one sheet's parts ``paths`` by score; write each ranked part to ``dest(path)``."""
-    tables = [pq.read_table(p) for p in paths]
+def _rank_sheet(paths: Sequence[Path], dest: Any, metadata: Mapping[str, Any], table: Path) -> dict[str, int]:
+    """Rank the rows of one sheet's parts ``paths`` by score; write each ranked part to ``dest(path)``.
+
+    The ``store`` column is recorded relative to the table directory ``table`` first, so ties
+    are broken on the references the readers see.
+    """
+    tables = [_relative_stores(pq.read_table(p), table) for p in paths]
     whole = pa.concat_tables(tables)
     rank = rank_within_sheet(
         whole.column("score").to_numpy(), whole.column("store").to_pylist(), whole.column("store_index").to_numpy()
@@ -414,16 +508,21 @@ def require_complete(path: str | os.PathLike, allow_partial: bool = False) -> di
 
 # -- adding stores to a complete table ----------------------------------------------------
 def staging_dir(out: str | os.PathLike, run_id: str) -> Path:
-    """``out/.staging-<run_id>``: where the tasks of stores added to a complete table write."""
-    return Path(out) / f"{STAGING_PREFIX}{run_id}"
+    """``<parent>/.<table name>.staging-<run_id>``: where the tasks of stores added to a complete table write.
+
+    A hidden sibling of the table, on the same file system (a sheet is switched in by an
+    atomic directory exchange), outside every reader's view of the table.
+    """
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}{STAGING_INFIX}{run_id}"
 
 
 def store_counts(out: str | os.PathLike, store_hash: str) -> dict[str, dict[str, int]]:
     """Objects and selected rows per sheet of one store, read from that store's parts only."""
     counts: dict[str, dict[str, int]] = {}
-    for part in Path(out).glob(f"sheet=*/part-{store_hash[:12]}-*.parquet"):
+    for part in Path(out).glob(f"{SHEET_PREFIX}*/part-{store_hash[:12]}-*.parquet"):
         t = pq.read_table(part, columns=["sheet", "selected"])
-        sheet = urllib.parse.unquote(part.parent.name[len("sheet=") :])
+        sheet = sheet_of(part.parent)
         d = counts.setdefault(sheet, {"objects": 0, "selected": 0})
         d["objects"] += t.num_rows
         d["selected"] += int(pc.sum(t.column("selected").fill_null(False).cast(pa.int64())).as_py() or 0)
@@ -474,15 +573,14 @@ def merge_staged(
         target = out / staged_dir.name
         names = {p.name for p in staged}
         kept = sorted(p for p in target.glob("part-*.parquet") if p.name not in names) if target.is_dir() else []
-        build = out / f".{staged_dir.name}.new-{metadata.get('run_id', 'run')}"
+        build = staging / f".{staged_dir.name}.new"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
         paths = kept + sorted(staged)
-        sheet = urllib.parse.unquote(staged_dir.name[len("sheet=") :])
-        sheets[sheet] = _rank_sheet(paths, lambda p, b=build: b / p.name, metadata)
+        sheets[sheet_of(staged_dir)] = _rank_sheet(paths, lambda p, b=build: b / p.name, metadata, out)
         exchange_dirs(build, target)
         shutil.rmtree(build, ignore_errors=True)  # the sheet as it was
     manifest = _manifest(out, stores, metadata, sheets)
-    write_json(out / MANIFEST, manifest)
+    write_side(out, MANIFEST, manifest)
     shutil.rmtree(staging, ignore_errors=True)
     return manifest

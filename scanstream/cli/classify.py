@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "classify",
         help="score crop stores on Dask into a Parquet candidate table",
         description="Score every crop of the stores with the model(s) (mean logit) on Dask and write the "
-        "candidate table: OUT/sheet=<sheet>/part-<store>-<start>.parquet, one file per task, with the "
-        "threshold record, model and store hashes in the schema metadata and OUT/_manifest.json once every "
+        "candidate table: OUT/sheet-<sheet>/part-<store>-<start>.parquet, one file per task, with the "
+        "threshold record, model and store hashes in the schema metadata and OUT/_manifest.parquet once every "
         "crop has its row. Rerun the same command after a crash, a kill or a failed task to finish only "
         "what is missing. Exit status 1 lists failed tasks (store and crop range).",
     )

@@ -20,7 +20,7 @@ def add_filter_args(p: argparse.ArgumentParser, *, top_default: int | None = Non
     )
     p.add_argument(
         "--allow-partial", action="store_true",
-        help="read a table without its _manifest.json (an unfinished or killed run: rows may be missing or "
+        help="read a table without its _manifest.parquet (an unfinished or killed run: rows may be missing or "
         "unranked); the output is labelled PARTIAL",
     )
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "query",
         help="filter a candidate table or run SQL on it (DuckDB)",
-        description="Query a candidate table (a directory of sheet=*/part-*.parquet files) with DuckDB. "
+        description="Query a candidate table (a directory of sheet-*/part-*.parquet files) with DuckDB. "
         "Filters narrow the rows (their values are bound parameters, never spliced into SQL); without "
         "--sql the result is the filtered rows, highest score first. --sql runs one read-only SELECT "
         "against a view named `candidates` holding the filtered rows. --revisit orders the selected rows "
@@ -94,7 +94,7 @@ def run_query(args: argparse.Namespace) -> int:
     if args.revisit:
         from scanstream.candidates.revisit import revisit_table
 
-        table = revisit_table(table)
+        table = revisit_table(table).replace_schema_metadata(table.schema.metadata)
     text = write_result(table, fmt, args.out)
     warn_partial(args, partial)
     if text is not None:

@@ -43,9 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from scanstream import rangeenergy as re
+    from scanstream.candidates.table import part_files
     from scanstream.store import is_store
 
-    if args.store is None and args.source.is_dir() and not is_store(args.source) and any(args.source.glob("sheet=*")):
+    if args.store is None and args.source.is_dir() and not is_store(args.source) and part_files(args.source):
         raise InputError(f"{args.source}: a candidate table needs --store STORE (the store holding its prongs)")
     config = re.FitConfig(shrinkage=args.shrinkage, background=not args.no_background, bootstrap=args.bootstrap,
                           seed=args.seed)

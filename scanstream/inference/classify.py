@@ -10,7 +10,7 @@ A rerun of the same command finds the parts already written (their names follow 
 store hash and range start) and submits only the missing ranges, so a crash or kill loses at
 most the tasks in flight and nothing is ever written twice. A failed task (a missing or
 corrupt shard) fails alone; the run reports it by store and range and writes no manifest
-until a rerun has completed every range. ``_run.json`` pins the identity of the table (model
+until a rerun has completed every range. The run record (``_run.parquet``) pins the identity of the table (model
 hashes, threshold record, score precision): a rerun with other models or another threshold
 into the same directory is refused rather than mixed in.
 
@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from scanstream import __version__
-from scanstream.atomic import write_json
 from scanstream.candidates import table as cand
 from scanstream.devices import PRECISIONS, cpu_has_native_bf16, parse_device, resolve_device, resolve_precision
 from scanstream.errors import InputError
@@ -149,14 +148,13 @@ def _digest(obj: Any) -> str:
 
 
 def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore]) -> dict[str, Any]:
-    """Read or start ``_run.json``; refuse a directory that holds another run's table."""
-    f = out / cand.RUN_FILE
+    """Read or start the run record; refuse a directory that holds another run's table."""
     wanted = {p: {"hash": s.content_hash, "rows": s.n} for p, s in stores.items()}
-    if f.exists():
-        try:
-            run = json.loads(f.read_text())
-        except ValueError as exc:
-            raise InputError(f"{f}: unreadable run file: {exc}") from None
+    if cand.is_legacy(out):
+        raise InputError(f"{out}: a candidate table of an earlier scanstream (version 1: sheet=* folders); "
+                         "it can be read but not extended; use a new --out")
+    run = cand.read_side(out, cand.RUN_FILE)
+    if run is not None:
         old = run.get("identity") or {}
         if old != identity:
             diff = sorted(k for k in identity if old.get(k) != identity[k])
@@ -173,7 +171,7 @@ def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore])
             # extending a complete table: a new run whose parts wait in a staging directory; the
             # table stays complete (its manifest kept) until cand.merge_staged switches them in
             run["run_id"] = uuid.uuid4().hex[:12]
-            run["staging"] = cand.staging_dir(out, run["run_id"]).name
+            run["staging"] = cand.staging_dir(out, run["run_id"]).name  # a sibling of out
         run["stores"] = {**run["stores"], **wanted}
     else:
         if out.exists() and any(out.iterdir()):
@@ -185,7 +183,7 @@ def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore])
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     out.mkdir(parents=True, exist_ok=True)
-    write_json(f, run)
+    cand.write_side(out, cand.RUN_FILE, run)
     return run
 
 
@@ -299,7 +297,7 @@ class _Job:
     crops_per_task: int | None
 
     def identity(self, prec: str) -> dict[str, Any]:
-        """What ``_run.json`` pins: the models, the threshold record and the score precision."""
+        """What the run record pins: the models, the threshold record and the score precision."""
         return {"model_hashes": sorted(self.hashes), "threshold": _digest(self.record) if self.record else None,
                 "score_precision": prec}
 
@@ -313,7 +311,7 @@ class _Job:
         merged = (cand.read_manifest(self.out) or {}).get("stores", {})
         old = {p: s for p, s in self.stores.items() if merged.get(p, {}).get("hash") == s.content_hash}
         new = {p: s for p, s in self.stores.items() if p not in old}
-        tasks = plan_tasks(self.out, old, self.crops_per_task) + plan_tasks(self.out / run["staging"], new, self.crops_per_task)
+        tasks = plan_tasks(self.out, old, self.crops_per_task) + plan_tasks(self.out.parent / run["staging"], new, self.crops_per_task)
         return run, [t for t in tasks if not t.done]
 
     def metadata(self, run: dict[str, Any], prec: str, device: str) -> dict[str, Any]:
@@ -439,9 +437,9 @@ def _table_counts(out: Path, scored: _Scored) -> tuple[int, int, bool]:
         stores = {p: (s["hash"], s["rows"]) for p, s in run["stores"].items()}
         previous = cand.read_manifest(out)
         if run.get("staging") and previous is not None:
-            manifest = cand.merge_staged(out, out / run["staging"], stores=stores, metadata=scored.metadata,
+            manifest = cand.merge_staged(out, out.parent / run["staging"], stores=stores, metadata=scored.metadata,
                                          previous=previous)
-            write_json(out / cand.RUN_FILE, {k: v for k, v in run.items() if k != "staging"})
+            cand.write_side(out, cand.RUN_FILE, {k: v for k, v in run.items() if k != "staging"})
         else:
             manifest = cand.finalize(out, stores=stores, metadata=scored.metadata)
         return manifest["rows"], manifest["selected"], True
