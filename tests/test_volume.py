@@ -70,7 +70,7 @@ def test_stack_round_trip_and_ngff_metadata(tmp_path, capsys):
     assert a.attrs["image_paths"] == ["5.png", "4.png", "3.png", "2.png", "1.png"]
 
     root = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
-    assert root.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}
+    assert root.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3, "labels": ["0", "1"]}
     assert root["OME"].attrs["ome"] == {"version": "0.5", "series": ["0", "1"]}
     ms = root["0"].attrs["ome"]["multiscales"][0]
     assert root["0"].attrs["ome"]["version"] == "0.5"

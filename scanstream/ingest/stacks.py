@@ -5,7 +5,8 @@ metadata file describing them; its format and the rules it is checked against ar
 :mod:`scanstream.ingest.stackmeta`'s. A problem is one line naming the file and the key.
 
 The store's layout (OME-Zarr / NGFF 0.5, one multiscale image per field of view, planes in
-increasing stage z) and its reader are :mod:`scanstream.store.volume`.
+increasing stage z, a pyramid for fields over 1024 px a side, the root listing its fields for
+ome-zarr readers) and its reader are :mod:`scanstream.store.volume`.
 
 Ingest (:func:`ingest_stacks`) validates every info.json and image header first, then writes one
 field of view at a time, 16 planes at a time (memory stays flat), each marked complete last;
@@ -42,7 +43,15 @@ from scanstream.ingest.stackmeta import (
     read_stack_info,
     stack_meta_file,
 )
-from scanstream.store.volume import AXES, NGFF_VERSION, VOLUME_SCHEMA, is_volume, open_volume
+from scanstream.store.volume import (
+    AXES,
+    NGFF_VERSION,
+    VOLUME_SCHEMA,
+    is_volume,
+    level_transforms,
+    open_volume,
+    pyramid_shapes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,21 +107,36 @@ def check_stack(folder: Path) -> StackInfo:
 
 
 # -- writing -----------------------------------------------------------------------------------
-def _multiscales(info: StackInfo, planes: list[StackImage], name: str) -> dict:
+def _multiscales(info: StackInfo, planes: list[StackImage], name: str, levels: int) -> dict:
+    """The field's NGFF image metadata: ``levels`` datasets "0", "1", ... (pyramid levels)."""
     px_um, py_um = mm_to_um(info.pixel_mm[0]), mm_to_um(info.pixel_mm[1])
     x0 = round(mm_to_um(planes[0].x_mm) - (info.width - 1) / 2 * px_um, 9)
     y0 = round(mm_to_um(planes[0].y_mm) - (info.height - 1) / 2 * py_um, 9)
-    return {
-        "version": NGFF_VERSION,
-        "multiscales": [{
-            "name": name,
-            "axes": AXES,
-            "datasets": [{"path": "0", "coordinateTransformations": [
-                {"type": "scale", "scale": [mm_to_um(info.step_mm), py_um, px_um]},
-                {"type": "translation", "translation": [mm_to_um(planes[0].z_mm), y0, x0]},
-            ]}],
-        }],
-    }
+    level0 = [
+        {"type": "scale", "scale": [mm_to_um(info.step_mm), py_um, px_um]},
+        {"type": "translation", "translation": [mm_to_um(planes[0].z_mm), y0, x0]},
+    ]
+    datasets = [{"path": "0", "coordinateTransformations": level0}]
+    datasets += [{"path": str(k), "coordinateTransformations": level_transforms(level0, k)} for k in range(1, levels)]
+    return {"version": NGFF_VERSION, "multiscales": [{"name": name, "axes": AXES, "datasets": datasets}]}
+
+
+def downsample_xy(planes: np.ndarray) -> np.ndarray:
+    """Halve planes in y and x by 2 x 2 means: uint8 (k, h, w) to (k, ceil(h / 2), ceil(w / 2)).
+
+    An odd last row or column is averaged with itself (edge replicated); means round half up.
+
+    Examples
+    --------
+    >>> downsample_xy(np.array([[[0, 2, 9], [4, 6, 9]]], np.uint8)).tolist()
+    [[[3, 9]]]
+    """
+    h, w = planes.shape[1:]
+    a = planes.astype(np.uint16)
+    if h % 2 or w % 2:
+        a = np.pad(a, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
+    total = a[:, 0::2, 0::2] + a[:, 1::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 1::2]
+    return ((total + 2) // 4).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -153,7 +177,7 @@ class _VolumeWriter:
         self.z_block = z_block
         self.created = not path.exists()
         if self.created:
-            attrs = {"ome": {"version": NGFF_VERSION, "bioformats2raw.layout": 3},
+            attrs = {"ome": _root_ome([]),
                      "scanstream_volume": {"schema": VOLUME_SCHEMA, "complete": False, "source": source, "fields": []}}
             with atomic_dir(path) as tmp:  # a store directory always has its group attributes
                 g = zarr.open_group(str(tmp), mode="w", attributes=attrs)
@@ -171,6 +195,11 @@ class _VolumeWriter:
 
     def _set(self, **kw: Any) -> None:
         self.group.attrs["scanstream_volume"] = {**dict(self.group.attrs["scanstream_volume"]), **kw}
+
+    def _publish(self, fields: list[str]) -> None:
+        """List ``fields`` (complete fields of view) for NGFF readers: the root and ``OME/``."""
+        self.group.attrs["ome"] = _root_ome(fields)
+        self.group["OME"].attrs["ome"] = {"version": NGFF_VERSION, "series": list(fields)}
 
     def add(self, key: str, info: StackInfo, progress: Callable[[int], None] | None) -> int:
         """Write one stack as the next field of view; returns planes written."""
@@ -195,25 +224,33 @@ class _VolumeWriter:
         for extra in ("stagez", "extrastage"):
             if any(extra in e for e in by_path.values()):
                 fov_attrs[extra] = [by_path[p.path].get(extra) for p in planes]
-        g = self.group.create_group(name, attributes={"ome": _multiscales(info, planes, key), "scanstream_fov": fov_attrs})
-        nz = len(planes)
-        arr = g.create_array(
-            "0", shape=(nz, info.height, info.width), chunks=(1, info.height, info.width),
-            shards=(min(self.z_block, nz), info.height, info.width), dtype="uint8",
-            compressors=ZstdCodec(level=3), fill_value=0, dimension_names=["z", "y", "x"],
+        shapes = pyramid_shapes(info.height, info.width)
+        g = self.group.create_group(
+            name, attributes={"ome": _multiscales(info, planes, key, len(shapes)), "scanstream_fov": fov_attrs}
         )
+        nz = len(planes)
+        arrays = [
+            g.create_array(
+                str(k), shape=(nz, h, w), chunks=(1, h, w), shards=(min(self.z_block, nz), h, w), dtype="uint8",
+                compressors=ZstdCodec(level=3), fill_value=0, dimension_names=["z", "y", "x"],
+            )
+            for k, (h, w) in enumerate(shapes)
+        ]
         self.added.append(name)
         for start in range(0, nz, self.z_block):
             block = planes[start : start + self.z_block]
-            arr[start : start + len(block)] = np.stack([read_plane(info.folder / p.path) for p in block])
+            data = np.stack([read_plane(info.folder / p.path) for p in block])
+            for k, arr in enumerate(arrays):
+                if k:
+                    data = downsample_xy(data)
+                arr[start : start + len(block)] = data
             if progress is not None:
                 progress(len(block))
         g.attrs["scanstream_fov"] = {**fov_attrs, "complete": True}
         self.fields.append(name)
         self.sources.add(key)
         self._set(fields=self.fields)
-        ome = self.group["OME"]
-        ome.attrs["ome"] = {"version": NGFF_VERSION, "series": list(self.fields)}
+        self._publish(self.fields)
         return nz
 
     def drop_last(self) -> None:
@@ -226,6 +263,8 @@ class _VolumeWriter:
             self._set(fields=self.fields)
 
     def finish(self) -> None:
+        if self.group.attrs.get("ome") != _root_ome(self.fields):  # a volume written before the root listed its fields
+            self._publish(self.fields)
         if self.added or not self.start.get("complete"):
             self._set(complete=True, fields=self.fields)
 
@@ -236,8 +275,17 @@ class _VolumeWriter:
         for name in self.added:
             if name in self.group:
                 del self.group[name]
-        self.group["OME"].attrs["ome"] = {"version": NGFF_VERSION, "series": list(self.start.get("fields", []))}
+        self._publish(list(self.start.get("fields", [])))
         self.group.attrs["scanstream_volume"] = self.start
+
+
+def _root_ome(fields: list[str]) -> dict:
+    """The root's "ome" attributes: a bioformats2raw collection whose fields are also "labels".
+
+    ome-zarr-py's reader follows "labels" from a group, not the bioformats2raw series
+    (:mod:`scanstream.store.volume`), so the same list appears in both.
+    """
+    return {"version": NGFF_VERSION, "bioformats2raw.layout": 3, "labels": list(fields)}
 
 
 def _stack_key(src: Path, folder: Path) -> str:

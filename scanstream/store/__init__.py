@@ -2,7 +2,8 @@
 
 ``schema`` (the object table's columns, constants, content digests), ``crops`` (reading:
 :class:`CropStore`, :func:`open_store`, validation, summaries) and ``writer`` (crash-safe,
-resumable writes: :class:`StoreWriter`, :func:`create_store`); ``volume`` reads scanned-volume
+resumable writes: :class:`StoreWriter`, :func:`create_store`; :func:`upgrade_store` gives an
+older store the metadata xarray and napari read); ``volume`` reads scanned-volume
 stores (the microscope's z-stacks as OME-Zarr: :class:`Volume`, :func:`open_volume`). The names
 below are the stores' public API; ``from scanstream import store as st; st.open_store(path)`` is
 the usual spelling.
@@ -25,6 +26,8 @@ from scanstream.store.crops import (
 from scanstream.store.schema import (
     CHANNELS,
     CHUNK_CROPS,
+    CROP_DIMS,
+    CROP_PLANES,
     CROP_SIZE,
     DIGESTS_FILE,
     LABEL_ALPHA,
@@ -50,11 +53,13 @@ from scanstream.store.volume import (
     open_volume,
     summarize_volume,
 )
-from scanstream.store.writer import StoreWriter, create_store
+from scanstream.store.writer import StoreWriter, create_store, seal_store, upgrade_store
 
 __all__ = [
     "CHANNELS",
     "CHUNK_CROPS",
+    "CROP_DIMS",
+    "CROP_PLANES",
     "CROP_SIZE",
     "DIGESTS_FILE",
     "LABEL_ALPHA",
@@ -88,8 +93,10 @@ __all__ = [
     "open_volume",
     "read_table",
     "rows_to_table",
+    "seal_store",
     "summarize_store",
     "summarize_volume",
     "table_digest",
+    "upgrade_store",
     "validate_store",
 ]

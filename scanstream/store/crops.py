@@ -3,11 +3,20 @@
 Layout of ``NAME.zarr/`` (DESIGN.md, "Crop store")::
 
     zarr.json            group attributes: schema version, pixel size, crop size, source,
-                         content hash, completion marker
-    crops/               uint8 (n, 224, 224, 3), chunked along n only, zstd, sharded
+                         content hash, completion marker, the names of the two files below
+                         ("object_table", "block_digests") and units; once complete, also
+                         zarr's consolidated metadata (a copy of crops/zarr.json)
+    crops/               uint8 (n, 224, 224, 3), chunked along n only, zstd, sharded;
+                         dimension_names ("object", "y", "x", "plane"), axis units in its
+                         attributes
     objects.parquet      the object table, row i describes crop i
     digests.json         blake2b digest of every aligned block of crops (for the content hash)
     _parts/              object-table parts of an unfinished write (absent once complete)
+
+``xarray.open_zarr(path)`` gives a Dataset with the ``crops`` variable on those dims; zarr and
+xarray read the members from the consolidated metadata, so the two files beside ``crops/``
+raise no warning (:mod:`scanstream.store.writer`). scanstream reads ``crops/zarr.json`` itself,
+never the consolidated copy, and opens stores written before these attributes existed.
 
 Writes are crash-safe. Crops are written first, then the rows that describe them are committed
 as a Parquet part file (temporary name, then rename); a reopened writer trusts only committed
@@ -190,7 +199,7 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = True, valida
         if (p / "zarr.json").is_file():
             raise StoreNotFoundError(f"{p / 'zarr.json'}: unreadable or not a scanstream crop store's metadata")
         raise StoreNotFoundError(f"{p}: not a scanstream crop store (no zarr.json with scanstream attributes)")
-    group = zarr.open_group(str(p), mode="r")
+    group = zarr.open_group(str(p), mode="r", use_consolidated=False)  # crops/zarr.json is the truth
     attrs = dict(group.attrs)
     if attrs.get("scanstream_schema", 0) > SCHEMA_VERSION:
         raise StoreError(f"{p}: store schema {attrs['scanstream_schema']} is newer than this scanstream ({SCHEMA_VERSION})")

@@ -29,6 +29,15 @@ PARTS_DIR = "_parts"
 
 LABEL_ALPHA, LABEL_OTHER, LABEL_UNKNOWN = 1, 0, -1
 
+#: The ``crops`` array's axes (its zarr ``dimension_names``, xarray's dims): object i (row i of
+#: the object table), image row, image column, focal plane. The planes are the channels of
+#: every crop: one step shallower than the vertex (higher stage z), the vertex's own plane,
+#: one step deeper (PHYSICS.md; :mod:`scanstream.picker.pick`).
+CROP_DIMS = ("object", "y", "x", "plane")
+CROP_PLANES = ("shallower", "vertex", "deeper")
+#: Units of the object table's dimensioned columns, named in the group attributes.
+TABLE_UNITS = {"x_mm": "millimeter", "y_mm": "millimeter", "z_mm": "millimeter", "track_lengths_um": "micrometer"}
+
 #: The object table columns every store has, in order (DESIGN.md). Stores may carry more
 #: (simulation truth columns, prefixed ``truth_``), appended after these.
 OBJECT_SCHEMA = pa.schema(
@@ -60,6 +69,37 @@ _DEFAULTS: dict[str, Any] = {
     "multiplicity": None,
     "track_lengths_um": None,
 }
+
+
+def crops_attributes(pixel_size_um: float) -> dict[str, Any]:
+    """The ``crops`` array's attributes: its axes with their units, for readers without scanstream.
+
+    ``axes`` runs parallel to :data:`CROP_DIMS`: the object axis is an index (no unit), y and x
+    are micrometres at the object, ``scale`` um per pixel, and the plane axis names its planes.
+    """
+    return {
+        "long_name": "vertex crops, 8-bit grey level of three focal planes",
+        "axes": [
+            {"name": "object", "type": "index", "unit": None, "description": f"row i of {TABLE_FILE}"},
+            {"name": "y", "type": "space", "unit": "micrometer", "scale": pixel_size_um},
+            {"name": "x", "type": "space", "unit": "micrometer", "scale": pixel_size_um},
+            {"name": "plane", "type": "channel", "unit": None, "labels": list(CROP_PLANES)},
+        ],
+        "pixel_size_um": pixel_size_um,
+    }
+
+
+def group_attributes() -> dict[str, Any]:
+    """Group attributes that name the store's non-zarr members and give their units.
+
+    ``object_table`` and ``block_digests`` are paths relative to the store directory;
+    ``units`` gives the unit of every dimensioned attribute and table column.
+    """
+    return {
+        "object_table": TABLE_FILE,
+        "block_digests": DIGESTS_FILE,
+        "units": {"pixel_size_um": "micrometer", "crop_size": "pixel", **TABLE_UNITS},
+    }
 
 
 def rows_to_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:

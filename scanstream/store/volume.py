@@ -1,9 +1,9 @@
 """Scanned-volume stores: the microscope's z-stacks as OME-Zarr, read-only access.
 
-Layout of ``NAME.zarr`` (zarr v3, OME-Zarr / NGFF 0.5, the ``bioformats2raw.layout`` collection
-that ome-zarr readers and napari's ome-zarr plugin open)::
+Layout of ``NAME.zarr`` (zarr v3, OME-Zarr / NGFF 0.5, the ``bioformats2raw.layout`` collection)::
 
-    zarr.json        attributes "ome": {"version": "0.5", "bioformats2raw.layout": 3} and
+    zarr.json        attributes "ome": {"version": "0.5", "bioformats2raw.layout": 3,
+                     "labels": ["0", "1", ...]} and
                      "scanstream_volume": {schema, complete, source, fields: ["0", "1", ...]}
     OME/zarr.json    "ome": {"version": "0.5", "series": ["0", "1", ...]}
     0/               field of view 0: an NGFF image ("ome": {"multiscales": [...]}, axes z, y, x
@@ -12,7 +12,21 @@ that ome-zarr readers and napari's ome-zarr plugin open)::
                      folder; from an image.json also "affine_p2s_mm", the AffineP2S matrix as
                      (a, b, c, d, e, f), and the images' "stagez" / "extrastage" in plane order)
     0/0/             uint8 (z, y, x), one chunk per plane, shards of 16 planes, zstd
+    0/1/, 0/2/ ...   the pyramid of a large field (:func:`pyramid_shapes`): each level halves
+                     y and x (2 x 2 means), z untouched; absent for fields up to 1024 px a side
     1/ ...
+
+Two listings of the fields, for two kinds of reader. ``bioformats2raw.layout`` with ``OME/``'s
+``series`` is the NGFF collection convention (bioformats2raw, QuPath, OMERO, ome-zarr-models).
+ome-zarr-py's ``Reader`` (and so napari-ome-zarr) follows none of it from the root: from a
+group it descends only into plate / well layouts and "labels" lists. A plate would stitch the
+fields into one mosaic, which fails for fields with different plane counts, so the root also
+lists its fields as "labels": the reader then yields every field as its own multiscale image
+(none carries "image-label", so none is shown as a label layer), placed at its stage position.
+
+Pyramid level k of a field (``datasets[k]``, path ``str(k)``) has scale (step, 2^k pixel y,
+2^k pixel x) and its translation moves to the centre of its first pixel: level 0's plus
+(2^k - 1) / 2 level-0 pixels in y and x. scanstream reads level 0 only (:attr:`FieldOfView.data`).
 
 Planes are stored in increasing stage z. The NGFF transform maps voxel (k, i, j) to stage
 micrometres: scale (step, pixel y, pixel x) and translation (z of plane 0, and the top-left
@@ -40,12 +54,53 @@ from scanstream.errors import StoreError, StoreNotFoundError
 
 VOLUME_SCHEMA = 1
 NGFF_VERSION = "0.5"
+#: A field whose larger side exceeds this (px) gets a pyramid ...
+PYRAMID_FROM_PX = 1024
+#: ... with levels down to the first whose larger side is at most this.
+PYRAMID_TO_PX = 512
 #: The NGFF axes of every field of view's image.
 AXES = [
     {"name": "z", "type": "space", "unit": "micrometer"},
     {"name": "y", "type": "space", "unit": "micrometer"},
     {"name": "x", "type": "space", "unit": "micrometer"},
 ]
+
+
+def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """(y, x) of every pyramid level of a ``height`` x ``width`` field, level 0 first.
+
+    Each level halves the one before, rounding up (an odd last row or column is averaged with
+    itself). Fields up to :data:`PYRAMID_FROM_PX` a side have level 0 only.
+
+    Examples
+    --------
+    >>> pyramid_shapes(440, 512)
+    [(440, 512)]
+    >>> pyramid_shapes(2048, 1500)
+    [(2048, 1500), (1024, 750), (512, 375)]
+    """
+    shapes = [(int(height), int(width))]
+    if max(shapes[0]) > PYRAMID_FROM_PX:
+        while max(shapes[-1]) > PYRAMID_TO_PX:
+            h, w = shapes[-1]
+            shapes.append((-(-h // 2), -(-w // 2)))
+    return shapes
+
+
+def level_transforms(level0: list[dict], level: int) -> list[dict]:
+    """NGFF ``coordinateTransformations`` of pyramid ``level`` from level 0's (scale, translation).
+
+    y and x scale by 2^level; the translation moves from the centre of level 0's first pixel
+    to the centre of the level's first pixel, which covers 2^level level-0 pixels.
+    """
+    scale = next(t["scale"] for t in level0 if t["type"] == "scale")
+    trans = next(t["translation"] for t in level0 if t["type"] == "translation")
+    f = 2**level
+    return [
+        {"type": "scale", "scale": [scale[0], scale[1] * f, scale[2] * f]},
+        {"type": "translation", "translation": [trans[0], round(trans[1] + (f - 1) / 2 * scale[1], 9),
+                                                round(trans[2] + (f - 1) / 2 * scale[2], 9)]},
+    ]
 
 
 @dataclass(frozen=True)
@@ -68,6 +123,8 @@ class FieldOfView:
         float64 (z,): stage position of every plane (mm), as in info.json.
     attrs : dict
         The field of view's ``scanstream_fov`` attributes (including the raw info.json).
+    levels : tuple of zarr.Array
+        Every pyramid level, ``data`` first (only ``data`` for fields without a pyramid).
     """
 
     name: str
@@ -79,6 +136,7 @@ class FieldOfView:
     stage_y_mm: np.ndarray
     stage_z_mm: np.ndarray
     attrs: dict
+    levels: tuple[zarr.Array, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -185,11 +243,19 @@ def open_volume(path: str | os.PathLike, *, require_complete: bool = True) -> Vo
     for name in attrs.get("fields", []):
         g = group[name]
         fa = dict(g.attrs["scanstream_fov"])
+        try:
+            paths = [str(d["path"]) for d in g.attrs["ome"]["multiscales"][0]["datasets"]] or ["0"]
+        except (KeyError, IndexError, TypeError):
+            paths = ["0"]  # level 0 is "0" in every volume scanstream wrote
+        try:
+            levels = tuple(g[path] for path in paths)
+        except KeyError as exc:
+            raise StoreError(f"{p / name}: field of view lacks its pyramid level {exc}") from None
         fields.append(FieldOfView(
-            name=name, source=fa["source"], data=g["0"], pixel_size_um=tuple(fa["pixel_size_um"]),
+            name=name, source=fa["source"], data=levels[0], pixel_size_um=tuple(fa["pixel_size_um"]),
             step_um=float(fa["step_um"]), stage_x_mm=np.asarray(fa["stage_x_mm"], np.float64),
             stage_y_mm=np.asarray(fa["stage_y_mm"], np.float64), stage_z_mm=np.asarray(fa["stage_z_mm"], np.float64),
-            attrs=fa,
+            attrs=fa, levels=levels,
         ))
     return Volume(p, tuple(fields), attrs)
 
@@ -206,6 +272,7 @@ def summarize_volume(volume: Volume) -> dict[str, Any]:
         "planes": sum(f.shape[0] for f in volume),
         "fields": [
             {"name": f.name, "source": f.source, "shape_zyx": list(f.shape),
+             "pyramid_yx": [list(a.shape[1:]) for a in f.levels[1:]],
              "stage_x_mm": float(f.stage_x_mm[0]), "stage_y_mm": float(f.stage_y_mm[0]),
              "z_mm": [float(f.stage_z_mm[0]), float(f.stage_z_mm[-1])],
              "pixel_size_um": list(f.pixel_size_um), "step_um": f.step_um}

@@ -1,4 +1,17 @@
-"""Writing crop stores: :class:`StoreWriter` (crash-safe, resumable appends) and :func:`create_store`."""
+"""Writing crop stores: :class:`StoreWriter` (crash-safe, resumable appends) and :func:`create_store`.
+
+A complete store also opens without scanstream: the ``crops`` array has ``dimension_names`` and
+its axes' units in its attributes, the group attributes name the object table and the digests,
+and the group's ``zarr.json`` carries zarr's consolidated metadata (written with the completion
+marker in one atomic replace, :func:`seal_store`). zarr-python and xarray read the members from
+it instead of listing the directory, so the Parquet and JSON files beside ``crops/`` raise no
+"not recognized as a component of a Zarr hierarchy" warning; scanstream itself never reads the
+consolidated copy (it always opens ``crops/zarr.json``), and a writer drops it before changing
+anything. :func:`upgrade_store` gives a store written before all this the same metadata.
+``crops`` stays the group's only array (no coordinate arrays for the axes): napari's built-in
+zarr reader takes every array of a group as a level of one pyramid, and with ``crops`` alone
+opens the store as one stack of 224 x 224 RGB crops.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +35,7 @@ from scanstream.store.crops import CropStore, is_store, live_parts, open_store, 
 from scanstream.store.schema import (
     CHANNELS,
     CHUNK_CROPS,
+    CROP_DIMS,
     CROP_SIZE,
     DIGESTS_FILE,
     PARTS_DIR,
@@ -32,6 +46,8 @@ from scanstream.store.schema import (
     ZSTD_LEVEL,
     block_digest,
     content_hash,
+    crops_attributes,
+    group_attributes,
     rows_to_table,
     table_digest,
 )
@@ -97,7 +113,9 @@ class StoreWriter:
             if not exist_ok:
                 raise StoreExistsError(f"{self.path}: store exists (use --overwrite to replace it)")
             self.created = False
-            self._group = zarr.open_group(str(self.path), mode="r+")
+            # Never the consolidated copy: the first attribute write then drops it, so an
+            # incomplete store never carries a stale one (see the module docstring).
+            self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
             try:
                 self._crops = self._group["crops"]
             except KeyError:
@@ -154,6 +172,7 @@ class StoreWriter:
             "shard_crops": shard_crops,
             "complete": False,
             "content_hash": None,
+            **group_attributes(),
             **self._pending_attrs,
         }
         group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
@@ -165,9 +184,11 @@ class StoreWriter:
             dtype="uint8",
             compressors=ZstdCodec(level=ZSTD_LEVEL),
             fill_value=0,
+            dimension_names=CROP_DIMS,
+            attributes=crops_attributes(pixel_size_um),
         )
         os.replace(tmp, self.path)
-        self._group = zarr.open_group(str(self.path), mode="r+")
+        self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
         self._crops = self._group["crops"]
         self._shard = shard_crops
 
@@ -268,7 +289,9 @@ class StoreWriter:
 
         The merged table and the digests are written before ``_parts/`` is removed and the
         marker set; readers skip parts already merged, so a crash at any point leaves a store
-        that is either complete or resumable, never one with duplicated rows.
+        that is either complete or resumable, never one with duplicated rows. The marker, the
+        hash and the consolidated metadata land together, in one atomic replace of the group's
+        ``zarr.json`` (:func:`seal_store`).
         """
         if self._finalized:
             return open_store(self.path)
@@ -291,10 +314,10 @@ class StoreWriter:
         # Hash the table as readers will see it (a Parquet round trip renames list fields).
         table = pq.read_table(self.path / TABLE_FILE).replace_schema_metadata(None)
         shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
-        self._group.attrs.update(
-            {"n_objects": table.num_rows, "content_hash": content_hash(digests, table),
-             "table_digest": table_digest(table), "complete": True}
-        )
+        seal_store(self.path, {
+            **self._group.attrs, "n_objects": table.num_rows, "content_hash": content_hash(digests, table),
+            "table_digest": table_digest(table), "complete": True,
+        })
         self._finalized = True
         if self._final is not None:
             self.path = _swap_in(self.path, self._final)
@@ -322,7 +345,9 @@ class StoreWriter:
         self._crops.resize((self._start_rows, CROP_SIZE, CROP_SIZE, CHANNELS))
         if self._start_attrs.get("complete"):
             shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
-        self._group.attrs.put(self._start_attrs)
+            seal_store(self.path, self._start_attrs)  # complete again, with its consolidated metadata
+        else:
+            self._group.attrs.put(self._start_attrs)
         self._committed_rows = self._start_rows
 
     def __enter__(self) -> Self:
@@ -338,6 +363,61 @@ class StoreWriter:
             # Commit nothing more: what is buffered is lost, what is committed stays, and the
             # store remains marked incomplete so nothing downstream reads it.
             logger.warning("%s: write interrupted; %d crops committed, store left incomplete", self.path, self._committed_rows)
+
+
+# -- metadata for readers without scanstream ------------------------------------------------
+def _describe_crops(path: Path, pixel_size_um: float) -> dict[str, Any]:
+    """``crops/zarr.json`` with its axis names and attributes (rewritten atomically if it lacked them)."""
+    f = path / "crops" / "zarr.json"
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{f}: unreadable array metadata: {exc}") from None
+    want = {**meta, "dimension_names": list(CROP_DIMS),
+            "attributes": {**(meta.get("attributes") or {}), **crops_attributes(pixel_size_um)}}
+    if want != meta:
+        write_json(f, want)
+    return want
+
+
+def seal_store(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
+    """Write a store's group metadata in one atomic replace: ``attrs`` and the consolidated metadata.
+
+    ``attrs`` (usually with ``complete: true``, the completion marker) gain the
+    :func:`~scanstream.store.schema.group_attributes`; ``crops/zarr.json`` gains its axis names
+    and units first if it lacks them. The consolidated metadata is zarr-python's inline form
+    (``consolidated_metadata`` in the group's ``zarr.json``), a copy of ``crops/zarr.json``: with
+    it zarr and xarray open the group without listing its directory. Call it only on a store no
+    writer is changing (the copy must match ``crops/zarr.json``).
+    """
+    path = Path(path)
+    crops_meta = _describe_crops(path, float(attrs.get("pixel_size_um", PIXEL_SIZE_UM)))
+    f = path / "zarr.json"
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{f}: unreadable group metadata: {exc}") from None
+    want = {**meta, "attributes": {**attrs, **group_attributes()},
+            "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": {"crops": crops_meta}}}
+    if want != meta:
+        write_json(f, want)
+
+
+def upgrade_store(path: str | os.PathLike) -> CropStore:
+    """Give a complete store written by an earlier scanstream the metadata other tools read.
+
+    Adds the ``crops`` axis names and units, the group attributes naming the object table and
+    the digests, and the consolidated metadata (:func:`seal_store`); crops, table and content
+    hash are unchanged. Running it again changes nothing.
+
+    Raises
+    ------
+    StoreNotFoundError, IncompleteStoreError, StoreError
+        As :func:`~scanstream.store.crops.open_store`: only a complete, valid store is upgraded.
+    """
+    store = open_store(path)
+    seal_store(store.path, store.attrs)
+    return open_store(store.path)
 
 
 # -- replacing a store (overwrite) ---------------------------------------------------------
