@@ -147,8 +147,8 @@ def bad_input_cases(root: Path) -> list[tuple[str, list[str], tuple[int, ...]]]:
     (vbad / "session-1.jsonl").write_text('{"object_id": "x", "verdict": "alpha", "seq": "one"}\n')
     partial = partial_table(root, s)
     r, S, V, M = str(root), str(s.path), str(v.path), str(model)
-    train = ["train", "--train", S, "--valid", V, "--loader", "local", "--out", f"{r}/run"]
-    thr = ["threshold", "--model", M, "--store", S, "--target-recall", "0.9"]
+    train = ["train", S, V, "--loader", "local", "--out", f"{r}/run"]
+    thr = ["threshold", S, "--model", M, "--target-recall", "0.9"]
     sim = ["simulate", f"{r}/sim.zarr", "--objects", "4", "--alpha-fraction", "0.5", "--sheet", "A"]
     cls = ["classify", "--model", M, "--workers", "1", "--device", "cpu"]
     cases = [
@@ -164,8 +164,8 @@ def bad_input_cases(root: Path) -> list[tuple[str, list[str], tuple[int, ...]]]:
         ("ingest a row ../outside.png", ["ingest", f"{r}/src_up", f"{r}/i1.zarr", "--format", "images"], (2,)),
         ("ingest a row with an absolute path outside", ["ingest", f"{r}/src_abs", f"{r}/i2.zarr", "--format", "images"],
          (2,)),
-        ("train on a store whose shard file was deleted", ["train", "--train", f"{r}/noshard.zarr", *train[3:]], (2,)),
-        ("train on labels 5", ["train", "--train", str(damaged["label5"]), *train[3:]], (2,)),
+        ("train on a store whose shard file was deleted", ["train", f"{r}/noshard.zarr", *train[2:]], (2,)),
+        ("train on labels 5", ["train", str(damaged["label5"]), *train[2:]], (2,)),
         ("classify a table with a duplicated id", [*cls, str(damaged["dup"]), "--out", f"{r}/c_dup"], (2,)),
         ("classify a table with a row moved to another sheet", [*cls, str(damaged["moved"]), "--out", f"{r}/c_mv"],
          (2,)),
@@ -174,14 +174,14 @@ def bad_input_cases(root: Path) -> list[tuple[str, list[str], tuple[int, ...]]]:
     for k in ("nosheet", "nolabel"):
         cases += [
             (f"classify a store without {k[2:]}", [*cls, str(damaged[k]), "--out", f"{r}/c_{k}"], (2,)),
-            (f"train on a store without {k[2:]}", ["train", "--train", str(damaged[k]), *train[3:]], (2,)),
-            (f"threshold on a store without {k[2:]}", ["threshold", "--model", M, "--store", str(damaged[k]),
+            (f"train on a store without {k[2:]}", ["train", str(damaged[k]), *train[2:]], (2,)),
+            (f"threshold on a store without {k[2:]}", ["threshold", str(damaged[k]), "--model", M,
                                                       "--target-recall", "0.9", "--out", f"{r}/t_{k}.json"], (2,)),
             (f"info on a store without {k[2:]}", ["info", str(damaged[k])], (2,)),
         ]
     cases += [
         ("classify a truncated safetensors", [*cls, S, "--model", f"{r}/trunc.safetensors", "--out", f"{r}/c_tr"], (2,)),
-        ("threshold with a truncated safetensors", ["threshold", "--model", f"{r}/trunc.safetensors", *thr[3:],
+        ("threshold with a truncated safetensors", ["threshold", S, "--model", f"{r}/trunc.safetensors", *thr[4:],
                                                     "--out", f"{r}/t.json"], (2,)),
         ("train --pretrained a truncated safetensors", [*train, "--pretrained", f"{r}/trunc.safetensors"], (2,)),
         ("classify float32 crops", [*cls, f"{r}/float.zarr", "--out", f"{r}/c_fl"], (2,)),
@@ -207,7 +207,7 @@ def bad_input_cases(root: Path) -> list[tuple[str, list[str], tuple[int, ...]]]:
                                                          f"{r}/vs.zarr"], (2,)),
     ]
     for verb_args in (sim, [*cls, S, "--out", f"{r}/c_w"], ["ingest", str(src), f"{r}/i3.zarr", "--format", "images"],
-                      train, ["search", "--train", S, "--valid", V, "--out", f"{r}/search"],
+                      train, ["search", S, V, "--out", f"{r}/search"],
                       ["watch", f"{r}/inbox", "--out", f"{r}/w2", "--once"]):
         for n in ("0", "-3"):
             cases.append((f"{verb_args[0]} --workers {n}", [*verb_args, "--workers", n], (2,)))

@@ -87,7 +87,7 @@ def augment_rate(size: int, batch: int, threads: int, repeats: int = 5) -> float
         torch.set_num_threads(saved)
 
 
-def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, amp: str, loader: str, workers: int,
+def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, precision: str, loader: str, workers: int,
                   rounds: int) -> dict:
     """Interleaved rounds of (a) in-memory steps and (b) one epoch of the real Dask-fed loop.
 
@@ -97,7 +97,7 @@ def fed_vs_memory(tmp: Path, backbone: str, size: int, batch: int, steps: int, a
     cfg = TrainConfig(
         train_store=str(tmp / "train.zarr"), valid_store=str(tmp / "valid.zarr"), out_dir=str(tmp / "unused"),
         backbone=backbone, input_size=size, batch_size=batch, epoch_size=batch * steps, loader=loader,
-        workers=workers, amp=amp, device="cpu", torch_threads=THREADS,
+        workers=workers, precision=precision, device="cpu", torch_threads=THREADS,
     )
     train_store, valid_store = check_config(cfg)
     rt = resolve_runtime(cfg)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", metavar="BACKBONE:SIZE:BATCH:STEPS",
                     help="repeatable; default resnet18:112:32:12 and resnet50:112:16:4")
-    ap.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--workers", type=int, default=1, help="loader workers (Dask processes / local threads)")
     ap.add_argument("--no-local", action="store_true", help="skip the local-thread loader measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved (a)/(b) rounds; medians are reported")
@@ -158,17 +158,17 @@ def main(argv: list[str] | None = None) -> None:
             size, batch, steps = int(size), int(batch), int(steps)
             make_store(tmp / "train.zarr", batch * steps, seed=0)
             make_store(tmp / "valid.zarr", 32, seed=99)
-            dask = fed_vs_memory(tmp, backbone, size, batch, steps, args.amp, "dask", args.workers, args.rounds)
+            dask = fed_vs_memory(tmp, backbone, size, batch, steps, args.precision, "dask", args.workers, args.rounds)
             row = {
                 "backbone": backbone, "input_size": size, "batch": batch, "steps_per_round": steps,
-                "rounds": args.rounds, "amp": "bf16" if dask["amp"] else "off", "torch_threads": dask["threads"],
+                "rounds": args.rounds, "precision": "bf16" if dask["amp"] else "fp32", "torch_threads": dask["threads"],
                 "loader_workers": dask["workers"], "augment_on": dask["augment_on"],
                 "in_memory_images_per_s": round(dask["a"], 2), "dask_fed_images_per_s": round(dask["b"], 2),
                 "ratio_dask_fed_over_in_memory": round(dask["b"] / dask["a"], 3),
                 "rounds_in_memory": dask["a_rounds"], "rounds_dask_fed": dask["b_rounds"],
             }
             if not args.no_local:
-                local = fed_vs_memory(tmp, backbone, size, batch, steps, args.amp, "local", args.workers, args.rounds)
+                local = fed_vs_memory(tmp, backbone, size, batch, steps, args.precision, "local", args.workers, args.rounds)
                 row.update(local_in_memory_images_per_s=round(local["a"], 2), local_fed_images_per_s=round(local["b"], 2),
                            ratio_local_fed_over_in_memory=round(local["b"] / local["a"], 3))
             row["augment_images_per_s_1_thread"] = round(augment_rate(size, batch, 1), 1)

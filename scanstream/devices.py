@@ -3,8 +3,7 @@
 ``auto`` device: CUDA when this process sees a GPU, else the CPU. ``auto`` precision: bf16
 where the device computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else
 fp32; on CPUs without those instructions bf16 autocast is emulated and measured 3-6x slower
-(docs/classify.md). Training's ``amp`` option ("auto" / "bf16" / "off") is the same rule
-under its historical names (:func:`precision_from_amp`).
+(docs/classify.md). Training's ``precision`` option uses the same words and the same rule.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import torch
 from scanstream.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-AMP_MODES = ("auto", "bf16", "off")
 
 
 def parse_device(device: str | torch.device = "auto", *, cuda: bool | None = None) -> torch.device:
@@ -73,15 +71,3 @@ def resolve_precision(precision: str, device: str | torch.device = "auto", *, na
         return precision
     fast = native_bf16(dev) if native is None else native
     return "bf16" if fast else "fp32"
-
-
-def precision_from_amp(amp: str) -> str:
-    """Training's ``amp`` names as precisions: ``off`` -> ``fp32``, ``bf16`` and ``auto`` as they are."""
-    if amp not in AMP_MODES:
-        raise InputError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-    return "fp32" if amp == "off" else amp
-
-
-def autocast_bf16(amp: str, device: torch.device) -> bool:
-    """Whether a training run with ``amp`` on ``device`` runs bf16 autocast."""
-    return resolve_precision(precision_from_amp(amp), device) == "bf16"

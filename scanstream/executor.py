@@ -31,6 +31,7 @@ from typing import Any
 import dask
 
 from scanstream.errors import SchedulerError
+from scanstream.progress import DASHBOARD_LOGGER
 
 #: how long a client waits for an existing scheduler before giving up
 CONNECT_TIMEOUT = "30s"
@@ -145,16 +146,26 @@ def _gpu_spec_cluster(ids: list[str], silence_logs: int) -> Any:
 @contextmanager
 def dask_client(scheduler: str | None = None, *, workers: int | None = None, gpus: int = 0,
                 processes: bool = True) -> Iterator[Any]:
-    """A Dask client for a run: to ``scheduler`` if given, else to a LocalCluster closed afterwards."""
+    """A Dask client for a run: to ``scheduler`` if given, else to a LocalCluster closed afterwards.
+
+    The dashboard link is logged at INFO on :data:`DASHBOARD_LOGGER`, which the CLI prints for
+    every verb that starts or joins a cluster.
+    """
     if scheduler:
         client = connect(scheduler)
         with client:
+            _announce(client)
             yield client
         return
     from distributed import Client
 
     with local_cluster(workers, gpus=gpus, processes=processes) as cluster, Client(cluster) as client:
+        _announce(client)
         yield client
+
+
+def _announce(client: Any) -> None:
+    logging.getLogger(DASHBOARD_LOGGER).info("Dask dashboard: %s", client.dashboard_link)
 
 
 def worker_count(client: Any) -> int:

@@ -4,6 +4,9 @@
 stderr is not a terminal) or any callable ``progress(total, desc, unit) -> bar`` whose bar has
 ``update(n)`` and ``close()`` (a GUI, a log line per step, a test's recorder). The CLI passes
 ``True`` unless ``--no-progress``; :func:`as_progress` turns any of these into a factory.
+
+The Dask dashboard link of a cluster the library starts or joins is logged at INFO on
+:data:`DASHBOARD_LOGGER` (the CLI prints it whatever the log level).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ class Bar(Protocol):
 
 
 Progress = Callable[[int | None, str, str], Bar]
+
+DASHBOARD_LOGGER = "scanstream.dashboard"
 
 
 class _Silent:

@@ -104,7 +104,7 @@ def test_rate_at_or_below_zero_refused(rate):
 
 def test_cli_refusals_exit_2_before_timing(env, tmp_path, capsys, monkeypatch):
     big = _checkpoint(tmp_path / "big.safetensors", size=256)
-    base = ["benchmark", "--store", str(env["store"]), "--model"]
+    base = ["benchmark", str(env["store"]), "--model"]
     assert main([*base, str(env["model"]), "--picker-rate", "0"]) == 2
     assert main([*base, str(big)]) == 2
     bad = tmp_path / "log.csv"
@@ -119,7 +119,7 @@ def test_cli_prints_table_and_writes_json(env, tmp_path, capsys):
     out = tmp_path / "bench.json"
     log = tmp_path / "picker.csv"
     log.write_text("0,0\n10,50\n")
-    rc = main(["benchmark", "--store", str(env["store"]), "--model", str(env["model"]), "--picker-log", str(log),
+    rc = main(["benchmark", str(env["store"]), "--model", str(env["model"]), "--picker-log", str(log),
                "--objects", "1000", "--scheduler", env["scheduler"], "--device", "cpu", "--batch-size", "16", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out

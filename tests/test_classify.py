@@ -345,7 +345,7 @@ def test_adding_a_store_of_another_sheet_leaves_the_other_sheets_files_alone(env
 def test_cli_threshold_and_classify(env, capsys):
     root = env["root"]
     thr = root / "cli-thr.json"
-    rc = main(["threshold", "--model", str(env["b"]), "--store", str(env["store"].path),
+    rc = main(["threshold", str(env["store"].path), "--model", str(env["b"]),
                "--target-precision", "0.5", "--prevalence", "1:183", "--device", "cpu", "--precision", "fp32",
                "--out", str(thr)])
     assert rc == 0

@@ -278,7 +278,7 @@ def test_scores_from_table_round_trip():
 # -- CLI ---------------------------------------------------------------------------------------
 def test_cli_evaluate(case, capsys):
     out = case["tmp"] / "cli"
-    rc = main(["evaluate", "--candidates", str(case["cand"]), "--store", str(case["store"].path),
+    rc = main(["evaluate", str(case["cand"]), "--store", str(case["store"].path),
                "--baseline", str(case["base"]), "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and "cands: AP" in text and "precision ratio" in text
@@ -286,7 +286,7 @@ def test_cli_evaluate(case, capsys):
 
 
 def test_cli_evaluate_bad_input_one_line_exit_2(case, capsys):
-    rc = main(["evaluate", "--candidates", str(case["tmp"] / "nope"), "--store", str(case["store"].path),
+    rc = main(["evaluate", str(case["tmp"] / "nope"), "--store", str(case["store"].path),
                "--out", str(case["tmp"] / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "nope" in err
@@ -468,7 +468,7 @@ def test_store_without_features_is_one_line_naming_the_store(case, feature_model
         ev.evaluate([case["cand"]], [store.path], case["tmp"] / "rep", feature_model=feature_model_file)
     assert str(store.path) in str(info.value) and "\n" not in str(info.value)
     assert not (case["tmp"] / "rep" / "report.md").exists()
-    rc = main(["evaluate", "--candidates", str(case["cand"]), "--store", str(store.path),
+    rc = main(["evaluate", str(case["cand"]), "--store", str(store.path),
                "--feature-model", str(feature_model_file), "--out", str(case["tmp"] / "cli")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and str(store.path) in err
@@ -489,7 +489,7 @@ def test_join_aligns_learned_scores_by_object_id(case):
 
 def test_cli_evaluate_feature_model_summary_line(fcase, feature_model_file, capsys):
     a, b = fcase["stores"]
-    rc = main(["evaluate", "--candidates", str(fcase["cand"]), "--store", str(a.path), "--store", str(b.path),
+    rc = main(["evaluate", str(fcase["cand"]), "--store", str(a.path), "--store", str(b.path),
                "--baseline", str(fcase["base"]), "--feature-model", str(feature_model_file), "--out", str(fcase["tmp"] / "cli")])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(ld.LEARNED_NAME)]
     m = json.loads((fcase["tmp"] / "cli" / "metrics.json").read_text())["learned"]

@@ -313,7 +313,7 @@ def test_cli_fine_tunes_a_shipped_cascade(tmp_path, capsys):
     t = feature_store(tmp_path / "t.zarr", n=48, seed=3)
     v = feature_store(tmp_path / "v.zarr", n=32, seed=4)
     ck = fused_checkpoint(tmp_path / "c.safetensors", prefilter=0.0)
-    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(tmp_path / "ft"), "--pretrained",
+    rc = main(["train", str(t.path), str(v.path), "--out", str(tmp_path / "ft"), "--pretrained",
                str(ck), "--max-epochs", "1", "--batch-size", "8", "--loader", "local", "--no-progress"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)

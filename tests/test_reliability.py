@@ -281,14 +281,14 @@ def test_malformed_zarr_json_is_named(store, capsys):
     (["classify", "{tmp}/s.zarr", "--model", "m.safetensors", "--out", "{tmp}/c", "--workers", "-3"],
      "classify", "--workers must be at least 1, got -3"),
     (["ingest", "{tmp}", "{tmp}/i.zarr", "--format", "images", "--workers", "0"], "ingest", "--workers must be at least 1, got 0"),
-    (["train", "--train", "{tmp}/s.zarr", "--valid", "{tmp}/s.zarr", "--out", "{tmp}/r", "--workers", "0"],
+    (["train", "{tmp}/s.zarr", "{tmp}/s.zarr", "--out", "{tmp}/r", "--workers", "0"],
      "train", "--workers must be at least 1, got 0"),
-    (["train", "--train", "{tmp}/s.zarr", "--valid", "{tmp}/s.zarr", "--out", "{tmp}/afile"],
+    (["train", "{tmp}/s.zarr", "{tmp}/s.zarr", "--out", "{tmp}/afile"],
      "train", "afile is a file"),
-    (["train", "--train", "{tmp}/s.zarr", "--valid", "{tmp}/s.zarr", "--out", "{tmp}/r", "--config", "{tmp}/bad.toml"],
+    (["train", "{tmp}/s.zarr", "{tmp}/s.zarr", "--out", "{tmp}/r", "--config", "{tmp}/bad.toml"],
      "train", "max_epochs: expected an integer, got 'ten'"),
     (["query", "{tmp}/s.zarr", "--out", "{tmp}"], "query", "s.zarr: not a candidate table"),
-    (["train", "--train", "{tmp}/s.zarr", "--valid", "{tmp}/s.zarr", "--out", "{tmp}/r", "--loader", "local",
+    (["train", "{tmp}/s.zarr", "{tmp}/s.zarr", "--out", "{tmp}/r", "--loader", "local",
       "--pretrained", "{tmp}/trunc.safetensors"], "train", "trunc.safetensors: not a readable safetensors file"),
 ])
 def test_bad_arguments_are_one_line(store, tmp_path, capsys, argv, verb, match):

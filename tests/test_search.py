@@ -289,7 +289,7 @@ def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path
     assert res2.results.to_pylist() == res.results.to_pylist()
 
     # the verb resumes the same search (every trial finished: no cluster, no training)
-    rc = main(["search", "--train", str(tr.path), "--valid", str(va.path), "--out", str(out), "--n", "1,2", "--m", "6",
+    rc = main(["search", str(tr.path), str(va.path), "--out", str(out), "--n", "1,2", "--m", "6",
                "--seeds", "2", "--backbone", "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "2",
                "--batch-size", "16", "--warmup-epochs", "0", "--device", "cpu"])
     text = capsys.readouterr().out

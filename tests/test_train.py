@@ -270,7 +270,7 @@ def test_tiny_run_writes_outputs(reference):
     assert ck.model_config == ModelConfig("mobilenet_v3_small", 32, "none")
     assert ck.metrics == local.metrics and ck.train_config["n"] == 2 and len(ck.data_hash) == 16
     resolved = json.loads((out / "config.json").read_text())
-    assert resolved["resolved"]["augment_on"] == "worker" and resolved["resolved"]["amp"] in ("off", "bf16")
+    assert resolved["resolved"]["augment_on"] == "worker" and resolved["resolved"]["precision"] in ("fp32", "bf16")
     assert resolved["max_epochs"] == 2 and resolved["resolved"]["train_counts"]["alpha"] > 0
     header = (out / "history.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,train_loss,val_loss,smoothed_val_loss,val_ap,images_per_s")
@@ -410,7 +410,7 @@ def test_staged_unfreezing_groups():
 def test_cli_train(stores, tmp_path, capsys):
     t, v = stores
     out = tmp_path / "cli"
-    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(out), "--backbone",
+    rc = main(["train", str(t.path), str(v.path), "--out", str(out), "--backbone",
                "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "1", "--batch-size", "16",
                "--epoch-size", "32", "--loader", "local", "--darkness-jitter", "0.2", "--no-progress"])
     assert rc == 0
@@ -426,14 +426,14 @@ def test_cli_train_reads_a_toml_config_and_flags_override_it(stores, tmp_path, c
     toml.write_text('[train]\nbackbone = "mobilenet_v3_small"\ninput_size = 32\nmax_epochs = 1\nbatch_size = 16\n'
                     'epoch_size = 32\nloader = "local"\ndarkness_jitter = 0.1\nunfreeze_epochs = [3, 5]\n')
     out = tmp_path / "toml"
-    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(out), "--config", str(toml),
+    rc = main(["train", str(t.path), str(v.path), "--out", str(out), "--config", str(toml),
                "--darkness-jitter", "0.2", "--no-progress"])
     assert rc == 0
     resolved = json.loads((out / "config.json").read_text())
     assert (resolved["darkness_jitter"], resolved["input_size"], resolved["unfreeze_epochs"]) == (0.2, 32, [3, 5])
     capsys.readouterr()
     toml.write_text("[train]\nmax_epoch = 1\n")
-    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(tmp_path / "bad"), "--config",
+    rc = main(["train", str(t.path), str(v.path), "--out", str(tmp_path / "bad"), "--config",
                str(toml)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "max_epoch" in err and str(toml) in err
@@ -451,7 +451,7 @@ def test_cli_flags_are_the_config_fields_with_their_help(capsys):
 
 def test_cli_bad_n_is_one_line_exit_2(stores, tmp_path, capsys):
     t, v = stores
-    rc = main(["train", "--train", str(t.path), "--valid", str(v.path), "--out", str(tmp_path / "x"), "--n", "9"])
+    rc = main(["train", str(t.path), str(v.path), "--out", str(tmp_path / "x"), "--n", "9"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "N" in err and "0..8" in err
 
@@ -462,7 +462,7 @@ def test_cli_dask_start_up_lines_only_with_verbose(stores, tmp_path):
     import sys
 
     t, v = stores
-    args = [sys.executable, "-m", "scanstream", "train", "--train", str(t.path), "--valid", str(v.path),
+    args = [sys.executable, "-m", "scanstream", "train", str(t.path), str(v.path),
             "--backbone", "mobilenet_v3_small", "--input-size", "32", "--max-epochs", "1", "--batch-size", "16",
             "--epoch-size", "32", "--loader", "dask", "--workers", "1", "--no-progress"]
     # in-process CLI calls of earlier tests set the quieting variable in this process's environment

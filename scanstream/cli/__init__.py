@@ -80,6 +80,22 @@ def _quiet_dask() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
+def _show_dashboard(args: argparse.Namespace) -> None:
+    """Print the Dask dashboard link of every cluster a verb starts or joins (:mod:`scanstream.executor` logs it)."""
+    from scanstream.progress import DASHBOARD_LOGGER
+
+    log = logging.getLogger(DASHBOARD_LOGGER)
+    log.handlers = [h for h in log.handlers if not getattr(h, "_scanstream_cli", False)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"scanstream {args.verb}: %(message)s"))
+    shown: set[str] = set()  # once per cluster: a watch joins its cluster again for every store
+    handler.addFilter(lambda record: not (record.getMessage() in shown or shown.add(record.getMessage())))
+    handler._scanstream_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.verbose == 0:
         _quiet_dask()
+    _show_dashboard(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -97,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_verb(args: argparse.Namespace) -> int:
     """Run ``args.func(args)``; every error a user can cause becomes one line on stderr and status 2."""
+    from scanstream.cli._common import apply_deprecated
+
     try:
+        apply_deprecated(args)
         check_counts(args)
         return int(args.func(args) or 0)
     except ScanstreamError as exc:

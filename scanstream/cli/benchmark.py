@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from scanstream.atomic import write_json
+from scanstream.cli._common import add_many, deprecated_option
 from scanstream.inference.benchmark import (
     DEFAULT_SAMPLE,
     PickerRate,
@@ -29,8 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "field of view the picker finished) it says how long a sheet of N objects takes and how many "
         "scanners one node keeps pace with. A table on the terminal; --out also writes JSON.",
     )
-    b.add_argument("--store", type=Path, required=True, metavar="STORE", help="a complete crop store (a few thousand crops)")
-    b.add_argument("--model", type=Path, nargs="+", required=True, metavar="CKPT", help="checkpoint(s), as classify runs them")
+    b.add_argument("store", type=Path, nargs="?", metavar="STORE", help="a complete crop store (a few thousand crops)")
+    add_many(b, "--model", type=Path, required=True, metavar="CKPT", help="checkpoint(s), as classify runs them")
+    deprecated_option(b, "--store", "store", "give the store first: scanstream benchmark STORE --model ...", type=Path)
+    b.set_defaults(required_inputs={"store": "STORE"})
     g = b.add_mutually_exclusive_group()
     g.add_argument("--picker-rate", type=float, metavar="OBJECTS_PER_S", help="the picker's rate in objects per second")
     g.add_argument("--picker-log", type=Path, metavar="FILE",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scanstream.cli._common import print_json
+from scanstream.cli._common import add_many, deprecated_option, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "precision to expect at other prevalences (alpha:other, e.g. 1:183), projected from recall and "
         "false-positive rate. classify refuses a record made for other models.",
     )
-    t.add_argument("--model", type=Path, nargs="+", required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
-    t.add_argument("--store", type=Path, required=True, metavar="VALID.zarr", help="labelled calibration store")
+    t.add_argument("store", type=Path, nargs="?", metavar="VALID.zarr", help="labelled calibration store")
+    add_many(t, "--model", type=Path, required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
+    deprecated_option(t, "--store", "store", "give the store first: scanstream threshold VALID.zarr --model ...",
+                      type=Path)
+    t.set_defaults(required_inputs={"store": "VALID.zarr"})
     g = t.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-recall", type=float, metavar="R", help="recall to reach, in (0, 1]")
     g.add_argument("--target-precision", type=float, metavar="P", help="precision to reach, in (0, 1]")
@@ -48,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "what is missing. Exit status 1 lists failed tasks (store and crop range).",
     )
     c.add_argument("stores", type=Path, nargs="+", metavar="STORE", help="complete crop stores (NAME.zarr)")
-    c.add_argument("--model", type=Path, nargs="+", required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
+    add_many(c, "--model", type=Path, required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
     c.add_argument("--threshold", type=Path, metavar="THRESHOLD.json",
                    help="threshold record for these models (without it, 'selected' is null)")
     c.add_argument("--out", type=Path, required=True, metavar="CANDIDATES", help="candidate table directory")
@@ -96,14 +99,11 @@ def _f(x: float | None) -> str:
 def run_classify(args: argparse.Namespace) -> int:
     from scanstream.inference.classify import classify
 
-    def show(link: str | None) -> None:
-        print(f"Dask dashboard: {link}", file=sys.stderr, flush=True)
-
     res = classify(
         args.stores, args.model, args.out,
         threshold=args.threshold, scheduler=args.scheduler, workers=args.workers, device=args.device,
         batch_size=args.batch_size, crops_per_task=args.crops_per_task, precision=args.precision,
-        verify=args.verify, progress=not args.no_progress, on_cluster=show,
+        verify=args.verify, progress=not args.no_progress,
     )
     print_json({
         "out": str(res.out), "complete": res.complete, "rows": res.rows, "selected": res.selected,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanstream.cli._common import add_many, deprecated_option
 from scanstream.evaluation.report import pm
 
 
@@ -20,13 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and PNG figures to --out. Objects labelled unknown (-1) are left out. With --feature-model, the "
         "learned former method (boosted trees on the picker's features) is reported beside the cuts.",
     )
-    p.add_argument("--candidates", type=Path, action="append", required=True, metavar="DIR",
-                   help="candidate table directory (repeat to compare models; the first is the primary one)")
-    p.add_argument("--name", action="append", metavar="NAME",
-                   help="name of each --candidates table in figures and tables (repeat in the same order; "
-                   "default: directory names)")
-    p.add_argument("--store", type=Path, action="append", required=True, metavar="STORE",
-                   help="labelled crop store the tables scored (repeat for several)")
+    p.add_argument("candidates", type=Path, nargs="*", metavar="CANDIDATES",
+                   help="candidate table directories (several to compare models; the first is the primary one)")
+    deprecated_option(p, "--candidates", "candidates", "give the tables first: scanstream evaluate CANDIDATES ... "
+                      "--store STORE", many=True, type=Path)
+    p.set_defaults(required_inputs={"candidates": "CANDIDATES"})
+    add_many(p, "--name", metavar="NAME",
+             help="name of each table in figures and tables, in the same order (default: directory names)")
+    add_many(p, "--store", type=Path, required=True, metavar="STORE",
+             help="labelled crop store(s) the tables scored")
     p.add_argument("--baseline", type=Path, metavar="FILE",
                    help="the former method's table (`scanstream baseline STORE --out FILE.parquet`)")
     p.add_argument("--feature-model", type=Path, metavar="FILE",

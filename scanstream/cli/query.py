@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scanstream.cli._common import add_many
+
 
 def add_filter_args(p: argparse.ArgumentParser, *, top_default: int | None = None) -> None:
     """The row filters shared by query, gallery and review."""
@@ -75,8 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from the crop stores (matched by object id; by default the stores recorded in the table).",
     )
     g.add_argument("candidates", type=Path, help="candidate table directory")
-    g.add_argument("--store", type=Path, action="append", default=[], metavar="STORE",
-                   help="crop store holding the candidates' crops (repeatable; default: the paths in the table)")
+    add_many(g, "--store", type=Path, default=[], metavar="STORE",
+             help="crop store(s) holding the candidates' crops (default: the stores the table records)")
     add_filter_args(g, top_default=200)
     g.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (replaced atomically)")
     g.add_argument("--sheet-columns", type=int, default=10, help="crops per row of the contact sheet (default 10)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanstream.cli._common import add_many
 from scanstream.cli.query import add_filter_args, build_filter, warn_partial
 
 
@@ -18,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "object wins). Stop with Ctrl-C; rerun to continue, earlier verdicts are shown.",
     )
     p.add_argument("candidates", type=Path, help="candidate table directory")
-    p.add_argument("--store", type=Path, action="append", default=[], metavar="STORE",
-                   help="crop store with the candidates' crops (repeatable; default: the paths in the table)")
+    add_many(p, "--store", type=Path, default=[], metavar="STORE",
+             help="crop store(s) with the candidates' crops (default: the stores the table records)")
     add_filter_args(p, top_default=200)
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1",
@@ -46,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--include-unsure (label -1). An interrupted run resumes when rerun.",
     )
     t.add_argument("verdicts", type=Path, help="verdicts table directory (or one session .jsonl file)")
-    t.add_argument("--store", type=Path, action="append", required=True, metavar="SRC",
-                   help="source crop store of the reviewed candidates (repeatable)")
+    add_many(t, "--store", type=Path, required=True, metavar="SRC",
+             help="source crop store(s) of the reviewed candidates")
     t.add_argument("--out", type=Path, required=True, metavar="NEW.zarr", help="the labelled store to write")
     t.add_argument("--include-unsure", action="store_true", help="keep unsure verdicts as label -1 (unknown)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanstream.cli._common import deprecated_option
 from scanstream.config import add_flags, given_flags
 from scanstream.training.config import SearchConfig, TrainConfig, config_from_dict, default_grid, verb_fields
 
@@ -25,8 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "DIR/trials/nN_mM_sS/) are not rerun: rerun the same command to resume. Default grid: the "
         "paper's N 2,4,6,8 x M 6,12,18,24,30 x 4 seeds with a GPU; N 2,6 x M 12,24 x 2 seeds on CPU.",
     )
-    p.add_argument("--train", type=Path, required=True, metavar="STORE", help="labelled TRAIN crop store")
-    p.add_argument("--valid", type=Path, required=True, metavar="STORE", help="labelled VALID crop store (chooses the setting)")
+    p.add_argument("train", type=Path, nargs="?", metavar="TRAIN.zarr", help="labelled TRAIN crop store")
+    p.add_argument("valid", type=Path, nargs="?", metavar="VALID.zarr", help="labelled VALID crop store (chooses the setting)")
+    deprecated_option(p, "--train", "train", "give the stores first: scanstream search TRAIN.zarr VALID.zarr --out ...",
+                      type=Path)
+    deprecated_option(p, "--valid", "valid", "give the stores first: scanstream search TRAIN.zarr VALID.zarr --out ...",
+                      type=Path)
+    p.set_defaults(required_inputs={"train": "TRAIN.zarr", "valid": "VALID.zarr"})
     p.add_argument("--test", type=Path, metavar="STORE", help="labelled TEST store to measure the best setting on")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="search directory (trials, results, report)")
     add_flags(p, SearchConfig, GRID_FLAGS)

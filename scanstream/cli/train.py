@@ -7,7 +7,7 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
-from scanstream.cli._common import print_json
+from scanstream.cli._common import deprecated_option, print_json
 from scanstream.config import add_flags, given_flags, read_toml
 from scanstream.training.config import TrainConfig, config_from_dict, verb_fields
 
@@ -30,8 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "RUN_DIR receives model.safetensors (the best epoch), config.json, history.csv and loss_curve.png; "
         "rerunning the same command after an interruption resumes from the last finished epoch.",
     )
-    p.add_argument("--train", required=True, type=Path, metavar="T.zarr", help=HELP["train_store"])
-    p.add_argument("--valid", required=True, type=Path, metavar="V.zarr", help=HELP["valid_store"])
+    p.add_argument("train", type=Path, nargs="?", metavar="TRAIN.zarr", help=HELP["train_store"])
+    p.add_argument("valid", type=Path, nargs="?", metavar="VALID.zarr", help=HELP["valid_store"])
+    deprecated_option(p, "--train", "train", "give the stores first: scanstream train TRAIN.zarr VALID.zarr --out ...",
+                      type=Path)
+    deprecated_option(p, "--valid", "valid", "give the stores first: scanstream train TRAIN.zarr VALID.zarr --out ...",
+                      type=Path)
+    p.set_defaults(required_inputs={"train": "TRAIN.zarr", "valid": "VALID.zarr"})
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help=HELP["out_dir"])
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="training options as TOML keys, optionally under [train] "
                    "(flags override)")
@@ -42,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "checkpoint: cosine 5e-4, 12 epochs, the last kept); auto (default): finetune with a scanstream checkpoint as --pretrained, "
                    "paper on a GPU, cpu otherwise. The recipe used is printed and recorded in config.json")
     add_flags(p, TrainConfig, FLAGS)
+    deprecated_option(p, "--amp", "precision", "use --precision auto | fp32 | bf16 (off is fp32)",
+                      type=lambda v: "fp32" if v == "off" else v, choices=("auto", "bf16", "fp32"))
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scanstream.cli._common import add_many
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inbox", type=Path, nargs="?", help="directory receiving NAME.zarr stores (default: the config's)")
     p.add_argument("--out", type=Path, metavar="CANDIDATES", help="candidate table directory (default: the config's)")
     p.add_argument("--config", type=Path, metavar="TOML", help="overnight.toml with a [watch] table (models, threshold, ...)")
-    p.add_argument("--model", type=Path, action="append", metavar="CKPT", help="checkpoint (repeatable; replaces the config's)")
+    add_many(p, "--model", type=Path, metavar="CKPT", help="checkpoint(s) (replace the config's)")
     p.add_argument("--threshold", type=Path, metavar="JSON", help="threshold record (replaces the config's)")
     p.add_argument("--prevalence", metavar="A:B", help="alpha:other of the sheets for the expected count, e.g. 1:183")
     p.add_argument("--once", action="store_true", help="process the complete stores there now, then exit")

@@ -411,7 +411,6 @@ def _score_missing(job: _Job, cluster: _Cluster, progress: bool) -> _Scored:
     gpus = gpu_count() if dev is not None and dev.type == "cuda" else 0
     with dask_client(cluster.scheduler, workers=cluster.workers, gpus=gpus, processes=cluster.processes) as client:
         dashboard = client.dashboard_link
-        logger.info("Dask dashboard: %s", dashboard)
         if cluster.on_cluster is not None:
             cluster.on_cluster(dashboard)
         if prec is None:

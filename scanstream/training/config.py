@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("best", "last")
 LOADERS = ("dask", "local")
 AUGMENT_ON = ("auto", "worker", "device")
-AMP = ("auto", "bf16", "off")
+PRECISIONS = ("auto", "fp32", "bf16")
 #: Crops per loading task (a block of whole store chunks; :mod:`scanstream.training.dataload`).
 DEFAULT_BLOCK_CROPS = 1024
 MAX_N = 8
@@ -159,8 +160,9 @@ class TrainConfig:
     augment_on: str = field(default="auto", metadata={
         "help": "where augmentation runs (auto: device on GPU, loader workers on CPU)", "choices": AUGMENT_ON,
         "verbs": TRAIN})
-    amp: str = field(default="auto", metadata={
-        "help": "bf16 autocast (auto: where the device is fast in it)", "choices": AMP, "verbs": TRAIN})
+    precision: str = field(default="auto", metadata={
+        "help": "fp32, or bf16 autocast (auto: bf16 where the device is fast in it); classify's words",
+        "choices": PRECISIONS, "verbs": TRAIN})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for the network"})
     workers: int | None = field(default=None, metadata={
         "help": "loader workers (default: a few for a GPU, one per 4 cores on CPU)", "verbs": TRAIN})
@@ -186,7 +188,17 @@ def verb_fields(cls: type, verb: str) -> tuple[str, ...]:
 
 
 def config_from_dict(d: Mapping[str, Any], *, where: str = "training options") -> TrainConfig:
-    """A TrainConfig from a (TOML / JSON) dict; unknown keys are an error naming ``where``."""
+    """A TrainConfig from a (TOML / JSON) dict; unknown keys are an error naming ``where``.
+
+    The key ``amp`` of earlier releases (auto / bf16 / off) is still read as ``precision``
+    (off is fp32), with a deprecation warning.
+    """
+    if "amp" in d:
+        d = dict(d)
+        amp = d.pop("amp")
+        warnings.warn(f"{where}: 'amp' is deprecated; use precision = \"auto\" | \"fp32\" | \"bf16\" "
+                      "(amp is read until scanstream 0.3)", DeprecationWarning, stacklevel=2)
+        d.setdefault("precision", "fp32" if amp == "off" else amp)
     return from_dict(TrainConfig, d, where=where)
 
 
@@ -220,8 +232,8 @@ def check_options(config: TrainConfig) -> None:
         raise ConfigError("a scheduler address needs loader 'dask'")
     if config.augment_on not in AUGMENT_ON:
         raise ConfigError(f"augment_on must be auto, worker or device, got {config.augment_on!r}")
-    if config.amp not in AMP:
-        raise ConfigError(f"amp must be auto, bf16 or off, got {config.amp!r}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be auto, fp32 or bf16, got {config.precision!r}")
 
 
 # ---------------------------------------------------------------------------------------------

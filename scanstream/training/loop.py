@@ -298,7 +298,7 @@ def _resolved(config: TrainConfig, rt: Runtime, train_store: CropStore, valid_st
     d = asdict(config)
     d["unfreeze_epochs"] = list(config.unfreeze_epochs)
     d["resolved"] = {
-        "device": str(rt.device), "amp": "bf16" if rt.amp else "off", "augment_on": rt.augment_on, "workers": rt.workers,
+        "device": str(rt.device), "precision": "bf16" if rt.amp else "fp32", "augment_on": rt.augment_on, "workers": rt.workers,
         "torch_threads": rt.threads if rt.device.type == "cpu" else None,
         "epoch_size": config.epoch_size or int((labels >= 0).sum()), "data_hash": dhash, "torch": torch.__version__,
         "train_counts": class_counts(labels), "valid_counts": class_counts(valid_store.labels),

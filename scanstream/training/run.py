@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from scanstream.atomic import write_bytes
-from scanstream.devices import autocast_bf16, resolve_device
+from scanstream.devices import resolve_device, resolve_precision
 from scanstream.errors import InputError
 from scanstream.evaluation.metrics import class_counts
 from scanstream.picker.learned import (
@@ -120,9 +120,9 @@ def data_hash(train_store: CropStore, valid_store: CropStore) -> str:
 # Where the run runs
 
 
-def resolve_amp(amp: str, device: torch.device) -> bool:
+def resolve_amp(precision: str, device: torch.device) -> bool:
     """Whether to run bf16 autocast (see :class:`TrainConfig`; the rule is :mod:`scanstream.devices`')."""
-    return autocast_bf16(amp, device)
+    return resolve_precision(precision, device) == "bf16"
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -147,7 +147,7 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
     workers = config.workers or default_workers(device)
     return Runtime(
         device=device,
-        amp=resolve_amp(config.amp, device),
+        amp=resolve_amp(config.precision, device),
         augment_on=config.augment_on if config.augment_on != "auto" else ("device" if device.type == "cuda" else "worker"),
         workers=workers,
         threads=config.torch_threads or _default_threads(device, workers, config),
