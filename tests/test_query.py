@@ -346,3 +346,21 @@ def test_cli_revisit(cands, tmp_path):
     ids = [line.split(",")[3] for line in lines[1:]]
     selected = {r["object_id"] for r in rows.to_pylist() if np.float32(r["score"]) >= 1.0}
     assert sorted(ids) == sorted(selected)
+
+
+def test_a_sheet_query_reads_only_that_sheets_parts(cands):
+    root, _ = cands
+    other = next((root / "sheet-S2").glob("part-*.parquet"))
+    other.write_bytes(b"not parquet")  # any read of S2's part would fail
+    t = query_candidates(root, CandidateFilter(sheet="odd sheet/ü"))
+    assert t.num_rows == 40 and set(t.column("sheet").to_pylist()) == {"odd sheet/ü"}
+    assert query_candidates(root, CandidateFilter(sheet="absent")).num_rows == 0
+    with pytest.raises(QueryError, match="sheet-S2/part-.*Parquet magic bytes not found"):
+        query_candidates(root)  # the whole table reads it, and names it
+
+
+def test_legacy_tables_are_still_queried(tmp_path):
+    rows = [{"object_id": f"o{i}", "sheet": "S1", "x_mm": 0.0, "y_mm": 0.0, "score": float(i)} for i in range(5)]
+    root = write_candidates(tmp_path / "old", rows, legacy=True)
+    assert query_candidates(root, CandidateFilter(sheet="S1", top=2)).column("object_id").to_pylist() == ["o4", "o3"]
+    assert cand.read_manifest(root) == {"complete": True}

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from scanstream.atomic import write_parquet, write_text
-from scanstream.candidates.table import METADATA_KEY, read_metadata, require_complete, resolve_stores
+from scanstream.candidates.table import METADATA_KEY, read_metadata, require_complete, resolve_stores, sheet_dir
 from scanstream.candidates.table import part_files as candidate_parts
 from scanstream.errors import QueryError
 
@@ -154,14 +154,20 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def part_files(path: str | os.PathLike) -> list[str]:
-    """The candidate part files under ``path`` (sorted), per the candidate-table layout."""
+def part_files(path: str | os.PathLike, sheet: str | None = None) -> list[str]:
+    """The candidate part files under ``path`` (sorted), per the candidate-table layout.
+
+    With ``sheet``, only that sheet's parts (a sheet's query costs its parts, not the table's).
+    """
     p = Path(path)
     if not p.exists():
         raise QueryError(f"{p}: no such candidate table")
     if not p.is_dir():
         raise QueryError(f"{p}: a candidate table is a directory of sheet-*/part-*.parquet files")
     files = [str(f) for f in candidate_parts(p)]
+    if files and sheet is not None:
+        mine = {str(d) for d in (sheet_dir(p, sheet), sheet_dir(p, sheet, legacy=True))}
+        files = [f for f in files if str(Path(f).parent) in mine] or files[:1]  # no rows of it: one part, none kept
     if not files:
         raise QueryError(f"{p}: no candidate parts (sheet-*/part-*.parquet); classify or watch writes them")
     return files
@@ -178,7 +184,7 @@ def connect(path: str | os.PathLike, f: CandidateFilter | None = None, *, allow_
     import duckdb
 
     f = f or CandidateFilter()
-    files = part_files(path)
+    files = part_files(path, f.sheet)
     require_complete(path, allow_partial=allow_partial)
     try:
         dataset = ds.dataset(files, format="parquet")

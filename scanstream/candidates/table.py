@@ -85,9 +85,10 @@ CANDIDATE_SCHEMA = pa.schema(
 
 
 # -- names --------------------------------------------------------------------------------
-def sheet_dir(out: str | os.PathLike, sheet: str) -> Path:
-    """``out/sheet-<urlquoted sheet>``."""
-    return Path(out) / f"{SHEET_PREFIX}{urllib.parse.quote(str(sheet), safe='')}"
+def sheet_dir(out: str | os.PathLike, sheet: str, *, legacy: bool = False) -> Path:
+    """``out/sheet-<urlquoted sheet>`` (``sheet=<...>`` in a version-1 table with ``legacy``)."""
+    prefix = LEGACY_SHEET_PREFIX if legacy else SHEET_PREFIX
+    return Path(out) / f"{prefix}{urllib.parse.quote(str(sheet), safe='')}"
 
 
 def sheet_of(directory: str | os.PathLike) -> str:
