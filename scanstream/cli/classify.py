@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "false-positive rate. classify refuses a record made for other models.",
     )
     t.add_argument("store", type=Path, nargs="?", metavar="VALID.zarr", help="labelled calibration store")
-    add_many(t, "--model", type=Path, required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
+    add_many(t, "--model", type=Path, required=True, metavar="CKPT",
+             help="checkpoint(s) (*.safetensors) or ONNX exports (*.onnx; calibrate on the file classify will run)")
     deprecated_option(t, "--store", "store", "give the store first: scanstream threshold VALID.zarr --model ...",
                       type=Path)
     t.set_defaults(required_inputs={"store": "VALID.zarr"})
@@ -51,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "what is missing. Exit status 1 lists failed tasks (store and crop range).",
     )
     c.add_argument("stores", type=Path, nargs="+", metavar="STORE", help="complete crop stores (NAME.zarr)")
-    add_many(c, "--model", type=Path, required=True, metavar="CKPT", help="checkpoint(s) (*.safetensors)")
+    add_many(c, "--model", type=Path, required=True, metavar="CKPT",
+             help="checkpoint(s) (*.safetensors) or ONNX exports (*.onnx from scanstream export; CPU only)")
     c.add_argument("--threshold", type=Path, metavar="THRESHOLD.json",
                    help="threshold record for these models (without it, 'selected' is null)")
     c.add_argument("--out", type=Path, required=True, metavar="CANDIDATES", help="candidate table directory")

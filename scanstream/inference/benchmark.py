@@ -55,12 +55,12 @@ from scanstream.inference.engine import (
     check_crops,
     check_features,
     checkpoint_identity,
+    model_header,
     read_plan,
 )
 from scanstream.picker.cuts import run_baseline_table
 from scanstream.picker.pick import pick_volume
 from scanstream.progress import as_progress
-from scanstream.training.checkpoint import read_header
 from scanstream.training.model import preprocess
 
 __all__ = ["PickerRate", "check_rate", "format_report", "read_picker_log", "run_benchmark"]
@@ -181,7 +181,7 @@ def check_inputs(store_path: str | os.PathLike, checkpoints: Sequence[str | os.P
     check_features(checkpoints, [store])
     for c in checkpoints:
         checkpoint_identity(c)
-        size = int(read_header(c)["model_config"]["input_size"])
+        size = int(model_header(c)["model_config"]["input_size"])
         if size > st.CROP_SIZE:
             raise InputError(
                 f"{c}: the model takes {size} px input but {store.path} holds {st.CROP_SIZE} px crops"
