@@ -6,7 +6,9 @@ crops in memory and the networks alone on normalised tensors; each rate becomes 
 sheet of ``--objects`` objects would take at it. Models: the shipped cascade
 (``models/scanstream-cpu-cascade.safetensors``: the learned former method rejects most objects
 before the network; the measured fraction it passes is reported as ``network_rows / crops``) and
-untrained pixels-only networks of the given configurations (the same compute as trained ones).
+untrained pixels-only networks of the given configurations (the same compute as trained ones);
+each also exported to ONNX and run on ONNX Runtime (``scanstream export``; skipped where
+onnxruntime is not installed, or with ``--no-onnx``).
 The store is a physics-simulated sheet (``--store`` to use one of your own, e.g. the demo's
 ``demo-output/inbox/sheet-0042.zarr``, at the natural prevalence). The goal: 3 million objects
 in at most one hour on the 2 development cores (830 crops/s end to end).
@@ -14,12 +16,13 @@ in at most one hour on the 2 development cores (830 crops/s end to end).
 Usage::
 
     python benchmarks/sheet_time.py [--store STORE] [--n 1024] [--objects 3000000]
-        [--configs mobilenet_v3_small:112,resnet18:112]
+        [--configs mobilenet_v3_small:112,resnet18:112] [--no-onnx]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -47,7 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--objects", type=int, default=3_000_000, help="objects in the projected sheet")
     p.add_argument("--configs", default="mobilenet_v3_small:112,resnet18:112")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", help="torch only (no ONNX Runtime rows)")
     args = p.parse_args(argv)
+    if args.onnx and importlib.util.find_spec("onnxruntime") is None:
+        print("onnxruntime is not installed: torch rows only (pip install 'scanstream[onnx]')", file=sys.stderr)
+        args.onnx = False
     tmp = Path(tempfile.mkdtemp(prefix="sheet_time_"))
     try:
         store = open_store(args.store) if args.store else open_store(make_store(tmp / "sheet.zarr", args.n)[0].path)
@@ -59,6 +66,13 @@ def main(argv: list[str] | None = None) -> None:
             path = tmp / f"{backbone}-{size}.safetensors"
             save_checkpoint(path, build_model(cfg).eval(), model_config=cfg, train_config={}, data_hash="bench", metrics={})
             models[f"{backbone} {size} px, pixels only"] = path
+        if args.onnx:
+            from scanstream.inference.export import export_onnx
+
+            for name, path in list(models.items()):
+                onnx = tmp / f"{path.stem}.onnx"
+                export_onnx(path, onnx, check=store)
+                models[f"{name}, ONNX Runtime"] = onnx
         rows = []
         for name, path in models.items():
             t0 = time.perf_counter()
