@@ -3,12 +3,15 @@
 One run: ``simulate-volume`` writes fields of view with truth, ``ingest --format stack`` makes
 the volume store, then in this process, one after the other on the same machine:
 
+* **reading** every field's planes alone (zarr, zstd): the floor under any picker that looks
+  at every plane of every field, and the ratio picking would reach if detecting were free;
 * **picking** (:func:`scanstream.picker.pick.pick_field` on every field: read the planes,
   detect, crop): fields/s and objects (vertices) / s;
 * **classifying** the same picked objects with the shipped model
   (:func:`scanstream.inference.scoring.score_store`, ``models/scanstream-cpu-cascade.safetensors``):
-  crops/s; the ratio of the two rates is the point of the benchmark (is the picker or the
-  classifier the bottleneck?). Torch gets ``--threads`` threads; the picker is single-threaded
+  crops/s (loading the model included: with about 130 crops, 0.4-0.7 s, so this rate and the
+  ratio vary by half from run to run); the ratio of the two rates is the point of the benchmark
+  (is the picker or the classifier the bottleneck?). Torch gets ``--threads`` threads; the picker is single-threaded
   numpy / scipy, so the default (1) compares one core with one core.
 
 Quality against the truth (``truth.parquet``):
@@ -120,6 +123,10 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    for f in volume:
+        f.read()
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
     results = [pick_field(f, "bench") for f in volume]
     t_pick = time.perf_counter() - t0
     rows = [r for res in results for r in res.rows]
@@ -142,6 +149,8 @@ def run(args: argparse.Namespace) -> dict:
         "volume": {"fields": len(volume), "field_px": list(volume[0].shape[1:]), "planes": planes,
                    "pixel_size_um": list(volume[0].pixel_size_um), "step_um": volume[0].step_um,
                    "simulate_seconds": round(t_sim, 1), "ingest_seconds": round(t_ingest, 1)},
+        "reading": {"seconds": round(t_read, 2), "fields_per_s": round(len(volume) / t_read, 3),
+                    "pick_over_classify_rate_if_detecting_were_free": round(n / t_read / classify_rate, 4) if n else None},
         "picking": {"seconds": round(t_pick, 2), "fields_per_s": round(len(volume) / t_pick, 4),
                     "planes_per_s": round(planes / t_pick, 2), "objects_per_s": round(pick_rate, 3), "objects": n},
         "classifying": {"model": str(args.model), "seconds": round(t_classify, 2), "crops_per_s": round(classify_rate, 3)},

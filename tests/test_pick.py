@@ -8,9 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from scipy import ndimage as ndi
 
 from scanstream import store as st
 from scanstream.cli import main
+from scanstream.picker import detect as dt
 from scanstream.picker.detect import DetectParams, detect_vertices, is_crossing
 from scanstream.picker.pick import crop_planes, pick_volume
 from scanstream.simulate.conditions import SheetConditions
@@ -97,6 +99,109 @@ def test_crossing_rule_on_prong_directions():
 def test_empty_field_and_fog_only_give_nothing():
     assert detect(np.full((N_PLANES, SIZE, SIZE), 185, np.uint8)) == []
     assert detect(render_stack(fog=20.0, seed=3)) == []
+
+
+def fan(azimuths, dips, lengths) -> SimObject:
+    """An alpha star at the field centre: prongs at the given azimuths and dips (degrees)."""
+    v = np.array([0.0, 0.0, VERTEX_DEPTH])
+    a, d = np.radians(azimuths), np.radians(dips)
+    dirs = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d) / 1.95], 1)
+    return segments([v] * len(a), v + dirs * np.asarray(lengths, float)[:, None], [ALPHA] * len(a))
+
+
+@pytest.mark.parametrize("azimuths, dips, lengths", [
+    ((277, 127, 113, 79), (10, -10, 5, 15), (40, 28, 24, 20)),  # wide-shell prongs refined 5-7 um away
+    ((277, 127, 113, 79), (0, 0, 0, 0), (40, 28, 24, 20)),
+    ((277, 130, 110, 80), (20, -20, 10, -5), (40, 28, 24, 20)),
+    ((90, 250, 262, 275), (10, -10, 5, 15), (30, 24, 40, 28)),  # lines meeting 9-18 um away
+    ((100, 240, 255, 268), (10, -10, 5, 15), (30, 24, 40, 28)),
+])
+def test_star_whose_densest_point_is_in_its_fan_is_found_by_the_recheck(azimuths, dips, lengths):
+    """Three prongs close in angle: the window count peaks in their fan, 5-13 um from the vertex,
+    and no candidate sits on the vertex; the fit from the fan's candidate lands on it, and the
+    recheck (prongs seen from where the fit went) accepts it."""
+    planes = render_stack([fan(azimuths, dips, lengths)])
+    c = (SIZE - 1) / 2
+    for recheck, want in ((True, 1), (False, 0)):
+        found = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=1.95, params=DetectParams(recheck=recheck))
+        near = [v for v in found if np.hypot(v.x - c, v.y - c) * PX <= 2.0 and abs(v.z * STEP - VERTEX_DEPTH) <= STEP]
+        assert len(near) == want, (recheck, [(v.x, v.y, v.z, v.multiplicity) for v in found])
+
+
+def reference_masks(planes, params):
+    """Criterion 1 as written: smoothing at 2 x 2 pixels, median of the 2 x 2-pixel means (slow)."""
+    f = params.voxel_px
+    nz, h, w = planes.shape
+    dark = np.zeros((nz, h // f, w // f), bool)
+    fine = np.zeros((nz, h // 2, w // 2), bool)
+    for k in range(nz):
+        img = planes[k].astype(np.float64).reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+        bg = np.median(img)
+        local = ndi.gaussian_filter(img, params.sharp_sigma_um / (2 * params.pixel_um), mode="nearest")
+        fine[k] = (local - img) > params.sharp_threshold * bg
+        d = fine[k] | (img < (1 - params.threshold) * bg)
+        dark[k] = d.reshape(h // f, f // 2, w // f, f // 2).any((1, 3))
+    return dark, fine
+
+
+def test_dark_masks_match_the_criterion_at_2x2_pixels():
+    """The fast masks (smoothing at voxel resolution, interpolated back) against the slow reference."""
+    planes = render_stack([star(), crossing()], fog=20.0, seed=5)
+    params = DetectParams()
+    masks = dt.dark_masks(planes, params)
+    dark, fine = reference_masks(planes, params)
+    assert masks.dark.shape == dark.shape and masks.fine.shape == fine.shape
+    assert dark.sum() > 500
+    assert (masks.dark ^ dark).sum() <= 0.02 * dark.sum()
+    assert (masks.fine ^ fine).sum() <= 0.02 * fine.sum()
+    assert (masks.sharp <= masks.dark).all()
+
+
+@pytest.mark.parametrize("r", [1, 2, 4])
+def test_fine_voxels_against_explicit_interpolation(r):
+    """Each fine voxel's limit is the voxel limits interpolated bilinearly to its centre."""
+    rng = np.random.default_rng(r)
+    limit = rng.uniform(100, 200, (5, 7)).astype(np.float32)
+    s2 = rng.uniform(90, 210, (5 * r, 7 * r)).astype(np.float32)
+    bi, bj = np.nonzero(rng.random((5, 7)) < 0.6)
+    fy, fx, on = dt._fine_sharp(s2, limit, bi, bj, r)
+    assert len(fy) == len(bi) * r * r
+    for y, x, got in zip(fy, fx, on, strict=True):
+        cy, cx = (y + 0.5) / r - 0.5, (x + 0.5) / r - 0.5  # the fine voxel's centre, in voxels
+        cy, cx = min(max(cy, 0), 4), min(max(cx, 0), 6)
+        y0, x0 = min(int(cy), 3), min(int(cx), 5)
+        ty, tx = cy - y0, cx - x0
+        want = ((1 - ty) * (1 - tx) * limit[y0, x0] + (1 - ty) * tx * limit[y0, x0 + 1]
+                + ty * (1 - tx) * limit[y0 + 1, x0] + ty * tx * limit[y0 + 1, x0 + 1])
+        assert got == (s2[y, x] < want)
+    assert set(zip(fy // r, fx // r)) == set(zip(bi, bj))
+
+
+def test_max3_is_the_3x3_maximum():
+    a = np.random.default_rng(1).random((9, 6)).astype(np.float32)
+    np.testing.assert_array_equal(dt._max3(a), ndi.maximum_filter(a, 3, mode="nearest"))
+
+
+def test_candidates_in_boxes_match_the_whole_array_computation():
+    """Window counts and their local maxima computed per segment box equal the whole-array ones."""
+    planes = render_stack([star(), crossing()], fog=20.0, seed=5)
+    params = DetectParams()
+    mask = dt.dark_masks(planes, params).dark
+    labels, boxes, cand, dens = dt._candidates(mask, params)
+    ref, _ = ndi.label(mask, np.ones((3, 3, 3), bool))
+    np.testing.assert_array_equal(labels, ref)
+    sizes = np.bincount(ref.ravel())
+    kept = (sizes >= params.min_voxels)[ref] & (ref > 0)
+    count = np.rint(ndi.uniform_filter(kept.astype(np.float32), size=(3, 7, 7), mode="constant") * 147)
+    w = 2 * params.peak_half + 1
+    peak = (count == ndi.maximum_filter(count, size=(3, w, w), mode="constant")) & kept & (count >= params.min_density)
+    want = np.argwhere(peak)
+    order = np.argsort(-count[peak], kind="stable")
+    np.testing.assert_array_equal(cand, want[order])
+    np.testing.assert_array_equal(dens, count[peak][order])
+    assert len(cand) > 0
+    for lab, box in boxes.items():
+        assert box == ndi.find_objects((ref == lab).astype(int))[0]
 
 
 def test_crop_geometry_and_resampling():
