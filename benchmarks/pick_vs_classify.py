@@ -22,7 +22,10 @@ Quality against the truth (``truth.parquet``):
 * fake vertices per field: picked vertices farther than ``--fake-xy-um`` (5 um) in x, y or two
   z-steps from every simulated object's vertex (crossings of the field's beam tracks, pieces of
   a star counted twice, fog), per field;
-* the fraction of each category that was picked (same matching).
+* the fraction of each category that was picked (same matching);
+* the former method's cuts on the picked objects with the picker's measured multiplicity and
+  prong lengths: its recall over all alpha decays and over the picked ones, beside the band the
+  simulator was calibrated to with the simulator's own features (``former_method``).
 
 Usage::
 
@@ -48,6 +51,7 @@ import pyarrow.parquet as pq
 from scanstream.atomic import write_text
 from scanstream.inference.scoring import score_store
 from scanstream.ingest.stacks import ingest_stacks
+from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
 from scanstream.store import open_store, open_volume
@@ -97,6 +101,47 @@ def quality(rows: list[dict], truth: list[dict], n_fields: int, args: argparse.N
         "fake_vertices": fake, "fake_vertices_per_field": round(fake / n_fields, 3),
         "picked_fraction_by_category": {c: {"objects": n, "picked": m} for c, (n, m) in sorted(cats.items())},
         "alpha_missed": missed,
+    }
+
+
+#: The former method's recall on simulated crop stores with the simulator's own features, six
+#: full-size sheets (benchmarks/simulator_calibration.py; README, docs/simulator.md).
+CALIBRATED_RECALL = (0.757, 0.835)
+
+
+def former_method(rows: list[dict], truth: list[dict], args: argparse.Namespace) -> dict:
+    """The former method's cuts on the picked objects with the picker's measured features.
+
+    A picked vertex is an alpha decay when it lies within the efficiency tolerance of one. The
+    recall over all alpha decays of the volume (picking losses included) and over the picked
+    ones is set beside the band the simulator was calibrated to; the precision is at this
+    volume's mix of objects, so it compares with nothing but itself.
+    """
+    if not rows:
+        return {"vertices": 0}
+    mult = np.array([-1 if r["multiplicity"] is None else int(r["multiplicity"]) for r in rows])
+    lengths = [np.asarray(r["track_lengths_um"] or [], np.float64) for r in rows]
+    selected, _ = select(mult, lengths, DEFAULT_CONFIG)
+    alphas = [r for r in truth if r["label"] == 1]
+    picked = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in rows])
+    found = sel_found = 0
+    is_alpha = np.zeros(len(rows), bool)
+    for a in alphas:
+        near = (np.hypot(picked[:, 0] - a["x_mm"], picked[:, 1] - a["y_mm"]) * 1000 <= args.xy_um) & (
+            np.abs(picked[:, 2] - a["z_mm"]) * 1000 <= 3.0)
+        is_alpha |= near
+        found += int(near.any())
+        sel_found += int((near & selected).any())
+    n_sel = int(selected.sum())
+    return {
+        "config": {"multiplicity": [DEFAULT_CONFIG.min_multiplicity, DEFAULT_CONFIG.max_multiplicity],
+                   "length_um": [DEFAULT_CONFIG.min_length_um, DEFAULT_CONFIG.max_length_um]},
+        "selected": n_sel,
+        "recall_all_alpha_decays": round(sel_found / len(alphas), 4) if alphas else None,
+        "recall_picked_alpha_decays": round(sel_found / found, 4) if found else None,
+        "calibrated_recall_band": list(CALIBRATED_RECALL),
+        "precision_at_this_mix": round(int((selected & is_alpha).sum()) / n_sel, 4) if n_sel else None,
+        "selected_non_alpha_vertices": int((selected & ~is_alpha).sum()),
     }
 
 
@@ -156,6 +201,7 @@ def run(args: argparse.Namespace) -> dict:
         "classifying": {"model": str(args.model), "seconds": round(t_classify, 2), "crops_per_s": round(classify_rate, 3)},
         "pick_over_classify_rate": round(pick_rate / classify_rate, 4) if n else None,
         "quality": quality(rows, truth, len(volume), args),
+        "former_method": former_method(rows, truth, args),
     }
 
 
