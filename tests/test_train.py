@@ -474,3 +474,12 @@ def test_cli_dask_start_up_lines_only_with_verbose(stores, tmp_path):
     loud = subprocess.run([*args[:3], "-v", *args[3:], "--out", str(tmp_path / "l")], capture_output=True, text=True,
                           timeout=300, check=False, env=env)
     assert loud.returncode == 0 and "INFO distributed.scheduler" in loud.stderr
+
+
+def test_a_run_saved_with_amp_resumes_under_precision():
+    from scanstream.training.loop import _comparable
+
+    new = {"precision": "fp32", "lr_schedule": "constant", "resolved": {"data_hash": "d"}}
+    old = {"amp": "off", "lr_schedule": "constant", "resolved": {"data_hash": "d"}}
+    assert _comparable(old) == _comparable(new)
+    assert _comparable({**old, "amp": "bf16"}) != _comparable(new)

@@ -122,7 +122,7 @@ def join(
     same run) are ignored; labelled objects that a table lacks are an error.
     """
     if not models:
-        raise InputError("evaluate needs at least one candidate table (--candidates)")
+        raise InputError("evaluate needs at least one candidate table (scanstream evaluate CANDIDATES ...)")
     labels_all = truth.column("label").to_numpy(zero_copy_only=False).astype(np.int8)
     keep = labels_all >= 0
     dropped = int((~keep).sum())

@@ -309,6 +309,8 @@ def _resolved(config: TrainConfig, rt: Runtime, train_store: CropStore, valid_st
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that must match for a run to be resumed (data included)."""
+    if "amp" in d:  # a run saved before training's amp became precision (off is fp32)
+        d = {**{k: v for k, v in d.items() if k != "amp"}, "precision": "fp32" if d["amp"] == "off" else d["amp"]}
     d = {**field_defaults(TrainConfig), **d}  # runs written before a field existed had its default
     out = {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
     if out["lr_schedule"] != "constant":
