@@ -4,9 +4,10 @@ Input: the focal planes of a field, uint8 (z, y, x) in the volume's plane order,
 pixel size (um), the z-step (um, developed emulsion) and the shrinkage factor. Output:
 :class:`Vertex` records (position in voxels, multiplicity, prong lengths). Pure numpy / scipy;
 :mod:`scanstream.picker.pick` runs it over a volume store with Dask. Cost (one core, a 1024 x
-1024 x 76-plane field): about 0.6 s, a third of smoothing and counting whole planes (smoothing
-at voxel resolution, window counts only in the segments' boxes, voxel lists cached); reading
-the field (80 MB, zstd) takes 0.3-0.45 s.
+1024 x 76-plane field): about 0.6-0.7 s (following the prongs, criterion 7, about 0.1 s of it),
+a third of smoothing and counting whole planes (smoothing at voxel resolution, window counts
+only in the segments' boxes, voxel lists cached); reading the field (80 MB, zstd) takes
+0.3-0.45 s.
 
 Criteria and parameters (:class:`DetectParams`; lengths in um):
 
@@ -52,10 +53,14 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    ``r_outer`` away) is judged again from the voxel the fit reached: three or more prongs, rule
    5, a fit within ``r_inner``. Where prongs close in angle overlap, the densest point is in
    their fan, 5-13 um from the vertex, and no candidate sits on the vertex itself.
-7. **Prong lengths.** Each prong is followed outwards along its line (sharp voxels within
-   ``tube_um`` across and ``tube_dz_um`` in depth) until a gap of ``gap_um`` (3.5 um); its depth
-   extent is scaled by the shrinkage, so a length is the undeveloped 3-D length (um), as the
-   former method's cuts expect.
+7. **Prong lengths** (:mod:`scanstream.picker.prongs`). Each prong is followed outwards
+   (sharp voxels within ``tube_um`` across and ``tube_dz_um`` in depth of its line) until a gap
+   of ``gap_um`` (3.5 um); with ``refit`` the line is re-fitted to the voxels followed so far
+   after each step, so a direction that the shell's centroid got wrong (prongs close in angle)
+   no longer ends a straight alpha track at 5-15 um. The end's depth is the fitted line's;
+   depth offsets are scaled by the shrinkage, so a length is the undeveloped 3-D length (um),
+   as the former method's cuts expect. Prongs shorter than ``min_prong_um`` (9 um: ending
+   inside the shell) are stubs: not reported, and not counted in the vertex's multiplicity.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from scanstream.picker.prongs import prong_lengths
 
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -97,6 +104,8 @@ class DetectParams:
     fit_outer_um: float = 20.0
     outlier_um: float = 1.0
     max_candidates: int = 20_000
+    refit: bool = True
+    min_prong_um: float = 9.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,7 @@ class Vertex:
     z, y, x : float
         Plane index and full-resolution row and column of the vertex.
     multiplicity : int
-        Prongs meeting at it.
+        Prongs meeting at it, stubs (criterion 7) left out.
     track_lengths_um : tuple of float
         Undeveloped 3-D length of each prong (um).
     directions : tuple of (dx, dy, dz)
@@ -383,38 +392,6 @@ def refine(arms, near: np.ndarray, start: np.ndarray, params: DetectParams, reac
     return np.array([p[0], p[1], z])
 
 
-def _lengths(near: np.ndarray, center: np.ndarray, arms, params: DetectParams, shrinkage: float):
-    """Undeveloped 3-D length and unit direction of each prong (criterion 7).
-
-    ``near`` (n, 3) are the sharp voxels of the vertex's segment (um: x, y, developed depth).
-    A prong is the line from the vertex through its shell voxels' centroid; it is followed
-    outwards through voxels within ``tube_um`` of the line in x, y and 1.5 z-steps in depth
-    until a gap of ``gap_um``.
-    """
-    d = near - center
-    lengths, dirs = [], []
-    for *_, pts in arms:
-        c = pts.mean(0) - center
-        rc = max(np.hypot(c[0], c[1]), 1e-9)
-        u = np.array([c[0], c[1]]) / rc
-        slope = c[2] / rc  # developed depth per um in the plate plane
-        t = d[:, 0] * u[0] + d[:, 1] * u[1]
-        off = np.abs(d[:, 0] * u[1] - d[:, 1] * u[0])
-        on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - slope * t) <= params.tube_dz_um)
-        q = pts - center
-        reach = float(np.min(q[:, 0] * u[0] + q[:, 1] * u[1]))  # the prong is seen from the shell on
-        for tt in np.sort(t[on & (t > reach)]):
-            if tt - reach > params.gap_um:
-                break
-            reach = float(tt)
-        end = on & (t >= reach - 3.0) & (t <= reach)
-        dz_dev = float(np.median(d[end, 2])) if end.any() else slope * reach
-        v = np.array([u[0] * reach, u[1] * reach, dz_dev * shrinkage])
-        lengths.append(round(float(np.linalg.norm(v)), 2))
-        dirs.append(tuple(float(x) for x in v / max(np.linalg.norm(v), 1e-9)))
-    return tuple(lengths), tuple(dirs)
-
-
 def _boxes(ids: np.ndarray, coords: tuple[np.ndarray, ...]) -> dict[int, tuple[slice, ...]]:
     """The bounding box (slices) of each label in ``ids`` (not empty) from its voxels' coordinates."""
     order = np.argsort(ids, kind="stable")
@@ -576,11 +553,11 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
             found.append((hit[0], float(dens), *hit[1:]))
     out: list[Vertex] = []
     for group in _groups(found, params, step_um):
-        mult, dens, _, near, arms = group[0]
+        _, dens, _, near, arms = group[0]
         at = np.median(np.array([g[2] for g in group]), axis=0)
-        lengths, dirs = _lengths(near, at, arms, params, shrinkage)
+        lengths, dirs = prong_lengths(near, at, arms, params, shrinkage)
         out.append(Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2, at[0] / vox_um * f + (f - 1) / 2,
-                          mult, lengths, dirs, dens))
+                          len(lengths), lengths, dirs, dens))
     return out
 
 

@@ -1,0 +1,164 @@
+"""Prong lengths of a detected vertex (criterion 7 of :mod:`scanstream.picker.detect`).
+
+A prong found in the shell around the vertex (criterion 4) is followed outwards through the
+sharp voxels of the vertex's segment until the track stops; its length is the undeveloped 3-D
+distance from the vertex to the last voxel followed, as the former method's cuts
+(:mod:`scanstream.picker.cuts`) expect.
+
+Rules (lengths in um; the parameters are :class:`scanstream.picker.detect.DetectParams`'):
+
+* **Tube.** A voxel belongs to the prong when it lies within ``tube_um`` (1.7 um) of the prong's
+  line in the plate plane, ahead of the vertex, and within ``tube_dz_um`` (4.5 um, a plane and
+  a half) of the line's depth: a black track is about a grain (0.5-1 um) wide and the vertex
+  and voxel positions are good to about a voxel (1.1 um).
+* **Gap rule.** The prong is followed while the next voxel lies within ``gap_um`` (3.5 um) of
+  the farthest one reached: a black alpha track is continuous (grains touch), so a gap of
+  several grains is its end, or a stretch out of the sharp voxels.
+* **Line re-fitted while following.** The first line runs from the vertex through the centroid
+  of the prong's shell voxels (4-9 um out). Where prongs are close in angle, or the vertex is
+  off by a voxel, that centroid is pulled sideways: a direction error of 10 degrees puts the
+  track outside a 1.7 um tube beyond about 10 um, and the gap rule then ends a 30-50 um alpha
+  prong at 5-15 um. Alpha tracks are straight (multiple scattering bends them by well under a
+  degree per 10 um until the last few um), so after each advance the line is re-fitted to the
+  voxels followed so far (:data:`REFIT_FROM_UM` and farther out, where the prong is clear of
+  the others) together with the vertex (weight :data:`ANCHOR_WEIGHT` voxels): the principal
+  axis in the plate plane, and depth as a linear function of the distance along it. A voxel's
+  weight falls off with its distance from the current line (:data:`TRACK_SIGMA_UM`, about a
+  grain), so a second prong still inside the tube does not pull the line between the two. Only
+  voxels within about 27 degrees of the first line are looked at. The tube then follows the
+  track itself.
+* **End point and depth.** The end is the fitted line at the farthest voxel followed; its depth
+  (developed) is the line's, from every voxel of the prong, not the median plane of the last
+  few voxels (planes are 3 um apart: 6 um undeveloped). The depth offset is multiplied by the
+  shrinkage, so a length is the undeveloped 3-D length.
+* **Stubs are not prongs.** A prong whose 3-D length is below ``min_prong_um`` (9 um, the
+  shell's outer radius ``r_outer``) ends inside the shell it was found in: it was never seen
+  as a track, only as a few grains touching the vertex's segment (fog, a defocused halo, the
+  edge of a neighbouring prong, the second piece of a steep prong). It is left out of the
+  lengths and of the multiplicity the vertex reports (the vertex rule, criteria 5 and 6, still
+  counts it). A radioactive alpha prong is 20-50 um long. What is lost are real prongs of a
+  few um (heavy evaporation fragments, recoils): an evaporation star is then judged by its
+  other prongs, as the simulator's picker model (``min_length_um``, merged prongs) reports it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Voxels of a prong used for its line start this far from the vertex (um): nearer, the
+#: prongs of a star overlap (the shell's inner radius, criterion 4).
+REFIT_FROM_UM = 4.0
+#: Weight of the vertex, in voxels, in the re-fitted line.
+ANCHOR_WEIGHT = 4.0
+#: A voxel's weight in the re-fitted line falls off as a Gaussian of this sigma (um) with its
+#: distance from the current line: about a grain, so a second track inside the tube pulls the
+#: line less than the one it is on.
+TRACK_SIGMA_UM = 0.85
+
+
+def _fit(p: np.ndarray, weights: np.ndarray, anchor_weight: float):
+    """Weighted line through points ``p`` (n, 3) um relative to the vertex and the vertex (weight ``anchor_weight``).
+
+    Returns (origin xy, unit direction xy, depth at the origin, depth per um along the line); the
+    origin is the point of the line nearest the vertex. The direction is the principal axis of
+    the weighted x, y (closed form for 2 x 2); depth is a weighted linear fit along it.
+    """
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    sw = float(weights.sum()) + anchor_weight  # the vertex sits at 0: it adds weight, not sums
+    mx, my, mz = float(weights @ x) / sw, float(weights @ y) / sw, float(weights @ z) / sw
+    cxx = float(weights @ (x * x)) / sw - mx * mx
+    cyy = float(weights @ (y * y)) / sw - my * my
+    cxy = float(weights @ (x * y)) / sw - mx * my
+    phi = 0.5 * np.arctan2(2 * cxy, cxx - cyy)
+    u = np.array([np.cos(phi), np.sin(phi)])
+    if float(weights @ (p[:, :2] @ u)) < 0:
+        u = -u
+    m = np.array([mx, my])
+    o = m - (m @ u) * u
+    t = (p[:, :2] - o) @ u
+    t_anchor = float(-o @ u)
+    tm = (float(weights @ t) + anchor_weight * t_anchor) / sw
+    var = float(weights @ (t - tm) ** 2) + anchor_weight * (t_anchor - tm) ** 2
+    cov = float(weights @ ((t - tm) * (z - mz))) + anchor_weight * (t_anchor - tm) * (0.0 - mz)
+    slope = cov / var if var > 1e-9 else 0.0
+    return o, u, mz - slope * tm, slope
+
+
+def follow(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> tuple[np.ndarray, float]:
+    """Follow one prong (module docstring); returns its end (x, y, developed depth) um relative to the vertex.
+
+    ``d`` (n, 3) are the sharp voxels of the vertex's segment and ``shell`` (m, 3) the prong's
+    shell voxels, both um (x, y, developed depth) relative to the vertex. With ``refit`` False
+    the line stays the first one (the vertex through the shell centroid) and the end depth is the
+    median of the voxels within 3 um of the end. Also returns the end's distance along the line.
+    """
+    c = shell.mean(0)
+    rc = max(float(np.hypot(c[0], c[1])), 1e-9)
+    o, u, z0, slope = np.zeros(2), c[:2] / rc, 0.0, float(c[2]) / rc
+    reach = float(np.min(shell[:, :2] @ u))  # the prong is seen from the shell on
+    if refit:  # the line turns by far less than 27 degrees: voxels outside that cone never join
+        t = d[:, :2] @ u
+        d = d[(t > 0) & (np.abs(d[:, 0] * u[1] - d[:, 1] * u[0]) <= params.tube_um + 0.5 * t)]
+    while True:
+        t = (d[:, :2] - o) @ u
+        off = np.abs((d[:, 0] - o[0]) * u[1] - (d[:, 1] - o[1]) * u[0])
+        on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - (z0 + slope * t)) <= params.tube_dz_um)
+        ahead = on & (t > reach) & (t <= reach + params.gap_um)
+        if not ahead.any():
+            break
+        if not refit:  # the first line: the gap rule over the sorted distances
+            for tt in np.sort(t[on & (t > reach)]):
+                if tt - reach > params.gap_um:
+                    break
+                reach = float(tt)
+            break
+        reach = float(t[ahead].max())  # every voxel in (reach, reach + gap] is within a gap of the last
+        used = on & (t <= reach) & (np.hypot(d[:, 0], d[:, 1]) >= REFIT_FROM_UM)
+        if used.sum() >= 3:
+            w = np.exp(-0.5 * (off[used] / (TRACK_SIGMA_UM)) ** 2)
+            o, u, z0, slope = _fit(d[used], w, ANCHOR_WEIGHT)
+    if refit:
+        end = np.array([*(o + u * reach), z0 + slope * reach])
+    else:
+        t = (d[:, :2] - o) @ u
+        off = np.abs(d[:, 0] * u[1] - d[:, 1] * u[0])
+        on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - slope * t) <= params.tube_dz_um)
+        near_end = on & (t >= reach - 3.0) & (t <= reach)
+        end = np.array([u[0] * reach, u[1] * reach, float(np.median(d[near_end, 2])) if near_end.any() else slope * reach])
+    return end, reach
+
+
+def prong_lengths(near: np.ndarray, center: np.ndarray, arms, params, shrinkage: float):
+    """Undeveloped 3-D length (um) and unit direction of each prong (criterion 7, module docstring).
+
+    Parameters
+    ----------
+    near : ndarray (n, 3)
+        Sharp voxels of the vertex's segment, um (x, y, developed depth).
+    center : ndarray (3,)
+        The vertex, same units.
+    arms : list
+        The prongs (criterion 4): tuples whose last item is the prong's shell voxels (m, 3) um.
+    params : DetectParams
+        ``tube_um``, ``tube_dz_um``, ``gap_um``, ``min_prong_um`` and ``refit`` (re-fit the line
+        while following; False keeps the first line) are used.
+    shrinkage : float
+        Undeveloped / developed thickness: scales depth offsets.
+
+    Returns
+    -------
+    lengths : tuple of float
+        Rounded to 0.01 um; stubs (shorter than ``params.min_prong_um``) left out.
+    directions : tuple of (dx, dy, dz)
+        Unit vectors from the vertex to each prong's end (undeveloped), same prongs.
+    """
+    d = near - center
+    lengths, dirs = [], []
+    for *_, pts in arms:
+        end, _ = follow(d, pts - center, params, refit=params.refit)
+        v = np.array([end[0], end[1], end[2] * shrinkage])
+        if np.linalg.norm(v) < params.min_prong_um:
+            continue
+        lengths.append(round(float(np.linalg.norm(v)), 2))
+        dirs.append(tuple(float(x) for x in v / max(np.linalg.norm(v), 1e-9)))
+    return tuple(lengths), tuple(dirs)
