@@ -142,6 +142,8 @@ def test_classify_refuses_to_extend_a_version_1_table(made, tmp_path):
     (legacy / "_manifest.json").write_text(json.dumps(cand.read_side(out, cand.MANIFEST)))
     (legacy / "_manifest.parquet.old").unlink()
     assert cand.read_candidates(legacy).num_rows == N and cand.read_manifest(legacy)["rows"] == N
+    assert cand.summarize_candidates(legacy)["table_version"] == 1
+    assert cand.summarize_candidates(out)["table_version"] == cand.TABLE_VERSION == 2
     with pytest.raises(Exception, match="earlier scanstream .version 1"):
         classify([root / "data" / "sheet.zarr"], [root / "m.safetensors"], legacy, workers=1, processes=False,
                  device="cpu", precision="fp32", progress=False)

@@ -350,6 +350,7 @@ def summarize_candidates(path: str | os.PathLike) -> dict[str, Any]:
     return {
         "path": str(path),
         "kind": "candidate table",
+        "table_version": 1 if is_legacy(path) else TABLE_VERSION,
         "complete": manifest is not None,
         "rows": table.num_rows,
         "selected": int(sel.sum()),
