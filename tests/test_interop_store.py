@@ -273,3 +273,16 @@ def test_ome_zarr_models_validates_the_collection_and_every_level(volume):
     for name in root.attrs["ome"]["labels"]:
         image = Image.from_zarr(root[name])
         assert len(image.attributes.ome.multiscales[0].datasets) == len(st.open_volume(volume)[int(name)].levels)
+
+
+def test_upgrade_verb_upgrades_old_stores_and_refuses_what_is_no_store(tmp_path, capsys):
+    from scanstream.cli import main
+
+    s = make_store(tmp_path / "s.zarr", n=6)
+    _make_old_layout(s.path)
+    assert main(["upgrade", str(s.path)]) == 0
+    assert f"content hash {s.content_hash} (unchanged)" in capsys.readouterr().out
+    assert _open_xarray(s.path)["crops"].dims == st.CROP_DIMS
+    assert main(["upgrade", str(tmp_path / "nope.zarr")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.zarr" in err[0]

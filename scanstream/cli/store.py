@@ -21,6 +21,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validate", action="store_true", help="also check the store against the format (reads every crop)")
     p.set_defaults(func=run_info)
 
+    u = sub.add_parser(
+        "upgrade",
+        help="give crop stores of an earlier release the metadata xarray and napari read",
+        description="Add to complete crop stores written by an earlier scanstream what this release writes for "
+        "other tools: the crops' axis names and units, the group attributes naming the object table and the "
+        "digests, and zarr's consolidated metadata (so xarray.open_zarr opens the store without a warning). "
+        "Crops, object table and content hash are unchanged; a store that has it all already is not touched.",
+    )
+    u.add_argument("stores", type=Path, nargs="+", metavar="STORE", help="complete crop stores (NAME.zarr)")
+    u.set_defaults(func=run_upgrade)
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    from scanstream import store as st
+
+    for path in args.stores:
+        s = st.upgrade_store(path)
+        print(f"{s.path}: {s.n} crops, content hash {s.content_hash} (unchanged)")
+    return 0
+
 
 def run_info(args: argparse.Namespace) -> int:
     from scanstream import store as st
