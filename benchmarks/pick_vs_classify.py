@@ -60,15 +60,15 @@ from scanstream.store.writer import StoreWriter
 MODEL = Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade.safetensors"
 
 
+def near(picked: np.ndarray, r: dict, *, xy_um: float, z_um: float) -> np.ndarray:
+    """Which picked vertices (n, 3) mm lie within xy_um in x, y and z_um in z of the truth row ``r``."""
+    dxy = np.hypot(picked[:, 0] - r["x_mm"], picked[:, 1] - r["y_mm"]) * 1000
+    return (dxy <= xy_um) & (np.abs(picked[:, 2] - r["z_mm"]) * 1000 <= z_um)
+
+
 def match(picked: np.ndarray, truth: list[dict], *, xy_um: float, z_um: float) -> np.ndarray:
     """For each truth row, whether a picked vertex (n, 3) mm lies within xy_um in x, y and z_um in z."""
-    out = np.zeros(len(truth), bool)
-    for i, r in enumerate(truth):
-        if len(picked):
-            dxy = np.hypot(picked[:, 0] - r["x_mm"], picked[:, 1] - r["y_mm"]) * 1000
-            dz = np.abs(picked[:, 2] - r["z_mm"]) * 1000
-            out[i] = bool(((dxy <= xy_um) & (dz <= z_um)).any())
-    return out
+    return np.array([bool(near(picked, r, xy_um=xy_um, z_um=z_um).any()) for r in truth], bool)
 
 
 def quality(rows: list[dict], truth: list[dict], n_fields: int, args: argparse.Namespace) -> dict:
@@ -127,11 +127,10 @@ def former_method(rows: list[dict], truth: list[dict], args: argparse.Namespace)
     found = sel_found = 0
     is_alpha = np.zeros(len(rows), bool)
     for a in alphas:
-        near = (np.hypot(picked[:, 0] - a["x_mm"], picked[:, 1] - a["y_mm"]) * 1000 <= args.xy_um) & (
-            np.abs(picked[:, 2] - a["z_mm"]) * 1000 <= 3.0)
-        is_alpha |= near
-        found += int(near.any())
-        sel_found += int((near & selected).any())
+        close = near(picked, a, xy_um=args.xy_um, z_um=3.0)
+        is_alpha |= close
+        found += int(close.any())
+        sel_found += int((close & selected).any())
     n_sel = int(selected.sum())
     return {
         "config": {"multiplicity": [DEFAULT_CONFIG.min_multiplicity, DEFAULT_CONFIG.max_multiplicity],

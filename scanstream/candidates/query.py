@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from scanstream.atomic import write_parquet, write_text
-from scanstream.candidates.table import METADATA_KEY, read_metadata, require_complete, resolve_stores, sheet_dir
+from scanstream.candidates.table import METADATA_KEY, read_metadata, require_complete, resolve_stores
 from scanstream.candidates.table import part_files as candidate_parts
 from scanstream.errors import QueryError
 
@@ -164,10 +164,9 @@ def part_files(path: str | os.PathLike, sheet: str | None = None) -> list[str]:
         raise QueryError(f"{p}: no such candidate table")
     if not p.is_dir():
         raise QueryError(f"{p}: a candidate table is a directory of sheet-*/part-*.parquet files")
-    files = [str(f) for f in candidate_parts(p)]
-    if files and sheet is not None:
-        mine = {str(d) for d in (sheet_dir(p, sheet), sheet_dir(p, sheet, legacy=True))}
-        files = [f for f in files if str(Path(f).parent) in mine] or files[:1]  # no rows of it: one part, none kept
+    files = [str(f) for f in candidate_parts(p, sheet)] if sheet is not None else []
+    if not files:  # the whole table (or, for a sheet it lacks, one part: the schema, no row of it)
+        files = [str(f) for f in candidate_parts(p)][: None if sheet is None else 1]
     if not files:
         raise QueryError(f"{p}: no candidate parts (sheet-*/part-*.parquet); classify or watch writes them")
     return files
@@ -321,8 +320,6 @@ def _json_value(v: Any) -> Any:
     """JSON for values :func:`json.dumps` does not take: DuckDB's sums arrive as Decimal, times as datetime."""
     if isinstance(v, decimal.Decimal):
         return int(v) if v == v.to_integral_value() else float(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
     return str(v)
 
 

@@ -112,9 +112,12 @@ def candidates_glob(path: str | os.PathLike) -> str:
     return str(Path(path) / "sheet[-=]*" / "part-*.parquet")
 
 
-def part_files(path: str | os.PathLike) -> list[Path]:
-    """Every part file under a candidate table directory (either layout), sorted."""
+def part_files(path: str | os.PathLike, sheet: str | None = None) -> list[Path]:
+    """Every part file under a candidate table directory (either layout), sorted; with ``sheet``, that sheet's."""
     p = Path(path)
+    if sheet is not None:
+        dirs = [sheet_dir(p, sheet), sheet_dir(p, sheet, legacy=True)]
+        return sorted(f for d in dirs for f in d.glob("part-*.parquet"))
     return sorted([*p.glob(f"{SHEET_PREFIX}*/part-*.parquet"), *p.glob(f"{LEGACY_SHEET_PREFIX}*/part-*.parquet")])
 
 
@@ -139,22 +142,24 @@ def resolve_store(ref: str | None, table: str | os.PathLike) -> str | None:
     return os.path.normpath(os.path.join(os.path.abspath(table), ref))
 
 
-def resolve_stores(rows: pa.Table, table: str | os.PathLike) -> pa.Table:
-    """``rows`` with its ``store`` column (if any) resolved against the table directory."""
+def _map_stores(rows: pa.Table, fn: Any) -> pa.Table:
+    """``rows`` with ``fn`` applied to each distinct non-empty value of its ``store`` column (if any)."""
     if "store" not in rows.column_names:
         return rows
     i = rows.column_names.index("store")
-    refs = {r: resolve_store(r, table) for r in pc.unique(rows.column(i)).to_pylist()}
-    values = [refs[r] for r in rows.column(i).to_pylist()]
+    refs = {s: fn(s) for s in pc.unique(rows.column(i)).to_pylist() if s}
+    values = [refs.get(s, s) for s in rows.column(i).to_pylist()]
     return rows.set_column(i, rows.schema.field(i), pa.array(values, rows.schema.field(i).type))
+
+
+def resolve_stores(rows: pa.Table, table: str | os.PathLike) -> pa.Table:
+    """``rows`` with its ``store`` column (if any) resolved against the table directory."""
+    return _map_stores(rows, lambda ref: resolve_store(ref, table))
 
 
 def _relative_stores(rows: pa.Table, table: Path) -> pa.Table:
     """``rows`` with every ``store`` recorded relative to ``table`` (already relative ones kept)."""
-    i = rows.column_names.index("store")
-    refs = {s: store_ref(s, table) for s in pc.unique(rows.column(i)).to_pylist() if s}
-    values = [refs.get(s, s) for s in rows.column(i).to_pylist()]
-    return rows.set_column(i, rows.schema.field(i), pa.array(values, pa.string()))
+    return _map_stores(rows, lambda path: store_ref(path, table))
 
 
 # -- building parts (pure) ----------------------------------------------------------------

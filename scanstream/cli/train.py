@@ -9,7 +9,7 @@ from pathlib import Path
 
 from scanstream.cli._common import deprecated_option, print_json
 from scanstream.config import add_flags, given_flags, read_toml
-from scanstream.training.config import TrainConfig, config_from_dict, verb_fields
+from scanstream.training.config import TrainConfig, config_from_dict, precision_of_amp, verb_fields
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "paper on a GPU, cpu otherwise. The recipe used is printed and recorded in config.json")
     add_flags(p, TrainConfig, FLAGS)
     deprecated_option(p, "--amp", "precision", "use --precision auto | fp32 | bf16 (off is fp32)",
-                      type=lambda v: "fp32" if v == "off" else v, choices=("auto", "bf16", "fp32"))
+                      type=precision_of_amp, choices=("auto", "bf16", "fp32"))
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 

@@ -81,8 +81,8 @@ class TrainConfig:
 
     ``augment_on``: ``"worker"`` (the loader augments while the model trains: the choice on
     CPU) or ``"device"`` (the training device augments each batch: the choice on GPU);
-    ``"auto"`` picks by device. ``amp``: ``"bf16"`` autocast, ``"off"``, or ``"auto"`` (bf16
-    where the device runs it fast: CUDA with bf16, CPUs with AVX-512 BF16 / AMX).
+    ``"auto"`` picks by device. ``precision``: ``"bf16"`` autocast, ``"fp32"``, or ``"auto"``
+    (bf16 where the device runs it fast: CUDA with bf16, CPUs with AVX-512 BF16 / AMX).
     ``unfreeze``: the authors' staged unfreezing for pretrained backbones (backbone frozen
     except BatchNorm, last two stages unfrozen at ``unfreeze_epochs[0]``, the rest at
     ``unfreeze_epochs[1]``, each new group at a tenth of ``lr``).
@@ -194,12 +194,22 @@ def config_from_dict(d: Mapping[str, Any], *, where: str = "training options") -
     (off is fp32), with a deprecation warning.
     """
     if "amp" in d:
-        d = dict(d)
-        amp = d.pop("amp")
         warnings.warn(f"{where}: 'amp' is deprecated; use precision = \"auto\" | \"fp32\" | \"bf16\" "
                       "(amp is read until scanstream 0.3)", DeprecationWarning, stacklevel=2)
-        d.setdefault("precision", "fp32" if amp == "off" else amp)
-    return from_dict(TrainConfig, d, where=where)
+    return from_dict(TrainConfig, without_amp(d), where=where)
+
+
+def precision_of_amp(amp: Any) -> Any:
+    """Training's ``amp`` of earlier releases in ``precision``'s words: off is fp32; auto and bf16 stay."""
+    return "fp32" if amp == "off" else amp
+
+
+def without_amp(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` with an ``amp`` key of earlier releases read as ``precision`` (a ``precision`` given wins)."""
+    out = {k: v for k, v in d.items() if k != "amp"}
+    if "amp" in d:
+        out.setdefault("precision", precision_of_amp(d["amp"]))
+    return out
 
 
 def check_options(config: TrainConfig) -> None:

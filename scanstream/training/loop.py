@@ -43,7 +43,7 @@ from scanstream.training.checkpoint import (
     save_checkpoint,
     save_train_state,
 )
-from scanstream.training.config import TrainConfig, lr_factor
+from scanstream.training.config import TrainConfig, lr_factor, without_amp
 from scanstream.training.dataload import BlockStream, open_executor, plan_sequential, plan_train_epoch, rebatch
 from scanstream.training.model import build_model, parameter_groups, preprocess
 from scanstream.training.outputs import CHECKPOINT_FILE, CONFIG_FILE, STATE_FILE, write_config, write_history
@@ -309,9 +309,7 @@ def _resolved(config: TrainConfig, rt: Runtime, train_store: CropStore, valid_st
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that must match for a run to be resumed (data included)."""
-    if "amp" in d:  # a run saved before training's amp became precision (off is fp32)
-        d = {**{k: v for k, v in d.items() if k != "amp"}, "precision": "fp32" if d["amp"] == "off" else d["amp"]}
-    d = {**field_defaults(TrainConfig), **d}  # runs written before a field existed had its default
+    d = {**field_defaults(TrainConfig), **without_amp(d)}  # a run saved before amp became precision, too  # runs written before a field existed had its default
     out = {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
     if out["lr_schedule"] != "constant":
         out["max_epochs"] = d.get("max_epochs")
