@@ -35,8 +35,9 @@ import numpy as np
 import onnxruntime
 import torch
 
-from scanstream.inference.engine import Ensemble, load_onnx
+from scanstream.inference.engine import Ensemble
 from scanstream.inference.export import check_inputs, export_onnx, measure_rates, model_rates, quantize_int8
+from scanstream.inference.onnx_model import load_onnx
 from scanstream.training.checkpoint import load_checkpoint, save_checkpoint
 from scanstream.training.model import ModelConfig, build_model
 

@@ -15,15 +15,9 @@ from scanstream.candidates.table import part_files
 from scanstream.cli import main
 from scanstream.errors import CheckpointError, InputError
 from scanstream.inference.classify import classify
-from scanstream.inference.engine import (
-    ONNX_METADATA_KEY,
-    Ensemble,
-    checkpoint_identity,
-    load_onnx,
-    model_header,
-    score_range,
-)
+from scanstream.inference.engine import Ensemble, checkpoint_identity, model_header, score_range
 from scanstream.inference.export import ATOL, RTOL, export_int8, export_onnx, graph_bytes
+from scanstream.inference.onnx_model import ONNX_METADATA_KEY, load_onnx
 from scanstream.picker.learned import N_MODEL_INPUTS, FeatureModel, prefilter_threshold
 from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint, save_checkpoint
 from scanstream.training.model import IMAGENET_MEAN, ModelConfig, build_model, preprocess

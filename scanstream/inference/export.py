@@ -54,7 +54,8 @@ from scanstream import store as st
 from scanstream.atomic import atomic_path, write_bytes
 from scanstream.errors import CheckpointError, InputError
 from scanstream.evaluation.metrics import average_precision
-from scanstream.inference.engine import ONNX_FEATURE_MODEL_KEY, ONNX_METADATA_KEY, ONNX_VERSION, Ensemble, load_onnx
+from scanstream.inference.engine import Ensemble
+from scanstream.inference.onnx_model import ONNX_FEATURE_MODEL_KEY, ONNX_METADATA_KEY, ONNX_VERSION, load_onnx
 from scanstream.inference.scoring import score_store
 from scanstream.picker.learned import inputs_and_logits
 from scanstream.training.checkpoint import LoadedCheckpoint, load_checkpoint, read_header
