@@ -7,10 +7,12 @@ small network to learn in seconds, which is what pipeline tests need.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import zarr
+from PIL import Image
 
 from scanstream.store import CROP_SIZE, create_store
 
@@ -89,3 +91,39 @@ def make_checkpoint(path: Path, seed: int, crops: np.ndarray) -> Path:
         model.head[-1].weight.mul_(50.0)  # spread the logits
     save_checkpoint(path, model.eval(), model_config=cfg, train_config={"seed": seed}, data_hash="test", metrics={})
     return path
+
+
+#: Plane size of the small z-stacks below: fast tests (real E07 planes are 440 x 512).
+STACK_H, STACK_W = 40, 56
+
+
+def stack_info(images: list[dict], *, h: int = STACK_H, w: int = STACK_W, **over) -> dict:
+    """A scanner info.json (PHYSICS.md) for ``images``, with top-level keys replaced by ``over``."""
+    info = {
+        "DocumentType": {"ver": "20170810", "unit": "mm"},
+        "Stage": {"Location": "RIKEN", "ID": 999, "Objective": 50},
+        "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 2.0},
+        "ImageType": {"Height": h, "Width": w, "Depth": 8},
+        "Interval": [0.000283, 0.000284, 0.003],
+        "Images": images,
+    }
+    info.update(over)
+    return info
+
+
+def write_stack(folder: Path, *, n: int = 5, h: int = STACK_H, w: int = STACK_W, x: float = 1.0, y: float = -2.0,
+                seed: int = 0, info_over: dict | None = None) -> tuple[np.ndarray, list[float]]:
+    """A z-stack folder of random planes, listed from the top (highest z) down, 3 um apart.
+
+    Returns the planes and their stage z (mm), both by z ascending.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    planes, images = [], []
+    for k in range(n):
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        Image.fromarray(a).save(folder / f"{k + 1}.png")
+        images.append({"Path": f"{k + 1}.png", "x": x, "y": y, "z": round(-0.106 - 0.003 * k, 6)})
+        planes.append(a)
+    (folder / "info.json").write_text(json.dumps(stack_info(images, h=h, w=w, **(info_over or {}))))
+    return np.stack(planes[::-1]), [im["z"] for im in images][::-1]

@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from fixtures import draw_crops, make_store
-from PIL import Image
+from fixtures import draw_crops, make_store, write_stack
 
 from scanstream import store as st
 from scanstream.ingest.stacks import downsample_xy, ingest_stacks
@@ -172,30 +171,12 @@ def test_appending_to_an_old_store_gives_it_the_metadata(tmp_path):
 
 
 # -- volume stores -----------------------------------------------------------------------------
-def _write_stack(folder: Path, *, n: int, h: int, w: int, x: float, seed: int) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    images = []
-    for k in range(n):
-        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(folder / f"{k + 1}.png")
-        images.append({"Path": f"{k + 1}.png", "x": x, "y": -2.0, "z": round(-0.106 - 0.003 * k, 6)})
-    info = {
-        "DocumentType": {"ver": "20170810", "unit": "mm"},
-        "Stage": {"Location": "RIKEN", "ID": 999, "Objective": 50},
-        "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 2.0},
-        "ImageType": {"Height": h, "Width": w, "Depth": 8},
-        "Interval": [0.000283, 0.000284, 0.003],
-        "Images": images,
-    }
-    (folder / "info.json").write_text(json.dumps(info))
-
-
 @pytest.fixture
 def volume(tmp_path):
     """A volume of two small fields (5 and 3 planes) and one large field (1100 x 1030 px)."""
-    _write_stack(tmp_path / "scan" / "a", n=5, h=40, w=56, x=1.0, seed=0)
-    _write_stack(tmp_path / "scan" / "b", n=3, h=40, w=56, x=1.5, seed=1)
-    _write_stack(tmp_path / "scan" / "c", n=3, h=1030, w=1100, x=2.0, seed=2)
+    write_stack(tmp_path / "scan" / "a", n=5, h=40, w=56, x=1.0, seed=0)
+    write_stack(tmp_path / "scan" / "b", n=3, h=40, w=56, x=1.5, seed=1)
+    write_stack(tmp_path / "scan" / "c", n=3, h=1030, w=1100, x=2.0, seed=2)
     ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr")
     return tmp_path / "v.zarr"
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+from fixtures import STACK_H, STACK_W, stack_info, write_stack
 from PIL import Image
 
 from scanstream import store as st
@@ -15,34 +16,8 @@ from scanstream.cli import main
 from scanstream.errors import StoreError, StoreNotFoundError
 from scanstream.ingest.stacks import ingest_stacks
 
-H, W = 40, 56  # small planes keep the tests fast; real E07 planes are 440 x 512
-
-
-def info_dict(images, **over):
-    info = {
-        "DocumentType": {"ver": "20170810", "unit": "mm"},
-        "Stage": {"Location": "RIKEN", "ID": 999, "Objective": 50},
-        "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 2.0},
-        "ImageType": {"Height": H, "Width": W, "Depth": 8},
-        "Interval": [0.000283, 0.000284, 0.003],
-        "Images": images,
-    }
-    info.update(over)
-    return info
-
-
-def write_stack(folder, *, n=5, x=1.0, y=-2.0, seed=0, info_over=None):
-    """A z-stack folder; planes listed from the top (highest z) down. Returns planes by z ascending."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    planes, images = [], []
-    for k in range(n):
-        a = rng.integers(0, 256, (H, W), dtype=np.uint8)
-        Image.fromarray(a).save(folder / f"{k + 1}.png")
-        images.append({"Path": f"{k + 1}.png", "x": x, "y": y, "z": round(-0.106 - 0.003 * k, 6)})
-        planes.append(a)
-    (folder / "info.json").write_text(json.dumps(info_dict(images, **(info_over or {}))))
-    return np.stack(planes[::-1]), [im["z"] for im in images][::-1]
+H, W = STACK_H, STACK_W
+info_dict = stack_info
 
 
 def run(capsys, *argv):
