@@ -58,6 +58,7 @@ from scanstream.inference.engine import (
     model_header,
     read_plan,
 )
+from scanstream.inference.export import measure_rates
 from scanstream.picker.cuts import run_baseline_table
 from scanstream.picker.pick import pick_volume
 from scanstream.progress import as_progress
@@ -328,13 +329,8 @@ def in_process(ens: Ensemble, store: st.CropStore, n: int, tmp: Path, *, batch_s
 def former_method_rates(store: st.CropStore, ens: Ensemble, *, min_seconds: float = 0.2) -> dict[str, Any]:
     """Objects/s of the former method's cuts (and of a cascade's learned feature model) on the store's table."""
 
-    def rate(fn: Any) -> float:
-        fn()  # warm-up
-        runs, t0 = 0, time.perf_counter()
-        while runs == 0 or time.perf_counter() - t0 < min_seconds:
-            fn()
-            runs += 1
-        return round(runs * store.n / (time.perf_counter() - t0), 1)
+    def rate(fn: Any) -> float:  # one round after a warm-up call
+        return round(measure_rates({"fn": fn}, store.n, rounds=1, min_seconds=min_seconds)["fn"], 1)
 
     out: dict[str, Any] = {"objects": store.n, "cuts_objects_per_s": rate(lambda: run_baseline_table(store.table))}
     fm = next((m for m in ens.feature_models if m is not None), None)
