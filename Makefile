@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test env browser lint clean
 
+# --no-cache-dir: the venv alone is about 6.6 GB (torch's CUDA build); a second copy of the
+# registry downloads in pip's cache is not needed on a machine whose disk CI shares.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-cache-dir -e '.[test]'
 	touch $(STAMP)
 
 env: $(STAMP)
