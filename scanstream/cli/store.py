@@ -23,10 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     u = sub.add_parser(
         "upgrade",
-        help="give crop stores of an earlier release the metadata xarray and napari read",
+        help="give crop stores of an earlier release the metadata xarray and napari read, and fast block digests",
         description="Add to complete crop stores written by an earlier scanstream what this release writes for "
         "other tools: the crops' axis names and units, the group attributes naming the object table and the "
-        "digests, and zarr's consolidated metadata (so xarray.open_zarr opens the store without a warning). "
+        "digests, and zarr's consolidated metadata (so xarray.open_zarr opens the store without a warning); and "
+        "the fast (xxh3-128) digest of every block, which classify and training check reads against (one read "
+        "of every crop, checked against the store's blake2b digests first). "
         "Crops, object table and content hash are unchanged; a store that has it all already is not touched.",
     )
     u.add_argument("stores", type=Path, nargs="+", metavar="STORE", help="complete crop stores (NAME.zarr)")

@@ -10,7 +10,8 @@ Layout of ``NAME.zarr/`` (DESIGN.md, "Crop store")::
                          dimension_names ("object", "y", "x", "plane"), axis units in its
                          attributes
     objects.parquet      the object table, row i describes crop i
-    digests.json         blake2b digest of every aligned block of crops (for the content hash)
+    digests.json         blake2b digest of every aligned block of crops (for the content hash),
+                         and the fast (xxh3-128) digest of every block, which reads are checked against
     _parts/              object-table parts of an unfinished write (absent once complete)
 
 ``xarray.open_zarr(path)`` gives a Dataset with the ``crops`` variable on those dims; zarr and
@@ -70,6 +71,7 @@ from scanstream.store.schema import (
     CHANNELS,
     CROP_SIZE,
     DIGESTS_FILE,
+    FAST_DIGEST,
     OBJECT_SCHEMA,
     PARTS_DIR,
     SCHEMA_VERSION,
@@ -77,6 +79,8 @@ from scanstream.store.schema import (
     TABLE_FILE,
     block_digest,
     content_hash,
+    fast_digest,
+    fast_hasher,
     rows_to_table,
     table_digest,
 )
@@ -270,17 +274,22 @@ def check_object_table(table: pa.Table, *, table_digest_attr: str | None = None)
 class BlockVerifier:
     """Checks crops read in order against the store's block digests (``digests.json``).
 
-    Full blocks are compared with their recorded digest. The store records no digest for its
-    last, partial block; that one is checked by recomputing the store's content hash from
-    every block digest and the object table.
+    Every block is compared with its recorded fast digest (xxh3-128) where the store has them
+    for all its blocks (stores written since fast digests exist, or upgraded with
+    ``scanstream upgrade``). Otherwise, full blocks are compared with their blake2b digest, and
+    the last, partial block, which has none, by recomputing the store's content hash from every
+    block digest and the object table.
     """
 
     def __init__(self, store: CropStore) -> None:
         try:
             saved = json.loads((store.path / DIGESTS_FILE).read_text())
             self.block, self.digests = int(saved["block_crops"]), list(saved["blocks"])
+            fast = list(saved["fast_blocks"]) if saved.get("fast") == FAST_DIGEST else None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{store.path / DIGESTS_FILE}: unreadable block digests: {exc}") from None
+        #: the fast digests of every block, or None (checks by blake2b and the content hash)
+        self.fast = fast if fast is not None and len(fast) == -(-store.n // self.block) else None
         self.store = store
         self._h: Any = None
         self._at = -1
@@ -303,7 +312,7 @@ class BlockVerifier:
         pos, i = start, 0
         while i < len(crops):
             if pos % self.block == 0:
-                self._h, self._at = hashlib.blake2b(digest_size=16), pos
+                self._h, self._at = (hashlib.blake2b(digest_size=16) if self.fast is None else fast_hasher()), pos
             take = min(len(crops) - i, self.block - pos % self.block)
             self._h.update(np.ascontiguousarray(crops[i : i + take]).data)
             pos, i = pos + take, i + take
@@ -313,7 +322,9 @@ class BlockVerifier:
 
     def _check(self, a: int, b: int, digest: str) -> None:
         b_index = a // self.block
-        if b - a == self.block and b_index < len(self.digests):
+        if self.fast is not None:
+            ok = digest == self.fast[b_index]
+        elif b - a == self.block and b_index < len(self.digests):
             ok = digest == self.digests[b_index]
         else:
             if self._table is None:
@@ -385,10 +396,17 @@ def iter_blocks(store: CropStore, *, block: int | None = None) -> Iterator[tuple
         yield start, store.read(start, stop)
 
 
-def compute_content_hash(store: CropStore) -> str:
-    """Recompute the content hash by reading every crop (slow; :func:`validate_store` deep)."""
+def compute_content_hash(store: CropStore, *, fast_digests: list[str] | None = None) -> str:
+    """Recompute the content hash by reading every crop (slow; :func:`validate_store` deep).
+
+    ``fast_digests``, when given, receives every block's fast digest from the same read.
+    """
     block = int(store.attrs.get("shard_crops", SHARD_CROPS))
-    digests = [block_digest(crops) for _, crops in iter_blocks(store, block=block)]
+    digests = []
+    for _, crops in iter_blocks(store, block=block):
+        digests.append(block_digest(crops))
+        if fast_digests is not None:
+            fast_digests.append(fast_digest(crops))
     return content_hash(digests, store.table.replace_schema_metadata(None))
 
 
@@ -420,8 +438,17 @@ def validate_store(path: str | os.PathLike, *, deep: bool = False) -> list[str]:
     bad = set(np.unique(store.labels).tolist()) - {-1, 0, 1}
     if bad:
         problems.append(f"{p}: labels outside -1/0/1: {sorted(bad)}")
-    if deep and not problems and store.complete and compute_content_hash(store) != store.content_hash:
-        problems.append(f"{p}: content hash does not match the crops and table (corrupted or edited)")
+    if deep and not problems and store.complete:
+        fast: list[str] = []
+        if compute_content_hash(store, fast_digests=fast) != store.content_hash:
+            problems.append(f"{p}: content hash does not match the crops and table (corrupted or edited)")
+        else:
+            saved = BlockVerifier(store).fast
+            bad = [i for i, (a, b) in enumerate(zip(saved or [], fast, strict=False)) if a != b]
+            if bad:
+                problems.append(f"{p}: {len(bad)} fast block digest(s) in {DIGESTS_FILE} do not match the crops "
+                                f"(first: block {bad[0]}); the crops match the content hash: remove 'fast' and 'fast_blocks' "
+                                f"from {DIGESTS_FILE} and run scanstream upgrade")
     return problems
 
 

@@ -2,7 +2,9 @@
 
 ``OBJECT_SCHEMA`` is the contract every store's ``objects.parquet`` keeps (DESIGN.md, "Crop
 store"); :func:`rows_to_table` conforms rows to it. The content hash of a store is the blake2b
-of its aligned crop-block digests and of its table's Arrow IPC bytes.
+of its aligned crop-block digests and of its table's Arrow IPC bytes. Each block also gets a
+*fast* digest (xxh3-128, about 30x faster than blake2b here: 17 against 0.6 GB/s), which is what
+readers check crops against; the blake2b digests define the store's identity.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from scanstream.errors import InputError
 
@@ -168,6 +171,19 @@ def table_digest(table: pa.Table) -> str:
 
 def block_digest(crops: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(crops).data, digest_size=16).hexdigest()
+
+
+#: The algorithm of the fast block digests (``digests.json``: ``fast``, ``fast_blocks``).
+FAST_DIGEST = "xxh3_128"
+
+
+def fast_hasher() -> Any:
+    """An incremental hasher (``update``, ``hexdigest``) of the fast block digests."""
+    return xxhash.xxh3_128()
+
+
+def fast_digest(crops: np.ndarray) -> str:
+    return xxhash.xxh3_128(np.ascontiguousarray(crops).data).hexdigest()
 
 
 def content_hash(block_digests: Sequence[str], table: pa.Table) -> str:

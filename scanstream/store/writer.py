@@ -31,13 +31,14 @@ from zarr.codecs import ZstdCodec
 
 from scanstream.atomic import try_exchange, write_json, write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
-from scanstream.store.crops import CropStore, is_store, live_parts, open_store, read_table
+from scanstream.store.crops import BlockVerifier, CropStore, is_store, iter_blocks, live_parts, open_store, read_table
 from scanstream.store.schema import (
     CHANNELS,
     CHUNK_CROPS,
     CROP_DIMS,
     CROP_SIZE,
     DIGESTS_FILE,
+    FAST_DIGEST,
     PARTS_DIR,
     PIXEL_SIZE_UM,
     SCHEMA_VERSION,
@@ -47,6 +48,7 @@ from scanstream.store.schema import (
     block_digest,
     content_hash,
     crops_attributes,
+    fast_digest,
     group_attributes,
     rows_to_table,
     table_digest,
@@ -143,7 +145,7 @@ class StoreWriter:
         if self._crops.shape[0] > self._committed_rows:
             logger.info("%s: dropping %d uncommitted crops", self.path, self._crops.shape[0] - self._committed_rows)
             self._crops.resize((self._committed_rows, CROP_SIZE, CROP_SIZE, CHANNELS))
-        self._digests = self._load_digests()
+        self._digests, self._fast = self._load_digests()
         # One shard-sized buffer: the current aligned block of rows, committed (read back on
         # resume, for its digest) and buffered. Crops are copied into it once; nothing else
         # holds crops, so a writer's memory is about one shard whatever the batch sizes.
@@ -199,18 +201,28 @@ class StoreWriter:
             self._marked = True
 
     # -- reading back what is committed ---------------------------------------------------
-    def _load_digests(self) -> list[str]:
+    def _load_digests(self) -> tuple[list[str], list[str] | None]:
+        """The committed complete blocks' digests, and their fast digests (None where a store or
+        part written before fast digests existed lacks some: the store then gets none)."""
         digests: list[str] = []
+        fast: list[str] | None = []
         merged_rows = 0
         f = self.path / DIGESTS_FILE
         if f.exists():
             saved = json.loads(f.read_text())
             digests = list(saved["blocks"])
+            fast = list(saved["fast_blocks"]) if saved.get("fast") == FAST_DIGEST else None
             merged_rows = int(saved.get("n_rows", len(digests) * self._shard))
         for part in live_parts(self.path, merged_rows):
             meta = pq.read_schema(part).metadata or {}
-            digests.extend(json.loads(meta.get(b"scanstream_blocks", b"[]")))
-        return digests[: self._committed_rows // self._shard]  # complete blocks only
+            new = json.loads(meta.get(b"scanstream_blocks", b"[]"))
+            digests.extend(new)
+            if fast is not None and (b"scanstream_fast_blocks" in meta or not new):
+                fast.extend(json.loads(meta.get(b"scanstream_fast_blocks", b"[]")))
+            else:
+                fast = None
+        whole = self._committed_rows // self._shard  # complete blocks only
+        return digests[:whole], (fast[:whole] if fast is not None and len(fast) >= whole else None)
 
     @property
     def n(self) -> int:
@@ -274,10 +286,14 @@ class StoreWriter:
         self._crops[start:upto] = self._block[start - self._block_start : self._fill]
         full = self._fill == self._shard
         new_digests = [block_digest(self._block)] if full else []
+        new_fast = [fast_digest(self._block)] if full else []
         rows = pa.concat_tables(self._buf_rows, promote_options="permissive") if len(self._buf_rows) > 1 else self._buf_rows[0]
-        part = rows.slice(0, k).replace_schema_metadata({"scanstream_blocks": json.dumps(new_digests)})
+        part = rows.slice(0, k).replace_schema_metadata(
+            {"scanstream_blocks": json.dumps(new_digests), "scanstream_fast_blocks": json.dumps(new_fast)})
         write_parquet(self.path / PARTS_DIR / f"part-{start:012d}.parquet", part)
         self._digests.extend(new_digests)
+        if self._fast is not None:
+            self._fast.extend(new_fast)
         self._committed_rows = upto
         self._buf_rows = [rows.slice(k)] if rows.num_rows > k else []
         if full:
@@ -306,10 +322,13 @@ class StoreWriter:
             raise StoreError(f"{self.path}: object table has {table.num_rows} rows but crops has {self._crops.shape[0]}")
         table = table.replace_schema_metadata(None)
         digests = list(self._digests)
+        saved: dict[str, Any] = {"block_crops": self._shard, "blocks": self._digests, "n_rows": table.num_rows}
+        if self._fast is not None:  # every block's, the last partial one's too
+            saved.update(fast=FAST_DIGEST, fast_blocks=self._fast + ([fast_digest(self._block[: self._fill])] if self._fill else []))
         if self._fill:
             digests.append(block_digest(self._block[: self._fill]))
         self._block = _EMPTY_BLOCK  # release the buffer
-        write_json(self.path / DIGESTS_FILE, {"block_crops": self._shard, "blocks": self._digests, "n_rows": table.num_rows})
+        write_json(self.path / DIGESTS_FILE, saved)
         write_parquet(self.path / TABLE_FILE, table)
         # Hash the table as readers will see it (a Parquet round trip renames list fields).
         table = pq.read_table(self.path / TABLE_FILE).replace_schema_metadata(None)
@@ -416,8 +435,28 @@ def upgrade_store(path: str | os.PathLike) -> CropStore:
         As :func:`~scanstream.store.crops.open_store`: only a complete, valid store is upgraded.
     """
     store = open_store(path)
+    add_fast_digests(store)
     seal_store(store.path, store.attrs)
     return open_store(store.path)
+
+
+def add_fast_digests(store: CropStore) -> bool:
+    """Record the fast digest of every block of a store that lacks them; False if it had them.
+
+    Reads every crop once, checked against the blake2b digests and content hash as it goes
+    (:class:`~scanstream.store.crops.BlockVerifier`), so a damaged store is refused, not
+    re-digested. ``digests.json`` is replaced atomically; crops, table and hash are unchanged.
+    """
+    verifier = BlockVerifier(store)
+    if verifier.fast is not None:
+        return False
+    fast = []
+    for start, crops in iter_blocks(store, block=verifier.block):
+        verifier.feed(start, crops)
+        fast.append(fast_digest(crops))
+    saved = json.loads((store.path / DIGESTS_FILE).read_text())
+    write_json(store.path / DIGESTS_FILE, {**saved, "fast": FAST_DIGEST, "fast_blocks": fast})
+    return True
 
 
 # -- replacing a store (overwrite) ---------------------------------------------------------
