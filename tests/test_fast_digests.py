@@ -129,3 +129,11 @@ def test_deep_validation_checks_the_fast_digests_too(tmp_path):
     as_legacy(s.path)  # the remedy the message gives
     assert main(["upgrade", str(s.path)]) == 0
     assert st.validate_store(s.path, deep=True) == []
+
+
+def test_deep_validation_names_an_unreadable_digests_file(tmp_path):
+    crops, rows = crops_and_rows(N)
+    s = write(tmp_path / "a.zarr", crops, rows)
+    (s.path / st.DIGESTS_FILE).write_text("{")
+    (problem,) = st.validate_store(s.path, deep=True)
+    assert problem.startswith(f"{s.path / st.DIGESTS_FILE}: unreadable block digests")

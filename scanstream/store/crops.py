@@ -443,7 +443,10 @@ def validate_store(path: str | os.PathLike, *, deep: bool = False) -> list[str]:
         if compute_content_hash(store, fast_digests=fast) != store.content_hash:
             problems.append(f"{p}: content hash does not match the crops and table (corrupted or edited)")
         else:
-            saved = BlockVerifier(store).fast
+            try:
+                saved = BlockVerifier(store).fast
+            except StoreError as exc:
+                return [*problems, str(exc)]
             bad = [i for i, (a, b) in enumerate(zip(saved or [], fast, strict=False)) if a != b]
             if bad:
                 problems.append(f"{p}: {len(bad)} fast block digest(s) in {DIGESTS_FILE} do not match the crops "
