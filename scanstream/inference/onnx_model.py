@@ -30,7 +30,7 @@ ONNX_METADATA_KEY, ONNX_FEATURE_MODEL_KEY, ONNX_VERSION = "scanstream", "scanstr
 def onnx_session(path: str | os.PathLike, *, threads: int, optimize: bool = True) -> Any:
     """An onnxruntime CPU session on ``path`` (protobuf, never unpickled), ``threads`` intra-op threads.
 
-    One inter-op thread; the engine's thread policy (torch's thread count, :func:`_torch_threads`)
+    One inter-op thread; the engine's thread policy (torch's thread count, :func:`scanstream.inference.engine._torch_threads`)
     sizes the intra-op team. Its threads do not spin between runs, when torch's preprocessing needs
     the cores (2 cores: mobilenet_v3_small at 112 px scored 531 crops/s in the engine, 405 spinning).
     """
