@@ -78,6 +78,7 @@ def test_legacy_store_is_checked_by_blake2b_and_upgraded_to_fast_digests(tmp_pat
     want = digests(s.path)["fast_blocks"]
     as_legacy(s.path)
     assert read_all(st.open_store(s.path)).fast is None  # blake2b and the content hash
+    assert st.validate_store(s.path, deep=True) == []
     assert main(["upgrade", str(s.path)]) == 0
     assert digests(s.path)["fast_blocks"] == want
     assert st.open_store(s.path).content_hash == s.content_hash
