@@ -18,7 +18,6 @@ temporary folder, about a minute); without ``--model``, the shipped cascade.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import torch
 
 from scanstream import store as st
 from scanstream.inference.engine import Ensemble, score_range
+from scanstream.store.schema import block_digest
 from scanstream.store.writer import add_fast_digests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         n = legacy.n
         block = legacy.read(0, min(n, st.SHARD_CROPS))
         hashing = {}
-        for name, fn in (("blake2b", lambda: hashlib.blake2b(block.data, digest_size=16).digest()),
-                         ("fast", lambda: st.fast_digest(block))):
+        for name, fn in (("blake2b", lambda: block_digest(block)), ("fast", lambda: st.fast_digest(block))):
             fn()
             t0 = time.perf_counter()
             for _ in range(5):

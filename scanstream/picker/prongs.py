@@ -84,13 +84,13 @@ def _fit(p: np.ndarray, weights: np.ndarray, anchor_weight: float):
     return o, u, mz - slope * tm, slope
 
 
-def follow(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> tuple[np.ndarray, float]:
+def follow(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> np.ndarray:
     """Follow one prong (module docstring); returns its end (x, y, developed depth) um relative to the vertex.
 
     ``d`` (n, 3) are the sharp voxels of the vertex's segment and ``shell`` (m, 3) the prong's
     shell voxels, both um (x, y, developed depth) relative to the vertex. With ``refit`` False
     the line stays the first one (the vertex through the shell centroid) and the end depth is the
-    median of the voxels within 3 um of the end. Also returns the end's distance along the line.
+    median of the voxels within 3 um of the end.
     """
     c = shell.mean(0)
     rc = max(float(np.hypot(c[0], c[1])), 1e-9)
@@ -125,7 +125,7 @@ def follow(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> t
         on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - slope * t) <= params.tube_dz_um)
         near_end = on & (t >= reach - 3.0) & (t <= reach)
         end = np.array([u[0] * reach, u[1] * reach, float(np.median(d[near_end, 2])) if near_end.any() else slope * reach])
-    return end, reach
+    return end
 
 
 def prong_lengths(near: np.ndarray, center: np.ndarray, arms, params, shrinkage: float):
@@ -155,7 +155,7 @@ def prong_lengths(near: np.ndarray, center: np.ndarray, arms, params, shrinkage:
     d = near - center
     lengths, dirs = [], []
     for *_, pts in arms:
-        end, _ = follow(d, pts - center, params, refit=params.refit)
+        end = follow(d, pts - center, params, refit=params.refit)
         v = np.array([end[0], end[1], end[2] * shrinkage])
         if np.linalg.norm(v) < params.min_prong_um:
             continue

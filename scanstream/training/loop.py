@@ -309,7 +309,8 @@ def _resolved(config: TrainConfig, rt: Runtime, train_store: CropStore, valid_st
 
 def _comparable(d: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that must match for a run to be resumed (data included)."""
-    d = {**field_defaults(TrainConfig), **without_amp(d)}  # a run saved before amp became precision, too  # runs written before a field existed had its default
+    # runs written before a field existed had its default; one saved with amp reads it as precision
+    d = {**field_defaults(TrainConfig), **without_amp(d)}
     out = {k: v for k, v in d.items() if k not in _RESUMABLE and k != "resolved"}
     if out["lr_schedule"] != "constant":
         out["max_epochs"] = d.get("max_epochs")
