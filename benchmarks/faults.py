@@ -50,12 +50,11 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fixtures import make_store
+from fixtures import drop_table_digest, make_store
 
 from scanstream.candidates import table as cand
 from scanstream.cli import main
 from scanstream.store import open_store
-from scanstream.store.writer import drop_table_digest
 from scanstream.training.checkpoint import save_checkpoint
 from scanstream.training.model import ModelConfig, build_model
 

@@ -35,7 +35,8 @@ from scanstream.evaluation import metrics as mt
 from scanstream.inference.scoring import score_store
 from scanstream.picker import cuts as bl
 from scanstream.picker.learned import load_feature_model, prefilter_accounting
-from scanstream.store import open_store, write_parquet_atomic
+from scanstream import atomic
+from scanstream.store import open_store
 from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         if cache:
-            write_parquet_atomic(pa.table({k: pa.array(v, pa.float32()) for k, v in cache.items()}), cache_path)
+            atomic.write_parquet(cache_path, pa.table({k: pa.array(v, pa.float32()) for k, v in cache.items()}))
         _figure(y, curves, former_op, args.out / "pr_holdout.png")
         (args.out / "holdout.json").write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2))

@@ -57,6 +57,8 @@ SECTIONS = {
     "pixels": {"sheets", "objects_per_sheet", "alpha_fraction"},
 }
 OPTIONAL = {"pixels"}
+#: keys a section may add to the ones it needs: the pools' condition draw (``nominal`` or ``wide``)
+OPTIONAL_KEYS = {"pool": {"draw"}}
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def load_config(path: Path) -> dict[str, Any]:
     for name, keys in SECTIONS.items():
         if name in OPTIONAL and name not in cfg:
             continue
-        missing, extra = keys - set(cfg.get(name, {})), set(cfg.get(name, {})) - keys
+        missing, extra = keys - set(cfg.get(name, {})), set(cfg.get(name, {})) - keys - OPTIONAL_KEYS.get(name, set())
         if missing or extra:
             raise ConfigError(f"{path}: [{name}] needs exactly {sorted(keys)}; missing {sorted(missing)}, unknown {sorted(extra)}")
     return cfg
@@ -117,7 +119,7 @@ def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
         store, c = simulate_pool(
             out / f"{role}_pool.zarr", prefix=prefix, sheets=sheets, objects_per_sheet=p["objects_per_sheet"],
             alpha_fraction=p["alpha_fraction"], seed=seed, keep=keep, keep_identity=identity, workers=cfg["workers"],
-            progress=True,
+            progress=True, draw=p.get("draw", "nominal"),
         )
         counts[role] = c
         logger.info("pool %s: %s (%d crops) %s", role, store.path, store.n, json.dumps(c))
@@ -161,7 +163,7 @@ def stage_holdout(cfg: dict, out: Path, fm_path: Path, models: list[str]) -> Pat
 
     h = cfg["holdout"]
     used = {f"RF{i:02d}" for i in range(cfg["features"]["sheets"])} | set(pool_sheets("RT", cfg["pool"]["train_sheets"], cfg["seed"]))
-    used |= set(pool_sheets("RV", cfg["pool"]["valid_sheets"], cfg["seed"]))
+    used |= set(pool_sheets("RV", cfg["pool"]["valid_sheets"], cfg["seed"]))  # names only: the draw does not change them
     if "pixels" in cfg:
         used |= set(pool_sheets("RP", cfg["pixels"]["sheets"], cfg["seed"]))
         used |= set(pool_sheets("RQ", max(1, cfg["pixels"]["sheets"] // 4), cfg["seed"]))

@@ -97,15 +97,42 @@ DRAW_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+#: Domain randomisation for training pools (``draw="wide"``): the optical and development
+#: conditions drawn well past :data:`DRAW_RANGES` (roughly twice as far from the middle on each
+#: side), so that a network trained on them meets paler, darker, foggier, noisier and less sharply
+#: focused sheets than the nominal draw as conditions it has seen. Density and shrinkage (which
+#: set the prong lengths, hence the picker's features and the prefilter) stay nominal.
+WIDE_DRAW_RANGES: dict[str, tuple[float, float]] = {
+    **DRAW_RANGES,
+    "fog": (1.0, 18.0),
+    "darkness": (0.55, 1.60),
+    "contrast": (0.60, 1.45),
+    "focus_error": (0.2, 1.6),
+    "mip_grains": (21.0, 35.0),
+    "brightness": (130.0, 235.0),
+    "noise": (1.0, 8.0),
+}
+
+#: The named draws a pool or a sheet can use.
+DRAWS: dict[str, dict[str, tuple[float, float]]] = {"nominal": DRAW_RANGES, "wide": WIDE_DRAW_RANGES}
+
+
 def sheet_key(sheet: str) -> int:
     """A stable 63-bit integer for a sheet name (seeds per-sheet random streams)."""
     return int.from_bytes(hashlib.blake2b(sheet.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def draw_conditions(sheet: str, seed: int) -> SheetConditions:
-    """Per-sheet default conditions drawn from ``seed`` and the sheet name (deterministic)."""
+def draw_conditions(sheet: str, seed: int, *, draw: str = "nominal") -> SheetConditions:
+    """Per-sheet default conditions drawn from ``seed`` and the sheet name (deterministic).
+
+    ``draw`` names the ranges (:data:`DRAWS`): ``nominal`` (:data:`DRAW_RANGES`, every simulated
+    sheet by default) or ``wide`` (:data:`WIDE_DRAW_RANGES`, domain randomisation for training).
+    """
+    if draw not in DRAWS:
+        raise InputError(f"unknown condition draw {draw!r} (known: {', '.join(DRAWS)})")
+    ranges = DRAWS[draw]
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), sheet_key(sheet), 7]))
-    return SheetConditions(**{name: float(rng.uniform(*DRAW_RANGES[name])) for name in CONDITION_NAMES})
+    return SheetConditions(**{name: float(rng.uniform(*ranges[name])) for name in CONDITION_NAMES})
 
 
 def parse_overrides(values: Mapping[str, Any], *, source: str = "conditions") -> dict[str, float]:
@@ -167,6 +194,7 @@ def resolve_conditions(
     seed: int,
     *,
     conditions: SheetConditions | Mapping[str, Any] | str | os.PathLike | None = None,
+    draw: str = "nominal",
 ) -> SheetConditions:
     """The conditions of ``sheet``: drawn defaults, then overrides.
 
@@ -178,7 +206,7 @@ def resolve_conditions(
     """
     if isinstance(conditions, SheetConditions):
         return conditions
-    base = draw_conditions(sheet, seed)
+    base = draw_conditions(sheet, seed, draw=draw)
     if conditions is None:
         return base
     if isinstance(conditions, Mapping):

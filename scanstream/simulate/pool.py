@@ -29,15 +29,16 @@ from scanstream.store import CropStore, is_store, open_store
 Keep = Callable[[pa.Table], np.ndarray]
 
 
-def pool_sheets(prefix: str, sheets: int, seed: int) -> dict[str, SheetConditions]:
-    """The pool's sheet names and their drawn conditions, in order."""
+def pool_sheets(prefix: str, sheets: int, seed: int, *, draw: str = "nominal") -> dict[str, SheetConditions]:
+    """The pool's sheet names and their drawn conditions (``draw``: ``nominal`` or ``wide``), in order."""
     if isinstance(sheets, bool) or not isinstance(sheets, int) or sheets < 1:
         raise InputError(f"a pool needs at least one sheet, got {sheets!r}")
-    return {f"{prefix}{i:02d}": resolve_conditions(f"{prefix}{i:02d}", seed) for i in range(sheets)}
+    return {f"{prefix}{i:02d}": resolve_conditions(f"{prefix}{i:02d}", seed, draw=draw) for i in range(sheets)}
 
 
 def pool_plans(
-    *, prefix: str, sheets: int, objects_per_sheet: int, alpha_fraction: float, seed: int, keep: Keep | None = None, workers: int = 1
+    *, prefix: str, sheets: int, objects_per_sheet: int, alpha_fraction: float, seed: int, keep: Keep | None = None,
+    workers: int = 1, draw: str = "nominal",
 ) -> tuple[list[ObjectPlan], dict[str, SheetConditions], dict[str, int]]:
     """Plans of the objects a pool renders (kept ones, shuffled across sheets) and counts.
 
@@ -50,7 +51,7 @@ def pool_plans(
         ``planned``, ``kept``, ``planned_alpha``, ``kept_alpha``.
     """
     check_counts(objects_per_sheet, alpha_fraction)
-    conds = pool_sheets(prefix, sheets, seed)
+    conds = pool_sheets(prefix, sheets, seed, draw=draw)
     kept: list[ObjectPlan] = []
     counts = {"planned": 0, "kept": 0, "planned_alpha": 0, "kept_alpha": 0}
     for name, cond in conds.items():
@@ -84,23 +85,25 @@ def simulate_pool(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = False,
+    draw: str = "nominal",
 ) -> tuple[CropStore, dict[str, int]]:
     """Render a pool (module docstring) into the crop store ``path``.
 
     ``keep_identity`` (JSON) names the keep rule in the store's source record, so that a rerun
-    with another rule is refused instead of resumed into a mixed store.
+    with another rule is refused instead of resumed into a mixed store. ``draw`` names the
+    ranges the sheets' conditions are drawn from (``wide``: domain randomisation).
     """
     existing = _finished_pool(Path(path), prefix=prefix, sheets=sheets, objects_per_sheet=objects_per_sheet,
-                              alpha_fraction=alpha_fraction, seed=seed, keep_identity=keep_identity)
+                              alpha_fraction=alpha_fraction, seed=seed, keep_identity=keep_identity, draw=draw)
     if existing is not None and not overwrite:
         return existing  # a rerun of a finished pool: nothing to do
     plans, conds, counts = pool_plans(prefix=prefix, sheets=sheets, objects_per_sheet=objects_per_sheet,
-                                      alpha_fraction=alpha_fraction, seed=seed, keep=keep, workers=workers)
+                                      alpha_fraction=alpha_fraction, seed=seed, keep=keep, workers=workers, draw=draw)
     if not plans:
         raise InputError(f"{path}: the keep rule kept none of {counts['planned']} objects")
     source = {
         "stage": "simulate-pool", "prefix": prefix, "sheets": int(sheets), "objects_per_sheet": int(objects_per_sheet),
-        "alpha_fraction": float(alpha_fraction), "seed": int(seed), "keep": dict(keep_identity or {}),
+        "alpha_fraction": float(alpha_fraction), "seed": int(seed), "keep": dict(keep_identity or {}), "draw": draw,
         "conditions": {k: c.as_dict() for k, c in conds.items()}, "counts": counts,
     }
     store = write_plans(Path(path), plans, conds, source=source, workers=workers, overwrite=overwrite, progress=progress,
@@ -113,7 +116,7 @@ def _finished_pool(path: Path, *, keep_identity: Mapping[str, Any] | None, **arg
     if not is_store(path):
         return None
     store = open_store(path, require_complete=False)
-    src = store.attrs.get("source") or {}
+    src = {"draw": "nominal", **(store.attrs.get("source") or {})}  # pools written before draws were named
     same = src.get("stage") == "simulate-pool" and src.get("keep") == dict(keep_identity or {}) and all(
         src.get(k) == (float(v) if k == "alpha_fraction" else v) for k, v in args.items()
     )
