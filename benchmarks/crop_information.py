@@ -80,7 +80,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
-from scanstream.evaluation.metrics import average_precision, operating_point_at_recall
+from scanstream.metrics import average_precision, operating_point_at_recall
 from scanstream.picker.cuts import select
 from scanstream.picker.features import feature_array
 from scanstream.simulate.dataset import make_object, object_stream, pick_features, plan_sheet, resolve_conditions

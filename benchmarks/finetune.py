@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from scanstream.evaluation import metrics as mt
+from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
 from scanstream.picker.learned import fit_feature_model
 from scanstream.simulate.dataset import simulate_store

@@ -5,7 +5,7 @@ default the recipe's held-out sheet: the paper's TEST size, 46,948 objects with 
 decays, simulated with a sheet name and seed of its own). The former method's cuts fix the
 recall; each other method is measured at that recall (the paper's Table 2): candidates a person
 must inspect, precision with sqrt(N) errors, the inspection-load factor against the cuts, and
-the object-by-object McNemar test (:func:`scanstream.evaluation.metrics.paired_false_positives`) against
+the object-by-object McNemar test (:func:`scanstream.metrics.paired_false_positives`) against
 the cuts and against the learned former method. A cascade also reports what its prefilter did
 (objects passed to the network, alpha decays it rejected: the recall the cascade gives up).
 
@@ -31,11 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scanstream.evaluation import metrics as mt
+from scanstream import atomic
+from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
 from scanstream.picker import cuts as bl
 from scanstream.picker.learned import load_feature_model, prefilter_accounting
-from scanstream import atomic
 from scanstream.store import open_store
 from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint
 

@@ -24,7 +24,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from scanstream.evaluation import metrics as mt
+from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
 from scanstream.simulate.conditions import CONDITION_NAMES, draw_conditions
 from scanstream.simulate.dataset import simulate_store

@@ -289,7 +289,7 @@ def read_history(trial_dir: Path) -> list[dict]:
 
 
 def table1(stores: dict[str, Path]) -> dict[str, dict[str, int]]:
-    from scanstream.evaluation import metrics as mt
+    from scanstream import metrics as mt
     from scanstream.store import open_store
 
     return {split.upper(): mt.class_counts(open_store(p).labels) for split, p in stores.items()}

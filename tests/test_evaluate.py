@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures import drop_table_digest
 
+from scanstream import metrics as mt
 from scanstream.cli import main
 from scanstream.errors import InputError, ThresholdError
 from scanstream.evaluation import evaluate as ev
 from scanstream.evaluation import loading as ld
-from scanstream.evaluation import metrics as mt
 from scanstream.store import create_store
 
 CATS = ["dust", "1vtx", "track", "scratch"]

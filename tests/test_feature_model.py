@@ -89,7 +89,7 @@ def test_tree_walk_equals_scikit_learn(sheets, fitted):
 
 
 def test_feature_model_ranks_better_than_chance(sheets, fitted):
-    from scanstream.evaluation.metrics import average_precision
+    from scanstream.metrics import average_precision
 
     y = sheets[1].column("label").to_numpy()
     assert average_precision(y, fitted.score_table(sheets[1])) > 2 * y.mean()
@@ -339,7 +339,7 @@ def test_cli_learned_baseline_beside_the_cuts(tmp_path, sheets, capsys):
     doc = json.loads(capsys.readouterr().out)
     model = load_feature_model(tmp_path / "fm.safetensors")
     scores = model.score_table(cal)
-    from scanstream.evaluation.metrics import average_precision, operating_point_at_recall
+    from scanstream.metrics import average_precision, operating_point_at_recall
 
     y = cal.column("label").to_numpy()
     assert doc["learned"]["ap"] == pytest.approx(average_precision(y, scores))

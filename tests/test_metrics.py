@@ -1,4 +1,4 @@
-"""scanstream.evaluation.metrics: AP against a slow reference, Table 2 arithmetic on the paper's counts."""
+"""scanstream.metrics: AP against a slow reference, Table 2 arithmetic on the paper's counts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from scanstream import metrics as mt
 from scanstream.errors import InputError
-from scanstream.evaluation import metrics as mt
 
 
 def slow_average_precision(labels, scores) -> float:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scanstream import metrics as mt
 from scanstream.errors import ConfigError
-from scanstream.evaluation import metrics as mt
 
 ROOT = Path(__file__).resolve().parents[1]
 

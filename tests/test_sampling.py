@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scanstream.errors import InputError
-from scanstream.evaluation.metrics import class_counts
+from scanstream.metrics import class_counts
 from scanstream.training.sampling import BalancedSampler, oversampling_weights, pos_weight
 
 # 1:17, as the paper's TRAIN split (906 alpha, 14,979 others), scaled down

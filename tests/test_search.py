@@ -116,7 +116,7 @@ def test_grid_results_summary_best_and_test(stores, fake, client, tmp_path):
         done = json.loads((res.out / "trials" / f"n{n}_m{m}_s{s}" / "done.json").read_text())
         assert done["val_ap"] == pytest.approx(fake_ap(n, m, s))
     # TEST: both best-setting models one by one, ensemble = mean logit
-    from scanstream.evaluation import metrics as mt
+    from scanstream import metrics as mt
 
     y = stores["test"].labels
     per = [2.0 * (y == 1) + np.random.default_rng(s).normal(0, 1, len(y)) for s in range(2)]
@@ -254,8 +254,8 @@ def test_pure_core():
 
 def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path, capsys):
     """Real training runs (tiny stores, tiny network, 2 epochs); a rerun retrains nothing."""
+    from scanstream import metrics as mt
     from scanstream.cli import main
-    from scanstream.evaluation import metrics as mt
     from scanstream.inference.scoring import score_store
     from scanstream.store import open_store
 

@@ -1,6 +1,6 @@
-"""Evaluation: metrics with confidence intervals, the paper's comparison, figures and reports.
+"""Evaluation: the paper's comparison, figures and reports.
 
-``metrics`` (AP, PR curves, bootstrap and exact intervals, McNemar), ``evaluate`` (a model
-against the former method on labelled stores), ``figures`` (PNG figures) and ``report``
+``loading`` (labelled stores, scores and threshold records in), ``evaluate`` (a model against
+the former method on labelled stores, with :mod:`scanstream.metrics`), ``figures`` (PNG figures) and ``report``
 (the Markdown reports that link them).
 """

@@ -19,7 +19,7 @@ The first one is the primary model: Table 2 is built from it with sqrt(N) errors
 or more models a second Table 2 row gives the mean +- std over the models (the paper's four
 seeds). The former method's recall on the evaluated set is the target recall; the CNN's
 operating point there keeps the same number of true alpha decays
-(:func:`scanstream.evaluation.metrics.operating_point_at_recall`).
+(:func:`scanstream.metrics.operating_point_at_recall`).
 
 The learned former method (:mod:`scanstream.picker.learned`, boosted trees on the same picker
 features the cuts use) is a second baseline, never one of the models: it gets its AP, its
@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scanstream import metrics as mt
 from scanstream.errors import InputError
 from scanstream.evaluation import figures as fg
-from scanstream.evaluation import metrics as mt
 from scanstream.evaluation.loading import (
     ScoreSet,
     load_baseline,

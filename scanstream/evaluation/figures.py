@@ -48,7 +48,7 @@ class Curve:
     name : str
         Legend label.
     precision, recall : array of float, shape (k,)
-        As :func:`scanstream.evaluation.metrics.precision_recall_curve` returns them.
+        As :func:`scanstream.metrics.precision_recall_curve` returns them.
     ap : float
         Its Average Precision (shown in the legend).
     """

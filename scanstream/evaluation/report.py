@@ -108,7 +108,7 @@ def table2_markdown(
 ) -> str:
     """The paper's Table 2 as markdown, optionally with the paper's columns beside ours.
 
-    ``learned`` is a second Table 2 (:func:`scanstream.evaluation.metrics.table2`) with the learned former
+    ``learned`` is a second Table 2 (:func:`scanstream.metrics.table2`) with the learned former
     method in its CNN column against the same cuts; it becomes a column between the former
     method and the CNN, its ratios taken against the cuts too.
     """
@@ -211,7 +211,7 @@ def render_evaluation(metrics: Mapping[str, Any], *, title: str = "scanstream ev
         lines.append(table2_markdown(s["table2"], cnn_label=s["primary"], learned=lt2))
         lines.append(
             "Errors: counts ± sqrt(N); precision and recall ± sqrt(TP) / denominator; ratios propagate "
-            "relative errors in quadrature (scanstream.evaluation.metrics).\n"
+            "relative errors in quadrature (scanstream.metrics).\n"
         )
         if "table2_models" in s:
             lines.append(f"Over the {s['table2_models']['models']} models {', '.join(metrics['spread_over'])} "

@@ -53,10 +53,10 @@ import torch
 from scanstream import store as st
 from scanstream.atomic import atomic_path, write_bytes
 from scanstream.errors import CheckpointError, InputError
-from scanstream.evaluation.metrics import average_precision
 from scanstream.inference.engine import Ensemble
 from scanstream.inference.onnx_model import ONNX_FEATURE_MODEL_KEY, ONNX_METADATA_KEY, ONNX_VERSION, load_onnx
 from scanstream.inference.scoring import score_store
+from scanstream.metrics import average_precision
 from scanstream.picker.learned import inputs_and_logits
 from scanstream.training.checkpoint import LoadedCheckpoint, load_checkpoint, read_header
 from scanstream.training.model import HEAD_WIDTHS, IMAGENET_MEAN, IMAGENET_STD, preprocess

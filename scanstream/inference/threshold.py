@@ -11,7 +11,7 @@ positive rate, which do not::
     precision(pi) = r * pi / (r * pi + fpr * (1 - pi))
 
 The core here is pure functions over numpy arrays, labels first as in
-:mod:`scanstream.evaluation.metrics` (whose input checks and recall cut they use);
+:mod:`scanstream.metrics` (whose input checks and recall cut they use);
 :func:`scanstream.inference.scoring.calibrate_threshold` is the I/O edge that scores a store
 and builds the record. This module needs neither torch nor a model, so reading and checking
 records stays cheap (evaluation and the candidate tables read them).
@@ -33,7 +33,7 @@ from scipy.stats import binomtest
 from scanstream import __version__
 from scanstream.atomic import write_json
 from scanstream.errors import InputError, ThresholdError
-from scanstream.evaluation.metrics import check_labels_scores, check_target, operating_point_at_threshold, recall_cut
+from scanstream.metrics import check_labels_scores, check_target, operating_point_at_threshold, recall_cut
 
 RECORD_VERSION = 1
 CI_METHODS = {"clopper-pearson": "exact", "wilson": "wilson"}
@@ -42,7 +42,7 @@ DEFAULT_PREVALENCES = ("1:17", "1:183")  # the paper's VALID and TEST (PHYSICS.m
 
 # -- pure core ---------------------------------------------------------------------------
 def _calibration_data(labels: Any, scores: Any, target: float, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (bool) and scores (float64) checked by :func:`~scanstream.evaluation.metrics.check_labels_scores`.
+    """Labels (bool) and scores (float64) checked by :func:`~scanstream.metrics.check_labels_scores`.
 
     Raises
     ------
@@ -76,7 +76,7 @@ def threshold_at_recall(labels: Any, scores: Any, target: float) -> float:
     float
         The score of the ``ceil(target * n_pos)``-th highest positive: selecting every crop at
         or above it keeps at least that many positives, and any higher cut keeps fewer
-        (:func:`scanstream.evaluation.metrics.recall_cut`).
+        (:func:`scanstream.metrics.recall_cut`).
 
     Examples
     --------

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from scanstream.atomic import write_parquet
 from scanstream.errors import InputError
-from scanstream.evaluation.metrics import (
+from scanstream.metrics import (
     OperatingPoint,
     average_precision,
     operating_point_at_recall,

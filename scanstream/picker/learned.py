@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from scanstream.atomic import atomic_path
 from scanstream.errors import CheckpointError, InputError
-from scanstream.evaluation.metrics import operating_point_at_recall
+from scanstream.metrics import operating_point_at_recall
 from scanstream.picker.features import FEATURE_NAMES, FEATURE_SCALE, N_FEATURES, feature_array
 
 FORMAT_VERSION = 1
@@ -321,7 +321,7 @@ def calibrate_prefilter(model: FeatureModel, table: pa.Table, *, recall: float, 
     """The model with a cascade prefilter threshold at ``recall`` on a labelled table.
 
     The threshold is the highest logit that keeps ``ceil(recall * alpha)`` of the table's alpha
-    decays (:func:`scanstream.evaluation.metrics.operating_point_at_recall`); calibrate on objects the
+    decays (:func:`scanstream.metrics.operating_point_at_recall`); calibrate on objects the
     model was not fitted on, or the recall it keeps elsewhere will be lower than stated.
     Returns a new :class:`FeatureModel` whose ``info["prefilter"]`` records the threshold, the
     target, and what it kept on the calibration table.

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from scanstream.config import field_defaults
 from scanstream.errors import InputError, TrainingError
-from scanstream.evaluation.metrics import class_counts
+from scanstream.metrics import class_counts
 from scanstream.picker.learned import load_feature_model
 from scanstream.progress import as_progress
 from scanstream.store import CropStore

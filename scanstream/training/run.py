@@ -23,7 +23,7 @@ import torch
 from scanstream.atomic import write_bytes
 from scanstream.devices import resolve_device, resolve_precision
 from scanstream.errors import InputError
-from scanstream.evaluation.metrics import class_counts
+from scanstream.metrics import class_counts
 from scanstream.picker.learned import (
     N_MODEL_INPUTS,
     FeatureModel,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanstream.errors import InputError
-from scanstream.evaluation.metrics import class_counts
+from scanstream.metrics import class_counts
 
 
 def _pos_neg(labels: np.ndarray) -> tuple[int, int]:

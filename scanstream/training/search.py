@@ -49,11 +49,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from scanstream import metrics as mt
 from scanstream.atomic import atomic_path, write_json, write_parquet
 from scanstream.config import field_defaults
 from scanstream.devices import resolve_device
 from scanstream.errors import ConfigError, InputError, PipelineError
-from scanstream.evaluation import metrics as mt
 from scanstream.evaluation.figures import plot_search_heatmap
 from scanstream.evaluation.report import render_search, write_report
 from scanstream.executor import dask_client, gpu_count, run_tasks, task_resources, worker_count
