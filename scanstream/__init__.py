@@ -49,7 +49,7 @@ _EXPORTS = {
     "watch": "scanstream.inference.watch:watch",
     # the morning
     "query_candidates": "scanstream.candidates.query:query_candidates",
-    "read_candidates": "scanstream.candidates.table:read_candidate_table",
+    "read_candidates": "scanstream.candidates.table:read_candidates",
     "evaluate": "scanstream.evaluation.evaluate:evaluate",
     "fit_sheet": "scanstream.rangeenergy:fit_sheet",
 }

@@ -83,3 +83,7 @@ class WatchError(InputError):
 
 class IncompleteTableError(InputError):
     """A candidate table without its manifest (``_manifest.parquet``) (a run that has not finished); readers refuse it."""
+
+
+class TableIntegrityError(InputError):
+    """A candidate table whose parts do not match its manifest: a part missing, extra, truncated or replaced."""

@@ -81,7 +81,7 @@ def test_read_candidates_reads_finished_tables_only(tmp_path):
     (table_dir / MANIFEST).unlink()
     with pytest.raises(IncompleteTableError):
         scanstream.read_candidates(table_dir)
-    assert scanstream.read_candidates(table_dir, allow_partial=True).num_rows == 12
+    assert scanstream.read_candidates(table_dir, partial=True).num_rows == 12
 
 
 @pytest.mark.parametrize("to", ["pandas", "polars"])

@@ -246,3 +246,84 @@ def test_exchange_dirs_swaps_in_one_step(tmp_path):
     assert (tmp_path / "cur" / "f").read_text() == "new" and (tmp_path / "new" / "f").read_text() == "old"
     exchange_dirs(tmp_path / "new", tmp_path / "absent")
     assert (tmp_path / "absent" / "f").read_text() == "old" and not (tmp_path / "new").exists()
+
+
+# -- the manifest describes the whole table -------------------------------------------------------
+def _damage(out, how):
+    """Damage one part of a complete table ``how``; return the part named in the refusal."""
+    part = min((out / "sheet-S1").glob("part-*.parquet"))
+    if how == "deleted":
+        part.unlink()
+    elif how == "truncated":
+        part.write_bytes(part.read_bytes()[:-100])
+    elif how == "replaced":  # another run's part of the same rows: same names, other metadata
+        pq.write_table(pq.read_table(part).replace_schema_metadata({b"scanstream": b'{"run_id": "other"}'}), part)
+    elif how == "added":
+        part = out / "sheet-S1" / f"part-{'aa' * 6}-000000000999.parquet"
+        part.write_bytes(min((out / "sheet-S2").glob("part-*.parquet")).read_bytes())
+    return part
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "replaced", "added"])
+def test_readers_refuse_a_table_whose_parts_differ_from_the_manifest(tmp_path, how):
+    from scanstream.errors import TableIntegrityError
+
+    _complete_table(tmp_path)
+    part = _damage(tmp_path, how)
+    for read in (cand.read_candidates, cand.require_complete, cand.summarize_candidates,
+                 lambda p: cand.read_candidates(p, partial=True)):
+        with pytest.raises(TableIntegrityError, match=part.name) as err:
+            read(tmp_path)
+        assert "\n" not in str(err.value)
+
+
+def test_the_manifest_records_every_part_and_deep_checks_their_content(tmp_path):
+    from scanstream.candidates import manifest as records
+
+    m = _complete_table(tmp_path)
+    parts = cand.part_files(tmp_path)
+    assert sorted(m["files"]) == sorted(p.relative_to(tmp_path).as_posix() for p in parts)
+    assert sum(r["rows"] for r in m["files"].values()) == m["rows"] == 20
+    assert cand.summarize_candidates(tmp_path, deep=True)["problems"] == []
+    # a byte changed inside the data, size and footer kept: the cheap check passes, the deep one names it
+    data = bytearray(parts[0].read_bytes())
+    data[10] ^= 0xFF
+    parts[0].write_bytes(bytes(data))
+    assert records.check_parts(tmp_path, m, parts) == []
+    s = cand.summarize_candidates(tmp_path, deep=True)
+    assert s["complete"] is False and len(s["problems"]) == 1 and parts[0].name in s["problems"][0]
+
+
+def test_a_table_of_an_earlier_release_is_read_with_a_note(tmp_path, caplog):
+    m = _complete_table(tmp_path)
+    cand.write_side(tmp_path, cand.MANIFEST, {k: v for k, v in m.items() if k != "files"})
+    assert cand.read_candidates(tmp_path).num_rows == 20
+    assert "cannot be checked" in caplog.text
+    s = cand.summarize_candidates(tmp_path)
+    assert s["complete"] is None and "no part digests" in s["note"] and s["rows"] == 20
+    _complete_table(tmp_path / "new")
+    assert cand.summarize_candidates(tmp_path / "new")["complete"] is True
+
+
+def test_a_merge_cut_between_two_sheet_switches_is_still_whole_and_the_rerun_completes(tmp_path, monkeypatch):
+    previous = _complete_table(tmp_path)
+    staging = cand.staging_dir(tmp_path, "r2")
+    _write_store_parts(staging, sheets=("S1", "S3"), store="c.zarr", h="cc" * 16, seed=3)
+    stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
+    real, calls = cand.exchange_dirs, []
+
+    def cut(new, path):
+        if calls:
+            raise KeyboardInterrupt  # the kill, after the first sheet was switched in
+        calls.append(path)
+        real(new, path)
+
+    monkeypatch.setattr(cand, "exchange_dirs", cut)
+    with pytest.raises(KeyboardInterrupt):
+        cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)
+    assert cand.read_candidates(tmp_path).num_rows == 25  # S1 switched in (15 rows), S3 not yet
+    monkeypatch.setattr(cand, "exchange_dirs", real)
+    m = cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"),
+                          previous=cand.read_manifest(tmp_path))
+    assert m["rows"] == cand.read_candidates(tmp_path).num_rows == 30 and "pending" not in m
+    assert cand.summarize_candidates(tmp_path, deep=True)["problems"] == []

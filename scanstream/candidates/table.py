@@ -47,8 +47,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from scanstream import __version__
+from scanstream import __version__, trust
 from scanstream.atomic import exchange_dirs, write_parquet
+from scanstream.candidates import manifest as records
+from scanstream.candidates.refs import relative_stores, resolve_store, resolve_stores
 from scanstream.errors import IncompleteTableError, InputError, PipelineError
 from scanstream.store import OBJECT_SCHEMA
 
@@ -69,7 +71,7 @@ TABLE_VERSION = 2
 #: Columns copied from the store's object table (identity and location), in order.
 _FROM_STORE = ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm")
 
-#: Candidate table columns, in order (DESIGN.md): the store's identity and location columns,
+#: Candidate table columns, in order (docs/classify.md): the store's identity and location columns,
 #: then the classification.
 CANDIDATE_SCHEMA = pa.schema(
     [OBJECT_SCHEMA.field(name) for name in _FROM_STORE]
@@ -125,41 +127,6 @@ def is_legacy(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a version-1 table (``sheet=`` folders or JSON side files)."""
     p = Path(path)
     return any((p / f).exists() for f in (LEGACY_MANIFEST, LEGACY_RUN_FILE)) or any(p.glob("sheet=*"))
-
-
-# -- store references ---------------------------------------------------------------------
-def store_ref(store: str | os.PathLike, table: str | os.PathLike) -> str:
-    """``store`` as recorded in the ``store`` column: its path relative to the table (POSIX)."""
-    if not os.path.isabs(store):
-        return Path(store).as_posix()
-    return Path(os.path.relpath(os.path.abspath(store), os.path.abspath(table))).as_posix()
-
-
-def resolve_store(ref: str | None, table: str | os.PathLike) -> str | None:
-    """The path of a recorded store: a relative reference is taken from the table directory."""
-    if not ref or os.path.isabs(ref):
-        return ref
-    return os.path.normpath(os.path.join(os.path.abspath(table), ref))
-
-
-def _map_stores(rows: pa.Table, fn: Any) -> pa.Table:
-    """``rows`` with ``fn`` applied to each distinct non-empty value of its ``store`` column (if any)."""
-    if "store" not in rows.column_names:
-        return rows
-    i = rows.column_names.index("store")
-    refs = {s: fn(s) for s in pc.unique(rows.column(i)).to_pylist() if s}
-    values = [refs.get(s, s) for s in rows.column(i).to_pylist()]
-    return rows.set_column(i, rows.schema.field(i), pa.array(values, rows.schema.field(i).type))
-
-
-def resolve_stores(rows: pa.Table, table: str | os.PathLike) -> pa.Table:
-    """``rows`` with its ``store`` column (if any) resolved against the table directory."""
-    return _map_stores(rows, lambda ref: resolve_store(ref, table))
-
-
-def _relative_stores(rows: pa.Table, table: Path) -> pa.Table:
-    """``rows`` with every ``store`` recorded relative to ``table`` (already relative ones kept)."""
-    return _map_stores(rows, lambda path: store_ref(path, table))
 
 
 # -- building parts (pure) ----------------------------------------------------------------
@@ -293,30 +260,31 @@ def _parts_or_fail(path: str | os.PathLike) -> list[Path]:
     return parts
 
 
-def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = None) -> pa.Table:
-    """Every row of a candidate table (all parts), in part order, with ``store`` resolved to a path."""
-    parts = _parts_or_fail(path)
-    if read_manifest(path) is None:
-        logger.warning("%s: candidate table is incomplete (no %s); rows may be missing", path, MANIFEST)
-    dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=CANDIDATE_SCHEMA)
-    return resolve_stores(dataset.to_table(columns=list(columns) if columns is not None else None), path)
-
-
 FORMATS = ("arrow", "pandas", "polars")
 
 
-def read_candidate_table(path: str | os.PathLike, *, to: str = "arrow", columns: Sequence[str] | None = None,
-                         allow_partial: bool = False) -> Any:
-    """A finished candidate table as a pyarrow Table, or a pandas / polars DataFrame (``to``).
+def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = None, partial: bool = False,
+                    to: str = "arrow") -> Any:
+    """Every row of a candidate table (all parts, in part order), ``store`` resolved to a path.
 
-    The public reader (``scanstream.read_candidates``): a table without its manifest (a run
-    still going, or killed) is refused unless ``allow_partial``. pandas and polars are not
-    dependencies of scanstream; asking for one that is not installed is an InputError.
+    The one reader of candidate tables (``scanstream.read_candidates``). The table is checked
+    against its manifest first (:func:`require_complete`): a part missing, extra, truncated or
+    replaced is refused, naming it. A table without its manifest (a run still going, or killed)
+    is refused unless ``partial``, which reads whatever parts are there. ``to`` gives a pyarrow
+    Table, or a pandas / polars DataFrame; pandas and polars are not dependencies of
+    scanstream, and asking for one that is not installed is an InputError.
     """
     if to not in FORMATS:
         raise InputError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
-    require_complete(path, allow_partial=allow_partial)
-    table = read_candidates(path, columns=columns)
+    require_complete(path, allow_partial=partial)
+    parts = part_files(path)
+    try:
+        dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=CANDIDATE_SCHEMA)
+        table = resolve_stores(dataset.to_table(columns=list(columns) if columns is not None else None), path)
+    except (OSError, pa.ArrowException) as exc:
+        bad = records.unreadable_part(parts)
+        raise InputError(f"{bad[0]}: unreadable candidate part: {bad[1]}" if bad else
+                         f"{path}: unreadable candidate parts: {' '.join(str(exc).split())}") from None
     if to == "arrow":
         return table
     try:
@@ -338,11 +306,20 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(meta[METADATA_KEY])
 
 
-def summarize_candidates(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON-ready summary of a candidate table (``scanstream info``)."""
-    table = read_candidates(path, columns=["sheet", "selected", "score"])
-    meta = read_metadata(path)
+def summarize_candidates(path: str | os.PathLike, *, deep: bool = False) -> dict[str, Any]:
+    """A JSON-ready summary of a candidate table (``scanstream info``).
+
+    ``complete`` is true only for a table checked whole against its manifest; a damaged one is
+    refused (:func:`require_complete`). A table whose manifest lists no part digests (an earlier
+    release's) reads ``complete: null`` with a ``note``. ``deep`` also compares every part's
+    content digest and lists the mismatches in ``problems`` instead of refusing.
+    """
     manifest = read_manifest(path)
+    problems = records.check_parts(path, manifest, part_files(path), deep=True) if deep and manifest else []
+    table = read_candidates(path, columns=["sheet", "selected", "score"], partial=True) if not problems else None
+    if table is None:
+        return {"path": str(path), "kind": "candidate table", "complete": False, "problems": problems}
+    meta = read_metadata(path)
     sheets: dict[str, dict[str, int]] = {}
     sh = table.column("sheet").to_pylist()
     sel = table.column("selected").fill_null(False).to_numpy(zero_copy_only=False)
@@ -351,12 +328,17 @@ def summarize_candidates(path: str | os.PathLike) -> dict[str, Any]:
         d["rows"] += 1
         d["selected"] += int(flag)
     threshold = meta.get("threshold") or {}
+    rows = read_candidates(path, columns=trust.TABLE_COLUMNS, partial=True)
+    for s, fields in trust.table_trust(rows, meta.get("threshold")).items():  # label-free, per sheet
+        sheets[s].update(fields)
     scores = table.column("score").to_numpy()
     return {
         "path": str(path),
         "kind": "candidate table",
         "table_version": 1 if is_legacy(path) else TABLE_VERSION,
-        "complete": manifest is not None,
+        "complete": (None if not records.verifiable(manifest) else True) if manifest is not None else False,
+        **({"note": f"{records.UNVERIFIABLE}"} if manifest is not None and not records.verifiable(manifest) else {}),
+        **({"problems": problems} if deep else {}),
         "rows": table.num_rows,
         "selected": int(sel.sum()),
         "parts": len(part_files(path)),
@@ -411,7 +393,7 @@ def finalize(
     manifest_sheets: dict[str, dict[str, int]] = {}
     for paths in per_sheet.values():  # one sheet in memory at a time
         manifest_sheets[sheet_of(paths[0].parent)] = _rank_sheet(paths, lambda p: p, metadata, out)
-    manifest = _manifest(out, stores, metadata, manifest_sheets)
+    manifest = _manifest(out, stores, metadata, manifest_sheets, rewritten=[p.name for p in per_sheet])
     write_side(out, MANIFEST, manifest)
     return manifest
 
@@ -452,7 +434,7 @@ def _rank_sheet(paths: Sequence[Path], dest: Any, metadata: Mapping[str, Any], t
     The ``store`` column is recorded relative to the table directory ``table`` first, so ties
     are broken on the references the readers see.
     """
-    tables = [_relative_stores(pq.read_table(p), table) for p in paths]
+    tables = [relative_stores(pq.read_table(p), table) for p in paths]
     whole = pa.concat_tables(tables)
     rank = rank_within_sheet(
         whole.column("score").to_numpy(), whole.column("store").to_pylist(), whole.column("store_index").to_numpy()
@@ -468,15 +450,21 @@ def _rank_sheet(paths: Sequence[Path], dest: Any, metadata: Mapping[str, Any], t
 
 
 def _manifest(out: Path, stores: Mapping[str, tuple[str, int]], metadata: Mapping[str, Any],
-              sheets: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+              sheets: Mapping[str, Mapping[str, int]], *, previous: Mapping[str, Any] | None = None,
+              rewritten: Iterable[str] = ()) -> dict[str, Any]:
+    """The manifest: totals, stores, and a record of every part (``rewritten`` sheet dirs read afresh)."""
     threshold = metadata.get("threshold") or {}
+    parts = part_files(out)
+    kept = (previous or {}).get(records.FILES_KEY) if previous and records.verifiable(previous) else None
     return {
         "scanstream_candidates": TABLE_VERSION,
         "complete": True,
         "rows": sum(int(v["rows"]) for v in sheets.values()),
         "selected": sum(int(v["selected"]) for v in sheets.values()),
         "sheets": {k: dict(v) for k, v in sorted(sheets.items())},
-        "parts": [str(p.relative_to(out)) for p in part_files(out)],
+        "parts": [str(p.relative_to(out)) for p in parts],
+        records.FILES_KEY: records.part_records(out, parts, kept, rewritten if kept else {p.parent.name for p in parts}),
+        "digest": records.DIGEST,
         "stores": {path: {"hash": h, "rows": n} for path, (h, n) in stores.items()},
         "model_hashes": metadata.get("model_hashes"),
         "threshold": threshold.get("threshold"),
@@ -490,21 +478,28 @@ def _manifest(out: Path, stores: Mapping[str, tuple[str, int]], metadata: Mappin
 def require_complete(path: str | os.PathLike, allow_partial: bool = False) -> dict[str, Any] | None:
     """The manifest of a complete candidate table; refuse one without it unless ``allow_partial``.
 
-    Readers (query, gallery, review) call this first, so rows of an unfinished run (unranked,
-    or ranked by a pass that did not finish) are never served as a result. With
-    ``allow_partial`` an incomplete table returns None and the caller labels its output.
+    Every reader (query, gallery, review, info, evaluate, range-energy, the watcher's summary,
+    :func:`read_candidates`) calls this first, so rows of an unfinished run (unranked, or ranked
+    by a pass that did not finish) are never served as a result, and a complete table is checked
+    against its manifest's part records (:func:`scanstream.candidates.manifest.verify`: one
+    footer read per part). With ``allow_partial`` an incomplete table returns None and the
+    caller labels its output; a table with a manifest is checked all the same.
 
     Raises
     ------
     IncompleteTableError
         ``path`` has part files but no ``_manifest.json`` (and ``allow_partial`` is false).
+    TableIntegrityError
+        A part is missing, extra, truncated or replaced since the manifest was written.
     InputError
         ``path`` is not a candidate table, or its manifest is unreadable.
     """
     parts = _parts_or_fail(path)
     manifest = read_manifest(path)
-    if manifest is not None and not isinstance(manifest, dict):
-        raise InputError(f"{Path(path) / MANIFEST}: unreadable manifest (not a JSON object)")
+    if manifest is not None:
+        records.verify(path, manifest, parts)
+        if not records.verifiable(manifest):
+            logger.warning("%s: %s", path, records.UNVERIFIABLE)
     if manifest is None and not allow_partial:
         raise IncompleteTableError(
             f"{path}: candidate table is incomplete: {MANIFEST} is missing ({len(parts)} part file(s) of an "
@@ -576,18 +571,24 @@ def merge_staged(
     new = {p: v for p, v in stores.items() if old_hashes.get(p) != v[0]}
     per_sheet = _check_rows(part_files(staging), new, staging)
     sheets = {k: dict(v) for k, v in previous.get("sheets", {}).items()}
-    for staged_dir, staged in sorted(per_sheet.items()):
+    builds = {}
+    for staged_dir, staged in sorted(per_sheet.items()):  # every touched sheet built whole first
         target = out / staged_dir.name
         names = {p.name for p in staged}
         kept = sorted(p for p in target.glob("part-*.parquet") if p.name not in names) if target.is_dir() else []
-        build = staging / f".{staged_dir.name}.new"
+        builds[target] = build = staging / f".{staged_dir.name}.new"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
-        paths = kept + sorted(staged)
-        sheets[sheet_of(staged_dir)] = _rank_sheet(paths, lambda p, b=build: b / p.name, metadata, out)
+        sheets[sheet_of(staged_dir)] = _rank_sheet(kept + sorted(staged), lambda p, b=build: b / p.name, metadata, out)
+    # readers accept either version of a touched sheet while the sheets are switched in one by one
+    pending = {f"{t.name}/{rel.split('/', 1)[1]}": r for t, b in builds.items()
+               for rel, r in records.part_records(staging, sorted(b.glob("part-*.parquet"))).items()}
+    write_side(out, MANIFEST, {**previous, records.PENDING_KEY: pending})
+    for target, build in builds.items():
         exchange_dirs(build, target)
         shutil.rmtree(build, ignore_errors=True)  # the sheet as it was
-    manifest = _manifest(out, stores, metadata, sheets)
+    manifest = _manifest(out, stores, metadata, sheets, previous=previous,
+                         rewritten=[d.name for d in per_sheet])
     write_side(out, MANIFEST, manifest)
     shutil.rmtree(staging, ignore_errors=True)
     return manifest

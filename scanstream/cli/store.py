@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(fields of view, stage positions, pixel and step sizes) or of a candidate table.",
     )
     p.add_argument("path", type=Path, help="a NAME.zarr crop or volume store, or a candidate table directory")
-    p.add_argument("--validate", action="store_true", help="also check the store against the format (reads every crop)")
+    p.add_argument("--validate", "--deep", action="store_true",
+                   help="also check the store against the format (reads every crop), or every part of a candidate "
+                   "table against its manifest's content digests (reads every part)")
     p.set_defaults(func=run_info)
 
     u = sub.add_parser(
@@ -64,6 +66,7 @@ def run_info(args: argparse.Namespace) -> int:
     except ImportError:
         summarize_candidates = None
     if summarize_candidates is not None and args.path.is_dir():
-        print_json(summarize_candidates(args.path))
-        return 0
+        summary = summarize_candidates(args.path, deep=args.validate)
+        print_json(summary)
+        return 1 if summary.get("problems") else 0
     raise InputError(f"{args.path}: neither a crop store, a volume store nor a candidate table")

@@ -442,7 +442,7 @@ def _table_counts(out: Path, scored: _Scored) -> tuple[int, int, bool]:
         else:
             manifest = cand.finalize(out, stores=stores, metadata=scored.metadata)
         return manifest["rows"], manifest["selected"], True
-    t = cand.read_candidates(out, columns=["selected"]) if cand.part_files(out) else None
+    t = cand.read_candidates(out, columns=["selected"], partial=True) if cand.part_files(out) else None
     if t is None:
         return 0, 0, False
     return t.num_rows, int(np.asarray(t.column("selected").fill_null(False)).sum()), False
