@@ -3,17 +3,24 @@
 A reader (or a rerun after a kill) sees either the previous file or the complete new one,
 never a half-written one; on failure the temporary file is removed and the destination is
 left as it was. Every file scanstream writes goes through :func:`atomic_path` (directly, or
-through the ``write_*`` helpers, which all take the destination first).
+through the ``write_*`` helpers, which all take the destination first; :func:`write_png` for
+figures and images). Directories are written whole beside their destination and swapped in by
+:func:`exchange_dirs`, the one directory swap (:func:`atomic_dir` wraps it for writers that fill
+a new directory).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from scanstream.errors import InputError
 
 
 def umask_mode() -> int:
@@ -88,26 +95,29 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; on a clean exit it replaces ``path``.
 
     The writer fills the directory (its files through :func:`atomic_path` / ``write_*``, so they
-    are fsynced); it is then renamed to ``path``. An existing ``path`` is moved aside first and
-    removed once the new one is in place. On failure the temporary directory is removed and
-    ``path`` is left as it was.
+    are fsynced); it is then swapped in with :func:`exchange_dirs` and the previous ``path``, if
+    any, removed. On failure the temporary directory is removed and ``path`` is left as it was.
     """
-    import shutil  # only directory writers need it
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove(tmp)
     tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        exchange_dirs(tmp, path, aside=path.with_name(f".{path.name}.old-{os.getpid()}"))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)  # the failed write, or the previous ``path`` after the swap
+
+
+def _remove(p: Path) -> None:
+    """Remove a directory tree, a file or a link at ``p``; nothing there is fine."""
+    import shutil  # only directory writers need it
+
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
 
 
 def try_exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -131,13 +141,20 @@ def try_exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def exchange_dirs(new: str | os.PathLike, path: str | os.PathLike) -> None:
+def _default_aside(new: Path) -> Path:
+    return new.with_name(new.name + ".old")
+
+
+def exchange_dirs(new: str | os.PathLike, path: str | os.PathLike, *, aside: str | os.PathLike | None = None) -> None:
     """Put directory ``new`` in place of ``path`` in one step; the old ``path`` ends up at ``new``.
 
-    With :func:`try_exchange` a reader listing ``path`` sees the old directory or the new one,
-    never neither. Where the filesystem cannot exchange, the old directory is renamed to
-    ``new`` + ``.old`` and ``new`` into place (a moment without ``path``), and the old one is then
-    moved to ``new``. A missing ``path`` is a plain rename. ``new`` must be on the same filesystem.
+    This is scanstream's one directory swap (:func:`atomic_dir`, the crop store writer's
+    ``--overwrite``, the candidate table's sheet switches). With :func:`try_exchange` a reader
+    listing ``path`` sees the old directory or the new one, never neither. Where the filesystem
+    cannot exchange, three renames do it: the old directory to ``aside`` (default ``new`` +
+    ``.old``), ``new`` into place, ``aside`` to ``new``; between the first two there is a moment
+    without ``path``, and a kill there is mended by :func:`recover_exchange`. A missing ``path``
+    is a plain rename. All three names must be on the same filesystem.
     """
     new, path = Path(new), Path(path)
     if not path.exists():
@@ -145,7 +162,72 @@ def exchange_dirs(new: str | os.PathLike, path: str | os.PathLike) -> None:
         return
     if try_exchange(new, path):
         return
-    aside = new.with_name(new.name + ".old")
+    aside = Path(aside) if aside is not None else _default_aside(new)
     os.replace(path, aside)
     os.replace(new, path)
     os.replace(aside, new)
+
+
+def recover_exchange(new: str | os.PathLike, path: str | os.PathLike, *, aside: str | os.PathLike | None = None,
+                     ready: Callable[[Path], bool] | None = None) -> bool:
+    """Finish an :func:`exchange_dirs` that a kill cut between its renames; True if it moved anything.
+
+    With ``path`` missing and the old directory at ``aside``, the swap goes forward when ``new``
+    is there and ``ready(new)`` (default: always) and is undone otherwise (``aside`` back to
+    ``path``); with ``path`` in place and ``new`` missing, the old directory moves from ``aside``
+    to ``new``. Either way the old directory, if it was not put back, ends up at ``new`` as after
+    a whole swap. Without a directory at ``aside`` there is nothing to mend.
+    """
+    new, path = Path(new), Path(path)
+    aside = Path(aside) if aside is not None else _default_aside(new)
+    if not aside.is_dir():
+        return False
+    if not path.exists():
+        if not (new.is_dir() and (ready is None or ready(new))):
+            os.replace(aside, path)
+            return True
+        os.replace(new, path)
+    if new.exists():
+        return False
+    os.replace(aside, new)
+    return True
+
+
+def write_png(path: str | os.PathLike, image: Any, *, dpi: float | None = None, tight: bool = False,
+              compress_level: int = 6) -> Path:
+    """Write ``image`` to ``path`` as a PNG atomically; return ``path``.
+
+    ``image`` is a matplotlib figure (saved at ``dpi``, default the figure's own, cropped to its
+    artists with ``tight``, and closed afterwards, also when the save fails), a PIL image, or a
+    uint8 array (h, w) grey, (h, w, 3) RGB or (h, w, 4) RGBA (written with PIL at
+    ``compress_level``, 0-9). The file is PNG whatever ``path``'s suffix.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> write_png(d / "a.png", np.zeros((4, 6, 3), np.uint8)).read_bytes()[:8]
+    b'\\x89PNG\\r\\n\\x1a\\n'
+    """
+    path = Path(path)
+    if hasattr(image, "savefig"):
+        import matplotlib.pyplot as plt  # only figures need it; the caller has loaded it already
+
+        try:
+            with atomic_path(path) as tmp:
+                image.savefig(tmp, format="png", bbox_inches="tight" if tight else None,
+                              **({"dpi": dpi} if dpi is not None else {}))
+        finally:
+            plt.close(image)
+        return path
+    from PIL import Image  # only image writers need it
+
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+            raise InputError(f"{path}: a PNG is written from uint8 (h, w), (h, w, 3) or (h, w, 4), "
+                             f"got {arr.dtype} {arr.shape}")
+        image = Image.fromarray(np.ascontiguousarray(arr))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", compress_level=compress_level)
+    return path

@@ -10,11 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
+from fixtures import drop_table_digest
 
 from scanstream import store as st
 from scanstream.cli import main
 from scanstream.errors import IncompleteStoreError, InputError, StoreExistsError, StoreNotFoundError
 from scanstream.store import writer as store_writer
+from scanstream.store.crops import check_object_table
 
 CHUNK, SHARD = 4, 8  # small blocks so a few dozen crops cross several shard boundaries
 
@@ -356,7 +358,7 @@ def test_validate_catches_duplicate_ids(tmp_path):
     ids = t.column("object_id").to_pylist()
     ids[3] = ids[0]
     pq.write_table(t.set_column(0, t.schema.field(0), pa.array(ids, pa.string())), path / st.TABLE_FILE)
-    assert st.validate_store(path) == [f"{path}: duplicate object ids"]
+    assert st.validate_store(path) == [f"{path}: 1 duplicate object id(s), e.g. {ids[0]!r}"]
     with pytest.raises(st.StoreError, match="duplicate object ids"):
         st.StoreWriter(path, source={})
 
@@ -369,7 +371,32 @@ def test_validate_catches_wrong_column_type_and_missing_column(tmp_path):
     pq.write_table(t, path / st.TABLE_FILE)
     problems = st.validate_store(path)
     assert f"{path}: column 'x_mm' is float, expected double" in problems
-    assert f"{path}: object table lacks column 'category'" in problems
+    assert f"{path}: no 'category' column" in problems
+
+
+def test_validate_asks_for_every_column_while_open_asks_for_those_stages_read(tmp_path):
+    """One validator, two strictnesses: an optional column missing opens, and validate_store names it."""
+    crops, rows = crops_and_rows(3)
+    path = write(tmp_path / "a.zarr", crops, rows).path
+    pq.write_table(pq.read_table(path / st.TABLE_FILE).drop_columns(["category"]), path / st.TABLE_FILE)
+    drop_table_digest(path)  # as a store written before the column existed
+    assert st.open_store(path).n == 3
+    assert check_object_table(st.open_store(path).table) == []
+    assert st.validate_store(path) == [f"{path}: no 'category' column"]
+
+
+def test_validate_catches_a_table_edited_after_completion(tmp_path):
+    """validate_store refuses what open_store refuses: a row moved to another sheet."""
+    crops, rows = crops_and_rows(3)
+    path = write(tmp_path / "a.zarr", crops, rows).path
+    t = pq.read_table(path / st.TABLE_FILE)
+    i = t.schema.get_field_index("sheet")
+    pq.write_table(t.set_column(i, t.schema.field(i), pa.array(["S9", *t.column("sheet").to_pylist()[1:]])),
+                   path / st.TABLE_FILE)
+    (problem,) = st.validate_store(path)
+    assert problem == f"{path}: the table does not match the digest recorded when the store was completed (edited since?)"
+    with pytest.raises(st.StoreError, match="does not match the digest"):
+        st.open_store(path)
 
 
 def test_deep_validation_catches_edited_crops(tmp_path):

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from scanstream.atomic import atomic_path
+from scanstream.atomic import write_png
 from scanstream.errors import InputError
 
 DPI = 110
@@ -30,13 +30,7 @@ DPI = 110
 
 def _save(fig, path: str | os.PathLike) -> Path:
     """Save ``fig`` as a PNG at ``path`` atomically and close it."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return write_png(path, fig, dpi=DPI, tight=True)
 
 
 @dataclass(frozen=True)
@@ -197,8 +191,7 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], pat
 def plot_run_loss_curve(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
     """One training run's loss per epoch (training, validation, smoothed validation), the kept epoch marked.
 
-    Written as PNG to ``path`` whatever its name: the training loop passes the temporary path
-    of :func:`scanstream.atomic.atomic_path`.
+    Written as PNG to ``path`` whatever its name, atomically (:func:`scanstream.atomic.write_png`).
     """
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=DPI)
@@ -212,6 +205,4 @@ def plot_run_loss_curve(history: Sequence[Mapping[str, float]], path: str | os.P
     ax.set_ylabel("binary cross entropy")
     ax.legend(frameon=False)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return Path(path)
+    return write_png(path, fig)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scanstream import __version__
-from scanstream.atomic import atomic_path, write_text
+from scanstream.atomic import write_png, write_text
 from scanstream.candidates.table import read_candidates
 from scanstream.errors import InputError
 from scanstream.picker import cuts as bl
@@ -173,11 +173,27 @@ def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str 
             f"{fit['shrinkage']:.3f}" + (f" ± {s_err:.3f}" if s_err else " (fixed)" if fit.get("shrinkage_fixed") else ""))
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
     ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.8))
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return out
+    return write_png(path, fig, dpi=110, tight=True)
+
+
+def _shrinkage_settings(prongs: SheetProngs, model: SpectrumModel, config: FitConfig,
+                        use_metadata: bool) -> tuple[SpectrumModel, FitConfig, str]:
+    """The model and fit settings for the sheet's shrinkage, and a line saying where it came from.
+
+    A shrinkage in the scan's metadata is what the picker converted depth with (the model's
+    nominal shrinkage) and, unless ``config`` fixes one or ``use_metadata`` is off, the sheet's.
+    """
+    if prongs.shrinkage is not None:
+        model = replace(model, shrinkage_nominal=prongs.shrinkage)
+    if config.shrinkage is not None:
+        return model, config, f"given: {config.shrinkage:g} (fixed)"
+    if prongs.shrinkage is not None and use_metadata:
+        return model, replace(config, shrinkage=prongs.shrinkage), \
+            f"scan metadata EmulsionType.Sh: {prongs.shrinkage:g} (fixed)"
+    how = "lengths and dips" if prongs.dips is not None else "lengths alone"
+    prior = config.shrinkage_prior if config.shrinkage_prior is not None or prongs.dips is not None \
+        else config.lengths_only_prior
+    return model, config, f"fitted from {how}" + (f", prior {prior[0]:g} ± {prior[1]:g}" if prior else "")
 
 
 def run_range_energy(source: str | os.PathLike, *, sheet: str, out: str | os.PathLike,

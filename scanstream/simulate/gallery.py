@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanstream.atomic import atomic_path
+from scanstream.atomic import write_png
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.simulate.conditions import draw_conditions
 from scanstream.simulate.dataset import ObjectPlan, simulate_objects
@@ -65,10 +65,4 @@ def make_gallery(path: str | os.PathLike, *, per_category: int = 4, seed: int = 
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.985))
-    out = Path(path)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return write_png(path, fig, dpi=dpi)

@@ -238,18 +238,20 @@ def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
 REQUIRED_COLUMNS = ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm", "label")
 
 
-def check_object_table(table: pa.Table, *, table_digest_attr: str | None = None) -> list[str]:
+def check_object_table(table: pa.Table, *, table_digest_attr: str | None = None, strict: bool = False) -> list[str]:
     """Problems of an object table against the contract (empty: none); reads no crops.
 
-    The :data:`REQUIRED_COLUMNS`, every :data:`OBJECT_SCHEMA` column present with its type,
-    object ids present and unique, labels
-    in {-1, 0, 1}, and, when the store recorded one at completion, the table's digest (a
-    table edited afterwards, e.g. a row moved to another sheet, no longer matches).
+    The one set of rules for object tables, used on every open (:func:`open_store`) and by
+    :func:`validate_store`: the :data:`REQUIRED_COLUMNS` (with ``strict``, every
+    :data:`OBJECT_SCHEMA` column) present, every :data:`OBJECT_SCHEMA` column present with its
+    type, object ids present and unique, labels in {-1, 0, 1}, and, when the store recorded one
+    at completion, the table's digest (a table edited afterwards, e.g. a row moved to another
+    sheet, no longer matches). Ids, labels and digest are checked only once the columns are right.
     """
     problems = []
     for field in OBJECT_SCHEMA:
         if field.name not in table.column_names:
-            if field.name in REQUIRED_COLUMNS:
+            if strict or field.name in REQUIRED_COLUMNS:
                 problems.append(f"no {field.name!r} column")
         elif not _same_type(table.schema.field(field.name).type, field.type):
             problems.append(f"column {field.name!r} is {table.schema.field(field.name).type}, expected {field.type}")
@@ -413,7 +415,10 @@ def compute_content_hash(store: CropStore, *, fast_digests: list[str] | None = N
 def validate_store(path: str | os.PathLike, *, deep: bool = False) -> list[str]:
     """Check a store against the format contract; return the problems found (empty: valid).
 
-    ``deep`` also reads every crop and recomputes the content hash.
+    The object table is checked by :func:`check_object_table` with ``strict`` (every
+    :data:`~scanstream.store.schema.OBJECT_SCHEMA` column present; opening a store asks only for
+    the :data:`REQUIRED_COLUMNS`), against the table digest recorded at completion. ``deep``
+    also reads every crop and recomputes the content hash.
     """
     p = Path(path)
     problems: list[str] = []
@@ -427,17 +432,8 @@ def validate_store(path: str | os.PathLike, *, deep: bool = False) -> list[str]:
         problems.append(f"{p}: crops are {store.crops.dtype} {store.crops.shape}, expected uint8 (n, 224, 224, 3)")
     if store.table.num_rows != store.crops.shape[0]:
         problems.append(f"{p}: object table has {store.table.num_rows} rows but crops has {store.crops.shape[0]}")
-    for field in OBJECT_SCHEMA:
-        if field.name not in store.table.column_names:
-            problems.append(f"{p}: object table lacks column {field.name!r}")
-        elif store.table.schema.field(field.name).type != field.type:
-            problems.append(f"{p}: column {field.name!r} is {store.table.schema.field(field.name).type}, expected {field.type}")
-    ids = store.table.column("object_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        problems.append(f"{p}: duplicate object ids")
-    bad = set(np.unique(store.labels).tolist()) - {-1, 0, 1}
-    if bad:
-        problems.append(f"{p}: labels outside -1/0/1: {sorted(bad)}")
+    digest = store.attrs.get("table_digest") if store.complete else None  # a resumed store's is stale
+    problems += [f"{p}: {q}" for q in check_object_table(store.table, table_digest_attr=digest, strict=True)]
     if deep and not problems and store.complete:
         fast: list[str] = []
         if compute_content_hash(store, fast_digests=fast) != store.content_hash:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import ZstdCodec
 
-from scanstream.atomic import try_exchange, write_json, write_parquet
+from scanstream.atomic import atomic_dir, exchange_dirs, recover_exchange, write_json, write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
 from scanstream.store.crops import BlockVerifier, CropStore, is_store, iter_blocks, live_parts, open_store, read_table
 from scanstream.store.schema import (
@@ -158,14 +158,11 @@ class StoreWriter:
         self._finalized = False
 
     def _create(self, pixel_size_um: float, chunk_crops: int, shard_crops: int) -> None:
-        """Create an empty store under a temporary name, then rename it into place.
+        """Create an empty store under a temporary name, then rename it into place (:func:`atomic_dir`).
 
         A store directory therefore always has its group attributes and its ``crops`` array;
         a crash during creation leaves only a hidden temporary directory.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         attrs = {
             "scanstream_schema": SCHEMA_VERSION,
             "pixel_size_um": pixel_size_um,
@@ -177,19 +174,19 @@ class StoreWriter:
             **group_attributes(),
             **self._pending_attrs,
         }
-        group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
-        group.create_array(
-            "crops",
-            shape=(0, CROP_SIZE, CROP_SIZE, CHANNELS),
-            chunks=(chunk_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
-            shards=(shard_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
-            dtype="uint8",
-            compressors=ZstdCodec(level=ZSTD_LEVEL),
-            fill_value=0,
-            dimension_names=CROP_DIMS,
-            attributes=crops_attributes(pixel_size_um),
-        )
-        os.replace(tmp, self.path)
+        with atomic_dir(self.path) as tmp:
+            group = zarr.open_group(str(tmp), mode="w", attributes=attrs)
+            group.create_array(
+                "crops",
+                shape=(0, CROP_SIZE, CROP_SIZE, CHANNELS),
+                chunks=(chunk_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+                shards=(shard_crops, CROP_SIZE, CROP_SIZE, CHANNELS),
+                dtype="uint8",
+                compressors=ZstdCodec(level=ZSTD_LEVEL),
+                fill_value=0,
+                dimension_names=CROP_DIMS,
+                attributes=crops_attributes(pixel_size_um),
+            )
         self._group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
         self._crops = self._group["crops"]
         self._shard = shard_crops
@@ -466,7 +463,7 @@ def _beside(path: Path) -> Path:
 
 
 def _aside(path: Path) -> Path:
-    """Where the old store waits during a two-rename swap (filesystems without an exchange)."""
+    """Where the old store waits during a swap by renames (filesystems without an exchange)."""
     return path.with_name(f".{path.name}.replaced")
 
 
@@ -483,33 +480,25 @@ def _check_replaceable(path: Path) -> None:
 
 
 def _swap_in(new: Path, final: Path) -> Path:
-    """Put the complete store ``new`` at ``final``; delete the store it replaces last.
+    """Put the complete store ``new`` at ``final`` (:func:`~scanstream.atomic.exchange_dirs`); delete the one it replaces.
 
     With an exchange there is no moment without a store at ``final``; without one the old
-    store is renamed aside first, and :func:`_recover_swap` puts it back if a kill lands
-    between the two renames. Returns ``final``.
+    store waits at :func:`_aside`, and :func:`_recover_swap` mends a kill between the renames.
+    Returns ``final``.
     """
-    if final.exists() and try_exchange(new, final):
-        shutil.rmtree(new, ignore_errors=True)  # now the old store
-        return final
-    aside = _aside(final)
-    if final.exists():
-        os.replace(final, aside)
-    os.replace(new, final)
-    shutil.rmtree(aside, ignore_errors=True)
+    exchange_dirs(new, final, aside=_aside(final))
+    shutil.rmtree(new, ignore_errors=True)  # now the old store
     return final
 
 
+def _complete_store(path: Path) -> bool:
+    return is_store(path) and bool(json.loads((path / "zarr.json").read_text())["attributes"].get("complete"))
+
+
 def _recover_swap(path: Path) -> None:
-    """After a kill between the two renames of :func:`_swap_in`: the new store, else the old one, at ``path``."""
-    if path.exists():
-        return
-    new, aside = _beside(path), _aside(path)
-    if is_store(new) and json.loads((new / "zarr.json").read_text())["attributes"].get("complete"):
-        os.replace(new, path)
-        shutil.rmtree(aside, ignore_errors=True)
-    elif is_store(aside):
-        os.replace(aside, path)
+    """After a kill inside :func:`_swap_in`'s renames: the new store at ``path`` if complete, else the old one."""
+    if recover_exchange(_beside(path), path, aside=_aside(path), ready=_complete_store):
+        shutil.rmtree(_beside(path), ignore_errors=True)  # the store replaced, or an unfinished replacement
 
 
 def create_store(
