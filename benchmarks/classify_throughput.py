@@ -47,9 +47,9 @@ from scanstream.devices import resolve_device
 from scanstream.executor import dask_client, gpu_count, local_cores
 from scanstream.inference import engine as inference
 from scanstream.inference.classify import classify
+from scanstream.network.checkpoint import save_checkpoint
+from scanstream.network.model import ModelConfig, build_model, preprocess
 from scanstream.store import create_store, open_store
-from scanstream.training.checkpoint import save_checkpoint
-from scanstream.training.model import ModelConfig, build_model, preprocess
 
 
 def make_store(path: Path, n: int, seed: int = 0):

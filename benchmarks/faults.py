@@ -54,9 +54,9 @@ from fixtures import drop_table_digest, make_store
 
 from scanstream.candidates import table as cand
 from scanstream.cli import main
+from scanstream.network.checkpoint import save_checkpoint
+from scanstream.network.model import ModelConfig, build_model
 from scanstream.store import open_store
-from scanstream.training.checkpoint import save_checkpoint
-from scanstream.training.model import ModelConfig, build_model
 
 SCANSTREAM = str(Path(sys.executable).parent / "scanstream")
 

@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 from scanstream import atomic
 from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
+from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint
 from scanstream.picker import cuts as bl
 from scanstream.picker.learned import load_feature_model, prefilter_accounting
 from scanstream.store import open_store
-from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint
 
 
 def at_recall(y: np.ndarray, scores: np.ndarray, recall: float, former: np.ndarray, learned: np.ndarray | None) -> dict:

@@ -38,8 +38,8 @@ import torch
 from scanstream.inference.engine import Ensemble
 from scanstream.inference.export import check_inputs, export_onnx, measure_rates, model_rates, quantize_int8
 from scanstream.inference.onnx_model import load_onnx
-from scanstream.training.checkpoint import load_checkpoint, save_checkpoint
-from scanstream.training.model import ModelConfig, build_model
+from scanstream.network.checkpoint import load_checkpoint, save_checkpoint
+from scanstream.network.model import ModelConfig, build_model
 
 
 def measure(backbone: str, size: int, tmp: Path, *, batch_size: int, seconds: float, rounds: int) -> dict:

@@ -15,7 +15,7 @@ network on normalised tensors at its input size already in memory):
 - ``ray_data``: Ray Data ``map_batches`` with an actor pool, only when ``ray`` imports
   (``pip install scanstream[bench]``); otherwise a skip message.
 - ``preprocess``: the antialiased 224 -> 112 resize and normalisation alone, ``F.interpolate``
-  (before) against the exact halving filter (after, :func:`scanstream.training.model.preprocess`),
+  (before) against the exact halving filter (after, :func:`scanstream.network.model.preprocess`),
   and the forward pass on uint8 crops in memory with each.
 
 Every path runs once per round, between two model-only measurements, and each rate is also
@@ -47,9 +47,9 @@ from classify_throughput import make_store
 
 from scanstream.executor import dask_client, local_cores
 from scanstream.inference.classify import classify
+from scanstream.network.checkpoint import save_checkpoint
+from scanstream.network.model import ModelConfig, build_model, preprocess
 from scanstream.store import open_store
-from scanstream.training.checkpoint import save_checkpoint
-from scanstream.training.model import ModelConfig, build_model, preprocess
 
 
 def note(text: str) -> None:
@@ -136,7 +136,7 @@ def ray_data(ckpt: Path, store, batch_size: int) -> dict:
         msg = "skipped: ray is not installed (pip install 'scanstream[bench]' to compare with Ray Data)"
         note(msg)
         return {"skipped": msg}
-    from scanstream.training.checkpoint import load_checkpoint
+    from scanstream.network.checkpoint import load_checkpoint
 
     class Scorer:
         def __init__(self) -> None:

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from classify_throughput import make_store
 
 from scanstream.inference.benchmark import run_benchmark
+from scanstream.network.checkpoint import save_checkpoint
+from scanstream.network.model import ModelConfig, build_model
 from scanstream.store import open_store
-from scanstream.training.checkpoint import save_checkpoint
-from scanstream.training.model import ModelConfig, build_model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade.safetensors"
 

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scanstream.network.model import build_model, preprocess
 from scanstream.store import CROP_SIZE, StoreWriter
 from scanstream.training.augment import AugmentConfig, Augmenter
 from scanstream.training.config import TrainConfig
 from scanstream.training.dataload import open_executor
 from scanstream.training.loop import train_one_epoch, train_step, train_stream
-from scanstream.training.model import build_model, preprocess
 from scanstream.training.run import check_config, make_run, model_config, resolve_runtime
 
 THREADS: int | None = None  # --threads: torch threads of the training process (default: the library's)

@@ -34,8 +34,8 @@ from fixtures import make_store
 
 from scanstream.executor import dask_client
 from scanstream.inference.watch import WatchConfig, watch
-from scanstream.training.checkpoint import save_checkpoint
-from scanstream.training.model import ModelConfig, build_model
+from scanstream.network.checkpoint import save_checkpoint
+from scanstream.network.model import ModelConfig, build_model
 
 
 def _add(root: Path, store: Path, config: WatchConfig) -> dict:

@@ -155,7 +155,7 @@ def stage_simulate(cfg: DemoConfig, out: Path) -> dict[str, Path]:
 
 def shipped_model(cfg: DemoConfig, out: Path) -> tuple[Path, dict[str, Any]]:
     """The shipped checkpoint, copied to OUT/model/ (what a site would keep beside its config)."""
-    from scanstream.training.checkpoint import checkpoint_hash, read_header
+    from scanstream.network.checkpoint import checkpoint_hash, read_header
 
     src = (ROOT / cfg.model) if not Path(cfg.model).is_absolute() else Path(cfg.model)
     meta = read_header(src)

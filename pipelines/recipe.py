@@ -106,7 +106,7 @@ def stage_features(cfg: dict, out: Path) -> Path:
 def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
     fm = load_feature_model(fm_path)
     threshold = prefilter_threshold(fm)
-    from scanstream.training.checkpoint import checkpoint_hash
+    from scanstream.network.checkpoint import checkpoint_hash
 
     identity = {"feature_model": checkpoint_hash(fm_path), "prefilter_threshold": threshold}
 

@@ -218,7 +218,7 @@ def stage_threshold(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckp
     from scanstream.errors import ThresholdError
     from scanstream.inference.scoring import calibrate_threshold
     from scanstream.inference.threshold import load_threshold, write_threshold
-    from scanstream.training.checkpoint import checkpoint_hash
+    from scanstream.network.checkpoint import checkpoint_hash
 
     path = out / "threshold.json"
     hashes = sorted(checkpoint_hash(c) for c in ckpts)
@@ -239,7 +239,7 @@ def stage_classify(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckpt
     from scanstream.candidates.table import read_manifest, read_metadata
     from scanstream.inference.classify import classify
     from scanstream.inference.threshold import load_threshold
-    from scanstream.training.checkpoint import checkpoint_hash
+    from scanstream.network.checkpoint import checkpoint_hash
 
     cand = out / "candidates"
     hashes = sorted(checkpoint_hash(c) for c in ckpts)

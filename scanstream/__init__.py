@@ -40,7 +40,7 @@ _EXPORTS = {
     "SearchConfig": "scanstream.training.config:SearchConfig",
     "train": "scanstream.training.loop:train",
     "run_search": "scanstream.training.search:run_search",
-    "load_checkpoint": "scanstream.training.checkpoint:load_checkpoint",
+    "load_checkpoint": "scanstream.network.checkpoint:load_checkpoint",
     # inference
     "score_store": "scanstream.inference.scoring:score_store",
     "calibrate_threshold": "scanstream.inference.scoring:calibrate_threshold",

@@ -80,8 +80,8 @@ def make_checkpoint(path: Path, seed: int, crops: np.ndarray) -> Path:
     """A resnet18 at 32 px with BatchNorm statistics of ``crops`` and spread logits, saved at ``path``."""
     import torch
 
-    from scanstream.training.checkpoint import save_checkpoint
-    from scanstream.training.model import ModelConfig, build_model, preprocess
+    from scanstream.network.checkpoint import save_checkpoint
+    from scanstream.network.model import ModelConfig, build_model, preprocess
 
     torch.manual_seed(seed)
     cfg = ModelConfig(backbone="resnet18", input_size=32)

@@ -21,8 +21,8 @@ from scanstream.inference.benchmark import (
     read_picker_log,
     run_benchmark,
 )
-from scanstream.training.checkpoint import save_checkpoint
-from scanstream.training.model import ModelConfig, build_model, preprocess
+from scanstream.network.checkpoint import save_checkpoint
+from scanstream.network.model import ModelConfig, build_model, preprocess
 
 
 def _checkpoint(path: Path, size: int = 32) -> Path:
@@ -138,7 +138,7 @@ def test_halving_equals_interpolate(side, size):
 
 
 def test_shipped_cascade_logits_unchanged_by_halving():
-    from scanstream.training.checkpoint import load_checkpoint
+    from scanstream.network.checkpoint import load_checkpoint
 
     ck = load_checkpoint(Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade.safetensors")
     crops = torch.from_numpy(draw_crops(np.array([1, 0, 1, 0, 0, 1, 0, 0]), seed=5))

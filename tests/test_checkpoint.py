@@ -9,10 +9,10 @@ import pickle
 import pytest
 import torch
 
-import scanstream.training.checkpoint as ckpt
+import scanstream.network.checkpoint as ckpt
 from scanstream.errors import CheckpointError
-from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint, read_header, save_checkpoint
-from scanstream.training.model import ModelConfig, build_model
+from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint, read_header, save_checkpoint
+from scanstream.network.model import ModelConfig, build_model
 
 CFG = ModelConfig(backbone="resnet18", input_size=64)
 

@@ -35,8 +35,8 @@ from scanstream.inference.threshold import (
     threshold_at_recall,
     write_threshold,
 )
+from scanstream.network.checkpoint import checkpoint_hash
 from scanstream.store import StoreWriter, open_store, rows_to_table
-from scanstream.training.checkpoint import checkpoint_hash
 
 N = 80
 

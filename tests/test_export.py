@@ -18,9 +18,9 @@ from scanstream.inference.classify import classify
 from scanstream.inference.engine import Ensemble, checkpoint_identity, model_header, score_range
 from scanstream.inference.export import ATOL, RTOL, export_int8, export_onnx, graph_bytes
 from scanstream.inference.onnx_model import ONNX_METADATA_KEY, load_onnx
+from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint, save_checkpoint
+from scanstream.network.model import IMAGENET_MEAN, ModelConfig, build_model, preprocess
 from scanstream.picker.learned import N_MODEL_INPUTS, FeatureModel, prefilter_threshold
-from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint, save_checkpoint
-from scanstream.training.model import IMAGENET_MEAN, ModelConfig, build_model, preprocess
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

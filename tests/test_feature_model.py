@@ -14,6 +14,8 @@ import torch
 from scanstream.errors import CheckpointError, InputError
 from scanstream.inference import engine as inference
 from scanstream.inference.scoring import score_store
+from scanstream.network.checkpoint import load_checkpoint, save_checkpoint
+from scanstream.network.model import Classifier, ModelConfig, build_model
 from scanstream.picker.features import N_FEATURES, feature_array
 from scanstream.picker.learned import (
     L2_REGULARIZATION,
@@ -29,9 +31,7 @@ from scanstream.picker.learned import (
 )
 from scanstream.simulate import simulate_table
 from scanstream.store import create_store
-from scanstream.training.checkpoint import load_checkpoint, save_checkpoint
 from scanstream.training.loop import TrainConfig, train
-from scanstream.training.model import Classifier, ModelConfig, build_model
 
 
 def _table(mult, lengths):
@@ -213,7 +213,7 @@ def test_cascade_scores_kept_rows_with_the_network_and_the_rest_by_features(tmp_
     np.testing.assert_array_equal(got[~kept], -2.0)  # rejected: the feature model's logit, never the network
     assert sum(seen) == kept.sum()  # the network saw exactly the kept rows
     ck = load_checkpoint(path)
-    from scanstream.training.model import preprocess
+    from scanstream.network.model import preprocess
 
     inputs = torch.from_numpy(model_inputs(store.table, ck.feature_model))
     x = preprocess(torch.from_numpy(store.read(0, store.n)), 32)
@@ -404,8 +404,8 @@ SHIPPED = Path(__file__).resolve().parent.parent / "models" / "scanstream-cpu-ca
 
 
 def test_shipped_cascade_loads_and_scores_a_simulated_sheet(tmp_path):
+    from scanstream.network.checkpoint import checkpoint_hash
     from scanstream.simulate import simulate_store
-    from scanstream.training.checkpoint import checkpoint_hash
 
     ck = load_checkpoint(SHIPPED)
     assert ck.model_config == ModelConfig("mobilenet_v3_small", 112, "none", inputs=N_MODEL_INPUTS)

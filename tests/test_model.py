@@ -8,7 +8,7 @@ from torch import nn
 
 from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, InputError
-from scanstream.training.model import (
+from scanstream.network.model import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -22,9 +22,10 @@ import scanstream.training.loop as tr
 from scanstream.cli import main
 from scanstream.config import flag_name
 from scanstream.errors import ConfigError, InputError
+from scanstream.network.checkpoint import load_checkpoint
+from scanstream.network.model import ModelConfig, build_model
 from scanstream.store import create_store
 from scanstream.training.augment import AugmentConfig, augment
-from scanstream.training.checkpoint import load_checkpoint
 from scanstream.training.config import TrainConfig, lr_factor, verb_fields
 from scanstream.training.dataload import (
     BlockStream,
@@ -35,7 +36,6 @@ from scanstream.training.dataload import (
     resize_crops,
 )
 from scanstream.training.loop import EarlyStopping, train
-from scanstream.training.model import ModelConfig, build_model
 
 # ---------------------------------------------------------------------------------------------
 # Early stopping on scripted loss sequences

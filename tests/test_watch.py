@@ -50,8 +50,8 @@ def models(tmp_path_factory):
     import torch
 
     from scanstream.inference.threshold import build_threshold_record, write_threshold
-    from scanstream.training.checkpoint import save_checkpoint
-    from scanstream.training.model import ModelConfig, build_model
+    from scanstream.network.checkpoint import save_checkpoint
+    from scanstream.network.model import ModelConfig, build_model
 
     root = tmp_path_factory.mktemp("models")
     cfg = ModelConfig(backbone="mobilenet_v3_small", input_size=64)

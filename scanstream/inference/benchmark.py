@@ -13,7 +13,7 @@ serve? :func:`run_benchmark` measures, on one store and one ensemble, in one run
   prefilter keeps; rates are per crop of the store either way).
 - ``stages``: where the time goes, seconds per 1,000 crops: ``read`` (the shard files' bytes),
   ``decode`` (zarr's decompression: reading the crops less ``read``), ``features`` (the
-  prefilter's trees), ``resize`` (:func:`scanstream.training.model.preprocess`), ``forward``
+  prefilter's trees), ``resize`` (:func:`scanstream.network.model.preprocess`), ``forward``
   (the networks) and ``write`` (Parquet parts, ranks and manifest).
 - ``former_method``: objects/s of the former method's cuts (:mod:`scanstream.picker.cuts`) and,
   for a cascade, of its learned feature model (:mod:`scanstream.picker.learned`) on the same
@@ -59,10 +59,10 @@ from scanstream.inference.engine import (
     read_plan,
 )
 from scanstream.inference.export import measure_rates
+from scanstream.network.model import preprocess
 from scanstream.picker.cuts import run_baseline_table
 from scanstream.picker.pick import pick_volume
 from scanstream.progress import as_progress
-from scanstream.training.model import preprocess
 
 __all__ = ["PickerRate", "check_rate", "format_report", "read_picker_log", "run_benchmark"]
 

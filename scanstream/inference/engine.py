@@ -4,7 +4,7 @@ Three layers, each usable without the next:
 
 - :class:`Ensemble` holds the loaded checkpoints on one device and turns uint8 crops into
   mean logits: crops go to the device as uint8 and are normalised there
-  (:func:`scanstream.training.model.preprocess`), models run in channels_last, under bf16 autocast
+  (:func:`scanstream.network.model.preprocess`), models run in channels_last, under bf16 autocast
   when asked. A ``*.onnx`` model written by :mod:`scanstream.inference.export` runs on the CPU in
   ONNX Runtime (:class:`~scanstream.inference.onnx_model.OnnxNetwork`) after the same preprocessing.
 - :func:`score_range` walks a chunk-aligned range of a store, reading the next block in a
@@ -45,10 +45,10 @@ from scanstream.devices import resolve_device, resolve_precision
 from scanstream.errors import CheckpointError, InputError, StoreError, TaskError
 from scanstream.executor import local_cores, tune_malloc
 from scanstream.inference.onnx_model import OnnxNetwork, load_onnx, onnx_session
+from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint, read_header
+from scanstream.network.model import preprocess
 from scanstream.picker.features import feature_array
 from scanstream.picker.learned import FeatureModel, inputs_and_logits
-from scanstream.training.checkpoint import checkpoint_hash, load_checkpoint, read_header
-from scanstream.training.model import preprocess
 
 logger = logging.getLogger(__name__)
 

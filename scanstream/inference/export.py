@@ -6,7 +6,7 @@ self-describing: its ``metadata_props`` hold the source checkpoint's hash and he
 config, training config, data hash, metrics, the cascade's prefilter threshold and, for a fused
 network, its feature model's arrays), the input layout and normalisation, the head, the
 precision and the check made at export. The graph takes crops already preprocessed by
-:func:`scanstream.training.model.preprocess` (float32 NCHW, ImageNet-normalised): the resize stays
+:func:`scanstream.network.model.preprocess` (float32 NCHW, ImageNet-normalised): the resize stays
 in torch, where the engine shares it between models.
 
 Before anything is written, ONNX Runtime's logits on check crops (from a store when given, else
@@ -57,9 +57,9 @@ from scanstream.inference.engine import Ensemble
 from scanstream.inference.onnx_model import ONNX_FEATURE_MODEL_KEY, ONNX_METADATA_KEY, ONNX_VERSION, load_onnx
 from scanstream.inference.scoring import score_store
 from scanstream.metrics import average_precision
+from scanstream.network.checkpoint import LoadedCheckpoint, load_checkpoint, read_header
+from scanstream.network.model import HEAD_WIDTHS, IMAGENET_MEAN, IMAGENET_STD, preprocess
 from scanstream.picker.learned import inputs_and_logits
-from scanstream.training.checkpoint import LoadedCheckpoint, load_checkpoint, read_header
-from scanstream.training.model import HEAD_WIDTHS, IMAGENET_MEAN, IMAGENET_STD, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _onnx() -> Any:
 
 
 def graph_bytes(model: torch.nn.Module, *, input_size: int, inputs: int, batch_size: int | None = None, opset: int = OPSET) -> bytes:
-    """The serialised ONNX graph of a :class:`~scanstream.training.model.Classifier` (no metadata).
+    """The serialised ONNX graph of a :class:`~scanstream.network.model.Classifier` (no metadata).
 
     Inputs ``pixels`` float32 (B, 3, S, S) [and ``features`` float32 (B, inputs)], output
     ``logits`` float32 (B,); B is dynamic unless ``batch_size`` fixes it.
@@ -150,7 +150,7 @@ def export_metadata(ck: LoadedCheckpoint, header: Mapping[str, Any], source: str
         },
         "output": "logits float32 (B,); positive = alpha decay",
         "preprocess": {
-            "function": "scanstream.training.model.preprocess",
+            "function": "scanstream.network.model.preprocess",
             "from": "uint8 (B, 224, 224, 3) crops",
             "resize": f"antialiased bilinear to {cfg.input_size} px",
             "scale": "1/255",

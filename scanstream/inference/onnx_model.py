@@ -1,7 +1,7 @@
 """ONNX Runtime models: a scanstream export (:mod:`scanstream.inference.export`) loaded for the engine.
 
 :func:`load_onnx` reads an ``*.onnx`` file written by ``scanstream export`` into a
-:class:`~scanstream.training.checkpoint.LoadedCheckpoint` whose model is an :class:`OnnxNetwork`,
+:class:`~scanstream.network.checkpoint.LoadedCheckpoint` whose model is an :class:`OnnxNetwork`,
 called like the torch classifier; the file's scanstream metadata (model and training configs, data
 hash, metrics, a fused network's feature model) is checked on load. Protobuf only: nothing is
 unpickled.
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from scanstream.errors import CheckpointError, InputError
+from scanstream.network.checkpoint import LoadedCheckpoint, checkpoint_hash
+from scanstream.network.model import ModelConfig
 from scanstream.picker.learned import FeatureModel
-from scanstream.training.checkpoint import LoadedCheckpoint, checkpoint_hash
-from scanstream.training.model import ModelConfig
 
 #: metadata_props keys of an export (:mod:`scanstream.inference.export`): the JSON of its scanstream
 #: metadata (layout version ONNX_VERSION), and a fused network's feature model (JSON of its arrays).

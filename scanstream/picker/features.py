@@ -4,7 +4,7 @@ The scanner's Vertex Picker reports, per object, a multiplicity (prongs it saw) 
 prong lengths (um, undeveloped, longest first). The former method cuts on them
 (:mod:`scanstream.picker.cuts`); learned models (the feature model of
 :mod:`scanstream.picker.learned` and the fused image + feature network of
-:mod:`scanstream.training.model`) read them as :data:`N_FEATURES` numbers per object:
+:mod:`scanstream.network.model`) read them as :data:`N_FEATURES` numbers per object:
 
 ========== ===============================================================================
 0          multiplicity (prongs reported, clipped to 0..:data:`MAX_MULTIPLICITY`)

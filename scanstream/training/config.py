@@ -91,7 +91,7 @@ class TrainConfig:
     :func:`lr_factor`; for short runs from random weights, where a constant rate leaves the
     model noisy from epoch to epoch).
     ``feature_model``: a feature model file (``scanstream baseline --learned --save-model``);
-    when given, the network is the fused one (:class:`scanstream.training.model.Classifier` with
+    when given, the network is the fused one (:class:`scanstream.network.model.Classifier` with
     per-object inputs: the picker's features and the feature model's logit, read from each
     store's object table), the checkpoint carries the feature model, and when the feature
     model has a calibrated prefilter the checkpoint is a cascade: training draws only the

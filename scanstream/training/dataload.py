@@ -64,7 +64,7 @@ def resize_crops(crops: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (k, H, W, 3) -> uint8 (k, size, size, 3), antialiased bilinear as :func:`preprocess`.
 
     Resizing is done in float and rounded, so the network sees what
-    :func:`scanstream.training.model.preprocess` would produce from the full crop to within 0.5/255.
+    :func:`scanstream.network.model.preprocess` would produce from the full crop to within 0.5/255.
     """
     x = torch.as_tensor(crops)
     if x.shape[1] == size and x.shape[2] == size:

@@ -32,20 +32,20 @@ import torch.nn.functional as F
 from scanstream.config import field_defaults
 from scanstream.errors import InputError, TrainingError
 from scanstream.metrics import class_counts
-from scanstream.picker.learned import load_feature_model
-from scanstream.progress import as_progress
-from scanstream.store import CropStore
-from scanstream.training.augment import Augmenter
-from scanstream.training.checkpoint import (
+from scanstream.network.checkpoint import (
     load_checkpoint,
     load_train_state,
     read_train_state,
     save_checkpoint,
     save_train_state,
 )
+from scanstream.network.model import build_model, parameter_groups, preprocess
+from scanstream.picker.learned import load_feature_model
+from scanstream.progress import as_progress
+from scanstream.store import CropStore
+from scanstream.training.augment import Augmenter
 from scanstream.training.config import TrainConfig, lr_factor, without_amp
 from scanstream.training.dataload import BlockStream, open_executor, plan_sequential, plan_train_epoch, rebatch
-from scanstream.training.model import build_model, parameter_groups, preprocess
 from scanstream.training.outputs import CHECKPOINT_FILE, CONFIG_FILE, STATE_FILE, write_config, write_history
 from scanstream.training.run import (
     RunFeatures,

@@ -2,7 +2,7 @@
 
 Every file is written atomically (:mod:`scanstream.atomic`): a reader, or a rerun after a kill,
 sees the previous file or the complete new one. The checkpoint and the training state are
-written by :mod:`scanstream.training.checkpoint`.
+written by :mod:`scanstream.network.checkpoint`.
 """
 
 from __future__ import annotations

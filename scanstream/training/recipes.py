@@ -11,7 +11,7 @@ from typing import Any
 
 from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, ConfigError
-from scanstream.training.checkpoint import read_header
+from scanstream.network.checkpoint import read_header
 
 #: Named starting points of a run (the CLI's ``--recipe``); TOML keys and flags override them.
 #: ``paper``: the dataclass defaults, the published protocol (ResNet50 at 224 px, RandAugment

@@ -24,6 +24,8 @@ from scanstream.atomic import write_bytes
 from scanstream.devices import resolve_device, resolve_precision
 from scanstream.errors import InputError
 from scanstream.metrics import class_counts
+from scanstream.network.checkpoint import checkpoint_hash
+from scanstream.network.model import ModelConfig
 from scanstream.picker.learned import (
     N_MODEL_INPUTS,
     FeatureModel,
@@ -33,10 +35,8 @@ from scanstream.picker.learned import (
 from scanstream.store import CropStore, open_store
 from scanstream.store.crops import verify_crops
 from scanstream.training.augment import AugmentConfig
-from scanstream.training.checkpoint import checkpoint_hash
 from scanstream.training.config import TrainConfig, check_options
 from scanstream.training.dataload import default_workers, threads_beside_loader
-from scanstream.training.model import ModelConfig
 from scanstream.training.sampling import BalancedSampler
 from scanstream.training.sampling import pos_weight as class_pos_weight
 

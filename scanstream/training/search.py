@@ -58,9 +58,9 @@ from scanstream.evaluation.figures import plot_search_heatmap
 from scanstream.evaluation.report import render_search, write_report
 from scanstream.executor import dask_client, gpu_count, run_tasks, task_resources, worker_count
 from scanstream.inference.scoring import score_store
+from scanstream.network.checkpoint import checkpoint_hash
 from scanstream.progress import as_progress
 from scanstream.store import CropStore, open_store
-from scanstream.training.checkpoint import checkpoint_hash
 from scanstream.training.config import SearchConfig, TrainConfig
 from scanstream.training.dataload import threads_beside_loader
 from scanstream.training.loop import train

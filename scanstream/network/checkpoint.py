@@ -31,8 +31,8 @@ from torch import nn
 from scanstream.atomic import atomic_path
 from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, ConfigError, InputError
+from scanstream.network.model import ModelConfig, build_model
 from scanstream.picker.learned import EMBEDDED_PREFIX, FeatureModel
-from scanstream.training.model import ModelConfig, build_model
 
 CHECKPOINT_VERSION = 1
 METADATA_KEY = "scanstream"
