@@ -176,25 +176,6 @@ def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str 
     return write_png(path, fig, dpi=110, tight=True)
 
 
-def _shrinkage_settings(prongs: SheetProngs, model: SpectrumModel, config: FitConfig,
-                        use_metadata: bool) -> tuple[SpectrumModel, FitConfig, str]:
-    """The model and fit settings for the sheet's shrinkage, and a line saying where it came from.
-
-    A shrinkage in the scan's metadata is what the picker converted depth with (the model's
-    nominal shrinkage) and, unless ``config`` fixes one or ``use_metadata`` is off, the sheet's.
-    """
-    if prongs.shrinkage is not None:
-        model = replace(model, shrinkage_nominal=prongs.shrinkage)
-    if config.shrinkage is not None:
-        return model, config, f"given: {config.shrinkage:g} (fixed)"
-    if prongs.shrinkage is not None and use_metadata:
-        return model, replace(config, shrinkage=prongs.shrinkage), \
-            f"scan metadata EmulsionType.Sh: {prongs.shrinkage:g} (fixed)"
-    how = "lengths and dips" if prongs.dips is not None else "lengths alone"
-    prior = config.shrinkage_prior if config.shrinkage_prior is not None or prongs.dips is not None \
-        else config.lengths_only_prior
-    return model, config, f"fitted from {how}" + (f", prior {prior[0]:g} ± {prior[1]:g}" if prior else "")
-
 
 def run_range_energy(source: str | os.PathLike, *, sheet: str, out: str | os.PathLike,
                      store: str | os.PathLike | None = None, verdicts: str | os.PathLike | None = None,
