@@ -4,8 +4,8 @@ Pure functions over numpy arrays; no I/O. ``labels`` are 1 (alpha decay) / 0 (ot
 ``scores`` are logits (higher = more alpha-like); objects with unknown labels (-1) must be
 dropped by the caller.
 
-Errors on counts (PHYSICS.md, "errors as sqrt(N)")
---------------------------------------------------
+Errors on counts (docs/physics.md, "errors as sqrt(N)")
+-------------------------------------------------------
 The paper quotes the former method's precision as 0.081 +- 0.006 (201 true alpha decays among
 2,489 selected objects) and its recall as 0.788 +- 0.056 (201 of 255 alpha decays). Both come
 from a Poisson error on the number of true positives with the denominator held fixed::

@@ -98,7 +98,7 @@ STACK_H, STACK_W = 40, 56
 
 
 def stack_info(images: list[dict], *, h: int = STACK_H, w: int = STACK_W, **over) -> dict:
-    """A scanner info.json (PHYSICS.md) for ``images``, with top-level keys replaced by ``over``."""
+    """A scanner info.json (docs/physics.md) for ``images``, with top-level keys replaced by ``over``."""
     info = {
         "DocumentType": {"ver": "20170810", "unit": "mm"},
         "Stage": {"Location": "RIKEN", "ID": 999, "Objective": 50},

@@ -1,4 +1,4 @@
-"""Range-energy relation against PHYSICS.md, the spectrum model against the picker, the fit, the CLI."""
+"""Range-energy relation against docs/physics.md, the spectrum model against the picker, the fit, the CLI."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from scanstream.simulate import simulate_table
 from scanstream.simulate.objects import ALPHA, SimObject
 from scanstream.simulate.picker import PickerModel, pick_features
 
-#: PHYSICS.md, "Alpha decays in emulsion": nuclide, E_alpha (MeV), range at 3.60 g/cm3 (um).
+#: docs/physics.md, "Alpha decays": nuclide, E_alpha (MeV), range at 3.60 g/cm3 (um).
 PHYSICS_TABLE = [
     ("Th-228", 5.423, 24.2), ("Ra-224", 5.685, 25.9), ("Rn-220", 6.288, 30.0), ("Po-216", 6.778, 33.6),
     ("Po-212", 8.785, 49.8), ("Bi-212", 6.051, 28.4), ("Ra-226", 4.784, 20.2), ("Rn-222", 5.490, 24.6),
     ("Po-218", 6.002, 28.0), ("Po-214", 7.687, 40.6),
 ]
-#: PHYSICS.md: the Po-212 range at three densities (g/cm3, um).
+#: docs/physics.md, "Alpha decays": the Po-212 range at three densities (g/cm3, um).
 PO212_BY_DENSITY = [(3.815, 47.96), (3.60, 49.76), (3.50, 50.65)]
 
 

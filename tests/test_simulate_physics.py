@@ -10,7 +10,7 @@ from scanstream.simulate.conditions import SheetConditions
 from scanstream.simulate.objects import ALPHA, MIP, SimObject, make_object
 from scanstream.simulate.picker import PickerModel, pick_features
 
-# PHYSICS.md: ranges at 3.60 g/cm3 from the group's range-energy code
+# docs/physics.md, "Alpha decays": ranges at 3.60 g/cm3 from the group's range-energy code
 TABLE = {
     "Th-228": (5.423, 24.2),
     "Ra-224": (5.685, 25.9),

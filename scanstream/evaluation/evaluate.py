@@ -1,6 +1,6 @@
 """Evaluation: candidate tables + store truth + the former method -> the paper's measures.
 
-Three layers, as STYLE.md asks:
+Three layers, as docs/contributing.md (rule 2) asks:
 
 1. loading (I/O, :mod:`scanstream.evaluation.loading`): ``load_truth`` (labels and categories
    from crop stores), ``load_candidate_scores`` (a candidate table's scores and calibrated

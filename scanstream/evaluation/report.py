@@ -1,7 +1,7 @@
 """Report files: report.md (tables + linked PNG figures) and metrics.json.
 
 Rendering is pure (dict in, markdown text out); :func:`write_report` writes both files
-atomically. The paper's numbers (PHYSICS.md) live here as :data:`PAPER`, so every report that
+atomically. The paper's numbers (docs/physics.md) live here as :data:`PAPER`, so every report that
 compares with the paper quotes the same values.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from scanstream.atomic import write_text
 
-#: The paper's numbers (Yoshida et al., NIM A, doi 10.1016/j.nima.2020.164930; PHYSICS.md).
+#: The paper's numbers (Yoshida et al., NIM A, doi 10.1016/j.nima.2020.164930; docs/physics.md).
 PAPER: dict[str, Any] = {
     "table1": {
         "TRAIN": {"alpha": 906, "other": 14979, "total": 15885},

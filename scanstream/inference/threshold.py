@@ -1,6 +1,6 @@
 """Calibrated thresholds: choose the logit cut for a target recall or precision, with evidence.
 
-A threshold record (DESIGN.md, "Threshold record") is a small JSON document that says which
+A threshold record (docs/classify.md, "Threshold records") is a small JSON document that says which
 logit cut to apply, why (the target), what it achieved on a labelled calibration store (recall
 and precision with binomial confidence intervals), which models it belongs to (their
 checkpoint hashes) and what precision to expect at other prevalences. Precision depends on
@@ -37,7 +37,7 @@ from scanstream.metrics import check_labels_scores, check_target, operating_poin
 
 RECORD_VERSION = 1
 CI_METHODS = {"clopper-pearson": "exact", "wilson": "wilson"}
-DEFAULT_PREVALENCES = ("1:17", "1:183")  # the paper's VALID and TEST (PHYSICS.md)
+DEFAULT_PREVALENCES = ("1:17", "1:183")  # the paper's VALID and TEST (docs/physics.md)
 
 
 # -- pure core ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The overnight streaming mode: classify every complete crop store that lands in an inbox.
 
 ``scanstream watch INBOX --out CANDIDATES --config overnight.toml`` polls INBOX. Each
-directory in it that is a crop store with its completion marker (DESIGN.md) is classified with
+directory in it that is a crop store with its completion marker (docs/store.md) is classified with
 the configured models and threshold (:func:`scanstream.inference.classify.classify`) into the candidate
 table CANDIDATES, which grows store by store. After each store the morning summary of every
 sheet it touched is rewritten (JSON + markdown, :mod:`scanstream.review.morning`): objects,

@@ -1,6 +1,6 @@
 """The microscope's z-stack metadata: ``info.json`` and the later ``image.json``, validated.
 
-``info.json`` (PHYSICS.md, "Scanner z-stack metadata")::
+``info.json`` (docs/physics.md, "Scanner z-stack metadata")::
 
     {"DocumentType": {"ver": "20170810", "unit": "mm"},
      "EmulsionType": {"Experiment": "E07", "Module": 99, "Plate": 9, "Sh": 2.0},

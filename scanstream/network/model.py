@@ -1,6 +1,6 @@
 """The classifier: a torchvision backbone with the paper's three-stage fully connected head.
 
-The paper (PHYSICS.md, "Training protocol") replaces ResNet50's 1000-way layer by
+The paper (docs/physics.md, "Training protocol") replaces ResNet50's 1000-way layer by
 ``Linear(2048, 256) -> Linear(256, 32) -> Linear(32, 1)``: one logit per crop, positive = alpha
 decay. The paper does not state the activations between the stages; we put a ReLU after each
 hidden stage (without them the three stages collapse into one linear map) and no dropout

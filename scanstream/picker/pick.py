@@ -7,7 +7,7 @@ the crop stores' pixel size (:data:`scanstream.store.PIXEL_SIZE_UM`, 0.388 um/px
 vertex, with the same channel encoding as every crop store: R the focal plane one step
 shallower than the vertex, G the vertex's plane, B one step deeper (the edge plane repeated at
 the top or bottom of a stack). Shallower is higher stage z: the planes are listed from the top,
-as the E07 stage lists them (PHYSICS.md), and the simulated volumes follow it. Pixels beyond
+as the E07 stage lists them (docs/physics.md), and the simulated volumes follow it. Pixels beyond
 the field take the plane's median grey level.
 
 The object table gets the stage position of the vertex (x_mm, y_mm, z_mm, through

@@ -6,7 +6,7 @@ sheet fix the sheet's density (and, through the depth part of each prong, weakly
 The relation
 ------------
 Ranges at the reference density 3.60 g/cm3 come from the group's range-energy table
-(PHYSICS.md: ten alpha lines from Ra-226, 4.784 MeV, 20.2 um, to Po-212, 8.785 MeV, 49.8 um),
+(docs/physics.md: ten alpha lines from Ra-226, 4.784 MeV, 20.2 um, to Po-212, 8.785 MeV, 49.8 um),
 interpolated in log-log between its points and continued outside them with the slope of the
 power law R = a E^b (a = 1.98 um, b = 1.48, which fits the table within about 1 um). At another
 density every range scales as
@@ -17,7 +17,7 @@ density every range scales as
 is the simulator's (:func:`scanstream.simulate.physics.alpha_range_um`): one copy of the
 relation serves both the simulation and the calibration.
 
->>> round(float(range_um(8.785, density=3.50)), 2)  # the table's 49.8 um scaled; PHYSICS.md: 50.65
+>>> round(float(range_um(8.785, density=3.50)), 2)  # the table's 49.8 um scaled; docs/physics.md: 50.65
 50.69
 >>> round(density_from_range(49.8, 8.785), 3)
 3.6

@@ -42,7 +42,7 @@ def _lines() -> tuple[Line, ...]:
     return tuple(out)
 
 
-#: The ten lines of PHYSICS.md's table, thorium chain first.
+#: The ten lines of the table in docs/physics.md, thorium chain first.
 LINES: tuple[Line, ...] = _lines()
 _IS_TH = np.array([ln.chain == "Th" for ln in LINES])
 _INTENSITY = np.array([ln.intensity for ln in LINES])

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpectrumModel:
-    """How the picker turns a line into measured lengths (um); defaults from the picker and PHYSICS.md.
+    """How the picker turns a line into measured lengths (um); defaults from the picker and docs/physics.md.
 
     Attributes
     ----------

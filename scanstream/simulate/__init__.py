@@ -1,4 +1,4 @@
-"""A physics-grounded simulator of vertex-like objects in nuclear emulsion (PHYSICS.md).
+"""A physics-grounded simulator of vertex-like objects in nuclear emulsion (docs/physics.md).
 
 ``physics`` (range-energy, decay chains, ionisation), ``objects`` (3-D objects per category),
 ``picker`` (the scanner's features), ``render`` (the microscope), ``conditions`` (per-sheet

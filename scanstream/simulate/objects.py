@@ -7,7 +7,7 @@ The same :class:`SimObject` feeds both the picker model (``picker.py``, features
 image) and the microscope (``render.py``), so what an image shows and what the features say
 always agree.
 
-Categories (PHYSICS.md, "Object classes" and "Look-alikes"):
+Categories (docs/physics.md, "Object classes" and "Look-alikes"):
 
 ========== ======================================================================
 alpha_th   thorium-series star from Th-228: 5 black prongs (Po-212 or Bi-212 branch)

@@ -1,6 +1,6 @@
 """Emulsion physics for the simulator: range-energy, decay chains, ionisation, grain density.
 
-Every figure here comes from ``PHYSICS.md`` (the paper, the group's range-energy table, standard
+Every figure here comes from ``docs/physics.md`` (the paper, the group's range-energy table, standard
 emulsion physics). Lengths are micrometres (um) of *undeveloped* emulsion unless a name says
 ``dev`` (developed, z shrunk by the shrinkage factor); energies are MeV; densities g/cm3.
 
@@ -37,7 +37,7 @@ class Nuclide:
     range_um: float
 
 
-#: PHYSICS.md's range table (density 3.60 g/cm3).
+#: The range table of docs/physics.md, "Alpha decays" (density 3.60 g/cm3).
 NUCLIDES: dict[str, Nuclide] = {
     n.name: n
     for n in (

@@ -1,7 +1,7 @@
 """Simulated scanned volumes: fields of view as the scanner writes them, with truth.
 
 ``simulate_volume(DIR, ...)`` writes, per field of view, a folder ``DIR/F0000/`` holding one
-8-bit PNG per focal plane and an ``info.json`` in the scanner's format (PHYSICS.md, "Scanner
+8-bit PNG per focal plane and an ``info.json`` in the scanner's format (docs/physics.md, "Scanner
 z-stack metadata"; the keys :func:`scanstream.ingest.stacks.read_stack_info` reads), and
 ``DIR/truth.parquet`` with one row per object (object_id, field, category, label, x_mm, y_mm,
 z_mm of the vertex in stage coordinates, depth_um, n_prongs). ``ingest --format stack``, ``pick``
@@ -64,7 +64,7 @@ from scanstream.simulate.objects import (
 from scanstream.simulate.physics import isotropic_directions
 from scanstream.simulate.render import MAX_DEFOCUS_UM, fog_grains, render_planes, track_grains
 
-PIXEL_UM = 0.283  # the E07 stage's pixel (PHYSICS.md)
+PIXEL_UM = 0.283  # the E07 stage's pixel (docs/physics.md, "Emulsion and microscope")
 Z_STEP_UM = 3.0
 FIELD_PX = 1024
 MARGIN_UM = 10.0

@@ -1,4 +1,4 @@
-"""Crop stores: zarr v3 arrays of vertex crops with a Parquet object table (DESIGN.md, "Crop store").
+"""Crop stores: zarr v3 arrays of vertex crops with a Parquet object table (docs/store.md, "The crop store").
 
 ``schema`` (the object table's columns, constants, content digests), ``crops`` (reading:
 :class:`CropStore`, :func:`open_store`, validation, summaries) and ``writer`` (crash-safe,

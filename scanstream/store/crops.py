@@ -1,6 +1,6 @@
 """The crop store: a zarr v3 group of vertex crops plus a Parquet object table.
 
-Layout of ``NAME.zarr/`` (DESIGN.md, "Crop store")::
+Layout of ``NAME.zarr/`` (docs/store.md, "The crop store")::
 
     zarr.json            group attributes: schema version, pixel size, crop size, source,
                          content hash, completion marker, the names of the two files below

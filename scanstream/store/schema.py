@@ -1,6 +1,6 @@
 """The crop store's object-table schema, its constants, and the digests of its content.
 
-``OBJECT_SCHEMA`` is the contract every store's ``objects.parquet`` keeps (DESIGN.md, "Crop
+``OBJECT_SCHEMA`` is the contract every store's ``objects.parquet`` keeps (docs/store.md, "The crop
 store"); :func:`rows_to_table` conforms rows to it. The content hash of a store is the blake2b
 of its aligned crop-block digests and of its table's Arrow IPC bytes. Each block also gets a
 *fast* digest (xxh3-128, about 30x faster than blake2b here: 17 against 0.6 GB/s), which is what
@@ -22,7 +22,7 @@ from scanstream.errors import InputError
 SCHEMA_VERSION = 1
 CROP_SIZE = 224
 CHANNELS = 3
-PIXEL_SIZE_UM = 87.0 / 224.0  # about 0.39 um/px at the object (PHYSICS.md)
+PIXEL_SIZE_UM = 87.0 / 224.0  # about 0.39 um/px at the object (docs/physics.md)
 CHUNK_CROPS = 32
 SHARD_CROPS = 1024
 ZSTD_LEVEL = 1
@@ -35,13 +35,13 @@ LABEL_ALPHA, LABEL_OTHER, LABEL_UNKNOWN = 1, 0, -1
 #: The ``crops`` array's axes (its zarr ``dimension_names``, xarray's dims): object i (row i of
 #: the object table), image row, image column, focal plane. The planes are the channels of
 #: every crop: one step shallower than the vertex (higher stage z), the vertex's own plane,
-#: one step deeper (PHYSICS.md; :mod:`scanstream.picker.pick`).
+#: one step deeper (docs/physics.md; :mod:`scanstream.picker.pick`).
 CROP_DIMS = ("object", "y", "x", "plane")
 CROP_PLANES = ("shallower", "vertex", "deeper")
 #: Units of the object table's dimensioned columns, named in the group attributes.
 TABLE_UNITS = {"x_mm": "millimeter", "y_mm": "millimeter", "z_mm": "millimeter", "track_lengths_um": "micrometer"}
 
-#: The object table columns every store has, in order (DESIGN.md). Stores may carry more
+#: The object table columns every store has, in order (docs/store.md). Stores may carry more
 #: (simulation truth columns, prefixed ``truth_``), appended after these.
 OBJECT_SCHEMA = pa.schema(
     [

@@ -1,6 +1,6 @@
 """Batched, per-image data augmentation: random flips, then the paper's RandAugment.
 
-PHYSICS.md, "Training protocol": random horizontal and vertical flips, then N operations drawn
+docs/physics.md, "Training protocol": random horizontal and vertical flips, then N operations drawn
 with replacement from eight, each at the value ``(M / 30) * (max - min) + min``, geometric ones
 with a random sign:
 
@@ -60,7 +60,7 @@ OPS: tuple[str, ...] = (
     "translate_x",
     "translate_y",
 )
-#: (min, max) of each operation's value (PHYSICS.md).
+#: (min, max) of each operation's value (docs/physics.md, "Training protocol").
 OP_RANGES: dict[str, tuple[float, float]] = {
     "rotate": (0.0, 30.0),
     "contrast": (0.1, 1.9),

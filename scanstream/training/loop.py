@@ -1,4 +1,4 @@
-"""One training run of the paper's classifier (PHYSICS.md, "Training protocol").
+"""One training run of the paper's classifier (docs/physics.md, "Training protocol").
 
 Reads top to bottom: :class:`TrainResult`, :class:`EarlyStopping` (the smoothed-validation-loss
 rule, pure), :func:`train_one_epoch`, :func:`evaluate`, and :func:`train`, which wires them

@@ -1,6 +1,6 @@
 """Oversampling of the rare class, so that mini-batches are about balanced.
 
-The paper draws alpha decays about 17 times more often than other objects (PHYSICS.md): with
+The paper draws alpha decays about 17 times more often than other objects (docs/physics.md, "Training protocol"): with
 a class ratio of 1:17 that balances the mini-batches. Here each labelled crop gets the weight
 ``n_negative / n_positive`` if positive and 1 if negative, and an epoch's samples are drawn with
 replacement in proportion to those weights. Draws depend only on ``(seed, epoch)``, so a rerun

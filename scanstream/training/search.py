@@ -1,6 +1,6 @@
 """The RandAugment (N, M) grid search: every (N, M, seed) trial is one training run on Dask.
 
-The paper (PHYSICS.md, "Grid search") trains four seeds at each N in {2, 4, 6, 8} and M in
+The paper (docs/physics.md, "Training protocol", grid search) trains four seeds at each N in {2, 4, 6, 8} and M in
 {6, 12, 18, 24, 30} and keeps the setting with the best mean VALID Average Precision; its
 four models are then measured on TEST one by one (mean +- std AP). Trials are independent,
 so each is a Dask task (:func:`scanstream.executor.run_tasks`) running
