@@ -42,12 +42,12 @@ import pyarrow.parquet as pq
 from scanstream import atomic
 from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
-from scanstream.inference.threshold import build_threshold_record, proportion_ci
 from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint
 from scanstream.picker import cuts as bl
 from scanstream.simulate.conditions import DRAW_RANGES, SheetConditions, resolve_conditions
 from scanstream.simulate.dataset import ObjectPlan, plan_sheet, simulate_table, write_plans
 from scanstream.store import is_store, open_store
+from scanstream.threshold import build_threshold_record, proportion_ci
 
 PREVALENCE = 255 / 46948  # the paper's TEST sheet: 1:183
 OPTICAL = ("darkness", "contrast", "fog", "focus_error", "mip_grains", "brightness", "noise")

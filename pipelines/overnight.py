@@ -118,9 +118,9 @@ def _complete_store(path: Path) -> bool:
 
 
 def stage_simulate(cfg: DemoConfig, out: Path) -> dict[str, Path]:
-    from scanstream.inference.threshold import parse_prevalence
     from scanstream.simulate.conditions import draw_conditions
     from scanstream.simulate.dataset import simulate_store
+    from scanstream.threshold import parse_prevalence
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ def stage_train(cfg: DemoConfig, out: Path, stores: dict[str, Path]) -> tuple[Pa
 def stage_threshold(cfg: DemoConfig, out: Path, stores: dict[str, Path], ckpt: Path) -> dict[str, Any]:
     from scanstream.inference.engine import checkpoint_identity
     from scanstream.inference.scoring import calibrate_threshold
-    from scanstream.inference.threshold import load_threshold, write_threshold
+    from scanstream.threshold import load_threshold, write_threshold
 
     path = out / "model" / "threshold.json"
     if path.exists():

@@ -217,8 +217,8 @@ def target_recall(cfg: PipelineConfig, former: dict[str, Any]) -> tuple[float, s
 def stage_threshold(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckpts: list[Path], recall: float) -> Path:
     from scanstream.errors import ThresholdError
     from scanstream.inference.scoring import calibrate_threshold
-    from scanstream.inference.threshold import load_threshold, write_threshold
     from scanstream.network.checkpoint import checkpoint_hash
+    from scanstream.threshold import load_threshold, write_threshold
 
     path = out / "threshold.json"
     hashes = sorted(checkpoint_hash(c) for c in ckpts)
@@ -238,8 +238,8 @@ def stage_threshold(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckp
 def stage_classify(cfg: PipelineConfig, out: Path, stores: dict[str, Path], ckpts: list[Path], threshold: Path) -> Path:
     from scanstream.candidates.table import read_manifest, read_metadata
     from scanstream.inference.classify import classify
-    from scanstream.inference.threshold import load_threshold
     from scanstream.network.checkpoint import checkpoint_hash
+    from scanstream.threshold import load_threshold
 
     cand = out / "candidates"
     hashes = sorted(checkpoint_hash(c) for c in ckpts)
@@ -341,7 +341,7 @@ def run(cfg: PipelineConfig, out: str | os.PathLike) -> Path:
         dst = rep / {"fig3": "fig3_heatmap.png", "fig4": "fig4_score_distributions.png", "fig5": "fig5_pr_curves.png"}[key]
         shutil.copyfile(src, dst)
         figs[key] = dst.name
-    from scanstream.inference.threshold import load_threshold
+    from scanstream.threshold import load_threshold
 
     metrics = {
         "config": asdict(cfg),

@@ -44,7 +44,7 @@ _EXPORTS = {
     # inference
     "score_store": "scanstream.inference.scoring:score_store",
     "calibrate_threshold": "scanstream.inference.scoring:calibrate_threshold",
-    "load_threshold": "scanstream.inference.threshold:load_threshold",
+    "load_threshold": "scanstream.threshold:load_threshold",
     "classify": "scanstream.inference.classify:classify",
     "watch": "scanstream.inference.watch:watch",
     # the morning

@@ -29,14 +29,14 @@ from scanstream.errors import InputError, StoreError, ThresholdError
 from scanstream.inference import engine as inference
 from scanstream.inference.classify import classify
 from scanstream.inference.scoring import calibrate_threshold, score_store
-from scanstream.inference.threshold import (
+from scanstream.network.checkpoint import checkpoint_hash
+from scanstream.store import StoreWriter, open_store, rows_to_table
+from scanstream.threshold import (
     build_threshold_record,
     load_threshold,
     threshold_at_recall,
     write_threshold,
 )
-from scanstream.network.checkpoint import checkpoint_hash
-from scanstream.store import StoreWriter, open_store, rows_to_table
 
 N = 80
 

@@ -21,7 +21,7 @@ from test_query import candidates_from_store
 from scanstream.candidates.query import CandidateFilter
 from scanstream.errors import InputError
 from scanstream.review.server import ReviewSession, default_verdicts_path, make_server
-from scanstream.review.verdicts import read_records, read_verdicts
+from scanstream.verdicts import read_records, read_verdicts
 
 N_CARDS = 6
 

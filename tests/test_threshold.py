@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scanstream.errors import InputError, ThresholdError
-from scanstream.inference.threshold import (
+from scanstream.threshold import (
     build_threshold_record,
     check_models,
     load_threshold,

@@ -1,4 +1,4 @@
-"""scanstream.review.verdicts: the append-only verdicts table and `verdicts to-store`."""
+"""scanstream.verdicts: the append-only verdicts table and `verdicts to-store`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from scanstream.cli import main
 from scanstream.errors import StoreExistsError
-from scanstream.review.verdicts import (
+from scanstream.store import StoreWriter, open_store
+from scanstream.verdicts import (
     VerdictError,
     VerdictLog,
     latest,
@@ -18,7 +19,6 @@ from scanstream.review.verdicts import (
     read_verdicts,
     verdicts_to_store,
 )
-from scanstream.store import StoreWriter, open_store
 
 
 def cand(store, i):

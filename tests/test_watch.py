@@ -49,9 +49,9 @@ def models(tmp_path_factory):
     """A random-weight checkpoint and a threshold record calibrated for it."""
     import torch
 
-    from scanstream.inference.threshold import build_threshold_record, write_threshold
     from scanstream.network.checkpoint import save_checkpoint
     from scanstream.network.model import ModelConfig, build_model
+    from scanstream.threshold import build_threshold_record, write_threshold
 
     root = tmp_path_factory.mktemp("models")
     cfg = ModelConfig(backbone="mobilenet_v3_small", input_size=64)

@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_threshold(args: argparse.Namespace) -> int:
     from scanstream.inference.scoring import calibrate_threshold
-    from scanstream.inference.threshold import write_threshold
+    from scanstream.threshold import write_threshold
 
     prevalences = [p.strip() for p in args.prevalence.split(",") if p.strip()]
     record = calibrate_threshold(

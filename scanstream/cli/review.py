@@ -84,7 +84,7 @@ def run_review(args: argparse.Namespace) -> int:
 
 
 def run_to_store(args: argparse.Namespace) -> int:
-    from scanstream.review.verdicts import verdicts_to_store
+    from scanstream.verdicts import verdicts_to_store
 
     r = verdicts_to_store(args.verdicts, args.store, args.out, include_unsure=args.include_unsure,
                           overwrite=args.overwrite)
@@ -97,7 +97,7 @@ def run_show(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from scanstream.candidates.query import write_result
-    from scanstream.review.verdicts import count_verdicts, read_verdicts
+    from scanstream.verdicts import count_verdicts, read_verdicts
 
     records = read_verdicts(args.verdicts)
     cols = ["object_id", "verdict", "sheet", "score", "x_mm", "y_mm", "z_mm", "time"]

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 
 from scanstream.candidates.table import read_candidates, read_metadata
 from scanstream.errors import InputError, ThresholdError
-from scanstream.inference.threshold import load_threshold
 from scanstream.picker.learned import load_feature_model
 from scanstream.store import open_store
+from scanstream.threshold import load_threshold
 
 #: How reports, figures and metrics.json call the feature model's scores.
 LEARNED_NAME = "learned former method (features only)"

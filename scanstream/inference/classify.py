@@ -40,9 +40,9 @@ from scanstream.errors import InputError
 from scanstream.executor import dask_client, gpu_count, host_threads, run_tasks, task_resources
 from scanstream.inference.engine import TaskSpec, check_crops, check_features, checkpoint_identity, run_task
 from scanstream.inference.scoring import check_batch_size
-from scanstream.inference.threshold import check_models, load_threshold
 from scanstream.progress import as_progress
 from scanstream.store import CropStore, open_store
+from scanstream.threshold import check_models, load_threshold
 
 __all__ = ["ClassifyResult", "classify", "plan_tasks"]
 

@@ -1,7 +1,7 @@
 """Scoring one crop store in this process: the ensemble's mean logit of every crop.
 
 Threshold calibration (:func:`calibrate_threshold`: score a labelled store, then build the
-record with :mod:`scanstream.inference.threshold`), the training search and the benchmarks
+record with :mod:`scanstream.threshold`), the training search and the benchmarks
 score a store here; classify runs the same engine on Dask workers
 (:mod:`scanstream.inference.engine`).
 """
@@ -17,9 +17,9 @@ import numpy as np
 from scanstream.devices import resolve_precision
 from scanstream.errors import InputError, ThresholdError
 from scanstream.inference.engine import Ensemble, check_crops, check_features, checkpoint_identity, score_range
-from scanstream.inference.threshold import DEFAULT_PREVALENCES, build_threshold_record, parse_prevalence
 from scanstream.progress import as_progress
 from scanstream.store import CropStore, open_store
+from scanstream.threshold import DEFAULT_PREVALENCES, build_threshold_record, parse_prevalence
 
 
 def check_batch_size(batch_size: int) -> None:

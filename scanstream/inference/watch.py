@@ -47,10 +47,10 @@ from scanstream.errors import ConfigError, IncompleteStoreError, InputError, Sca
 from scanstream.executor import dask_client, gpu_count
 from scanstream.inference.classify import classify
 from scanstream.inference.engine import checkpoint_identity
-from scanstream.inference.threshold import load_threshold, parse_prevalence
 from scanstream.picker.pick import pick_volume
 from scanstream.review.morning import sheet_file, write_summaries
 from scanstream.store import CropStore, is_store, is_volume, open_store, open_volume
+from scanstream.threshold import load_threshold, parse_prevalence
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from scanstream.rangeenergy.relation import (
     line_ranges_um,
 )
 from scanstream.rangeenergy.spectrum import SpectrumModel, background_density, line_shapes, line_weights
-from scanstream.review.verdicts import read_verdicts
+from scanstream.verdicts import read_verdicts
 
 logger = logging.getLogger(__name__)
 

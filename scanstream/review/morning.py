@@ -24,7 +24,7 @@ from scanstream.atomic import write_text
 from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
 from scanstream.candidates.table import require_complete
 from scanstream.errors import ConfigError, InputError
-from scanstream.inference.threshold import parse_prevalence, project_precision
+from scanstream.threshold import parse_prevalence, project_precision
 
 #: Columns of the top candidates listed per sheet.
 TOP_COLUMNS = ("rank", "object_id", "score", "x_mm", "y_mm", "z_mm", "selected")

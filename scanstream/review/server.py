@@ -4,7 +4,7 @@
 on 127.0.0.1 serving the gallery page of the chosen candidates (highest score first), each card
 with three buttons: alpha (key ``a``), not alpha (``n``), unsure (``u``); arrow keys or ``j`` /
 ``k`` move between cards, and a verdict moves on to the next card. Every verdict is appended to
-the verdicts table (:mod:`scanstream.review.verdicts`) before the page shows it as recorded.
+the verdicts table (:mod:`scanstream.verdicts`) before the page shows it as recorded.
 
 Routes::
 
@@ -46,7 +46,7 @@ from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_ca
 from scanstream.candidates.table import require_complete
 from scanstream.errors import InputError
 from scanstream.review.gallery import CropLookup, png_bytes, recorded_stores, render_page
-from scanstream.review.verdicts import VERDICTS, VerdictLog, parse_verdict, read_verdicts, verdict_key
+from scanstream.verdicts import VERDICTS, VerdictLog, parse_verdict, read_verdicts, verdict_key
 
 logger = logging.getLogger(__name__)
 
