@@ -88,6 +88,51 @@ def test_tree_walk_equals_scikit_learn(sheets, fitted):
     np.testing.assert_allclose(fitted.decision_function(xc), ref.decision_function(xc), atol=1e-5)
 
 
+def test_scikit_learns_private_tree_arrays_have_the_shape_read(sheets):
+    """The one place scanstream reads scikit-learn's private attributes: a release that changes
+    them fails here (and in sklearn_trees, naming the release), not with wrong logits."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from scanstream.picker.learned import NODE_FIELDS, labelled_features, sklearn_trees
+
+    x, y = labelled_features(sheets[0])
+    est = HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(x, y)
+    assert len(est._predictors) == est.n_iter_ and all(len(p) == 1 for p in est._predictors)
+    assert set(NODE_FIELDS) <= set(est._predictors[0][0].nodes.dtype.names)
+    assert np.size(est._baseline_prediction) == 1
+    trees, baseline = sklearn_trees(est)
+    assert len(trees) == est.n_iter_ and isinstance(baseline, float)
+    # the baseline is the logit of TRAIN's prevalence (binary cross entropy's constant optimum)
+    assert baseline == pytest.approx(np.log(y.mean() / (1 - y.mean())))
+
+
+def _estimator(nodes, baseline=(0.0,), per_class=1):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(classes_=np.array([0, 1]), _baseline_prediction=np.array(baseline),
+                           _predictors=[[SimpleNamespace(nodes=nodes)] * per_class])
+
+
+@pytest.mark.parametrize("estimator, match", [
+    (lambda n: _estimator(n[["value", "left", "right", "is_leaf", "num_threshold", "is_categorical"]]),
+     r"no node fields \['feature_idx'\]"),
+    (lambda n: _estimator(n, per_class=2), "not one tree with .nodes"),
+    (lambda n: _estimator(np.zeros(3)), r"no node fields \['feature_idx'"),
+    (lambda n: _estimator(n, baseline=(0.0, 1.0)), "_baseline_prediction has 2 values, expected 1"),
+])
+def test_a_release_that_changes_the_private_arrays_is_refused_by_name(sheets, estimator, match):
+    import sklearn
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from scanstream.errors import TrainingError
+    from scanstream.picker.learned import from_sklearn, labelled_features
+
+    x, y = labelled_features(sheets[0])
+    nodes = HistGradientBoostingClassifier(max_iter=1, random_state=0).fit(x, y)._predictors[0][0].nodes
+    with pytest.raises(TrainingError, match=rf"scikit-learn {sklearn.__version__}: .*{match}"):
+        from_sklearn(estimator(nodes))
+
+
 def test_feature_model_ranks_better_than_chance(sheets, fitted):
     from scanstream.metrics import average_precision
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from scanstream.atomic import atomic_path
-from scanstream.errors import CheckpointError, InputError
+from scanstream.errors import CheckpointError, InputError, TrainingError
 from scanstream.metrics import operating_point_at_recall
 from scanstream.picker.features import FEATURE_NAMES, FEATURE_SCALE, N_FEATURES, feature_array
 
@@ -167,15 +167,55 @@ class FeatureModel:
         )
 
 
-def from_sklearn(estimator: Any, info: dict[str, Any] | None = None) -> FeatureModel:
-    """Flatten a fitted binary :class:`~sklearn.ensemble.HistGradientBoostingClassifier`."""
+#: The fields of scikit-learn's tree node records that :func:`from_sklearn` reads.
+NODE_FIELDS = ("feature_idx", "num_threshold", "left", "right", "is_leaf", "value", "is_categorical")
+
+
+def sklearn_trees(estimator: Any) -> tuple[list[np.ndarray], float]:
+    """The node records of every tree and the baseline logit of a fitted binary ensemble.
+
+    scikit-learn has no public accessor for a :class:`~sklearn.ensemble.HistGradientBoostingClassifier`'s
+    trees, so they are read from its private ``_predictors`` (one list of one ``TreePredictor``
+    per iteration, its ``nodes`` a structured array) and ``_baseline_prediction`` (one value);
+    skl2onnx's converter reads the same attributes. pyproject.toml caps scikit-learn at the
+    releases where these were checked; any other shape is refused here, naming the release,
+    rather than read wrong.
+
+    Raises
+    ------
+    InputError
+        Not a fitted binary classifier.
+    TrainingError
+        The private attributes are missing or shaped otherwise than this module reads them.
+    """
     predictors = getattr(estimator, "_predictors", None)
     if predictors is None or len(getattr(estimator, "classes_", ())) != 2:
         raise InputError("expected a fitted binary HistGradientBoostingClassifier")
+    import sklearn
+
+    where = (f"scikit-learn {sklearn.__version__}: HistGradientBoostingClassifier's private tree arrays "
+             f"are not as scanstream.picker.learned reads them")
+    trees = []
+    for i, per_class in enumerate(predictors):
+        nodes = getattr(per_class[0], "nodes", None) if len(per_class) == 1 else None
+        names = getattr(getattr(nodes, "dtype", None), "names", None) or ()
+        missing = [f for f in NODE_FIELDS if f not in names]
+        if nodes is None or nodes.ndim != 1 or missing:
+            raise TrainingError(f"{where} (_predictors[{i}]: "
+                                + (f"no node fields {missing})" if nodes is not None else "not one tree with .nodes)"))
+        trees.append(nodes)
+    baseline = np.ravel(np.asarray(getattr(estimator, "_baseline_prediction", np.zeros(0)), dtype=np.float64))
+    if baseline.size != 1:
+        raise TrainingError(f"{where} (_baseline_prediction has {baseline.size} values, expected 1)")
+    return trees, float(baseline[0])
+
+
+def from_sklearn(estimator: Any, info: dict[str, Any] | None = None) -> FeatureModel:
+    """Flatten a fitted binary :class:`~sklearn.ensemble.HistGradientBoostingClassifier` (:func:`sklearn_trees`)."""
+    trees, baseline = sklearn_trees(estimator)
     feature, threshold, left, right, is_leaf, value, roots = [], [], [], [], [], [], []
     offset = 0
-    for (tree,) in predictors:
-        nodes = tree.nodes
+    for nodes in trees:
         if nodes["is_categorical"].any():
             raise InputError("categorical splits are not supported in stored feature models")
         roots.append(offset)
@@ -194,7 +234,7 @@ def from_sklearn(estimator: Any, info: dict[str, Any] | None = None) -> FeatureM
         is_leaf=np.concatenate(is_leaf),
         value=np.concatenate(value).astype(np.float64),
         roots=np.asarray(roots, np.int64),
-        baseline=float(np.ravel(estimator._baseline_prediction)[0]),
+        baseline=baseline,
         info=dict(info or {}),
     )
 
