@@ -18,16 +18,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "such cut, i.e. the most recall), and write the threshold record: the cut, achieved recall and "
         "precision with confidence intervals, the store's hash and class counts, the model hashes, and the "
         "precision to expect at other prevalences (alpha:other, e.g. 1:183), projected from recall and "
-        "false-positive rate. classify refuses a record made for other models.",
+        "false-positive rate. classify refuses a record made for other models. "
+        "With --verdicts, recalibrate a sheet instead: the input is a candidate table and the verdicts given in "
+        "its useful order (scanstream review --order useful); each verdict is weighted by its score band's "
+        "inverse inclusion probability (Horvitz-Thompson), the cut is the highest whose estimated recall on the "
+        "whole sheet reaches --target-recall, and the intervals (recall, precision, the cut itself) come from a "
+        "stratified bootstrap. The record says which verdicts, sheet and weighting it rests on.",
     )
-    t.add_argument("store", type=Path, nargs="?", metavar="VALID.zarr", help="labelled calibration store")
-    add_many(t, "--model", type=Path, required=True, metavar="CKPT",
-             help="checkpoint(s) (*.safetensors) or ONNX exports (*.onnx; calibrate on the file classify will run)")
+    t.add_argument("store", type=Path, nargs="?", metavar="VALID.zarr",
+                   help="labelled calibration store (with --verdicts: the candidate table directory)")
+    add_many(t, "--model", type=Path, default=[], metavar="CKPT",
+             help="checkpoint(s) (*.safetensors) or ONNX exports (*.onnx; calibrate on the file classify will run); "
+             "required without --verdicts")
+    t.add_argument("--verdicts", type=Path, metavar="DIR",
+                   help="verdicts table of the useful order: recalibrate the candidate table's sheet from them")
+    t.add_argument("--sheet", help="with --verdicts: the sheet to recalibrate (needed when verdicts cover several)")
+    t.add_argument("--design", metavar="ID", help="with --verdicts: the useful order (design id) to use when the "
+                   "verdicts hold several")
+    t.add_argument("--replicates", type=int, default=2000,
+                   help="with --verdicts: stratified bootstrap replicates for the intervals (default 2000)")
     deprecated_option(t, "--store", "store", "give the store first: scanstream threshold VALID.zarr --model ...",
                       type=Path)
     t.set_defaults(required_inputs={"store": "VALID.zarr"})
     g = t.add_mutually_exclusive_group(required=True)
-    g.add_argument("--target-recall", type=float, metavar="R", help="recall to reach, in (0, 1]")
+    g.add_argument("--target-recall", "--recall", type=float, metavar="R", help="recall to reach, in (0, 1]")
     g.add_argument("--target-precision", type=float, metavar="P", help="precision to reach, in (0, 1]")
     t.add_argument(
         "--prevalence", default="1:17,1:183", metavar="LIST",
@@ -71,10 +85,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_threshold(args: argparse.Namespace) -> int:
+    from scanstream.errors import InputError
     from scanstream.inference.scoring import calibrate_threshold
     from scanstream.threshold import write_threshold
 
     prevalences = [p.strip() for p in args.prevalence.split(",") if p.strip()]
+    if args.verdicts is not None:
+        return _threshold_from_verdicts(args, prevalences)
+    if not args.model:
+        raise InputError("--model is required (or recalibrate a candidate table from review verdicts with --verdicts)")
     record = calibrate_threshold(
         args.store, args.model,
         target_recall=args.target_recall, target_precision=args.target_precision,
@@ -90,6 +109,33 @@ def run_threshold(args: argparse.Namespace) -> int:
     for p in record["prevalence_projection"]:
         lo, hi = p["precision_ci"]
         print(f"  at prevalence {p['prevalence']}: precision {_f(p['precision'])} [{_f(lo)}, {_f(hi)}]")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _threshold_from_verdicts(args: argparse.Namespace, prevalences: list[str]) -> int:
+    from scanstream.errors import InputError
+    from scanstream.review.adapt import threshold_from_verdicts
+    from scanstream.threshold import write_threshold
+
+    if args.target_recall is None:
+        raise InputError("from verdicts, give --target-recall (a precision target is not estimated from verdicts)")
+    if args.model:
+        raise InputError("--model and --verdicts: the verdicts recalibrate the candidate table's own models; drop --model")
+    record = threshold_from_verdicts(args.store, args.verdicts, target_recall=args.target_recall, sheet=args.sheet,
+                                     design=args.design, prevalences=prevalences, level=args.level,
+                                     replicates=args.replicates)
+    write_threshold(record, args.out)
+    a, prev, w = record["achieved"], record["previous"], record["weighting"]
+    ci = record["threshold_ci"]
+    print(f"sheet {record['calibration_store']['sheet']}: threshold {record['threshold']:.4f} (logit) "
+          f"[{_f(ci[0])}, {_f(ci[1])}] for recall {record['target']['value']}, from "
+          f"{record['calibration_store']['alpha']} alpha and {record['calibration_store']['other']} other verdicts "
+          f"in {len(w['bands'])} score bands")
+    print(f"  estimated recall {a['recall']:.4f} [{_f(a['recall_ci'][0])}, {_f(a['recall_ci'][1])}]  "
+          f"precision {_f(a['precision'])}  selected {a['selected']}  alpha decays on the sheet {a['alpha']:.1f}")
+    print(f"  the previous threshold {prev['threshold']:.4f}: estimated recall {prev['recall']:.4f} "
+          f"[{_f(prev['recall_ci'][0])}, {_f(prev['recall_ci'][1])}], selected {prev['selected']}")
     print(f"wrote {args.out}")
     return 0
 

@@ -27,6 +27,17 @@ def add_filter_args(p: argparse.ArgumentParser, *, top_default: int | None = Non
     )
 
 
+def add_order_args(p: argparse.ArgumentParser) -> None:
+    """--order and --seed, shared by review and gallery (their --top: the first K of the order)."""
+    p.add_argument("--order", choices=["score", "useful"], default="score",
+                   help="score: highest score first (default). useful: a stratified random sample of every score "
+                   "band of the sheet, from the top through the threshold to the bulk where missed alpha decays "
+                   "hide; verdicts given in it let `scanstream threshold CANDIDATES --verdicts DIR` recalibrate the "
+                   "sheet's threshold with an unbiased recall estimate (takes --sheet and --top only; --top K = the "
+                   "first K of the order)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the useful order's random sample (default 0)")
+
+
 def warn_partial(args: argparse.Namespace, partial: bool) -> None:
     """The one stderr line that labels output made from an unfinished table."""
     if partial:
@@ -82,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_filter_args(g, top_default=200)
     g.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (replaced atomically)")
     g.add_argument("--sheet-columns", type=int, default=10, help="crops per row of the contact sheet (default 10)")
+    add_order_args(g)
     g.set_defaults(func=run_gallery)
 
 
@@ -111,7 +123,7 @@ def run_gallery(args: argparse.Namespace) -> int:
 
     result = write_gallery(
         args.candidates, args.out, stores=args.store or None, filters=build_filter(args), columns=args.sheet_columns,
-        allow_partial=args.allow_partial,
+        allow_partial=args.allow_partial, order=args.order, seed=args.seed,
     )
     warn_partial(args, result.partial)
     print(f"gallery of {result.count} candidates{' (PARTIAL table)' if result.partial else ''}: {result.html}")

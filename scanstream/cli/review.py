@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from scanstream.cli._common import add_many
-from scanstream.cli.query import add_filter_args, build_filter, warn_partial
+from scanstream.cli.query import add_filter_args, add_order_args, build_filter, warn_partial
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "notebook proxy (repeatable)")
     p.add_argument("--verdicts", type=Path, metavar="DIR",
                    help="verdicts table directory (default: CANDIDATES.verdicts beside the table)")
+    add_order_args(p)
     p.set_defaults(func=run_review)
 
     v = sub.add_parser(
@@ -66,7 +67,7 @@ def run_review(args: argparse.Namespace) -> int:
 
     verdicts = args.verdicts or default_verdicts_path(args.candidates)
     session = ReviewSession(args.candidates, verdicts, stores=args.store or None, filters=build_filter(args),
-                            allow_partial=args.allow_partial)
+                            allow_partial=args.allow_partial, order=args.order, seed=args.seed)
     warn_partial(args, session.partial)
     server = make_server(session, port=args.port, host=args.host, allowed_hosts=args.allowed_host)
     host, port = server.server_address[:2]

@@ -33,6 +33,7 @@ from scanstream.atomic import atomic_dir, atomic_path, write_bytes, write_text
 from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
 from scanstream.candidates.table import require_complete
 from scanstream.errors import InputError
+from scanstream.review.adapt import ORDERS, check_useful, useful_rows
 from scanstream.store import CropStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,17 @@ def gallery_rows(
     return query_candidates(candidates, filters or CandidateFilter(top=200), allow_partial=allow_partial)
 
 
+def ordered_rows(candidates: str | os.PathLike, filters: CandidateFilter | None = None, *, order: str = "score",
+                 seed: int = 0, allow_partial: bool = False) -> pa.Table:
+    """Candidate rows highest score first (``order="score"``), or in the review's useful order."""
+    if order == "score":
+        return gallery_rows(candidates, filters, allow_partial=allow_partial)
+    if order != "useful":
+        raise InputError(f"gallery order must be one of {', '.join(ORDERS)}, got {order!r}")
+    f = filters or CandidateFilter(top=200)
+    return pa.Table.from_pylist(useful_rows(candidates, sheet=check_useful(f), top=f.top, seed=seed)[0])
+
+
 def write_gallery(
     candidates: str | os.PathLike,
     out: str | os.PathLike,
@@ -262,6 +274,8 @@ def write_gallery(
     columns: int = 10,
     contact_limit: int = 200,
     allow_partial: bool = False,
+    order: str = "score",
+    seed: int = 0,
 ) -> GalleryResult:
     """Write a gallery directory for the filtered candidates (see the module docstring).
 
@@ -283,6 +297,11 @@ def write_gallery(
     allow_partial : bool
         Show a table without its manifest (an unfinished run) instead of refusing it; the
         page's title and ``gallery.json`` then say it is partial.
+    order : {"score", "useful"}
+        Highest score first, or the review's useful order (:mod:`scanstream.review.adapt`;
+        only the sheet and top filters apply).
+    seed : int
+        Seed of the useful order.
     """
     out = Path(out)
     if out.exists() and not (out / MARKER).exists():
@@ -290,7 +309,7 @@ def write_gallery(
     if columns < 1:
         raise InputError(f"contact sheet columns must be >= 1, got {columns}")
     partial = require_complete(candidates, allow_partial=allow_partial) is None
-    table = gallery_rows(candidates, filters, allow_partial=allow_partial)
+    table = ordered_rows(candidates, filters, order=order, seed=seed, allow_partial=allow_partial)
     rows = table.to_pylist()
     lookup = CropLookup(list(stores) if stores else recorded_stores(table))
     crops = lookup.read(rows) if rows else np.zeros((0, 224, 224, 3), np.uint8)
@@ -306,13 +325,16 @@ def write_gallery(
         with atomic_path(tmp / "contact_sheet.png") as png:
             contact_sheet(crops[:shown], rows[:shown], columns=columns).save(png, format="PNG")
         title = f"scanstream candidates: {Path(candidates).name}" + (f" [{PARTIAL_LABEL}]" if partial else "")
-        help_text = f"{len(rows)} candidates, highest score first (score = logit; star = selected by the threshold)."
+        first = "highest score first" if order == "score" else "in the review's useful order (a sample of every score band)"
+        help_text = f"{len(rows)} candidates, {first} (score = logit; star = selected by the threshold)."
         write_text(tmp / "index.html", render_page(rows, urls, title=title, help_text=help_text))
         f = filters or CandidateFilter(top=200)
         meta = {
             "candidates": str(Path(candidates).resolve()),
             "stores": [str(s.path) for s in lookup.stores],
             "filters": asdict(f),
+            "order": order,
+            "seed": seed,
             "count": len(rows),
             "partial": partial,
             "rows": [{k: v for k, v in r.items()} for r in rows],

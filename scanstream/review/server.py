@@ -5,6 +5,10 @@ on 127.0.0.1 serving the gallery page of the chosen candidates (highest score fi
 with three buttons: alpha (key ``a``), not alpha (``n``), unsure (``u``); arrow keys or ``j`` /
 ``k`` move between cards, and a verdict moves on to the next card. Every verdict is appended to
 the verdicts table (:mod:`scanstream.verdicts`) before the page shows it as recorded.
+With ``order="useful"`` (``--order useful``) the page asks in the useful order instead: a
+stratified random sample over score bands around the threshold, from the top of the sheet to
+its bulk (:mod:`scanstream.review.adapt`); each verdict records its band and the design, so
+``scanstream threshold CANDIDATES --verdicts DIR`` can recalibrate the sheet's threshold.
 
 Routes::
 
@@ -42,9 +46,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
 from scanstream.candidates.table import require_complete
 from scanstream.errors import InputError
+from scanstream.review.adapt import ORDERS, check_useful, useful_rows
 from scanstream.review.gallery import CropLookup, png_bytes, recorded_stores, render_page
 from scanstream.verdicts import VERDICTS, VerdictLog, parse_verdict, read_verdicts, verdict_key
 
@@ -123,6 +130,11 @@ class ReviewSession:
         Which candidates to review (default: the 200 highest scores).
     allow_partial : bool
         Review a table without its manifest (an unfinished run); the page title says so.
+    order : {"score", "useful"}
+        Highest score first, or the useful order (module docstring; it takes only the sheet
+        and top filters, and a complete table).
+    seed : int
+        Seed of the useful order's permutations.
     """
 
     def __init__(
@@ -133,12 +145,24 @@ class ReviewSession:
         stores: Sequence[str | os.PathLike] | None = None,
         filters: CandidateFilter | None = None,
         allow_partial: bool = False,
+        order: str = "score",
+        seed: int = 0,
     ) -> None:
         self.candidates = Path(candidates)
+        self.order = order
         self.partial = require_complete(self.candidates, allow_partial=allow_partial) is None
-        table = query_candidates(self.candidates, filters or CandidateFilter(top=200), allow_partial=allow_partial)
-        self.rows = table.to_pylist()
-        self.matching = self._count_matching(filters or CandidateFilter(top=200), allow_partial)
+        filters = filters or CandidateFilter(top=200)
+        if order == "useful":
+            self.rows, self.design_fields, self.matching = useful_rows(self.candidates, sheet=check_useful(filters),
+                                                                       top=filters.top, seed=seed)
+            table = pa.Table.from_pylist(self.rows)
+        elif order == "score":
+            table = query_candidates(self.candidates, filters, allow_partial=allow_partial)
+            self.rows = table.to_pylist()
+            self.design_fields = [{} for _ in self.rows]
+            self.matching = self._count_matching(filters, allow_partial)
+        else:
+            raise InputError(f"review order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.lookup = CropLookup(list(stores) if stores else recorded_stores(table))
         self.where = [self.lookup.locate(r["object_id"], r.get("store"), r.get("store_index")) for r in self.rows]
         self.verdicts_dir = Path(verdicts)
@@ -174,14 +198,16 @@ class ReviewSession:
                 f'<button type="button" data-verdict="{v}" title="key {_KEYS[v]}">{_LABELS[v]} ({_KEYS[v]})</button>'
                 for v in VERDICTS
             )
-            return f'<div class="buttons">{buttons}</div><div class="verdict"></div>'
+            band = self.design_fields[i].get("band")
+            where = "" if band is None else f'<div class="band">score band {band + 1}</div>'
+            return f'{where}<div class="buttons">{buttons}</div><div class="verdict"></div>'
 
         keys = json.dumps({_KEYS[v]: v for v in VERDICTS})
         text = render_page(
             self.rows,
             [f"/crop/{i}.png" for i in range(len(self.rows))],
             title=f"scanstream review: {self.candidates.name}" + (f" [{PARTIAL_LABEL}]" if self.partial else ""),
-            help_text=f"{self.shown} candidates, highest score first. Keys: a = alpha, n = not alpha, "
+            help_text=f"{self.shown} candidates, {ORDER_TEXT[self.order]}. Keys: a = alpha, n = not alpha, "
             "u = unsure (then on to the next card); arrows or j / k move. Verdicts are saved as you go.",
             card_footer=footer,
             script=f"const KEYS = {keys};\n{REVIEW_SCRIPT}",
@@ -203,7 +229,16 @@ class ReviewSession:
         """Append a verdict for page row ``index``; return the record."""
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.rows):
             raise InputError(f"index must be a card number 0..{len(self.rows) - 1}, got {index!r}")
-        return self.log.append(self.rows[index], parse_verdict(verdict), store_hash=self.store_hash(index))
+        return self.log.append(self.rows[index], parse_verdict(verdict), store_hash=self.store_hash(index),
+                               **self.design_fields[index])
+
+
+ORDER_TEXT = {
+    "score": "highest score first",
+    "useful": "in the useful order (a random sample of every score band, from the top of the sheet through the "
+    "threshold to its bulk, band 1 first in each round: judge them in this order so the verdicts can recalibrate "
+    "the sheet's threshold)",
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
