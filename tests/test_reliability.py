@@ -27,7 +27,7 @@ from PIL import Image
 from scanstream.candidates import table as cand
 from scanstream.candidates.query import CandidateFilter, query_candidates
 from scanstream.cli import main, run_verb
-from scanstream.errors import IncompleteTableError, IngestError, StoreError, StoreExistsError
+from scanstream.errors import IncompleteTableError, IngestError, InputError, StoreError, StoreExistsError
 from scanstream.ingest.images import IngestConfig, ingest
 from scanstream.review.gallery import write_gallery
 from scanstream.review.server import ReviewSession
@@ -287,7 +287,7 @@ def test_malformed_zarr_json_is_named(store, capsys):
      "train", "afile is a file"),
     (["train", "{tmp}/s.zarr", "{tmp}/s.zarr", "--out", "{tmp}/r", "--config", "{tmp}/bad.toml"],
      "train", "max_epochs: expected an integer, got 'ten'"),
-    (["query", "{tmp}/s.zarr", "--out", "{tmp}"], "query", "s.zarr: not a candidate table"),
+    (["query", "{tmp}/s.zarr", "--out", "{tmp}/q.csv"], "query", "s.zarr: not a candidate table"),
     (["train", "{tmp}/s.zarr", "{tmp}/s.zarr", "--out", "{tmp}/r", "--loader", "local",
       "--pretrained", "{tmp}/trunc.safetensors"], "train", "trunc.safetensors: not a readable safetensors file"),
 ])
@@ -373,3 +373,108 @@ def test_an_overwrite_elsewhere_touches_nothing_outside_the_output(tmp_path):
     make_store(tmp_path / "s.zarr", n=4)
     create_store(tmp_path / "s.zarr", np.zeros((1, 224, 224, 3), np.uint8), [{"object_id": "z"}], source={}, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["neighbour.txt", "s.zarr"] and keep.stat().st_mtime_ns == before
+
+
+# -- 3. (issue 26) a table is served only whole; no verb writes inside or over its inputs --------
+@pytest.fixture
+def whole(table):
+    """The ``table`` fixture's table, finalized: complete, its manifest recording every part."""
+    out, store = table
+    cand.finalize(out, stores={str(store.path): (store.content_hash, store.n)}, metadata={"run_id": "t"})
+    return out, store
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "added"])
+@pytest.mark.parametrize("verb", ["query", "info", "gallery"])
+def test_a_damaged_table_is_refused_by_every_reader_naming_the_part(whole, tmp_path, capsys, how, verb):
+    out, _ = whole
+    part = cand.part_files(out)[0]
+    if how == "deleted":
+        part.unlink()
+    elif how == "truncated":
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    else:
+        part = part.with_name("part-000000000000-000000000999.parquet")
+        part.write_bytes(cand.part_files(out)[0].read_bytes())
+    argv = {"query": ["query", str(out)], "info": ["info", str(out)],
+            "gallery": ["gallery", str(out), "--out", str(tmp_path / "g")]}[verb]
+    err = one_line_error(capsys, main(argv), verb)
+    assert part.name in err and "damaged" in err
+    assert not (tmp_path / "g").exists()
+
+
+def test_info_says_complete_only_when_checked_and_validate_compares_digests(whole, capsys):
+    import json
+
+    out, _ = whole
+    assert main(["info", str(out)]) == 0 and json.loads(capsys.readouterr().out)["complete"] is True
+    part = cand.part_files(out)[0]
+    data = bytearray(part.read_bytes())
+    data[8] ^= 0xFF  # inside the data; size and footer kept
+    part.write_bytes(bytes(data))
+    assert main(["info", str(out), "--deep"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["complete"] is False and part.name in report["problems"][0]
+
+
+def test_a_truncated_part_of_a_partial_table_is_one_line_under_info(table, capsys):
+    out, _ = table
+    part = cand.part_files(out)[0]
+    part.write_bytes(part.read_bytes()[:50])
+    assert part.name in one_line_error(capsys, main(["info", str(out)]), "info")
+
+
+@pytest.mark.parametrize("argv, verb", [
+    (["classify", "{s}", "--model", "{m}", "--out", "{s}/cands"], "classify"),
+    (["threshold", "{s}", "--model", "{m}", "--target-recall", "0.9", "--out", "{s}/thr.json"], "threshold"),
+    (["export", "{m}", "--out", "{m}"], "export"),
+    (["export", "{m}", "--check", "{s}", "--out", "{s}/m.onnx"], "export"),
+    (["range-energy", "{t}", "--sheet", "S1", "--out", "{t}/re"], "range-energy"),
+    (["query", "{t}", "--out", "{part}"], "query"),
+    (["query", "{t}", "--out", "{t}/_manifest.parquet"], "query"),
+    (["gallery", "{t}", "--out", "{t}/g"], "gallery"),
+    (["gallery", "{t}", "--out", "{tmp}"], "gallery"),
+    (["evaluate", "{t}", "--store", "{s}", "--out", "{t}/eval"], "evaluate"),
+    (["train", "{s}", "{s}", "--out", "{s}/run"], "train"),
+    (["ingest", "{tmp}", "{tmp}/i.zarr", "--format", "images"], "ingest"),
+    (["train", "{s}", "{s}", "--out", "{tmp}/r", "--config", "{tmp}/r/c.toml"], "train"),
+])
+def test_an_output_inside_or_over_an_input_is_refused_up_front(whole, tmp_path, capsys, argv, verb):
+    out, store = whole
+    (tmp_path / "m.safetensors").write_bytes(b"not read: refused before")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "c.toml").write_text("[train]\n")
+    subs = {"{s}": str(store.path), "{m}": str(tmp_path / "m.safetensors"), "{t}": str(out),
+            "{part}": str(cand.part_files(out)[0]), "{tmp}": str(tmp_path)}
+    before = _snapshot(tmp_path)
+    argv = [next((a.replace(k, v) for k, v in subs.items() if k in a), a) for a in argv]
+    err = one_line_error(capsys, main(argv), verb)
+    assert "write it elsewhere" in err
+    assert _snapshot(tmp_path) == before  # nothing written, nothing replaced
+
+
+def test_object_ids_shared_by_two_stores_of_one_run_are_refused(tmp_path, capsys):
+    from fixtures import make_checkpoint
+
+    a = make_store(tmp_path / "a.zarr", n=16)
+    b = make_store(tmp_path / "b.zarr", n=12)  # the same sheet's ids S1-000-000000 ... again, other crops
+    m = make_checkpoint(tmp_path / "m.safetensors", 0, a.read_rows(np.arange(4)))
+    err = one_line_error(capsys, main(["classify", str(a.path), str(b.path), "--model", str(m), "--out",
+                                       str(tmp_path / "c"), "--device", "cpu", "--workers", "1"]), "classify")
+    assert "S1-000-000000" in err and "a.zarr" in err and "b.zarr" in err and "12 shared" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_store_added_to_a_table_with_its_ids_is_refused(whole, tmp_path):
+    from scanstream.inference.classify import _open_run
+
+    out, store = whole
+    twin = make_store(tmp_path / "twin.zarr", n=10)  # ids of the table's store, other content
+    cand.write_side(out, cand.RUN_FILE, {"run_id": "t", "identity": {}, "stores": {
+        str(store.path.resolve()): {"hash": store.content_hash, "rows": store.n}}})
+    with pytest.raises(InputError, match="S1-000-000000.*10 shared"):
+        _open_run(out, {}, {str(twin.path.resolve()): twin})

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from scanstream.atomic import write_parquet, write_text
-from scanstream.candidates.table import METADATA_KEY, read_metadata, require_complete, resolve_stores
+from scanstream.candidates.table import MANIFEST, METADATA_KEY, read_metadata, require_complete, resolve_stores
 from scanstream.candidates.table import part_files as candidate_parts
 from scanstream.errors import QueryError
 
@@ -167,6 +167,8 @@ def part_files(path: str | os.PathLike, sheet: str | None = None) -> list[str]:
     files = [str(f) for f in candidate_parts(p, sheet)] if sheet is not None else []
     if not files:  # the whole table (or, for a sheet it lacks, one part: the schema, no row of it)
         files = [str(f) for f in candidate_parts(p)][: None if sheet is None else 1]
+    if not files and (p / MANIFEST).exists():
+        require_complete(p)  # a complete table whose every part is gone: named as damaged
     if not files:
         raise QueryError(f"{p}: no candidate parts (sheet-*/part-*.parquet); classify or watch writes them")
     return files

@@ -255,6 +255,8 @@ def _parts_or_fail(path: str | os.PathLike) -> list[Path]:
     if not p.is_dir():
         raise InputError(f"{p}: no such candidate table directory")
     parts = part_files(p)
+    if not parts and (p / MANIFEST).exists():  # every part gone: name the first the manifest lists
+        records.verify(p, read_manifest(p) or {}, parts)
     if not parts:
         raise InputError(f"{p}: not a candidate table (no {SHEET_PREFIX}*/part-*.parquet files)")
     return parts

@@ -114,11 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_verb(args: argparse.Namespace) -> int:
     """Run ``args.func(args)``; every error a user can cause becomes one line on stderr and status 2."""
-    from scanstream.cli._common import apply_deprecated
+    from scanstream.cli._common import apply_deprecated, check_outputs
 
     try:
         apply_deprecated(args)
         check_counts(args)
+        check_outputs(args)
         return int(args.func(args) or 0)
     except ScanstreamError as exc:
         return _error(args, exc)

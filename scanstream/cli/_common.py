@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from scanstream.errors import InputError
+from scanstream.paths import check_output
 from scanstream.progress import Bar, bars
 
 
@@ -73,3 +75,23 @@ def apply_deprecated(args: argparse.Namespace) -> None:
     for target, shown in (getattr(args, "required_inputs", None) or {}).items():
         if getattr(args, target, None) in (None, []):
             raise InputError(f"{shown} is required (scanstream {args.verb} {shown} ...; see --help)")
+
+
+# -- outputs never at, inside or around an input ------------------------------------------------
+#: The argument holding a verb's output where it is not ``out``.
+OUTPUT_ARG = {"ingest": "store", "simulate": "store", "simulate-dataset": "out_dir", "simulate-volume": "out_dir"}
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output at, inside or containing any path the verb was given.
+
+    Every other path argument of the verb counts as an input (stores, tables, checkpoints,
+    threshold records, configs, listings); see :func:`scanstream.paths.check_output`.
+    """
+    name = OUTPUT_ARG.get(getattr(args, "verb", ""), "out")
+    out = getattr(args, name, None)
+    if not isinstance(out, Path):
+        return
+    inputs = [v for key, value in vars(args).items() if key not in (name, "save_model")
+              for v in (value if isinstance(value, list | tuple) else [value]) if isinstance(v, Path)]
+    check_output(out, inputs, what="--out" if name == "out" else name.upper())

@@ -32,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from scanstream import __version__
 from scanstream.candidates import table as cand
+from scanstream.candidates.ids import refuse_duplicate_ids
 from scanstream.devices import PRECISIONS, cpu_has_native_bf16, parse_device, resolve_device, resolve_precision
 from scanstream.errors import InputError
 from scanstream.executor import dask_client, gpu_count, host_threads, run_tasks, task_resources
@@ -122,6 +125,7 @@ def _open_stores(stores: Sequence[str | os.PathLike]) -> dict[str, CropStore]:
             raise InputError(f"{s}: same content as {by_hash[store.content_hash]} (a copy); its crops would be classified twice")
         opened[path] = store
         by_hash[store.content_hash] = path
+    refuse_duplicate_ids({p: s.object_ids for p, s in opened.items()})
     return opened
 
 
@@ -167,6 +171,7 @@ def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore])
         manifest = cand.read_manifest(out)
         if run.get("staging") and manifest is not None and manifest.get("run_id") == run["run_id"]:
             run.pop("staging")  # a merge that ended before its run file was updated
+        _refuse_ids_in_table(out, {p: s for p, s in stores.items() if p not in run["stores"]})
         if not set(wanted) <= set(run["stores"]) and manifest is not None and not run.get("staging"):
             # extending a complete table: a new run whose parts wait in a staging directory; the
             # table stays complete (its manifest kept) until cand.merge_staged switches them in
@@ -185,6 +190,15 @@ def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore])
     out.mkdir(parents=True, exist_ok=True)
     cand.write_side(out, cand.RUN_FILE, run)
     return run
+
+
+def _refuse_ids_in_table(out: Path, new: dict[str, CropStore]) -> None:
+    """Refuse stores added to a table whose other stores' rows already hold some of their object ids."""
+    if not new or not cand.part_files(out):
+        return
+    rows = cand.read_candidates(out, columns=["object_id", "store"], partial=True)
+    old = rows.filter(pc.invert(pc.is_in(rows.column("store"), pa.array(list(new), pa.string()))))
+    refuse_duplicate_ids({out.name: old.column("object_id").to_pylist(), **{p: s.object_ids for p, s in new.items()}})
 
 
 # -- the run ------------------------------------------------------------------------------
