@@ -81,11 +81,11 @@ import numpy as np
 import pyarrow as pa
 
 from scanstream.metrics import average_precision, operating_point_at_recall
+from scanstream.physics.emulsion import ALPHA, GREY, HEAVY, KIND_NAMES, MIP, PROTON
+from scanstream.physics.picker import DEFAULT_PICKER, PickerModel
 from scanstream.picker.cuts import select
 from scanstream.picker.features import feature_array
 from scanstream.simulate.dataset import make_object, object_stream, pick_features, plan_sheet, resolve_conditions
-from scanstream.simulate.objects import ALPHA, GREY, HEAVY, KIND_NAMES, MIP, PROTON
-from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel
 from scanstream.simulate.render import PLANE_OFFSETS
 from scanstream.store import CROP_SIZE, PIXEL_SIZE_UM
 

@@ -12,12 +12,13 @@ from scipy import ndimage as ndi
 
 from scanstream import store as st
 from scanstream.cli import main
+from scanstream.physics.emulsion import ALPHA, GREY
 from scanstream.picker import detect as dt
 from scanstream.picker.detect import DetectParams, detect_vertices, is_crossing
 from scanstream.picker.pick import crop_planes, pick_volume
 from scanstream.picker.prongs import prong_lengths
 from scanstream.simulate.conditions import SheetConditions
-from scanstream.simulate.objects import ALPHA, GREY, SimObject
+from scanstream.simulate.objects import SimObject
 from scanstream.simulate.render import fog_grains, render_planes, track_grains
 
 PX, STEP, SIZE, N_PLANES, VERTEX_DEPTH = 0.283, 3.0, 256, 11, 15.0

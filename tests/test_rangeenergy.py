@@ -13,9 +13,11 @@ from scanstream import rangeenergy as re
 from scanstream.candidates.table import CANDIDATE_SCHEMA, sheet_dir
 from scanstream.cli import main
 from scanstream.errors import InputError
+from scanstream.physics.emulsion import ALPHA
+from scanstream.physics.picker import PickerModel
 from scanstream.simulate import simulate_table
-from scanstream.simulate.objects import ALPHA, SimObject
-from scanstream.simulate.picker import PickerModel, pick_features
+from scanstream.simulate.objects import SimObject
+from scanstream.simulate.picker import pick_features
 
 #: docs/physics.md, "Alpha decays": nuclide, E_alpha (MeV), range at 3.60 g/cm3 (um).
 PHYSICS_TABLE = [

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scanstream.simulate import physics as ph
+from scanstream.physics import emulsion as ph
+from scanstream.physics.emulsion import ALPHA, MIP
+from scanstream.physics.picker import PickerModel
 from scanstream.simulate.conditions import SheetConditions
-from scanstream.simulate.objects import ALPHA, MIP, SimObject, make_object
-from scanstream.simulate.picker import PickerModel, pick_features
+from scanstream.simulate.objects import SimObject, make_object
+from scanstream.simulate.picker import pick_features
 
 # docs/physics.md, "Alpha decays": ranges at 3.60 g/cm3 from the group's range-energy code
 TABLE = {

@@ -14,7 +14,7 @@ density every range scales as
     R(E, rho) = R(E, 3.60) * (rho / 3.60) ** -0.63
 
 (the Po-212 ranges 47.96 um at 3.815, 49.76 um at 3.60 and 50.65 um at 3.50 g/cm3). The code
-is the simulator's (:func:`scanstream.simulate.physics.alpha_range_um`): one copy of the
+is the simulator's (:func:`scanstream.physics.emulsion.alpha_range_um`): one copy of the
 relation serves both the simulation and the calibration.
 
 >>> round(float(range_um(8.785, density=3.50)), 2)  # the table's 49.8 um scaled; docs/physics.md: 50.65

@@ -13,9 +13,9 @@ import numpy as np
 from scipy import optimize, special
 
 from scanstream.errors import InputError
+from scanstream.physics import emulsion as ph
 from scanstream.rangeenergy.relation import LINES, line_ranges_um
 from scanstream.rangeenergy.spectrum import SpectrumModel, background_density, line_shapes, line_weights
-from scanstream.simulate import physics as ph
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scanstream.errors import InputError
-from scanstream.simulate import physics as ph
+from scanstream.physics import emulsion as ph
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import numpy as np
 from scipy import special
 
 from scanstream.errors import InputError
+from scanstream.physics import emulsion as ph
+from scanstream.physics.picker import DEFAULT_PICKER, PickerModel
 from scanstream.picker import cuts as bl
 from scanstream.rangeenergy.relation import _INTENSITY, _IS_TH, line_ranges_um
-from scanstream.simulate import physics as ph
-from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel
 
 logger = logging.getLogger(__name__)
 

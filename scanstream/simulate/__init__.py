@@ -1,7 +1,7 @@
 """A physics-grounded simulator of vertex-like objects in nuclear emulsion (docs/physics.md).
 
-``physics`` (range-energy, decay chains, ionisation), ``objects`` (3-D objects per category),
-``picker`` (the scanner's features), ``render`` (the microscope), ``conditions`` (per-sheet
+``objects`` (3-D objects per category), ``picker`` (the scanner's features, with the error
+model of :mod:`scanstream.physics.picker`), ``render`` (the microscope), ``conditions`` (per-sheet
 conditions) and ``dataset`` (stores with truth, the paper's Table 1, parallel rendering).
 """
 
@@ -17,13 +17,12 @@ from scanstream.simulate.dataset import (
     table1_counts,
 )
 from scanstream.simulate.objects import CATEGORIES, SimObject, make_object
-from scanstream.simulate.picker import PickerModel, pick_features
+from scanstream.simulate.picker import pick_features
 from scanstream.simulate.render import render_object
 
 __all__ = [
     "CATEGORIES",
     "TABLE1",
-    "PickerModel",
     "SheetConditions",
     "SimObject",
     "draw_conditions",

@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 
 from scanstream.atomic import write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
+from scanstream.physics.picker import DEFAULT_PICKER, PickerModel
 from scanstream.progress import as_progress
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions, sheet_key
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
-from scanstream.simulate.picker import DEFAULT_PICKER, PickerModel, pick_features
+from scanstream.simulate.picker import pick_features
 from scanstream.simulate.render import render_object
 from scanstream.store import CropStore, StoreWriter, is_store, open_store, rows_to_table
 

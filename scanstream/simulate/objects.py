@@ -31,13 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from scanstream.simulate import physics as ph
+from scanstream.physics import emulsion as ph
+from scanstream.physics.emulsion import ALPHA, GREY, HEAVY, LOBE, MIP, PARTICLE, PROTON, SCRATCH
 from scanstream.simulate.conditions import SheetConditions
-
-# Track kinds: how a segment ionises (render) and how the picker sees it.
-MIP, GREY, PROTON, ALPHA, HEAVY, SCRATCH, LOBE = range(7)
-KIND_NAMES = ("mip", "grey", "proton", "alpha", "heavy", "scratch", "lobe")
-PARTICLE = {PROTON: "proton", ALPHA: "alpha", HEAVY: "heavy"}
 
 ALPHA_CATEGORIES = ("alpha_th", "alpha_u")
 BACKGROUND_CATEGORIES = ("1vtx", "2vtx", "track", "scratch", "blur", "dust", "evap")

@@ -30,9 +30,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from scanstream.simulate import physics as ph
+from scanstream.physics import emulsion as ph
+from scanstream.physics.emulsion import ALPHA, GREY, HEAVY, MIP, PARTICLE, PROTON, SCRATCH
 from scanstream.simulate.conditions import SheetConditions
-from scanstream.simulate.objects import ALPHA, GREY, HEAVY, MIP, PARTICLE, PROTON, SCRATCH, SimObject
+from scanstream.simulate.objects import SimObject
 from scanstream.store import CROP_SIZE, PIXEL_SIZE_UM
 
 Z_STEP_UM = 3.0  # distance between the three focal planes (developed um)

@@ -48,20 +48,18 @@ from PIL import Image
 
 from scanstream.atomic import atomic_dir, write_json, write_parquet
 from scanstream.errors import InputError
+from scanstream.physics.emulsion import GREY, MIP, isotropic_directions
 from scanstream.progress import Progress, as_progress
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions
 from scanstream.simulate.objects import (
     BACKGROUND_MIX,
     EMULSION_THICKNESS_UM,
     FAR_UM,
-    GREY,
-    MIP,
     TH_FRACTION,
     SimObject,
     beam_direction,
     make_object,
 )
-from scanstream.simulate.physics import isotropic_directions
 from scanstream.simulate.render import MAX_DEFOCUS_UM, fog_grains, render_planes, track_grains
 
 PIXEL_UM = 0.283  # the E07 stage's pixel (docs/physics.md, "Emulsion and microscope")

@@ -1,4 +1,7 @@
-"""Emulsion physics for the simulator: range-energy, decay chains, ionisation, grain density.
+"""Emulsion physics: range-energy, decay chains, ionisation, grain density, track kinds.
+
+The simulator draws and renders objects with it; the range-energy fit (:mod:`scanstream.rangeenergy`)
+uses the same relation.
 
 Every figure here comes from ``docs/physics.md`` (the paper, the group's range-energy table, standard
 emulsion physics). Lengths are micrometres (um) of *undeveloped* emulsion unless a name says
@@ -26,6 +29,12 @@ POWER_A_UM = 1.98  # R = a E^b fits the table within ~1 um
 POWER_B = 1.48
 STRAGGLING_UM = 1.0  # range straggling of single alpha tracks (sigma)
 PROTON_RANGE_OFFSET_UM = 3.5  # R_p(E) ~ R_alpha(4E) - 3.5 um
+
+#: Track kinds: how a segment ionises (the simulator's render) and how the picker sees it
+#: (:class:`scanstream.physics.picker.PickerModel`).
+MIP, GREY, PROTON, ALPHA, HEAVY, SCRATCH, LOBE = range(7)
+KIND_NAMES = ("mip", "grey", "proton", "alpha", "heavy", "scratch", "lobe")
+PARTICLE = {PROTON: "proton", ALPHA: "alpha", HEAVY: "heavy"}
 
 
 @dataclass(frozen=True)
