@@ -18,7 +18,15 @@ MAX_FUNCTION_LINES = 80
 
 #: calls that only the shared homes may make: (call name, the modules allowed to make it)
 ONE_HOME = {
-    "os.replace": {"scanstream.atomic", "scanstream.store.writer"},  # the writer renames a new store directory into place
+    "os.replace": {"scanstream.atomic"},  # files and directories, the store writer's too (atomic.exchange_dirs)
+    # process-level parallelism is Dask's (scanstream.executor). The pools beside it say why in
+    # their module docstrings: simulate's processes and ingest's decoding threads (measured by
+    # benchmarks/pools.py), inference's read-ahead threads and training's local loader (threads
+    # inside one Dask task)
+    "ProcessPoolExecutor": {"scanstream.simulate.dataset"},
+    "ThreadPoolExecutor": {"scanstream.ingest.images", "scanstream.inference.engine", "scanstream.training.dataload"},
+    "Pool": set(),  # multiprocessing.Pool, get_context(...).Pool
+    "Process": set(),  # multiprocessing.Process
     "Client": {"scanstream.executor"},
     "LocalCluster": {"scanstream.executor"},
     "tomllib.loads": {"scanstream.config"},

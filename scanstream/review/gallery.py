@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
-from scanstream.atomic import atomic_dir, atomic_path, write_bytes, write_text
+from scanstream.atomic import atomic_dir, write_bytes, write_png, write_text
 from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
 from scanstream.candidates.table import require_complete
 from scanstream.errors import InputError
@@ -322,8 +322,7 @@ def write_gallery(
             write_bytes(tmp / name, png_bytes(crop))
             urls.append(name)
         shown = min(len(rows), contact_limit)
-        with atomic_path(tmp / "contact_sheet.png") as png:
-            contact_sheet(crops[:shown], rows[:shown], columns=columns).save(png, format="PNG")
+        write_png(tmp / "contact_sheet.png", contact_sheet(crops[:shown], rows[:shown], columns=columns))
         title = f"scanstream candidates: {Path(candidates).name}" + (f" [{PARTIAL_LABEL}]" if partial else "")
         first = "highest score first" if order == "score" else "in the review's useful order (a sample of every score band)"
         help_text = f"{len(rows)} candidates, {first} (score = logit; star = selected by the threshold)."
