@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""End to end from micrographs: simulated z-stacks -> ingest -> pick -> the model, against the cuts.
+
+The held-out table of README rests on simulated crops and the simulated picker's features. A user
+who starts from micrographs gets the features ``scanstream pick`` measures instead, its fake
+vertices and its misses. This script follows that path on simulated volumes whose seeds no
+stage of the recipe used:
+
+1. ``simulate-volume`` writes fields of view with truth (one volume per ``--seed``);
+2. ``ingest --format stack`` makes each a volume store; every field is picked
+   (:func:`scanstream.picker.pick.pick_field`), the picked crops and their measured features
+   go into one crop store;
+3. a picked vertex is an alpha decay when a true alpha-decay vertex lies within ``--xy-um``
+   (2 um) in x, y and one z-step (3 um) in depth; every other picked vertex (other objects,
+   fakes) is background;
+4. the former method's cuts run on the measured features of the same picked objects; their
+   recall over the picked alpha decays fixes the operating point, and each model is set to the
+   same recall on the same objects.
+
+Volumes are drawn with alpha decays enriched (``--alpha-fraction``), so counts of selected
+objects compare with nothing real. What carries over are the per-class pass rates: r_a (alpha
+decays kept) and r_o (background kept). Reweighted to the paper's prevalence pi = 1:183, a
+method selects N (pi r_a + (1 - pi) r_o) candidates of N objects; the load cut is the ratio of
+the cuts' figure to the model's, with binomial errors on both rates propagated (r_o's dominate).
+Recall over all alpha decays (picking losses included) is reported beside it.
+
+Usage::
+
+    python benchmarks/end_to_end.py --model NAME=CKPT [--model ...] --work DIR \\
+        [--seeds 5101,5102] [--fields 12] [--objects-per-field 8] [--alpha-fraction 0.3] [--out FILE.json]
+
+Volumes and picked stores are kept in ``--work`` and reused when rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from scanstream import atomic
+from scanstream import metrics as mt
+from scanstream.inference.scoring import score_store
+from scanstream.ingest.stacks import ingest_stacks
+from scanstream.picker.cuts import DEFAULT_CONFIG, select
+from scanstream.picker.pick import pick_field
+from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
+from scanstream.store import is_store, open_store, open_volume
+from scanstream.store.writer import StoreWriter
+
+PREVALENCE = 255 / 46948  # the paper's TEST sheet: 1:183
+
+
+def picked_volume(work: Path, seed: int, args: argparse.Namespace) -> tuple[object, list[dict]]:
+    """(crop store of the picked vertices, truth rows) of the volume ``seed`` (cached under ``work``)."""
+    sim, vol, crops = work / f"sim{seed}", work / f"v{seed}.zarr", work / f"picked{seed}.zarr"
+    if not (sim / "truth.parquet").exists():
+        cfg = VolumeSimConfig(fields=args.fields, seed=seed, sheet=f"E2E{seed}", objects_per_field=args.objects_per_field,
+                              alpha_fraction=args.alpha_fraction, field_px=args.field_px)
+        simulate_volume(sim, cfg, overwrite=True)
+    truth = pq.read_table(sim / "truth.parquet").to_pylist()
+    if is_store(crops) and open_store(crops, require_complete=False).complete:
+        return open_store(crops), truth
+    if not is_store(vol):
+        ingest_stacks(sim, vol)
+    with StoreWriter(crops, source={"stage": "benchmark end_to_end", "seed": seed}, overwrite=True) as w:
+        for f in open_volume(vol):
+            res = pick_field(f, f"E2E{seed}")
+            if res.rows:
+                w.append(res.crops, res.rows)
+    return open_store(crops), truth
+
+
+def alpha_labels(store, truth: list[dict], xy_um: float) -> tuple[np.ndarray, int]:
+    """(picked vertex is an alpha decay (n,), alpha decays with a picked vertex)."""
+    t = store.table
+    picked = np.column_stack([t.column(c).to_numpy(zero_copy_only=False) for c in ("x_mm", "y_mm", "z_mm")]).reshape(-1, 3)
+    is_alpha = np.zeros(len(picked), bool)
+    found = 0
+    for r in truth:
+        if r["label"] != 1:
+            continue
+        close = (np.hypot(picked[:, 0] - r["x_mm"], picked[:, 1] - r["y_mm"]) * 1000 <= xy_um) & (
+            np.abs(picked[:, 2] - r["z_mm"]) * 1000 <= 3.0)
+        is_alpha |= close
+        found += int(close.any())
+    return is_alpha, found
+
+
+def rates(y: np.ndarray, selected: np.ndarray) -> dict:
+    """Per-class pass rates with binomial errors, and the candidates per 10,000 objects at 1:183."""
+    na, no = int(y.sum()), int((~y).sum())
+    ka, ko = int((selected & y).sum()), int((selected & ~y).sum())
+    ra, ro = ka / na, ko / no
+    ea, eo = math.sqrt(ra * (1 - ra) / na), math.sqrt(max(ro * (1 - ro), 1.0 / no) / no)  # one count's error at 0
+    cand = PREVALENCE * ra + (1 - PREVALENCE) * ro
+    err = math.hypot(PREVALENCE * ea, (1 - PREVALENCE) * eo)
+    return {"alpha_kept": ka, "alpha": na, "background_kept": ko, "background": no, "r_alpha": round(ra, 4),
+            "r_background": round(ro, 5), "r_background_error": round(eo, 5),
+            "candidates_per_10k_at_1_183": round(1e4 * cand, 2), "candidates_error": round(1e4 * err, 2)}
+
+
+def measure(y: np.ndarray, selections: dict[str, np.ndarray]) -> dict:
+    out = {name: rates(y, sel) for name, sel in selections.items()}
+    cuts = out["cuts"]
+    for name, r in out.items():
+        if name == "cuts":
+            continue
+        a, ea = cuts["candidates_per_10k_at_1_183"], cuts["candidates_error"]
+        b, eb = r["candidates_per_10k_at_1_183"], r["candidates_error"]
+        r["load_cut"] = round(a / b, 2) if b else None
+        r["load_cut_error"] = round(a / b * math.hypot(ea / a, eb / b), 2) if a and b else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=CKPT", help="a checkpoint (repeat to compare)")
+    p.add_argument("--work", type=Path, required=True, help="keeps the volumes and picked stores (reused)")
+    p.add_argument("--seeds", default="5101,5102", help="volume seeds, comma-separated (never used by training)")
+    p.add_argument("--fields", type=int, default=12, help="fields per volume")
+    p.add_argument("--objects-per-field", type=int, default=8)
+    p.add_argument("--alpha-fraction", type=float, default=0.3)
+    p.add_argument("--field-px", type=int, default=1024)
+    p.add_argument("--xy-um", type=float, default=2.0, help="x, y distance for a picked vertex to be an alpha decay")
+    p.add_argument("--out", type=Path, help="write the JSON here too")
+    args = p.parse_args(argv)
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path or name == "cuts":
+            p.error(f"--model {spec!r}: expected NAME=CKPT (NAME not 'cuts')")
+        models[name] = path
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: expected integers separated by commas")
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ys, scores, cut_sel, n_alpha, n_found = [], {n: [] for n in models}, [], 0, 0
+    for seed in seeds:
+        store, truth = picked_volume(args.work, seed, args)
+        n_alpha += sum(r["label"] == 1 for r in truth)
+        if store.n == 0:
+            continue
+        y, found = alpha_labels(store, truth, args.xy_um)
+        n_found += found
+        ys.append(y)
+        t = store.table
+        mult = np.array([-1 if m is None else int(m) for m in t.column("multiplicity").to_pylist()])
+        lengths = [np.asarray(v or [], np.float64) for v in t.column("track_lengths_um").to_pylist()]
+        cut_sel.append(select(mult, lengths, DEFAULT_CONFIG)[0])
+        for name, path in models.items():
+            scores[name].append(score_store(store, [path], device="cpu", precision="fp32"))
+    if not ys or not np.concatenate(ys).any():
+        print(f"error: no picked alpha decay in {len(seeds)} volume(s); use more fields", file=sys.stderr)
+        return 2
+    y, cuts = np.concatenate(ys), np.concatenate(cut_sel)
+    cuts_recall = int((cuts & y).sum()) / int(y.sum())
+    selections = {"cuts": cuts}
+    aps = {}
+    for name in models:
+        s = np.concatenate(scores[name])
+        op = mt.operating_point_at_recall(y.astype(np.int64), s, cuts_recall)
+        selections[name] = s >= op.threshold
+        aps[name] = round(mt.average_precision(y.astype(np.int64), s), 4)
+    doc = {
+        "seeds": seeds, "fields": args.fields * len(seeds), "objects_per_field": args.objects_per_field,
+        "alpha_fraction": args.alpha_fraction, "alpha_decays": n_alpha, "alpha_picked": n_found,
+        "picked_vertices": len(y), "picked_alpha_vertices": int(y.sum()),
+        "cuts_recall_of_picked": round(cuts_recall, 4),
+        "cuts_recall_of_all": round(int((cuts & y).sum()) / n_alpha, 4) if n_alpha else None,
+        "ap_on_picked": aps, "at_cuts_recall": measure(y, selections),
+        "models": {n: Path(pth).name for n, pth in models.items()}, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    text = json.dumps(doc, indent=1)
+    if args.out:
+        atomic.write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
