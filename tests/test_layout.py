@@ -1,7 +1,7 @@
 """The layout's rules, checked on the source: the flow's packages, one home per shared concern.
 
 Each rule names the file and line that breaks it, so a new module that slips (a library module
-importing the CLI, an import cycle, a private atomic writer, a second Dask client) fails here
+importing the CLI, an import cycle between modules or between packages, a private atomic writer, a second Dask client) fails here
 with the place to fix.
 """
 
@@ -146,6 +146,64 @@ def test_no_two_modules_import_each_other():
 def test_the_cycle_check_finds_a_cycle():
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+def package_of(name: str, depth: int) -> str:
+    """The package ``depth`` levels below scanstream that holds module ``name`` (``name`` itself when shallower).
+
+    >>> package_of("scanstream.a.b.c", 1), package_of("scanstream.a.b.c", 2), package_of("scanstream.metrics", 1)
+    ('scanstream.a', 'scanstream.a.b', 'scanstream.metrics')
+    """
+    parts = name.split(".")
+    return ".".join(parts[: depth + 1]) if len(parts) > depth + 1 else name
+
+
+def package_cycles(graph: dict[str, set[str]], depth: int) -> list[list[str]]:
+    """The import cycles between packages once every module is collapsed to its package at ``depth``."""
+    collapsed: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        node = package_of(name, depth)
+        collapsed.setdefault(node, set()).update(package_of(t, depth) for t in targets)
+        collapsed[node].discard(node)
+    return strongly_connected(collapsed)
+
+
+#: How deep packages nest below scanstream (1: scanstream.a/; 2: scanstream.a.b/ exists too).
+PACKAGE_DEPTH = max(len(name.split(".")) - 1 for name, path in MODULES.items() if path.name == "__init__.py")
+
+
+@pytest.mark.parametrize("depth", range(1, PACKAGE_DEPTH + 1))
+def test_no_two_packages_import_each_other(depth):
+    """Sub-packages form layers: shared pieces sit below the stages that share them, never inside one of them."""
+    cycles = package_cycles(import_graph(), depth)
+    lines = []
+    for component in cycles:
+        lines.append(" <-> ".join(component) + ":")
+        lines += [
+            f"  {where(name, line)} imports {target}"
+            for name in MODULES
+            if package_of(name, depth) in component
+            for target, line, _ in imports(name)
+            if target in MODULES and package_of(target, depth) in component and package_of(target, depth) != package_of(name, depth)
+        ]
+    assert not cycles, "packages that import each other (move the shared piece below both):\n" + "\n".join(lines)
+
+
+def test_the_package_check_finds_a_planted_cycle():
+    # two sub-packages reach each other through different modules: no module cycle, one package cycle
+    planted = {"scanstream.a.x": {"scanstream.b.y"}, "scanstream.b.z": {"scanstream.a.w"}, "scanstream.a.w": set(),
+               "scanstream.b.y": {"scanstream.metrics"}, "scanstream.metrics": set()}
+    assert strongly_connected(planted) == []
+    assert package_cycles(planted, 1) == [["scanstream.a", "scanstream.b"]]
+    # the same one level down, inside scanstream.p: seen at depth 2, one package at depth 1
+    deeper = {"scanstream.p.a.x": {"scanstream.p.b.y"}, "scanstream.p.b.z": {"scanstream.p.a.w"}}
+    assert package_cycles(deeper, 1) == []
+    assert package_cycles(deeper, 2) == [["scanstream.p.a", "scanstream.p.b"]]
+    # one import planted in the real tree: the store importing a stage that imports the store
+    graph = import_graph()
+    graph["scanstream.store.crops"] = graph["scanstream.store.crops"] | {"scanstream.inference.classify"}
+    assert any({"scanstream.store", "scanstream.inference"} <= set(c) for c in package_cycles(graph, 1))
+    assert PACKAGE_DEPTH >= 1
 
 
 def test_library_modules_import_scanstream_at_the_top():
