@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scanstream.atomic import atomic_path, write_text
+from scanstream.atomic import write_text
 from scanstream.evaluation.figures import plot_run_loss_curve
 
 CHECKPOINT_FILE = "model.safetensors"
@@ -37,5 +37,4 @@ def write_history(history: list[dict], out_dir: Path) -> None:
     for row in history:
         writer.writerow({k: row.get(k) for k in HISTORY_COLUMNS})
     write_text(Path(out_dir) / HISTORY_FILE, buf.getvalue())
-    with atomic_path(Path(out_dir) / CURVE_FILE) as tmp:
-        plot_run_loss_curve(history, tmp)
+    plot_run_loss_curve(history, Path(out_dir) / CURVE_FILE)  # atomic itself (atomic.write_png)
