@@ -20,6 +20,7 @@ from scanstream.inference.engine import Ensemble, check_crops, check_features, c
 from scanstream.progress import as_progress
 from scanstream.store import CropStore, open_store
 from scanstream.threshold import DEFAULT_PREVALENCES, build_threshold_record, parse_prevalence
+from scanstream.trust import build_trust_reference, store_image_statistics
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -97,7 +98,7 @@ def calibrate_threshold(
     hashes = [checkpoint_identity(c) for c in checkpoints]
     scores = score_store(store, list(checkpoints), device=device, batch_size=batch_size, precision=precision, progress=progress)
     kind, value = ("recall", target_recall) if target_recall is not None else ("precision", target_precision)
-    return build_threshold_record(
+    record = build_threshold_record(
         labels[known],
         scores[known],
         target_kind=kind,
@@ -108,4 +109,30 @@ def calibrate_threshold(
         level=level,
         ci_method=ci_method,
         score_precision=resolve_precision(precision, device),
+    )
+    # label-free trust per sheet (scanstream.trust); records without it still work
+    record["trust"] = calibration_trust(store, labels, scores)
+    return record
+
+
+def calibration_trust(store: CropStore, labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """The record's ``trust`` block: the calibration map and the references of the labelled crops.
+
+    The picker's features come from the store's object table; the image statistics from a
+    seeded sample of up to 2,000 of its crops (:func:`scanstream.trust.store_image_statistics`).
+    Crops labelled unknown (-1) are left out of both.
+    """
+    known = labels >= 0
+    image = store_image_statistics(store.path)
+    keep = known[image["rows"]]
+    position = np.cumsum(known) - 1  # store row -> index among the known rows
+    image = {"rows": position[image["rows"][keep]], **{k: v[keep] for k, v in image.items() if k != "rows"}}
+    table = store.table
+    lengths = table.column("track_lengths_um").to_pylist()
+    return build_trust_reference(
+        labels[known],
+        scores[known],
+        multiplicity=table.column("multiplicity").to_numpy(zero_copy_only=False)[known],
+        lengths=[v for v, k in zip(lengths, known, strict=True) if k],
+        image=image,
     )

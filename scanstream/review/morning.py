@@ -4,6 +4,10 @@ The overnight watch (:mod:`scanstream.inference.watch`) rewrites the summary of 
 finished store touched: objects classified, selected candidates, expected true alpha decays
 (selected x the calibrated precision, with its interval), the time taken and crops/s, the top
 candidates and, when asked, the sheet's density fitted to its candidates' prong lengths.
+Each page also carries the sheet's label-free trust fields (:mod:`scanstream.trust`): the
+alpha decays expected on the whole sheet from its scores alone, the selection's expected
+recall, and whether the sheet has drifted from the threshold's calibration data; a drifted
+sheet's page says what to do about it (:data:`DRIFT_ADVICE`).
 The pieces are pure (:func:`precision_for`, :func:`sheet_summary`, :func:`summary_markdown`)
 except :func:`sheet_range_energy` and :func:`write_summaries`, which read the candidate table
 and write ``<sheet>.json``, ``<sheet>.md`` and ``index.md`` (atomically) into a directory.
@@ -19,12 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from scanstream import rangeenergy
+from scanstream import rangeenergy, trust
 from scanstream.atomic import write_text
 from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
-from scanstream.candidates.table import require_complete
+from scanstream.candidates.table import read_candidates, require_complete
 from scanstream.errors import ConfigError, InputError
 from scanstream.threshold import parse_prevalence, project_precision
+
+#: The one line a drifted sheet's page adds: what to do when its threshold's recall cannot be trusted.
+DRIFT_ADVICE = ("verify a few candidates in the review page's \"most useful first\" order, then recalibrate the "
+                "threshold from those verdicts (`scanstream threshold`)")
 
 #: Columns of the top candidates listed per sheet.
 TOP_COLUMNS = ("rank", "object_id", "score", "x_mm", "y_mm", "z_mm", "selected")
@@ -132,6 +140,7 @@ def summary_markdown(s: Mapping[str, Any], top: list[dict[str, Any]] | None = No
                      f"{prec['source']} |")
     if exp is not None:
         lines.append(f"| expected true alpha decays | {_num(exp['value'])} [{_num(exp['ci'][0])}, {_num(exp['ci'][1])}] |")
+    lines += trust_lines(s)
     rng = s.get("range_energy")
     if rng is not None:
         lines.append(
@@ -152,6 +161,37 @@ def summary_markdown(s: Mapping[str, Any], top: list[dict[str, Any]] | None = No
                 f"{r['z_mm']:.4f} | {'yes' if r.get('selected') else 'no'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def trust_lines(s: Mapping[str, Any]) -> list[str]:
+    """The summary table's rows for the sheet's trust fields (none when the summary has none)."""
+    if "expected_alpha" not in s:
+        return []
+    why = s.get("trust_unavailable")
+    if s["expected_alpha"] == "unavailable":
+        return [f"| alpha decays on the sheet, from scores | unavailable: {why} |"]
+    lo, hi = s["expected_alpha_interval"]
+    recall = s.get("expected_recall")
+    lines = [f"| alpha decays on the sheet, from scores | {_num(s['expected_alpha'])} [{_num(lo)}, {_num(hi)}] (68 %) |",
+             f"| expected recall of the selection | {recall if isinstance(recall, str) else _num(recall, '.3f')} |"]
+    drift = s.get("drift") or {}
+    stats = drift.get("statistics") or {}
+    over = ", ".join(f"{n} {stats[n]['statistic']:.3f} > {stats[n]['limit']}" for n in drift.get("over") or [])
+    if drift.get("flag"):
+        lines += [f"| drift | **flagged** ({over}): the threshold's recall cannot be trusted on this sheet |",
+                  f"| what to do | {DRIFT_ADVICE} |"]
+    else:
+        lines.append("| drift | " + ("none: like the calibration data" if drift.get("flag") is False
+                                     else f"not measured: {drift.get('unavailable', 'no quantity to compare')}") + " |")
+    return lines
+
+
+def sheet_trust(candidates: Path, sheets: set[str], threshold: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The trust fields of ``sheets`` (:func:`scanstream.trust.table_trust`), the table read once."""
+    if trust.record_trust(threshold)[0] is None:
+        return trust.table_trust(None, threshold, sheets=sorted(sheets))
+    rows = read_candidates(candidates, columns=trust.TABLE_COLUMNS, partial=True)
+    return trust.table_trust(rows, threshold, sheets=sorted(sheets))
 
 
 def sheet_file(sheet: str) -> str:
@@ -201,6 +241,7 @@ def write_summaries(
     # page made from it says so: its top rows may be missing or unranked.
     partial = require_complete(candidates, allow_partial=True) is None if done else False
     written = []
+    trusted = sheet_trust(candidates, sheets, threshold) if done else {}
     for sheet in sorted(sheets):
         records = [r for r in done if sheet in r["sheets"]]
         if not records:
@@ -208,6 +249,7 @@ def write_summaries(
         s = sheet_summary(sheet, records, threshold=threshold, prevalence=prevalence)
         rows = query_candidates(candidates, CandidateFilter(sheet=sheet, top=top), allow_partial=True).to_pylist()
         s["partial"] = partial
+        s.update(trusted.get(sheet) or {})
         s["top"] = [{k: r.get(k) for k in TOP_COLUMNS} for r in rows]
         if range_energy and s["selected"]:
             s["range_energy"] = sheet_range_energy(candidates, sheet, [r["path"] for r in records])
@@ -225,12 +267,15 @@ def index_markdown(candidates: Path, morning: Path, stores: Mapping[str, Mapping
     for f in sorted(morning.glob("*.json")):
         s = json.loads(f.read_text())
         exp = s.get("expected_true_alpha") or {}
+        flag = (s.get("drift") or {}).get("flag")
         pages.append(
             f"| [{s['sheet']}]({f.with_suffix('.md').name}) | {s['objects']} | {_num(s.get('selected'), 'd')} | "
-            f"{_num(exp.get('value'))} | {_num(s['seconds'])} | {_num(s.get('crops_per_s'))} |"
+            f"{_num(exp.get('value'))} | {_num(s['seconds'])} | {_num(s.get('crops_per_s'))} | "
+            f"{'n/a' if flag is None else ('**flagged**' if flag else 'none')} |"
         )
     index = ["# Morning summary", "", f"Candidate table: `{candidates}`", "",
-             "| sheet | objects | selected | expected true alpha | time (s) | crops/s |", "|---|---|---|---|---|---|",
+             "| sheet | objects | selected | expected true alpha | time (s) | crops/s | drift |",
+             "|---|---|---|---|---|---|---|",
              *pages]
     failed = [r for r in stores.values() if r.get("status") == "failed"]
     if failed:
