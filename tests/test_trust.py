@@ -249,3 +249,34 @@ def test_prior_shift_rejects_a_bad_calibration_prevalence():
 def test_crop_statistics_rejects_float_crops():
     with pytest.raises(InputError, match="uint8"):
         drift.crop_statistics(np.zeros((1, 4, 4, 3)))
+
+
+# -- the morning summary ---------------------------------------------------------------------
+def test_morning_page_shows_trust_and_says_what_to_do_on_drift(calibration):
+    from scanstream.review.morning import DRIFT_ADVICE, summary_markdown
+
+    _, _, block = calibration
+    base = {"sheet": "S", "objects": 3000, "selected": 30, "threshold": 1.0, "seconds": 1.0, "classify_seconds": 1.0,
+            "crops_per_s": 3000.0, "stores": []}
+    for shift, flagged in ((0.0, False), (1.5, True)):
+        _, inputs = sheet_inputs(np.random.default_rng(9), shift=shift)
+        fields = trust.sheet_trust(inputs, record_with(block))
+        page = summary_markdown({**base, **fields})
+        assert f"| alpha decays on the sheet, from scores | {fields['expected_alpha']:.1f} [" in page
+        assert "| expected recall of the selection | " in page
+        assert (DRIFT_ADVICE in page) is flagged and ("**flagged** (score " in page) is flagged
+        assert ("none: like the calibration data" in page) is not flagged
+    old = summary_markdown({**base, **trust.sheet_trust(inputs, record_with(None))})
+    assert "| alpha decays on the sheet, from scores | unavailable: the threshold record has no calibration map" in old
+    assert "expected recall" not in old and DRIFT_ADVICE not in old
+
+
+def test_morning_index_has_a_drift_column(tmp_path):
+    from scanstream.review.morning import index_markdown
+
+    for name, flag in (("A", True), ("B", False), ("C", None)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"sheet": name, "objects": 1, "seconds": 1.0, "drift": {"flag": flag}}))
+    index = index_markdown(tmp_path / "cands", tmp_path, {})
+    assert "| crops/s | drift |" in index
+    rows = [line for line in index.splitlines() if line.startswith("| [")]
+    assert [r.rsplit("|", 2)[-2].strip() for r in rows] == ["**flagged**", "none", "n/a"]
