@@ -47,7 +47,7 @@ from scanstream.executor import local_cores, tune_malloc
 from scanstream.inference.onnx_model import OnnxNetwork, load_onnx, onnx_session
 from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint, read_header
 from scanstream.network.model import preprocess
-from scanstream.picker.features import feature_array
+from scanstream.picker.features import check_feature_rows
 from scanstream.picker.learned import FeatureModel, inputs_and_logits
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def check_features(checkpoints: Sequence[str | os.PathLike], stores: Sequence[st
         return
     for store in stores:
         try:
-            feature_array(store.table, source=str(store.path))
+            check_feature_rows(store.table, source=str(store.path))
         except InputError as exc:
             raise InputError(f"{exc} (model {fused[0]} is a fused network)") from None
 

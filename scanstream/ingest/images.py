@@ -51,14 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from scanstream import store as st
 from scanstream.atomic import write_text
 from scanstream.errors import IngestError, InputError
+from scanstream.ingest.listing import parse_row, read_listing, resolve_columns, text_of
 
 logger = logging.getLogger(__name__)
 
@@ -68,27 +66,6 @@ LISTING_SUFFIXES = (".csv", ".parquet", ".pq")
 DEFAULT_POSITIVE = "1_positive"
 DEFAULT_NEGATIVE = "0_negative"
 
-#: Accepted listing column names (case-insensitive) for each object-table column.
-COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
-    "file": ("file", "filename", "file_name", "path", "image", "image_path", "crop"),
-    "object_id": ("object_id", "objectid", "id", "object", "obj_id"),
-    "x_mm": ("x_mm", "x", "stage_x", "stage_x_mm"),
-    "y_mm": ("y_mm", "y", "stage_y", "stage_y_mm"),
-    "z_mm": ("z_mm", "z", "stage_z", "stage_z_mm"),
-    "label": ("label",),
-    "sheet": ("sheet", "volume"),
-    "plate": ("plate",),
-    "module": ("module",),
-    "experiment": ("experiment",),
-    "category": ("category",),
-    "multiplicity": ("multiplicity",),
-}
-REQUIRED_COLUMNS = ("file", "object_id", "x_mm", "y_mm", "z_mm")
-LABEL_WORDS = {
-    "1": 1, "alpha": 1, "positive": 1, "true": 1,
-    "0": 0, "other": 0, "negative": 0, "false": 0,
-    "-1": -1, "unknown": -1, "": -1,
-}  # fmt: skip
 _EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
@@ -285,87 +262,6 @@ def find_listing(src: Path) -> Path:
     return found[0]
 
 
-def read_listing(path: Path) -> pa.Table:
-    """Read a CSV or Parquet listing with every column as text (ids keep leading zeros)."""
-    if not path.is_file():
-        raise IngestError(f"{path}: listing not found")
-    try:
-        if path.suffix.lower() == ".csv":
-            with path.open(newline="") as f:
-                header = next(csv.reader(f), None)
-            if not header:
-                raise IngestError(f"{path}: empty listing (no header line)")
-            table = pacsv.read_csv(
-                path,
-                convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in header}, strings_can_be_null=False
-                ),
-            )
-        else:
-            table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise IngestError(f"{path}: unreadable listing ({exc})") from None
-    return table
-
-
-def resolve_columns(names: Sequence[str], listing: Path) -> dict[str, str]:
-    """Map object-table column -> listing column, using :data:`COLUMN_ALIASES`."""
-    lower = {n.strip().lower(): n for n in names}
-    out: dict[str, str] = {}
-    for target, aliases in COLUMN_ALIASES.items():
-        hits = [lower[a] for a in aliases if a in lower]
-        if len(hits) > 1:
-            raise IngestError(f"{listing}: columns {hits} all look like {target!r}; keep one")
-        if hits:
-            out[target] = hits[0]
-        elif target in REQUIRED_COLUMNS:
-            raise IngestError(f"{listing}: no {target!r} column (accepted names: {', '.join(aliases)})")
-    return out
-
-
-def _text(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v).strip()
-
-
-def _parse_row(raw: dict[str, Any], cols: dict[str, str], cfg: IngestConfig) -> dict[str, Any]:
-    """One listing row -> object row; raises ValueError with the reason."""
-    row: dict[str, Any] = {"object_id": _text(raw[cols["object_id"]])}
-    if not row["object_id"]:
-        raise ValueError("missing object id")
-    for axis in ("x_mm", "y_mm", "z_mm"):
-        text = _text(raw[cols[axis]])
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"stage {axis} {text!r} is not a number (mm)") from None
-        if not math.isfinite(value):
-            raise ValueError(f"stage {axis} {text!r} is not a finite number (mm)")
-        row[axis] = value
-    if "label" in cols:
-        text = _text(raw[cols["label"]]).lower()
-        text = text.removesuffix(".0")
-        if text not in LABEL_WORDS:
-            raise ValueError(f"label {text!r} is not 1/alpha, 0/other or -1/unknown")
-        row["label"] = LABEL_WORDS[text]
-    for name, default in (("sheet", cfg.sheet), ("experiment", cfg.experiment), ("category", None)):
-        text = _text(raw[cols[name]]) if name in cols else ""
-        row[name] = text or default
-    for name, default in (("plate", cfg.plate), ("module", cfg.module), ("multiplicity", None)):
-        text = _text(raw[cols[name]]) if name in cols else ""
-        if text:
-            try:
-                row[name] = int(float(text))
-            except ValueError:
-                raise ValueError(f"{name} {text!r} is not an integer") from None
-            if row[name] != float(text):
-                raise ValueError(f"{name} {text!r} is not an integer")
-        else:
-            row[name] = default
-    return {k: v for k, v in row.items() if v is not None}
-
-
 def inside(root: Path, path: Path) -> bool:
     """Whether ``path`` names a place under ``root``, decided on the names (``..`` collapsed).
 
@@ -411,8 +307,8 @@ def plan_images(src: Path, cfg: IngestConfig, in_store: set[str]) -> _Plan:
     raws = table.to_pylist()
     csv_listing = listing.suffix.lower() == ".csv"
     positions = [f"line {i + 2}" if csv_listing else f"row {i}" for i in range(len(raws))]
-    files = [_text(r[cols["file"]]) for r in raws]
-    ids = [_text(r[cols["object_id"]]) for r in raws]
+    files = [text_of(r[cols["file"]]) for r in raws]
+    ids = [text_of(r[cols["object_id"]]) for r in raws]
     bad_rows: dict[int, str] = {}
     _flag_duplicates(ids, "object id", positions, bad_rows)
     _flag_duplicates([str(Path(f)) if f else "" for f in files], "file", positions, bad_rows)
@@ -427,7 +323,7 @@ def plan_images(src: Path, cfg: IngestConfig, in_store: set[str]) -> _Plan:
             plan.bad.append(BadItem(item, bad_rows[i], ids[i] or None))
             continue
         try:
-            row = _parse_row(raw, cols, cfg)
+            row = parse_row(raw, cols, cfg)
         except ValueError as exc:
             plan.bad.append(BadItem(item, str(exc), ids[i] or None))
             continue

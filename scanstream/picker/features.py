@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scanstream.errors import InputError
 
@@ -40,6 +41,27 @@ def has_features(table: pa.Table | pa.Schema) -> bool:
     """Whether an object table carries the picker's feature columns."""
     names = table.names if isinstance(table, pa.Schema) else table.column_names
     return all(c in names for c in FEATURE_COLUMNS)
+
+
+def check_feature_rows(table: pa.Table, *, source: str = "object table") -> None:
+    """Refuse rows a model reading the picker's features cannot score: features missing or inconsistent.
+
+    A row with a negative multiplicity, or with prongs (multiplicity >= 1) but no prong lengths
+    (a listing ingested without them), would read as "no prongs" and score as hopeless; the
+    first such rows are named instead. :func:`feature_array`'s column checks come first.
+    """
+    feature_array(table, source=source)  # the columns, multiplicities given, finite lengths
+    mult = np.asarray(table.column("multiplicity").to_numpy(zero_copy_only=False), np.float64)
+    lengths = table.column("track_lengths_um").combine_chunks()
+    counts = np.asarray(pc.fill_null(pc.list_value_length(lengths), 0).to_numpy(zero_copy_only=False))
+    bad = np.flatnonzero((mult < 0) | ((mult >= 1) & (counts == 0)))
+    if bad.size:
+        ids = table.column("object_id").take(pa.array(bad[:3])).to_pylist() if "object_id" in table.column_names \
+            else bad[:3].tolist()
+        raise InputError(
+            f"{source}: {bad.size} of {len(table)} objects have a negative multiplicity, or prongs but no prong "
+            f"lengths (first: {', '.join(map(str, ids))}): this model reads the picker's features; ingest the "
+            "picker's track_lengths_um with them")
 
 
 def feature_array(table: pa.Table, *, source: str = "object table") -> np.ndarray:
