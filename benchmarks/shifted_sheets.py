@@ -41,15 +41,20 @@ import pyarrow.parquet as pq
 
 from scanstream import atomic
 from scanstream import metrics as mt
+from scanstream.drift import crop_statistics
 from scanstream.inference.scoring import score_store
 from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint
 from scanstream.picker import cuts as bl
+from scanstream.review.adapt import JudgedSample, build_design, record_from_verdicts
 from scanstream.simulate.conditions import DRAW_RANGES, SheetConditions, resolve_conditions
 from scanstream.simulate.dataset import ObjectPlan, plan_sheet, simulate_table, write_plans
 from scanstream.store import is_store, open_store
 from scanstream.threshold import build_threshold_record, proportion_ci
+from scanstream.trust import SheetInputs, build_trust_reference, sheet_trust
 
 PREVALENCE = 255 / 46948  # the paper's TEST sheet: 1:183
+IMAGE_SAMPLE = 400  # crops per sheet read for the image statistics of the drift check
+ALPHA_VERDICTS = 50  # the reviewer stops after this many alpha-decay verdicts
 OPTICAL = ("darkness", "contrast", "fog", "focus_error", "mip_grains", "brightness", "noise")
 
 
@@ -137,7 +142,11 @@ def render_kept(sheet: Sheet, cond: SheetConditions, objects: int, alpha_fractio
 
 
 def sheet_scores(sheet: Sheet, objects: int, alpha_fraction: float, models: list[Model], work: Path, workers: int):
-    """(features table, conditions, {model name: cascade scores of every object})."""
+    """(features table, conditions, {model name: cascade scores of every object}, image statistics).
+
+    The image statistics (:func:`scanstream.trust.crop_statistics`) are of a seeded sample of
+    the rendered (prefilter-kept) crops, ``rows`` indexing the sheet's objects.
+    """
     table, cond = features(sheet, objects, alpha_fraction, work, workers)
     logits = {m.name: np.asarray(m.feature_model.score_table(table), np.float64) for m in models}
     keeps = {m.name: logits[m.name] >= m.prefilter for m in models}
@@ -158,7 +167,60 @@ def sheet_scores(sheet: Sheet, objects: int, alpha_fraction: float, models: list
             cached[m.hash] = full.tolist()
             atomic.write_parquet(cache, pa.table({k: pa.array(v, pa.float64()) for k, v in cached.items()}))
         scores[m.name] = np.asarray(cached[m.hash])
-    return table, cond, scores
+    kept_rows = np.nonzero(union)[0]
+    sample = np.sort(np.random.default_rng(0).choice(kept_rows.size, size=min(IMAGE_SAMPLE, kept_rows.size), replace=False))
+    image = {"rows": kept_rows[sample], **crop_statistics(store.read_rows(sample))}
+    return table, cond, scores, image
+
+
+def features_of(table: pa.Table) -> tuple[np.ndarray, list]:
+    mult = np.array([-1 if v is None else v for v in table.column("multiplicity").to_pylist()], np.float64)
+    return mult, table.column("track_lengths_um").to_pylist()
+
+
+def reference_record(threshold: dict, table: pa.Table, scores: np.ndarray, image: dict) -> dict:
+    """The threshold record with the trust block ``scanstream threshold`` writes (calibration map, references)."""
+    y = table.column("label").to_numpy().astype(np.int64)
+    mult, lengths = features_of(table)
+    return {**threshold, "trust": build_trust_reference(y, scores, multiplicity=mult, lengths=lengths, image=image)}
+
+
+def trust_fields(table: pa.Table, scores: np.ndarray, record: dict, image: dict) -> dict:
+    """``scanstream info``'s trust fields of the sheet, and the truth beside them."""
+    y = table.column("label").to_numpy().astype(np.int64)
+    mult, lengths = features_of(table)
+    inputs = SheetInputs(scores, scores >= record["threshold"], multiplicity=mult, lengths=lengths,
+                         image={k: v for k, v in image.items() if k != "rows"})
+    t = sheet_trust(inputs, record)
+    lo, hi = t["expected_alpha_interval"]
+    truth = int(y.sum())
+    drift = t["drift"]
+    return {"expected_alpha": t["expected_alpha"], "expected_alpha_interval": [lo, hi], "true_alpha": truth,
+            "expected_alpha_error": round(t["expected_alpha"] / truth - 1, 3) if truth else None,
+            "interval_holds_truth": bool(lo <= truth <= hi), "expected_recall": t["expected_recall"],
+            "drift_flag": drift.get("flag"), "drift": drift}
+
+
+def adapt(table: pa.Table, scores: np.ndarray, threshold: dict, model_hash: str, target: float, seed: int) -> dict:
+    """A reviewer answers from the truth in the useful order until 50 alpha verdicts; the recalibrated threshold."""
+    y = table.column("label").to_numpy().astype(np.int64)
+    ids = np.asarray(table.column("object_id").to_pylist(), dtype=str)
+    name = str(table.column("sheet")[0].as_py())
+    design = build_design(ids, scores, threshold=threshold["threshold"], sheet=name, seed=seed)
+    y_r = y[design.source]
+    seen = np.cumsum(y_r[design.order] == 1)
+    stop = int(np.searchsorted(seen, ALPHA_VERDICTS)) + 1
+    asked = np.sort(design.order[: min(stop, design.order.size)])
+    sample = JudgedSample(design, asked, y_r[asked].astype(np.int8))
+    rec = record_from_verdicts(sample, target_recall=target, model_hashes=[model_hash], seed=seed,
+                               calibration={"kind": "simulated reviewer", "sheet": name})
+    t = rec["threshold"]
+    truth = float((y_r[design.scores >= t] == 1).sum() / (y_r == 1).sum())
+    lo, hi = rec["achieved"]["recall_ci"]
+    return {"verdicts": int(asked.size), "alpha_verdicts": int(sample.labels.sum()), "threshold": round(t, 4),
+            "selected": int((design.scores >= t).sum()), "true_recall": round(truth, 4),
+            "estimated_recall": round(rec["achieved"]["recall"], 4), "recall_ci": [round(lo, 4), round(hi, 4)],
+            "target_inside_ci": bool(lo <= target <= hi), "truth_inside_ci": bool(lo <= truth <= hi)}
 
 
 def measure(table: pa.Table, scores: np.ndarray, threshold: dict) -> dict:
@@ -200,22 +262,29 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     models = load_models(args.model)
     t0 = time.perf_counter()
-    vtable, _, vscores = sheet_scores(VALID, args.valid_objects, 0.1, models, args.work, args.workers)
+    vtable, _, vscores, vimage = sheet_scores(VALID, args.valid_objects, 0.1, models, args.work, args.workers)
     vy = vtable.column("label").to_numpy().astype(np.int64)
-    thresholds = {m.name: build_threshold_record(vy, vscores[m.name], target_kind="recall", target_value=args.recall,
-                                                 model_hashes=[m.hash], calibration_store={"path": VALID.name, "hash": ""})
-                  for m in models}
+    thresholds = {m.name: reference_record(
+        build_threshold_record(vy, vscores[m.name], target_kind="recall", target_value=args.recall,
+                               model_hashes=[m.hash], calibration_store={"path": VALID.name, "hash": ""}),
+        vtable, vscores[m.name], vimage) for m in models}
     doc = {"prevalence": "1:183", "objects_per_sheet": args.objects, "target_recall": args.recall,
            "models": {m.name: {"checkpoint": Path(m.path).name, "hash": m.hash, "threshold": thresholds[m.name]["threshold"],
                                "valid_recall_ci": thresholds[m.name]["achieved"]["recall_ci"]} for m in models},
            "sheets": {}}
     for key in chosen:
         sheet = by_key[key]
-        table, cond, scores = sheet_scores(sheet, sheet.objects or args.objects, PREVALENCE, models, args.work, args.workers)
+        table, cond, scores, image = sheet_scores(sheet, sheet.objects or args.objects, PREVALENCE, models, args.work,
+                                                  args.workers)
         doc["sheets"][key] = {"sheet": sheet.name, "seed": sheet.seed, "in_range": sheet.in_range,
-                              "overrides": sheet.overrides, "conditions": cond.as_dict(),
-                              "models": {m.name: measure(table, scores[m.name], thresholds[m.name]) for m in models}}
-        print(json.dumps({key: {n: (r["load_cut"], r["ap"], r["at_threshold"]["recall"])
+                              "overrides": sheet.overrides, "conditions": cond.as_dict(), "models": {}}
+        for m in models:
+            r = measure(table, scores[m.name], thresholds[m.name])
+            r["trust"] = trust_fields(table, scores[m.name], thresholds[m.name], image)
+            r["after_50_verdicts"] = adapt(table, scores[m.name], thresholds[m.name], m.hash, args.recall, sheet.seed)
+            doc["sheets"][key]["models"][m.name] = r
+        print(json.dumps({key: {n: (r["load_cut"], r["ap"], r["at_threshold"]["recall"], r["trust"]["expected_alpha"],
+                                    r["trust"]["true_alpha"], r["trust"]["drift_flag"], r["after_50_verdicts"]["true_recall"])
                                 for n, r in doc["sheets"][key]["models"].items()}}), file=sys.stderr)
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(doc, indent=1)
