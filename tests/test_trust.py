@@ -280,3 +280,23 @@ def test_morning_index_has_a_drift_column(tmp_path):
     assert "| crops/s | drift |" in index
     rows = [line for line in index.splitlines() if line.startswith("| [")]
     assert [r.rsplit("|", 2)[-2].strip() for r in rows] == ["**flagged**", "none", "n/a"]
+
+
+# -- scanstream info -------------------------------------------------------------------------
+@pytest.mark.parametrize("with_trust", [False, True])
+def test_info_gives_each_sheet_its_trust_fields(store_factory, tmp_path, calibration, with_trust):
+    from scanstream.candidates import table as cand
+
+    store = store_factory("i.zarr", n=40)
+    scores = np.where(store.labels == 1, 3.0, -3.0).astype(np.float32)
+    rec = record_with(calibration[2] if with_trust else None)
+    part = cand.build_part(store.table, scores, threshold=rec["threshold"], store=str(store.path), start=0)
+    cand.write_parts(tmp_path / "c", part, store_hash="h", start=0, metadata={"threshold": rec})
+    sheet = cand.summarize_candidates(tmp_path / "c")["sheets"]["S1"]
+    assert sheet["rows"] == 40
+    if with_trust:
+        assert isinstance(sheet["expected_alpha"], float) and len(sheet["expected_alpha_interval"]) == 2
+        assert isinstance(sheet["drift"]["flag"], bool) and "trust_unavailable" not in sheet
+    else:
+        assert sheet["expected_alpha"] == sheet["expected_recall"] == "unavailable"
+        assert "no calibration map" in sheet["trust_unavailable"] and sheet["drift"]["flag"] is None
