@@ -478,3 +478,27 @@ def test_a_store_added_to_a_table_with_its_ids_is_refused(whole, tmp_path):
         str(store.path.resolve()): {"hash": store.content_hash, "rows": store.n}}})
     with pytest.raises(InputError, match="S1-000-000000.*10 shared"):
         _open_run(out, {}, {str(twin.path.resolve()): twin})
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_the_review_server_answers_400_to_two_host_headers(whole, tmp_path, method):
+    import http.client
+    import threading
+
+    from scanstream.review.server import make_server
+
+    out, store = whole
+    server = make_server(ReviewSession(out, tmp_path / "v", stores=[store.path]), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        con = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        con.putrequest(method, "/" if method == "GET" else "/api/verdict", skip_host=True)
+        con.putheader("Host", f"127.0.0.1:{port}")  # valid, then foreign
+        con.putheader("Host", "evil.example")
+        con.putheader("Content-Length", "0")
+        con.endheaders()
+        assert con.getresponse().status == 400
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -280,6 +280,8 @@ class _Handler(BaseHTTPRequestHandler):
         return any(hmac.compare_digest(g, self.session.token) for g in given if g)
 
     def do_GET(self) -> None:
+        if len(self.headers.get_all("Host") or ()) > 1:  # RFC 9112, 3.2: a 400, whatever the values
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": "more than one Host header"})
         if not self._host_ok():
             return self._json(HTTPStatus.FORBIDDEN, {"error": "bad Host header"})
         path, _, query = self.path.partition("?")
@@ -298,6 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
     def do_POST(self) -> None:
+        if len(self.headers.get_all("Host") or ()) > 1:  # RFC 9112, 3.2: a 400, whatever the values
+            return self._json(HTTPStatus.BAD_REQUEST, {"error": "more than one Host header"})
         if not self._host_ok():
             return self._json(HTTPStatus.FORBIDDEN, {"error": "bad Host header"})
         if self.path != "/api/verdict":
