@@ -28,7 +28,10 @@ To run on the shipped (or retrained) model, with a VALID drawn like training and
     python benchmarks/verdicts_adapt.py --model models/scanstream-cpu-cascade.safetensors \\
         --valid W/valid.zarr --sheet W/pale.zarr [--finetune --work W/ft]
 
-(``scanstream simulate --help`` lists the condition flags; 0.00543 is the paper's 1:183.)
+(``scanstream simulate --help`` lists the condition flags; 0.00543 is the paper's 1:183.) The
+estimator alone, on binormal synthetic logits (seconds, no model)::
+
+    python benchmarks/verdicts_adapt.py --binormal 100 [--shift -1] [--alpha-sd 1.8]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
@@ -83,6 +87,43 @@ def after(record: dict, y_ranked: np.ndarray, scores_ranked: np.ndarray, target:
             "estimated_alpha": a["alpha"], "alpha_ci": a["alpha_ci"]}
 
 
+def binormal(args: argparse.Namespace) -> dict:
+    """The estimator alone on synthetic sheets: binormal logits, no model, no images.
+
+    Each of ``--binormal`` sheets holds ``--objects`` objects with ``--alpha`` alpha decays
+    scoring N(1.5 + shift, ``--alpha-sd``) and others N(-4 + shift, 1.5); the VALID threshold
+    is where an unshifted sheet has recall ``--recall``. Reports how often the interval holds
+    the true recall at the old and the new cut, and the true recall the new cut delivers.
+    """
+    t0 = 1.5 + args.alpha_sd * float(norm.ppf(1 - args.recall))
+    rows = []
+    for r in range(args.binormal):
+        rng = np.random.default_rng(1000 + r)
+        y = (np.arange(args.objects) < args.alpha).astype(np.int8)
+        s = np.where(y == 1, rng.normal(1.5 + args.shift, args.alpha_sd, y.size), rng.normal(-4 + args.shift, 1.5, y.size))
+        d = build_design(np.array([f"o{i:06d}" for i in range(y.size)]), s, threshold=t0, sheet="B", seed=r)
+        y_r = y[d.source]
+        asked = np.sort(review_until(d, y_r, args.alpha_verdicts))
+        rec = record_from_verdicts(JudgedSample(d, asked, y_r[asked]), target_recall=args.recall, model_hashes=["-"],
+                                   calibration={}, replicates=args.replicates, seed=r)
+        new = after(rec, y_r, d.scores, args.recall)
+        old = true_recall(y_r, d.scores, t0)
+        lo, hi = rec["previous"]["recall_ci"]
+        rows.append((asked.size, old, lo <= old <= hi, new["true_recall"], new["truth_inside_ci"],
+                     new["recall_ci"][1] - new["recall_ci"][0]))
+    a = np.array(rows, np.float64)
+
+    def q(v: np.ndarray) -> list[float]:
+        return [round(float(x), 3) for x in np.quantile(v, [0.1, 0.5, 0.9])]
+
+    return {"binormal": {"sheets": args.binormal, "objects": args.objects, "alpha": args.alpha, "shift": args.shift,
+                         "alpha_sd": args.alpha_sd, "old_threshold": t0},
+            "verdicts_asked_q10_50_90": q(a[:, 0]), "true_recall_before_q10_50_90": q(a[:, 1]),
+            "before_ci_holds_truth": float(a[:, 2].mean()), "true_recall_after_q10_50_90": q(a[:, 3]),
+            "true_recall_after_mean": float(a[:, 3].mean()), "after_ci_holds_truth": float(a[:, 4].mean()),
+            "after_ci_width_median": float(np.median(a[:, 5])), "after_at_least_0.70": float((a[:, 3] >= 0.70).mean())}
+
+
 def finetune(args: argparse.Namespace, sheet, verdict_rows: list[dict], labels: list[int]) -> Path:
     """The verdicts -> a labelled store -> ``train --recipe finetune``; the new checkpoint."""
     from scanstream.training.config import TrainConfig
@@ -105,9 +146,9 @@ def finetune(args: argparse.Namespace, sheet, verdict_rows: list[dict], labels: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, action="append", required=True, help="checkpoint (repeat: an ensemble)")
-    ap.add_argument("--valid", type=Path, required=True, help="labelled VALID store the threshold is calibrated on")
-    ap.add_argument("--sheet", type=Path, required=True, help="labelled store of the shifted sheet (truth = reviewer)")
+    ap.add_argument("--model", type=Path, action="append", help="checkpoint (repeat: an ensemble)")
+    ap.add_argument("--valid", type=Path, help="labelled VALID store the threshold is calibrated on")
+    ap.add_argument("--sheet", type=Path, help="labelled store of the shifted sheet (truth = reviewer)")
     ap.add_argument("--recall", type=float, default=0.788, help="target recall (default 0.788, the cuts' recall)")
     ap.add_argument("--alpha-verdicts", type=int, default=50, help="stop after this many alpha verdicts (default 50)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the useful order")
@@ -116,10 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune", action="store_true", help="also fine-tune on the verdicts (needs --work)")
     ap.add_argument("--work", type=Path, help="directory for the verdicts, their store and the fine-tuned run")
     ap.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs (default: the finetune recipe's 12)")
+    syn = ap.add_argument_group("the estimator alone on binormal synthetic sheets (no model, no stores)")
+    syn.add_argument("--binormal", type=int, metavar="SHEETS", help="run this many synthetic sheets instead")
+    syn.add_argument("--objects", type=int, default=20000, help="objects per synthetic sheet (default 20000)")
+    syn.add_argument("--alpha", type=int, default=109, help="alpha decays per synthetic sheet (default 109)")
+    syn.add_argument("--shift", type=float, default=0.0, help="logit shift of the synthetic sheet (default 0)")
+    syn.add_argument("--alpha-sd", type=float, default=1.8, help="spread of alpha logits (default 1.8)")
     args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.binormal:
+        doc = binormal(args)
+        doc["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(doc, indent=2))
+        return 0
+    if not (args.model and args.valid and args.sheet):
+        ap.error("--model, --valid and --sheet are required (or --binormal)")
     if args.finetune and args.work is None:
         ap.error("--finetune needs --work")
-    t0 = time.perf_counter()
     valid, sheet = open_store(args.valid), open_store(args.sheet)
     models = [str(m) for m in args.model]
     hashes = [checkpoint_hash(m) for m in models]

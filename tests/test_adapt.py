@@ -252,3 +252,15 @@ def test_benchmark_help_says_what_to_run(capsys):
         mod.main(["--help"])
     text = capsys.readouterr().out
     assert "scanstream simulate" in text and "benchmarks/verdicts_adapt.py --model" in text
+
+
+def test_benchmark_binormal_mode(capsys):
+    spec = importlib.util.spec_from_file_location("verdicts_adapt", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--binormal", "3", "--objects", "1500", "--alpha", "40", "--alpha-verdicts", "20",
+                     "--replicates", "100"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["binormal"]["sheets"] == 3 and 0.0 <= doc["after_ci_holds_truth"] <= 1.0
+    lo, mid, hi = doc["verdicts_asked_q10_50_90"]
+    assert 20 <= lo <= mid <= hi <= 1500
