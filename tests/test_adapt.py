@@ -233,7 +233,8 @@ def test_benchmark_runs_tiny(tmp_path, capsys):
     sheet = make_store(tmp_path / "sheet.zarr", n=300, alpha_fraction=0.1, seed=12, sheet="SHIFT")
     ck = make_checkpoint(tmp_path / "c.safetensors", 0, draw_crops(np.array([1, 0] * 4), seed=2))
     assert mod.main(["--model", str(ck), "--valid", str(valid.path), "--sheet", str(sheet.path), "--alpha-verdicts",
-                     "10", "--replicates", "200"]) == 0
+                     "10", "--replicates", "200", "--finetune", "--work", str(tmp_path / "w"), "--epochs", "1",
+                     "--batch-size", "8"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["objects"] == 300 and doc["verdicts"]["alpha"] == 10
     assert doc["verdicts"]["asked"] == sum(b["judged"] for b in doc["verdicts"]["bands"])
@@ -242,6 +243,9 @@ def test_benchmark_runs_tiny(tmp_path, capsys):
     assert doc["after"]["truth_inside_ci"] == (doc["after"]["recall_ci"][0] <= doc["after"]["true_recall"]
                                               <= doc["after"]["recall_ci"][1])
     assert "load_cut" in doc and "cuts_recall" in doc["load_cut"]
+    ft = doc["finetuned"]  # the verdicts became a store, the model was fine-tuned on it and rescored the sheet
+    assert Path(ft["checkpoint"]).exists() and 0.0 <= ft["after"]["true_recall"] <= 1.0
+    assert ft["after"]["estimated_alpha"] > 0 and "factor" in ft["load_cut"]
 
 
 def test_benchmark_help_says_what_to_run(capsys):
