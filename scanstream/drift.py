@@ -37,26 +37,37 @@ IMAGE_STATISTICS = ("image_mean", "image_contrast", "image_dark_fraction", "imag
 #: variation distance (``multiplicity``) against the calibration store's distributions mixed at
 #: the sheet's estimated prevalence. ``image_mean`` is reported but never flags (None): the
 #: crops' mean grey level follows the camera's brightness, which differs from sheet to sheet
-#: in range, and its KS statistic was 0.83-0.86 on in-range sheets, as high as on shifted ones.
+#: in range, and its KS statistic was 0.71-1.00 on in-range sheets, as high as on shifted ones.
 #:
-#: Chosen from a null measured on 2026-12-07: the shipped cascade, a calibration store of
+#: Chosen from a null measured on 2026-12-07 with the shipped cascade: a calibration store of
 #: 2,000 objects at alpha fraction 0.1 (``scanstream simulate --seed 9100``, conditions drawn
-#: in range), two in-range sheets of 2,500 objects (seeds 9101, 9102) and a paler one
-#: (darkness 0.7, contrast 0.8, seed 9103) and a foggier one (fog 14, noise 6, seed 9104), 400
-#: crops sampled per sheet. KS (in range / pale / fog): image_contrast 0.124, 0.041 / 0.606 /
-#: 0.142; image_dark_fraction 0.101, 0.044 / 0.526 / 0.160; image_darkest 0.122, 0.042 /
-#: 0.566 / 0.208; score 0.128, 0.090 / 0.114 / -. Picker features (the simulator's picker,
-#: unchanged by the image conditions): multiplicity TV 0.018, 0.014 / 0.020, prong_length KS
-#: 0.027, 0.018 / 0.027. Each limit sits above the in-range values with room for the
-#: sampling spread of 400 crops (KS 95 % point about 0.07).
+#: in range), five in-range sheets at alpha fraction 0.02 (seeds 9101-9102 at 2,500 objects,
+#: 9105-9107 at 1,000) and three shifted ones at 2,500 / 1,500 objects: paler (darkness 0.7,
+#: contrast 0.8, seed 9103), foggier (fog 14, noise 6, seed 9104), darker (darkness 1.35,
+#: contrast 1.2, seed 9108); 400 crops sampled per sheet. Distances, in range (largest) /
+#: paler / foggier / darker:
+#:
+#: - image_contrast 0.083, 0.059, 0.244, 0.345, 0.131 (0.345) / 0.587 / 0.085 / 0.282
+#: - image_dark_fraction 0.066, 0.044, 0.216, 0.273, 0.135 (0.273) / 0.494 / 0.095 / 0.225
+#: - image_darkest 0.078, 0.055, 0.266, 0.361, 0.144 (0.361) / 0.537 / 0.140 / 0.392
+#: - score 0.128, 0.090, 0.107, 0.081, 0.090 (0.128) / 0.114 / 0.107 / 0.084
+#: - multiplicity (0.052), prong_length (0.031) on every sheet: the simulator's picker does not
+#:   see the image conditions.
+#:
+#: The image limits are 1.1 times the largest in-range value (five sheets are a small null);
+#: score, multiplicity and prong-length limits about twice to three times it. With them no
+#: in-range sheet flags and the paler sheet (recall 0.52 at a threshold calibrated for 0.80)
+#: does; the darker one (recall 0.87) does not, and neither does the foggier one (recall 0.44):
+#: fog and camera noise change every crop of a sheet alike, which a per-crop distance to one
+#: calibration sheet cannot tell from the sheet-to-sheet spread in range.
 DRIFT_LIMITS: dict[str, float | None] = {
-    "score": 0.15,
+    "score": 0.25,
     "multiplicity": 0.10,
     "prong_length": 0.10,
     "image_mean": None,
-    "image_contrast": 0.2,
-    "image_dark_fraction": 0.2,
-    "image_darkest": 0.2,
+    "image_contrast": 0.38,
+    "image_dark_fraction": 0.30,
+    "image_darkest": 0.40,
 }
 
 
