@@ -325,7 +325,8 @@ def record_trust(record: Mapping[str, Any] | None) -> tuple[dict[str, Any] | Non
         return None, "no threshold record in the table (classify ran without --threshold)"
     block = record.get("trust")
     if not isinstance(block, Mapping):
-        return None, "the threshold record has no calibration map (written by an earlier scanstream; rerun `scanstream threshold`)"
+        return None, ("the threshold record has no calibration map (written by an earlier scanstream, or not from a "
+                      "labelled store); calibrate one with `scanstream threshold` on a labelled store")
     cal = block.get("calibration") or {}
     ok = cal.get("kind") == "platt" and all(isinstance(cal.get(k), (int, float)) for k in ("slope", "intercept", "prevalence"))
     if not ok or not (0.0 < cal["prevalence"] < 1.0):
