@@ -30,9 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a verdicts table (directory or .jsonl): keep only objects marked alpha")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where rangeenergy.json and spectrum.png go")
     g = p.add_argument_group("fit settings (defaults: scanstream.rangeenergy.FitConfig and SpectrumModel)")
-    g.add_argument("--shrinkage", type=float, help="fix the sheet's shrinkage at a measured value instead of fitting it")
+    g.add_argument("--shrinkage", type=float, help="fix the sheet's shrinkage at a measured value instead of fitting it "
+                   "(default: the scan metadata's EmulsionType.Sh where the table has one, else fitted)")
+    g.add_argument("--fit-shrinkage", action="store_true",
+                   help="fit the shrinkage even where the scan metadata gives one")
     g.add_argument("--shrinkage-prior", type=float, nargs=2, metavar=("MEAN", "SIGMA"),
-                   help="Gaussian prior on the fitted shrinkage (default 1.95 0.03: E07 plates, 1.9-2.0)")
+                   help="Gaussian prior on the fitted shrinkage (default: none where the prongs have dips; "
+                   "1.95 0.03, E07 plates 1.9-2.0, for lengths alone)")
     g.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"),
                    help="prong lengths fitted, um (default the former method's cuts, 15 55)")
     g.add_argument("--no-background", action="store_true", help="no background term (verified decays only)")
@@ -56,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.window is not None:
         model = re.SpectrumModel(window_um=tuple(args.window))
     doc = re.run_range_energy(args.source, sheet=args.sheet, out=args.out, store=args.store, verdicts=args.verdicts,
-                              model=model, config=config)
+                              model=model, config=config, use_metadata_shrinkage=not args.fit_shrinkage)
     fit = doc["fit"]
-    keys = ("density", "density_err", "shrinkage", "shrinkage_err", "th_fraction", "background_fraction",
+    keys = ("density", "density_err", "shrinkage", "shrinkage_err", "shrinkage_source", "noise_rel", "th_fraction",
+            "background_fraction",
             "objects", "prongs", "prongs_fitted", "converged")
     print_json({"sheet": doc["sheet"], **{k: fit.get(k) for k in keys}, "inputs": doc["inputs"],
                 "json": doc["json"], "spectrum": doc["spectrum"]})

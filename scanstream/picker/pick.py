@@ -13,8 +13,10 @@ the field take the plane's median grey level.
 The object table gets the stage position of the vertex (x_mm, y_mm, z_mm, through
 :meth:`FieldOfView.pixel_to_stage`), the sheet (``--sheet``, default the volume's name), the
 experiment, module and plate from the field's metadata, the picker's features (multiplicity,
-track_lengths_um: undeveloped prong lengths), label -1 (unknown), and ``pick_field`` (the
-field's source folder). Object ids are ``<sheet>-F<field>-V<k>``, stable across reruns.
+track_lengths_um: undeveloped prong lengths; track_dips_deg: each prong's dip from the plate
+plane), label -1 (unknown), ``pick_field`` (the field's source folder) and
+``emulsion_shrinkage`` (the metadata's ``EmulsionType.Sh``, which depths were converted with;
+null where it gives none and 2.0 was used). Object ids are ``<sheet>-F<field>-V<k>``, stable across reruns.
 
 Resumable: the crop store is written by :class:`scanstream.store.StoreWriter`, and
 ``CROPS.zarr/pick_fields.json`` records how many vertices each field gave; a rerun skips fields
@@ -132,6 +134,8 @@ def field_rows(fov: FieldOfView, vertices: list[Vertex], sheet: str) -> list[dic
             "module": _int(emu.get("Module")), "plate": _int(emu.get("Plate")), "sheet": sheet,
             "x_mm": x_mm, "y_mm": y_mm, "z_mm": z_mm, "label": -1, "category": None,
             "multiplicity": v.multiplicity, "track_lengths_um": list(v.track_lengths_um), "pick_field": fov.source,
+            "track_dips_deg": [float(np.degrees(np.arcsin(min(abs(d[2]), 1.0)))) for d in v.directions],
+            "emulsion_shrinkage": fov.shrinkage,
         })
     return rows
 

@@ -32,10 +32,17 @@ as
 
     L0 = sqrt(R^2 (1 - c^2) + (2.0 * 3 * round(R c / (3 Sh)))^2)  um
 
-plus the picker's error (4 % of the length and 0.8 um, in quadrature) and the range
-straggling (sigma 1 um on R). Flat prongs measure R whatever the shrinkage; steep ones are
-stretched by 2.0 / Sh and quantised. Each line's shape (:func:`line_shapes`) integrates this
-over c numerically. Each object is a thorium or uranium star whose prongs are different lines
+plus the picker's error (a relative part, fitted from the lines' widths unless a picker's
+error table gives it, and an absolute part) and the range straggling (sigma 1 um on R). Flat
+prongs measure R whatever the shrinkage; steep ones are stretched by 2.0 / Sh and quantised.
+Each line's shape (:func:`line_shapes`) integrates this over c numerically.
+
+Where the object table has each prong's dip (``track_dips_deg``), the dip gives the number of
+focal planes n the prong spans in depth, and a line's shape becomes the joint density of
+(L, n) (:func:`line_shapes_dips`): the length integrated over the directions of that one
+plane cell. Since c is uniform for isotropic decays, where the cells lie fixes the shrinkage,
+independently of the density. Prongs that leave the emulsion layer (probability R c / 450 um)
+end early and are modelled too. Each object is a thorium or uranium star whose prongs are different lines
 of its chain, or a false candidate whose prongs follow a smooth background (exponential in
 length over the fit window).
 
@@ -43,8 +50,9 @@ The fit
 -------
 :func:`fit_spectrum` maximises the likelihood of the prong lengths inside a window (default
 the former method's 15-55 um, so selected candidates and verified decays are treated alike)
-over the density, the shrinkage (with a Gaussian prior, default 1.95 +- 0.03, the E07 span),
-the share of thorium-series stars, the background fraction and its slope. It starts from a
+over the density, the shrinkage (from the dips with no prior; from lengths alone with a
+Gaussian prior, default 1.95 +- 0.03, the E07 span), the picker's relative length error, the
+share of thorium-series stars, the background fraction and its slope. It starts from a
 scan over density (the likelihood has local maxima where lines swap places), then polishes
 with L-BFGS-B. The density's error comes from its profile likelihood (where it has risen by
 1/2, the other parameters re-fitted), the shrinkage's from the same profile plus its
@@ -56,10 +64,12 @@ from __future__ import annotations
 
 from scanstream.rangeenergy.fit import MAX_STAR_PRONGS, FitConfig, fit_sheet, fit_spectrum
 from scanstream.rangeenergy.io import (
+    SheetProngs,
     alpha_object_ids,
     expected_spectrum,
     plot_spectrum,
     read_sheet_lengths,
+    read_sheet_prongs,
     run_range_energy,
 )
 from scanstream.rangeenergy.relation import (
@@ -80,7 +90,11 @@ from scanstream.rangeenergy.relation import (
 from scanstream.rangeenergy.spectrum import (
     SpectrumModel,
     background_density,
+    background_dips,
+    corrected_dips_deg,
+    depth_planes,
     line_shapes,
+    line_shapes_dips,
     line_weights,
     reported_lengths_um,
 )
@@ -96,21 +110,27 @@ __all__ = [
     "SPECTRUM_FILE",
     "FitConfig",
     "Line",
+    "SheetProngs",
     "SpectrumModel",
     "alpha_object_ids",
     "background_density",
+    "background_dips",
+    "corrected_dips_deg",
     "density_from_range",
+    "depth_planes",
     "energy_mev",
     "expected_spectrum",
     "fit_sheet",
     "fit_spectrum",
     "line_ranges_um",
     "line_shapes",
+    "line_shapes_dips",
     "line_weights",
     "plot_spectrum",
     "power_law_range_um",
     "range_um",
     "read_sheet_lengths",
+    "read_sheet_prongs",
     "reported_lengths_um",
     "run_range_energy",
 ]

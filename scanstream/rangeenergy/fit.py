@@ -15,7 +15,15 @@ from scipy import optimize, special
 from scanstream.errors import InputError
 from scanstream.physics import emulsion as ph
 from scanstream.rangeenergy.relation import LINES, line_ranges_um
-from scanstream.rangeenergy.spectrum import SpectrumModel, background_density, line_shapes, line_weights
+from scanstream.rangeenergy.spectrum import (
+    SpectrumModel,
+    background_density,
+    background_dips,
+    depth_planes,
+    line_shapes,
+    line_shapes_dips,
+    line_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +39,14 @@ class FitConfig:
     shrinkage : float or None
         Fix the sheet's shrinkage (a measured value); None fits it.
     shrinkage_prior : (float, float) or None
-        Gaussian prior (mean, sigma) on the fitted shrinkage; None: flat within ``shrinkage_bounds``.
-        Lengths alone constrain the shrinkage only weakly (through the steep prongs), so the
-        prior carries the E07 span 1.9-2.0 (sigma 0.03, that of a uniform 1.9-2.0); its width
-        enters the density's error. Other emulsions need their own.
+        Gaussian prior (mean, sigma) on the fitted shrinkage, e.g. a measurement with its error;
+        None: none (flat within ``shrinkage_bounds``) when the prongs have dips, else
+        ``lengths_only_prior``.
+    lengths_only_prior : (float, float) or None
+        The prior used when the prongs carry no dips and no ``shrinkage_prior`` is given.
+        Lengths alone constrain the shrinkage only weakly (through the steep prongs), so it
+        carries the E07 span 1.9-2.0 (sigma 0.03, that of a uniform 1.9-2.0); its width enters
+        the density's error. With dips the data fix the shrinkage themselves.
     th_fraction : float or None
         Fix the share of thorium-series stars; None fits it.
     background : bool
@@ -58,7 +70,8 @@ class FitConfig:
     density_range: tuple[float, float] = (3.30, 3.95)
     density_step: float = 0.01
     shrinkage: float | None = None
-    shrinkage_prior: tuple[float, float] | None = (1.95, 0.03)
+    shrinkage_prior: tuple[float, float] | None = None
+    lengths_only_prior: tuple[float, float] | None = (1.95, 0.03)
     shrinkage_bounds: tuple[float, float] = (1.6, 2.4)
     th_fraction: float | None = None
     background: bool = True
@@ -77,8 +90,9 @@ class FitConfig:
             raise InputError(f"shrinkage bounds {self.shrinkage_bounds} are not usable")
         if self.shrinkage is not None and not s_lo <= self.shrinkage <= s_hi:
             raise InputError(f"shrinkage {self.shrinkage!r} is outside {self.shrinkage_bounds}")
-        if self.shrinkage_prior is not None and not self.shrinkage_prior[1] > 0:
-            raise InputError(f"shrinkage prior sigma must be > 0, got {self.shrinkage_prior!r}")
+        for prior in (self.shrinkage_prior, self.lengths_only_prior):
+            if prior is not None and not (len(prior) == 2 and prior[1] > 0):
+                raise InputError(f"a shrinkage prior is (mean, sigma > 0), got {prior!r}")
         if self.th_fraction is not None and not 0.0 <= self.th_fraction <= 1.0:
             raise InputError(f"thorium fraction must lie in [0, 1], got {self.th_fraction!r}")
         if not 0.0 < self.prong_efficiency <= 1.0:
@@ -87,12 +101,15 @@ class FitConfig:
             raise InputError(f"bootstrap >= 0 and min_prongs >= 1 required, got {self.bootstrap}, {self.min_prongs}")
 
 
-# parameter vector: density, shrinkage, logit(th_fraction), logit(background fraction), slope (1/um)
-_NAMES = ("density", "shrinkage", "th_fraction", "background_fraction", "background_slope_per_um")
+# parameter vector: density, shrinkage, logit(th_fraction), logit(background fraction), slope (1/um),
+# log(the picker's relative length error)
+_NAMES = ("density", "shrinkage", "th_fraction", "background_fraction", "background_slope_per_um", "noise_rel")
+_NOISE_BOUNDS = (0.005, 0.2)
+_NOISE_START = 0.04
 _LOGIT_BOUND = 9.0
 # finite-difference steps for the curvature: the likelihood has kinks where a line's steepest
 # prongs reach one more focal plane, so steps far below the errors would measure the kinks
-_STEPS = np.array([5e-3, 5e-3, 5e-2, 5e-2, 5e-3])
+_STEPS = np.array([5e-3, 5e-3, 5e-2, 5e-2, 5e-3, 2e-2])
 
 
 #: Alpha lines (indices into LINES) of each kind of star: thorium by either branch, uranium.
@@ -118,7 +135,10 @@ def _star_weights(th_fraction: float, m: int, efficiency: float) -> np.ndarray:
 
 
 class _Likelihood:
-    """Negative log-likelihood of in-window prong lengths; line shapes cached per (density, shrinkage).
+    """Negative log-likelihood of in-window prongs; line shapes cached per (density, shrinkage, noise).
+
+    Each prong is its length or, with ``planes`` (the focal planes its dip says it spans in
+    depth), its length and planes jointly (:func:`line_shapes_dips`).
 
     With ``config.stars`` each object is one term: a thorium or uranium star whose m prongs
     come from m *different* lines of its chain (the sum over the assignments of lines to
@@ -126,14 +146,17 @@ class _Likelihood:
     all follow the background. Otherwise each prong is a term of a mixture of all ten lines.
     """
 
-    def __init__(self, x: np.ndarray, groups: np.ndarray, model: SpectrumModel, config: FitConfig) -> None:
-        self.x, self.model, self.config = x, model, config
+    def __init__(self, x: np.ndarray, groups: np.ndarray, model: SpectrumModel, config: FitConfig,
+                 planes: np.ndarray | None = None) -> None:
+        self.x, self.model, self.config, self.planes = x, model, config, planes
+        prior = config.shrinkage_prior
+        self.prior = prior if prior is not None or planes is not None else config.lengths_only_prior
         lo, hi = model.window_um
         self.grid = np.arange(lo, hi + model.grid_step_um, model.grid_step_um)
         pos = (x - lo) / model.grid_step_um
         self.i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(self.grid) - 2)
         self.frac = (pos - self.i0)[:, None]
-        self._cache: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple[float, float, float], tuple[np.ndarray, np.ndarray]] = {}
         # objects by their number of in-window prongs: (index array (n_m, m), {star: maps (n_maps, m)})
         self.by_m: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
         order = np.argsort(groups, kind="stable")
@@ -144,13 +167,16 @@ class _Likelihood:
                 maps = {k: np.array(list(itertools.permutations(v, m))) for k, v in _STARS.items() if len(v) >= m}
                 self.by_m[m] = (np.array(rows), maps)
 
-    def shapes(self, density: float, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
-        key = (float(density), float(shrinkage))
+    def shapes(self, density: float, shrinkage: float, noise_rel: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (float(density), float(shrinkage), float(noise_rel))
         if key not in self._cache:
             if len(self._cache) > 64:
                 self._cache.clear()
-            g, inside = line_shapes(self.grid, density, shrinkage, self.model)
-            self._cache[key] = (g[self.i0] * (1.0 - self.frac) + g[self.i0 + 1] * self.frac, inside)
+            if self.planes is not None:
+                self._cache[key] = line_shapes_dips(self.x, self.planes, density, shrinkage, self.model, noise_rel)
+            else:
+                g, inside = line_shapes(self.grid, density, shrinkage, self.model, noise_rel)
+                self._cache[key] = (g[self.i0] * (1.0 - self.frac) + g[self.i0 + 1] * self.frac, inside)
         return self._cache[key]
 
     def _star_terms(self, g: np.ndarray, inside: np.ndarray, f_th: float, f_bg: float, bg: np.ndarray) -> float:
@@ -170,10 +196,12 @@ class _Likelihood:
         return total
 
     def __call__(self, u: np.ndarray) -> float:
-        density, shrinkage, t_th, t_bg, slope = (float(v) for v in u)
-        g, inside = self.shapes(density, shrinkage)
+        density, shrinkage, t_th, t_bg, slope, log_noise = (float(v) for v in u)
+        g, inside = self.shapes(density, shrinkage, math.exp(log_noise))
         f_th, f_bg = float(special.expit(t_th)), float(special.expit(t_bg))
         bg = background_density(self.x, slope, self.model.window_um)
+        if self.planes is not None:
+            bg = bg * background_dips(self.x, self.planes, shrinkage, self.model)
         if self.config.stars:
             nll = self._star_terms(g, inside, f_th, f_bg, bg)
         else:
@@ -182,19 +210,19 @@ class _Likelihood:
             if self.config.background:
                 p = (1.0 - f_bg) * p + f_bg * bg
             nll = -float(np.sum(np.log(np.maximum(p, 1e-300))))
-        prior = self.config.shrinkage_prior
-        if prior is not None and self.config.shrinkage is None:
-            nll += 0.5 * ((shrinkage - prior[0]) / prior[1]) ** 2
+        if self.prior is not None and self.config.shrinkage is None:
+            nll += 0.5 * ((shrinkage - self.prior[0]) / self.prior[1]) ** 2
         return nll
 
 
-def _bounds(config: FitConfig) -> list[tuple[float, float]]:
+def _bounds(config: FitConfig, model: SpectrumModel) -> list[tuple[float, float]]:
     s = (config.shrinkage, config.shrinkage) if config.shrinkage is not None else config.shrinkage_bounds
     t = special.logit(config.th_fraction) if config.th_fraction is not None else None
     th = (float(np.clip(t, -_LOGIT_BOUND, _LOGIT_BOUND)),) * 2 if t is not None else (-_LOGIT_BOUND, _LOGIT_BOUND)
     bg = (-_LOGIT_BOUND, _LOGIT_BOUND) if config.background else (-_LOGIT_BOUND, -_LOGIT_BOUND)
     slope = (-0.3, 0.3) if config.background else (0.0, 0.0)
-    return [config.density_range, s, th, bg, slope]
+    noise = (math.log(model.noise_rel or 1e-6),) * 2 if model.noise_rel is not None else tuple(map(math.log, _NOISE_BOUNDS))
+    return [config.density_range, s, th, bg, slope, noise]
 
 
 def _minimise(nll: _Likelihood, u0: np.ndarray, bounds: list[tuple[float, float]], free: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -223,12 +251,13 @@ def _free(bounds: list[tuple[float, float]]) -> np.ndarray:
 
 def _best_fit(nll: _Likelihood, config: FitConfig, start: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Scan the density (other parameters at typical values), then fit everything locally from the best."""
-    bounds = _bounds(config)
+    bounds = _bounds(config, nll.model)
     free = _free(bounds)
     if start is None:
-        s0 = bounds[1][0] if not free[1] else (config.shrinkage_prior or (float(np.mean(bounds[1])), 0))[0]
+        s0 = bounds[1][0] if not free[1] else (nll.prior or (float(np.mean(bounds[1])), 0))[0]
         th0 = 0.0 if free[2] else bounds[2][0]
-        u0 = np.array([np.mean(bounds[0]), s0, th0, -2.0 if free[3] else bounds[3][0], 0.0])
+        noise0 = math.log(_NOISE_START) if free[5] else bounds[5][0]
+        u0 = np.array([np.mean(bounds[0]), s0, th0, -2.0 if free[3] else bounds[3][0], 0.0, noise0])
         lo, hi = config.density_range
         grid = np.arange(lo, hi + 1e-9, config.density_step)
         values = [nll(np.concatenate([[rho], u0[1:]])) for rho in grid]
@@ -281,7 +310,7 @@ def _profile(nll: _Likelihood, u: np.ndarray, bounds: list[tuple[float, float]],
 
     Returns
     -------
-    u : float array (5,)
+    u : float array (6,)
         The fit (improved if the walk found a lower point).
     ends : [lower, upper]
         The parameter vectors where the profile crosses +1/2 (None where it does not within
@@ -328,20 +357,21 @@ def _conditional_sigma(nll: _Likelihood, u: np.ndarray, i: int, h: float) -> flo
 def _report(u: np.ndarray, err: np.ndarray, boot: np.ndarray | None, config: FitConfig) -> dict[str, Any]:
     """Natural parameters (fractions, not logits) with their errors (delta method for the logits)."""
     f_bg = float(special.expit(u[3])) if config.background else 0.0
-    vals = [float(u[0]), float(u[1]), float(special.expit(u[2])), f_bg, float(u[4])]
-    jac = [1.0, 1.0, vals[2] * (1 - vals[2]), vals[3] * (1 - vals[3]), 1.0]
+    vals = [float(u[0]), float(u[1]), float(special.expit(u[2])), f_bg, float(u[4]), math.exp(float(u[5]))]
+    jac = [1.0, 1.0, vals[2] * (1 - vals[2]), vals[3] * (1 - vals[3]), 1.0, vals[5]]
     out: dict[str, Any] = {}
     for i, name in enumerate(_NAMES):
         out[name] = vals[i]
         out[f"{name}_err"] = None if not np.isfinite(err[i]) else float(err[i] * jac[i])
         if boot is not None:
-            col = boot[:, i] if i in (0, 1, 4) else special.expit(boot[:, i])
+            col = boot[:, i] if i in (0, 1, 4) else np.exp(boot[:, i]) if i == 5 else special.expit(boot[:, i])
             out[f"{name}_bootstrap_err"] = float(np.std(col, ddof=1)) if len(col) > 1 else None
     return out
 
 
-def _bootstrap(x: np.ndarray, groups: np.ndarray, u: np.ndarray, model: SpectrumModel, config: FitConfig) -> np.ndarray:
-    """Refits (from the best fit) of ``config.bootstrap`` resamplings of the objects, (B, 5)."""
+def _bootstrap(x: np.ndarray, groups: np.ndarray, u: np.ndarray, model: SpectrumModel, config: FitConfig,
+               planes: np.ndarray | None) -> np.ndarray:
+    """Refits (from the best fit) of ``config.bootstrap`` resamplings of the objects, (B, 6)."""
     members = [np.flatnonzero(groups == i) for i in range(int(groups.max()) + 1)]
     rng = np.random.default_rng(config.seed)
     rows = []
@@ -349,13 +379,29 @@ def _bootstrap(x: np.ndarray, groups: np.ndarray, u: np.ndarray, model: Spectrum
         pick = rng.integers(0, len(members), len(members))
         idx = np.concatenate([members[i] for i in pick])
         new_groups = np.repeat(np.arange(len(pick)), [len(members[i]) for i in pick])
-        rows.append(_best_fit(_Likelihood(x[idx], new_groups, model, config), config, start=u)[0])
+        sub = _Likelihood(x[idx], new_groups, model, config, None if planes is None else planes[idx])
+        rows.append(_best_fit(sub, config, start=u)[0])
     return np.array(rows)
 
 
-def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, model: SpectrumModel | None = None,
-                 config: FitConfig | None = None) -> dict[str, Any]:
-    """Maximum-likelihood density (and shrinkage) of a sheet from alpha prong lengths.
+def _checked(lengths_um: np.ndarray, groups: np.ndarray | None,
+             dips_deg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Lengths, groups and dips as flat arrays, refused (InputError) when non-finite or of other lengths."""
+    x_all = np.asarray(lengths_um, np.float64).ravel()
+    if not np.all(np.isfinite(x_all)):
+        raise InputError(f"prong lengths must be finite; got {int(np.sum(~np.isfinite(x_all)))} non-finite value(s)")
+    g_all = np.arange(len(x_all)) if groups is None else np.asarray(groups).ravel()
+    if len(g_all) != len(x_all):
+        raise InputError(f"{len(g_all)} group labels for {len(x_all)} prong lengths")
+    d_all = None if dips_deg is None else np.asarray(dips_deg, np.float64).ravel()
+    if d_all is not None and (len(d_all) != len(x_all) or not np.all(np.isfinite(d_all))):
+        raise InputError(f"{len(d_all)} dips for {len(x_all)} prong lengths; every prong needs a finite dip")
+    return x_all, g_all, d_all
+
+
+def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, dips_deg: np.ndarray | None = None,
+                 model: SpectrumModel | None = None, config: FitConfig | None = None) -> dict[str, Any]:
+    """Maximum-likelihood density and shrinkage of a sheet from alpha prong lengths (and dips).
 
     Parameters
     ----------
@@ -365,6 +411,10 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
     groups : int array (n,), optional
         The object of each prong (the bootstrap resamples objects, whose prongs are fitted
         together); default one object per prong.
+    dips_deg : float array (n,), optional
+        Each prong's dip (degrees from the plate plane, as the picker reports it): the fit is
+        then joint in length and depth (:func:`line_shapes_dips`), and the dips' isotropy fixes
+        the shrinkage. NaN dips are an error; leave the argument out for a length-only fit.
     model : SpectrumModel, optional
     config : FitConfig, optional
 
@@ -372,12 +422,14 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
     -------
     dict
         ``density`` (g/cm3), ``shrinkage``, ``th_fraction``, ``background_fraction``,
-        ``background_slope_per_um``, each with ``*_err`` (density: profile likelihood, also
+        ``background_slope_per_um``, ``noise_rel`` (the picker's relative length error, fitted
+        unless ``model.noise_rel`` is given), each with ``*_err`` (density: profile likelihood, also
         ``density_err_lower`` / ``_upper``; shrinkage: profile + conditional curvature; others:
         inverse Hessian; None when fixed or at a bound) and, with a bootstrap,
         ``*_bootstrap_err``; ``line_ranges_um`` at the fit; ``prongs``, ``prongs_fitted``,
         ``objects_fitted`` (objects with 1-5 prongs in the window), ``nll``, ``converged``,
-        ``window_um``, ``shrinkage_fixed``.
+        ``window_um``, ``shrinkage_fixed``, ``dips`` (whether they were fitted),
+        ``shrinkage_prior`` (the prior used, or None).
 
     Raises
     ------
@@ -386,12 +438,7 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
     """
     model = model or SpectrumModel()
     config = config or FitConfig()
-    x_all = np.asarray(lengths_um, np.float64).ravel()
-    if not np.all(np.isfinite(x_all)):
-        raise InputError(f"prong lengths must be finite; got {int(np.sum(~np.isfinite(x_all)))} non-finite value(s)")
-    g_all = np.arange(len(x_all)) if groups is None else np.asarray(groups).ravel()
-    if len(g_all) != len(x_all):
-        raise InputError(f"{len(g_all)} group labels for {len(x_all)} prong lengths")
+    x_all, g_all, d_all = _checked(lengths_um, groups, dips_deg)
     lo, hi = model.window_um
     keep = (x_all >= lo) & (x_all <= hi)
     _, g_in = np.unique(g_all[keep], return_inverse=True)
@@ -402,9 +449,10 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
     if len(x) < config.min_prongs:
         raise InputError(f"only {len(x)} prong length(s) inside the fit window {lo:g}-{hi:g} um "
                          f"(of {len(x_all)}); at least {config.min_prongs} are needed")
-    nll = _Likelihood(x, g_in, model, config)
+    planes = None if d_all is None else depth_planes(x, d_all[keep], model)
+    nll = _Likelihood(x, g_in, model, config, planes)
     u, ok = _best_fit(nll, config)
-    bounds = _bounds(config)
+    bounds = _bounds(config, model)
     err = _curvature_errors(nll, u, bounds)
     profile: dict[str, float | None] = {}
     if _free(bounds)[0]:
@@ -417,7 +465,7 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
             if _free(bounds)[1]:  # marginal = conditional + the ridge's share (Gaussian identity)
                 cond = _conditional_sigma(nll, u, 1, _STEPS[1])
                 err[1] = math.sqrt((cond if np.isfinite(cond) else 0.0) ** 2 + (0.5 * (hi_end[1] - lo_end[1])) ** 2)
-    boot = _bootstrap(x, g_in, u, model, config) if config.bootstrap else None
+    boot = _bootstrap(x, g_in, u, model, config, planes) if config.bootstrap else None
     out = _report(u, err, boot, config)
     out.update(
         line_ranges_um={ln.nuclide: float(r) for ln, r in zip(LINES, line_ranges_um(out["density"]), strict=True)},
@@ -427,17 +475,22 @@ def fit_spectrum(lengths_um: np.ndarray, *, groups: np.ndarray | None = None, mo
     )
     out.update(profile)
     out["shrinkage_fixed"] = config.shrinkage is not None
+    out["dips"] = planes is not None
+    out["shrinkage_prior"] = None if nll.prior is None or config.shrinkage is not None else list(nll.prior)
     return out
 
 
-def fit_sheet(lengths: Sequence[np.ndarray], *, model: SpectrumModel | None = None,
-              config: FitConfig | None = None) -> dict[str, Any]:
-    """Fit a sheet's density from its alpha decays' (or selected candidates') prong lengths.
+def fit_sheet(lengths: Sequence[np.ndarray], *, dips: Sequence[np.ndarray] | None = None,
+              model: SpectrumModel | None = None, config: FitConfig | None = None) -> dict[str, Any]:
+    """Fit a sheet's density and shrinkage from its alpha decays' (or selected candidates') prongs.
 
     Parameters
     ----------
     lengths : sequence of float arrays
         One array per object: its measured prong lengths (um), e.g. ``track_lengths_um``.
+    dips : sequence of float arrays, optional
+        One array per object, parallel to ``lengths``: its prongs' dips (degrees), e.g.
+        ``track_dips_deg``; they fix the shrinkage (:func:`fit_spectrum`).
     model, config : optional
         See :class:`SpectrumModel` and :class:`FitConfig`.
 
@@ -460,6 +513,12 @@ def fit_sheet(lengths: Sequence[np.ndarray], *, model: SpectrumModel | None = No
         raise InputError("no objects given: a sheet's fit needs the prong lengths of its alpha decays")
     flat = np.concatenate(arrays)
     groups = np.repeat(np.arange(len(arrays)), [len(a) for a in arrays])
-    out = fit_spectrum(flat, groups=groups, model=model, config=config)
+    flat_dips = None
+    if dips is not None:
+        dip_arrays = [np.asarray(a if a is not None else [], np.float64).ravel() for a in dips]
+        if [len(a) for a in dip_arrays] != [len(a) for a in arrays]:
+            raise InputError("dips must give one dip per prong length, object by object")
+        flat_dips = np.concatenate(dip_arrays)
+    out = fit_spectrum(flat, groups=groups, dips_deg=flat_dips, model=model, config=config)
     out["objects"] = len(arrays)
     return out

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,13 @@ from scanstream.rangeenergy.relation import (
     SPECTRUM_FILE,
     line_ranges_um,
 )
-from scanstream.rangeenergy.spectrum import SpectrumModel, background_density, line_shapes, line_weights
+from scanstream.rangeenergy.spectrum import (
+    SpectrumModel,
+    background_density,
+    corrected_dips_deg,
+    line_shapes,
+    line_weights,
+)
 from scanstream.verdicts import read_verdicts
 
 logger = logging.getLogger(__name__)
@@ -62,9 +68,59 @@ def _sheet_rows(table: pa.Table, sheet: str, source: str | os.PathLike) -> pa.Ta
     return rows
 
 
+@dataclass(frozen=True)
+class SheetProngs:
+    """What :func:`read_sheet_prongs` read of one sheet.
+
+    Attributes
+    ----------
+    lengths : list of float arrays
+        One per object: its prong lengths (um).
+    dips : list of float arrays or None
+        Parallel to ``lengths``: the prongs' dips (degrees), where the table has them for every object.
+    shrinkage : float or None
+        The emulsion's shrinkage from the scan's metadata (``EmulsionType.Sh``, the table's
+        ``emulsion_shrinkage``), which the picker also converted depth with; None where unknown.
+    inputs : dict
+        Paths, the selection used, counts, and the simulation's truth where the table has it.
+    """
+
+    lengths: list[np.ndarray]
+    dips: list[np.ndarray] | None
+    shrinkage: float | None
+    inputs: dict[str, Any]
+
+
 def read_sheet_lengths(source: str | os.PathLike, *, sheet: str, store: str | os.PathLike | None = None,
                        verdicts: str | os.PathLike | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Prong lengths (um) of one sheet's alpha decays or candidates, and what was read.
+    """Prong lengths (um) of one sheet's alpha decays or candidates, and what was read (:func:`read_sheet_prongs`)."""
+    prongs = read_sheet_prongs(source, sheet=sheet, store=store, verdicts=verdicts)
+    return prongs.lengths, prongs.inputs
+
+
+def _dips_and_shrinkage(rows: pa.Table, lengths: list[np.ndarray], sheet: str,
+                        where: str) -> tuple[list[np.ndarray] | None, float | None]:
+    """The rows' dips (None unless every object has one per prong) and their one metadata shrinkage."""
+    dips = None
+    if "track_dips_deg" in rows.column_names:
+        raw = rows.column("track_dips_deg").to_pylist()
+        if all(d is not None and len(d) == len(x) for d, x in zip(raw, lengths, strict=True)):
+            dips = [np.asarray(d, np.float64) for d in raw]
+        else:
+            logger.warning("%s: some objects of sheet %s lack dips; fitting lengths only", where, sheet)
+    shrinkage = None
+    if "emulsion_shrinkage" in rows.column_names:
+        values = {round(float(v), 4) for v in rows.column("emulsion_shrinkage").to_pylist() if v is not None}
+        if len(values) > 1:
+            raise InputError(f"{where}: sheet {sheet!r} has {len(values)} different EmulsionType.Sh values "
+                             f"({', '.join(map(str, sorted(values)))}); give --shrinkage")
+        shrinkage = values.pop() if values else None
+    return dips, shrinkage
+
+
+def read_sheet_prongs(source: str | os.PathLike, *, sheet: str, store: str | os.PathLike | None = None,
+                      verdicts: str | os.PathLike | None = None) -> SheetProngs:
+    """Prong lengths (um) and dips (degrees) of one sheet's alpha decays or candidates, and what was read.
 
     Parameters
     ----------
@@ -80,10 +136,7 @@ def read_sheet_lengths(source: str | os.PathLike, *, sheet: str, store: str | os
 
     Returns
     -------
-    lengths : list of float arrays
-        One per object.
-    inputs : dict
-        Paths, the selection used, counts, and the simulation's truth where the table has it.
+    SheetProngs
     """
     inputs: dict[str, Any] = {"sheet": sheet, "verdicts": None if verdicts is None else str(verdicts)}
     alpha_ids = alpha_object_ids(verdicts) if verdicts is not None else None
@@ -120,7 +173,9 @@ def read_sheet_lengths(source: str | os.PathLike, *, sheet: str, store: str | os
     if "truth_density" in rows.column_names:
         inputs["truth"] = {k: float(np.nanmean(np.asarray(rows.column(f"truth_{k}").to_pylist(), float)))
                            for k in ("density", "shrinkage") if f"truth_{k}" in rows.column_names}
-    return lengths, inputs
+    dips, shrinkage = _dips_and_shrinkage(rows, lengths, sheet, inputs["store"])
+    inputs.update(dips=dips is not None, emulsion_shrinkage=shrinkage)
+    return SheetProngs(lengths, dips, shrinkage, inputs)
 
 
 def expected_spectrum(lengths_um: np.ndarray, fit: dict[str, Any], model: SpectrumModel | None = None) -> dict[str, np.ndarray]:
@@ -130,16 +185,40 @@ def expected_spectrum(lengths_um: np.ndarray, fit: dict[str, Any], model: Spectr
     to their weights at the fitted thorium share, plus the background share.
     """
     model = model or SpectrumModel()
-    g, inside = line_shapes(lengths_um, fit["density"], fit["shrinkage"], model)
+    g, inside = line_shapes(lengths_um, fit["density"], fit["shrinkage"], model, fit.get("noise_rel"))
     w = line_weights(fit["th_fraction"])
     f_bg = fit.get("background_fraction") or 0.0
     bg = f_bg * background_density(lengths_um, fit.get("background_slope_per_um") or 0.0, model.window_um)
     return {"total": (1.0 - f_bg) * (g @ w) / (inside @ w) + bg, "background": bg}
 
 
+def _plot_dips(ax: Any, lengths: np.ndarray, dips: np.ndarray, fit: dict[str, Any], model: SpectrumModel) -> None:
+    """Cumulative distribution of sin|dip| of the in-window prongs, as read and corrected to the fitted shrinkage."""
+    lo, hi = model.window_um
+    inside = (lengths >= lo) & (lengths <= hi)
+    grid = np.linspace(0.0, 1.0, 2)
+    ax.plot(grid, grid, color="0.3", lw=1.0, ls="--", label="isotropic")
+    for label, sh, color in ((f"as read (depth at {model.shrinkage_nominal:g})", model.shrinkage_nominal, "C0"),
+                             (f"corrected (shrinkage {fit['shrinkage']:.3f})", fit["shrinkage"], "C3")):
+        s = np.sort(np.sin(np.radians(corrected_dips_deg(dips[inside], sh, model))))
+        ax.step(s, np.arange(1, len(s) + 1) / max(len(s), 1), where="post", color=color, lw=1.4, label=label)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("sin |dip| (= |cos θ| from the optical axis)")
+    ax.set_ylabel("share of prongs in the fit window, cumulative")
+    ax.set_title(f"prong directions ({int(inside.sum())} prongs)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+
+
 def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str | os.PathLike, *,
-                  model: SpectrumModel | None = None, title: str = "") -> Path:
-    """PNG: the measured prong-length spectrum, the fitted expectation and the lines at the fit."""
+                  model: SpectrumModel | None = None, title: str = "",
+                  dips: Sequence[np.ndarray] | None = None) -> Path:
+    """PNG: the measured prong-length spectrum, the fitted expectation and the lines at the fit.
+
+    With ``dips`` (one array per object, degrees) a second panel shows the prongs' dip
+    distribution as read (depth converted with the picker's nominal shrinkage) and corrected
+    to the fitted shrinkage, against isotropic decays' (sin |dip| uniform).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +228,12 @@ def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str 
     flat = np.concatenate([np.asarray(a, float) for a in lengths]) if len(lengths) else np.zeros(0)
     lo, hi = model.window_um
     top = max(hi + 15.0, float(np.percentile(flat, 99)) + 5.0 if len(flat) else 0.0)
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    if dips is None:
+        fig, ax = plt.subplots(figsize=(9, 4.8))
+    else:
+        fig, (ax, ax_dip) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [9, 5]})
+        flat_dips = np.concatenate([np.asarray(a, float) for a in dips]) if len(dips) else np.zeros(0)
+        _plot_dips(ax_dip, flat, flat_dips, fit, model)
     ax.hist(flat, bins=np.arange(0.0, top + 1.0, 1.0), color="0.55", label=f"measured prongs ({len(flat)})")
     x = np.linspace(lo, hi, 600)
     curves = expected_spectrum(x, fit, model)
@@ -176,25 +260,54 @@ def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str 
     return write_png(path, fig, dpi=110, tight=True)
 
 
+def _shrinkage_settings(prongs: SheetProngs, model: SpectrumModel, config: FitConfig,
+                        use_metadata: bool) -> tuple[SpectrumModel, FitConfig, str]:
+    """The model and fit settings for the sheet's shrinkage, and a line saying where it came from.
+
+    A shrinkage in the scan's metadata is what the picker converted depth with (the model's
+    nominal shrinkage) and, unless ``config`` fixes one or ``use_metadata`` is off, the sheet's.
+    """
+    if prongs.shrinkage is not None:
+        model = replace(model, shrinkage_nominal=prongs.shrinkage)
+    if config.shrinkage is not None:
+        return model, config, f"given: {config.shrinkage:g} (fixed)"
+    if prongs.shrinkage is not None and use_metadata:
+        return model, replace(config, shrinkage=prongs.shrinkage), \
+            f"scan metadata EmulsionType.Sh: {prongs.shrinkage:g} (fixed)"
+    how = "lengths and dips" if prongs.dips is not None else "lengths alone"
+    prior = config.shrinkage_prior if config.shrinkage_prior is not None or prongs.dips is not None \
+        else config.lengths_only_prior
+    return model, config, f"fitted from {how}" + (f", prior {prior[0]:g} ± {prior[1]:g}" if prior else "")
+
 
 def run_range_energy(source: str | os.PathLike, *, sheet: str, out: str | os.PathLike,
                      store: str | os.PathLike | None = None, verdicts: str | os.PathLike | None = None,
-                     model: SpectrumModel | None = None, config: FitConfig | None = None) -> dict[str, Any]:
+                     model: SpectrumModel | None = None, config: FitConfig | None = None,
+                     use_metadata_shrinkage: bool = True) -> dict[str, Any]:
     """Read a sheet's alpha decays or candidates, fit, write ``OUT/rangeenergy.json`` and ``OUT/spectrum.png``.
 
-    See :func:`read_sheet_lengths` for ``source``, ``store`` and ``verdicts``; returns the JSON
-    document written (fitted values with errors, inputs, counts, model and fit settings).
+    See :func:`read_sheet_prongs` for ``source``, ``store`` and ``verdicts``. The shrinkage is,
+    in order: ``config.shrinkage`` if set; the scan metadata's (``EmulsionType.Sh``, the
+    table's ``emulsion_shrinkage``) unless ``use_metadata_shrinkage`` is off; else fitted, from
+    the dips where the table has them. ``fit["shrinkage_source"]`` says which. Returns the
+    JSON document written (fitted values with errors, inputs, counts, model and fit settings).
     """
     model = model or SpectrumModel()
     config = config or FitConfig()
-    lengths, inputs = read_sheet_lengths(source, sheet=sheet, store=store, verdicts=verdicts)
-    fit = fit_sheet(lengths, model=model, config=config)
+    prongs = read_sheet_prongs(source, sheet=sheet, store=store, verdicts=verdicts)
+    model, config, shrinkage_source = _shrinkage_settings(prongs, model, config, use_metadata_shrinkage)
+    fit = fit_sheet(prongs.lengths, dips=prongs.dips, model=model, config=config)
+    fit["shrinkage_source"] = shrinkage_source
+    logger.info("sheet %s: shrinkage %s", sheet, shrinkage_source)
     out_dir = Path(out)
-    png = plot_spectrum(lengths, fit, out_dir / SPECTRUM_FILE, model=model, title=f"sheet {sheet}")
+    png = plot_spectrum(prongs.lengths, fit, out_dir / SPECTRUM_FILE, model=model, title=f"sheet {sheet}",
+                        dips=prongs.dips)
+    inputs = prongs.inputs
     doc = {
         "stage": "range-energy",
         "version": __version__,
         "sheet": sheet,
+        "shrinkage_source": shrinkage_source,
         "fit": fit,
         "inputs": inputs,
         "model": asdict(model),

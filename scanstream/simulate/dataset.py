@@ -35,7 +35,7 @@ from scanstream.physics.picker import DEFAULT_PICKER, PickerModel
 from scanstream.progress import as_progress
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions, sheet_key
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
-from scanstream.simulate.picker import pick_features
+from scanstream.simulate.picker import pick_features, pick_prongs  # noqa: F401 (benchmarks import pick_features from here)
 from scanstream.simulate.render import render_object
 from scanstream.store import CropStore, StoreWriter, is_store, open_store, rows_to_table
 
@@ -124,7 +124,8 @@ def _nullable(values) -> list[float | None]:
     return [None if not np.isfinite(x) else float(x) for x in values]
 
 
-def _row(plan: ObjectPlan, cond: dict[str, float], obj, mult: int, lengths: np.ndarray, pos: np.ndarray) -> dict[str, Any]:
+def _row(plan: ObjectPlan, cond: dict[str, float], obj, mult: int, lengths: np.ndarray, dips: np.ndarray,
+         pos: np.ndarray) -> dict[str, Any]:
     t = obj.truth
     row: dict[str, Any] = {
         "object_id": f"SIM-{plan.sheet}-{plan.serial:06d}",
@@ -139,6 +140,7 @@ def _row(plan: ObjectPlan, cond: dict[str, float], obj, mult: int, lengths: np.n
         "category": obj.category,
         "multiplicity": mult,
         "track_lengths_um": [float(x) for x in lengths],
+        "track_dips_deg": [float(x) for x in dips],
         "truth_n_prongs": int(t.get("n_prongs", 0)),
         "truth_chain": t.get("chain", ""),
         "truth_nuclides": list(t.get("nuclides", [])),
@@ -189,8 +191,8 @@ def simulate_objects(
         g_geo = object_stream(plan, 0)
         obj = make_object(plan.category, g_geo, cond)
         pos = g_geo.uniform(0.0, SHEET_FIELD_MM, 2)
-        mult, lengths = pick_features(obj, object_stream(plan, 1), picker)
-        rows.append(_row(plan, truth_cond[plan.sheet], obj, mult, lengths, pos))
+        mult, lengths, dips = pick_prongs(obj, object_stream(plan, 1), picker)
+        rows.append(_row(plan, truth_cond[plan.sheet], obj, mult, lengths, dips, pos))
         if crops is not None:
             crops[j] = render_object(obj, cond, object_stream(plan, 2))
     return crops, rows_table(rows)

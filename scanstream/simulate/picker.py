@@ -16,7 +16,14 @@ from scanstream.simulate.objects import SimObject
 
 
 def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel = DEFAULT_PICKER) -> tuple[int, np.ndarray]:
-    """Multiplicity and measured prong lengths of one object.
+    """Multiplicity and measured prong lengths of one object (:func:`pick_prongs` without the dips)."""
+    mult, lengths, _ = pick_prongs(obj, rng, model)
+    return mult, lengths
+
+
+def pick_prongs(obj: SimObject, rng: np.random.Generator,
+                model: PickerModel = DEFAULT_PICKER) -> tuple[int, np.ndarray, np.ndarray]:
+    """Multiplicity, measured prong lengths and dips of one object.
 
     Parameters
     ----------
@@ -31,10 +38,15 @@ def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel =
     multiplicity : int
     lengths : ndarray (multiplicity,) float32
         Measured prong lengths in um (undeveloped, nominal shrinkage), longest first.
+    dips : ndarray (multiplicity,) float32
+        Each prong's dip, degrees (0 in the plate plane): arcsin(depth / measured length), the
+        depth read off the focal planes and converted with the nominal shrinkage, so
+        ``length * sin(dip) / (shrinkage_nominal * z_step_um)`` is the whole number of planes.
     """
     k = len(obj.kinds)
+    none = (0, np.zeros(0, np.float32), np.zeros(0, np.float32))
     if k == 0:
-        return 0, np.zeros(0, np.float32)
+        return none
     scale = np.array([1.0, 1.0, model.shrinkage_nominal])
     a, b = obj.starts, obj.ends
     pa, pb = a * scale, b * scale
@@ -47,7 +59,7 @@ def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel =
     seen = rng.random(k) < p_det  # drawn for every segment, so the stream never depends on geometry
     att = np.flatnonzero((dist <= model.attach_um) & seen)
     if not len(att):
-        return 0, np.zeros(0, np.float32)
+        return none
     # every attached segment gives up to two prongs, from its closest point to either end
     c = a[att] + t[att, None] * (b[att] - a[att])
     cs = np.concatenate([c, c])
@@ -58,7 +70,7 @@ def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel =
     cs, ends, v, full = cs[real], ends[real], v[real], full[real]
     n = len(full)
     if n == 0:
-        return 0, np.zeros(0, np.float32)
+        return none
     # the part of each prong inside the picker's tracking volume
     s = np.ones(n)
     dz = ends[:, 2] - cs[:, 2]
@@ -86,4 +98,6 @@ def pick_features(obj: SimObject, rng: np.random.Generator, model: PickerModel =
         if kept and cosines[i, kept].max() > cos_merge:
             continue  # overlaps a longer prong already reported
         kept.append(int(i))
-    return len(kept), np.asarray(meas[kept], np.float32)
+    kept_meas = meas[kept]
+    sin_dip = np.clip(dz_read[kept] / np.maximum(kept_meas, 1e-9), 0.0, 1.0)
+    return len(kept), np.asarray(kept_meas, np.float32), np.degrees(np.arcsin(sin_dip)).astype(np.float32)

@@ -39,7 +39,12 @@ LABEL_ALPHA, LABEL_OTHER, LABEL_UNKNOWN = 1, 0, -1
 CROP_DIMS = ("object", "y", "x", "plane")
 CROP_PLANES = ("shallower", "vertex", "deeper")
 #: Units of the object table's dimensioned columns, named in the group attributes.
-TABLE_UNITS = {"x_mm": "millimeter", "y_mm": "millimeter", "z_mm": "millimeter", "track_lengths_um": "micrometer"}
+TABLE_UNITS = {"x_mm": "millimeter", "y_mm": "millimeter", "z_mm": "millimeter", "track_lengths_um": "micrometer",
+               "track_dips_deg": "degree"}
+#: Optional object-table columns, typed when present: each prong's dip (degrees from the plate
+#: plane, 0-90, parallel to ``track_lengths_um``) and the emulsion's shrinkage as the scan's
+#: metadata gives it (``EmulsionType.Sh``; null where unknown), which the picker converted depth with.
+OPTIONAL_FIELDS = {"track_dips_deg": pa.list_(pa.float32()), "emulsion_shrinkage": pa.float32()}
 
 #: The object table columns every store has, in order (docs/store.md). Stores may carry more
 #: (simulation truth columns, prefixed ``truth_``), appended after these.
@@ -153,8 +158,12 @@ def rows_to_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
     columns[8] = pa.array(labels.astype(np.int8), pa.int8())
     for name in rows.column_names:
         if name not in OBJECT_SCHEMA.names:
-            columns.append(rows.column(name))
-            fields.append(pa.field(name, rows.schema.field(name).type))
+            col, typ = rows.column(name), OPTIONAL_FIELDS.get(name, rows.schema.field(name).type)
+            try:
+                columns.append(col.cast(typ))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(f"object table column {name!r} cannot be read as {typ}: {exc}") from None
+            fields.append(pa.field(name, typ))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
