@@ -12,7 +12,7 @@ import pytest
 from fixtures import write_stack
 
 from scanstream import rangeenergy as re
-from scanstream.candidates.table import CANDIDATE_SCHEMA, sheet_dir
+from scanstream.candidates import table as cand
 from scanstream.cli import main
 from scanstream.errors import InputError
 from scanstream.physics.emulsion import ALPHA
@@ -388,13 +388,12 @@ def _candidate_table(tmp_path, table: pa.Table):
     n = table.num_rows
     labels = np.asarray(table.column("label").to_pylist())
     selected = (labels == 1) | (np.arange(n) < 60)
-    cols = {name: table.column(name) for name in ("object_id", "experiment", "module", "plate", "sheet", "x_mm", "y_mm", "z_mm")}
-    cols.update(score=pa.array(np.zeros(n), pa.float32()), probability=pa.array(np.zeros(n), pa.float32()),
-                selected=pa.array(selected), rank=pa.array(np.arange(n), pa.int64()), store=pa.array(["s"] * n),
-                store_index=pa.array(np.arange(n), pa.int64()))
     cands = tmp_path / "candidates"
-    sheet_dir(cands, "RE").mkdir(parents=True)
-    pq.write_table(pa.table(cols).cast(CANDIDATE_SCHEMA), sheet_dir(cands, "RE") / "part-aaaaaaaaaaaa-000000000000.parquet")
+    meta = {"threshold": {"threshold": 0.0}, "model_hashes": ["m"], "store_hashes": {"s": "ab" * 16}, "version": "t",
+            "run_id": "r", "time": "now"}
+    part = cand.build_part(table, np.where(selected, 1.0, -1.0), threshold=0.0, store="s", start=0)
+    cand.write_parts(cands, part, store_hash="ab" * 16, start=0, metadata=meta)
+    cand.finalize(cands, stores={"s": ("ab" * 16, n)}, metadata=meta)
     ids = np.asarray(table.column("object_id").to_pylist())[labels == 1][:100]
     verdicts = tmp_path / "verdicts.jsonl"
     lines = [{"object_id": i, "verdict": "alpha", "time": "2026-12-01T00:00:00"} for i in ids]
