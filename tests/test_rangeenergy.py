@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -443,3 +445,19 @@ def test_cli_verdicts_without_alpha_is_an_error(tmp_path, sheet_table, capsys):
 def test_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="nothing.parquet"):
         re.read_sheet_lengths(tmp_path / "nothing.parquet", sheet="RE")
+
+
+# -- the coverage benchmark -----------------------------------------------------------------
+def test_coverage_benchmark_runs_on_one_small_sheet(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("rangeenergy_coverage",
+                                                  Path(__file__).parents[1] / "benchmarks" / "rangeenergy_coverage.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--sheets", "1", "--decays", "60", "--no-lengths-alone", "--out", str(tmp_path / "c.json"),
+                       "--figure", str(tmp_path / "f.png")]) == 0
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert json.loads(capsys.readouterr().out) == doc
+    assert sorted(doc["summary"]) == ["dips", "dips + 20 % false"]
+    row = doc["sheets_fitted"]["dips"][0]
+    assert (row["true_density"], row["true_shrinkage"]) == bench.sheet_truth(0, 1) and row["seed"] == 1000
+    assert doc["summary"]["dips"]["sheets"] == 1 and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
