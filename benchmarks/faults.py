@@ -210,6 +210,79 @@ def bad_input_cases(root: Path) -> list[tuple[str, list[str], tuple[int, ...]]]:
                       ["watch", f"{r}/inbox", "--out", f"{r}/w2", "--once"]):
         for n in ("0", "-3"):
             cases.append((f"{verb_args[0]} --workers {n}", [*verb_args, "--workers", n], (2,)))
+    return cases + integrity_cases(root, s, model)
+
+
+def complete_table(root: Path, store, name: str) -> Path:
+    """A finalized candidate table of ``store`` (its manifest recording every part)."""
+    out = partial_table(root / f"{name}_src", store)
+    cand.finalize(out, stores={str(store.path): (store.content_hash, store.n)}, metadata={"run_id": "x"})
+    shutil.move(str(out), str(root / name))
+    return root / name
+
+
+def integrity_cases(root: Path, s, model: Path) -> list[tuple[str, list[str], tuple[int, ...]]]:
+    """Issue 26's cases: damaged tables, outputs inside inputs, shared ids, picker features, the last tracebacks."""
+    r, S, M = str(root), str(s.path), str(model)
+    tables = {k: complete_table(root, s, f"t_{k}") for k in ("ok", "deleted", "truncated", "added", "replaced")}
+    cand.part_files(tables["deleted"])[0].unlink()
+    part = cand.part_files(tables["truncated"])[0]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    part = cand.part_files(tables["added"])[0]
+    shutil.copy(part, part.with_name("part-000000000000-000000000999.parquet"))
+    part = cand.part_files(tables["replaced"])[0]
+    pq.write_table(pq.read_table(part).replace_schema_metadata({b"scanstream": b'{"run_id": "other"}'}), part)
+    T = str(tables["ok"])
+    twin = make_store(root / "twin.zarr", n=12)  # the ids of s.zarr's first 12 objects, other crops
+    shutil.copytree(s.path, root / "garbage.zarr")
+    (root / "garbage.zarr" / "crops" / "zarr.json").write_bytes(b"\xff\xfe\x00 not json")
+    shutil.copytree(s.path, root / "noobjects.zarr")
+    (root / "noobjects.zarr" / "objects.parquet").unlink()
+    from PIL import Image
+
+    listings = {"negmult": "-5,", "nolengths": "3,", "badlength": "2,30;-4", "count": "3,30;20"}
+    for k, row in listings.items():
+        d = root / f"src_{k}"
+        d.mkdir()
+        Image.fromarray(np.zeros((224, 224), np.uint8)).save(d / "a.png")
+        (d / "listing.csv").write_text(f"file,object_id,x_mm,y_mm,z_mm,multiplicity,track_lengths\na.png,a,0,0,0,{row}\n")
+    mult_only = root / "src_multonly"
+    mult_only.mkdir()
+    Image.fromarray(np.zeros((224, 224), np.uint8)).save(mult_only / "a.png")
+    (mult_only / "listing.csv").write_text("file,object_id,x_mm,y_mm,z_mm,multiplicity\na.png,a,0,0,0,4\n")
+    main(["ingest", str(mult_only), f"{r}/multonly.zarr", "--format", "images", "--no-progress"])
+    shipped = str(Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade.safetensors")
+    cls = ["classify", "--model", M, "--workers", "1", "--device", "cpu"]
+    cases = [(f"query a table with a part {k}", ["query", str(t)], (2,)) for k, t in tables.items() if k != "ok"]
+    cases += [(f"info on a table with a part {k}", ["info", str(t)], (2,)) for k, t in tables.items() if k != "ok"]
+    cases += [
+        ("gallery of a table with a part deleted", ["gallery", str(tables["deleted"]), "--out", f"{r}/g_del"], (2,)),
+        ("classify --out inside its store", [*cls, S, "--out", f"{S}/cands"], (2,)),
+        ("threshold --out inside its store", ["threshold", S, "--model", M, "--target-recall", "0.9", "--out",
+                                              f"{S}/thr.json"], (2,)),
+        ("export --out over its checkpoint", ["export", M, "--out", M], (2,)),
+        ("export --out inside its --check store", ["export", M, "--check", S, "--out", f"{S}/m.onnx"], (2,)),
+        ("range-energy --out inside the candidate table", ["range-energy", T, "--sheet", "S1", "--out", f"{T}/re"],
+         (2,)),
+        ("query --out over a part of its table", ["query", T, "--out", str(cand.part_files(T)[0])], (2,)),
+        ("query --out over its table's manifest", ["query", T, "--out", f"{T}/_manifest.parquet"], (2,)),
+        ("gallery --out around its table", ["gallery", T, "--out", r], (2,)),
+        ("classify two stores sharing object ids", [*cls, S, str(twin.path), "--out", f"{r}/c_twin"], (2,)),
+        ("info on a garbage crops/zarr.json", ["info", f"{r}/garbage.zarr"], (2,)),
+        ("classify a garbage crops/zarr.json", [*cls, f"{r}/garbage.zarr", "--out", f"{r}/c_garbage"], (2,)),
+        ("info on a store without objects.parquet", ["info", f"{r}/noobjects.zarr"], (2,)),
+        ("simulate 2**64 objects", ["simulate", f"{r}/huge.parquet", "--objects", "18446744073709551616",
+                                    "--features-only", "--alpha-fraction", "0.5", "--sheet", "A"], (2,)),
+        ("threshold --prevalence -1:5", ["threshold", S, "--model", M, "--target-recall", "0.9", "--prevalence",
+                                         "-1:5", "--out", f"{r}/t_prev.json"], (2,)),
+        ("simulate a 300-character sheet name", ["simulate", f"{r}/long.zarr", "--objects", "4", "--alpha-fraction",
+                                                 "0.5", "--sheet", "S" * 300], (2,)),
+        ("classify with the shipped cascade a store with multiplicity and no lengths",
+         ["classify", f"{r}/multonly.zarr", "--model", shipped, "--workers", "1", "--device", "cpu", "--out",
+          f"{r}/c_multonly"], (2,)),
+    ]
+    cases += [(f"ingest a listing row {k}", ["ingest", f"{r}/src_{k}", f"{r}/i_{k}.zarr", "--format", "images"], (2,))
+              for k in listings]
     return cases
 
 

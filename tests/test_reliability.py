@@ -502,3 +502,45 @@ def test_the_review_server_answers_400_to_two_host_headers(whole, tmp_path, meth
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- 4. (issue 26) the last tracebacks and misleading messages become one line ------------------
+@pytest.mark.parametrize("verb", ["info", "train"])
+def test_a_garbage_crops_zarr_json_is_named(store, tmp_path, capsys, verb):
+    (store.path / "crops" / "zarr.json").write_bytes(b"\xff\xfe\x00 not json")
+    argv = ["info", str(store.path)] if verb == "info" else \
+        ["train", str(store.path), str(store.path), "--loader", "local", "--out", str(tmp_path / "r")]
+    err = one_line_error(capsys, main(argv), verb)
+    assert "crops/zarr.json: unreadable crops metadata" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_object_table_is_named_missing(store, capsys):
+    (store.path / "objects.parquet").unlink()
+    err = one_line_error(capsys, main(["info", str(store.path)]), "info")
+    assert "objects.parquet: the object table of this complete store is missing" in err
+
+
+def test_a_count_no_memory_holds_is_one_line(tmp_path, capsys):
+    argv = ["simulate", str(tmp_path / "h.parquet"), "--objects", "18446744073709551616", "--features-only",
+            "--alpha-fraction", "0.5", "--sheet", "A"]
+    assert "MemoryError" in one_line_error(capsys, main(argv), "simulate")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_prevalence_that_looks_like_an_option_is_checked_not_the_usage(store, tmp_path, capsys):
+    argv = ["threshold", str(store.path), "--model", str(tmp_path / "m.safetensors"), "--target-recall", "0.9",
+            "--prevalence", "-1:5", "--out", str(tmp_path / "t.json")]
+    assert "prevalence '-1:5'" in one_line_error(capsys, main(argv), "threshold")
+
+
+def test_a_sheet_name_no_file_name_holds_is_refused_at_creation(tmp_path, capsys):
+    argv = ["simulate", str(tmp_path / "x.zarr"), "--objects", "4", "--alpha-fraction", "0.5", "--sheet", "S" * 300]
+    assert "too long" in one_line_error(capsys, main(argv), "simulate")
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.zeros((224, 224), np.uint8)).save(src / "a.png")
+    (src / "listing.csv").write_text(f"file,object_id,x_mm,y_mm,z_mm,sheet\na.png,a,0,0,0,{'S' * 300}\n")
+    err = one_line_error(capsys, main(["ingest", str(src), str(tmp_path / "i.zarr"), "--format", "images"]), "ingest")
+    assert "too long" in err and "line 2" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

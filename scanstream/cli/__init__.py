@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
             register(sub)
     for verb in _verb_parsers(sub):
         _common_flags(verb)
+        # a value such as "-1:5" or "-2,3" is a value to check, not an unknown option (argparse
+        # takes only plain negative numbers as values)
+        verb._negative_number_matcher = re.compile(r"^-\.?\d[\d.:,eE+-]*$")
     return parser
 
 
@@ -126,6 +129,9 @@ def run_verb(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"scanstream {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except MemoryError:
+        return _error(args, "not enough memory for what was asked (MemoryError); ask for less (fewer objects, a "
+                            "smaller batch) or use a machine with more memory")
     except Exception as exc:
         if _is_dask_comm_error(exc):  # (distributed's CommClosedError is also an OSError)
             return _error(args, f"the Dask cluster lost a worker or its connection ({type(exc).__name__}: "

@@ -81,10 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    from scanstream.candidates.ids import check_sheet_name
     from scanstream.simulate import simulate_store
     from scanstream.simulate.dataset import category_counts, check_counts, write_features
 
     check_counts(args.objects, args.alpha_fraction)
+    check_sheet_name(args.sheet, source="--sheet")
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     overrides = _overrides(args)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from scanstream.candidates.ids import check_sheet_name
 from scanstream.errors import IngestError
 
 #: Accepted listing column names (case-insensitive) for each object-table column.
@@ -127,6 +128,8 @@ def parse_row(raw: dict[str, Any], cols: dict[str, str], cfg: Any) -> dict[str, 
     for name, default in (("sheet", cfg.sheet), ("experiment", cfg.experiment), ("category", None)):
         text = text_of(raw[cols[name]]) if name in cols else ""
         row[name] = text or default
+    if row.get("sheet"):
+        check_sheet_name(row["sheet"])
     for name, default in (("plate", cfg.plate), ("module", cfg.module), ("multiplicity", None)):
         text = text_of(raw[cols[name]]) if name in cols else ""
         if text:

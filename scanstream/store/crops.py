@@ -213,10 +213,14 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = True, valida
         crops = group["crops"]
     except KeyError:
         raise StoreError(f"{p}: store has no 'crops' array") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # a garbage crops/zarr.json
+        raise StoreError(f"{p / 'crops' / 'zarr.json'}: unreadable crops metadata ({type(exc).__name__})") from None
     if not isinstance(crops, zarr.Array) or crops.dtype != np.uint8 or crops.ndim != 4:
         what = f"{crops.dtype} {crops.shape}" if isinstance(crops, zarr.Array) else "a group"
         raise StoreError(f"{p / 'crops'}: crops are {what}, expected uint8 (n, {CROP_SIZE}, {CROP_SIZE}, {CHANNELS})")
     table = read_table(p)
+    if attrs.get("complete") and crops.shape[0] and not table.num_rows and not (p / TABLE_FILE).exists():
+        raise StoreError(f"{p / TABLE_FILE}: the object table of this complete store is missing")
     if require_complete and table.num_rows != crops.shape[0]:
         raise StoreError(f"{p}: object table has {table.num_rows} rows but crops has {crops.shape[0]}")
     if validate and attrs.get("complete"):
