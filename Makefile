@@ -26,7 +26,9 @@ browser:
 demo: $(STAMP)
 	$(PY) pipelines/overnight.py --demo
 
-test: $(STAMP) browser
+# lint first: a ruff finding fails the run before the tests start. The whole suite, slow tests
+# included; `pytest -m "not slow"` is the quick loop while editing.
+test: lint browser
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -16,13 +16,16 @@ Usage::
 
 Prints one JSON document; with ``--out``, also writes it (``holdout.json``), the scores
 (``scores.parquet``, reused by a rerun for models already scored) and the PR curves
-(``pr_holdout.png``).
+(``pr_holdout.png``). Every input is named by its content (the store's content hash, each
+file's ``checkpoint_hash``) and by a path that holds on another machine: relative to ``--out``
+where the file lies beside it (the recipe's OUT/run/...), else its file name alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,6 +65,16 @@ def cascade_record(table: pa.Table, checkpoints: list[str]) -> dict | None:
             **prefilter_accounting(ck.feature_model, table, ck.prefilter_threshold)}
 
 
+def shown(path: str | Path, out: Path | None) -> str:
+    """``path`` as holdout.json records it: relative to ``out`` when both lie under ``out``'s
+    parent (the recipe's OUT), else the file name alone (never a machine's absolute path)."""
+    path = Path(path).resolve()
+    base = (out if out is not None else Path.cwd()).resolve()
+    if path.is_relative_to(base.parent):
+        return Path(os.path.relpath(path, base)).as_posix()
+    return path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", type=Path, required=True, help="the labelled held-out crop store")
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     former = cuts.column("selected").to_numpy(zero_copy_only=False).astype(bool)
     former_op = mt.operating_point_from_selection(y, former)
     recall = former_op.recall.value
-    doc: dict = {"store": str(args.store), "content_hash": store.content_hash, "objects": len(y),
+    doc: dict = {"store": shown(args.store, args.out), "content_hash": store.content_hash, "objects": len(y),
                  "alpha": int(y.sum()), "cuts": former_op.to_dict(), "recall": recall, "models": {}}
     curves = []
     learned = None
@@ -85,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         fm = load_feature_model(args.feature_model)
         s = fm.score_table(table)
         doc["learned"] = at_recall(y, s, recall, former, None)
-        doc["learned"]["file_hash"] = checkpoint_hash(args.feature_model)
+        doc["learned"].update(path=shown(args.feature_model, args.out), file_hash=checkpoint_hash(args.feature_model))
         learned = s >= doc["learned"]["threshold"]
         curves.append(("learned former method (features only)", s))
     cache_path = args.out / "scores.parquet" if args.out else None
@@ -96,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         if not name or not ckpts:
             print(f"error: --model {spec!r}: expected NAME=CKPT[,CKPT]", file=sys.stderr)
             return 2
-        key = name + ":" + ",".join(checkpoint_hash(c) for c in ckpts)
+        hashes = [checkpoint_hash(c) for c in ckpts]
+        key = name + ":" + ",".join(hashes)
         t0 = time.perf_counter()
         if key not in cache:
             cache[key] = score_store(store, ckpts, device="cpu", batch_size=args.batch_size, precision="fp32").tolist()
         s = np.asarray(cache[key], np.float64)
         rec = at_recall(y, s, recall, former, learned)
-        rec.update(checkpoints=ckpts, seconds=round(time.perf_counter() - t0, 1), cascade=cascade_record(table, ckpts))
+        rec.update(checkpoints=[{"path": shown(c, args.out), "hash": h} for c, h in zip(ckpts, hashes)],
+                   seconds=round(time.perf_counter() - t0, 1), cascade=cascade_record(table, ckpts))
         doc["models"][name] = rec
         curves.append((name, s))
     if args.out is not None:
@@ -110,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if cache:
             atomic.write_parquet(cache_path, pa.table({k: pa.array(v, pa.float32()) for k, v in cache.items()}))
         _figure(y, curves, former_op, args.out / "pr_holdout.png")
-        (args.out / "holdout.json").write_text(json.dumps(doc, indent=2))
+        atomic.write_text(args.out / "holdout.json", json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2))
     return 0
 

@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=None, help="a .npz file to keep the generated crops in between runs")
     args = ap.parse_args(argv)
 
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)  # before the crops: a bad --dir fails at once
     chosen_level = st.ZSTD_LEVEL
     crops, rows, source = make_crops(args.n, args.seed, args.cache)
     t_copy = min(timed(lambda: np.copy(crops)) for _ in range(5))

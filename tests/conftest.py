@@ -14,3 +14,16 @@ def store_factory(tmp_path):
         return make_store(tmp_path / name, **kw)
 
     return factory
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests are skipped where torch sees no CUDA device."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch  # only when a GPU test is collected: a run of CPU tests does not pay for it
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA: torch sees no GPU")
+        for item in gpu:
+            item.add_marker(skip)

@@ -50,6 +50,7 @@ def test_the_api_works_end_to_end_on_a_tiny_store(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs(tmp_path):
     """README's "From Python" block, run as written in a scratch folder (the model path made absolute)."""
     readme = (ROOT / "README.md").read_text()

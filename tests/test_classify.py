@@ -348,6 +348,7 @@ def test_adding_a_store_of_another_sheet_leaves_the_other_sheets_files_alone(env
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging and old sheets gone
     assert "staging" not in cand.read_side(out, cand.RUN_FILE)
 
+@pytest.mark.slow
 def test_cli_threshold_and_classify(env, capsys):
     root = env["root"]
     thr = root / "cli-thr.json"

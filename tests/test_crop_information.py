@@ -20,6 +20,7 @@ def ci():
     return mod
 
 
+@pytest.mark.slow
 def test_core_function_reports_every_feature_set(ci):
     res = ci.run(train_objects=300, train_alpha_fraction=0.2, test_objects=300, test_alpha_fraction=0.1, seed=3,
                  bootstrap=3, pickers=False, max_iter=20)

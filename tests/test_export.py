@@ -79,6 +79,7 @@ def exported(request, tmp_path_factory):
     return ckpt, d / "m.onnx", export_onnx(ckpt, d / "m.onnx")
 
 
+@pytest.mark.slow
 def test_onnx_logits_equal_torch_on_real_crops(exported, store, tmp_path):
     ckpt = exported[0]
     report = export_onnx(ckpt, tmp_path / "m.onnx", check=store)
@@ -122,6 +123,7 @@ def test_engine_scores_through_onnx_equal_torch(exported, store):
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.slow
 def test_an_ensemble_mixes_onnx_and_torch_models(exported, store):
     ckpt, onnx_path, _ = exported
     want = score_range(Ensemble([ckpt], device="cpu", precision="fp32"), store, 0, store.n)
@@ -129,6 +131,7 @@ def test_an_ensemble_mixes_onnx_and_torch_models(exported, store):
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.slow
 def test_fixed_batch_export_runs_that_batch_and_the_engine_refuses_it(pixels_ckpt, tmp_path):
     ck = pixels_ckpt
     out = tmp_path / "b8.onnx"
@@ -140,6 +143,7 @@ def test_fixed_batch_export_runs_that_batch_and_the_engine_refuses_it(pixels_ckp
         Ensemble([out], device="cpu")
 
 
+@pytest.mark.slow
 def test_export_refuses_logits_beyond_the_tolerance(exported, tmp_path):
     ckpt, _, report = exported
     assert report["max_abs_diff"] > 0  # folded batch norm rounds differently, so a zero tolerance fails
@@ -148,6 +152,7 @@ def test_export_refuses_logits_beyond_the_tolerance(exported, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gate, why", [({"max_ap_loss": -1.0}, "it loses"), ({"min_speedup": 1e9}, "it is not 1e\\+09x as fast")])
 def test_int8_not_kept_when_it_loses_ap_or_is_not_faster(pixels_ckpt, tmp_path, store, gate, why):
     out = tmp_path / "q.onnx"
@@ -178,6 +183,7 @@ def one_line_error(capsys, argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_cli_exports_and_prints_the_report(pixels_ckpt, tmp_path, store, capsys):
     ck = pixels_ckpt
     assert main(["export", str(ck), "--out", str(tmp_path / "m.onnx"), "--check", str(store.path)]) == 0
@@ -192,6 +198,7 @@ def test_cli_not_a_checkpoint(tmp_path, capsys):
     assert str(bad) in err and "pickle" in err
 
 
+@pytest.mark.slow
 def test_cli_unwritable_out(pixels_ckpt, tmp_path, capsys):
     ck = pixels_ckpt
     (tmp_path / "file").write_text("a file, not a folder")
@@ -221,6 +228,7 @@ def test_classify_runs_an_onnx_model(exported, store, tmp_path):
     np.testing.assert_allclose(rows.column("score").to_numpy(), want, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.slow
 def test_int8_written_when_the_gates_pass(pixels_ckpt, tmp_path, store):
     """Gates opened wide (any speed, any AP), so the written path runs whatever this machine measures."""
     out = tmp_path / "q.onnx"

@@ -77,6 +77,7 @@ def fitted(sheets):
     return fit_feature_model(sheets[0], seed=0, max_iter=40)
 
 
+@pytest.mark.slow
 def test_tree_walk_equals_scikit_learn(sheets, fitted):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -246,6 +247,7 @@ def test_fused_network_is_saved_with_a_feature_model_only(tmp_path):
         save_checkpoint(tmp_path / "c.safetensors", build_model(cfg), model_config=cfg, train_config={}, data_hash="d", metrics={})
 
 
+@pytest.mark.slow
 def test_cascade_scores_kept_rows_with_the_network_and_the_rest_by_features(tmp_path):
     store = feature_store(tmp_path / "s.zarr")
     path = fused_checkpoint(tmp_path / "c.safetensors")

@@ -252,6 +252,7 @@ def test_pure_core():
     assert default_grid(True) == (PAPER_NS, PAPER_MS, 4)
 
 
+@pytest.mark.slow
 def test_real_tiny_search_end_to_end_then_resume(store_factory, client, tmp_path, capsys):
     """Real training runs (tiny stores, tiny network, 2 epochs); a rerun retrains nothing."""
     from scanstream import metrics as mt
@@ -311,6 +312,7 @@ def test_trial_threads_default_and_explicit(stores, tmp_path, fake, client):
     assert fake["threads"] and all(t == (1, 3) for t in fake["threads"])
 
 
+@pytest.mark.slow
 def test_started_workers_keep_glibcs_malloc_trim_default(monkeypatch):
     # Dask's nanny default (65536) made torch steps fault every buffer back in (scanstream.executor)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)

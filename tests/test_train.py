@@ -276,6 +276,7 @@ def test_tiny_run_writes_outputs(reference):
     assert header.startswith("epoch,train_loss,val_loss,smoothed_val_loss,val_ap,images_per_s")
 
 
+@pytest.mark.slow
 def test_dask_fed_run_is_the_same_run(reference, tmp_path):
     """Same seed, same device, Dask-fed (a LocalCluster of one process): identical history and weights."""
     stores, local = reference
@@ -357,6 +358,7 @@ def test_lr_factor_constant_and_cosine():
         lr_factor("linear", 0, 0, 10, 4)
 
 
+@pytest.mark.slow
 def test_cosine_run_decays_rates_and_resumes_the_same(reference, tmp_path, monkeypatch):
     """Cosine: each group's rate follows lr_factor; an interrupted run resumes to the same result;
     max_epochs (which lays out the schedule) may not change on resume, unlike under a constant rate."""
@@ -456,6 +458,7 @@ def test_cli_bad_n_is_one_line_exit_2(stores, tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1 and "N" in err and "0..8" in err
 
 
+@pytest.mark.slow
 def test_cli_dask_start_up_lines_only_with_verbose(stores, tmp_path):
     """A Dask-fed run from the command line: stderr carries no 'INFO distributed...' lines unless -v."""
     import subprocess

@@ -101,6 +101,7 @@ def part_mtimes(out: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in part_files(out)}
 
 
+@pytest.mark.slow
 def test_two_stores_dropped_in_turn_each_processed_once(models, tmp_path):
     root, rec = models
     config = load_watch_config(root / "overnight.toml")
@@ -178,6 +179,7 @@ def test_two_stores_dropped_in_turn_each_processed_once(models, tmp_path):
     assert read_manifest(out)["sheets"]["P"]["rows"] == 64 and read_manifest(out)["rows"] == 256
 
 
+@pytest.mark.slow
 def test_restart_after_kill_mid_store(models, tmp_path):
     root, _ = models
     inbox, out = tmp_path / "inbox", tmp_path / "cands"
