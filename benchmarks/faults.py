@@ -250,7 +250,8 @@ def integrity_cases(root: Path, s, model: Path) -> list[tuple[str, list[str], tu
     mult_only.mkdir()
     Image.fromarray(np.zeros((224, 224), np.uint8)).save(mult_only / "a.png")
     (mult_only / "listing.csv").write_text("file,object_id,x_mm,y_mm,z_mm,multiplicity\na.png,a,0,0,0,4\n")
-    main(["ingest", str(mult_only), f"{r}/multonly.zarr", "--format", "images", "--no-progress"])
+    with contextlib.redirect_stdout(io.StringIO()):  # stdout is the report
+        main(["ingest", str(mult_only), f"{r}/multonly.zarr", "--format", "images", "--no-progress"])
     shipped = str(Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade.safetensors")
     cls = ["classify", "--model", M, "--workers", "1", "--device", "cpu"]
     cases = [(f"query a table with a part {k}", ["query", str(t)], (2,)) for k, t in tables.items() if k != "ok"]

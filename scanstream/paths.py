@@ -59,3 +59,31 @@ def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], *,
         if _within(source, target):
             raise InputError(f"{what} {out} contains the input {item}, which writing it would replace; "
                              "write it elsewhere")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer of ``path`` left beside it; return them.
+
+    :func:`scanstream.atomic.atomic_path` writes ``.<name>.tmp-<pid>`` beside ``path``; a
+    writer killed with SIGKILL cannot remove its own. One whose process is gone is removed (a
+    live writer's is left alone), so a rerun leaves nothing of the killed run behind.
+    """
+    p = Path(path)
+    removed = []
+    for tmp in p.parent.glob(f".{p.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -100,3 +100,15 @@ def test_the_shipped_cascade_scores_ingested_prongs_and_refuses_objects_without_
     assert _ingest(src, tmp_path / "m.zarr") == 0
     with pytest.raises(InputError, match=r"2 of 4 objects .* no prong lengths \(first: o0, o1\)"):
         score_store(open_store(tmp_path / "m.zarr"), [SHIPPED], device="cpu", precision="fp32")
+
+
+def test_info_on_a_store_says_which_picker_features_it_carries(tmp_path, capsys):
+    import json
+
+    src = _source(tmp_path, 3)
+    _csv(src, ["2,31.5;12,10;-5", "0,,", "1,140,80"])
+    assert _ingest(src, tmp_path / "s.zarr") == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "s.zarr")]) == 0
+    carried = json.loads(capsys.readouterr().out)["picker_features"]
+    assert carried == {"multiplicity": 3, "track_lengths_um": 3, "track_dips_deg": 2}

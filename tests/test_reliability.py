@@ -544,3 +544,27 @@ def test_a_sheet_name_no_file_name_holds_is_refused_at_creation(tmp_path, capsys
     err = one_line_error(capsys, main(["ingest", str(src), str(tmp_path / "i.zarr"), "--format", "images"]), "ingest")
     assert "too long" in err and "line 2" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_refused_watch_leaves_nothing_behind(tmp_path, capsys):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "m.safetensors").write_bytes(b"\xff" * 64)  # not a checkpoint: refused at start
+    argv = ["watch", str(tmp_path / "inbox"), "--out", str(tmp_path / "cands"), "--model",
+            str(tmp_path / "m.safetensors"), "--once", "--workers", "1"]
+    assert "m.safetensors" in one_line_error(capsys, main(argv), "watch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inbox", "m.safetensors"]
+
+
+def test_a_rerun_removes_what_a_killed_writer_left_and_only_that(tmp_path):
+    from scanstream.inference.export import _check_out
+    from scanstream.paths import remove_stale_temporaries
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = tmp_path / f".m.onnx.tmp-{dead.pid}"
+    live = tmp_path / f".m.onnx.tmp-{os.getpid()}"
+    killed.write_bytes(b"half an onnx file")
+    live.write_bytes(b"being written")
+    assert _check_out(tmp_path / "m.onnx") == tmp_path / "m.onnx"  # export's first step
+    assert not killed.exists() and live.exists()
+    assert remove_stale_temporaries(tmp_path / "m.onnx") == []

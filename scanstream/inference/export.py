@@ -59,6 +59,7 @@ from scanstream.inference.scoring import score_store
 from scanstream.metrics import average_precision
 from scanstream.network.checkpoint import LoadedCheckpoint, load_checkpoint, read_header
 from scanstream.network.model import HEAD_WIDTHS, IMAGENET_MEAN, IMAGENET_STD, preprocess
+from scanstream.paths import remove_stale_temporaries
 from scanstream.picker.learned import inputs_and_logits
 
 logger = logging.getLogger(__name__)
@@ -279,6 +280,7 @@ def _check_out(out: str | os.PathLike) -> Path:
         raise InputError(f"{out}: an exported model's file name must end in .onnx")
     if out.is_dir():
         raise InputError(f"{out}: is a directory; give the .onnx file to write")
+    remove_stale_temporaries(out)  # a killed export's temporary file
     return out
 
 

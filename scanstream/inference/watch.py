@@ -32,6 +32,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -457,16 +458,22 @@ def watch(
         config = replace(config, poll_seconds=poll_seconds)
     stop = stop or threading.Event()
     sdir = state_dir(out)
+    fresh = not sdir.exists()
     sdir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(sdir / "lock"):
-        write_json(sdir / "config.json", asdict(config), sort_keys=False)  # the resolved config
-        w = _Watcher(inbox, out, config, progress=progress, retry_failed=retry_failed)
-        if w.state.current:
-            logger.warning("resuming after an interrupted run: %s was in progress", w.state.current.get("path"))
-        try:
-            return w.loop(once=once, stop=stop, on_store=on_store)
-        finally:
-            w.close()
+    try:
+        with _exclusive(sdir / "lock"):
+            write_json(sdir / "config.json", asdict(config), sort_keys=False)  # the resolved config
+            w = _Watcher(inbox, out, config, progress=progress, retry_failed=retry_failed)
+            if w.state.current:
+                logger.warning("resuming after an interrupted run: %s was in progress", w.state.current.get("path"))
+            try:
+                return w.loop(once=once, stop=stop, on_store=on_store)
+            finally:
+                w.close()
+    except ScanstreamError:
+        if fresh and {f.name for f in sdir.iterdir()} <= {"lock", "config.json"}:
+            shutil.rmtree(sdir, ignore_errors=True)  # refused before it recorded anything: leave nothing
+        raise
 
 
 def _check_places(inbox: Path, out: Path) -> None:

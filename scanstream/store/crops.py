@@ -481,6 +481,9 @@ def summarize_store(store: CropStore) -> dict[str, Any]:
         "labels": {"alpha": int((labels == 1).sum()), "other": int((labels == 0).sum()), "unknown": int((labels == -1).sum())},
         "categories": counts("category"),
         "sheets": counts("sheet"),
+        # objects carrying each of the picker's features (models reading them refuse objects without)
+        "picker_features": {c: t.num_rows - t.column(c).null_count for c in
+                            ("multiplicity", "track_lengths_um", "track_dips_deg") if c in t.column_names},
         "crop_shape": list(store.crops.shape[1:]),
         "chunk_shape": list(store.crops.chunks),
         "shard_shape": list(store.crops.shards) if store.crops.shards else None,
