@@ -568,3 +568,25 @@ def test_a_rerun_removes_what_a_killed_writer_left_and_only_that(tmp_path):
     assert _check_out(tmp_path / "m.onnx") == tmp_path / "m.onnx"  # export's first step
     assert not killed.exists() and live.exists()
     assert remove_stale_temporaries(tmp_path / "m.onnx") == []
+
+
+def test_a_checkpoint_whose_tensors_do_not_fit_its_architecture_is_refused_before_any_work(store, tmp_path, capsys):
+    import json
+
+    from fixtures import make_checkpoint
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from scanstream.network.model import ModelConfig, build_model
+
+    good = make_checkpoint(tmp_path / "good.safetensors", 0, store.read_rows(np.arange(4)))
+    with safe_open(str(good), "pt") as f:
+        metadata = f.metadata()  # resnet18's metadata ...
+    other = build_model(ModelConfig(backbone="mobilenet_v3_small", input_size=32)).state_dict()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    assert json.loads(metadata["scanstream"])["model_config"]["backbone"] == "resnet18"  # ... mobilenet's tensors
+    argv = ["classify", str(store.path), "--model", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "c"),
+            "--device", "cpu", "--workers", "1"]
+    err = one_line_error(capsys, main(argv), "classify")
+    assert "bad.safetensors: tensors do not fit the resnet18" in err
+    assert not (tmp_path / "c").exists()

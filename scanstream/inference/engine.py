@@ -42,11 +42,11 @@ import torch
 from scanstream import store as st
 from scanstream.candidates import table as cand
 from scanstream.devices import resolve_device, resolve_precision
-from scanstream.errors import CheckpointError, InputError, StoreError, TaskError
+from scanstream.errors import CheckpointError, ConfigError, InputError, StoreError, TaskError
 from scanstream.executor import local_cores, tune_malloc
 from scanstream.inference.onnx_model import OnnxNetwork, load_onnx, onnx_session
-from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint, read_header
-from scanstream.network.model import preprocess
+from scanstream.network.checkpoint import PREFILTER_PREFIX, checkpoint_hash, load_checkpoint, read_header
+from scanstream.network.model import ModelConfig, build_model, preprocess
 from scanstream.picker.features import check_feature_rows
 from scanstream.picker.learned import FeatureModel, inputs_and_logits
 
@@ -55,9 +55,43 @@ logger = logging.getLogger(__name__)
 
 # -- checkpoints --------------------------------------------------------------------------
 def checkpoint_identity(path: str | os.PathLike) -> str:
-    """The model file's hash after checking it is a scanstream checkpoint or ONNX export."""
+    """The model file's hash after checking it is a scanstream checkpoint (tensors included) or ONNX export."""
     model_header(path)
+    if Path(path).suffix != ".onnx":
+        check_tensors(path)
     return checkpoint_hash(path)
+
+
+def check_tensors(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose tensors do not fit the network its metadata names, before any work.
+
+    Names and shapes in the safetensors header are compared with the network built from the
+    recorded ``model_config``; no weight is read (the workers load them later).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first tensor missing, unexpected or of another shape.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        cfg = ModelConfig.from_dict(read_header(path)["model_config"])
+    except (InputError, ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad model config in checkpoint: {exc}") from None
+    net = build_model(ModelConfig(backbone=cfg.backbone, input_size=cfg.input_size, inputs=cfg.inputs))
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    try:
+        with safe_open(str(path), "pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in list(f.keys()) if not k.startswith(PREFILTER_PREFIX)}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors tensors: {exc}") from None
+    problems = [f"missing {k}" for k in want if k not in have]
+    problems += [f"unexpected {k}" for k in have if k not in want]
+    problems += [f"{k} is {list(have[k])}, expected {list(want[k])}" for k in want if k in have and have[k] != want[k]]
+    if problems:
+        raise CheckpointError(f"{path}: tensors do not fit the {cfg.backbone} its metadata names "
+                              f"({len(problems)} problem(s), first: {problems[0]})")
 
 
 def model_header(path: str | os.PathLike) -> dict[str, Any]:

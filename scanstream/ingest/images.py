@@ -5,8 +5,9 @@ Two layouts of crop files (``scanstream ingest SRC STORE --format ...``):
 ``images``
     A folder of PNG / JPEG / TIFF crops plus a listing (CSV or Parquet) with one row per crop.
     Required columns: the file (relative to SRC), the object id and the stage position x, y, z
-    in mm; optional: label, sheet, plate, module, experiment, category, multiplicity. Column
-    names are matched case-insensitively against :data:`COLUMN_ALIASES`.
+    in mm; optional: label, sheet, plate, module, experiment, category, and the picker's
+    multiplicity, prong lengths and dips (:mod:`scanstream.ingest.listing`). Column names are
+    matched case-insensitively against its ``COLUMN_ALIASES``.
 ``imagefolder``
     ``ROOT/<class>/<file>`` as training sets are laid out. Files in the positive class folder
     (default ``1_positive``) get label 1, files in every other class folder label 0; the
