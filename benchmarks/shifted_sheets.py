@@ -8,7 +8,8 @@ further), at the paper's prevalence (1:183; the recipe's full-size held-out shee
 cascade's prefilter is applied, and only the objects it keeps are rendered (about 12 % of a
 sheet). The cascade scores every other object with its feature model's logit, exactly as
 ``classify`` does, so the sheet's scores are the ones a full store would get, at an eighth of the
-rendering.
+rendering. A seeded uniform sample of 400 objects per sheet is rendered as well, for the image
+statistics of the drift check (as ``scanstream info`` samples a sheet's crops).
 
 Per sheet and model it reports: AP; the former method's cuts (their recall fixes the operating
 point); the model's candidates at that recall and the inspection load cut against the cuts,
@@ -144,8 +145,8 @@ def render_kept(sheet: Sheet, cond: SheetConditions, objects: int, alpha_fractio
 def sheet_scores(sheet: Sheet, objects: int, alpha_fraction: float, models: list[Model], work: Path, workers: int):
     """(features table, conditions, {model name: cascade scores of every object}, image statistics).
 
-    The image statistics (:func:`scanstream.trust.crop_statistics`) are of a seeded sample of
-    the rendered (prefilter-kept) crops, ``rows`` indexing the sheet's objects.
+    The image statistics (:func:`scanstream.drift.crop_statistics`) are of a seeded uniform
+    sample of the sheet's objects (:func:`image_sample`), ``rows`` indexing them.
     """
     table, cond = features(sheet, objects, alpha_fraction, work, workers)
     logits = {m.name: np.asarray(m.feature_model.score_table(table), np.float64) for m in models}
@@ -167,10 +168,22 @@ def sheet_scores(sheet: Sheet, objects: int, alpha_fraction: float, models: list
             cached[m.hash] = full.tolist()
             atomic.write_parquet(cache, pa.table({k: pa.array(v, pa.float64()) for k, v in cached.items()}))
         scores[m.name] = np.asarray(cached[m.hash])
-    kept_rows = np.nonzero(union)[0]
-    sample = np.sort(np.random.default_rng(0).choice(kept_rows.size, size=min(IMAGE_SAMPLE, kept_rows.size), replace=False))
-    image = {"rows": kept_rows[sample], **crop_statistics(store.read_rows(sample))}
-    return table, cond, scores, image
+    return table, cond, scores, image_sample(sheet, cond, objects, alpha_fraction, work, workers)
+
+
+def image_sample(sheet: Sheet, cond: SheetConditions, objects: int, alpha_fraction: float, work: Path, workers: int) -> dict:
+    """Image statistics of a seeded uniform sample of the sheet's objects (rendered on their own), as ``info`` reads them."""
+    rows = np.sort(np.random.default_rng(0).choice(objects, size=min(IMAGE_SAMPLE, objects), replace=False))
+    path = work / f"{sheet.name}-{objects}-sample{rows.size}.zarr"
+    if is_store(path) and open_store(path, require_complete=False).complete:
+        store = open_store(path)
+    else:
+        plans = plan_sheet(objects, alpha_fraction, sheet.name, sheet.seed)
+        plans = [ObjectPlan(j, plans[i].sheet, plans[i].serial, plans[i].category, plans[i].seed) for j, i in enumerate(rows)]
+        source = {"stage": "benchmark-shifted-sheets-sample", "sheet": sheet.name, "seed": sheet.seed, "objects": objects,
+                  "alpha_fraction": alpha_fraction, "sample": int(rows.size), "conditions": cond.as_dict()}
+        store = write_plans(path, plans, {sheet.name: cond}, source=source, workers=workers, desc=f"{sheet.name} sample")
+    return {"rows": rows, **crop_statistics(store.read_rows(np.arange(store.n)))}
 
 
 def features_of(table: pa.Table) -> tuple[np.ndarray, list]:
@@ -323,7 +336,7 @@ def draw(doc: dict, path: Path) -> None:
     for ax in axes:
         ax.set_xticks(x + width * (len(names) - 1) / 2, keys, rotation=30)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Held-out sheets at 1:183, {doc['objects_per_sheet']:,} objects each")
+    fig.suptitle(f"Held-out sheets at 1:183, {doc['objects_per_sheet']:,} objects each (HOLDOUT: 46,948)")
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
