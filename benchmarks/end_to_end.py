@@ -17,12 +17,24 @@ stage of the recipe used:
    recall over the picked alpha decays fixes the operating point, and each model is set to the
    same recall on the same objects.
 
-Volumes are drawn with alpha decays enriched (``--alpha-fraction``), so counts of selected
-objects compare with nothing real. What carries over are the per-class pass rates: r_a (alpha
-decays kept) and r_o (background kept). Reweighted to the paper's prevalence pi = 1:183, a
-method selects N (pi r_a + (1 - pi) r_o) candidates of N objects; the load cut is the ratio of
-the cuts' figure to the model's, with binomial errors on both rates propagated (r_o's dominate).
-Recall over all alpha decays (picking losses included) is reported beside it.
+Volumes are drawn with alpha decays enriched (``--alpha-fraction``) and objects denser than a
+real sheet's (``--objects-per-field``), so counts of selected objects compare with nothing real.
+Two reweightings carry them over:
+
+* **by class** (``at_cuts_recall``): the per-class pass rates r_a (picked alpha-decay vertices
+  kept) and r_o (every other picked vertex kept). At the paper's prevalence pi = 1:183 a method
+  selects N (pi r_a + (1 - pi) r_o) candidates of N objects; the load cut is the ratio of the
+  cuts' figure to the model's, with binomial errors on both rates propagated (r_o's dominate).
+  This treats the volume's background (its fakes and duplicates included) as a sheet's.
+* **by source** (``by_source``): every other picked vertex is put down to what made it: a true
+  non-alpha object of a category (within ``--fake-xy-um`` in x, y and two z-steps of its
+  vertex), a second vertex of an alpha decay (within ``--duplicate-um`` of one in x, y), or a
+  fake (nothing near). Kept vertices per true object of each category, per alpha decay and per
+  field are scaled to a real sheet: the simulator's category mix (``BACKGROUND_MIX``), alpha
+  decays at 1:183, and a field per ``REALISTIC_PER_MM2`` x field area objects. Poisson errors
+  on each kept count.
+
+Recall over all alpha decays (picking losses included) is reported beside them.
 
 Usage::
 
@@ -50,7 +62,8 @@ from scanstream.inference.scoring import score_store
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.pick import pick_field
-from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
+from scanstream.simulate.objects import BACKGROUND_MIX
+from scanstream.simulate.volume import PIXEL_UM, REALISTIC_PER_MM2, VolumeSimConfig, simulate_volume
 from scanstream.store import is_store, open_store, open_volume
 from scanstream.store.writer import StoreWriter
 
@@ -93,6 +106,66 @@ def alpha_labels(store, truth: list[dict], xy_um: float) -> tuple[np.ndarray, in
     return is_alpha, found
 
 
+def sources(store, truth: list[dict], args: argparse.Namespace) -> np.ndarray:
+    """What made each picked vertex: ``alpha``, ``dup`` (beside an alpha decay), a category, or ``fake``."""
+    t = store.table
+    p = np.column_stack([t.column(c).to_numpy(zero_copy_only=False) for c in ("x_mm", "y_mm", "z_mm")]).reshape(-1, 3)
+    tp = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in truth]).reshape(-1, 3)
+    lab = np.array([r["label"] == 1 for r in truth], bool)
+    cats = np.array([r["category"] for r in truth], dtype=object)
+    out = np.empty(len(p), dtype=object)
+    for i, v in enumerate(p):
+        dxy = np.hypot(tp[:, 0] - v[0], tp[:, 1] - v[1]) * 1000
+        dz = np.abs(tp[:, 2] - v[2]) * 1000
+        if ((dxy <= args.xy_um) & (dz <= 3.0) & lab).any():
+            out[i] = "alpha"
+        elif ((dxy <= args.duplicate_um) & lab).any():
+            out[i] = "dup"
+        elif ((dxy <= args.fake_xy_um) & (dz <= 6.0) & ~lab).any():
+            near = np.nonzero((dxy <= args.fake_xy_um) & (dz <= 6.0) & ~lab)[0]
+            out[i] = str(cats[near[np.argmin(dxy[near])]])
+        else:
+            out[i] = "fake"
+    return out
+
+
+def by_source(src: np.ndarray, truth_counts: dict[str, int], n_alpha: int, fields: int, field_mm2: float,
+              selections: dict[str, np.ndarray]) -> dict:
+    """Kept vertices per 10,000 objects of a real sheet, by what made them (module docstring)."""
+    mix = {k: v for k, v in BACKGROUND_MIX.items() if k in truth_counts}
+    total = sum(mix.values())
+    per_10k = {k: 1e4 * (1 - PREVALENCE) * v / total for k, v in mix.items()}  # objects of category k
+    alphas_10k = 1e4 * PREVALENCE
+    fields_10k = 1e4 / (REALISTIC_PER_MM2 * field_mm2)
+    out = {"real_sheet_per_10k": {"objects_by_category": {k: round(v, 1) for k, v in per_10k.items()},
+                                  "alpha_decays": round(alphas_10k, 1), "fields": round(fields_10k, 1)}}
+    for name, sel in selections.items():
+        parts, var = {}, 0.0
+        for k, objects in per_10k.items():
+            kept = int((sel & (src == k)).sum())
+            scale = objects / truth_counts[k]
+            parts[k] = (kept, kept * scale)
+            var += kept * scale**2
+        for k, denom, scale10k in (("dup", n_alpha, alphas_10k), ("fake", fields, fields_10k)):
+            kept = int((sel & (src == k)).sum())
+            parts[k] = (kept, kept * scale10k / denom)
+            var += kept * (scale10k / denom) ** 2
+        kept_alpha = int((sel & (src == "alpha")).sum())
+        parts["alpha"] = (kept_alpha, kept_alpha * alphas_10k / n_alpha)
+        var += kept_alpha * (alphas_10k / n_alpha) ** 2
+        cand = sum(v for _, v in parts.values())
+        out[name] = {"kept": {k: c for k, (c, _) in parts.items()},
+                     "candidates_per_10k": {k: round(v, 1) for k, (_, v) in parts.items()},
+                     "candidates_per_10k_total": round(cand, 1), "candidates_error": round(math.sqrt(var), 1)}
+    a, ea = out["cuts"]["candidates_per_10k_total"], out["cuts"]["candidates_error"]
+    for name in selections:
+        if name != "cuts":
+            b, eb = out[name]["candidates_per_10k_total"], out[name]["candidates_error"]
+            out[name]["load_cut"] = round(a / b, 2) if b else None
+            out[name]["load_cut_error"] = round(a / b * math.hypot(ea / a, eb / b), 2) if a and b else None
+    return out
+
+
 def rates(y: np.ndarray, selected: np.ndarray) -> dict:
     """Per-class pass rates with binomial errors, and the candidates per 10,000 objects at 1:183."""
     na, no = int(y.sum()), int((~y).sum())
@@ -129,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha-fraction", type=float, default=0.3)
     p.add_argument("--field-px", type=int, default=1024)
     p.add_argument("--xy-um", type=float, default=2.0, help="x, y distance for a picked vertex to be an alpha decay")
+    p.add_argument("--fake-xy-um", type=float, default=5.0, help="x, y distance beyond which a vertex is no object's")
+    p.add_argument("--duplicate-um", type=float, default=15.0, help="x, y distance of a second vertex of an alpha decay")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args(argv)
     models = {}
@@ -143,12 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seeds {args.seeds!r}: expected integers separated by commas")
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    ys, scores, cut_sel, n_alpha, n_found = [], {n: [] for n in models}, [], 0, 0
+    ys, scores, cut_sel, n_alpha, n_found, srcs, counts = [], {n: [] for n in models}, [], 0, 0, [], {}
     for seed in seeds:
         store, truth = picked_volume(args.work, seed, args)
         n_alpha += sum(r["label"] == 1 for r in truth)
+        for r in truth:
+            if r["label"] != 1:
+                counts[r["category"]] = counts.get(r["category"], 0) + 1
         if store.n == 0:
             continue
+        srcs.append(sources(store, truth, args))
         y, found = alpha_labels(store, truth, args.xy_um)
         n_found += found
         ys.append(y)
@@ -177,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         "cuts_recall_of_picked": round(cuts_recall, 4),
         "cuts_recall_of_all": round(int((cuts & y).sum()) / n_alpha, 4) if n_alpha else None,
         "ap_on_picked": aps, "at_cuts_recall": measure(y, selections),
+        "by_source": by_source(np.concatenate(srcs), counts, n_alpha, args.fields * len(seeds),
+                               (args.field_px * PIXEL_UM / 1000) ** 2, selections),
         "models": {n: Path(pth).name for n, pth in models.items()}, "seconds": round(time.perf_counter() - t0, 1),
     }
     text = json.dumps(doc, indent=1)
