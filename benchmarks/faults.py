@@ -56,7 +56,7 @@ from scanstream.candidates import table as cand
 from scanstream.cli import main
 from scanstream.network.checkpoint import save_checkpoint
 from scanstream.network.model import ModelConfig, build_model
-from scanstream.store import open_store
+from scanstream.store import create_store, open_store
 
 SCANSTREAM = str(Path(sys.executable).parent / "scanstream")
 
@@ -236,6 +236,9 @@ def integrity_cases(root: Path, s, model: Path) -> list[tuple[str, list[str], tu
     twin = make_store(root / "twin.zarr", n=12)  # the ids of s.zarr's first 12 objects, other crops
     shutil.copytree(s.path, root / "garbage.zarr")
     (root / "garbage.zarr" / "crops" / "zarr.json").write_bytes(b"\xff\xfe\x00 not json")
+    shutil.copytree(s.path, root / "baddigests.zarr")
+    (root / "baddigests.zarr" / "digests.json").write_text("{oops")
+    create_store(root / "empty.zarr", np.zeros((0, 224, 224, 3), np.uint8), [], source={"stage": "faults"})
     shutil.copytree(s.path, root / "noobjects.zarr")
     (root / "noobjects.zarr" / "objects.parquet").unlink()
     from PIL import Image
@@ -272,6 +275,8 @@ def integrity_cases(root: Path, s, model: Path) -> list[tuple[str, list[str], tu
         ("info on a garbage crops/zarr.json", ["info", f"{r}/garbage.zarr"], (2,)),
         ("classify a garbage crops/zarr.json", [*cls, f"{r}/garbage.zarr", "--out", f"{r}/c_garbage"], (2,)),
         ("info on a store without objects.parquet", ["info", f"{r}/noobjects.zarr"], (2,)),
+        ("classify a malformed digests.json", [*cls, f"{r}/baddigests.zarr", "--out", f"{r}/c_digests"], (2,)),
+        ("classify a store of 0 objects", [*cls, f"{r}/empty.zarr", "--out", f"{r}/c_empty"], (2,)),
         ("simulate 2**64 objects", ["simulate", f"{r}/huge.parquet", "--objects", "18446744073709551616",
                                     "--features-only", "--alpha-fraction", "0.5", "--sheet", "A"], (2,)),
         ("threshold --prevalence -1:5", ["threshold", S, "--model", M, "--target-recall", "0.9", "--prevalence",

@@ -590,3 +590,23 @@ def test_a_checkpoint_whose_tensors_do_not_fit_its_architecture_is_refused_befor
     err = one_line_error(capsys, main(argv), "classify")
     assert "bad.safetensors: tensors do not fit the resnet18" in err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("digests", "digests.json: unreadable block digests"),
+    ("empty", "store has no objects; nothing to classify"),
+])
+def test_classify_refuses_a_store_it_could_only_fail_on_later(store, tmp_path, capsys, damage, match):
+    from fixtures import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m.safetensors", 0, store.read_rows(np.arange(4)))
+    target = store.path
+    if damage == "digests":
+        (store.path / "digests.json").write_text("{oops")
+    else:
+        target = create_store(tmp_path / "empty.zarr", np.zeros((0, 224, 224, 3), np.uint8), [], source={"stage": "test"})
+        target = target.path
+    argv = ["classify", str(target), "--model", str(model), "--out", str(tmp_path / "c"), "--device", "cpu",
+            "--workers", "1"]
+    assert match in one_line_error(capsys, main(argv), "classify")
+    assert not (tmp_path / "c").exists()

@@ -272,13 +272,15 @@ def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = 
     The one reader of candidate tables (``scanstream.read_candidates``). The table is checked
     against its manifest first (:func:`require_complete`): a part missing, extra, truncated or
     replaced is refused, naming it. A table without its manifest (a run still going, or killed)
-    is refused unless ``partial``, which reads whatever parts are there. ``to`` gives a pyarrow
+    is refused unless ``partial``, which reads whatever parts are there (with a warning; evaluate
+    and range-energy read so, as they always have). ``to`` gives a pyarrow
     Table, or a pandas / polars DataFrame; pandas and polars are not dependencies of
     scanstream, and asking for one that is not installed is an InputError.
     """
     if to not in FORMATS:
         raise InputError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
-    require_complete(path, allow_partial=partial)
+    if require_complete(path, allow_partial=partial) is None:
+        logger.warning("%s: candidate table is incomplete (no %s); rows may be missing", path, MANIFEST)
     parts = part_files(path)
     try:
         dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=CANDIDATE_SCHEMA)

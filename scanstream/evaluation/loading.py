@@ -114,7 +114,7 @@ def load_candidate_scores(
         The threshold record belongs to other models.
     """
     p = Path(path)
-    table = read_candidates(p, columns=["object_id", "score", "store"])
+    table = read_candidates(p, columns=["object_id", "score", "store"], partial=True)
     for col in ("object_id", "score"):
         if col not in table.column_names:
             raise InputError(f"{p}: candidate table has no {col!r} column")

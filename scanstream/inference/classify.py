@@ -44,7 +44,7 @@ from scanstream.executor import dask_client, gpu_count, host_threads, run_tasks,
 from scanstream.inference.engine import TaskSpec, check_crops, check_features, checkpoint_identity, run_task
 from scanstream.inference.scoring import check_batch_size
 from scanstream.progress import as_progress
-from scanstream.store import CropStore, open_store
+from scanstream.store import BlockVerifier, CropStore, open_store
 from scanstream.threshold import check_models, load_threshold
 
 __all__ = ["ClassifyResult", "classify", "plan_tasks"]
@@ -118,6 +118,9 @@ def _open_stores(stores: Sequence[str | os.PathLike]) -> dict[str, CropStore]:
     for s in stores:
         store = open_store(s)
         check_crops(store)
+        if store.n == 0:
+            raise InputError(f"{s}: store has no objects; nothing to classify")
+        BlockVerifier(store)  # reads digests.json: a damaged one is named now, not by every task
         path = str(Path(s).resolve())
         if path in opened:
             raise InputError(f"{s}: store given twice")

@@ -151,7 +151,7 @@ def read_sheet_prongs(source: str | os.PathLike, *, sheet: str, store: str | os.
             inputs["selection"] = "verdict alpha"
         wanted = rows.num_rows
     else:
-        cands = _sheet_rows(read_candidates(source, columns=["object_id", "sheet", "selected"]), sheet, source)
+        cands = _sheet_rows(read_candidates(source, columns=["object_id", "sheet", "selected"], partial=True), sheet, source)
         if alpha_ids is None:
             cands = cands.filter(pc.fill_null(cands.column("selected"), False))
             inputs["selection"] = "selected"
