@@ -441,6 +441,7 @@ def test_a_truncated_part_of_a_partial_table_is_one_line_under_info(table, capsy
     (["evaluate", "{t}", "--store", "{s}", "--out", "{t}/eval"], "evaluate"),
     (["train", "{s}", "{s}", "--out", "{s}/run"], "train"),
     (["ingest", "{tmp}", "{tmp}/i.zarr", "--format", "images"], "ingest"),
+    (["review", "{t}", "--verdicts", "{t}/v", "--port", "0"], "review"),
     (["train", "{s}", "{s}", "--out", "{tmp}/r", "--config", "{tmp}/r/c.toml"], "train"),
 ])
 def test_an_output_inside_or_over_an_input_is_refused_up_front(whole, tmp_path, capsys, argv, verb):

@@ -79,7 +79,8 @@ def apply_deprecated(args: argparse.Namespace) -> None:
 
 # -- outputs never at, inside or around an input ------------------------------------------------
 #: The argument holding a verb's output where it is not ``out``.
-OUTPUT_ARG = {"ingest": "store", "simulate": "store", "simulate-dataset": "out_dir", "simulate-volume": "out_dir"}
+OUTPUT_ARG = {"ingest": "store", "simulate": "store", "simulate-dataset": "out_dir", "simulate-volume": "out_dir",
+              "review": "verdicts"}
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -94,4 +95,4 @@ def check_outputs(args: argparse.Namespace) -> None:
         return
     inputs = [v for key, value in vars(args).items() if key not in (name, "save_model")
               for v in (value if isinstance(value, list | tuple) else [value]) if isinstance(v, Path)]
-    check_output(out, inputs, what="--out" if name == "out" else name.upper())
+    check_output(out, inputs, what={"out": "--out", "verdicts": "--verdicts"}.get(name, name.upper()))
