@@ -7,6 +7,7 @@ small network to learn in seconds, which is what pipeline tests need.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +16,17 @@ import zarr
 from PIL import Image
 
 from scanstream.store import CROP_SIZE, create_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+    """A script of the project (``benchmarks/x.py``, ``pipelines/y.py``) imported as a module, for its functions."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def draw_crops(labels: np.ndarray, *, seed: int = 0) -> np.ndarray:

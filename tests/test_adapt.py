@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import draw_crops, make_checkpoint, make_store
+from fixtures import draw_crops, load_script, make_checkpoint, make_store
 from test_query import write_candidates
 
 from scanstream.candidates.query import CandidateFilter
@@ -27,8 +26,6 @@ from scanstream.review.gallery import write_gallery
 from scanstream.review.server import ReviewSession
 from scanstream.threshold import load_threshold, threshold_at_recall
 from scanstream.verdicts import read_records
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "verdicts_adapt.py"
 
 
 def sheet_scores(n=2000, prevalence=0.05, seed=0):
@@ -226,9 +223,7 @@ def test_useful_verdicts_become_a_store_for_fine_tuning(reviewed, tmp_path):
 
 # -- the benchmark ------------------------------------------------------------------------------
 def test_benchmark_runs_tiny(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("verdicts_adapt", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/verdicts_adapt.py")
     valid = make_store(tmp_path / "valid.zarr", n=120, alpha_fraction=0.2, seed=11, sheet="VALID")
     sheet = make_store(tmp_path / "sheet.zarr", n=300, alpha_fraction=0.1, seed=12, sheet="SHIFT")
     ck = make_checkpoint(tmp_path / "c.safetensors", 0, draw_crops(np.array([1, 0] * 4), seed=2))
@@ -249,9 +244,7 @@ def test_benchmark_runs_tiny(tmp_path, capsys):
 
 
 def test_benchmark_help_says_what_to_run(capsys):
-    spec = importlib.util.spec_from_file_location("verdicts_adapt", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/verdicts_adapt.py")
     with pytest.raises(SystemExit):
         mod.main(["--help"])
     text = capsys.readouterr().out
@@ -259,9 +252,7 @@ def test_benchmark_help_says_what_to_run(capsys):
 
 
 def test_benchmark_binormal_mode(capsys):
-    spec = importlib.util.spec_from_file_location("verdicts_adapt", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/verdicts_adapt.py")
     assert mod.main(["--binormal", "3", "--objects", "1500", "--alpha", "40", "--alpha-verdicts", "20",
                      "--replicates", "100"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "crop_information.py"
+from fixtures import load_script
 
 
 @pytest.fixture(scope="module")
 def ci():
-    spec = importlib.util.spec_from_file_location("crop_information", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/crop_information.py")
 
 
 @pytest.mark.slow

@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import make_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "end_to_end.py"
+from fixtures import load_script, make_checkpoint
 
 
 @pytest.fixture(scope="module")
 def e2e():
-    spec = importlib.util.spec_from_file_location("end_to_end", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/end_to_end.py")
 
 
 def test_rates_reweight_to_the_papers_prevalence(e2e):

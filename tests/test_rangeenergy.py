@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fixtures import write_stack
+from fixtures import load_script, write_stack
 
 from scanstream import rangeenergy as re
 from scanstream.candidates import table as cand
@@ -449,10 +447,7 @@ def test_missing_file_is_an_input_error(tmp_path):
 
 # -- the coverage benchmark -----------------------------------------------------------------
 def test_coverage_benchmark_runs_on_one_small_sheet(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("rangeenergy_coverage",
-                                                  Path(__file__).parents[1] / "benchmarks" / "rangeenergy_coverage.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/rangeenergy_coverage.py")
     assert bench.main(["--sheets", "1", "--decays", "60", "--no-lengths-alone", "--out", str(tmp_path / "c.json"),
                        "--figure", str(tmp_path / "f.png")]) == 0
     doc = json.loads((tmp_path / "c.json").read_text())
