@@ -134,6 +134,70 @@ def test_no_alpha_at_all_estimates_zero():
     assert shift.prevalence == 0.0 and shift.expected_count < 1e-3
 
 
+def version1(block):
+    """The block as a record written before the histogram map carries it."""
+    return {**{k: v for k, v in block.items() if k != "histogram"}, "version": 1}
+
+
+def test_histogram_map_counts_each_class_in_common_bins(calibration):
+    y, _, block = calibration
+    h = block["histogram"]
+    assert block["version"] == trust.TRUST_VERSION == 2 and trust.usable_histogram(block) is h
+    assert sum(h["alpha"]) == y.sum() and sum(h["other"]) == (y == 0).sum()
+    assert len(h["alpha"]) == len(h["edges"]) + 1 and np.all(np.diff(h["edges"]) > 0)
+    lr = trust.histogram_ratio(h)
+    both = (np.asarray(h["alpha"]) > 0) & (np.asarray(h["other"]) > 0)
+    assert both.sum() >= 3 and np.all(np.diff(lr[both]) > 0)  # these Gaussians' ratio rises with the score
+    assert lr[0] < 0.05 and lr[-1] > 100
+    assert json.loads(json.dumps(h)) == h
+
+
+@pytest.mark.parametrize(("prevalence", "tolerance"), [(0.1, 0.03), (0.02, 0.12)])
+def test_histogram_map_recovers_a_known_prevalence(calibration, prevalence, tolerance):
+    """Unbiased to a few percent where the bins hold both classes; low by the prior's share at 1:50."""
+    _, _, block = calibration
+    rng = np.random.default_rng(7)
+    errors = []
+    for _ in range(30):
+        y, s = draw(5000, prevalence, rng)
+        errors.append(trust.expected_alpha(block, s)[0].expected_count - y.sum())
+    assert abs(np.mean(errors)) < tolerance * prevalence * 5000
+    assert np.std(errors) < 0.3 * prevalence * 5000
+
+
+def test_histogram_variance_is_the_maps_spread_and_shrinks_with_more_calibration_data():
+    rng = np.random.default_rng(4)
+    _, sheet = draw(5000, 0.05, rng)
+    variances = []
+    for n in (1000, 16000):
+        y, s = draw(n, 0.1, rng)
+        h = trust.fit_histogram(y, s)
+        counts = np.bincount(np.searchsorted(h["edges"], sheet, side="right"), minlength=len(h["edges"]) + 1)
+        variances.append(trust.histogram_variance(h, counts.astype(float)))
+    assert variances[0] > 2 * variances[1] > 0
+
+
+def test_version1_records_keep_the_platt_map(calibration):
+    _, _, block = calibration
+    old = version1(block)
+    _, sheet = draw(3000, 0.01, np.random.default_rng(12))
+    shift, var, method = trust.expected_alpha(old, sheet)
+    cal = block["calibration"]
+    assert "Platt" in method and var == trust.map_variance(sheet, block["calibration_bootstrap"])
+    assert shift.expected_count == trust.prior_shift(trust.calibrated_probability(cal, sheet), cal["prevalence"]).expected_count
+    out = trust.sheet_trust(trust.SheetInputs(sheet, sheet > 1.0), record_with(old))
+    assert "Platt" in out["expected_alpha_method"] and isinstance(out["expected_alpha"], float)
+
+
+@pytest.mark.parametrize("bad", [None, {"kind": "histogram"}, {"kind": "histogram", "edges": [0.0], "alpha": [1, 2],
+                                                                 "other": [3], "prior": 0.5},
+                                 {"kind": "other", "edges": [0.0], "alpha": [1, 2], "other": [3, 4], "prior": 0.5}, "x"])
+def test_a_malformed_histogram_falls_back_to_platt(calibration, bad):
+    _, _, block = calibration
+    assert trust.usable_histogram({**block, "histogram": bad}) is None
+    assert "Platt" in trust.expected_alpha({**block, "histogram": bad}, np.zeros(5))[2]
+
+
 # -- drift -----------------------------------------------------------------------------------
 def test_ks_to_mixture_matches_scipy_on_one_class():
     rng = np.random.default_rng(3)
@@ -157,7 +221,10 @@ def test_drift_off_on_sheets_like_the_calibration_data(calibration, seed):
     out = trust.sheet_trust(inputs, record_with(block))
     assert out["drift"]["flag"] is False, out["drift"]
     assert set(out["drift"]["statistics"]) == set(drift.DRIFT_LIMITS)
-    assert abs(out["expected_alpha"] - y.sum()) <= max(0.25 * y.sum(), 3)
+    lo, hi = out["expected_alpha_interval"]
+    assert "histogram" in out["expected_alpha_method"] and lo <= out["expected_alpha"] <= hi
+    # these toy scores have no other above the alpha peak: the histogram's prior there counts low
+    assert 0.4 * y.sum() <= out["expected_alpha"] <= 1.1 * y.sum() + 3
     assert 0.0 < out["expected_recall"] <= 1.0
 
 
