@@ -13,14 +13,15 @@ Three parts, all in a scratch directory:
   and its result compared with an uninterrupted run's: the candidate table row for row (rows
   lost, rows duplicated, scores equal), the store by content hash. During an ``--overwrite`` the
   old store must open complete after the kill. A point is *survived* when the rerun's result is
-  identical and nothing was lost or duplicated.
+  identical and nothing was lost or duplicated. A command that finishes before its point (a fast
+  machine; raise ``--sim-objects``) is listed as not reached and counted in neither total.
 - **files outside the output touched**: every file under the scratch directory outside the
   outputs of the command is fingerprinted (size, mtime, content hash) before and after each
   kill scenario; new, changed or removed ones are counted.
 
 Usage::
 
-    python benchmarks/faults.py [--dir DIR] [--objects 640] [--sim-objects 600]
+    python benchmarks/faults.py [--dir DIR] [--objects 640] [--sim-objects 2000]
 
 Measured figures are printed, never asserted (``tests/test_reliability.py`` holds the
 regression tests).
@@ -456,7 +457,8 @@ def main_(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", type=Path, help="scratch directory (default: a new temporary one, removed after)")
     ap.add_argument("--objects", type=int, default=640, help="crops in the classify kill store (tasks of 64)")
-    ap.add_argument("--sim-objects", type=int, default=600, help="objects of the simulate kill runs")
+    ap.add_argument("--sim-objects", type=int, default=2000,
+                    help="objects of the simulate kill runs (enough to outlast the 6 s point on an idle 2-core machine)")
     ap.add_argument("--skip-kills", action="store_true", help="bad inputs only")
     args = ap.parse_args(argv)
     root = args.dir or Path(tempfile.mkdtemp(prefix="scanstream-faults-"))
@@ -481,8 +483,10 @@ def main_(argv: list[str] | None = None) -> int:
         "unclear": [b for b in bad if not b["clear"]],
         "cases": [f"{b['case']}: {b['last']}" for b in bad],
         "files_written_by_refused_bad_inputs": changed,
-        "kill_points": len(kills),
+        "kill_points": sum(k["kill"] == "killed" for k in kills),
         "kill_points_survived": sum(k["survived"] for k in kills),
+        # a command that finished before its point was never killed there: not a failure, not a test
+        "kill_points_not_reached": [f"{k['command']}: {k['point']}" for k in kills if k["kill"] != "killed"],
         "rows_lost": sum(k.get("rows_lost") or 0 for k in kills),
         "rows_duplicated": sum(k.get("rows_duplicated") or 0 for k in kills),
         "files_outside_output_touched": sum(k["files_outside_touched"] for k in kills),
