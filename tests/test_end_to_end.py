@@ -42,6 +42,19 @@ def test_load_cut_is_the_ratio_of_reweighted_candidates(e2e):
     assert "load_cut" not in out["cuts"]
 
 
+def test_picker_errors_summarise_what_was_matched(e2e):
+    errors = [{"found": True, "near": 2, "dxy_um": 0.5, "dz_um": -1.0, "multiplicity_error": -1},
+              {"found": True, "near": 1, "dxy_um": 1.5, "dz_um": 2.0, "multiplicity_error": 0},
+              {"found": False, "near": 0}]
+    out = e2e.picker_errors(errors, fakes=6, fields=4)
+    assert out["alpha_decays"] == 3 and out["with_a_vertex_within_duplicate_um"] == 2
+    assert out["multiplicity_measured_minus_true"] == {"-1": 1, "0": 1}
+    assert out["extra_vertices_per_alpha_decay"] == pytest.approx(1 / 3, abs=1e-3)
+    assert out["fake_vertices_per_field"] == 1.5
+    assert out["vertex_offset_xy_um_q50_68_95"][0] == pytest.approx(1.0)
+    assert out["vertex_offset_abs_z_um_q50_68_95"][0] == pytest.approx(1.5)
+
+
 def test_a_tiny_volume_runs_end_to_end(e2e, tmp_path, capsys):
     rng = np.random.default_rng(0)
     ckpt = make_checkpoint(tmp_path / "m.safetensors", 0, rng.integers(0, 255, (8, 224, 224, 3), dtype=np.uint8))
@@ -57,6 +70,8 @@ def test_a_tiny_volume_runs_end_to_end(e2e, tmp_path, capsys):
     cuts, tiny = doc["at_cuts_recall"]["cuts"], doc["at_cuts_recall"]["tiny"]
     assert tiny["alpha_kept"] >= cuts["alpha_kept"]  # the model is set to at least the cuts' recall
     assert set(doc["ap_on_picked"]) == {"tiny"}
+    pe = doc["picker_errors"]
+    assert pe["alpha_decays"] == 4 and pe["with_a_vertex_within_duplicate_um"] >= doc["alpha_picked"]
 
 
 def test_a_bad_model_spec_is_refused(e2e, tmp_path):
