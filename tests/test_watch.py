@@ -21,8 +21,10 @@ from scanstream.candidates.table import part_files, read_candidates, read_manife
 from scanstream.cli import main
 from scanstream.errors import ConfigError, InputError, WatchError
 from scanstream.inference.watch import WatchConfig, load_watch_config, state_dir, watch
+from scanstream.network.checkpoint import checkpoint_hash
 from scanstream.review.morning import precision_for, sheet_range_energy, sheet_summary, summary_markdown
 from scanstream.store import StoreWriter, open_store
+from scanstream.threshold import check_models, load_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -328,7 +330,11 @@ def pipe(monkeypatch):
 
 def test_committed_overnight_toml_loads(pipe):
     watch_cfg = load_watch_config(pipe.DEFAULT_CONFIG)
-    assert watch_cfg.prevalence == "1:183" and watch_cfg.models[0].endswith("model.safetensors")
+    assert watch_cfg.prevalence == "1:183"
+    # README's overnight command runs as written: the files it names are shipped, and the record fits the model
+    assert watch_cfg.models and all(Path(m).is_file() for m in watch_cfg.models)
+    record = load_threshold(watch_cfg.threshold)
+    check_models(record, [checkpoint_hash(m) for m in watch_cfg.models])
     demo = pipe.load_demo_config(pipe.DEFAULT_CONFIG)
     assert demo.backbone in ("mobilenet_v3_small", "resnet18") and demo.input_size == 112
     assert pipe.load_demo_config(pipe.DEFAULT_CONFIG, epochs=2).epochs == 2
