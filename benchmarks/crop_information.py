@@ -85,7 +85,8 @@ from scanstream.physics.emulsion import ALPHA, GREY, HEAVY, KIND_NAMES, MIP, PRO
 from scanstream.physics.picker import DEFAULT_PICKER, PickerModel
 from scanstream.picker.cuts import select
 from scanstream.picker.features import feature_array
-from scanstream.simulate.dataset import make_object, object_stream, pick_features, plan_sheet, resolve_conditions
+from scanstream.simulate.dataset import make_object, object_stream, plan_sheet, resolve_conditions
+from scanstream.simulate.picker import pick_features
 from scanstream.simulate.render import PLANE_OFFSETS
 from scanstream.store import CROP_SIZE, PIXEL_SIZE_UM
 

@@ -35,7 +35,7 @@ from scanstream.physics.picker import DEFAULT_PICKER, PickerModel
 from scanstream.progress import as_progress
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions, sheet_key
 from scanstream.simulate.objects import ALPHA_CATEGORIES, BACKGROUND_MIX, CATEGORIES, TH_FRACTION, make_object
-from scanstream.simulate.picker import pick_features, pick_prongs  # noqa: F401 (benchmarks import pick_features from here)
+from scanstream.simulate.picker import pick_prongs
 from scanstream.simulate.render import render_object
 from scanstream.store import CropStore, StoreWriter, is_store, open_store, rows_to_table
 
