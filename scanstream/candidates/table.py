@@ -320,7 +320,8 @@ def summarize_candidates(path: str | os.PathLike, *, deep: bool = False) -> dict
     """
     manifest = read_manifest(path)
     problems = records.check_parts(path, manifest, part_files(path), deep=True) if deep and manifest else []
-    table = read_candidates(path, columns=["sheet", "selected", "score"], partial=True) if not problems else None
+    # one read (one manifest check) serves the counts and the trust fields
+    table = read_candidates(path, columns=trust.TABLE_COLUMNS, partial=True) if not problems else None
     if table is None:
         return {"path": str(path), "kind": "candidate table", "complete": False, "problems": problems}
     meta = read_metadata(path)
@@ -332,8 +333,7 @@ def summarize_candidates(path: str | os.PathLike, *, deep: bool = False) -> dict
         d["rows"] += 1
         d["selected"] += int(flag)
     threshold = meta.get("threshold") or {}
-    rows = read_candidates(path, columns=trust.TABLE_COLUMNS, partial=True)
-    for s, fields in trust.table_trust(rows, meta.get("threshold")).items():  # label-free, per sheet
+    for s, fields in trust.table_trust(table, meta.get("threshold")).items():  # label-free, per sheet
         sheets[s].update(fields)
     scores = table.column("score").to_numpy()
     return {
