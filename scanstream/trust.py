@@ -72,6 +72,7 @@ from scanstream.drift import (
     quantiles,
 )
 from scanstream.errors import InputError, StoreError
+from scanstream.metrics import check_labels_scores
 from scanstream.store import open_store
 
 TRUST_VERSION = 1
@@ -89,14 +90,7 @@ _PROB_EPS = 1e-9
 
 # -- calibration map -------------------------------------------------------------------------
 def _labels_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.ravel(np.asarray(labels))
-    s = np.ravel(np.asarray(scores, dtype=np.float64))
-    if y.shape != s.shape:
-        raise InputError(f"labels and scores differ in length: {y.size} != {s.size}")
-    if not np.isin(y, (0, 1)).all():
-        raise InputError(f"labels must be 0 or 1, got {sorted(set(np.unique(y).tolist()) - {0, 1})[:5]}")
-    if not np.isfinite(s).all():
-        raise InputError("scores must be finite")
+    y, s = check_labels_scores(np.ravel(labels), np.ravel(scores), need_both=False)
     return y.astype(bool), s
 
 
