@@ -81,8 +81,10 @@ def picked_volume(work: Path, seed: int, args: argparse.Namespace) -> tuple[obje
                               alpha_fraction=args.alpha_fraction, field_px=args.field_px)
         simulate_volume(sim, cfg, overwrite=True)
     truth = pq.read_table(sim / "truth.parquet").to_pylist()
-    if is_store(crops) and open_store(crops, require_complete=False).complete:
-        return open_store(crops), truth
+    if is_store(crops):
+        store = open_store(crops, require_complete=False)
+        if store.complete:
+            return store, truth
     if not is_store(vol):
         ingest_stacks(sim, vol)
     with StoreWriter(crops, source={"stage": "benchmark end_to_end", "seed": seed}, overwrite=True) as w:
@@ -93,26 +95,15 @@ def picked_volume(work: Path, seed: int, args: argparse.Namespace) -> tuple[obje
     return open_store(crops), truth
 
 
-def alpha_labels(store, truth: list[dict], xy_um: float) -> tuple[np.ndarray, int]:
-    """(picked vertex is an alpha decay (n,), alpha decays with a picked vertex)."""
+def positions(store) -> np.ndarray:
+    """Picked vertices' stage positions (n, 3) mm."""
     t = store.table
-    picked = np.column_stack([t.column(c).to_numpy(zero_copy_only=False) for c in ("x_mm", "y_mm", "z_mm")]).reshape(-1, 3)
-    is_alpha = np.zeros(len(picked), bool)
-    found = 0
-    for r in truth:
-        if r["label"] != 1:
-            continue
-        close = (np.hypot(picked[:, 0] - r["x_mm"], picked[:, 1] - r["y_mm"]) * 1000 <= xy_um) & (
-            np.abs(picked[:, 2] - r["z_mm"]) * 1000 <= 3.0)
-        is_alpha |= close
-        found += int(close.any())
-    return is_alpha, found
+    return np.column_stack([t.column(c).to_numpy(zero_copy_only=False) for c in ("x_mm", "y_mm", "z_mm")]).reshape(-1, 3)
 
 
 def sources(store, truth: list[dict], args: argparse.Namespace) -> np.ndarray:
     """What made each picked vertex: ``alpha``, ``dup`` (beside an alpha decay), a category, or ``fake``."""
-    t = store.table
-    p = np.column_stack([t.column(c).to_numpy(zero_copy_only=False) for c in ("x_mm", "y_mm", "z_mm")]).reshape(-1, 3)
+    p = positions(store)
     tp = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in truth]).reshape(-1, 3)
     lab = np.array([r["label"] == 1 for r in truth], bool)
     cats = np.array([r["category"] for r in truth], dtype=object)
@@ -170,22 +161,23 @@ def by_source(src: np.ndarray, truth_counts: dict[str, int], n_alpha: int, field
 
 
 def vertex_errors(store, truth: list[dict], args: argparse.Namespace) -> list[dict]:
-    """For each true alpha decay: the nearest picked vertex within ``--duplicate-um`` (x, y, z offsets
-    in um, measured minus true multiplicity) and how many picked vertices lie that close."""
-    t = store.table
-    p = np.column_stack([t.column(c).to_numpy(zero_copy_only=False) for c in ("x_mm", "y_mm", "z_mm")]).reshape(-1, 3)
-    mult = np.array([-1 if m is None else int(m) for m in t.column("multiplicity").to_pylist()]) if len(p) else np.zeros(0)
+    """For each true alpha decay: whether it was picked (a vertex within ``--xy-um`` in x, y and one
+    z-step), the nearest picked vertex within ``--duplicate-um`` (x, y, z offsets in um, measured
+    minus true multiplicity) and how many picked vertices lie that close."""
+    p = positions(store)
+    mult = np.array([-1 if m is None else int(m) for m in store.table.column("multiplicity").to_pylist()])
     out = []
     for r in truth:
         if r["label"] != 1:
             continue
         dxy = np.hypot(p[:, 0] - r["x_mm"], p[:, 1] - r["y_mm"]) * 1000
+        picked = bool(((dxy <= args.xy_um) & (np.abs(p[:, 2] - r["z_mm"]) * 1000 <= 3.0)).any())
         near = np.nonzero(dxy <= args.duplicate_um)[0]
         if not near.size:
-            out.append({"found": False, "near": 0})
+            out.append({"found": False, "near": 0, "picked": picked})
             continue
         j = near[np.argmin(dxy[near])]
-        out.append({"found": True, "near": int(near.size), "dxy_um": float(dxy[j]),
+        out.append({"found": True, "near": int(near.size), "picked": picked, "dxy_um": float(dxy[j]),
                     "dz_um": float((p[j, 2] - r["z_mm"]) * 1000), "multiplicity_error": int(mult[j] - r["n_prongs"])})
     return out
 
@@ -271,13 +263,13 @@ def main(argv: list[str] | None = None) -> int:
             if r["label"] != 1:
                 counts[r["category"]] = counts.get(r["category"], 0) + 1
         if store.n == 0:
-            errors += [{"found": False, "near": 0} for r in truth if r["label"] == 1]
+            errors += [{"found": False, "near": 0, "picked": False} for r in truth if r["label"] == 1]
             continue
-        errors += vertex_errors(store, truth, args)
+        decays = vertex_errors(store, truth, args)
+        errors += decays
+        n_found += sum(e["picked"] for e in decays)
         srcs.append(sources(store, truth, args))
-        y, found = alpha_labels(store, truth, args.xy_um)
-        n_found += found
-        ys.append(y)
+        ys.append(srcs[-1] == "alpha")  # a picked vertex is an alpha decay when one lies within --xy-um and a z-step
         t = store.table
         mult = np.array([-1 if m is None else int(m) for m in t.column("multiplicity").to_pylist()])
         lengths = [np.asarray(v or [], np.float64) for v in t.column("track_lengths_um").to_pylist()]
