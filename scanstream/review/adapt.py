@@ -61,7 +61,7 @@ import pyarrow as pa
 
 from scanstream import __version__
 from scanstream.candidates.query import CandidateFilter
-from scanstream.candidates.table import read_candidates, read_metadata, require_complete
+from scanstream.candidates.table import read_candidates, read_metadata
 from scanstream.errors import InputError, VerdictError
 from scanstream.threshold import DEFAULT_PREVALENCES, RECORD_VERSION, parse_prevalence, project_precision
 from scanstream.verdicts import latest, read_records
@@ -254,12 +254,11 @@ def useful_rows(candidates: str | os.PathLike, *, sheet: str | None = None, top:
     total : int
         Rows the order spans (every row of the sheets).
     """
-    require_complete(candidates)
+    table = read_candidates(candidates)  # checks the table complete first
     t = table_threshold(candidates) if threshold is None else float(threshold)
     if t is None:
         raise InputError(f"{candidates}: the useful order needs a threshold and the table has none "
                          "(classify with --threshold, or give one)")
-    table = read_candidates(candidates)
     designs = sheet_designs(table, threshold=t, seed=seed, sheet=sheet)
     # no sheet gives more than ``top`` rows to the first ``top`` of the interleaved order
     keys = sorted((p + k / len(designs), k, p) for k, (d, _) in enumerate(designs)
@@ -561,10 +560,9 @@ def threshold_from_verdicts(candidates: str | os.PathLike, verdicts: str | os.Pa
         No useful-order verdicts (of that sheet), several designs, a band without verdicts, or
         a table whose scores changed since the review.
     """
-    require_complete(candidates)
+    table = read_candidates(candidates, columns=["object_id", "sheet", "score"])  # checks the table complete first
     records = read_records(verdicts)
     sh, did, seed, t = _design_of(records, sheet, design, str(verdicts))
-    table = read_candidates(candidates, columns=["object_id", "sheet", "score"])
     (built, _), = sheet_designs(table, threshold=t, seed=seed, sheet=sh)
     if built.design_id != did:
         raise VerdictError(f"{candidates}: sheet {sh!r} is not the table the verdicts of design {did} were given on "
