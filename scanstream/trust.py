@@ -54,7 +54,6 @@ it (threshold calibration, ``scanstream info``, the morning summary) and imports
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +72,7 @@ from scanstream.drift import (
 )
 from scanstream.errors import InputError, StoreError
 from scanstream.metrics import check_labels_scores
-from scanstream.store import open_store
+from scanstream.store import CropStore, open_store
 
 TRUST_VERSION = 1
 #: Calibration maps refitted on bootstrap resamples of the calibration data, kept in the record
@@ -515,9 +514,8 @@ def table_trust(rows: Any, record: Mapping[str, Any] | None, *, sheets: Sequence
     return out
 
 
-def store_image_statistics(path: str | os.PathLike, *, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Image statistics of a seeded sample of a crop store's crops, with the sampled ``rows``."""
-    store = open_store(path)
+def store_image_statistics(store: CropStore, *, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Image statistics of a seeded sample of an open crop store's crops, with the sampled ``rows``."""
     rows = np.sort(np.random.default_rng(seed).choice(store.n, size=min(sample, store.n), replace=False))
     parts = [crop_statistics(store.read_rows(rows[i:i + 256])) for i in range(0, rows.size, 256)]  # bounded memory
     return {"rows": rows, **{n: np.concatenate([q[n] for q in parts]) for n in IMAGE_STATISTICS}}

@@ -123,7 +123,7 @@ def calibration_trust(store: CropStore, labels: np.ndarray, scores: np.ndarray) 
     Crops labelled unknown (-1) are left out of both.
     """
     known = labels >= 0
-    image = store_image_statistics(store.path)
+    image = store_image_statistics(store)  # the store already open: not opened (and validated) again
     keep = known[image["rows"]]
     position = np.cumsum(known) - 1  # store row -> index among the known rows
     image = {"rows": position[image["rows"][keep]], **{k: v[keep] for k, v in image.items() if k != "rows"}}
