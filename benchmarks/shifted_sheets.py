@@ -186,64 +186,72 @@ def image_sample(sheet: Sheet, cond: SheetConditions, objects: int, alpha_fracti
     return {"rows": rows, **crop_statistics(store.read_rows(np.arange(store.n)))}
 
 
-def features_of(table: pa.Table) -> tuple[np.ndarray, list]:
+@dataclass(frozen=True)
+class Truth:
+    """What every model's measures of one sheet share: labels, the cuts' selection, the picker's features."""
+
+    name: str
+    ids: np.ndarray
+    y: np.ndarray
+    cuts: np.ndarray
+    multiplicity: np.ndarray
+    lengths: list
+
+
+def sheet_truth(table: pa.Table) -> Truth:
     mult = np.array([-1 if v is None else v for v in table.column("multiplicity").to_pylist()], np.float64)
-    return mult, table.column("track_lengths_um").to_pylist()
+    return Truth(name=str(table.column("sheet")[0].as_py()), ids=np.asarray(table.column("object_id").to_pylist(), dtype=str),
+                 y=table.column("label").to_numpy().astype(np.int64),
+                 cuts=bl.run_baseline_table(table).column("selected").to_numpy(zero_copy_only=False).astype(bool),
+                 multiplicity=mult, lengths=table.column("track_lengths_um").to_pylist())
 
 
-def reference_record(threshold: dict, table: pa.Table, scores: np.ndarray, image: dict) -> dict:
+def reference_record(threshold: dict, truth: Truth, scores: np.ndarray, image: dict) -> dict:
     """The threshold record with the trust block ``scanstream threshold`` writes (calibration map, references)."""
-    y = table.column("label").to_numpy().astype(np.int64)
-    mult, lengths = features_of(table)
-    return {**threshold, "trust": build_trust_reference(y, scores, multiplicity=mult, lengths=lengths, image=image)}
+    return {**threshold, "trust": build_trust_reference(truth.y, scores, multiplicity=truth.multiplicity,
+                                                         lengths=truth.lengths, image=image)}
 
 
-def trust_fields(table: pa.Table, scores: np.ndarray, record: dict, image: dict) -> dict:
+def trust_fields(truth: Truth, scores: np.ndarray, record: dict, image: dict) -> dict:
     """``scanstream info``'s trust fields of the sheet, and the truth beside them."""
-    y = table.column("label").to_numpy().astype(np.int64)
-    mult, lengths = features_of(table)
-    inputs = SheetInputs(scores, scores >= record["threshold"], multiplicity=mult, lengths=lengths,
+    inputs = SheetInputs(scores, scores >= record["threshold"], multiplicity=truth.multiplicity, lengths=truth.lengths,
                          image={k: v for k, v in image.items() if k != "rows"})
     t = sheet_trust(inputs, record)
     lo, hi = t["expected_alpha_interval"]
-    truth = int(y.sum())
+    n = int(truth.y.sum())
     drift = t["drift"]
-    return {"expected_alpha": t["expected_alpha"], "expected_alpha_interval": [lo, hi], "true_alpha": truth,
-            "expected_alpha_error": round(t["expected_alpha"] / truth - 1, 3) if truth else None,
-            "interval_holds_truth": bool(lo <= truth <= hi), "expected_recall": t["expected_recall"],
+    return {"expected_alpha": t["expected_alpha"], "expected_alpha_interval": [lo, hi], "true_alpha": n,
+            "expected_alpha_error": round(t["expected_alpha"] / n - 1, 3) if n else None,
+            "interval_holds_truth": bool(lo <= n <= hi), "expected_recall": t["expected_recall"],
             "drift_flag": drift.get("flag"), "drift": drift}
 
 
-def adapt(table: pa.Table, scores: np.ndarray, threshold: dict, model_hash: str, target: float, seed: int) -> dict:
+def adapt(truth: Truth, scores: np.ndarray, threshold: dict, model_hash: str, target: float, seed: int) -> dict:
     """A reviewer answers from the truth in the useful order until 50 alpha verdicts; the recalibrated threshold."""
-    y = table.column("label").to_numpy().astype(np.int64)
-    ids = np.asarray(table.column("object_id").to_pylist(), dtype=str)
-    name = str(table.column("sheet")[0].as_py())
-    design = build_design(ids, scores, threshold=threshold["threshold"], sheet=name, seed=seed)
-    y_r = y[design.source]
+    design = build_design(truth.ids, scores, threshold=threshold["threshold"], sheet=truth.name, seed=seed)
+    y_r = truth.y[design.source]
     seen = np.cumsum(y_r[design.order] == 1)
     stop = int(np.searchsorted(seen, ALPHA_VERDICTS)) + 1
     asked = np.sort(design.order[: min(stop, design.order.size)])
     sample = JudgedSample(design, asked, y_r[asked].astype(np.int8))
     rec = record_from_verdicts(sample, target_recall=target, model_hashes=[model_hash], seed=seed,
-                               calibration={"kind": "simulated reviewer", "sheet": name})
+                               calibration={"kind": "simulated reviewer", "sheet": truth.name})
     t = rec["threshold"]
-    truth = float((y_r[design.scores >= t] == 1).sum() / (y_r == 1).sum())
+    recall = float((y_r[design.scores >= t] == 1).sum() / (y_r == 1).sum())
     lo, hi = rec["achieved"]["recall_ci"]
     return {"verdicts": int(asked.size), "alpha_verdicts": int(sample.labels.sum()), "threshold": round(t, 4),
-            "selected": int((design.scores >= t).sum()), "true_recall": round(truth, 4),
+            "selected": int((design.scores >= t).sum()), "true_recall": round(recall, 4),
             "estimated_recall": round(rec["achieved"]["recall"], 4), "recall_ci": [round(lo, 4), round(hi, 4)],
-            "target_inside_ci": bool(lo <= target <= hi), "truth_inside_ci": bool(lo <= truth <= hi)}
+            "target_inside_ci": bool(lo <= target <= hi), "truth_inside_ci": bool(lo <= recall <= hi)}
 
 
-def measure(table: pa.Table, scores: np.ndarray, threshold: dict) -> dict:
-    y = table.column("label").to_numpy().astype(np.int64)
-    cuts = bl.run_baseline_table(table).column("selected").to_numpy(zero_copy_only=False).astype(bool)
-    former = mt.operating_point_from_selection(y, cuts)
+def measure(truth: Truth, scores: np.ndarray, threshold: dict) -> dict:
+    y = truth.y
+    former = mt.operating_point_from_selection(y, truth.cuts)
     op = mt.operating_point_at_recall(y, scores, former.recall.value)
     at_t = mt.operating_point_at_threshold(y, scores, threshold["threshold"])
     tp, n = at_t.true_positives, at_t.positives
-    load = mt.ratio_with_error(mt.count_with_error(former.selected), mt.count_with_error(op.selected))
+    load = mt.ratio_with_error(former.candidates, op.candidates)
     return {
         "objects": len(y), "alpha": int(y.sum()), "ap": round(mt.average_precision(y, scores), 4),
         "cuts": {"selected": former.selected, "alpha_selected": former.true_positives, "recall": round(former.recall.value, 4)},
@@ -276,11 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     models = load_models(args.model)
     t0 = time.perf_counter()
     vtable, _, vscores, vimage = sheet_scores(VALID, args.valid_objects, 0.1, models, args.work, args.workers)
-    vy = vtable.column("label").to_numpy().astype(np.int64)
+    vtruth = sheet_truth(vtable)
     thresholds = {m.name: reference_record(
-        build_threshold_record(vy, vscores[m.name], target_kind="recall", target_value=args.recall,
+        build_threshold_record(vtruth.y, vscores[m.name], target_kind="recall", target_value=args.recall,
                                model_hashes=[m.hash], calibration_store={"path": VALID.name, "hash": ""}),
-        vtable, vscores[m.name], vimage) for m in models}
+        vtruth, vscores[m.name], vimage) for m in models}
     doc = {"prevalence": "1:183", "objects_per_sheet": args.objects, "target_recall": args.recall,
            "models": {m.name: {"checkpoint": Path(m.path).name, "hash": m.hash, "threshold": thresholds[m.name]["threshold"],
                                "valid_recall_ci": thresholds[m.name]["achieved"]["recall_ci"]} for m in models},
@@ -291,10 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   args.workers)
         doc["sheets"][key] = {"sheet": sheet.name, "seed": sheet.seed, "in_range": sheet.in_range,
                               "overrides": sheet.overrides, "conditions": cond.as_dict(), "models": {}}
+        truth = sheet_truth(table)
         for m in models:
-            r = measure(table, scores[m.name], thresholds[m.name])
-            r["trust"] = trust_fields(table, scores[m.name], thresholds[m.name], image)
-            r["after_50_verdicts"] = adapt(table, scores[m.name], thresholds[m.name], m.hash, args.recall, sheet.seed)
+            r = measure(truth, scores[m.name], thresholds[m.name])
+            r["trust"] = trust_fields(truth, scores[m.name], thresholds[m.name], image)
+            r["after_50_verdicts"] = adapt(truth, scores[m.name], thresholds[m.name], m.hash, args.recall, sheet.seed)
             doc["sheets"][key]["models"][m.name] = r
         print(json.dumps({key: {n: (r["load_cut"], r["ap"], r["at_threshold"]["recall"], r["trust"]["expected_alpha"],
                                     r["trust"]["true_alpha"], r["trust"]["drift_flag"], r["after_50_verdicts"]["true_recall"])
