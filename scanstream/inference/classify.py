@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from scanstream import __version__
 from scanstream.candidates import table as cand
@@ -196,12 +194,15 @@ def _open_run(out: Path, identity: dict[str, Any], stores: dict[str, CropStore])
 
 
 def _refuse_ids_in_table(out: Path, new: dict[str, CropStore]) -> None:
-    """Refuse stores added to a table whose other stores' rows already hold some of their object ids."""
+    """Refuse stores added to a table whose other stores' rows already hold some of their object ids.
+
+    Every row of the table is another store's: ``new`` are stores outside the run record, and a
+    store enters the record before any of its parts is written; so only ``object_id`` is read.
+    """
     if not new or not cand.part_files(out):
         return
-    rows = cand.read_candidates(out, columns=["object_id", "store"], partial=True)
-    old = rows.filter(pc.invert(pc.is_in(rows.column("store"), pa.array(list(new), pa.string()))))
-    refuse_duplicate_ids({out.name: old.column("object_id").to_pylist(), **{p: s.object_ids for p, s in new.items()}})
+    old = cand.read_candidates(out, columns=["object_id"], partial=True).column("object_id")
+    refuse_duplicate_ids({out.name: old.to_pylist(), **{p: s.object_ids for p, s in new.items()}})
 
 
 # -- the run ------------------------------------------------------------------------------
