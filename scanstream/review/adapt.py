@@ -63,6 +63,7 @@ from scanstream import __version__
 from scanstream.candidates.query import CandidateFilter
 from scanstream.candidates.table import read_candidates, read_metadata
 from scanstream.errors import InputError, VerdictError
+from scanstream.metrics import check_target
 from scanstream.threshold import DEFAULT_PREVALENCES, RECORD_VERSION, parse_prevalence, project_precision
 from scanstream.verdicts import latest, read_records
 
@@ -358,14 +359,13 @@ def weighted_recall_cut(labels: Any, weights: Any, scores: Any, target: float) -
     >>> weighted_recall_cut([1, 1, 0, 1], [1.0, 3.0, 2.0, 4.0], [3.0, 2.0, 1.5, 0.0], 0.5)
     2.0
     """
-    if not (0.0 < float(target) <= 1.0):
-        raise InputError(f"target recall must be in (0, 1], got {target!r}")
+    target = check_target(target, "recall")
     y = np.asarray(labels) == 1
     w, s = np.asarray(weights, np.float64)[y], np.asarray(scores, np.float64)[y]
     if w.sum() <= 0:
         raise VerdictError("no alpha verdict: a threshold cannot be calibrated")
     order = np.argsort(-s, kind="stable")
-    reached = np.cumsum(w[order]) >= float(target) * w.sum() * (1 - 1e-12)
+    reached = np.cumsum(w[order]) >= target * w.sum() * (1 - 1e-12)
     return float(s[order][np.argmax(reached)])
 
 
