@@ -45,25 +45,34 @@ SHRINKAGE_SPAN = (1.90, 2.00)
 FALSE_PASS_RATE = 0.03  # about 4.5 % of non-alpha objects pass the cuts; sized low to have enough
 
 
-def sheet_truth(seed: int, n_seeds: int) -> tuple[float, float]:
+def sheet_truth(seed: int, n_seeds: int, density_span: tuple[float, float] = DENSITY_SPAN,
+                shrinkage_span: tuple[float, float] = SHRINKAGE_SPAN) -> tuple[float, float]:
     """Stratified (density, shrinkage) of sheet ``seed`` of ``n_seeds``: both spans covered."""
     u = (seed + 0.5) / n_seeds
     v = (0.3 + seed * 0.6180339887) % 1.0  # golden-ratio sequence: shrinkages spread, unrelated to u
-    return (round(DENSITY_SPAN[0] + u * (DENSITY_SPAN[1] - DENSITY_SPAN[0]), 4),
-            round(SHRINKAGE_SPAN[0] + v * (SHRINKAGE_SPAN[1] - SHRINKAGE_SPAN[0]), 4))
+    return (round(density_span[0] + u * (density_span[1] - density_span[0]), 4),
+            round(shrinkage_span[0] + v * (shrinkage_span[1] - shrinkage_span[0]), 4))
+
+
+def simulate_prongs(seed: int, density: float, shrinkage: float, n_alpha: int, n_false: int, *,
+                    prefix: str = "RE") -> tuple[tuple[list, list], tuple[list, list]]:
+    """(lengths, dips) of a simulated sheet's alpha decays (about ``n_alpha``) and of its false
+    candidates (non-alpha objects passing the cuts; about ``n_false`` or more): sheet ``{prefix}{seed}``."""
+    n_other = math.ceil(n_false / FALSE_PASS_RATE) if n_false else 0
+    table = simulate_table(objects=n_alpha + n_other, alpha_fraction=n_alpha / (n_alpha + n_other),
+                           sheet=f"{prefix}{seed}", seed=seed, conditions={"density": density, "shrinkage": shrinkage})
+    label = np.asarray(table.column("label").to_pylist())
+    mult = np.asarray(table.column("multiplicity").to_pylist())
+    lengths = [np.asarray(x, np.float64) for x in table.column("track_lengths_um").to_pylist()]
+    dips = [np.asarray(x, np.float64) for x in table.column("track_dips_deg").to_pylist()]
+    selected, _ = bl.select(mult, lengths)
+    alpha, false = np.flatnonzero(label == 1), np.flatnonzero((label == 0) & selected)
+    return ([lengths[i] for i in alpha], [dips[i] for i in alpha]), ([lengths[i] for i in false], [dips[i] for i in false])
 
 
 def simulate_sheet(seed: int, density: float, shrinkage: float, n_alpha: int, n_false: int) -> tuple[list, list]:
     """Prong lengths of ``n_alpha`` alpha decays and of at least ``n_false`` false candidates."""
-    n_other = math.ceil(n_false / FALSE_PASS_RATE) if n_false else 0
-    table = simulate_table(objects=n_alpha + n_other, alpha_fraction=n_alpha / (n_alpha + n_other),
-                           sheet=f"RE{seed}", seed=seed, conditions={"density": density, "shrinkage": shrinkage})
-    label = np.asarray(table.column("label").to_pylist())
-    mult = np.asarray(table.column("multiplicity").to_pylist())
-    lengths = [np.asarray(x, np.float64) for x in table.column("track_lengths_um").to_pylist()]
-    selected, _ = bl.select(mult, lengths)
-    alphas = [lengths[i] for i in np.flatnonzero(label == 1)]
-    false = [lengths[i] for i in np.flatnonzero((label == 0) & selected)]
+    (alphas, _), (false, _) = simulate_prongs(seed, density, shrinkage, n_alpha, n_false)
     return alphas, false
 
 

@@ -30,47 +30,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rangeenergy
+
 from scanstream.atomic import write_text
-from scanstream.picker import cuts as bl
 from scanstream.rangeenergy import FitConfig, fit_sheet, plot_spectrum
-from scanstream.simulate import simulate_table
 
 DENSITY_SPAN = (3.45, 3.80)
 SHRINKAGE_SPAN = (1.80, 2.10)
 FIRST_SEED = 1000
-FALSE_PASS_RATE = 0.03  # about 4.5 % of non-alpha objects pass the cuts; sized low to have enough
 
 
 def sheet_truth(i: int, n: int) -> tuple[float, float]:
-    """Stratified (density, shrinkage) of held-out sheet ``i`` of ``n``."""
-    u = (i + 0.5) / n
-    v = (0.3 + i * 0.6180339887) % 1.0  # golden-ratio sequence: shrinkages spread, unrelated to u
-    return (round(DENSITY_SPAN[0] + u * (DENSITY_SPAN[1] - DENSITY_SPAN[0]), 4),
-            round(SHRINKAGE_SPAN[0] + v * (SHRINKAGE_SPAN[1] - SHRINKAGE_SPAN[0]), 4))
+    """Stratified (density, shrinkage) of held-out sheet ``i`` of ``n`` (rangeenergy.py's, over these spans)."""
+    return rangeenergy.sheet_truth(i, n, DENSITY_SPAN, SHRINKAGE_SPAN)
 
 
 def simulate_sheet(seed: int, density: float, shrinkage: float, n_alpha: int, n_false: int):
     """(lengths, dips) of the first ``n_alpha`` alpha decays and of ``n_false`` false candidates."""
-    n_other = math.ceil(n_false / FALSE_PASS_RATE) if n_false else 0
-    table = simulate_table(objects=n_alpha + n_other, alpha_fraction=n_alpha / (n_alpha + n_other),
-                           sheet=f"HO{seed}", seed=seed, conditions={"density": density, "shrinkage": shrinkage})
-    label = np.asarray(table.column("label").to_pylist())
-    mult = np.asarray(table.column("multiplicity").to_pylist())
-    lengths = [np.asarray(x, np.float64) for x in table.column("track_lengths_um").to_pylist()]
-    dips = [np.asarray(x, np.float64) for x in table.column("track_dips_deg").to_pylist()]
-    selected, _ = bl.select(mult, lengths)
-    alpha = np.flatnonzero(label == 1)[:n_alpha]
-    false = np.flatnonzero((label == 0) & selected)[:n_false]
-    if len(false) < n_false:
-        raise SystemExit(f"sheet HO{seed}: only {len(false)} false candidates pass the cuts, {n_false} wanted")
-    return ([lengths[i] for i in alpha], [dips[i] for i in alpha]), ([lengths[i] for i in false], [dips[i] for i in false])
+    (lengths, dips), (f_lengths, f_dips) = rangeenergy.simulate_prongs(seed, density, shrinkage, n_alpha, n_false,
+                                                                        prefix="HO")
+    if len(f_lengths) < n_false:
+        raise SystemExit(f"sheet HO{seed}: only {len(f_lengths)} false candidates pass the cuts, {n_false} wanted")
+    return (lengths[:n_alpha], dips[:n_alpha]), (f_lengths[:n_false], f_dips[:n_false])
 
 
 def _covered(value: float, truth: float, lower: float | None, upper: float | None) -> bool | None:
