@@ -439,6 +439,7 @@ def sheet_inputs(
     *,
     image_sample: int = IMAGE_SAMPLE,
     seed: int = 0,
+    opened: dict[str, Any] | None = None,
 ) -> SheetInputs:
     """A sheet's :class:`SheetInputs`: its scores, and its picker features and crops read from its stores.
 
@@ -450,6 +451,9 @@ def sheet_inputs(
         Each row's crop store path (resolved); ``store_index`` its row in that store.
     image_sample : int
         Crops read for the image statistics (a seeded uniform sample of the sheet's rows).
+    opened : dict, optional
+        Open stores by path, shared between calls and filled in here, so that a store holding
+        several sheets is opened (and its object table checked) once.
 
     A store that cannot be opened leaves the features and image statistics absent, with the
     reason in ``missing``; nothing here raises for it.
@@ -459,18 +463,21 @@ def sheet_inputs(
     sel = None if not sel_list or any(v is None for v in sel_list) else np.asarray(sel_list, dtype=bool)
     idx = np.asarray(store_index, dtype=np.int64)
     paths = np.asarray([p or "" for p in stores], dtype=object)
-    opened: dict[str, Any] = {}
+    opened = {} if opened is None else opened
+    mine: dict[str, Any] = {}
     try:
         for p in dict.fromkeys(paths.tolist()):
             if not p:
                 raise InputError("a row has no store path")
-            opened[p] = open_store(p)
+            if p not in opened:
+                opened[p] = open_store(p)
+            mine[p] = opened[p]
     except (StoreError, InputError, OSError) as exc:
         why = f"crop store unreadable: {exc}"
         return SheetInputs(s, sel, missing={n: why for n in ("multiplicity", "prong_length", *IMAGE_STATISTICS)})
     mult = np.empty(s.size)
     lengths: list = [None] * s.size
-    for p, store in opened.items():
+    for p, store in mine.items():
         rows = np.nonzero(paths == p)[0]
         mult[rows] = store.table.column("multiplicity").take(idx[rows]).to_numpy(zero_copy_only=False)
         for r, v in zip(rows, store.table.column("track_lengths_um").take(idx[rows]).to_pylist(), strict=True):
@@ -478,7 +485,7 @@ def sheet_inputs(
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(s.size, size=min(image_sample, s.size), replace=False))
     image = {n: np.empty(pick.size) for n in IMAGE_STATISTICS}
-    for p, store in opened.items():
+    for p, store in mine.items():
         where = np.nonzero(paths[pick] == p)[0]
         if where.size:
             stats = crop_statistics(store.read_rows(idx[pick[where]]))
@@ -501,7 +508,8 @@ def table_trust(rows: Any, record: Mapping[str, Any] | None, *, sheets: Sequence
         names = sheets if sheets is not None else sorted(set(rows.column("sheet").to_pylist()))
         return {s: unavailable(why or "") for s in names}
     names = np.asarray(rows.column("sheet").fill_null("").to_pylist(), dtype=object)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
+    opened: dict[str, Any] = {}  # a store holding several sheets is opened once
     for s in sorted(set(names.tolist())) if sheets is None else sheets:
         mask = names == s
         if not mask.any():
@@ -509,7 +517,7 @@ def table_trust(rows: Any, record: Mapping[str, Any] | None, *, sheets: Sequence
             continue
         part = rows.filter(mask)
         inputs = sheet_inputs(part.column("score").to_numpy(), part.column("selected").to_pylist(),
-                              part.column("store").to_pylist(), part.column("store_index").to_numpy())
+                              part.column("store").to_pylist(), part.column("store_index").to_numpy(), opened=opened)
         out[s] = sheet_trust(inputs, record)
     return out
 

@@ -260,6 +260,19 @@ def test_table_trust_reads_features_and_crops_from_the_stores(store_factory, cal
     assert "crop store unreadable" in gone["image_mean"]["unavailable"] and "statistic" in gone["score"]
 
 
+def test_table_trust_opens_a_store_of_several_sheets_once(store_factory, calibration, monkeypatch):
+    _, _, block = calibration
+    store = store_factory("t.zarr", n=40, alpha_fraction=0.2)
+    scores = np.where(store.labels == 1, 3.0, -3.0)
+    rows = pa.table({"sheet": ["S1", "S2"] * 20, "score": scores, "selected": scores > 0,
+                     "store": [str(store.path)] * 40, "store_index": np.arange(40)})
+    alone = {s: trust.table_trust(rows, record_with(block), sheets=[s])[s] for s in ("S1", "S2")}
+    opens, open_store = [], trust.open_store
+    monkeypatch.setattr(trust, "open_store", lambda p: opens.append(p) or open_store(p))
+    assert trust.table_trust(rows, record_with(block)) == alone
+    assert opens == [str(store.path)]
+
+
 def test_crop_statistics_on_known_crops():
     crops = np.full((2, 16, 16, 3), 200, np.uint8)
     crops[1, :4] = 20  # rows 0-3: of the sampled rows 0, 4, 8, 12, one in four is dark
