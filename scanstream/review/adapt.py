@@ -70,7 +70,6 @@ from scanstream.verdicts import latest, read_records
 ORDERS = ("score", "useful")
 #: Band edges below the selection, in multiples of its size ``k`` (module docstring).
 BELOW_EDGES = (2, 4, 16)
-DESIGN_FIELDS = ("order", "design", "design_seed", "design_threshold", "band", "band_size", "band_draw", "order_position")
 DEFAULT_REPLICATES = 2000
 
 
