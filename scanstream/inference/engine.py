@@ -56,17 +56,18 @@ logger = logging.getLogger(__name__)
 # -- checkpoints --------------------------------------------------------------------------
 def checkpoint_identity(path: str | os.PathLike) -> str:
     """The model file's hash after checking it is a scanstream checkpoint (tensors included) or ONNX export."""
-    model_header(path)
+    header = model_header(path)
     if Path(path).suffix != ".onnx":
-        check_tensors(path)
+        check_tensors(path, header)
     return checkpoint_hash(path)
 
 
-def check_tensors(path: str | os.PathLike) -> None:
+def check_tensors(path: str | os.PathLike, header: dict[str, Any]) -> None:
     """Refuse a checkpoint whose tensors do not fit the network its metadata names, before any work.
 
     Names and shapes in the safetensors header are compared with the network built from the
-    recorded ``model_config``; no weight is read (the workers load them later).
+    ``model_config`` of ``header`` (the checkpoint's, :func:`read_header`); no weight is read
+    (the workers load them later).
 
     Raises
     ------
@@ -76,7 +77,7 @@ def check_tensors(path: str | os.PathLike) -> None:
     from safetensors import SafetensorError, safe_open
 
     try:
-        cfg = ModelConfig.from_dict(read_header(path)["model_config"])
+        cfg = ModelConfig.from_dict(header["model_config"])
     except (InputError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad model config in checkpoint: {exc}") from None
     net = build_model(ModelConfig(backbone=cfg.backbone, input_size=cfg.input_size, inputs=cfg.inputs))
