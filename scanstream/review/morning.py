@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +186,12 @@ def trust_lines(s: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def sheet_trust(candidates: Path, sheets: set[str], threshold: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The trust fields of ``sheets`` (:func:`scanstream.trust.table_trust`), the table read once."""
-    if trust.record_trust(threshold)[0] is None:
-        return trust.table_trust(None, threshold, sheets=sorted(sheets))
-    rows = read_candidates(candidates, columns=trust.TABLE_COLUMNS, partial=True)
-    return trust.table_trust(rows, threshold, sheets=sorted(sheets))
+def sheet_trust(candidates: Path, sheets: Sequence[str], threshold: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The trust fields of ``sheets`` (:func:`scanstream.trust.table_trust`), the table read once
+    (and not at all when the threshold record has no calibration map)."""
+    usable = trust.record_trust(threshold)[0] is not None
+    rows = read_candidates(candidates, columns=trust.TABLE_COLUMNS, partial=True) if usable else None
+    return trust.table_trust(rows, threshold, sheets=list(sheets))
 
 
 def sheet_file(sheet: str) -> str:
@@ -241,11 +241,10 @@ def write_summaries(
     # page made from it says so: its top rows may be missing or unranked.
     partial = require_complete(candidates, allow_partial=True) is None if done else False
     written = []
-    trusted = sheet_trust(candidates, sheets, threshold) if done else {}
-    for sheet in sorted(sheets):
+    shown = [sheet for sheet in sorted(sheets) if any(sheet in r["sheets"] for r in done)]
+    trusted = sheet_trust(candidates, shown, threshold) if shown else {}  # of the sheets with a page only
+    for sheet in shown:
         records = [r for r in done if sheet in r["sheets"]]
-        if not records:
-            continue
         s = sheet_summary(sheet, records, threshold=threshold, prevalence=prevalence)
         rows = query_candidates(candidates, CandidateFilter(sheet=sheet, top=top), allow_partial=True).to_pylist()
         s["partial"] = partial
