@@ -342,12 +342,11 @@ def weighted_recall(labels: Any, weights: Any, scores: Any, threshold: float) ->
     >>> weighted_recall([1, 1, 0, 1], [1.0, 3.0, 2.0, 4.0], [3.0, 2.0, 1.5, 0.0], 1.0)
     0.5
     """
-    y = np.asarray(labels) == 1
-    w, s = np.asarray(weights, np.float64), np.asarray(scores, np.float64)
-    total = w[y].sum()
+    total, above, _ = _totals(np.asarray(labels) == 1, np.asarray(weights, np.float64), np.asarray(scores, np.float64),
+                              threshold)
     if total <= 0:
         raise VerdictError("no alpha verdict: recall cannot be estimated")
-    return float(w[y & (s >= threshold)].sum() / total)
+    return above / total
 
 
 def weighted_recall_cut(labels: Any, weights: Any, scores: Any, target: float) -> float:
