@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import duckdb
 import numpy as np
@@ -326,4 +327,26 @@ def test_a_merge_cut_between_two_sheet_switches_is_still_whole_and_the_rerun_com
     m = cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"),
                           previous=cand.read_manifest(tmp_path))
     assert m["rows"] == cand.read_candidates(tmp_path).num_rows == 30 and "pending" not in m
+    assert cand.summarize_candidates(tmp_path, deep=True)["problems"] == []
+
+
+def test_a_merge_killed_between_the_renames_of_a_switch_loses_no_row_on_rerun(tmp_path, monkeypatch):
+    previous = _complete_table(tmp_path)
+    staging = cand.staging_dir(tmp_path, "r2")
+    _write_store_parts(staging, sheets=("S1",), store="c.zarr", h="cc" * 16, seed=3)
+    stores = {"a.zarr": ("aa" * 16, 10), "b.zarr": ("bb" * 16, 10), "c.zarr": ("cc" * 16, 10)}
+    real = cand.exchange_dirs
+
+    def cut(new, path):  # a filesystem without an exchange, killed after its first rename
+        os.replace(path, new.with_name(new.name + ".old"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cand, "exchange_dirs", cut)
+    with pytest.raises(KeyboardInterrupt):
+        cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"), previous=previous)
+    assert not (tmp_path / "sheet-S1").exists()
+    monkeypatch.setattr(cand, "exchange_dirs", real)
+    m = cand.merge_staged(tmp_path, staging, stores=stores, metadata=_meta(run_id="r2"),
+                          previous=cand.read_manifest(tmp_path))
+    assert m["rows"] == cand.read_candidates(tmp_path).num_rows == 30
     assert cand.summarize_candidates(tmp_path, deep=True)["problems"] == []

@@ -48,7 +48,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from scanstream import __version__, trust
-from scanstream.atomic import exchange_dirs, write_parquet
+from scanstream.atomic import exchange_dirs, recover_exchange, write_parquet
 from scanstream.candidates import manifest as records
 from scanstream.candidates.refs import relative_stores, resolve_store, resolve_stores
 from scanstream.errors import IncompleteTableError, InputError, PipelineError
@@ -577,10 +577,11 @@ def merge_staged(
     sheets = {k: dict(v) for k, v in previous.get("sheets", {}).items()}
     builds = {}
     for staged_dir, staged in sorted(per_sheet.items()):  # every touched sheet built whole first
-        target = out / staged_dir.name
+        target, build = out / staged_dir.name, staging / f".{staged_dir.name}.new"
+        recover_exchange(build, target)  # finish a switch killed between its renames (no exchange)
         names = {p.name for p in staged}
         kept = sorted(p for p in target.glob("part-*.parquet") if p.name not in names) if target.is_dir() else []
-        builds[target] = build = staging / f".{staged_dir.name}.new"
+        builds[target] = build
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
         sheets[sheet_of(staged_dir)] = _rank_sheet(kept + sorted(staged), lambda p, b=build: b / p.name, metadata, out)
