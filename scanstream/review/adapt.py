@@ -239,7 +239,7 @@ def sheet_designs(table: pa.Table, *, threshold: float, seed: int = 0,
 
 
 def useful_rows(candidates: str | os.PathLike, *, sheet: str | None = None, top: int | None = None, seed: int = 0,
-                threshold: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+                threshold: float | None = None) -> tuple[pa.Table, list[dict[str, Any]], int]:
     """The first ``top`` candidates of the useful order, their design fields, and the rows it spans.
 
     Several sheets are interleaved (each sheet's order advances one step per round). The order
@@ -247,7 +247,7 @@ def useful_rows(candidates: str | os.PathLike, *, sheet: str | None = None, top:
 
     Returns
     -------
-    rows : list of dict
+    rows : pyarrow.Table
         Candidate rows in review order.
     fields : list of dict
         Per row, what its verdict records about the design (:meth:`ReviewDesign.verdict_fields`).
@@ -264,7 +264,7 @@ def useful_rows(candidates: str | os.PathLike, *, sheet: str | None = None, top:
     keys = sorted((p + k / len(designs), k, p) for k, (d, _) in enumerate(designs)
                   for p in range(min(d.order.size, top or d.order.size)))[:top]
     take = [int(designs[k][1][designs[k][0].order[p]]) for _, k, p in keys]
-    rows = table.take(pa.array(take, pa.int64())).to_pylist()
+    rows = table.take(pa.array(take, pa.int64()))
     fields = [designs[k][0].verdict_fields(p) for _, k, p in keys]
     return rows, fields, sum(d.order.size for d, _ in designs)
 

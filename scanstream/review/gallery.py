@@ -262,7 +262,7 @@ def ordered_rows(candidates: str | os.PathLike, filters: CandidateFilter | None 
     if order != "useful":
         raise InputError(f"gallery order must be one of {', '.join(ORDERS)}, got {order!r}")
     f = filters or CandidateFilter(top=200)
-    return pa.Table.from_pylist(useful_rows(candidates, sheet=check_useful(f), top=f.top, seed=seed)[0])
+    return useful_rows(candidates, sheet=check_useful(f), top=f.top, seed=seed)[0]
 
 
 def write_gallery(

@@ -46,8 +46,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
 from scanstream.candidates.table import require_complete
 from scanstream.errors import InputError
@@ -153,16 +151,15 @@ class ReviewSession:
         self.partial = require_complete(self.candidates, allow_partial=allow_partial) is None
         filters = filters or CandidateFilter(top=200)
         if order == "useful":
-            self.rows, self.design_fields, self.matching = useful_rows(self.candidates, sheet=check_useful(filters),
-                                                                       top=filters.top, seed=seed)
-            table = pa.Table.from_pylist(self.rows)
+            table, self.design_fields, self.matching = useful_rows(self.candidates, sheet=check_useful(filters),
+                                                                   top=filters.top, seed=seed)
         elif order == "score":
             table = query_candidates(self.candidates, filters, allow_partial=allow_partial)
-            self.rows = table.to_pylist()
-            self.design_fields = [{} for _ in self.rows]
+            self.design_fields = [{} for _ in range(table.num_rows)]
             self.matching = self._count_matching(filters, allow_partial)
         else:
             raise InputError(f"review order must be one of {', '.join(ORDERS)}, got {order!r}")
+        self.rows = table.to_pylist()
         self.lookup = CropLookup(list(stores) if stores else recorded_stores(table))
         self.where = [self.lookup.locate(r["object_id"], r.get("store"), r.get("store_index")) for r in self.rows]
         self.verdicts_dir = Path(verdicts)
