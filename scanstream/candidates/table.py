@@ -336,12 +336,13 @@ def summarize_candidates(path: str | os.PathLike, *, deep: bool = False) -> dict
     for s, fields in trust.table_trust(table, meta.get("threshold")).items():  # label-free, per sheet
         sheets[s].update(fields)
     scores = table.column("score").to_numpy()
+    unverifiable = manifest is not None and not records.verifiable(manifest)  # an earlier release's manifest
     return {
         "path": str(path),
         "kind": "candidate table",
         "table_version": 1 if is_legacy(path) else TABLE_VERSION,
-        "complete": (None if not records.verifiable(manifest) else True) if manifest is not None else False,
-        **({"note": f"{records.UNVERIFIABLE}"} if manifest is not None and not records.verifiable(manifest) else {}),
+        "complete": None if unverifiable else manifest is not None,
+        **({"note": records.UNVERIFIABLE} if unverifiable else {}),
         **({"problems": problems} if deep else {}),
         "rows": table.num_rows,
         "selected": int(sel.sum()),
