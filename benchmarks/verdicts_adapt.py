@@ -63,7 +63,7 @@ def review_until(design, labels_ranked: np.ndarray, alpha_verdicts: int) -> np.n
 
 
 def true_recall(y: np.ndarray, scores: np.ndarray, t: float) -> float:
-    return float((y[scores >= t] == 1).sum() / (y == 1).sum())
+    return mt.operating_point_at_threshold(y, scores, t).recall.value
 
 
 def load_cut(y: np.ndarray, scores: np.ndarray, former: np.ndarray) -> dict:
