@@ -100,6 +100,10 @@ class FitConfig:
         if self.bootstrap < 0 or self.min_prongs < 1:
             raise InputError(f"bootstrap >= 0 and min_prongs >= 1 required, got {self.bootstrap}, {self.min_prongs}")
 
+    def prior(self, dips: bool) -> tuple[float, float] | None:
+        """The prior on a fitted shrinkage: ``shrinkage_prior``, else ``lengths_only_prior`` for prongs without dips."""
+        return self.shrinkage_prior if self.shrinkage_prior is not None or dips else self.lengths_only_prior
+
 
 # parameter vector: density, shrinkage, logit(th_fraction), logit(background fraction), slope (1/um),
 # log(the picker's relative length error)
@@ -149,8 +153,7 @@ class _Likelihood:
     def __init__(self, x: np.ndarray, groups: np.ndarray, model: SpectrumModel, config: FitConfig,
                  planes: np.ndarray | None = None) -> None:
         self.x, self.model, self.config, self.planes = x, model, config, planes
-        prior = config.shrinkage_prior
-        self.prior = prior if prior is not None or planes is not None else config.lengths_only_prior
+        self.prior = config.prior(dips=planes is not None)
         lo, hi = model.window_um
         self.grid = np.arange(lo, hi + model.grid_step_um, model.grid_step_um)
         pos = (x - lo) / model.grid_step_um

@@ -275,8 +275,7 @@ def _shrinkage_settings(prongs: SheetProngs, model: SpectrumModel, config: FitCo
         return model, replace(config, shrinkage=prongs.shrinkage), \
             f"scan metadata EmulsionType.Sh: {prongs.shrinkage:g} (fixed)"
     how = "lengths and dips" if prongs.dips is not None else "lengths alone"
-    prior = config.shrinkage_prior if config.shrinkage_prior is not None or prongs.dips is not None \
-        else config.lengths_only_prior
+    prior = config.prior(dips=prongs.dips is not None)
     return model, config, f"fitted from {how}" + (f", prior {prior[0]:g} ± {prior[1]:g}" if prior else "")
 
 
