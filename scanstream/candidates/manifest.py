@@ -101,28 +101,29 @@ def check_parts(table: str | os.PathLike, manifest: Mapping[str, Any], parts: Se
     table = Path(table)
     if not verifiable(manifest):
         return []
-    on_disk = {p.relative_to(table).as_posix(): p for p in parts}
-    pending = manifest.get(PENDING_KEY) or {}
+    recorded = _by_sheet(manifest[FILES_KEY])
+    on_disk = _by_sheet({p.relative_to(table).as_posix(): p for p in parts})
+    pending = _by_sheet(manifest.get(PENDING_KEY) or {})
     problems = []
-    for sheet, recorded in sorted(_by_sheet(manifest[FILES_KEY], on_disk).items()):
-        found = _sheet_problems(table, recorded, sheet, on_disk, deep)
-        if found and sheet in (alt := _by_sheet(pending, {})):
-            found = found if _sheet_problems(table, alt[sheet], sheet, on_disk, deep) else []
+    for sheet in sorted(recorded.keys() | on_disk.keys()):
+        here = on_disk.get(sheet, {})
+        found = _sheet_problems(table, recorded.get(sheet, {}), here, deep)
+        if found and sheet in pending:
+            found = found if _sheet_problems(table, pending[sheet], here, deep) else []
         problems += found
     return problems
 
 
-def _by_sheet(records: Mapping[str, Any], on_disk: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
-    """``records`` grouped by sheet directory, with an empty group for each sheet that only ``on_disk`` has."""
-    out: dict[str, dict[str, Any]] = {rel.split("/", 1)[0]: {} for rel in on_disk}
-    for rel, rec in records.items():
-        out.setdefault(rel.split("/", 1)[0], {})[rel] = rec
+def _by_sheet(items: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{relative part path: x}`` grouped by sheet directory."""
+    out: dict[str, dict[str, Any]] = {}
+    for rel, x in items.items():
+        out.setdefault(rel.split("/", 1)[0], {})[rel] = x
     return out
 
 
-def _sheet_problems(table: Path, recorded: Mapping[str, Any], sheet: str, on_disk: Mapping[str, Path],
-                    deep: bool) -> list[str]:
-    here = {rel: p for rel, p in on_disk.items() if rel.split("/", 1)[0] == sheet}
+def _sheet_problems(table: Path, recorded: Mapping[str, Any], here: Mapping[str, Path], deep: bool) -> list[str]:
+    """Problems of one sheet's parts on disk (``here``) against its ``recorded`` ones."""
     problems = [f"{table / rel}: part listed in the manifest is missing" for rel in sorted(set(recorded) - set(here))]
     problems += [f"{table / rel}: part not listed in the manifest (added after the run finished)"
                  for rel in sorted(set(here) - set(recorded))]
