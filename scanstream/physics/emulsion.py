@@ -29,6 +29,7 @@ POWER_A_UM = 1.98  # R = a E^b fits the table within ~1 um
 POWER_B = 1.48
 STRAGGLING_UM = 1.0  # range straggling of single alpha tracks (sigma)
 PROTON_RANGE_OFFSET_UM = 3.5  # R_p(E) ~ R_alpha(4E) - 3.5 um
+LAYER_UM = 450.0  # each emulsion layer, about 450 um thick before development
 
 #: Track kinds: how a segment ionises (the simulator's render) and how the picker sees it
 #: (:class:`scanstream.physics.picker.PickerModel`).

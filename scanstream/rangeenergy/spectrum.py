@@ -21,7 +21,6 @@ logger = logging.getLogger(__name__)
 #: convert depth with when the scan's metadata gives none (``scanstream.picker.pick``).
 Z_STEP_UM = 3.0
 NOMINAL_SHRINKAGE = 2.0
-LAYER_UM = 450.0  # docs/physics.md: each emulsion layer about 450 um thick before development
 # three-point Gauss-Hermite rule over the range straggling (exact for cubics in R)
 _GH_X = np.array([-math.sqrt(3.0), 0.0, math.sqrt(3.0)])
 _GH_W = np.array([1.0, 4.0, 1.0]) / 6.0
@@ -69,7 +68,7 @@ class SpectrumModel:
     z_step_um: float = Z_STEP_UM
     shrinkage_nominal: float = NOMINAL_SHRINKAGE
     window_um: tuple[float, float] = (bl.DEFAULT_CONFIG.min_length_um, bl.DEFAULT_CONFIG.max_length_um)
-    layer_um: float | None = LAYER_UM
+    layer_um: float | None = ph.LAYER_UM
     n_gauss: int = 4
     grid_step_um: float = 0.2
 

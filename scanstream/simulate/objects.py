@@ -55,7 +55,7 @@ BACKGROUND_MIX: dict[str, float] = {
     "evap": 0.21,
 }
 
-EMULSION_THICKNESS_UM = 450.0  # one emulsion layer before development (unverified)
+EMULSION_THICKNESS_UM = ph.LAYER_UM  # one emulsion layer before development (unverified)
 FAR_UM = 400.0  # "leaves the field": length given to escaping tracks
 RN_DIFFUSION = {"Th": (0.10, 2.5), "U": (0.15, 3.0)}  # P(radon moved), mean displacement (um)
 P_BEAM_CROSSING = 0.09  # an unrelated beam track passes through an alpha star
