@@ -173,6 +173,23 @@ def project_precision(recall: float, fpr: float, prevalence: float) -> float | N
     return None if den <= 0 else float(recall * prevalence / den)
 
 
+def precision_projection(recall: float, fpr: float, recall_ci: Sequence[float | None],
+                         fpr_ci: Sequence[float | None], prevalences: Sequence[str]) -> list[dict[str, Any]]:
+    """The record's ``prevalence_projection``: precision (and its interval) at each prevalence.
+
+    Precision is monotone in recall (up) and fpr (down), so the interval's bounds come from the
+    ends of both intervals; a bound missing from either (None) leaves that bound None.
+    """
+    out = []
+    for text in prevalences:
+        pi = parse_prevalence(text)
+        lo = project_precision(recall_ci[0], fpr_ci[1], pi) if None not in (recall_ci[0], fpr_ci[1]) else None
+        hi = project_precision(recall_ci[1], fpr_ci[0], pi) if None not in (recall_ci[1], fpr_ci[0]) else None
+        out.append({"prevalence": str(text), "alpha_fraction": pi, "precision": project_precision(recall, fpr, pi),
+                    "precision_ci": [lo, hi]})
+    return out
+
+
 def build_threshold_record(
     labels: Any,
     scores: Any,
@@ -216,19 +233,7 @@ def build_threshold_record(
     fpr = fp / n_neg if n_neg else 0.0
     r_ci = proportion_ci(tp, n_pos, level=level, method=ci_method)
     f_ci = proportion_ci(fp, n_neg, level=level, method=ci_method)
-    projection = []
-    for text in prevalences:
-        pi = parse_prevalence(text)
-        lo, hi = project_precision(r_ci[0], f_ci[1], pi), project_precision(r_ci[1], f_ci[0], pi)
-        projection.append(
-            {
-                "prevalence": str(text),
-                "alpha_fraction": pi,
-                "precision": project_precision(recall, fpr, pi),
-                # monotone in recall (up) and fpr (down): the bounds come from the ends of both intervals
-                "precision_ci": [lo, hi],
-            }
-        )
+    projection = precision_projection(recall, fpr, r_ci, f_ci, prevalences)
     return {
         "scanstream_threshold": RECORD_VERSION,
         "threshold": float(t),

@@ -64,7 +64,7 @@ from scanstream.candidates.query import CandidateFilter
 from scanstream.candidates.table import read_candidates, read_metadata
 from scanstream.errors import InputError, VerdictError
 from scanstream.metrics import check_target
-from scanstream.threshold import DEFAULT_PREVALENCES, RECORD_VERSION, parse_prevalence, project_precision
+from scanstream.threshold import DEFAULT_PREVALENCES, RECORD_VERSION, precision_projection
 from scanstream.verdicts import latest, read_records
 
 ORDERS = ("score", "useful")
@@ -483,14 +483,7 @@ def record_from_verdicts(sample: JudgedSample, *, target_recall: float, model_ha
     t_old = sample.design.threshold
     old = bootstrap(sample, sj, t_old, target_recall, replicates=replicates, seed=seed + 1)
     r_ci, p_ci, f_ci = (_interval(boot[k], level) for k in ("recall", "precision", "fpr"))
-    projection = []
-    for text in prevalences:
-        pi = parse_prevalence(text)
-        lo = project_precision(r_ci[0], f_ci[1], pi) if None not in (r_ci[0], f_ci[1]) else None
-        hi = project_precision(r_ci[1], f_ci[0], pi) if None not in (r_ci[1], f_ci[0]) else None
-        projection.append({"prevalence": str(text), "alpha_fraction": pi,
-                           "precision": project_precision(est["recall"], est["false_positive_rate"], pi),
-                           "precision_ci": [lo, hi]})
+    projection = precision_projection(est["recall"], est["false_positive_rate"], r_ci, f_ci, prevalences)
     judged = sample.judged
     bands = [{**b, "judged": int(judged[b["band"]]), "alpha": int(y[sample.design.band[sample.index] == b["band"]].sum()),
               "inclusion_probability": judged[b["band"]] / b["size"]} for b in sample.design.describe()]
