@@ -175,10 +175,7 @@ def build_part(
 def split_by_sheet(table: pa.Table) -> dict[str, pa.Table]:
     """Rows of ``table`` grouped by sheet, order kept."""
     sheets = table.column("sheet").fill_null("").to_numpy(zero_copy_only=False)
-    out = {}
-    for s in dict.fromkeys(sheets.tolist()):
-        out[s] = table.filter(pa.array(sheets == s))
-    return out
+    return {s: table.filter(pa.array(sheets == s)) for s in dict.fromkeys(sheets.tolist())}
 
 
 def with_metadata(table: pa.Table, metadata: Mapping[str, Any]) -> pa.Table:
@@ -398,7 +395,7 @@ def finalize(
     manifest_sheets: dict[str, dict[str, int]] = {}
     for paths in per_sheet.values():  # one sheet in memory at a time
         manifest_sheets[sheet_of(paths[0].parent)] = _rank_sheet(paths, lambda p: p, metadata, out)
-    manifest = _manifest(out, stores, metadata, manifest_sheets, rewritten=[p.name for p in per_sheet])
+    manifest = _manifest(out, stores, metadata, manifest_sheets)  # every part's record read afresh
     write_side(out, MANIFEST, manifest)
     return manifest
 
@@ -425,8 +422,7 @@ def _check_rows(parts: Sequence[Path], stores: Mapping[str, tuple[str, int]], ou
                 raise PipelineError(f"{part}: rows of store {s!r}, which this run does not cover")
             seen[known[s]].append(t.filter(pc.equal(t.column("store"), s)).column("store_index").to_numpy())
     for s, (_, n) in stores.items():
-        idx = np.concatenate(seen[s]) if seen[s] else np.empty(0, np.int64)
-        counts = np.bincount(idx, minlength=n) if idx.size else np.zeros(n, np.int64)
+        counts = np.bincount(np.concatenate([np.empty(0, np.int64), *seen[s]]), minlength=n)  # none: zeros
         if counts.size != n or (counts != 1).any():
             missing, dup = int((counts[:n] == 0).sum()), int((counts > 1).sum())
             raise PipelineError(f"{out}: store {s} has {n} crops but {missing} have no row and {dup} more than one")
@@ -458,9 +454,8 @@ def _manifest(out: Path, stores: Mapping[str, tuple[str, int]], metadata: Mappin
               sheets: Mapping[str, Mapping[str, int]], *, previous: Mapping[str, Any] | None = None,
               rewritten: Iterable[str] = ()) -> dict[str, Any]:
     """The manifest: totals, stores, and a record of every part (``rewritten`` sheet dirs read afresh)."""
-    threshold = metadata.get("threshold") or {}
     parts = part_files(out)
-    kept = (previous or {}).get(records.FILES_KEY) if previous and records.verifiable(previous) else None
+    kept = previous[records.FILES_KEY] if previous and records.verifiable(previous) else None
     return {
         "scanstream_candidates": TABLE_VERSION,
         "complete": True,
@@ -468,11 +463,11 @@ def _manifest(out: Path, stores: Mapping[str, tuple[str, int]], metadata: Mappin
         "selected": sum(int(v["selected"]) for v in sheets.values()),
         "sheets": {k: dict(v) for k, v in sorted(sheets.items())},
         "parts": [str(p.relative_to(out)) for p in parts],
-        records.FILES_KEY: records.part_records(out, parts, kept, rewritten if kept else {p.parent.name for p in parts}),
+        records.FILES_KEY: records.part_records(out, parts, kept, rewritten),  # without kept records, every part read
         "digest": records.DIGEST,
         "stores": {path: {"hash": h, "rows": n} for path, (h, n) in stores.items()},
         "model_hashes": metadata.get("model_hashes"),
-        "threshold": threshold.get("threshold"),
+        "threshold": (metadata.get("threshold") or {}).get("threshold"),
         "run_id": metadata.get("run_id"),
         "version": __version__,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
