@@ -400,14 +400,14 @@ def replicate_weights(sample: JudgedSample, replicates: int, seed: int = 0) -> n
     return out
 
 
-def bootstrap(sample: JudgedSample, scores: np.ndarray, threshold: float, target: float, *,
+def bootstrap(sample: JudgedSample, scores: np.ndarray, threshold: float, target: float | None, *,
               replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> dict[str, np.ndarray]:
     """Bootstrap replicates of the estimates (:func:`replicate_weights`).
 
     ``scores``: float (m,) of the judged objects. Returns float (replicates,) arrays: ``recall``
     and ``precision`` at ``threshold``, ``fpr`` and ``alpha`` (estimated alpha decays on the
-    sheet), and ``threshold``: the cut at ``target`` chosen on the replicate (NaN when a
-    replicate holds no alpha decay).
+    sheet), and, given a ``target``, ``threshold``: the cut at ``target`` chosen on the
+    replicate (NaN when a replicate holds no alpha decay).
     """
     y, s = sample.labels == 1, np.asarray(scores, np.float64)
     weights = replicate_weights(sample, replicates, seed)
@@ -418,8 +418,9 @@ def bootstrap(sample: JudgedSample, scores: np.ndarray, threshold: float, target
         out = {"alpha": alpha, "recall": np.where(alpha > 0, tp / alpha, np.nan),
                "precision": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
                "fpr": np.where(n > alpha, fp / (n - alpha), 0.0)}
-    out["threshold"] = np.array([weighted_recall_cut(y, wb, s, target) if a > 0 else np.nan
-                                 for wb, a in zip(weights, alpha)])
+    if target is not None:
+        out["threshold"] = np.array([weighted_recall_cut(y, wb, s, target) if a > 0 else np.nan
+                                     for wb, a in zip(weights, alpha)])
     return out
 
 
@@ -481,7 +482,7 @@ def record_from_verdicts(sample: JudgedSample, *, target_recall: float, model_ha
     est = _estimates(sample, s, t)
     boot = bootstrap(sample, sj, t, target_recall, replicates=replicates, seed=seed)
     t_old = sample.design.threshold
-    old = bootstrap(sample, sj, t_old, target_recall, replicates=replicates, seed=seed + 1)
+    old = bootstrap(sample, sj, t_old, None, replicates=replicates, seed=seed + 1)  # its recall only
     r_ci, p_ci, f_ci = (_interval(boot[k], level) for k in ("recall", "precision", "fpr"))
     projection = precision_projection(est["recall"], est["false_positive_rate"], r_ci, f_ci, prevalences)
     judged = sample.judged
