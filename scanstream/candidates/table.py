@@ -276,9 +276,9 @@ def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = 
     """
     if to not in FORMATS:
         raise InputError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
-    if require_complete(path, allow_partial=partial) is None:
+    manifest, parts = _checked_parts(path, partial)  # the parts just checked are the parts read
+    if manifest is None:
         logger.warning("%s: candidate table is incomplete (no %s); rows may be missing", path, MANIFEST)
-    parts = part_files(path)
     try:
         dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=CANDIDATE_SCHEMA)
         table = resolve_stores(dataset.to_table(columns=list(columns) if columns is not None else None), path)
@@ -494,6 +494,11 @@ def require_complete(path: str | os.PathLike, allow_partial: bool = False) -> di
     InputError
         ``path`` is not a candidate table, or its manifest is unreadable.
     """
+    return _checked_parts(path, allow_partial)[0]
+
+
+def _checked_parts(path: str | os.PathLike, allow_partial: bool) -> tuple[dict[str, Any] | None, list[Path]]:
+    """:func:`require_complete`'s manifest, and the part files it checked (listed once for both)."""
     parts = _parts_or_fail(path)
     manifest = read_manifest(path)
     if manifest is not None:
@@ -505,7 +510,7 @@ def require_complete(path: str | os.PathLike, allow_partial: bool = False) -> di
             f"{path}: candidate table is incomplete: {MANIFEST} is missing ({len(parts)} part file(s) of an "
             "unfinished run); rerun classify to finish it, or pass --allow-partial to look anyway"
         )
-    return manifest
+    return manifest, parts
 
 
 # -- adding stores to a complete table ----------------------------------------------------
