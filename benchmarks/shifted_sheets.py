@@ -46,7 +46,7 @@ from scanstream.drift import crop_statistics
 from scanstream.inference.scoring import score_store
 from scanstream.network.checkpoint import checkpoint_hash, load_checkpoint
 from scanstream.picker import cuts as bl
-from scanstream.review.adapt import JudgedSample, build_design, record_from_verdicts
+from scanstream.review.adapt import JudgedSample, asked_until, build_design, record_from_verdicts
 from scanstream.simulate.conditions import DRAW_RANGES, SheetConditions, resolve_conditions
 from scanstream.simulate.dataset import ObjectPlan, plan_sheet, simulate_table, write_plans
 from scanstream.store import is_store, open_store
@@ -230,9 +230,7 @@ def adapt(truth: Truth, scores: np.ndarray, threshold: dict, model_hash: str, ta
     """A reviewer answers from the truth in the useful order until 50 alpha verdicts; the recalibrated threshold."""
     design = build_design(truth.ids, scores, threshold=threshold["threshold"], sheet=truth.name, seed=seed)
     y_r = truth.y[design.source]
-    seen = np.cumsum(y_r[design.order] == 1)
-    stop = int(np.searchsorted(seen, ALPHA_VERDICTS)) + 1
-    asked = np.sort(design.order[: min(stop, design.order.size)])
+    asked = np.sort(asked_until(design, y_r, ALPHA_VERDICTS))
     sample = JudgedSample(design, asked, y_r[asked].astype(np.int8))
     rec = record_from_verdicts(sample, target_recall=target, model_hashes=[model_hash], seed=seed,
                                calibration={"kind": "simulated reviewer", "sheet": truth.name})

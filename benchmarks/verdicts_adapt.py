@@ -49,17 +49,10 @@ from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
 from scanstream.network.checkpoint import checkpoint_hash
 from scanstream.picker import cuts as bl
-from scanstream.review.adapt import JudgedSample, build_design, record_from_verdicts
+from scanstream.review.adapt import JudgedSample, asked_until, build_design, record_from_verdicts
 from scanstream.store import open_store
 from scanstream.threshold import build_threshold_record
 from scanstream.verdicts import VerdictLog, verdicts_to_store
-
-
-def review_until(design, labels_ranked: np.ndarray, alpha_verdicts: int) -> np.ndarray:
-    """Ranked indices a reviewer judges, in the useful order, until ``alpha_verdicts`` alpha decays."""
-    seen = np.cumsum(labels_ranked[design.order] == 1)
-    stop = int(np.searchsorted(seen, alpha_verdicts)) + 1  # the position of the last alpha asked for
-    return design.order[: min(stop, design.order.size)]
 
 
 def true_recall(y: np.ndarray, scores: np.ndarray, t: float) -> float:
@@ -103,7 +96,7 @@ def binormal(args: argparse.Namespace) -> dict:
         s = np.where(y == 1, rng.normal(1.5 + args.shift, args.alpha_sd, y.size), rng.normal(-4 + args.shift, 1.5, y.size))
         d = build_design(np.array([f"o{i:06d}" for i in range(y.size)]), s, threshold=t0, sheet="B", seed=r)
         y_r = y[d.source]
-        asked = np.sort(review_until(d, y_r, args.alpha_verdicts))
+        asked = np.sort(asked_until(d, y_r, args.alpha_verdicts))
         rec = record_from_verdicts(JudgedSample(d, asked, y_r[asked]), target_recall=args.recall, model_hashes=["-"],
                                    calibration={}, replicates=args.replicates, seed=r)
         new = after(rec, y_r, d.scores, args.recall)
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     name = str(sheet.table.column("sheet")[0].as_py())
     design = build_design(ids, scores, threshold=vrec["threshold"], sheet=name, seed=args.seed)
     y_r, s_r = y[design.source], design.scores
-    asked = np.sort(review_until(design, y_r, args.alpha_verdicts))
+    asked = np.sort(asked_until(design, y_r, args.alpha_verdicts))
     sample = JudgedSample(design, asked, y_r[asked].astype(np.int8))
     rec = record_from_verdicts(sample, target_recall=args.recall, model_hashes=hashes, replicates=args.replicates,
                                calibration={"kind": "simulated reviewer", "sheet": name, "path": str(args.sheet)})

@@ -15,6 +15,7 @@ from scanstream.cli import main
 from scanstream.errors import InputError, VerdictError
 from scanstream.review.adapt import (
     JudgedSample,
+    asked_until,
     band_edges,
     build_design,
     record_from_verdicts,
@@ -60,6 +61,15 @@ def horvitz_thompson_reference(design, asked, y_ranked):
         n_h = sum(1 for j in asked if design.band[j] == h)
         total += y_ranked[i] / (n_h / design.sizes[h])
     return total
+
+
+def test_the_simulated_reviewer_stops_at_the_asked_alpha_count():
+    scores = np.linspace(5, -5, 400)
+    y = (np.arange(400) % 9 == 0).astype(np.int8)  # 45 alpha decays spread over the ranks
+    d = build_design([f"o{i}" for i in range(400)], scores, threshold=0.0, sheet="R")
+    asked = asked_until(d, y[d.source], 10)
+    assert (y[d.source][asked] == 1).sum() == 10 and y[d.source][asked[-1]] == 1  # stops on the 10th
+    assert asked_until(d, y[d.source], 1000).size == 400  # fewer than asked: the whole order
 
 
 def test_alpha_total_is_unbiased_over_designs_and_matches_the_slow_reference():

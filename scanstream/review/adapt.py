@@ -311,6 +311,14 @@ class JudgedSample:
         return (self.design.sizes / n)[self.design.band[self.index]]
 
 
+def asked_until(design: ReviewDesign, labels_ranked: Any, alpha_verdicts: int) -> np.ndarray:
+    """Ranked indices a reviewer judges, in the useful order, until ``alpha_verdicts`` alpha decays
+    (all of the order when the sheet holds fewer); ``labels_ranked`` in the design's rank order."""
+    seen = np.cumsum(np.asarray(labels_ranked)[design.order] == 1)
+    stop = int(np.searchsorted(seen, alpha_verdicts)) + 1  # the position of the last alpha asked for
+    return design.order[: min(stop, design.order.size)]
+
+
 def judged_sample(design: ReviewDesign, records: Sequence[Mapping[str, Any]]) -> JudgedSample:
     """The verdicts (unmerged ``records`` of a verdicts table) on objects ``design`` asked for.
 
