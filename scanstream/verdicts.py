@@ -6,7 +6,9 @@ A verdicts table is a directory of JSON-lines files, one per review session
 single write and fsync'd, so a crash loses at most the line being written; a torn line is
 skipped on read (with a warning) and never corrupts the lines after it. Reading merges every
 session and keeps the latest verdict per object (by time, then session, then sequence number),
-so a reviewer can change their mind.
+so a reviewer can change their mind. Undo on the review page appends a withdrawal (a line with
+``withdraws: {"session": ..., "seq": ...}`` instead of a verdict): reading drops the withdrawn
+record, so the object's earlier verdict, or none, is current again and nothing is rewritten.
 
 ``verdicts to-store`` turns alpha / not-alpha verdicts into a crop store (labels 1 / 0) by
 copying the crops from the source stores; "unsure" verdicts are left out.
@@ -89,14 +91,31 @@ class VerdictLog:
             record.update(
                 {"verdict": verdict, "label": VERDICTS[verdict], "time": _now(), "session": self.session, "seq": self._seq}
             )
-            line = (json.dumps(record, default=_json_default) + "\n").encode()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._write((json.dumps(record, default=_json_default) + "\n").encode())
         return record
+
+    def withdraw(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Withdraw ``record`` (one this table holds, with its ``session`` and ``seq``): undo.
+
+        Appends a withdrawal line in the same way as a verdict; return it.
+        """
+        if not isinstance(record.get("session"), str) or not isinstance(record.get("seq"), int):
+            raise VerdictError(f"only a recorded verdict (with session and seq) can be withdrawn, got {dict(record)!r}")
+        with self._lock:
+            self._seq += 1
+            line = {k: record.get(k) for k in ("object_id", "store", "store_hash")}
+            line.update({"withdraws": {"session": record["session"], "seq": record["seq"]}, "time": _now(),
+                         "session": self.session, "seq": self._seq})
+            self._write((json.dumps(line, default=_json_default) + "\n").encode())
+        return line
+
+    def _write(self, line: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _json_default(v: Any) -> Any:
@@ -116,21 +135,33 @@ def session_files(path: str | os.PathLike) -> list[Path]:
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every verdict record of every session, unmerged; torn or malformed lines are skipped."""
+    """Every verdict record of every session, unmerged, less the withdrawn ones (undone on the
+    review page); torn or malformed lines are skipped."""
     out: list[dict[str, Any]] = []
+    withdrawn: set[tuple[str, int]] = set()
     for f in session_files(path):
         bad = 0
         with open(f, "rb") as fh:
             for line in fh:
                 try:
-                    rec = _checked_record(json.loads(line))
+                    rec = json.loads(line)
+                    if isinstance(rec, dict) and "withdraws" in rec:
+                        withdrawn.add(_withdrawn(rec))
+                    else:
+                        out.append(_checked_record(rec))
                 except (ValueError, KeyError, TypeError, InputError):
                     bad += 1
-                    continue
-                out.append(rec)
         if bad:
             logger.warning("%s: skipped %d unreadable line(s) (a crash while writing?)", f, bad)
-    return out
+    return [r for r in out if (r.get("session"), r.get("seq")) not in withdrawn] if withdrawn else out
+
+
+def _withdrawn(rec: dict[str, Any]) -> tuple[str, int]:
+    """(session, seq) of the record a withdrawal line names; TypeError for anything else."""
+    w = rec["withdraws"]
+    if not isinstance(w, dict) or not isinstance(w.get("session"), str) or not isinstance(w.get("seq"), int):
+        raise TypeError("withdraws must name a session and a seq")
+    return w["session"], w["seq"]
 
 
 def _checked_record(rec: Any) -> dict[str, Any]:

@@ -71,6 +71,31 @@ def test_latest_is_pure_and_ordered():
     assert [(r["object_id"], r["verdict"]) for r in latest(recs)] == [("a", "alpha"), ("b", "alpha")]
 
 
+def test_withdrawn_verdict_restores_the_earlier_one(reviewed):
+    store, vdir = reviewed
+    log = VerdictLog(vdir)
+    ids = store.object_ids
+    first = log.append(cand(store, 5), "alpha", store_hash=store.content_hash)
+    second = log.append(cand(store, 0), "not_alpha", store_hash=store.content_hash)
+    log.withdraw(second)  # undo: the alpha verdict of the first session is current again
+    got = {r["object_id"]: r["verdict"] for r in read_verdicts(vdir)}
+    assert got[ids[0]] == "alpha" and got[ids[5]] == "alpha"
+    log.withdraw(first)  # undo of the only verdict: the object has none
+    assert ids[5] not in {r["object_id"] for r in read_verdicts(vdir)}
+    assert len(read_records(vdir)) == 5  # the withdrawn records and the withdrawals are not records
+    lines = [json.loads(x) for x in log.path.read_text().splitlines()]
+    assert [ln.get("withdraws") for ln in lines] == [None, None, {"session": log.session, "seq": 2},
+                                                      {"session": log.session, "seq": 1}]
+
+
+def test_only_a_recorded_verdict_can_be_withdrawn(tmp_path, caplog):
+    log = VerdictLog(tmp_path / "v")
+    with pytest.raises(VerdictError, match="can be withdrawn"):
+        log.withdraw({"object_id": "a", "verdict": "alpha"})
+    log.path.write_text('{"object_id": "a", "withdraws": "everything"}\n')
+    assert read_records(tmp_path / "v") == [] and "unreadable line" in caplog.text
+
+
 def test_same_id_in_two_stores_kept_apart():
     recs = [
         {"object_id": "a", "verdict": "alpha", "store_hash": "h1", "time": "1"},
