@@ -66,6 +66,7 @@ from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.objects import BACKGROUND_MIX
+from scanstream.simulate.truthmatch import MatchRadii, vertex_sources
 from scanstream.simulate.volume import PIXEL_UM, REALISTIC_PER_MM2, VolumeSimConfig, simulate_volume
 from scanstream.store import is_store, open_store, open_volume
 from scanstream.store.writer import StoreWriter
@@ -103,24 +104,8 @@ def positions(store) -> np.ndarray:
 
 def sources(store, truth: list[dict], args: argparse.Namespace) -> np.ndarray:
     """What made each picked vertex: ``alpha``, ``dup`` (beside an alpha decay), a category, or ``fake``."""
-    p = positions(store)
-    tp = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in truth]).reshape(-1, 3)
-    lab = np.array([r["label"] == 1 for r in truth], bool)
-    cats = np.array([r["category"] for r in truth], dtype=object)
-    out = np.empty(len(p), dtype=object)
-    for i, v in enumerate(p):
-        dxy = np.hypot(tp[:, 0] - v[0], tp[:, 1] - v[1]) * 1000
-        dz = np.abs(tp[:, 2] - v[2]) * 1000
-        if ((dxy <= args.xy_um) & (dz <= 3.0) & lab).any():
-            out[i] = "alpha"
-        elif ((dxy <= args.duplicate_um) & lab).any():
-            out[i] = "dup"
-        elif ((dxy <= args.fake_xy_um) & (dz <= 6.0) & ~lab).any():
-            near = np.nonzero((dxy <= args.fake_xy_um) & (dz <= 6.0) & ~lab)[0]
-            out[i] = str(cats[near[np.argmin(dxy[near])]])
-        else:
-            out[i] = "fake"
-    return out
+    radii = MatchRadii(xy_um=args.xy_um, duplicate_um=args.duplicate_um, fake_xy_um=args.fake_xy_um)
+    return vertex_sources(positions(store), truth, radii)
 
 
 def by_source(src: np.ndarray, truth_counts: dict[str, int], n_alpha: int, fields: int, field_mm2: float,

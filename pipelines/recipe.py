@@ -3,7 +3,7 @@
 
 Usage::
 
-    python pipelines/recipe.py --config pipelines/recipe.toml --out OUT [--stages features,pool,train,holdout]
+    python pipelines/recipe.py --config pipelines/recipe.toml --out OUT [--stages features,pool,train,...]
 
 Stages (each resumes: finished outputs are found and kept):
 
@@ -18,6 +18,12 @@ Stages (each resumes: finished outputs are found and kept):
               cascade (objects the prefilter rejects are never shown to it)
     pixels    (with a [pixels] table) the pixels-only comparison: pools of every object of other
               sheets, no prefilter, the same network without the features: OUT/run_pixels/
+    pickpool  (with a [pickpool] table) simulated volumes (their own seeds, conditions drawn wide)
+              ingested and picked by ``scanstream pick``, every picked vertex labelled against the
+              truth (``scanstream.simulate.pickpool``): OUT/pick_train.zarr, OUT/pick_valid.zarr
+    finetune  (with a [finetune] table) the trained cascade fine-tuned on the pick pool beside the
+              simulated pool's first ``sim_sheets`` TRAIN sheets (so that it keeps the scanner's
+              features and learns ``pick``'s): OUT/run_pick/model.safetensors
     holdout   the held-out full-size sheet simulated (a name and seed no stage above used) and the
               comparison written by ``benchmarks/holdout.py``: OUT/holdout/
 
@@ -47,16 +53,20 @@ from scanstream.picker.learned import (
 )
 from scanstream.simulate.dataset import iter_simulated, plan_sheet
 from scanstream.simulate.pool import pool_sheets, simulate_pool
+from scanstream.store import open_store
 
 logger = logging.getLogger("scanstream.pipelines.recipe")
-STAGES = ("features", "pool", "train", "pixels", "holdout")
+STAGES = ("features", "pool", "train", "pixels", "pickpool", "finetune", "holdout")
 SECTIONS = {
     "features": {"sheets", "objects_per_sheet", "alpha_fraction", "calibration_sheets", "prefilter_recall"},
     "pool": {"train_sheets", "valid_sheets", "objects_per_sheet", "alpha_fraction"},
     "holdout": {"sheet", "seed", "objects", "alpha"},
     "pixels": {"sheets", "objects_per_sheet", "alpha_fraction"},
+    "pickpool": {"train_first_seed", "train_volumes", "valid_first_seed", "valid_volumes", "fields", "objects_per_field",
+                 "alpha_fraction", "draw"},
+    "finetune": {"sim_sheets", "max_epochs", "lr"},
 }
-OPTIONAL = {"pixels"}
+OPTIONAL = {"pixels", "pickpool", "finetune"}
 #: keys a section may add to the ones it needs: the pools' condition draw (``nominal`` or ``wide``)
 OPTIONAL_KEYS = {"pool": {"draw"}}
 
@@ -155,6 +165,57 @@ def stage_train(cfg: dict, out: Path, fm_path: Path | None, *, run: str = "run",
     return result.checkpoint
 
 
+def stage_pickpool(cfg: dict, out: Path) -> dict[str, Any]:
+    """The pick pool's TRAIN and VALID stores (module docstring); their counts by source."""
+    from scanstream.simulate.pickpool import merge_stores, pick_pool
+
+    if "pickpool" not in cfg:
+        raise ConfigError("stage pickpool needs a [pickpool] table in the recipe config")
+    p = cfg["pickpool"]
+    kw = {"fields": p["fields"], "objects_per_field": p["objects_per_field"], "alpha_fraction": p["alpha_fraction"],
+          "draw": p["draw"], "workers": cfg["workers"]}
+    counts = {}
+    for role, first, n, drop in (("train", p["train_first_seed"], p["train_volumes"], ("dup_near",)),
+                                 ("valid", p["valid_first_seed"], p["valid_volumes"], ())):
+        seeds = list(range(first, first + n))
+        per_seed = pick_pool(out / "pick_volumes", seeds, **kw)
+        parts = [(open_store(c["store"]), None) for c in per_seed]
+        store = merge_stores(out / f"pick_{role}.zarr", parts, drop=drop,
+                             source={"stage": "pickpool", "role": role, "seeds": seeds, "dropped": list(drop)})
+        counts[role] = {"crops": store.n, "alpha": int((store.labels == 1).sum()), "volumes": per_seed}
+        logger.info("pickpool %s: %s (%d crops, %d alpha)", role, store.path, store.n, counts[role]["alpha"])
+    return counts
+
+
+def stage_finetune(cfg: dict, out: Path, base: Path) -> Path:
+    """The cascade ``base`` fine-tuned on the pick pool and the simulated pool's first sheets."""
+    import numpy as np
+
+    from scanstream.simulate.pickpool import merge_stores
+    from scanstream.training.config import config_from_dict
+    from scanstream.training.loop import train
+    from scanstream.training.recipes import RECIPES, pretrained_options
+
+    if "finetune" not in cfg:
+        raise ConfigError("stage finetune needs a [finetune] table in the recipe config")
+    f = cfg["finetune"]
+    pick, sim = open_store(out / "pick_train.zarr"), open_store(out / "train_pool.zarr")
+    sheets = set(pool_sheets("RT", f["sim_sheets"], cfg["seed"]))
+    rows = np.nonzero(np.isin(np.array(sim.table.column("sheet").to_pylist(), dtype=object), list(sheets)))[0]
+    mixed = merge_stores(out / "finetune_train.zarr", [(pick, None), (sim, rows)],
+                         source={"stage": "finetune", "pick": str(pick.path), "sim_sheets": sorted(sheets)})
+    logger.info("finetune: TRAIN %s: %d pick-pool crops + %d of %s", mixed.path, pick.n, len(rows), sim.path)
+    config = config_from_dict({
+        **RECIPES["finetune"], **pretrained_options(str(base)), "pretrained": str(base), "seed": cfg["seed"],
+        "max_epochs": f["max_epochs"], "lr": f["lr"], "train_store": str(mixed.path),
+        "valid_store": str(out / "pick_valid.zarr"), "out_dir": str(out / "run_pick"),
+    })
+    t0 = time.perf_counter()
+    result = train(config, progress=False)
+    logger.info("finetune: %s in %.0f s; %s", result.checkpoint, time.perf_counter() - t0, json.dumps(result.metrics))
+    return result.checkpoint
+
+
 def stage_holdout(cfg: dict, out: Path, fm_path: Path, models: list[str]) -> Path:
     import subprocess
 
@@ -185,14 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=Path(__file__).with_name("recipe.toml"))
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: every stage whose "
+                    "table the config has)")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=CKPT[,CKPT]",
                     help="more models for the held-out comparison (e.g. a pixels-only network)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config)
-        stages = [s for s in args.stages.split(",") if s]
+        stages = ([s for s in args.stages.split(",") if s] if args.stages is not None
+                  else [s for s in STAGES if s not in OPTIONAL or s in cfg])
         bad = set(stages) - set(STAGES)
         if bad:
             raise ConfigError(f"unknown stages {sorted(bad)}; choose from {', '.join(STAGES)}")
@@ -202,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             stage_pool(cfg, args.out, fm_path)
         ckpt = stage_train(cfg, args.out, fm_path) if "train" in stages else args.out / "run" / "model.safetensors"
         pixels = stage_pixels(cfg, args.out) if "pixels" in stages else args.out / "run_pixels" / "model.safetensors"
+        if "pickpool" in stages:
+            stage_pickpool(cfg, args.out)
+        if "finetune" in stages:
+            ckpt = stage_finetune(cfg, args.out, ckpt)
         if "holdout" in stages:
             models = [f"cascade={ckpt}"] + ([f"pixels-only={pixels}"] if pixels.exists() else [])
             report = stage_holdout(cfg, args.out, fm_path, [*models, *args.compare])

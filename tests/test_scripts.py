@@ -162,6 +162,21 @@ sheets = 1
 objects_per_sheet = 100
 alpha_fraction = 0.3
 
+[pickpool]
+train_first_seed = 9301
+train_volumes = 1
+valid_first_seed = 9401
+valid_volumes = 1
+fields = 1
+objects_per_field = 6
+alpha_fraction = 0.5
+draw = "wide"
+
+[finetune]
+sim_sheets = 1
+max_epochs = 1
+lr = 5e-4
+
 [holdout]
 sheet = "TINYHOLD"
 seed = 7
@@ -172,15 +187,16 @@ alpha = 30
 
 @pytest.mark.slow
 def test_the_recipe_runs_through_every_stage(tmp_path):
-    """features, pool, train, pixels and holdout (benchmarks/holdout.py in its own process) on
-    a few hundred objects: holdout.json names every input by hash and by a path that holds on
+    """features, pool, train, pixels, pickpool, finetune and holdout (benchmarks/holdout.py in its
+    own process) on a few hundred objects: holdout.json names every input by hash and by a path that holds on
     another machine."""
     config, out = tmp_path / "tiny.toml", tmp_path / "out"
     config.write_text(TINY_RECIPE)
     done = run_script("pipelines/recipe.py", "--config", str(config), "--out", str(out), timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("feature_model.safetensors", "train_pool.zarr", "valid_pool.zarr", "run/model.safetensors",
-                 "run_pixels/model.safetensors", "holdout.zarr", "holdout/pr_holdout.png", "holdout/scores.parquet"):
+                 "run_pixels/model.safetensors", "pick_train.zarr", "pick_valid.zarr", "finetune_train.zarr",
+                 "run_pick/model.safetensors", "holdout.zarr", "holdout/pr_holdout.png", "holdout/scores.parquet"):
         assert (out / name).exists(), name
     text = (out / "holdout" / "holdout.json").read_text()
     assert str(tmp_path) not in text
@@ -188,7 +204,7 @@ def test_the_recipe_runs_through_every_stage(tmp_path):
     assert (doc["objects"], doc["alpha"], doc["store"]) == (300, 30, "../holdout.zarr")
     assert doc["learned"]["path"] == "../feature_model.safetensors"
     assert doc["learned"]["file_hash"] == checkpoint_hash(out / "feature_model.safetensors")
-    for name, run in (("cascade", "run"), ("pixels-only", "run_pixels")):
+    for name, run in (("cascade", "run_pick"), ("pixels-only", "run_pixels")):
         ckpt = out / run / "model.safetensors"
         assert doc["models"][name]["checkpoints"] == [{"path": f"../{run}/model.safetensors", "hash": checkpoint_hash(ckpt)}]
     assert doc["models"]["cascade"]["cascade"]["objects"] == 300
