@@ -93,6 +93,22 @@ SHEETS = [
 VALID = Sheet("valid", "SH-VALID", 4100, in_range=True)
 
 
+def valid_sheets(n: int) -> list[Sheet]:
+    """The in-range VALID sheets the threshold is calibrated on: SH-VALID, then SH-VALID2.. (seeds 4121..)."""
+    return [VALID, *(Sheet("valid", f"SH-VALID{k}", 4119 + k, in_range=True) for k in range(2, n + 1))]
+
+
+def pooled_valid(n: int, objects: int, models: list[Model], work: Path, workers: int):
+    """(truth, {model: scores}, image statistics) of the ``n`` VALID sheets, pooled as one calibration store."""
+    parts = [sheet_scores(v, objects, 0.1, models, work, workers) for v in valid_sheets(n)]
+    table = pa.concat_tables([t for t, _, _, _ in parts], promote_options="default")
+    scores = {m.name: np.concatenate([sc[m.name] for _, _, sc, _ in parts]) for m in models}
+    offsets = np.cumsum([0] + [t.num_rows for t, _, _, _ in parts[:-1]])
+    image = {k: np.concatenate([im[k] + (off if k == "rows" else 0) for (_, _, _, im), off in zip(parts, offsets, strict=True)])
+             for k in parts[0][3]}
+    return sheet_truth(table), scores, image
+
+
 @dataclass
 class Model:
     name: str
@@ -267,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True, help="cache of feature tables, kept-crop stores and scores")
     p.add_argument("--objects", type=int, default=20000, help="objects per sheet (alpha decays at 1:183)")
     p.add_argument("--valid-objects", type=int, default=3000, help="objects of the in-range VALID sheet (10 %% alpha)")
+    p.add_argument("--valid-sheets", type=int, default=1,
+                   help="in-range VALID sheets pooled for the threshold and its calibration map (SH-VALID, SH-VALID2, ...)")
     p.add_argument("--recall", type=float, default=0.788, help="the threshold's target recall on VALID")
     p.add_argument("--sheets", default=",".join(s.key for s in SHEETS), help=f"of {', '.join(s.key for s in SHEETS)}")
     p.add_argument("--workers", type=int, default=2, help="simulation processes")
@@ -281,13 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     models = load_models(args.model)
     t0 = time.perf_counter()
-    vtable, _, vscores, vimage = sheet_scores(VALID, args.valid_objects, 0.1, models, args.work, args.workers)
-    vtruth = sheet_truth(vtable)
+    vtruth, vscores, vimage = pooled_valid(args.valid_sheets, args.valid_objects, models, args.work, args.workers)
+    vnames = "+".join(v.name for v in valid_sheets(args.valid_sheets))
     thresholds = {m.name: reference_record(
         build_threshold_record(vtruth.y, vscores[m.name], target_kind="recall", target_value=args.recall,
-                               model_hashes=[m.hash], calibration_store={"path": VALID.name, "hash": ""}),
+                               model_hashes=[m.hash], calibration_store={"path": vnames, "hash": ""}),
         vtruth, vscores[m.name], vimage) for m in models}
-    doc = {"prevalence": "1:183", "objects_per_sheet": args.objects, "target_recall": args.recall,
+    doc = {"prevalence": "1:183", "objects_per_sheet": args.objects, "target_recall": args.recall, "valid": vnames,
            "models": {m.name: {"checkpoint": Path(m.path).name, "hash": m.hash, "threshold": thresholds[m.name]["threshold"],
                                "valid_recall_ci": thresholds[m.name]["achieved"]["recall_ci"]} for m in models},
            "sheets": {}}
