@@ -373,6 +373,10 @@ def test_simulate_volume_writes_scanner_format_with_truth(tmp_path, capsys):
     truth = pq.read_table(tmp_path / "sim" / "truth.parquet").to_pylist()
     assert {r["field"] for r in truth} == {"F0000", "F0001"}
     assert all(-0.012 <= r["z_mm"] <= 0 for r in truth) and {r["label"] for r in truth} <= {0, 1}
+    for r in truth:  # each stopping prong's length, azimuth and dip; every alpha decay's prongs
+        assert len(r["prong_lengths_um"]) == len(r["prong_azimuth_deg"]) == len(r["prong_dip_deg"])
+        assert all(x > 0 for x in r["prong_lengths_um"]) and all(abs(d) <= 90 for d in r["prong_dip_deg"])
+        assert r["label"] != 1 or len(r["prong_lengths_um"]) == r["n_prongs"]
     with Image.open(tmp_path / "sim" / "F0000" / "001.png") as im:
         assert im.mode == "L" and im.size == (128, 128)
     # the same seed gives the same volume; an existing folder is refused

@@ -61,6 +61,13 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    depth offsets are scaled by the shrinkage, so a length is the undeveloped 3-D length (um),
    as the former method's cuts expect. Prongs shorter than ``min_prong_um`` (9 um: ending
    inside the shell) are stubs: not reported, and not counted in the vertex's multiplicity.
+8. **Each star once.** Candidates more than ``merge_um`` apart can still be one star: a point
+   6-8 um out on a prong, or the star's own point two or three planes off (steep prongs, a
+   crossing track). Of vertices on the same segment within ``star_um`` (8 um) in x, y and
+   ``star_dz_um`` (12 um, four planes) in depth of each other, the best measured is kept
+   (:func:`_measured`): three or more reported prongs first, then the smallest median distance
+   between the vertex and its prongs' fitted lines (criterion 7's lines pass through the true
+   point, and miss a point beside it by about a micrometre).
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from scanstream.picker.prongs import prong_lengths
+from scanstream.picker.prongs import prong_fits
 
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -106,6 +113,8 @@ class DetectParams:
     max_candidates: int = 20_000
     refit: bool = True
     min_prong_um: float = 9.0
+    star_um: float = 8.0
+    star_dz_um: float = 12.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,9 @@ class Vertex:
         Unit direction of each prong (plate plane, undeveloped depth).
     density : float
         Dark voxels in the 3 x 7 x 7 window (the candidate's score).
+    line_miss_um : float
+        Median over the reported prongs of how far each one's fitted line passes from the
+        vertex (um, plate plane); inf without a reported prong. Smaller is better measured.
     """
 
     z: float
@@ -133,6 +145,7 @@ class Vertex:
     track_lengths_um: tuple[float, ...]
     directions: tuple[tuple[float, float, float], ...]
     density: float
+    line_miss_um: float = float("inf")
 
 
 def _sum2(a: np.ndarray) -> np.ndarray:
@@ -524,7 +537,7 @@ def _candidate(k: int, i: int, j: int, labels, masks: Masks, shells: _Shells, se
     # the crossing sees its four prongs askew)
     if is_crossing([(a[4][:, 0].mean() - at[0], a[4][:, 1].mean() - at[1], *a[2:]) for a in arms], params):
         return None
-    return len(arms), at, near, arms
+    return len(arms), at, near, arms, lab
 
 
 def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shrinkage: float = 2.0,
@@ -551,14 +564,15 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
         hit = _candidate(int(k), int(i), int(j), labels, masks, shells, segs, params, vox_um, step_um, shrinkage)
         if hit is not None:
             found.append((hit[0], float(dens), *hit[1:]))
-    out: list[Vertex] = []
+    stars = []
     for group in _groups(found, params, step_um):
-        _, dens, _, near, arms = group[0]
+        _, dens, _, near, arms, lab = group[0]
         at = np.median(np.array([g[2] for g in group]), axis=0)
-        lengths, dirs = prong_lengths(near, at, arms, params, shrinkage)
-        out.append(Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2, at[0] / vox_um * f + (f - 1) / 2,
-                          len(lengths), lengths, dirs, dens))
-    return out
+        lengths, dirs, misses = prong_fits(near, at, arms, params, shrinkage)
+        miss = float(np.median(misses)) if misses else float("inf")
+        stars.append((at, lab, Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2,
+                                      at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss)))
+    return _one_per_star(stars, params)
 
 
 def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:
@@ -575,3 +589,24 @@ def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:
         else:
             groups.append([cand])
     return groups
+
+
+def _one_per_star(stars: list, params: DetectParams) -> list[Vertex]:
+    """Each star once (criterion 8): of vertices on the same segment within ``star_um`` in x, y
+    and ``star_dz_um`` in depth of each other, the best measured is kept."""
+    order = sorted(range(len(stars)), key=lambda k: _measured(stars[k][2]))
+    kept: list[int] = []
+    for k in order:
+        at, lab, _ = stars[k]
+        if not any(stars[m][1] == lab and np.hypot(*(at[:2] - stars[m][0][:2])) <= params.star_um
+                   and abs(at[2] - stars[m][0][2]) <= params.star_dz_um for m in kept):
+            kept.append(k)
+    return [stars[k][2] for k in sorted(kept)]
+
+
+def _measured(v: Vertex) -> tuple:
+    """Sort key, best measured first: a vertex of three or more reported prongs before one of
+    fewer, then the one its prongs' lines pass closest to. Not the most prongs: a point a plane
+    or two off a star sees a crossing track's two halves as extra prongs, and a point beside
+    it sees the same prongs, with lines that miss it."""
+    return (-min(v.multiplicity, 3), v.line_miss_um)

@@ -92,6 +92,13 @@ def follow(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> n
     the line stays the first one (the vertex through the shell centroid) and the end depth is the
     median of the voxels within 3 um of the end.
     """
+    return follow_line(d, shell, params, refit=refit)[0]
+
+
+def follow_line(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> tuple[np.ndarray, float]:
+    """:func:`follow`'s end, and how far (um, plate plane) the prong's last fitted line passes
+    from the vertex: a few tenths of a um on a prong that starts at the vertex, more where the
+    vertex is off the star's true point (the vertex pulls the line by ``ANCHOR_WEIGHT`` voxels only)."""
     c = shell.mean(0)
     rc = max(float(np.hypot(c[0], c[1])), 1e-9)
     o, u, z0, slope = np.zeros(2), c[:2] / rc, 0.0, float(c[2]) / rc
@@ -119,13 +126,15 @@ def follow(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> n
             o, u, z0, slope = _fit(d[used], w, ANCHOR_WEIGHT)
     if refit:
         end = np.array([*(o + u * reach), z0 + slope * reach])
+        miss = float(np.hypot(*o))
     else:
+        miss = 0.0
         t = (d[:, :2] - o) @ u
         off = np.abs(d[:, 0] * u[1] - d[:, 1] * u[0])
         on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - slope * t) <= params.tube_dz_um)
         near_end = on & (t >= reach - 3.0) & (t <= reach)
         end = np.array([u[0] * reach, u[1] * reach, float(np.median(d[near_end, 2])) if near_end.any() else slope * reach])
-    return end
+    return end, miss
 
 
 def prong_lengths(near: np.ndarray, center: np.ndarray, arms, params, shrinkage: float):
@@ -152,13 +161,22 @@ def prong_lengths(near: np.ndarray, center: np.ndarray, arms, params, shrinkage:
     directions : tuple of (dx, dy, dz)
         Unit vectors from the vertex to each prong's end (undeveloped), same prongs.
     """
+    lengths, dirs, _ = prong_fits(near, center, arms, params, shrinkage)
+    return lengths, dirs
+
+
+def prong_fits(near: np.ndarray, center: np.ndarray, arms, params, shrinkage: float):
+    """:func:`prong_lengths` and, for the same prongs, how far each one's fitted line passes
+    from ``center`` (um, plate plane; :func:`follow_line`): the lines of a vertex placed on the
+    star's point pass through it, those seen from a point beside it miss it."""
     d = near - center
-    lengths, dirs = [], []
+    lengths, dirs, misses = [], [], []
     for *_, pts in arms:
-        end = follow(d, pts - center, params, refit=params.refit)
+        end, miss = follow_line(d, pts - center, params, refit=params.refit)
         v = np.array([end[0], end[1], end[2] * shrinkage])
         if np.linalg.norm(v) < params.min_prong_um:
             continue
         lengths.append(round(float(np.linalg.norm(v)), 2))
         dirs.append(tuple(float(x) for x in v / max(np.linalg.norm(v), 1e-9)))
-    return tuple(lengths), tuple(dirs)
+        misses.append(miss)
+    return tuple(lengths), tuple(dirs), tuple(misses)

@@ -4,7 +4,9 @@
 8-bit PNG per focal plane and an ``info.json`` in the scanner's format (docs/physics.md, "Scanner
 z-stack metadata"; the keys :func:`scanstream.ingest.stacks.read_stack_info` reads), and
 ``DIR/truth.parquet`` with one row per object (object_id, field, category, label, x_mm, y_mm,
-z_mm of the vertex in stage coordinates, depth_um, n_prongs). ``ingest --format stack``, ``pick``
+z_mm of the vertex in stage coordinates, depth_um, n_prongs; each stopping prong's undeveloped
+length, azimuth and dip, :func:`prongs_um`; rn_displacement_um: how far an alpha decay's radon
+moved before it decayed). ``ingest --format stack``, ``pick``
 and ``classify`` then run on it exactly as on scanner output.
 
 The scene of a field (developed um, x, y from the image centre, depth below the emulsion
@@ -48,7 +50,7 @@ from PIL import Image
 
 from scanstream.atomic import atomic_dir, write_json, write_parquet
 from scanstream.errors import InputError
-from scanstream.physics.emulsion import GREY, MIP, isotropic_directions
+from scanstream.physics.emulsion import ALPHA, GREY, HEAVY, MIP, PROTON, isotropic_directions
 from scanstream.progress import Progress, as_progress
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions
 from scanstream.simulate.objects import (
@@ -74,8 +76,35 @@ VOLUME_CATEGORIES = {k: v for k, v in BACKGROUND_MIX.items() if k != "blur"}
 TRUTH_SCHEMA = pa.schema([
     ("object_id", pa.string()), ("field", pa.string()), ("category", pa.string()), ("label", pa.int8()),
     ("x_mm", pa.float64()), ("y_mm", pa.float64()), ("z_mm", pa.float64()),
-    ("depth_um", pa.float64()), ("n_prongs", pa.int16()),
+    ("depth_um", pa.float64()), ("n_prongs", pa.int16()), ("prong_lengths_um", pa.list_(pa.float64())),
+    ("prong_azimuth_deg", pa.list_(pa.float64())), ("prong_dip_deg", pa.list_(pa.float64())),
+    ("rn_displacement_um", pa.float64()),
 ])
+#: Segment kinds that are prongs ending in the emulsion (the black prongs a picker measures).
+STOPPING = (PROTON, ALPHA, HEAVY)
+
+
+def prongs_um(obj: SimObject, shrinkage: float) -> tuple[list[float], list[float], list[float]]:
+    """Each stopping prong (:data:`STOPPING`) of ``obj`` as drawn (cut where it leaves the layer):
+    undeveloped 3-D length (um; developed depth offsets times ``shrinkage``), azimuth in the
+    stage's x, y (degrees from +x towards +y) and dip (degrees, positive towards the surface:
+    higher stage z).
+
+    Examples
+    --------
+    >>> from scanstream.simulate.objects import SimObject
+    >>> ends = np.array([[3.0, 0.0, -2.0], [0.0, 0.0, 5.0]])
+    >>> o = SimObject("t", 1, np.zeros((2, 3)), ends, np.array([ALPHA, MIP], np.int8),
+    ...               np.zeros(2), np.zeros(2), np.zeros(2), np.zeros((0, 4)), 0.0, 10.0)
+    >>> prongs_um(o, 2.0)
+    ([5.0], [0.0], [53.13])
+    """
+    d = ((obj.ends - obj.starts) * np.array([1.0, 1.0, shrinkage]))[np.isin(obj.kinds, STOPPING)]
+    length = np.linalg.norm(d, axis=1)
+    azimuth = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+    dip = np.degrees(np.arcsin(np.clip(-d[:, 2] / np.maximum(length, 1e-9), -1.0, 1.0)))
+    return ([round(float(x), 3) for x in length], [round(float(x), 2) for x in azimuth],
+            [round(float(x), 2) for x in dip])
 
 
 @dataclass(frozen=True)
@@ -212,6 +241,9 @@ def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetCo
             "object_id": f"{config.sheet}-{name}-{j:03d}", "field": name, "category": obj.category, "label": obj.label,
             "x_mm": x_mm + x0 / 1000, "y_mm": y_mm + y0 / 1000, "z_mm": -obj.depth / 1000,
             "depth_um": obj.depth, "n_prongs": int(obj.truth.get("n_prongs", 0)),
+            **dict(zip(("prong_lengths_um", "prong_azimuth_deg", "prong_dip_deg"), prongs_um(obj, cond.shrinkage),
+                       strict=True)),
+            "rn_displacement_um": float(obj.truth.get("rn_displacement_um", 0.0)),
         })
     return rows
 
