@@ -34,8 +34,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score
-from sklearn.metrics import precision_recall_curve as _sk_pr_curve
 
 from scanstream.errors import InputError
 
@@ -143,6 +141,10 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     >>> average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1]))
     0.8333333333333333
     """
+    # scikit-learn is imported where a curve is computed, not with this module: the candidate
+    # table's readers (`scanstream query`, `info`) reach this module and would pay ~1.7 s for it
+    from sklearn.metrics import average_precision_score
+
     y, s = check_labels_scores(labels, scores)
     return float(average_precision_score(y, s))
 
@@ -157,8 +159,10 @@ def precision_recall_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.n
     thresholds : array of float, shape (k,)
         Increasing score thresholds (``score >= threshold`` is selected).
     """
+    from sklearn.metrics import precision_recall_curve as sk_precision_recall_curve  # as in average_precision
+
     y, s = check_labels_scores(labels, scores)
-    precision, recall, thresholds = _sk_pr_curve(y, s)
+    precision, recall, thresholds = sk_precision_recall_curve(y, s)
     return precision, recall, thresholds
 
 

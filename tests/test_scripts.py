@@ -132,6 +132,13 @@ def test_classify_throughput_runs_tiny_on_a_gpu(tmp_path):
     assert row["a_forward_crops_per_s"] > 0 and row["b_warm_crops_per_s"] > 0
 
 
+@pytest.mark.slow
+def test_cli_startup_benchmark_runs_tiny():
+    doc = printed_json(run_script("benchmarks/cli_startup.py", "--runs", "1"))
+    assert set(doc["ratio_to_import_numpy"]) == {"help", "info", "query"}
+    assert all(t > 0 for t in doc["median_s"].values()) and doc["runs"] == 1
+
+
 TINY_RECIPE = """\
 seed = 0
 workers = 1

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"scanstream {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
             register(sub)
     for verb in _verb_parsers(sub):
         _common_flags(verb)
+        verb.set_defaults(_verb_parser=verb)  # the deepest verb parsed sets it last: its usage for unknown flags
         # a value such as "-1:5" or "-2,3" is a value to check, not an unknown option (argparse
         # takes only plain negative numbers as values)
         verb._negative_number_matcher = re.compile(r"^-\.?\d[\d.:,eE+-]*$")
@@ -58,12 +60,17 @@ def _verb_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPars
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
-    """``-v`` and ``--no-progress`` accepted after any verb, as before it (one grammar for every verb)."""
+    """``-v`` and ``--no-progress`` accepted after any verb, as before it (one grammar for every verb).
+
+    The verb's own defaults are suppressed: argparse copies a verb's namespace over the one
+    parsed before the verb, so a default there would undo ``scanstream --no-progress VERB``.
+    """
     if "-v" not in p._option_string_actions:
         p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="more log output (-vv for debug); also accepted before the verb")
     if "--no-progress" not in p._option_string_actions:
         p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
+    p._option_string_actions["--no-progress"].default = argparse.SUPPRESS
 
 
 def _quiet_dask() -> None:
@@ -101,7 +108,10 @@ def _show_dashboard(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    verb_parser = vars(args).pop("_verb_parser", parser)
+    if unknown:  # the verb's usage, not the top level's (exits with status 2)
+        verb_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from scanstream.cli._common import print_json
 from scanstream.errors import InputError
-from scanstream.picker import learned as fm
+
+if TYPE_CHECKING:  # the verb imports them when it runs (scikit-learn, scipy): --help stays fast
+    import numpy as np
+    import pyarrow as pa
+
+    from scanstream.picker import learned as fm
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _learned(args: argparse.Namespace, table: pa.Table) -> tuple[fm.FeatureModel, np.ndarray] | None:
     """The feature model asked for (fitted or read, calibrated if asked) and its scores on ``table``."""
     from scanstream.picker import cuts as bl
+    from scanstream.picker import learned as fm
 
     if args.learned is not None and args.feature_model is not None:
         raise InputError("give either --learned TRAIN (fit a feature model) or --feature-model FILE, not both")
@@ -70,7 +74,10 @@ def _learned(args: argparse.Namespace, table: pa.Table) -> tuple[fm.FeatureModel
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
     from scanstream.picker import cuts as bl
+    from scanstream.picker import learned as fm
 
     table = bl.read_object_table(args.store)
     if args.cuts_from is not None and args.config is not None:

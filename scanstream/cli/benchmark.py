@@ -7,15 +7,10 @@ from pathlib import Path
 
 from scanstream.atomic import write_json
 from scanstream.cli._common import add_many, deprecated_option
-from scanstream.inference.benchmark import (
-    DEFAULT_SAMPLE,
-    PickerRate,
-    check_rate,
-    format_report,
-    measure_picker,
-    read_picker_log,
-    run_benchmark,
-)
+
+#: --sample's default, shown in --help without importing the benchmark (torch) to read it; the
+#: value is scanstream.inference.benchmark.DEFAULT_SAMPLE (tests/test_cli_startup.py checks it)
+SAMPLE_HELP_DEFAULT = 2048
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,13 +40,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, else 1 using all cores)")
     b.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     b.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
-    b.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
-                   help=f"crops for the in-process measurements (default {DEFAULT_SAMPLE})")
+    b.add_argument("--sample", type=int, default=None,
+                   help=f"crops for the in-process measurements (default {SAMPLE_HELP_DEFAULT})")
     b.add_argument("--out", type=Path, metavar="FILE.json", help="also write the report as JSON")
     b.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from scanstream.inference.benchmark import (
+        DEFAULT_SAMPLE,
+        PickerRate,
+        check_rate,
+        format_report,
+        measure_picker,
+        read_picker_log,
+        run_benchmark,
+    )
+
     picker = None
     if args.picker_rate is not None:
         picker = PickerRate(check_rate(args.picker_rate), "--picker-rate")
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         picker = measure_picker(args.volume, scheduler=args.scheduler, workers=args.workers)
     report = run_benchmark(
         args.store, args.model, picker=picker, objects=args.objects, scheduler=args.scheduler, workers=args.workers,
-        device=args.device, batch_size=args.batch_size, sample=args.sample, progress=not args.no_progress,
+        device=args.device, batch_size=args.batch_size,
+        sample=DEFAULT_SAMPLE if args.sample is None else args.sample, progress=not args.no_progress,
     )
     print(format_report(report))
     if args.out is not None:
