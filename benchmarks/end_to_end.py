@@ -63,6 +63,7 @@ from scanstream import atomic
 from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
 from scanstream.ingest.stacks import ingest_stacks
+from scanstream.picker import accuracy
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.objects import BACKGROUND_MIX
@@ -148,43 +149,15 @@ def by_source(src: np.ndarray, truth_counts: dict[str, int], n_alpha: int, field
 def vertex_errors(store, truth: list[dict], args: argparse.Namespace) -> list[dict]:
     """For each true alpha decay: whether it was picked (a vertex within ``--xy-um`` in x, y and one
     z-step), the nearest picked vertex within ``--duplicate-um`` (x, y, z offsets in um, measured
-    minus true multiplicity) and how many picked vertices lie that close."""
-    p = positions(store)
+    minus true multiplicity) and how many picked vertices lie that close (:func:`accuracy.decay_matches`)."""
     mult = np.array([-1 if m is None else int(m) for m in store.table.column("multiplicity").to_pylist()])
-    out = []
-    for r in truth:
-        if r["label"] != 1:
-            continue
-        dxy = np.hypot(p[:, 0] - r["x_mm"], p[:, 1] - r["y_mm"]) * 1000
-        picked = bool(((dxy <= args.xy_um) & (np.abs(p[:, 2] - r["z_mm"]) * 1000 <= 3.0)).any())
-        near = np.nonzero(dxy <= args.duplicate_um)[0]
-        if not near.size:
-            out.append({"found": False, "near": 0, "picked": picked})
-            continue
-        j = near[np.argmin(dxy[near])]
-        out.append({"found": True, "near": int(near.size), "picked": picked, "dxy_um": float(dxy[j]),
-                    "dz_um": float((p[j, 2] - r["z_mm"]) * 1000), "multiplicity_error": int(mult[j] - r["n_prongs"])})
-    return out
+    return accuracy.decay_matches(positions(store), mult, truth, xy_um=args.xy_um, near_um=args.duplicate_um)
 
 
 def picker_errors(errors: list[dict], fakes: int, fields: int) -> dict:
     """The picker's measured errors on alpha decays (what a calibrated simulated picker must reproduce)."""
-    found = [e for e in errors if e["found"]]
-    q = (0.5, 0.68, 0.95)
-
-    def quant(v: list[float]) -> list[float] | None:
-        return [round(float(x), 2) for x in np.quantile(v, q)] if v else None
-
-    merr = [e["multiplicity_error"] for e in found]
-    return {
-        "alpha_decays": len(errors), "with_a_vertex_within_duplicate_um": len(found),
-        "vertex_offset_xy_um_q50_68_95": quant([e["dxy_um"] for e in found]),
-        "vertex_offset_abs_z_um_q50_68_95": quant([abs(e["dz_um"]) for e in found]),
-        "multiplicity_measured_minus_true": {str(k): merr.count(k) for k in sorted(set(merr))},
-        "extra_vertices_per_alpha_decay": round(sum(e["near"] - 1 for e in found) / len(errors), 3) if errors else None,
-        "fake_vertices_per_field": round(fakes / fields, 3) if fields else None,
-        "note": "prong lengths are not in the volume's truth table: their error against length is not measured here",
-    }
+    return {**accuracy.error_summary(errors, fakes=fakes, fields=fields),
+            "note": "prong lengths, merged and missed prongs: benchmarks/picker_errors.py"}
 
 
 def rates(y: np.ndarray, selected: np.ndarray) -> dict:

@@ -112,6 +112,16 @@ def test_simulate_benchmark_runs_tiny():
 
 
 @pytest.mark.slow
+def test_picker_errors_benchmark_runs_tiny(tmp_path):
+    table = tmp_path / "errors.md"
+    doc = printed_json(run_script("benchmarks/picker_errors.py", "--work", str(tmp_path), "--tuning-seeds", "1",
+                                  "--held-out-seeds", "2", "--fields", "1", "--objects-per-field", "2",
+                                  "--field-px", "128", "--depth-um", "12", "--markdown", str(table)))
+    assert doc["tuning"]["seeds"] == [1] and doc["held_out"]["seeds"] == [2] and doc["held_out"]["fields"] == 1
+    assert table.read_text().startswith("| measure | tuning seeds 1 | held-out seeds 2 |")
+
+
+@pytest.mark.slow
 def test_store_io_benchmark_runs_tiny_and_leaves_its_folder_empty(tmp_path):
     scratch = tmp_path / "not" / "yet"
     doc = printed_json(run_script("benchmarks/store_io.py", "--n", "64", "--configs", "16:64", "--repeat", "1",
@@ -122,6 +132,13 @@ def test_store_io_benchmark_runs_tiny_and_leaves_its_folder_empty(tmp_path):
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.slow
+def test_cli_startup_benchmark_runs_tiny():
+    doc = printed_json(run_script("benchmarks/cli_startup.py", "--runs", "1"))
+    assert set(doc["ratio_to_import_numpy"]) == {"help", "info", "query"}
+    assert all(t > 0 for t in doc["median_s"].values()) and doc["runs"] == 1
+
+
 @pytest.mark.gpu
 def test_classify_throughput_runs_tiny_on_a_gpu(tmp_path):
     doc = printed_json(run_script("benchmarks/classify_throughput.py", "--n", "64", "--batch-size", "32",
@@ -130,13 +147,6 @@ def test_classify_throughput_runs_tiny_on_a_gpu(tmp_path):
     (row,) = doc["results"]
     assert (row["backbone"], row["precision"]) == ("mobilenet_v3_small", "bf16")
     assert row["a_forward_crops_per_s"] > 0 and row["b_warm_crops_per_s"] > 0
-
-
-@pytest.mark.slow
-def test_cli_startup_benchmark_runs_tiny():
-    doc = printed_json(run_script("benchmarks/cli_startup.py", "--runs", "1"))
-    assert set(doc["ratio_to_import_numpy"]) == {"help", "info", "query"}
-    assert all(t > 0 for t in doc["median_s"].values()) and doc["runs"] == 1
 
 
 TINY_RECIPE = """\

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""The picker's measured errors on simulated volumes: the table of docs/pick.md ("Measured errors").
+
+For every seed, ``simulate-volume`` draws fields of view with truth (each stopping prong's
+length, azimuth and dip included), ``ingest --format stack`` makes a volume store (both kept
+in ``--work`` and reused), and the detector (:func:`scanstream.picker.detect.detect_vertices`,
+as ``scanstream pick`` runs it) picks every field. The matching is
+:mod:`scanstream.picker.accuracy`'s. Reported separately for the seeds the detector was tuned on
+(``--tuning-seeds``) and for held-out seeds never used to choose anything (``--held-out-seeds``):
+
+* alpha decays and the efficiency (a vertex within 2 um in x, y and 3 um in depth), with its
+  binomial error;
+* vertex offset of the nearest vertex (within 15 um in x, y): x, y and |depth| at the 50, 68 and
+  95 % quantiles, depth signed at 16, 50 and 84 %; measured minus true multiplicity;
+* prongs of the alpha decays with a vertex within 15 um: matched, merged, missed and extra
+  (stub) prongs per true prong, and the length error (measured minus true, undeveloped um)
+  against the true length;
+* fake vertices per field (no simulated object within 5 um in x, y and 6 um in depth), vertices
+  per field, and duplicates: the fraction of picked vertices with another within 8 um in x, y;
+* the detector's seconds per field (reading excluded; this machine, its load).
+
+Usage::
+
+    python benchmarks/picker_errors.py --work DIR [--tuning-seeds 1,2,3] [--held-out-seeds 41,42] \\
+        [--fields 4] [--objects-per-field 8] [--alpha-fraction 0.5] [--out FILE.json] [--markdown FILE.md]
+
+Prints one JSON document; ``--markdown`` also writes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from scanstream import atomic
+from scanstream.ingest.stacks import ingest_stacks
+from scanstream.picker import accuracy as acc
+from scanstream.picker.detect import detect_vertices
+from scanstream.picker.pick import DEFAULT_SHRINKAGE
+from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
+from scanstream.store import is_volume, open_volume
+
+
+def seed_volume(work: Path, seed: int, args: argparse.Namespace):
+    """(volume store, truth rows) of ``seed`` (drawn and ingested once, kept under ``work``)."""
+    sim, vol = work / f"sim{seed}", work / f"v{seed}.zarr"
+    if not (sim / "truth.parquet").exists():
+        cfg = VolumeSimConfig(fields=args.fields, seed=seed, sheet=f"PE{seed}", objects_per_field=args.objects_per_field,
+                              alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um)
+        simulate_volume(sim, cfg, overwrite=True)
+    if not is_volume(vol):
+        ingest_stacks(sim, vol)
+    return open_volume(vol), pq.read_table(sim / "truth.parquet").to_pylist()
+
+
+def pick_seed(volume) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]:
+    """Every field's vertices: stage positions (n, 3) mm, multiplicities, prong directions (stage x, y,
+    up) and lengths, and the detector's seconds (reading excluded)."""
+    pos, mult, dirs, lengths, seconds = [], [], [], [], 0.0
+    for f in volume:
+        planes = f.read()
+        up = 1.0 if f.stage_z_mm[-1] >= f.stage_z_mm[0] else -1.0  # plane index towards higher stage z
+        shrink = f.shrinkage or DEFAULT_SHRINKAGE
+        t0 = time.perf_counter()
+        found = detect_vertices(planes, pixel_um=float(np.mean(f.pixel_size_um)), step_um=abs(float(f.step_um)) or 3.0,
+                                shrinkage=float(shrink))
+        seconds += time.perf_counter() - t0
+        for v in found:
+            pos.append(f.pixel_to_stage(v.z, v.y, v.x))
+            mult.append(v.multiplicity)
+            dirs.append(np.array(v.directions, float).reshape(-1, 3) * np.array([1.0, 1.0, up]))
+            lengths.append(v.track_lengths_um)
+    return np.array(pos, float).reshape(-1, 3), np.array(mult, int), list(zip(dirs, lengths, strict=True)), seconds
+
+
+def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict:
+    """The measures of the module docstring over the volumes of ``seeds``."""
+    matches, prong_counts, true_len, meas_len = [], {"true": 0, "matched": 0, "merged": 0, "missed": 0, "extra": 0}, [], []
+    fields = picked_n = fakes = dups = 0
+    seconds = 0.0
+    for seed in seeds:
+        volume, truth = seed_volume(work, seed, args)
+        pos, mult, prongs, sec = pick_seed(volume)
+        seconds += sec
+        fields += len(volume)
+        picked_n += len(pos)
+        fakes += int(acc.fake_vertices(pos, truth).sum())
+        dups += int(acc.duplicates(pos).sum())
+        decays = [r for r in truth if r["label"] == 1]
+        found = acc.decay_matches(pos, mult, truth)
+        matches += found
+        for r, m in zip(decays, found, strict=True):
+            if not m["found"]:
+                continue
+            d, lengths = prongs[m["index"]]
+            p = acc.match_prongs(d, acc.true_directions(r))
+            prong_counts["true"] += len(r["prong_lengths_um"])
+            prong_counts["matched"] += len(p["pairs"])
+            for key in ("merged", "missed", "extra"):
+                prong_counts[key] += p[key]
+            true_len += [r["prong_lengths_um"][i] for i, _ in p["pairs"]]
+            meas_len += [lengths[j] for _, j in p["pairs"]]
+    n = len(matches)
+    k = sum(m["picked"] for m in matches)
+    eff = k / n if n else float("nan")
+    dz = [m["dz_um"] for m in matches if m["found"]]
+    tp = max(prong_counts["true"], 1)
+    return {
+        "seeds": seeds, "fields": fields, "alpha_decays": n, "alpha_picked": k,
+        "efficiency": round(eff, 4) if n else None,
+        "efficiency_error": round(math.sqrt(eff * (1 - eff) / n), 4) if n else None,
+        **acc.error_summary(matches, fakes=fakes, fields=fields),
+        "vertex_offset_z_um_q16_50_84": [round(float(x), 2) for x in np.quantile(dz, (0.16, 0.5, 0.84))] if dz else None,
+        "prongs": {**prong_counts, **{f"{key}_per_true_prong": round(prong_counts[key] / tp, 4)
+                                      for key in ("matched", "merged", "missed", "extra")}},
+        "length_error_by_true_length": acc.length_errors(true_len, meas_len),
+        "vertices": picked_n, "vertices_per_field": round(picked_n / fields, 3) if fields else None,
+        "duplicates": dups, "duplicate_fraction": round(dups / picked_n, 4) if picked_n else None,
+        "detect_seconds_per_field": round(seconds / fields, 3) if fields else None,
+    }
+
+
+def _q(v) -> str:
+    return "-" if v is None else " / ".join(f"{x:g}" for x in v)
+
+
+def markdown(doc: dict) -> str:
+    """The table of docs/pick.md: one column per seed group."""
+    groups = [g for g in ("tuning", "held_out") if doc.get(g)]
+    head = "| measure | " + " | ".join(f"{g.replace('_', '-')} seeds {','.join(map(str, doc[g]['seeds']))}" for g in groups) + " |"
+    rows = [head, "|---|" + "---|" * len(groups)]
+
+    def row(name: str, fn) -> None:
+        rows.append(f"| {name} | " + " | ".join(fn(doc[g]) for g in groups) + " |")
+
+    row("fields; alpha decays", lambda g: f"{g['fields']}; {g['alpha_decays']}")
+    row("efficiency (2 um x-y, 3 um depth)", lambda g: f"{g['alpha_picked']} of {g['alpha_decays']}: "
+        f"{g['efficiency']:.3f} +- {g['efficiency_error']:.3f}" if g["alpha_decays"] else "-")
+    row("vertex offset x-y, um (q50 / q68 / q95)", lambda g: _q(g["vertex_offset_xy_um_q50_68_95"]))
+    row("vertex offset depth, um (q16 / q50 / q84)", lambda g: _q(g["vertex_offset_z_um_q16_50_84"]))
+    row("multiplicity measured - true (decays)", lambda g: ", ".join(
+        f"{k}: {v}" for k, v in g["multiplicity_measured_minus_true"].items()) or "-")
+    row("prongs matched / merged / missed / extra, per true prong", lambda g: " / ".join(
+        f"{g['prongs'][k + '_per_true_prong']:.3f}" for k in ("matched", "merged", "missed", "extra"))
+        + f" (of {g['prongs']['true']})")
+    for b in doc[groups[0]]["length_error_by_true_length"] if groups else []:
+        lo, hi = b["true_um"]
+
+        def cell(g, lo=lo):
+            e = next(x for x in g["length_error_by_true_length"] if x["true_um"][0] == lo)
+            return "-" if not e["prongs"] else f"{e['median_um']:+.2f} ({_q(e['q16_q84_um'])}), {e['prongs']} prongs"
+
+        row(f"length error, true {lo:g}-{hi:g} um: median (q16 / q84)", cell)
+    row("fake vertices per field", lambda g: f"{g['fake_vertices_per_field']}")
+    row("extra vertices within 15 um per alpha decay", lambda g: f"{g['extra_vertices_per_alpha_decay']}")
+    row("vertices with another within 8 um (duplicates)", lambda g: f"{g['duplicates']} of {g['vertices']}: "
+        f"{g['duplicate_fraction']}")
+    row("detector seconds per field", lambda g: f"{g['detect_seconds_per_field']}")
+    return "\n".join(rows) + "\n"
+
+
+def _seeds(p: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"{flag} {text!r}: expected integers separated by commas")
+        raise  # p.error exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True, help="keeps the simulated volumes and their stores (reused)")
+    p.add_argument("--tuning-seeds", default="1,2,3,4,5,6", help="seeds the detector was tuned on")
+    p.add_argument("--held-out-seeds", default="", help="seeds never used to choose anything")
+    p.add_argument("--fields", type=int, default=4, help="fields per volume")
+    p.add_argument("--objects-per-field", type=int, default=8)
+    p.add_argument("--alpha-fraction", type=float, default=0.5)
+    p.add_argument("--field-px", type=int, default=1024)
+    p.add_argument("--depth-um", type=float, default=None, help="image a thinner slab (tests)")
+    p.add_argument("--out", type=Path, help="write the JSON here too")
+    p.add_argument("--markdown", type=Path, help="write the markdown table here")
+    args = p.parse_args(argv)
+    groups = {"tuning": _seeds(p, args.tuning_seeds, "--tuning-seeds"),
+              "held_out": _seeds(p, args.held_out_seeds, "--held-out-seeds")}
+    if set(groups["tuning"]) & set(groups["held_out"]):
+        p.error(f"a seed is both tuning and held out: {sorted(set(groups['tuning']) & set(groups['held_out']))}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    doc = {"volumes": {"fields": args.fields, "objects_per_field": args.objects_per_field,
+                       "alpha_fraction": args.alpha_fraction, "field_px": args.field_px}}
+    for name, seeds in groups.items():
+        doc[name] = group_errors(args.work, seeds, args) if seeds else None
+    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(doc, indent=1)
+    if args.out:
+        atomic.write_text(args.out, text + "\n")
+    if args.markdown:
+        atomic.write_text(args.markdown, markdown(doc))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The picker's measured errors against simulated truth: which picked vertex is which true one.
+
+Pure functions over stage positions (mm), the picker's measured prongs and the truth rows that
+:func:`scanstream.simulate.volume.simulate_volume` writes (``truth.parquet``: x_mm, y_mm, z_mm,
+label, n_prongs, and each stopping prong's undeveloped length, azimuth and dip). One home for
+the matching that ``benchmarks/end_to_end.py`` (the picker's errors beside the models) and
+``benchmarks/picker_errors.py`` (the error table of docs/pick.md) both use; the simulated
+picker's calibration reads that table.
+
+Conventions (lengths in um):
+
+* a true alpha decay is **picked** when a picked vertex lies within ``xy_um`` (2 um) in x, y and
+  ``z_um`` (3 um, one z-step) in depth of it; its **nearest** vertex is the closest in x, y
+  within ``near_um`` (15 um), from which the offsets and the prongs are measured;
+* a picked vertex is **fake** when no simulated object's vertex (any category) lies within
+  ``xy_um`` (5 um) in x, y and ``z_um`` (6 um) in depth;
+* a picked vertex is a **duplicate** when another picked vertex lies within ``within_um`` (8 um)
+  in x, y (any depth): a star counted twice;
+* prongs (:func:`match_prongs`): a true prong is matched to the measured prong closest in 3-D
+  direction within ``max_deg`` (20 degrees); a measured prong that is the closest of several
+  true prongs is one prong for all of them: the closest in direction is matched, the others are
+  **merged** into it; a true prong with no measured prong within ``max_deg`` is **missed**; a
+  measured prong within ``max_deg`` of no true prong is **extra** (a stub, a crossing track's
+  half, or a prong whose direction the picker got wrong).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import numpy as np
+
+#: Quantiles the offsets are reported at: the median, one and two Gaussian sigmas.
+QUANTILES = (0.5, 0.68, 0.95)
+#: True-length bins (um) of the length-error table.
+LENGTH_BINS_UM = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 80.0)
+
+
+def _xy_um(picked: np.ndarray, x_mm: float, y_mm: float) -> np.ndarray:
+    return np.hypot(picked[:, 0] - x_mm, picked[:, 1] - y_mm) * 1000
+
+
+def decay_matches(picked: np.ndarray, multiplicity: np.ndarray, truth: Sequence[dict], *, xy_um: float = 2.0,
+                  z_um: float = 3.0, near_um: float = 15.0) -> list[dict]:
+    """For each true alpha decay (``label`` 1) of ``truth``: whether it was picked, and its nearest vertex.
+
+    Parameters
+    ----------
+    picked : ndarray (n, 3)
+        Picked vertices' stage x, y, z (mm).
+    multiplicity : ndarray (n,)
+        Their reported multiplicity (-1 where unknown).
+    truth : sequence of dict
+        Truth rows (x_mm, y_mm, z_mm, label, n_prongs).
+
+    Returns
+    -------
+    list of dict, one per alpha decay in ``truth``'s order: ``picked`` (bool), ``found`` (a vertex
+    within ``near_um``), ``near`` (how many), ``index`` (the nearest's row in ``picked``, or -1),
+    and for a found one ``dxy_um``, ``dz_um`` (picked minus true) and ``multiplicity_error``.
+
+    Examples
+    --------
+    >>> truth = [{"x_mm": 0.0, "y_mm": 0.0, "z_mm": -0.05, "label": 1, "n_prongs": 5}]
+    >>> m = decay_matches(np.array([[0.001, 0.0, -0.051]]), np.array([4]), truth)
+    >>> m[0]["picked"], round(m[0]["dxy_um"], 3), round(m[0]["dz_um"], 3), m[0]["multiplicity_error"]
+    (True, 1.0, -1.0, -1)
+    """
+    picked = np.asarray(picked, float).reshape(-1, 3)
+    out = []
+    for r in truth:
+        if r["label"] != 1:
+            continue
+        dxy = _xy_um(picked, r["x_mm"], r["y_mm"])
+        is_picked = bool(((dxy <= xy_um) & (np.abs(picked[:, 2] - r["z_mm"]) * 1000 <= z_um)).any())
+        near = np.flatnonzero(dxy <= near_um)
+        if not near.size:
+            out.append({"found": False, "near": 0, "picked": is_picked, "index": -1})
+            continue
+        j = int(near[np.argmin(dxy[near])])
+        out.append({"found": True, "near": int(near.size), "picked": is_picked, "index": j, "dxy_um": float(dxy[j]),
+                    "dz_um": float((picked[j, 2] - r["z_mm"]) * 1000),
+                    "multiplicity_error": int(multiplicity[j] - r["n_prongs"])})
+    return out
+
+
+def _quantiles(values: Sequence[float], q: Sequence[float] = QUANTILES) -> list[float] | None:
+    return [round(float(x), 2) for x in np.quantile(values, q)] if len(values) else None
+
+
+def error_summary(matches: Sequence[dict], *, fakes: int, fields: int) -> dict:
+    """The picker's measured errors on alpha decays from :func:`decay_matches` (offset quantiles
+    ``QUANTILES``, measured minus true multiplicity, extra vertices per decay, fakes per field).
+
+    Examples
+    --------
+    >>> m = [{"found": True, "near": 2, "picked": True, "dxy_um": 1.0, "dz_um": -1.0, "multiplicity_error": 0},
+    ...      {"found": False, "near": 0, "picked": False}]
+    >>> s = error_summary(m, fakes=3, fields=2)
+    >>> s["extra_vertices_per_alpha_decay"], s["fake_vertices_per_field"], s["multiplicity_measured_minus_true"]
+    (0.5, 1.5, {'0': 1})
+    """
+    found = [e for e in matches if e["found"]]
+    merr = [e["multiplicity_error"] for e in found]
+    return {
+        "alpha_decays": len(matches), "with_a_vertex_within_duplicate_um": len(found),
+        "vertex_offset_xy_um_q50_68_95": _quantiles([e["dxy_um"] for e in found]),
+        "vertex_offset_abs_z_um_q50_68_95": _quantiles([abs(e["dz_um"]) for e in found]),
+        "multiplicity_measured_minus_true": {str(k): merr.count(k) for k in sorted(set(merr))},
+        "extra_vertices_per_alpha_decay": round(sum(e["near"] - 1 for e in found) / len(matches), 3) if matches else None,
+        "fake_vertices_per_field": round(fakes / fields, 3) if fields else None,
+    }
+
+
+def fake_vertices(picked: np.ndarray, truth: Sequence[dict], *, xy_um: float = 5.0, z_um: float = 6.0) -> np.ndarray:
+    """bool (n,): picked vertices (n, 3) mm with no true object's vertex within ``xy_um`` in x, y and ``z_um`` in depth.
+
+    Examples
+    --------
+    >>> fake_vertices(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), [{"x_mm": 0.0, "y_mm": 0.003, "z_mm": 0.0}]).tolist()
+    [False, True]
+    """
+    picked = np.asarray(picked, float).reshape(-1, 3)
+    tp = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in truth], float).reshape(-1, 3)
+    if not len(tp):
+        return np.ones(len(picked), bool)
+    dxy = np.hypot(picked[:, None, 0] - tp[None, :, 0], picked[:, None, 1] - tp[None, :, 1]) * 1000
+    dz = np.abs(picked[:, None, 2] - tp[None, :, 2]) * 1000
+    return ~((dxy <= xy_um) & (dz <= z_um)).any(1)
+
+
+def duplicates(picked: np.ndarray, *, within_um: float = 8.0) -> np.ndarray:
+    """bool (n,): picked vertices (n, 3) mm with another within ``within_um`` in x, y.
+
+    Examples
+    --------
+    >>> duplicates(np.array([[0.0, 0.0, 0.0], [0.007, 0.0, -0.1], [0.02, 0.0, 0.0]])).tolist()
+    [True, True, False]
+    """
+    picked = np.asarray(picked, float).reshape(-1, 3)
+    d = np.hypot(picked[:, None, 0] - picked[None, :, 0], picked[:, None, 1] - picked[None, :, 1]) * 1000
+    np.fill_diagonal(d, np.inf)
+    return (d <= within_um).any(1) if len(picked) else np.zeros(0, bool)
+
+
+def true_directions(row: dict) -> np.ndarray:
+    """Unit directions (m, 3) of a truth row's stopping prongs: stage x, y and up (higher stage z)."""
+    az, dip = np.radians(row["prong_azimuth_deg"] or []), np.radians(row["prong_dip_deg"] or [])
+    return np.stack([np.cos(dip) * np.cos(az), np.cos(dip) * np.sin(az), np.sin(dip)], 1).reshape(-1, 3)
+
+
+def match_prongs(measured: np.ndarray, true: np.ndarray, *, max_deg: float = 20.0) -> dict:
+    """Match measured prong directions (k, 3) to true ones (m, 3), both unit (module docstring).
+
+    Returns ``pairs`` [(true index, measured index)], ``merged``, ``missed`` (true prongs) and
+    ``extra`` (measured prongs) counts.
+
+    Examples
+    --------
+    >>> true = np.array([[1.0, 0, 0], [0.98, 0.2, 0], [0, 1.0, 0], [-1.0, 0, 0]])
+    >>> measured = np.array([[1.0, 0.05, 0], [0, -1.0, 0], [-0.99, 0.1, 0]])
+    >>> m = match_prongs(measured / np.linalg.norm(measured, axis=1, keepdims=True), true / np.linalg.norm(true, axis=1, keepdims=True))
+    >>> m["pairs"], m["merged"], m["missed"], m["extra"]
+    ([(0, 0), (3, 2)], 1, 1, 1)
+    """
+    measured, true = np.asarray(measured, float).reshape(-1, 3), np.asarray(true, float).reshape(-1, 3)
+    angle = np.degrees(np.arccos(np.clip(true @ measured.T, -1.0, 1.0))).reshape(len(true), len(measured))
+    ok = angle <= max_deg
+    best = {}  # measured index -> [(angle, true index)]
+    missed = 0
+    for i in range(len(true)):
+        if not ok[i].any():
+            missed += 1
+            continue
+        j = int(np.argmin(np.where(ok[i], angle[i], np.inf)))
+        best.setdefault(j, []).append((float(angle[i, j]), i))
+    pairs = sorted((min(c)[1], j) for j, c in best.items())
+    merged = sum(len(c) - 1 for c in best.values())
+    extra = int((~ok.any(0)).sum()) if len(true) else len(measured)
+    return {"pairs": pairs, "merged": merged, "missed": missed, "extra": extra}
+
+
+def length_errors(true_um: Sequence[float], measured_um: Sequence[float], bins: Sequence[float] = LENGTH_BINS_UM) -> list[dict]:
+    """Measured minus true prong length (um) by true length: count, median and 16-84 % range per bin.
+
+    Examples
+    --------
+    >>> length_errors([15.0, 16.0, 35.0], [14.0, 17.0, 30.0], bins=(10.0, 20.0, 40.0))
+    [{'true_um': [10.0, 20.0], 'prongs': 2, 'median_um': 0.0, 'q16_q84_um': [-0.68, 0.68]}, {'true_um': [20.0, 40.0], 'prongs': 1, 'median_um': -5.0, 'q16_q84_um': [-5.0, -5.0]}]
+    """
+    t, e = np.asarray(true_um, float), np.asarray(measured_um, float) - np.asarray(true_um, float)
+    out = []
+    for lo, hi in pairwise(bins):
+        sel = (t >= lo) & (t < hi)
+        q = _quantiles(e[sel], (0.5, 0.16, 0.84))
+        out.append({"true_um": [float(lo), float(hi)], "prongs": int(sel.sum()),
+                    "median_um": q[0] if q else None, "q16_q84_um": q[1:] if q else None})
+    return out
