@@ -44,12 +44,13 @@ from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
 from scanstream.picker.detect import detect_vertices
 from scanstream.picker.pick import DEFAULT_SHRINKAGE
-from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
+from scanstream.simulate.volume import VolumeSimConfig, redraw_truth, simulate_volume
 from scanstream.store import is_volume, open_volume
 
 
 def seed_volume(work: Path, seed: int, args: argparse.Namespace):
-    """(volume store, truth rows) of ``seed`` (drawn and ingested once, kept under ``work``)."""
+    """(volume store, truth rows) of ``seed`` (drawn and ingested once, kept under ``work``: ``sim<seed>/`` and
+    ``v<seed>.zarr``, the names benchmarks/end_to_end.py uses, so its volumes are read as they are)."""
     sim, vol = work / f"sim{seed}", work / f"v{seed}.zarr"
     if not (sim / "truth.parquet").exists():
         cfg = VolumeSimConfig(fields=args.fields, seed=seed, sheet=f"PE{seed}", objects_per_field=args.objects_per_field,
@@ -57,7 +58,10 @@ def seed_volume(work: Path, seed: int, args: argparse.Namespace):
         simulate_volume(sim, cfg, overwrite=True)
     if not is_volume(vol):
         ingest_stacks(sim, vol)
-    return open_volume(vol), pq.read_table(sim / "truth.parquet").to_pylist()
+    truth = pq.read_table(sim / "truth.parquet")
+    if "prong_lengths_um" not in truth.column_names:  # drawn before the prongs were recorded
+        truth = redraw_truth(sim)
+    return open_volume(vol), truth.to_pylist()
 
 
 def pick_seed(volume) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]:

@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 
 from scanstream import store as st
 from scanstream.cli import main
+from scanstream.errors import InputError
 from scanstream.physics.emulsion import ALPHA, GREY
 from scanstream.picker import detect as dt
 from scanstream.picker.detect import DetectParams, detect_vertices, is_crossing
@@ -20,6 +21,7 @@ from scanstream.picker.prongs import prong_lengths
 from scanstream.simulate.conditions import SheetConditions
 from scanstream.simulate.objects import SimObject
 from scanstream.simulate.render import fog_grains, render_planes, track_grains
+from scanstream.simulate.volume import redraw_truth
 
 PX, STEP, SIZE, N_PLANES, VERTEX_DEPTH = 0.283, 3.0, 256, 11, 15.0
 COND = SheetConditions(fog=0.0, noise=2.0)
@@ -377,6 +379,9 @@ def test_simulate_volume_writes_scanner_format_with_truth(tmp_path, capsys):
         assert len(r["prong_lengths_um"]) == len(r["prong_azimuth_deg"]) == len(r["prong_dip_deg"])
         assert all(x > 0 for x in r["prong_lengths_um"]) and all(abs(d) <= 90 for d in r["prong_dip_deg"])
         assert r["label"] != 1 or len(r["prong_lengths_um"]) == r["n_prongs"]
+    assert redraw_truth(tmp_path / "sim").to_pylist() == truth  # the same draw without rendering
+    with pytest.raises(InputError, match="not a simulated volume"):
+        redraw_truth(tmp_path / "sim" / "F0000")
     with Image.open(tmp_path / "sim" / "F0000" / "001.png") as im:
         assert im.mode == "L" and im.size == (128, 128)
     # the same seed gives the same volume; an existing folder is refused

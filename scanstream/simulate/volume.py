@@ -220,21 +220,21 @@ def plane_depths(config: VolumeSimConfig, cond: SheetConditions) -> np.ndarray:
     return np.arange(math.floor(depth / Z_STEP_UM) + 1) * Z_STEP_UM
 
 
-def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetConditions) -> list[dict[str, Any]]:
-    """Render field ``index`` into ``folder`` (PNG planes + info.json); its truth rows."""
+def _field_rng(config: VolumeSimConfig, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(objects, scene) generators of field ``index``: the objects' draw never depends on the rendering."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, index, 0x501]))
     objects_rng, scene = rng.spawn(2)
-    depths = plane_depths(config, cond)
-    grains, placed = field_scene(config, cond, objects_rng, depths)
-    planes = render_planes(*grains, depths, cond, scene, shape=(config.field_px, config.field_px), pixel_um=PIXEL_UM)
+    return objects_rng, scene
+
+
+def _field_origin_mm(config: VolumeSimConfig, index: int) -> tuple[float, float]:
     ncol = max(1, math.ceil(math.sqrt(config.fields)))
-    x_mm = round((index % ncol) * config.field_mm, 6)
-    y_mm = round((index // ncol) * config.field_mm, 6)
-    info = _info_json(config, cond, x_mm, y_mm, len(depths))
-    for k, im in enumerate(info["Images"]):
-        Image.fromarray(planes[k]).save(folder / im["Path"], compress_level=1)
-    write_json(folder / "info.json", info)
-    name = folder.name
+    return round((index % ncol) * config.field_mm, 6), round((index // ncol) * config.field_mm, 6)
+
+
+def _truth_rows(config: VolumeSimConfig, cond: SheetConditions, index: int, placed: list) -> list[dict[str, Any]]:
+    x_mm, y_mm = _field_origin_mm(config, index)
+    name = f"F{index:04d}"
     rows = []
     for j, (obj, x0, y0) in enumerate(placed):
         rows.append({
@@ -246,6 +246,46 @@ def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetCo
             "rn_displacement_um": float(obj.truth.get("rn_displacement_um", 0.0)),
         })
     return rows
+
+
+def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetConditions) -> list[dict[str, Any]]:
+    """Render field ``index`` into ``folder`` (PNG planes + info.json); its truth rows."""
+    objects_rng, scene = _field_rng(config, index)
+    depths = plane_depths(config, cond)
+    grains, placed = field_scene(config, cond, objects_rng, depths)
+    planes = render_planes(*grains, depths, cond, scene, shape=(config.field_px, config.field_px), pixel_um=PIXEL_UM)
+    info = _info_json(config, cond, *_field_origin_mm(config, index), len(depths))
+    for k, im in enumerate(info["Images"]):
+        Image.fromarray(planes[k]).save(folder / im["Path"], compress_level=1)
+    write_json(folder / "info.json", info)
+    return _truth_rows(config, cond, index, placed)
+
+
+def redraw_truth(out_dir: str | os.PathLike) -> pa.Table:
+    """The truth table of the simulated volume ``out_dir``, drawn again from the seed, configuration and
+    conditions its truth.parquet records, without rendering: every column of :data:`TRUTH_SCHEMA`
+    for a volume written before a column was added (the scene's draw does not depend on the images).
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` is not a simulated volume, or the redrawn objects are not its recorded ones.
+    """
+    out_dir = Path(out_dir)
+    if not _is_simulated_volume(out_dir):
+        raise InputError(f"{out_dir}: not a simulated volume (no truth.parquet written by simulate-volume)")
+    recorded = pq.read_table(out_dir / "truth.parquet")
+    meta = json.loads(recorded.schema.metadata[b"scanstream"])
+    config = VolumeSimConfig(**meta["config"])
+    cond = SheetConditions(**meta["conditions"])
+    rows = []
+    for i in range(config.fields):
+        rows += _truth_rows(config, cond, i, field_scene(config, cond, _field_rng(config, i)[0], plane_depths(config, cond))[1])
+    table = pa.Table.from_pylist(rows, schema=TRUTH_SCHEMA)
+    if table.column("object_id").to_pylist() != recorded.column("object_id").to_pylist() or not np.allclose(
+            table.column("x_mm").to_numpy(), recorded.column("x_mm").to_numpy()):
+        raise InputError(f"{out_dir}: the objects drawn again differ from the recorded truth (drawn by another version)")
+    return table
 
 
 def _is_simulated_volume(path: Path) -> bool:
