@@ -50,6 +50,7 @@ _EXPORTS = {
     # the morning
     "query_candidates": "scanstream.candidates.query:query_candidates",
     "read_candidates": "scanstream.candidates.table:read_candidates",
+    "read_candidates_metadata": "scanstream.candidates.table:read_metadata",
     "evaluate": "scanstream.evaluation.evaluate:evaluate",
     "fit_sheet": "scanstream.rangeenergy:fit_sheet",
 }
@@ -73,6 +74,7 @@ __all__ = [
     "open_volume",
     "query_candidates",
     "read_candidates",
+    "read_candidates_metadata",
     "run_baseline",
     "run_search",
     "score_store",

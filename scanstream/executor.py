@@ -18,14 +18,27 @@ most of the lost time spent in the kernel. Workers started by scanstream keep gl
 (or whatever the calling environment sets); the owner of an existing cluster configures its
 workers (docs/classify.md). Where the workers are not ours, :func:`tune_malloc` (called by
 every process that builds an inference ensemble) sets glibc's thresholds from inside.
+
+Scripts without a ``__main__`` guard: Dask starts worker processes with ``spawn``, and each
+new process imports the calling script again (as ``__mp_main__``). A script that calls
+``scanstream.classify`` at its top level, unguarded, would run again in every worker (and
+fail there, e.g. on the store it already wrote). :func:`unguarded_script` finds that case
+before any worker starts, and :func:`local_cluster` then runs CPU workers as threads of this
+process (one warning line saying so) and refuses GPU workers with a one-line
+:class:`~scanstream.errors.SchedulerError`. A notebook, ``python -c`` and guarded scripts keep
+worker processes.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -35,6 +48,8 @@ from scanstream.progress import DASHBOARD_LOGGER
 
 #: how long a client waits for an existing scheduler before giving up
 CONNECT_TIMEOUT = "30s"
+
+logger = logging.getLogger(__name__)
 
 NANNY_ENVIRON: dict[str, Any] = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
@@ -70,6 +85,44 @@ def tune_malloc() -> bool:
         return False
     _MALLOC_TUNED = bool(ok)
     return _MALLOC_TUNED
+
+
+def _is_main_guard(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":`` (either side first)."""
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
+            and isinstance(node.test.ops[0], ast.Eq)):
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    return (any(isinstance(n, ast.Name) and n.id == "__name__" for n in sides)
+            and any(isinstance(n, ast.Constant) and n.value == "__main__" for n in sides))
+
+
+def unguarded_script() -> str | None:
+    """The script a spawned worker process would run again, or None when spawning is safe.
+
+    That is the main module's file when the current call comes from its top-level code outside
+    an ``if __name__ == "__main__":`` block (the main module's ``<module>`` frame on the stack
+    gives the line). None for a notebook or ``python -c`` (no file), a guarded call, a Dask
+    configured to ``fork``, or a file that cannot be read.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
+        return None
+    line = None
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    guarded = any(_is_main_guard(n) and n.lineno <= line <= (n.end_lineno or n.lineno) for n in ast.walk(tree))
+    return None if guarded else str(path)
 
 
 def local_cores() -> int:
@@ -112,10 +165,20 @@ def local_cluster(workers: int | None = None, *, gpus: int = 0, processes: bool 
     """A LocalCluster for one run: ``gpus`` workers, one per GPU, or ``workers`` CPU workers.
 
     Every worker has one thread (torch does the parallel work inside a task) and a free
-    dashboard port; workers keep glibc's malloc defaults (:func:`worker_settings`).
+    dashboard port; workers keep glibc's malloc defaults (:func:`worker_settings`). Called from
+    a script's unguarded top level (:func:`unguarded_script`), CPU workers are threads of this
+    process and GPU workers are refused, since a worker process would run the script again.
     """
     if workers is not None and workers < 1:
         raise SchedulerError(f"workers must be >= 1, got {workers}")
+    script = unguarded_script() if processes or gpus else None
+    if script is not None:
+        if gpus:
+            raise SchedulerError(f"{script}: GPU workers are processes, which would run this script again; "
+                                 'put its calls under `if __name__ == "__main__":`')
+        logger.warning('%s: no `if __name__ == "__main__":` guard around this call, so the Dask workers are '
+                       "threads of this process (a worker process would run the script again)", script)
+        processes = False
     with worker_settings():
         if gpus:
             ids = _gpu_ids(workers or gpus)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -50,19 +51,82 @@ def test_the_api_works_end_to_end_on_a_tiny_store(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SCRIPT_ENV = {"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+
+
 @pytest.mark.slow
-def test_the_readme_python_example_runs(tmp_path):
-    """README's "From Python" block, run as written in a scratch folder (the model path made absolute)."""
+def test_the_readme_python_example_runs_as_a_script_file(tmp_path):
+    """README's "From Python" block saved as example.py and run as ``python example.py``.
+
+    The block has no ``__main__`` guard, as a user's first script rarely has one: a Dask worker
+    process would import it again, so the workers are threads and one warning line says why.
+    Only the model path is made absolute (the script runs in a scratch folder).
+    """
+    from scanstream.candidates.table import read_manifest
+
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- python-example -->\n```python\n(.*?)```", readme, re.DOTALL)
     assert block, "README lost its Python example"
-    code = block.group(1).replace('"models/', f'"{ROOT}/models/')
-    run = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"})
+    script = tmp_path / "example.py"
+    script.write_text(block.group(1).replace('"models/', f'"{ROOT}/models/'))
+    run = subprocess.run([sys.executable, str(script)], check=False, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600, env=SCRIPT_ENV)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert f"{script}: no `if __name__ == \"__main__\":` guard" in run.stderr and "Nanny" not in run.stderr
     ap = float(re.search(r"AP (\d\.\d+)", run.stdout).group(1))
     assert 0.3 < ap <= 1.0, run.stdout  # the shipped model on a fresh simulated sheet, 30 alpha decays
-    assert (tmp_path / "pr.png").stat().st_size > 1000 and (tmp_path / "candidates" / "_manifest.parquet").exists()
+    assert (tmp_path / "pr.png").stat().st_size > 1000
+    # the table keeps its provenance: the threshold record the example passed, this run's id
+    table = scanstream.read_candidates(tmp_path / "candidates")
+    meta = json.loads(table.schema.metadata[b"scanstream"])
+    manifest = read_manifest(tmp_path / "candidates")
+    assert meta["run_id"] == manifest["run_id"] and meta["threshold"]["target"] == {"kind": "recall", "value": 0.9}
+    assert meta["model_hashes"] == meta["threshold"]["model_hashes"]
+
+
+@pytest.mark.parametrize(
+    ("code", "unguarded"),
+    [
+        ("print(unguarded_script())", True),
+        ("def f():\n    return unguarded_script()\nprint(f())", True),  # a function called at the top level
+        ('if __name__ == "__main__":\n    print(unguarded_script())', False),
+        ('def main():\n    print(unguarded_script())\nif "__main__" == __name__:\n    main()', False),
+    ],
+)
+def test_unguarded_script_names_the_script_a_worker_process_would_rerun(tmp_path, code, unguarded):
+    script = tmp_path / "user.py"
+    script.write_text(f"from scanstream.executor import unguarded_script\n{code}\n")
+    out = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True, env=SCRIPT_ENV).stdout
+    assert out.strip() == (str(script) if unguarded else "None")
+
+
+def test_unguarded_script_is_none_without_a_script_file():
+    """``python -c`` (and a notebook) have no file for a worker to import again: processes stay."""
+    code = "from scanstream.executor import unguarded_script; print(unguarded_script())"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=SCRIPT_ENV).stdout
+    assert out.strip() == "None"
+
+
+def test_gpu_workers_from_an_unguarded_script_are_refused_in_one_line(tmp_path):
+    script = tmp_path / "user.py"
+    script.write_text("from scanstream.errors import SchedulerError\nfrom scanstream.executor import local_cluster\n"
+                      "try:\n    local_cluster(gpus=1)\nexcept SchedulerError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True, env=SCRIPT_ENV).stdout
+    assert out.strip() == (f"{script}: GPU workers are processes, which would run this script again; "
+                           'put its calls under `if __name__ == "__main__":`')
+
+
+def test_an_unguarded_script_gets_thread_workers_that_run_tasks(tmp_path):
+    """The case README's example meets: a LocalCluster asked for processes, from an unguarded script."""
+    script = tmp_path / "user.py"
+    script.write_text("from scanstream.executor import dask_client, run_tasks\n"
+                      "with dask_client(workers=2) as client:\n"
+                      "    print(sorted(r for _, r, _ in run_tasks(client, abs, [-1, -2, -3])))\n"
+                      "    print(all(w.startswith('inproc://') for w in client.scheduler_info()['workers']))\n")
+    run = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True, env=SCRIPT_ENV,
+                         timeout=300)
+    assert run.stdout.split() == ["[1,", "2,", "3]", "True"]
+    assert run.stderr.count("guard around this call") == 1
 
 
 def test_read_candidates_reads_finished_tables_only(tmp_path):
@@ -100,3 +164,48 @@ def test_read_candidates_to_a_dataframe_library(tmp_path, to):
             scanstream.read_candidates(table_dir, to=to)
     else:
         assert len(scanstream.read_candidates(table_dir, to=to)) == 6
+
+
+@pytest.mark.parametrize("to", ["arrow", "pandas", "polars"])
+def test_read_candidates_keeps_the_tables_metadata(tmp_path, to):
+    """The threshold record, model hashes and run id reach the caller: Arrow schema, pandas attrs."""
+    import json
+
+    from fixtures import make_store
+    from test_query import candidates_from_store
+
+    from scanstream.candidates.table import read_metadata
+
+    pytest.importorskip(to if to != "arrow" else "pyarrow")
+    table_dir = candidates_from_store(make_store(tmp_path / "s.zarr", n=6), tmp_path / "cands", threshold=0.5)
+    expected = read_metadata(table_dir)
+    assert expected["threshold"]["threshold"] == 0.5 and expected["run_id"] == "r" and expected["model_hashes"]
+    got = scanstream.read_candidates(table_dir, to=to)
+    if to == "arrow":
+        assert json.loads(got.schema.metadata[b"scanstream"]) == expected
+        # the same record query --out writes (which adds the query)
+        queried = scanstream.query_candidates(table_dir)
+        assert {k: v for k, v in json.loads(queried.schema.metadata[b"scanstream"]).items() if k != "query"} == expected
+    elif to == "pandas":
+        assert got.attrs["scanstream"] == expected
+        assert got[got["score"] > 0].attrs["scanstream"] == expected  # pandas carries attrs through a filter
+    else:
+        assert scanstream.read_candidates_metadata(table_dir) == expected  # polars has no table metadata
+    assert len(got) == 6
+
+
+def test_read_candidates_without_metadata_gives_none(tmp_path):
+    """Parts written without the ``scanstream`` key: no metadata, and nothing invented."""
+    import pyarrow.parquet as pq
+    from fixtures import make_store
+    from test_query import candidates_from_store
+
+    from scanstream.candidates import table as cand
+
+    table_dir = candidates_from_store(make_store(tmp_path / "s.zarr", n=4), tmp_path / "cands")
+    for part in table_dir.glob("sheet-*/*.parquet"):
+        pq.write_table(pq.read_table(part).replace_schema_metadata(None), part)
+    cand.write_side(table_dir, cand.MANIFEST, {"complete": True})
+    got = scanstream.read_candidates(table_dir, to="pandas")
+    assert "scanstream" not in got.attrs and len(got) == 4
+    assert scanstream.read_candidates(table_dir).schema.metadata is None

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from scanstream import __version__, trust
 from scanstream.atomic import exchange_dirs, recover_exchange, write_parquet
 from scanstream.candidates import manifest as records
+from scanstream.candidates.frames import FORMATS, METADATA_KEY, to_format
 from scanstream.candidates.refs import relative_stores, resolve_store, resolve_stores
 from scanstream.errors import IncompleteTableError, InputError, PipelineError
 from scanstream.store import OBJECT_SCHEMA
@@ -64,7 +65,6 @@ SHEET_PREFIX, LEGACY_SHEET_PREFIX = "sheet-", "sheet="
 #: Infix of the hidden sibling directory where the parts of stores added to a complete table
 #: wait until :func:`merge_staged` switches them in.
 STAGING_INFIX = ".staging-"
-METADATA_KEY = b"scanstream"
 _SIDE_KEYS = {MANIFEST: b"scanstream_manifest", RUN_FILE: b"scanstream_run"}
 TABLE_VERSION = 2
 
@@ -259,9 +259,6 @@ def _parts_or_fail(path: str | os.PathLike) -> list[Path]:
     return parts
 
 
-FORMATS = ("arrow", "pandas", "polars")
-
-
 def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = None, partial: bool = False,
                     to: str = "arrow") -> Any:
     """Every row of a candidate table (all parts, in part order), ``store`` resolved to a path.
@@ -271,8 +268,10 @@ def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = 
     replaced is refused, naming it. A table without its manifest (a run still going, or killed)
     is refused unless ``partial``, which reads whatever parts are there (with a warning; evaluate
     and range-energy read so, as they always have). ``to`` gives a pyarrow
-    Table, or a pandas / polars DataFrame; pandas and polars are not dependencies of
-    scanstream, and asking for one that is not installed is an InputError.
+    Table, or a pandas / polars DataFrame (:func:`scanstream.candidates.frames.to_format`). The
+    table's ``scanstream`` metadata (threshold record, model and store hashes, run id: the first
+    part's, as :func:`read_metadata` and ``query --out`` give it) stays on the Arrow schema and in
+    pandas' ``attrs``; polars has no place for it.
     """
     if to not in FORMATS:
         raise InputError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
@@ -282,24 +281,16 @@ def read_candidates(path: str | os.PathLike, *, columns: Sequence[str] | None = 
     try:
         dataset = ds.dataset([str(p) for p in parts], format="parquet", schema=CANDIDATE_SCHEMA)
         table = resolve_stores(dataset.to_table(columns=list(columns) if columns is not None else None), path)
+        meta = (pq.read_schema(parts[0]).metadata or {}).get(METADATA_KEY) if parts else None
     except (OSError, pa.ArrowException) as exc:
         bad = records.unreadable_part(parts)
         raise InputError(f"{bad[0]}: unreadable candidate part: {bad[1]}" if bad else
                          f"{path}: unreadable candidate parts: {' '.join(str(exc).split())}") from None
-    if to == "arrow":
-        return table
-    try:
-        if to == "pandas":
-            return table.to_pandas()
-        import polars
-
-        return polars.from_arrow(table)
-    except ModuleNotFoundError as exc:
-        raise InputError(f"to={to!r} needs {exc.name}, which is not installed (pip install {exc.name})") from None
+    return to_format(table.replace_schema_metadata({METADATA_KEY: meta} if meta else None), to)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``scanstream`` schema metadata JSON of the table (from its first part)."""
+    """The ``scanstream`` schema metadata of a candidate table (its first part's): threshold record, hashes, run id."""
     part = _parts_or_fail(path)[0]
     meta = pq.read_schema(part).metadata or {}
     if METADATA_KEY not in meta:

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from scanstream.inference.engine import TaskSpec, check_crops, check_features, c
 from scanstream.inference.scoring import check_batch_size
 from scanstream.progress import as_progress
 from scanstream.store import BlockVerifier, CropStore, open_store
-from scanstream.threshold import check_models, load_threshold
+from scanstream.threshold import check_models, load_threshold, validate_threshold_record
 
 __all__ = ["ClassifyResult", "classify", "plan_tasks"]
 
@@ -211,7 +211,7 @@ def classify(
     checkpoints: list[Path],
     out: Path,
     *,
-    threshold: Path | None = None,
+    threshold: Path | Mapping[str, Any] | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -234,8 +234,9 @@ def classify(
         filesystem on a cluster) and check each file's hash.
     out : Path
         The candidate table directory (created; resumed when it holds this run's table).
-    threshold : Path, optional
-        A threshold record for exactly these models; without one ``selected`` is null.
+    threshold : Path or dict, optional
+        A threshold record for exactly these models, or the path of its JSON file (what
+        ``scanstream threshold`` writes); without one ``selected`` is null.
     scheduler : str, optional
         Address of an existing Dask scheduler; default: a LocalCluster for this run.
     workers : int, optional
@@ -251,7 +252,9 @@ def classify(
     on_cluster : callable, optional
         Called with the dashboard address once the cluster is up (the CLI prints it).
     processes : bool
-        LocalCluster workers as processes (default) or threads of this process.
+        LocalCluster workers as processes (default) or threads of this process. Called from a
+        script's top level without a ``__main__`` guard, the workers are threads all the same
+        (:func:`scanstream.executor.unguarded_script`).
 
     Returns
     -------
@@ -370,7 +373,7 @@ class _Job:
         ]
 
 
-def _prepare_job(stores: list[Path], checkpoints: list[Path], out: Path, threshold: Path | None, *,
+def _prepare_job(stores: list[Path], checkpoints: list[Path], out: Path, threshold: Path | Mapping[str, Any] | None, *,
                  batch_size: int, verify: bool, crops_per_task: int | None) -> _Job:
     """Check the models, the threshold record and the stores before any cluster starts."""
     if not checkpoints:
@@ -381,8 +384,9 @@ def _prepare_job(stores: list[Path], checkpoints: list[Path], out: Path, thresho
         raise InputError(f"the same checkpoint is given twice among {[str(c) for c in checkpoints]}")
     record = None
     if threshold is not None:
-        record = load_threshold(threshold)
-        check_models(record, hashes, source=str(threshold))
+        source = "threshold record" if isinstance(threshold, Mapping) else str(threshold)
+        record = validate_threshold_record(dict(threshold), source=source) if isinstance(threshold, Mapping) else load_threshold(threshold)
+        check_models(record, hashes, source=source)
     opened = _open_stores(stores)
     check_features(checkpoints, list(opened.values()))
     return _Job(Path(out), opened, model_paths, hashes, record, batch_size, verify, crops_per_task)
