@@ -172,3 +172,6 @@ def test_picker_rate_measured_on_a_volume(tmp_path):
     rate = measure_picker(tmp_path / "v.zarr", workers=1)
     assert rate.objects > 0 and rate.seconds > 0 and rate.objects_per_s == pytest.approx(rate.objects / rate.seconds, rel=1e-3)
     assert "scanstream pick" in rate.source and not list(tmp_path.glob("*picked*"))
+    # fields/s picking beside reading the planes alone, and their ratio
+    assert rate.fields_per_s == pytest.approx(1 / rate.seconds, rel=1e-2) and rate.reading_fields_per_s > 0
+    assert rate.picking_over_reading == pytest.approx(rate.fields_per_s / rate.reading_fields_per_s, rel=1e-2)
