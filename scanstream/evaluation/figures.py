@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -65,22 +66,47 @@ class Point:
     marker: str = "o"
 
 
-def plot_pr_curves(curves: Sequence[Curve], path: str | os.PathLike, *, points: Sequence[Point] = (), title: str = "") -> Path:
-    """Figure 5: precision against recall for several models on one plot, plus operating points."""
+def bar_extent(value: float, error: float) -> tuple[float, float]:
+    """Lengths (below, above) of a one-sigma error bar on a rate, kept inside [0, 1].
+
+    A recall or precision is a fraction: ``value +- error`` past 0 or 1 would draw values it
+    cannot take (a recall of 1 with a sqrt(N) error of 0.196 would reach 1.196), so each side is
+    cut at the bound.
+
+    >>> bar_extent(1.0, 0.196)
+    (0.196, 0.0)
+    >>> bar_extent(0.05, 0.1)
+    (0.05, 0.1)
+    """
+    err = float(error) if math.isfinite(error) else 0.0
+    return min(err, max(float(value), 0.0)), min(err, max(1.0 - float(value), 0.0))
+
+
+def pr_figure(curves: Sequence[Curve], *, points: Sequence[Point] = (), title: str = "") -> Any:
+    """The figure :func:`plot_pr_curves` saves (a matplotlib Figure; tests read what it draws)."""
     if not curves and not points:
         raise InputError("plot_pr_curves: nothing to plot")
     fig, ax = plt.subplots(figsize=(6.0, 5.0))
     for c in curves:
         ax.step(c.recall, c.precision, where="post", lw=1.4, label=f"{c.name} (AP {c.ap:.3f})")
     for p in points:
+        (x_lo, x_hi), (y_lo, y_hi) = bar_extent(p.recall, p.recall_error), bar_extent(p.precision, p.precision_error)
         ax.errorbar(
-            [p.recall], [p.precision], xerr=[p.recall_error], yerr=[p.precision_error],
+            [p.recall], [p.precision], xerr=[[x_lo], [x_hi]], yerr=[[y_lo], [y_hi]],
             fmt=p.marker, ms=7, capsize=3, label=p.name,
         )
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02), title=title or "Precision-recall")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.7)
-    return _save(fig, path)
+    return fig
+
+
+def plot_pr_curves(curves: Sequence[Curve], path: str | os.PathLike, *, points: Sequence[Point] = (), title: str = "") -> Path:
+    """Figure 5: precision against recall for several models on one plot, plus operating points.
+
+    Each point's one-sigma bars stop at 0 and 1 (:func:`bar_extent`).
+    """
+    return _save(pr_figure(curves, points=points, title=title), path)
 
 
 def plot_score_distributions(
@@ -188,21 +214,42 @@ def plot_loss_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], pat
     return _save(fig, path)
 
 
-def plot_run_loss_curve(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
-    """One training run's loss per epoch (training, validation, smoothed validation), the kept epoch marked.
+def kept_epoch(history: Sequence[Mapping[str, Any]], keep: str = "best") -> int | None:
+    """The epoch whose model a run kept: the last one with ``keep="last"``, else the last marked best.
 
-    Written as PNG to ``path`` whatever its name, atomically (:func:`scanstream.atomic.write_png`).
+    >>> h = [{"epoch": 0, "best": True}, {"epoch": 1, "best": False}, {"epoch": 2, "best": False}]
+    >>> kept_epoch(h, "best"), kept_epoch(h, "last"), kept_epoch([], "last")
+    (0, 2, None)
     """
+    if keep == "last":
+        return int(history[-1]["epoch"]) if history else None
+    best = [int(h["epoch"]) for h in history if h.get("best")]
+    return best[-1] if best else None
+
+
+def run_loss_figure(history: Sequence[Mapping[str, Any]], *, keep: str = "best") -> Any:
+    """The figure :func:`plot_run_loss_curve` saves (a matplotlib Figure; tests read what it draws)."""
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=DPI)
     ax.plot(epochs, [h["train_loss"] for h in history], label="training loss", color="tab:blue")
     ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange", alpha=0.6)
     ax.plot(epochs, [h["smoothed_val_loss"] for h in history], label="smoothed validation loss", color="tab:red")
-    best = [h["epoch"] for h in history if h.get("best")]
-    if best:
-        ax.axvline(best[-1], color="grey", ls="--", lw=1, label=f"kept model (epoch {best[-1]})")
+    kept = kept_epoch(history, keep)
+    if kept is not None:
+        why = "the last epoch" if keep == "last" else "lowest smoothed validation loss"
+        ax.axvline(kept, color="grey", ls="--", lw=1, label=f"kept model (epoch {kept}: {why})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("binary cross entropy")
     ax.legend(frameon=False)
     fig.tight_layout()
-    return write_png(path, fig)
+    return fig
+
+
+def plot_run_loss_curve(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, keep: str = "best") -> Path:
+    """One training run's loss per epoch (training, validation, smoothed validation), the kept epoch marked.
+
+    ``keep`` is the run's ``TrainConfig.keep``: with "last" the kept model is the final epoch's,
+    with "best" the epoch of the lowest smoothed validation loss (:func:`kept_epoch`). Written as
+    PNG to ``path`` whatever its name, atomically (:func:`scanstream.atomic.write_png`).
+    """
+    return write_png(path, run_loss_figure(history, keep=keep))

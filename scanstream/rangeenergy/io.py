@@ -210,15 +210,56 @@ def _plot_dips(ax: Any, lengths: np.ndarray, dips: np.ndarray, fit: dict[str, An
     ax.legend(fontsize=8, loc="upper left")
 
 
-def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str | os.PathLike, *,
-                  model: SpectrumModel | None = None, title: str = "",
-                  dips: Sequence[np.ndarray] | None = None) -> Path:
-    """PNG: the measured prong-length spectrum, the fitted expectation and the lines at the fit.
+def label_tiers(positions: Sequence[float], min_gap: float) -> list[int]:
+    """A tier (0 = top) for each label at ``positions``, so labels within a tier are ``min_gap`` apart.
 
-    With ``dips`` (one array per object, degrees) a second panel shows the prongs' dip
-    distribution as read (depth converted with the picker's nominal shrinkage) and corrected
-    to the fitted shrinkage, against isotropic decays' (sin |dip| uniform).
+    Greedy from the left: each label takes the highest tier whose last label is far enough.
+
+    >>> label_tiers([24.4, 25.1, 20.0, 25.3, 30.0], 1.0)
+    [0, 1, 0, 2, 0]
     """
+    order = np.argsort(np.asarray(positions, float), kind="stable")
+    last: list[float] = []  # rightmost position used in each tier
+    tiers = [0] * len(order)
+    for i in order:
+        x = float(positions[i])
+        tier = next((t for t, end in enumerate(last) if x - end >= min_gap), len(last))
+        if tier == len(last):
+            last.append(x)
+        last[tier] = x
+        tiers[i] = tier
+    return tiers
+
+
+def _line_labels(ax: Any, fig: Any, density: float, ymax: float) -> list[Any]:
+    """The decay lines at ``density``, each named; crowded names are stacked in tiers above the data.
+
+    The names' sizes come from the renderer, so the tiers and the headroom above the histogram
+    (``ymax``: the data's top) fit what is drawn.
+    """
+    ranges = line_ranges_um(density)
+    renderer = fig.canvas.get_renderer()
+    texts = []
+    for ln, r in zip(LINES, ranges, strict=True):
+        color = "C2" if ln.chain == "Th" else "C1"
+        ax.axvline(r, color=color, lw=0.8, ls=":")
+        texts.append(ax.text(r, 0.99, ln.nuclide, rotation=90, va="top", ha="center", fontsize=7, color=color,
+                             transform=ax.get_xaxis_transform()))
+    box = ax.get_window_extent(renderer)
+    extents = [t.get_window_extent(renderer) for t in texts]
+    x0, x1 = ax.get_xlim()
+    min_gap = 1.15 * max(e.width for e in extents) * (x1 - x0) / box.width  # a name's width in um, with room
+    step = 1.1 * max(e.height for e in extents) / box.height  # a tier's height, as a share of the panel's
+    tiers = label_tiers(ranges, min_gap)
+    for t, tier in zip(texts, tiers, strict=True):
+        t.set_y(0.99 - step * tier)
+    ax.set_ylim(0.0, ymax / max(0.2, 0.98 - step * (max(tiers) + 1)))  # the data stays below the lowest tier
+    return texts
+
+
+def spectrum_figure(lengths: Sequence[np.ndarray], fit: dict[str, Any], *, model: SpectrumModel | None = None,
+                    title: str = "", dips: Sequence[np.ndarray] | None = None) -> Any:
+    """The figure :func:`plot_spectrum` saves (a matplotlib Figure; tests read what it draws)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,12 +284,8 @@ def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str 
         ax.plot(x, n_fit * curves["background"], color="C0", lw=1.2, ls="--", label="background")
     ax.axvspan(0.0, lo, color="0.9", zorder=-1)
     ax.axvspan(hi, top, color="0.9", zorder=-1, label="outside the fit window")
-    ymax = ax.get_ylim()[1]
-    for ln, r in zip(LINES, line_ranges_um(fit["density"]), strict=True):
-        ax.axvline(r, color="C2" if ln.chain == "Th" else "C1", lw=0.8, ls=":")
-        ax.text(r, ymax * 0.98, f"{ln.nuclide}", rotation=90, va="top", ha="right", fontsize=7,
-                color="C2" if ln.chain == "Th" else "C1")
     ax.set_xlim(0.0, top)
+    _line_labels(ax, fig, fit["density"], ax.get_ylim()[1])
     ax.set_xlabel("measured prong length (um, picker: nominal shrinkage 2.0)")
     ax.set_ylabel("prongs per 1 um")
     err = fit.get("density_err")
@@ -257,6 +294,20 @@ def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str 
             f"{fit['shrinkage']:.3f}" + (f" ± {s_err:.3f}" if s_err else " (fixed)" if fit.get("shrinkage_fixed") else ""))
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
     ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.8))
+    return fig
+
+
+def plot_spectrum(lengths: Sequence[np.ndarray], fit: dict[str, Any], path: str | os.PathLike, *,
+                  model: SpectrumModel | None = None, title: str = "",
+                  dips: Sequence[np.ndarray] | None = None) -> Path:
+    """PNG: the measured prong-length spectrum, the fitted expectation and the lines at the fit.
+
+    With ``dips`` (one array per object, degrees) a second panel shows the prongs' dip
+    distribution as read (depth converted with the picker's nominal shrinkage) and corrected
+    to the fitted shrinkage, against isotropic decays' (sin |dip| uniform). The lines' names
+    are stacked in tiers where they would overlap (:func:`label_tiers`).
+    """
+    fig = spectrum_figure(lengths, fit, model=model, title=title, dips=dips)
     return write_png(path, fig, dpi=110, tight=True)
 
 

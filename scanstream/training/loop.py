@@ -428,7 +428,7 @@ def _save_epoch(files: _RunFiles, run: TrainRun, history: list[dict], stopper: E
         metrics = _metrics(history, stopper, epochs_run=epoch + 1, stopped=False, keep=config.keep)
         save_checkpoint(files.out / CHECKPOINT_FILE, run.model, model_config=model_config(config),
                         train_config=files.resolved, data_hash=files.dhash, metrics=metrics, **cascade_args(files.features))
-    write_history(history, files.out)
+    write_history(history, files.out, keep=config.keep)
     save_train_state(files.out / STATE_FILE, run.model, run.optimizer, {
         "epoch": epoch, "history": history, "stopper": stopper.state(), "stopped": stopped, "config": files.resolved,
     })

@@ -29,12 +29,12 @@ def write_config(out_dir: Path, resolved: dict[str, Any]) -> Path:
     return write_text(Path(out_dir) / CONFIG_FILE, json.dumps(resolved, indent=2, sort_keys=True))
 
 
-def write_history(history: list[dict], out_dir: Path) -> None:
-    """history.csv (one row per epoch) and loss_curve.png (train, val, smoothed val loss)."""
+def write_history(history: list[dict], out_dir: Path, *, keep: str = "best") -> None:
+    """history.csv (one row per epoch) and loss_curve.png (train, val, smoothed val loss; the epoch ``keep`` kept)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: row.get(k) for k in HISTORY_COLUMNS})
     write_text(Path(out_dir) / HISTORY_FILE, buf.getvalue())
-    plot_run_loss_curve(history, Path(out_dir) / CURVE_FILE)  # atomic itself (atomic.write_png)
+    plot_run_loss_curve(history, Path(out_dir) / CURVE_FILE, keep=keep)  # atomic itself (atomic.write_png)
