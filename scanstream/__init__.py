@@ -28,6 +28,7 @@ _EXPORTS = {
     "CropStore": "scanstream.store:CropStore",
     "validate_store": "scanstream.store:validate_store",
     "open_volume": "scanstream.store:open_volume",
+    "open_dataset": "scanstream.store:open_dataset",
     # scanner output and simulation
     "ingest_images": "scanstream.ingest.images:ingest",  # not "ingest": that name is the ingest package
     "ingest_stacks": "scanstream.ingest.stacks:ingest_stacks",
@@ -70,6 +71,7 @@ __all__ = [
     "ingest_stacks",
     "load_checkpoint",
     "load_threshold",
+    "open_dataset",
     "open_store",
     "open_volume",
     "query_candidates",

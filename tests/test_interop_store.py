@@ -1,12 +1,14 @@
-"""Stores open with one call in the tools users already have: xarray for crop stores, ome-zarr for volumes.
+"""Crop stores open with one call in the tools users already have: the metadata xarray and zarr read.
 
-xarray and ome-zarr are test extras, not runtime dependencies: each test skips where its tool
-is absent. "No warnings" is checked with every warning turned into an error.
+The coordinates are tests/test_xarray.py's, volume stores tests/test_ome.py's. xarray is a test
+extra, not a runtime dependency: each test skips where it is absent. "No warnings" is checked
+with every warning turned into an error.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -14,10 +16,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from fixtures import draw_crops, make_store, write_stack
+from fixtures import draw_crops, make_store
 
 from scanstream import store as st
-from scanstream.ingest.stacks import downsample_xy, ingest_stacks
 
 ROW = {"experiment": "E07", "module": 99, "plate": 9, "sheet": "S1", "label": 0}
 
@@ -45,7 +46,9 @@ def _open_xarray(path: Path):
 
 
 def _make_old_layout(path: Path) -> None:
-    """Rewrite a store's metadata as scanstream wrote it before axis names, units and consolidation."""
+    """Rewrite a store's metadata as scanstream wrote it before axis names, units, coordinates and consolidation."""
+    for name in ("object", "plane", "y", "x"):
+        shutil.rmtree(path / name)
     root = json.loads((path / "zarr.json").read_text())
     root.pop("consolidated_metadata", None)
     for key in ("object_table", "block_digests", "units"):
@@ -86,13 +89,17 @@ def test_group_attributes_name_the_object_table_and_digests(tmp_path):
 
 
 def test_zarr_lists_the_group_without_warnings(tmp_path):
-    # napari's built-in reader opens every array it lists as one pyramid level: crops alone
     s = make_store(tmp_path / "s.zarr", n=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         group = zarr.open_group(str(s.path), mode="r")
         members = dict(group.members(max_depth=None))
-    assert list(members) == ["crops"] and members["crops"].metadata.dimension_names == st.CROP_DIMS
+    assert sorted(members) == ["crops", "object", "plane", "x", "y"]
+    assert members["crops"].metadata.dimension_names == st.CROP_DIMS
+    assert all(members[axis].metadata.dimension_names == (axis,) for axis in st.CROP_DIMS)
+    # napari's built-in reader takes every array of a group as one pyramid level; the crops
+    # array alone is what it opens as one stack
+    assert isinstance(zarr.open(str(s.path / "crops"), mode="r"), zarr.Array)
 
 
 def test_without_consolidated_metadata_zarr_warns(tmp_path):
@@ -168,92 +175,6 @@ def test_appending_to_an_old_store_gives_it_the_metadata(tmp_path):
         w.append(_crops(2), _rows(100, 2))
     ds = _open_xarray(s.path)
     assert ds["crops"].dims == st.CROP_DIMS and ds.sizes["object"] == 6
-
-
-# -- volume stores -----------------------------------------------------------------------------
-@pytest.fixture
-def volume(tmp_path):
-    """A volume of two small fields (5 and 3 planes) and one large field (1100 x 1030 px)."""
-    write_stack(tmp_path / "scan" / "a", n=5, h=40, w=56, x=1.0, seed=0)
-    write_stack(tmp_path / "scan" / "b", n=3, h=40, w=56, x=1.5, seed=1)
-    write_stack(tmp_path / "scan" / "c", n=3, h=1030, w=1100, x=2.0, seed=2)
-    ingest_stacks(tmp_path / "scan", tmp_path / "v.zarr")
-    return tmp_path / "v.zarr"
-
-
-def _ome_nodes(path: Path) -> list:
-    pytest.importorskip("ome_zarr")
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return list(Reader(parse_url(str(path)))())
-
-
-def test_ome_zarr_reader_lists_every_field_with_its_pyramid(volume):
-    nodes = [n for n in _ome_nodes(volume) if n.data]
-    assert [n.metadata["name"] for n in nodes] == ["a", "b", "c"]
-    assert [[d.shape for d in n.data] for n in nodes] == [
-        [(5, 40, 56)], [(3, 40, 56)], [(3, 1030, 1100), (3, 515, 550), (3, 258, 275)]
-    ]
-    vol = st.open_volume(volume)
-    for node, fov in zip(nodes, vol, strict=True):
-        np.testing.assert_array_equal(node.data[0].compute(), fov.read())
-        assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"]
-
-
-def test_pyramid_levels_and_their_transforms(volume):
-    fov = st.open_volume(volume)["c"]
-    assert fov.data.shape == (3, 1030, 1100) and len(fov.levels) == 3 and fov.levels[0] is fov.data
-    np.testing.assert_array_equal(fov.levels[1][:], downsample_xy(fov.read()))
-    np.testing.assert_array_equal(fov.levels[2][:], downsample_xy(downsample_xy(fov.read())))
-    datasets = zarr.open_group(str(volume / fov.name), mode="r").attrs["ome"]["multiscales"][0]["datasets"]
-    (s0, t0), (s2, t2) = (datasets[k]["coordinateTransformations"] for k in (0, 2))
-    assert s2["scale"] == pytest.approx([s0["scale"][0], 4 * s0["scale"][1], 4 * s0["scale"][2]])
-    # level 2's first pixel covers level-0 pixels 0..3: its centre is 1.5 level-0 pixels further on
-    assert t2["translation"] == pytest.approx([t0["translation"][0], t0["translation"][1] + 1.5 * s0["scale"][1],
-                                               t0["translation"][2] + 1.5 * s0["scale"][2]])
-    assert st.summarize_volume(st.open_volume(volume))["fields"][2]["pyramid_yx"] == [[515, 550], [258, 275]]
-
-
-def test_small_fields_have_no_pyramid_and_keep_their_transforms(volume):
-    fov = st.open_volume(volume)["a"]
-    assert len(fov.levels) == 1
-    ms = zarr.open_group(str(volume / fov.name), mode="r").attrs["ome"]["multiscales"][0]
-    assert [d["path"] for d in ms["datasets"]] == ["0"]
-    assert fov.pixel_to_stage(0, (40 - 1) / 2, (56 - 1) / 2) == pytest.approx((1.0, -2.0, -0.118))
-
-
-def test_downsample_xy_odd_sizes():
-    a = np.arange(15, dtype=np.uint8).reshape(1, 3, 5)  # rows 0..4, 5..9, 10..14
-    out = downsample_xy(a)
-    assert out.shape == (1, 2, 3) and out.dtype == np.uint8
-    assert out[0, 0, 0] == 3  # (0 + 1 + 5 + 6) / 4
-    assert out[0, 0, 2] == 7  # the odd column with itself: (4 + 4 + 9 + 9) / 4 = 6.5, rounded half up
-    assert out[0, 1, 2] == 14  # the corner: four times pixel 14
-
-
-def test_old_volume_opens_and_a_rerun_lists_its_fields(volume):
-    root = zarr.open_group(str(volume), mode="r+")
-    root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}  # as written before
-    assert [f.source for f in st.open_volume(volume)] == ["a", "b", "c"]
-    assert st.open_volume(volume)["c"].data.shape == (3, 1030, 1100)
-    assert not [n for n in _ome_nodes(volume) if n.data]  # the complaint: nothing to show
-    result = ingest_stacks(volume.parent / "scan", volume)  # nothing new to add
-    assert result.added == 0
-    assert [n.metadata["name"] for n in _ome_nodes(volume) if n.data] == ["a", "b", "c"]
-
-
-def test_ome_zarr_models_validates_the_collection_and_every_level(volume):
-    pytest.importorskip("ome_zarr_models")
-    from ome_zarr_models.v05 import BioFormats2Raw, Image
-
-    root = zarr.open_group(str(volume), mode="r")
-    BioFormats2Raw.from_zarr(root)
-    for name in root.attrs["ome"]["labels"]:
-        image = Image.from_zarr(root[name])
-        assert len(image.attributes.ome.multiscales[0].datasets) == len(st.open_volume(volume)[int(name)].levels)
 
 
 def test_upgrade_verb_upgrades_old_stores_and_refuses_what_is_no_store(tmp_path, capsys):

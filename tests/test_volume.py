@@ -45,17 +45,17 @@ def test_stack_round_trip_and_ngff_metadata(tmp_path, capsys):
     assert a.attrs["image_paths"] == ["5.png", "4.png", "3.png", "2.png", "1.png"]
 
     root = zarr.open_group(str(tmp_path / "v.zarr"), mode="r")
-    assert root.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3, "labels": ["0", "1"]}
+    assert root.attrs["ome"] == {"version": "0.5", "bioformats2raw.layout": 3}  # a plain collection
     assert root["OME"].attrs["ome"] == {"version": "0.5", "series": ["0", "1"]}
     ms = root["0"].attrs["ome"]["multiscales"][0]
     assert root["0"].attrs["ome"]["version"] == "0.5"
     assert ms["axes"] == [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
     scale, trans = ms["datasets"][0]["coordinateTransformations"]
-    assert ms["datasets"][0]["path"] == "0"
+    assert ms["datasets"][0]["path"] == "planes"
     assert scale == {"type": "scale", "scale": [3.0, 0.284, 0.283]}
     assert trans["type"] == "translation"
     assert trans["translation"] == pytest.approx([z0[0] * 1000, -2000 - (H - 1) / 2 * 0.284, 1000 - (W - 1) / 2 * 0.283])
-    arr = root["0"]["0"]
+    arr = root["0"]["planes"]
     assert arr.metadata.dimension_names == ("z", "y", "x")
     assert arr.chunks == (1, H, W)
 

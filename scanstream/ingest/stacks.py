@@ -5,8 +5,8 @@ metadata file describing them; its format and the rules it is checked against ar
 :mod:`scanstream.ingest.stackmeta`'s. A problem is one line naming the file and the key.
 
 The store's layout (OME-Zarr / NGFF 0.5, one multiscale image per field of view, planes in
-increasing stage z, a pyramid for fields over 1024 px a side, the root listing its fields for
-ome-zarr readers) and its reader are :mod:`scanstream.store.volume`.
+increasing stage z, a pyramid for fields over 1024 px a side, named arrays, the root a plain
+NGFF collection) and its reader are :mod:`scanstream.store.volume`.
 
 Ingest (:func:`ingest_stacks`) validates every info.json and image header first, then writes one
 field of view at a time, 16 planes at a time (memory stays flat), each marked complete last;
@@ -47,7 +47,9 @@ from scanstream.store.volume import (
     AXES,
     NGFF_VERSION,
     VOLUME_SCHEMA,
+    consolidate_field,
     is_volume,
+    level_path,
     level_transforms,
     open_volume,
     pyramid_shapes,
@@ -108,7 +110,7 @@ def check_stack(folder: Path) -> StackInfo:
 
 # -- writing -----------------------------------------------------------------------------------
 def _multiscales(info: StackInfo, planes: list[StackImage], name: str, levels: int) -> dict:
-    """The field's NGFF image metadata: ``levels`` datasets "0", "1", ... (pyramid levels)."""
+    """The field's NGFF image metadata: ``levels`` datasets (pyramid levels, :func:`level_path`)."""
     px_um, py_um = mm_to_um(info.pixel_mm[0]), mm_to_um(info.pixel_mm[1])
     x0 = round(mm_to_um(planes[0].x_mm) - (info.width - 1) / 2 * px_um, 9)
     y0 = round(mm_to_um(planes[0].y_mm) - (info.height - 1) / 2 * py_um, 9)
@@ -116,8 +118,8 @@ def _multiscales(info: StackInfo, planes: list[StackImage], name: str, levels: i
         {"type": "scale", "scale": [mm_to_um(info.step_mm), py_um, px_um]},
         {"type": "translation", "translation": [mm_to_um(planes[0].z_mm), y0, x0]},
     ]
-    datasets = [{"path": "0", "coordinateTransformations": level0}]
-    datasets += [{"path": str(k), "coordinateTransformations": level_transforms(level0, k)} for k in range(1, levels)]
+    datasets = [{"path": level_path(0), "coordinateTransformations": level0}]
+    datasets += [{"path": level_path(k), "coordinateTransformations": level_transforms(level0, k)} for k in range(1, levels)]
     return {"version": NGFF_VERSION, "multiscales": [{"name": name, "axes": AXES, "datasets": datasets}]}
 
 
@@ -177,7 +179,7 @@ class _VolumeWriter:
         self.z_block = z_block
         self.created = not path.exists()
         if self.created:
-            attrs = {"ome": _root_ome([]),
+            attrs = {"ome": _root_ome(),
                      "scanstream_volume": {"schema": VOLUME_SCHEMA, "complete": False, "source": source, "fields": []}}
             with atomic_dir(path) as tmp:  # a store directory always has its group attributes
                 g = zarr.open_group(str(tmp), mode="w", attributes=attrs)
@@ -197,8 +199,8 @@ class _VolumeWriter:
         self.group.attrs["scanstream_volume"] = {**dict(self.group.attrs["scanstream_volume"]), **kw}
 
     def _publish(self, fields: list[str]) -> None:
-        """List ``fields`` (complete fields of view) for NGFF readers: the root and ``OME/``."""
-        self.group.attrs["ome"] = _root_ome(fields)
+        """List ``fields`` (complete fields of view) for NGFF readers in ``OME/``'s series; the root stays plain."""
+        self.group.attrs["ome"] = _root_ome()
         self.group["OME"].attrs["ome"] = {"version": NGFF_VERSION, "series": list(fields)}
 
     def add(self, key: str, info: StackInfo, progress: Callable[[int], None] | None) -> int:
@@ -231,7 +233,7 @@ class _VolumeWriter:
         nz = len(planes)
         arrays = [
             g.create_array(
-                str(k), shape=(nz, h, w), chunks=(1, h, w), shards=(min(self.z_block, nz), h, w), dtype="uint8",
+                level_path(k), shape=(nz, h, w), chunks=(1, h, w), shards=(min(self.z_block, nz), h, w), dtype="uint8",
                 compressors=ZstdCodec(level=3), fill_value=0, dimension_names=["z", "y", "x"],
             )
             for k, (h, w) in enumerate(shapes)
@@ -247,6 +249,7 @@ class _VolumeWriter:
             if progress is not None:
                 progress(len(block))
         g.attrs["scanstream_fov"] = {**fov_attrs, "complete": True}
+        consolidate_field(self.path, name)
         self.fields.append(name)
         self.sources.add(key)
         self._set(fields=self.fields)
@@ -263,7 +266,7 @@ class _VolumeWriter:
             self._set(fields=self.fields)
 
     def finish(self) -> None:
-        if self.group.attrs.get("ome") != _root_ome(self.fields):  # a volume written before the root listed its fields
+        if self.group.attrs.get("ome") != _root_ome():  # a volume that listed its fields as "labels"
             self._publish(self.fields)
         if self.added or not self.start.get("complete"):
             self._set(complete=True, fields=self.fields)
@@ -279,13 +282,13 @@ class _VolumeWriter:
         self.group.attrs["scanstream_volume"] = self.start
 
 
-def _root_ome(fields: list[str]) -> dict:
-    """The root's "ome" attributes: a bioformats2raw collection whose fields are also "labels".
+def _root_ome() -> dict:
+    """The root's "ome" attributes: a plain bioformats2raw collection (``OME/`` lists the fields).
 
-    ome-zarr-py's reader follows "labels" from a group, not the bioformats2raw series
-    (:mod:`scanstream.store.volume`), so the same list appears in both.
+    Volumes written before listed the fields under "labels" too, which made ome-zarr-models
+    read the root as a labels group; :meth:`_VolumeWriter.finish` drops that list on a rerun.
     """
-    return {"version": NGFF_VERSION, "bioformats2raw.layout": 3, "labels": list(fields)}
+    return {"version": NGFF_VERSION, "bioformats2raw.layout": 3}
 
 
 def _stack_key(src: Path, folder: Path) -> str:

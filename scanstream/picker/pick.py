@@ -44,7 +44,7 @@ from scanstream.errors import StackError
 from scanstream.executor import dask_client, run_tasks
 from scanstream.picker.detect import DetectParams, Vertex, detect_vertices
 from scanstream.progress import Progress, as_progress
-from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
+from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM, PLANE_STEP_UM
 from scanstream.store.volume import FieldOfView, open_volume
 from scanstream.store.writer import StoreWriter
 
@@ -222,7 +222,9 @@ def pick_volume(
     bar = as_progress(progress)(len(vol), f"pick {volume.name}", "field")
     added = picked = 0
     try:
-        with StoreWriter(out, source=source) as writer:
+        # the crops' plane spacing, for the store's ``plane`` coordinate: the scan's z step (fields share it)
+        step = next((abs(float(f.step_um)) for f in vol if f.step_um), PLANE_STEP_UM)
+        with StoreWriter(out, source=source, plane_step_um=step) as writer:
             done = _read_fields_file(out)
             present: dict[str, int] = {}
             for oid in writer.object_ids:

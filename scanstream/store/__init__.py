@@ -3,7 +3,8 @@
 ``schema`` (the object table's columns, constants, content digests), ``crops`` (reading:
 :class:`CropStore`, :func:`open_store`, validation, summaries) and ``writer`` (crash-safe,
 resumable writes: :class:`StoreWriter`, :func:`create_store`; :func:`upgrade_store` gives an
-older store the metadata xarray and napari read); ``volume`` reads scanned-volume
+older store the metadata xarray and napari read), ``coordinates`` (the axes' coordinate arrays
+xarray reads, and :func:`open_dataset`: crops and object table as one xarray Dataset); ``volume`` reads scanned-volume
 stores (the microscope's z-stacks as OME-Zarr: :class:`Volume`, :func:`open_volume`). The names
 below are the stores' public API; ``from scanstream import store as st; st.open_store(path)`` is
 the usual spelling.
@@ -12,6 +13,7 @@ the usual spelling.
 from __future__ import annotations
 
 from scanstream.errors import IncompleteStoreError, StoreError, StoreExistsError, StoreNotFoundError
+from scanstream.store.coordinates import axis_coordinates, open_dataset
 from scanstream.store.crops import (
     BlockVerifier,
     CropStore,
@@ -37,6 +39,7 @@ from scanstream.store.schema import (
     OBJECT_SCHEMA,
     PARTS_DIR,
     PIXEL_SIZE_UM,
+    PLANE_STEP_UM,
     SCHEMA_VERSION,
     SHARD_CROPS,
     TABLE_FILE,
@@ -53,6 +56,7 @@ from scanstream.store.volume import (
     FieldOfView,
     Volume,
     is_volume,
+    level_path,
     open_volume,
     summarize_volume,
 )
@@ -73,6 +77,7 @@ __all__ = [
     "OBJECT_SCHEMA",
     "PARTS_DIR",
     "PIXEL_SIZE_UM",
+    "PLANE_STEP_UM",
     "SCHEMA_VERSION",
     "SHARD_CROPS",
     "TABLE_FILE",
@@ -87,6 +92,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreWriter",
     "Volume",
+    "axis_coordinates",
     "compute_content_hash",
     "create_store",
     "fast_digest",
@@ -95,6 +101,8 @@ __all__ = [
     "is_volume",
     "iter_blocks",
     "iter_rows",
+    "level_path",
+    "open_dataset",
     "open_store",
     "open_volume",
     "read_table",

@@ -23,6 +23,10 @@ SCHEMA_VERSION = 1
 CROP_SIZE = 224
 CHANNELS = 3
 PIXEL_SIZE_UM = 87.0 / 224.0  # about 0.39 um/px at the object (docs/physics.md)
+#: The spacing of a crop's focal planes where a store records none (group attribute
+#: ``plane_step_um``): the E07 stage's 3 um (docs/physics.md, "Emulsion and microscope"), which
+#: the simulator renders too.
+PLANE_STEP_UM = 3.0
 CHUNK_CROPS = 32
 SHARD_CROPS = 1024
 ZSTD_LEVEL = 1
@@ -106,7 +110,7 @@ def group_attributes() -> dict[str, Any]:
     return {
         "object_table": TABLE_FILE,
         "block_digests": DIGESTS_FILE,
-        "units": {"pixel_size_um": "micrometer", "crop_size": "pixel", **TABLE_UNITS},
+        "units": {"pixel_size_um": "micrometer", "plane_step_um": "micrometer", "crop_size": "pixel", **TABLE_UNITS},
     }
 
 

@@ -2,29 +2,33 @@
 
 Layout of ``NAME.zarr`` (zarr v3, OME-Zarr / NGFF 0.5, the ``bioformats2raw.layout`` collection)::
 
-    zarr.json        attributes "ome": {"version": "0.5", "bioformats2raw.layout": 3,
-                     "labels": ["0", "1", ...]} and
+    zarr.json        attributes "ome": {"version": "0.5", "bioformats2raw.layout": 3} and
                      "scanstream_volume": {schema, complete, source, fields: ["0", "1", ...]}
     OME/zarr.json    "ome": {"version": "0.5", "series": ["0", "1", ...]}
     0/               field of view 0: an NGFF image ("ome": {"multiscales": [...]}, axes z, y, x
                      in micrometer) plus "scanstream_fov" (the info.json / image.json as read,
                      the stage x, y, z of every plane in mm, pixel and step sizes, source
                      folder; from an image.json also "affine_p2s_mm", the AffineP2S matrix as
-                     (a, b, c, d, e, f), and the images' "stagez" / "extrastage" in plane order)
-    0/0/             uint8 (z, y, x), one chunk per plane, shards of 16 planes, zstd
-    0/1/, 0/2/ ...   the pyramid of a large field (:func:`pyramid_shapes`): each level halves
-                     y and x (2 x 2 means), z untouched; absent for fields up to 1024 px a side
+                     (a, b, c, d, e, f), and the images' "stagez" / "extrastage" in plane order);
+                     its zarr.json also carries zarr's consolidated metadata of the field
+    0/planes/        uint8 (z, y, x), one chunk per plane, shards of 16 planes, zstd
+    0/level1/planes/ the pyramid of a large field (:func:`pyramid_shapes`, :func:`level_path`):
+    0/level2/planes/ each level halves y and x (2 x 2 means), z untouched; absent for fields
+                     up to 1024 px a side
     1/ ...
 
-Two listings of the fields, for two kinds of reader. ``bioformats2raw.layout`` with ``OME/``'s
-``series`` is the NGFF collection convention (bioformats2raw, QuPath, OMERO, ome-zarr-models).
-ome-zarr-py's ``Reader`` (and so napari-ome-zarr) follows none of it from the root: from a
-group it descends only into plate / well layouts and "labels" lists. A plate would stitch the
-fields into one mosaic, which fails for fields with different plane counts, so the root also
-lists its fields as "labels": the reader then yields every field as its own multiscale image
-(none carries "image-label", so none is shown as a label layer), placed at its stage position.
+The root is a plain NGFF collection: ``OME/``'s ``series`` lists the fields (bioformats2raw,
+QuPath, OMERO and ome-zarr-models read it). ome-zarr-py 0.18's ``Reader`` (and so
+napari-ome-zarr) does not follow a collection from its root: it reads one field at a time
+(``NAME.zarr/0``). Each field's arrays are named (``planes``, every pyramid level in a group of
+its own), so ``xarray.open_zarr("NAME.zarr/0")`` gives the variable ``planes`` (z, y, x), and the
+field's consolidated metadata spares xarray the listing it would warn about.
 
-Pyramid level k of a field (``datasets[k]``, path ``str(k)``) has scale (step, 2^k pixel y,
+Volumes written before these names keep their levels at "0", "1", ... (and may list their
+fields under the root's "labels"); :func:`open_volume` reads the levels from each field's
+``multiscales``, so both layouts open, and a rerun of the ingest drops the "labels" list.
+
+Pyramid level k of a field (``datasets[k]``, path :func:`level_path`) has scale (step, 2^k pixel y,
 2^k pixel x) and its translation moves to the centre of its first pixel: level 0's plus
 (2^k - 1) / 2 level-0 pixels in y and x. scanstream reads level 0 only (:attr:`FieldOfView.data`).
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.errors import ZarrUserWarning
 
 from scanstream.errors import StoreError, StoreNotFoundError
 
@@ -58,6 +64,8 @@ NGFF_VERSION = "0.5"
 PYRAMID_FROM_PX = 1024
 #: ... with levels down to the first whose larger side is at most this.
 PYRAMID_TO_PX = 512
+#: The name of every pyramid level's array (xarray's variable name).
+LEVEL_ARRAY = "planes"
 #: The NGFF axes of every field of view's image.
 AXES = [
     {"name": "z", "type": "space", "unit": "micrometer"},
@@ -85,6 +93,20 @@ def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
             h, w = shapes[-1]
             shapes.append((-(-h // 2), -(-w // 2)))
     return shapes
+
+
+def level_path(level: int) -> str:
+    """The path of pyramid ``level``'s array in its field's group (its NGFF ``datasets`` path).
+
+    Level 0 is the field's own ``planes``; every other level is ``planes`` in a group of its
+    own, so each group holds one array and xarray opens every level without a clash of sizes.
+
+    Examples
+    --------
+    >>> [level_path(k) for k in range(3)]
+    ['planes', 'level1/planes', 'level2/planes']
+    """
+    return LEVEL_ARRAY if level == 0 else f"level{level}/{LEVEL_ARRAY}"
 
 
 def level_transforms(level0: list[dict], level: int) -> list[dict]:
@@ -213,6 +235,21 @@ class Volume:
         return bool(self.attrs.get("complete"))
 
 
+def consolidate_field(path: str | os.PathLike, name: str) -> None:
+    """Write zarr's consolidated metadata into field ``name``'s ``zarr.json`` and each level group's.
+
+    Called once a field is complete and before it is listed: xarray then opens the field (or a
+    pyramid level's group) from it instead of listing the directory, which it warns about. zarr
+    warns that consolidated metadata is not part of the zarr v3 specification; readers that
+    ignore it list the field.
+    """
+    levels = [f"{name}/{key}" for key, _ in zarr.open_group(str(path), mode="r", path=name).groups()]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=ZarrUserWarning)
+        for group in [*levels, name]:  # the field last: its copy then includes the levels' own
+            zarr.consolidate_metadata(str(path), path=group)
+
+
 def is_volume(path: str | os.PathLike) -> bool:
     """True when ``path`` is a scanned-volume store (complete or not)."""
     try:
@@ -246,7 +283,7 @@ def open_volume(path: str | os.PathLike, *, require_complete: bool = True) -> Vo
         try:
             paths = [str(d["path"]) for d in g.attrs["ome"]["multiscales"][0]["datasets"]] or ["0"]
         except (KeyError, IndexError, TypeError):
-            paths = ["0"]  # level 0 is "0" in every volume scanstream wrote
+            paths = ["0"]  # no multiscales: a volume from before level names, level 0 at "0"
         try:
             levels = tuple(g[path] for path in paths)
         except KeyError as exc:

@@ -1,16 +1,16 @@
 """Writing crop stores: :class:`StoreWriter` (crash-safe, resumable appends) and :func:`create_store`.
 
 A complete store also opens without scanstream: the ``crops`` array has ``dimension_names`` and
-its axes' units in its attributes, the group attributes name the object table and the digests,
-and the group's ``zarr.json`` carries zarr's consolidated metadata (written with the completion
-marker in one atomic replace, :func:`seal_store`). zarr-python and xarray read the members from
-it instead of listing the directory, so the Parquet and JSON files beside ``crops/`` raise no
-"not recognized as a component of a Zarr hierarchy" warning; scanstream itself never reads the
-consolidated copy (it always opens ``crops/zarr.json``), and a writer drops it before changing
-anything. :func:`upgrade_store` gives a store written before all this the same metadata.
-``crops`` stays the group's only array (no coordinate arrays for the axes): napari's built-in
-zarr reader takes every array of a group as a level of one pyramid, and with ``crops`` alone
-opens the store as one stack of 224 x 224 RGB crops.
+its axes' units in its attributes, each axis has its coordinate array (object ids, plane depths
+and x / y in um: :mod:`scanstream.store.coordinates`), the group attributes name the object
+table and the digests, and the group's ``zarr.json`` carries zarr's consolidated metadata
+(written with the completion marker in one atomic replace, :func:`seal_store`). zarr-python and
+xarray read the members from it instead of listing the directory, so the Parquet and JSON files
+beside ``crops/`` raise no "not recognized as a component of a Zarr hierarchy" warning;
+scanstream itself never reads the consolidated copy (it always opens ``crops/zarr.json``), and a
+writer drops it before changing anything. :func:`upgrade_store` gives a store written before all
+this the same metadata. napari's built-in zarr reader takes every array of a group as a level
+of one pyramid, so it opens ``NAME.zarr/crops``, the array itself, not the store.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from zarr.codecs import ZstdCodec
 
 from scanstream.atomic import atomic_dir, exchange_dirs, recover_exchange, write_json, write_parquet
 from scanstream.errors import InputError, StoreError, StoreExistsError
+from scanstream.store.coordinates import write_coordinates
 from scanstream.store.crops import BlockVerifier, CropStore, is_store, iter_blocks, live_parts, open_store, read_table
 from scanstream.store.schema import (
     CHANNELS,
@@ -41,6 +42,7 @@ from scanstream.store.schema import (
     FAST_DIGEST,
     PARTS_DIR,
     PIXEL_SIZE_UM,
+    PLANE_STEP_UM,
     SCHEMA_VERSION,
     SHARD_CROPS,
     TABLE_FILE,
@@ -84,6 +86,9 @@ class StoreWriter:
         deleted after the swap. Anything at ``path`` that is not a crop store (other than an
         empty directory) is refused. Without it, an existing complete store is opened for
         appending (ingest's idempotent rerun) and an incomplete one is resumed.
+    plane_step_um : float
+        The spacing of the crops' focal planes in um (attribute ``plane_step_um``, the ``plane``
+        coordinate's step); a store keeps the value it was created with.
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class StoreWriter:
         overwrite: bool = False,
         exist_ok: bool = True,
         pixel_size_um: float = PIXEL_SIZE_UM,
+        plane_step_um: float = PLANE_STEP_UM,
         chunk_crops: int = CHUNK_CROPS,
         shard_crops: int = SHARD_CROPS,
         extra_attrs: Mapping[str, Any] | None = None,
@@ -125,7 +131,7 @@ class StoreWriter:
             self._shard = int(self._group.attrs.get("shard_crops", SHARD_CROPS))
         else:
             self.created = True
-            self._create(pixel_size_um, chunk_crops, shard_crops)
+            self._create(pixel_size_um, plane_step_um, chunk_crops, shard_crops)
         # What the store looked like when this writer opened it, for rollback(); an existing
         # store is marked incomplete only when the first crop is written (a rerun that adds
         # nothing leaves a complete store untouched).
@@ -157,7 +163,7 @@ class StoreWriter:
         self._buf_rows: list[pa.Table] = []
         self._finalized = False
 
-    def _create(self, pixel_size_um: float, chunk_crops: int, shard_crops: int) -> None:
+    def _create(self, pixel_size_um: float, plane_step_um: float, chunk_crops: int, shard_crops: int) -> None:
         """Create an empty store under a temporary name, then rename it into place (:func:`atomic_dir`).
 
         A store directory therefore always has its group attributes and its ``crops`` array;
@@ -166,6 +172,7 @@ class StoreWriter:
         attrs = {
             "scanstream_schema": SCHEMA_VERSION,
             "pixel_size_um": pixel_size_um,
+            "plane_step_um": plane_step_um,
             "crop_size": CROP_SIZE,
             "chunk_crops": chunk_crops,
             "shard_crops": shard_crops,
@@ -333,7 +340,7 @@ class StoreWriter:
         seal_store(self.path, {
             **self._group.attrs, "n_objects": table.num_rows, "content_hash": content_hash(digests, table),
             "table_digest": table_digest(table), "complete": True,
-        })
+        }, object_ids=table.column("object_id"))
         self._finalized = True
         if self._final is not None:
             self.path = _swap_in(self.path, self._final)
@@ -396,25 +403,30 @@ def _describe_crops(path: Path, pixel_size_um: float) -> dict[str, Any]:
     return want
 
 
-def seal_store(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
+def seal_store(path: str | os.PathLike, attrs: Mapping[str, Any], *, object_ids: pa.ChunkedArray | None = None) -> None:
     """Write a store's group metadata in one atomic replace: ``attrs`` and the consolidated metadata.
 
     ``attrs`` (usually with ``complete: true``, the completion marker) gain the
     :func:`~scanstream.store.schema.group_attributes`; ``crops/zarr.json`` gains its axis names
-    and units first if it lacks them. The consolidated metadata is zarr-python's inline form
-    (``consolidated_metadata`` in the group's ``zarr.json``), a copy of ``crops/zarr.json``: with
-    it zarr and xarray open the group without listing its directory. Call it only on a store no
-    writer is changing (the copy must match ``crops/zarr.json``).
+    and units first if it lacks them, and the coordinate arrays are written (or left, where they
+    hold the same values) from ``object_ids`` (default: the table on disk). The consolidated
+    metadata is zarr-python's inline form (``consolidated_metadata`` in the group's
+    ``zarr.json``), a copy of every array's ``zarr.json``: with it zarr and xarray open the group
+    without listing its directory. Call it only on a store no writer is changing (the copy must
+    match the arrays).
     """
     path = Path(path)
     crops_meta = _describe_crops(path, float(attrs.get("pixel_size_um", PIXEL_SIZE_UM)))
+    ids = read_table(path).column("object_id") if object_ids is None else object_ids
+    coords = write_coordinates(path, ids, dict(attrs))
     f = path / "zarr.json"
     try:
         meta = json.loads(f.read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{f}: unreadable group metadata: {exc}") from None
+    members = {"crops": crops_meta, **coords}
     want = {**meta, "attributes": {**attrs, **group_attributes()},
-            "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": {"crops": crops_meta}}}
+            "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": members}}
     if want != meta:
         write_json(f, want)
 
@@ -422,9 +434,9 @@ def seal_store(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
 def upgrade_store(path: str | os.PathLike) -> CropStore:
     """Give a complete store written by an earlier scanstream the metadata other tools read.
 
-    Adds the ``crops`` axis names and units, the group attributes naming the object table and
-    the digests, and the consolidated metadata (:func:`seal_store`); crops, table and content
-    hash are unchanged. Running it again changes nothing.
+    Adds the ``crops`` axis names and units, the coordinate arrays, the group attributes naming
+    the object table and the digests, and the consolidated metadata (:func:`seal_store`); crops,
+    table and content hash are unchanged. Running it again changes nothing.
 
     Raises
     ------
