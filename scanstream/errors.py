@@ -77,6 +77,10 @@ class VerdictError(InputError):
     """A bad verdict value, an unreadable verdicts table, or verdicts that cannot become a store."""
 
 
+class NothingToUndoError(VerdictError):
+    """Undo asked of the review page when it has recorded no verdict since it started (HTTP 409)."""
+
+
 class WatchError(InputError):
     """An inbox or candidate table the watcher cannot use, or a second watcher on one table."""
 

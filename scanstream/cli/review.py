@@ -12,11 +12,14 @@ from scanstream.cli.query import add_filter_args, add_order_args, build_filter, 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "review",
-        help="serve the review page on localhost: keyboard verdicts alpha / not alpha / unsure",
-        description="Serve the chosen candidates (highest score first) on http://127.0.0.1:PORT/ with a verdict "
-        "for each: key a = alpha, n = not alpha, u = unsure, arrows or j / k to move. Every verdict is appended "
-        "at once to the verdicts table (a directory of per-session JSON-lines files; the latest verdict per "
-        "object wins). Stop with Ctrl-C; rerun to continue, earlier verdicts are shown.",
+        help="serve the review page on localhost: each focal plane, zoom, keyboard verdicts with undo",
+        description="Serve the chosen candidates on http://127.0.0.1:PORT/: each card shows the composite crop, "
+        "each focal plane alone, the picker's features and the stage position; the focused one is shown zoomed "
+        "1-4x with a scale bar in um. Keys: a = alpha, o = other (not alpha), ? = unsure, u = undo, n = next "
+        "unreviewed, arrows or j / k to move. The page filters by sheet and score and offers both orders (highest "
+        "score first, most useful first). Every verdict is appended at once to the verdicts table (a directory of "
+        "per-session JSON-lines files; the latest verdict per object wins; undo withdraws one). Stop with Ctrl-C; "
+        "rerun to continue, earlier verdicts are shown.",
     )
     p.add_argument("candidates", type=Path, help="candidate table directory")
     add_many(p, "--store", type=Path, default=[], metavar="STORE",

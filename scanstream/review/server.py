@@ -1,21 +1,39 @@
-"""The review page: candidates served on localhost with keyboard-driven verdict buttons.
+"""The review page: candidates served on localhost, judged from their focal planes with the keyboard.
 
 ``scanstream review CANDIDATES --store STORE`` starts a :class:`http.server.ThreadingHTTPServer`
-on 127.0.0.1 serving the gallery page of the chosen candidates (highest score first), each card
-with three buttons: alpha (key ``a``), not alpha (``n``), unsure (``u``); arrow keys or ``j`` /
-``k`` move between cards, and a verdict moves on to the next card. Every verdict is appended to
-the verdicts table (:mod:`scanstream.verdicts`) before the page shows it as recorded.
-With ``order="useful"`` (``--order useful``) the page asks in the useful order instead: a
-stratified random sample over score bands around the threshold, from the top of the sheet to
-its bulk (:mod:`scanstream.review.adapt`); each verdict records its band and the design, so
-``scanstream threshold CANDIDATES --verdicts DIR`` can recalibrate the sheet's threshold.
+on 127.0.0.1 serving the review page (:mod:`scanstream.review.page`). Each candidate's card
+shows the composite crop, each focal plane alone, the picker's features and the stage
+position; the focused candidate is shown again beside the grid, zoomed 1-4x with a scale bar in
+um. Keys: ``a`` alpha, ``o`` other (not alpha), ``?`` unsure, ``u`` undo, ``n`` the next
+unreviewed candidate. A progress count ("12 of 200 reviewed") is on the page from the start,
+and filters by sheet and score range narrow the grid.
+
+The page offers two orders of the same candidates: highest score first, and the useful order
+(:mod:`scanstream.review.adapt`: a stratified random sample over score bands around the
+threshold, from the top of the sheet to its bulk), when the table has a threshold and the
+filters leave whole sheets. ``order`` (``--order``) picks the one the page opens in. A verdict
+given while the page shows the useful order records its band and the design, so
+``scanstream threshold CANDIDATES --verdicts DIR`` can recalibrate the sheet's threshold;
+verdicts given in score order record no design.
+
+Every verdict is appended to the verdicts table (:mod:`scanstream.verdicts`) before the page
+shows it as recorded; a verdict equal to the object's current one is not written again. Undo
+withdraws the last verdict given through this server (a withdrawal line, nothing rewritten), so
+the object's earlier verdict, or none, is current again.
 
 Routes::
 
-    GET  /                  the page
-    GET  /crop/<i>.png      crop of the i-th candidate on the page
-    GET  /api/verdicts      {"verdicts": {"<i>": "alpha", ...}} current verdicts of the page's rows
-    POST /api/verdict       {"index": i, "verdict": "alpha" | "not_alpha" | "unsure"}
+    GET  /                      the page shell
+    GET  /static/review.js      the page's script (and /static/review.css, its style)
+    GET  /api/items             the cards: rows, features, positions in each order, verdicts
+    GET  /crop/<i>.png          composite crop of the i-th row (the three planes as RGB)
+    GET  /crop/<i>/<k>.png      plane k (0 shallower, 1 vertex, 2 deeper) of the i-th row, grey
+    GET  /api/verdicts          {"verdicts": {"<i>": "alpha", ...}} current verdicts of the rows
+    POST /api/verdict           {"index": i, "verdict": "alpha" | "not_alpha" | "unsure",
+                                 "order": "score" | "useful" (optional: the page's first order)}
+    POST /api/undo              {} -> {"index": i, "verdict": the row's verdict now, or null}
+
+A bad row index, plane or verdict is answered with a 4xx and a one-line JSON ``error``.
 
 By default only 127.0.0.1 is bound. A POST must carry the page's per-session token in the
 ``X-Scanstream-Token`` header (a custom header: other web sites cannot send it without a CORS
@@ -46,12 +64,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from scanstream.candidates.query import PARTIAL_LABEL, CandidateFilter, query_candidates
 from scanstream.candidates.table import require_complete
-from scanstream.errors import InputError
+from scanstream.errors import InputError, NothingToUndoError, ScanstreamError
 from scanstream.review.adapt import ORDERS, check_useful, useful_rows
-from scanstream.review.gallery import CropLookup, png_bytes, recorded_stores, render_page
-from scanstream.verdicts import VERDICTS, VerdictLog, parse_verdict, read_verdicts, verdict_key
+from scanstream.review.gallery import CropLookup, png_bytes, recorded_stores
+from scanstream.review.page import FEATURE_FIELDS, HELP, card_items, page_shell, static_file
+from scanstream.store.schema import CROP_PLANES
+from scanstream.verdicts import VerdictLog, parse_verdict, read_verdicts, verdict_key
 
 logger = logging.getLogger(__name__)
 
@@ -60,61 +83,16 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 COOKIE = "scanstream_token"
 MAX_BODY = 4096
 
-_KEYS = {"alpha": "a", "not_alpha": "n", "unsure": "u"}
-_LABELS = {"alpha": "alpha", "not_alpha": "not alpha", "unsure": "unsure"}
-
-REVIEW_SCRIPT = r"""
-(function () {
-  const TOKEN = document.body.dataset.token;
-  const cards = Array.from(document.querySelectorAll('.card'));
-  const status = document.getElementById('status');
-  let focus = 0;
-  function show(i) {
-    if (!cards.length) return;
-    focus = Math.max(0, Math.min(cards.length - 1, i));
-    cards.forEach((c, k) => c.classList.toggle('focus', k === focus));
-    cards[focus].scrollIntoView({block: 'nearest'});
-  }
-  function mark(i, verdict) {
-    const c = cards[i];
-    c.classList.remove('v-alpha', 'v-not_alpha', 'v-unsure');
-    c.classList.add('v-' + verdict);
-    c.dataset.verdict = verdict;
-    c.querySelector('.verdict').textContent = 'recorded: ' + verdict.replace('_', ' ');
-    const done = cards.filter(x => x.dataset.verdict).length;
-    status.textContent = done + ' of ' + cards.length + ' reviewed';
-  }
-  async function record(i, verdict) {
-    try {
-      const r = await fetch('/api/verdict', {method: 'POST',
-        headers: {'Content-Type': 'application/json', 'X-Scanstream-Token': TOKEN},
-        body: JSON.stringify({index: i, verdict: verdict})});
-      if (!r.ok) throw new Error(await r.text());
-      mark(i, verdict);
-    } catch (e) {
-      status.textContent = 'NOT recorded (' + e.message + ')';
-    }
-  }
-  document.addEventListener('keydown', (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey) return;
-    const k = e.key;
-    if (k === 'ArrowRight' || k === 'ArrowDown' || k === 'j') { show(focus + 1); e.preventDefault(); }
-    else if (k === 'ArrowLeft' || k === 'ArrowUp' || k === 'k') { show(focus - 1); e.preventDefault(); }
-    else if (KEYS[k]) { const i = focus; record(i, KEYS[k]); show(i + 1); e.preventDefault(); }
-  });
-  cards.forEach((c, i) => c.querySelectorAll('button[data-verdict]').forEach(b =>
-    b.addEventListener('click', () => { show(i); record(i, b.dataset.verdict); })));
-  fetch('/api/verdicts').then(r => r.json()).then(d => {
-    Object.entries(d.verdicts).forEach(([i, v]) => mark(Number(i), v));
-    document.body.dataset.ready = '1';
-  });
-  show(0);
-})();
-"""
+ORDER_TEXT = {
+    "score": "highest score first",
+    "useful": "in the useful order (a random sample of every score band, from the top of the sheet through the "
+    "threshold to its bulk, band 1 first in each round; each card shows its score band: judge them in this order "
+    "so the verdicts can recalibrate the sheet's threshold)",
+}
 
 
 class ReviewSession:
-    """The rows on the review page, their crops, and the verdict log of this session.
+    """The rows on the review page, their crops and features, and the verdict log of this session.
 
     Parameters
     ----------
@@ -125,14 +103,19 @@ class ReviewSession:
     stores : sequence of path-like, optional
         Crop stores with the crops (default: the stores recorded in the rows).
     filters : CandidateFilter, optional
-        Which candidates to review (default: the 200 highest scores).
+        Which candidates to review (default: the 200 highest scores; the useful order takes
+        the first ``top`` of its order of the filtered sheet).
     allow_partial : bool
         Review a table without its manifest (an unfinished run); the page title says so.
     order : {"score", "useful"}
-        Highest score first, or the useful order (module docstring; it takes only the sheet
-        and top filters, and a complete table).
+        The order the page opens in (module docstring). ``"useful"`` needs the useful order
+        (a complete table with a threshold; only the sheet and top filters); with ``"score"``
+        the page offers it when it can, and says why when it cannot.
     seed : int
         Seed of the useful order's permutations.
+
+    ``rows`` holds the rows of the opening order, in that order; ``cards``, every row on the page
+    (``rows``, then those only the other order has), indexed as the routes' card numbers.
     """
 
     def __init__(
@@ -146,26 +129,48 @@ class ReviewSession:
         order: str = "score",
         seed: int = 0,
     ) -> None:
+        if order not in ORDERS:
+            raise InputError(f"review order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.candidates = Path(candidates)
         self.order = order
         self.partial = require_complete(self.candidates, allow_partial=allow_partial) is None
         filters = filters or CandidateFilter(top=200)
-        if order == "useful":
-            table, self.design_fields, self.matching = useful_rows(self.candidates, sheet=check_useful(filters),
-                                                                   top=filters.top, seed=seed)
-        elif order == "score":
-            table = query_candidates(self.candidates, filters, allow_partial=allow_partial)
-            self.design_fields = [{} for _ in range(table.num_rows)]
-            self.matching = self._count_matching(filters, allow_partial)
-        else:
-            raise InputError(f"review order must be one of {', '.join(ORDERS)}, got {order!r}")
-        self.rows = table.to_pylist()
+        score = query_candidates(self.candidates, filters, allow_partial=allow_partial)
+        score_total = self._count_matching(filters, allow_partial)
+        useful, fields, useful_total, self.useful_note = self._useful(filters, seed, required=order == "useful")
+        first, second = (useful, score) if order == "useful" else (score, useful)
+        table = first if second is None else _union(first, second)
+        self.cards = table.to_pylist()
+        self.rows = self.cards[: first.num_rows]
+        self.matching = useful_total if order == "useful" else score_total
+        self.score_pos = _positions(self.cards, score)
+        self.useful_pos = _positions(self.cards, useful)
+        by_key = {_row_key(r): f for r, f in zip(useful.to_pylist() if useful is not None else [], fields)}
+        self.design_fields = [by_key.get(_row_key(r), {}) for r in self.cards]
+        self.order_sizes = {"score": (score.num_rows, score_total),
+                            "useful": (0 if useful is None else useful.num_rows, useful_total)}
         self.lookup = CropLookup(list(stores) if stores else recorded_stores(table))
-        self.where = [self.lookup.locate(r["object_id"], r.get("store"), r.get("store_index")) for r in self.rows]
+        self.where = [self.lookup.locate(r["object_id"], r.get("store"), r.get("store_index")) for r in self.cards]
+        self.features = self._features()
         self.verdicts_dir = Path(verdicts)
         self.log = VerdictLog(self.verdicts_dir, context={"candidates": str(self.candidates.resolve())})
         self.token = secrets.token_urlsafe(24)
         self._png_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._done: list[tuple[int, dict[str, Any]]] = []  # verdicts given through this server, for undo
+
+    def _useful(self, filters: CandidateFilter, seed: int, *, required: bool):
+        """(rows, design fields, rows spanned, note): the useful order, or why the page cannot offer it."""
+        try:
+            sheet = check_useful(filters)
+            if self.partial:
+                raise InputError(f"{self.candidates}: the useful order needs a finished table")
+            rows, fields, total = useful_rows(self.candidates, sheet=sheet, top=filters.top, seed=seed)
+        except ScanstreamError as exc:
+            if required:
+                raise
+            return None, [], 0, f"most useful first is not offered: {exc}"
+        return rows, fields, total, ""
 
     def _count_matching(self, filters: CandidateFilter, allow_partial: bool) -> int:
         """Rows the filters select before ``top`` cuts them (the page says "200 of 424")."""
@@ -173,69 +178,148 @@ class ReviewSession:
                                    sql="SELECT count(*) AS n FROM candidates")
         return int(counted.column("n")[0].as_py())
 
+    def _features(self) -> list[dict[str, Any]]:
+        """The picker's features of each row, from its crop store's object table."""
+        out: list[dict[str, Any]] = [{} for _ in self.cards]
+        for k, store in enumerate(self.lookup.stores):
+            pos = [i for i, w in enumerate(self.where) if w[0] == k]
+            cols = [c for c in FEATURE_FIELDS if c in store.table.column_names]
+            if not pos or not cols:
+                continue
+            taken = store.table.select(cols).take(pa.array([self.where[i][1] for i in pos], pa.int64())).to_pylist()
+            for i, feats in zip(pos, taken):
+                out[i] = feats
+        return out
+
     @property
     def shown(self) -> str:
-        """``"200 of 424"`` when the page holds fewer rows than the filters select, else ``"424"``."""
-        n = len(self.rows)
+        """``"200 of 424"`` when the page's first order holds fewer rows than it spans, else ``"424"``."""
+        n = self.order_sizes[self.order][0]
         return f"{n} of {self.matching}" if self.matching > n else str(n)
 
     def store_hash(self, i: int) -> str | None:
         return self.lookup.stores[self.where[i][0]].content_hash
 
-    @functools.lru_cache(maxsize=512)  # noqa: B019 - one session per server; bounded cache of PNGs
-    def crop_png(self, i: int) -> bytes:
+    def pixel_um(self, i: int) -> float | None:
+        """Pixel size of row ``i``'s crop, um (None when its store does not record it)."""
+        v = self.lookup.stores[self.where[i][0]].attrs.get("pixel_size_um")
+        return None if v is None else float(v)
+
+    def _check_index(self, index: Any) -> int:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.cards):
+            raise InputError(f"index must be a card number 0..{len(self.cards) - 1}, got {index!r}")
+        return index
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one session per server; bounded cache of crops
+    def _crop(self, i: int) -> np.ndarray:
         k, row = self.where[i]
         with self._png_lock:
-            crop = self.lookup.stores[k].read(row, row + 1)[0]
-        return png_bytes(crop)
+            return self.lookup.stores[k].read(row, row + 1)[0]
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one session per server; bounded cache of PNGs
+    def crop_png(self, i: int, plane: int | None = None) -> bytes:
+        """PNG of row ``i``'s composite crop (``plane`` None) or of one focal plane alone, in grey."""
+        crop = self._crop(self._check_index(i))
+        if plane is None:
+            return png_bytes(crop)
+        if not 0 <= plane < len(CROP_PLANES):
+            raise InputError(f"plane must be 0..{len(CROP_PLANES) - 1} ({', '.join(CROP_PLANES)}), got {plane}")
+        return png_bytes(crop[:, :, plane])
 
     def page(self) -> str:
-        def footer(i: int, row: dict[str, Any]) -> str:
-            buttons = "".join(
-                f'<button type="button" data-verdict="{v}" title="key {_KEYS[v]}">{_LABELS[v]} ({_KEYS[v]})</button>'
-                for v in VERDICTS
-            )
-            band = self.design_fields[i].get("band")
-            where = "" if band is None else f'<div class="band">score band {band + 1}</div>'
-            return f'{where}<div class="buttons">{buttons}</div><div class="verdict"></div>'
-
-        keys = json.dumps({_KEYS[v]: v for v in VERDICTS})
-        text = render_page(
-            self.rows,
-            [f"/crop/{i}.png" for i in range(len(self.rows))],
+        """The page shell with the title, the help line and the progress of the opening order."""
+        done = sum(1 for i in self.current() if self._in_order(int(i), self.order))
+        return page_shell(
             title=f"scanstream review: {self.candidates.name}" + (f" [{PARTIAL_LABEL}]" if self.partial else ""),
-            help_text=f"{self.shown} candidates, {ORDER_TEXT[self.order]}. Keys: a = alpha, n = not alpha, "
-            "u = unsure (then on to the next card); arrows or j / k move. Verdicts are saved as you go.",
-            card_footer=footer,
-            script=f"const KEYS = {keys};\n{REVIEW_SCRIPT}",
+            help_text=f"{self.shown} candidates, {ORDER_TEXT[self.order]}. {HELP}",
+            token=self.token, order=self.order,
+            progress=f"{done} of {self.order_sizes[self.order][0]} reviewed",
         )
-        status = '<p id="status" class="help" aria-live="polite"></p>'
-        return text.replace("<body>", f'<body data-token="{self.token}">', 1).replace('<div class="grid">', status + '<div class="grid">', 1)
+
+    def _in_order(self, i: int, order: str) -> bool:
+        return (self.useful_pos if order == "useful" else self.score_pos)[i] is not None
+
+    def items(self) -> dict[str, Any]:
+        """What ``GET /api/items`` answers: the cards, the orders on offer and the planes."""
+        current = {int(i): v for i, v in self.current().items()}
+        cards = card_items(self.cards, self.features, pixel_um=[self.pixel_um(i) for i in range(len(self.cards))],
+                           score_pos=self.score_pos, useful_pos=self.useful_pos,
+                           bands=[f.get("band") for f in self.design_fields], verdicts=current)
+        orders = {name: {"available": n > 0 or name == "score", "rows": n, "of": total,
+                         "text": ORDER_TEXT[name]} for name, (n, total) in self.order_sizes.items()}
+        orders["useful"]["note"] = self.useful_note
+        return {"items": cards, "order": self.order, "orders": orders, "planes": list(CROP_PLANES)}
+
+    def _latest(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {verdict_key(r): r for r in read_verdicts(self.verdicts_dir)}
+
+    def _key(self, i: int) -> tuple[str, str]:
+        row = self.cards[i]
+        return str(row["object_id"]), str(self.store_hash(i) or row.get("store") or "")
 
     def current(self) -> dict[str, str]:
         """Current verdicts of the page's rows, keyed by page index (as strings)."""
-        by_key = {verdict_key(r): r["verdict"] for r in read_verdicts(self.verdicts_dir)}
+        latest = self._latest()
         out = {}
-        for i, row in enumerate(self.rows):
-            v = by_key.get((str(row["object_id"]), str(self.store_hash(i) or row.get("store") or "")))
-            if v is not None:
-                out[str(i)] = v
+        for i in range(len(self.cards)):
+            r = latest.get(self._key(i))
+            if r is not None:
+                out[str(i)] = r["verdict"]
         return out
 
-    def record(self, index: Any, verdict: Any) -> dict[str, Any]:
-        """Append a verdict for page row ``index``; return the record."""
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.rows):
-            raise InputError(f"index must be a card number 0..{len(self.rows) - 1}, got {index!r}")
-        return self.log.append(self.rows[index], parse_verdict(verdict), store_hash=self.store_hash(index),
-                               **self.design_fields[index])
+    def record(self, index: Any, verdict: Any, order: Any = None) -> dict[str, Any]:
+        """Record ``verdict`` for page row ``index`` given in ``order`` (default: the opening order).
+
+        Returns the record written, or the object's current record when it already says the
+        same (in the same useful-order design): nothing is written twice.
+        """
+        i = self._check_index(index)
+        verdict = parse_verdict(verdict)
+        order = self.order if order is None else order
+        if order not in ORDERS:
+            raise InputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        if not self._in_order(i, order):
+            raise InputError(f"card {i} ({self.cards[i]['object_id']}) is not in the {order} order of this page")
+        fields = self.design_fields[i] if order == "useful" else {}
+        with self._lock:
+            now = self._latest().get(self._key(i))
+            if now is not None and now["verdict"] == verdict and now.get("design") == fields.get("design"):
+                return now
+            rec = self.log.append(self.cards[i], verdict, store_hash=self.store_hash(i), **fields)
+            self._done.append((i, rec))
+        return rec
+
+    def undo(self) -> tuple[int, str | None]:
+        """Withdraw the last verdict given through this server; (its row, the row's verdict now)."""
+        with self._lock:
+            if not self._done:
+                raise NothingToUndoError("nothing to undo: no verdict has been given on this page since the server started")
+            i, rec = self._done.pop()
+            self.log.withdraw(rec)
+            now = self._latest().get(self._key(i))
+        return i, None if now is None else now["verdict"]
 
 
-ORDER_TEXT = {
-    "score": "highest score first",
-    "useful": "in the useful order (a random sample of every score band, from the top of the sheet through the "
-    "threshold to its bulk, band 1 first in each round: judge them in this order so the verdicts can recalibrate "
-    "the sheet's threshold)",
-}
+def _row_key(row: dict[str, Any]) -> tuple[str, str]:
+    return str(row["object_id"]), str(row.get("store") or "")
+
+
+def _union(first: pa.Table, second: pa.Table) -> pa.Table:
+    """``first``'s rows, then ``second``'s rows that ``first`` lacks (same object and store)."""
+    seen = {_row_key(r) for r in first.select(["object_id", "store"]).to_pylist()}
+    extra = [j for j, r in enumerate(second.select(["object_id", "store"]).to_pylist()) if _row_key(r) not in seen]
+    if not extra:
+        return first
+    more = second.take(pa.array(extra, pa.int64())).select(first.column_names).cast(first.schema)
+    return pa.concat_tables([first, more])
+
+
+def _positions(rows: Sequence[dict[str, Any]], order: pa.Table | None) -> list[int | None]:
+    """Position of each of ``rows`` in ``order``'s rows (None: not in it, or no such order)."""
+    if order is None:
+        return [None] * len(rows)
+    pos = {_row_key(r): p for p, r in enumerate(order.select(["object_id", "store"]).to_pylist())}
+    return [pos.get(_row_key(r)) for r in rows]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -255,7 +339,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+        # scripts and styles from this server only: the page has no inline code
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self'; script-src 'self'; "
+                         "style-src 'self'; frame-ancestors 'none'")
         self.end_headers()
         self.wfile.write(body)
 
@@ -276,46 +362,68 @@ class _Handler(BaseHTTPRequestHandler):
                   if k == COOKIE]
         return any(hmac.compare_digest(g, self.session.token) for g in given if g)
 
-    def do_GET(self) -> None:
+    def _refused(self) -> bool:
+        """Answer a request that names more than one Host, or a foreign one; True when refused."""
         if len(self.headers.get_all("Host") or ()) > 1:  # RFC 9112, 3.2: a 400, whatever the values
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": "more than one Host header"})
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "more than one Host header"})
+            return True
         if not self._host_ok():
-            return self._json(HTTPStatus.FORBIDDEN, {"error": "bad Host header"})
+            self._json(HTTPStatus.FORBIDDEN, {"error": "bad Host header"})
+            return True
+        return False
+
+    def do_GET(self) -> None:
+        if self._refused():
+            return None
         path, _, query = self.path.partition("?")
         if self.token_always and not self._token_ok(query):
             return self._json(HTTPStatus.FORBIDDEN, {"error": "this server needs its token: open the URL it printed"})
         if path in ("/", "/index.html"):
             return self._send(HTTPStatus.OK, self.session.page().encode(), "text/html; charset=utf-8", cookie=True)
-        m = re.fullmatch(r"/crop/(\d{1,9})\.png", path)
+        static = static_file(path)
+        if static is not None:
+            return self._send(HTTPStatus.OK, static[0], static[1])
+        m = re.fullmatch(r"/crop/(\d{1,9})(?:/(\d{1,3}))?\.png", path)
         if m:
-            i = int(m.group(1))
-            if i >= len(self.session.rows):
-                return self._json(HTTPStatus.NOT_FOUND, {"error": f"no candidate {i} on this page"})
-            return self._send(HTTPStatus.OK, self.session.crop_png(i), "image/png", cache=True)
+            try:
+                png = self.session.crop_png(int(m.group(1)), None if m.group(2) is None else int(m.group(2)))
+            except InputError as exc:
+                return self._json(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+            return self._send(HTTPStatus.OK, png, "image/png", cache=True)
+        if path == "/api/items":
+            return self._json(HTTPStatus.OK, self.session.items())
         if path == "/api/verdicts":
             return self._json(HTTPStatus.OK, {"verdicts": self.session.current()})
-        return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+        return self._json(HTTPStatus.NOT_FOUND, {"error": f"not found: {path[:80]}"})
 
-    def do_POST(self) -> None:
-        if len(self.headers.get_all("Host") or ()) > 1:  # RFC 9112, 3.2: a 400, whatever the values
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": "more than one Host header"})
-        if not self._host_ok():
-            return self._json(HTTPStatus.FORBIDDEN, {"error": "bad Host header"})
-        if self.path != "/api/verdict":
-            return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
-        if not hmac.compare_digest(self.headers.get("X-Scanstream-Token", ""), self.session.token):
-            return self._json(HTTPStatus.FORBIDDEN, {"error": "missing or wrong X-Scanstream-Token"})
+    def _body(self) -> dict[str, Any]:
+        """The request's JSON object (ValueError or TypeError when it is not one)."""
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY:
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": f"body must be 1..{MAX_BODY} bytes of JSON"})
+            raise ValueError(f"body must be 1..{MAX_BODY} bytes of JSON")
+        body = json.loads(self.rfile.read(length))
+        if not isinstance(body, dict):
+            raise TypeError("body must be a JSON object")
+        return body
+
+    def do_POST(self) -> None:
+        if self._refused():
+            return None
+        if self.path not in ("/api/verdict", "/api/undo"):
+            return self._json(HTTPStatus.NOT_FOUND, {"error": f"not found: {self.path[:80]}"})
+        if not hmac.compare_digest(self.headers.get("X-Scanstream-Token", ""), self.session.token):
+            return self._json(HTTPStatus.FORBIDDEN, {"error": "missing or wrong X-Scanstream-Token"})
         try:
-            body = json.loads(self.rfile.read(length))
-            if not isinstance(body, dict):
-                raise TypeError("body must be a JSON object")
-            record = self.session.record(body.get("index"), body.get("verdict"))
+            body = self._body()
+            if self.path == "/api/undo":
+                i, now = self.session.undo()
+                return self._json(HTTPStatus.OK, {"ok": True, "index": i, "verdict": now})
+            record = self.session.record(body.get("index"), body.get("verdict"), body.get("order"))
+        except NothingToUndoError as exc:
+            return self._json(HTTPStatus.CONFLICT, {"error": str(exc)})
         except (ValueError, TypeError, InputError) as exc:
             return self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except OSError as exc:
