@@ -9,7 +9,7 @@ The verbs' library functions, one import away (``import scanstream as ss``)::
 Names load on first use (PEP 562), so ``import scanstream`` stays cheap and torch is imported
 only by what needs it. The stage packages (``scanstream.store``, ``.ingest``, ``.simulate``,
 ``.picker``, ``.training``, ``.inference``, ``.candidates``, ``.evaluation``, ``.review``,
-``.rangeenergy``) hold the rest; README.md's Architecture section maps them.
+``.rangeenergy``) hold the rest; docs/architecture.md, "The code", maps them.
 """
 
 from __future__ import annotations

@@ -126,3 +126,50 @@ def test_broken_links_reports_missing_targets(tmp_path: Path) -> None:
     page = tmp_path / "docs" / "page.md"
     page.write_text("[ok](there.md) [up](../docs/there.md#a) [gone](missing.md) [dir](.)\n")
     assert broken_links(page, tmp_path) == ["docs/page.md: missing.md"]
+
+
+# README is read to the end by a newcomer: a few screens, the user's path first, the rest in docs/.
+
+#: README's sections, in order: set-up, the user's three ways in, the headline figures, links
+README_SECTIONS = ("Set-up: two commands", "A night's work", "From micrographs", "From Python", "Measured", "More")
+
+#: where the content that left README lives, and a heading each page keeps
+MOVED = {
+    "docs/architecture.md": ("## The flow", "## The code", "## Scaling", "## Errors, reruns and reliability"),
+    "docs/formats.md": ("## The artefacts", "## Opening them with other tools"),
+    "docs/results.md": ("## Measured on the development machine", "## Range-energy calibration", "## Reproducing the paper"),
+}
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_is_a_few_screens() -> None:
+    lines = _readme().splitlines()
+    table_rows = [ln for ln in lines if ln.startswith("|")]
+    assert len(lines) <= 200, f"README has {len(lines)} lines; move detail to docs/"
+    assert len(table_rows) <= 20, f"README has {len(table_rows)} table rows; measured tables live in docs/results.md"
+
+
+def test_readme_sections_come_in_the_newcomers_order() -> None:
+    headings = [ln[3:].strip() for ln in _readme().splitlines() if ln.startswith("## ")]
+    assert headings == list(README_SECTIONS)
+
+
+def test_readme_links_every_page_its_content_moved_to() -> None:
+    links = set(relative_links(_readme()))
+    for page, headings in MOVED.items():
+        assert page in links, f"README does not link {page}"
+        text = (ROOT / page).read_text(encoding="utf-8")
+        missing = [h for h in headings if not re.search(rf"^{re.escape(h)}$", text, re.MULTILINE)]
+        assert not missing, f"{page} lost {missing}"
+
+
+def test_readme_keeps_the_headline_figures_in_its_measured_section() -> None:
+    """The held-out table with its basis, the shifted sheets and the end-to-end figures."""
+    text = _readme()
+    measured = text[text.index("\n## Measured\n"):text.index("\n## More\n")]
+    for anchor in ("46,948 objects, 255 alpha decays", "| **shipped cascade, wide draw**", "| far: pale, foggy",
+                   "From micrographs the picture is worse", "docs/results.md"):
+        assert anchor in measured, anchor

@@ -1,6 +1,6 @@
 """Classify crop stores into a candidate table on Dask.
 
-``classify`` is the overnight job (README.md, "The flow"): every crop of every store is scored by
+``classify`` is the overnight job (docs/architecture.md, "The flow"): every crop of every store is scored by
 the ensemble (mean logit) and written to the candidate table (:mod:`scanstream.candidates.table`)
 with the calibrated threshold's verdict. The work is split into chunk-aligned ranges of a
 shard or more (thousands of crops); each is one Dask task that finds its models in the

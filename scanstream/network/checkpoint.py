@@ -1,6 +1,6 @@
 """Checkpoints: one safetensors file holding the weights and, in its header, what made them.
 
-A checkpoint is ``NAME.safetensors`` (README.md, "Artefacts", Checkpoint). The safetensors header's
+A checkpoint is ``NAME.safetensors`` (docs/formats.md, "The artefacts", Checkpoint). The safetensors header's
 ``__metadata__`` (str -> str) has one key, ``"scanstream"``, whose value is the JSON of::
 
     {"scanstream_checkpoint": 1, "model_config": {...}, "train_config": {...},
