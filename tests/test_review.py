@@ -98,10 +98,23 @@ def test_both_orders_are_offered(served):
 
 
 def test_useful_order_not_offered_says_why(table, tmp_path):
-    store, cands = table
-    session = ReviewSession(cands, tmp_path / "v", stores=[store.path], filters=CandidateFilter(top=4, min_score=0.0))
+    store, _ = table
+    bare = candidates_from_store(store, tmp_path / "no-threshold", seed=6, threshold=None)
+    session = ReviewSession(bare, tmp_path / "v", stores=[store.path], filters=CandidateFilter(top=4))
     assert not session.items()["orders"]["useful"]["available"] and session.useful_pos == [None] * len(session.cards)
-    assert "--min-score cannot be combined" in session.useful_note
+    assert session.useful_note.startswith("most useful first is not offered") and "needs a threshold" in session.useful_note
+    with pytest.raises(InputError, match="needs a threshold"):
+        ReviewSession(bare, tmp_path / "v", stores=[store.path], filters=CandidateFilter(top=4), order="useful")
+
+
+def test_useful_order_beside_a_narrowed_score_order_samples_whole_sheets(table, tmp_path):
+    store, cands = table
+    session = ReviewSession(cands, tmp_path / "v", stores=[store.path], filters=CandidateFilter(top=8, min_score=0.0))
+    orders = session.items()["orders"]
+    assert orders["useful"]["available"] and "narrow the score order only" in orders["useful"]["note"]
+    assert all(r["score"] >= 0.0 for r in session.rows)
+    useful = [c for c, p in zip(session.cards, session.useful_pos) if p is not None]
+    assert len(useful) == 8 and min(r["score"] for r in useful) < 0.0  # the bulk below the cut is sampled too
     with pytest.raises(InputError, match="--min-score cannot be combined"):
         ReviewSession(cands, tmp_path / "v", stores=[store.path], filters=CandidateFilter(top=4, min_score=0.0),
                       order="useful")
@@ -457,6 +470,8 @@ def test_review_page_in_headless_chromium(simulated, tmp_path):
         assert {o: card_verdict(driver, o) for o in by_score if card_verdict(driver, o)} == recorded
         press(driver, "n")
         press(driver, "2")
+        driver.set_window_size(1480, 1200)
+        driver.execute_script("window.scrollTo(0, 0)")  # the header: progress, filters, orders
         wait_for(lambda: all(driver.execute_script(
             "return Array.from(document.images).filter(i => i.getBoundingClientRect().top < innerHeight)"
             ".map(i => i.complete && i.naturalWidth === 224)")))

@@ -110,7 +110,8 @@ class ReviewSession:
     order : {"score", "useful"}
         The order the page opens in (module docstring). ``"useful"`` needs the useful order
         (a complete table with a threshold; only the sheet and top filters); with ``"score"``
-        the page offers it when it can, and says why when it cannot.
+        the page offers it beside the score order when it can (over whole sheets, whatever the
+        other filters), and says why when it cannot.
     seed : int
         Seed of the useful order's permutations.
 
@@ -160,17 +161,24 @@ class ReviewSession:
         self._done: list[tuple[int, dict[str, Any]]] = []  # verdicts given through this server, for undo
 
     def _useful(self, filters: CandidateFilter, seed: int, *, required: bool):
-        """(rows, design fields, rows spanned, note): the useful order, or why the page cannot offer it."""
+        """(rows, design fields, rows spanned, note): the useful order, or why the page cannot offer it.
+
+        Offered beside the score order, it samples whole sheets: ``--selected``, ``--min-score``
+        and ``--region`` narrow the score order only, and the note says so.
+        """
+        whole = filters if required else replace(filters, selected=False, min_score=None, region=None)
+        note = "" if whole == filters else ("most useful first samples whole sheets: --selected, --min-score and "
+                                            "--region narrow the score order only")
         try:
-            sheet = check_useful(filters)
+            sheet = check_useful(whole)
             if self.partial:
                 raise InputError(f"{self.candidates}: the useful order needs a finished table")
-            rows, fields, total = useful_rows(self.candidates, sheet=sheet, top=filters.top, seed=seed)
+            rows, fields, total = useful_rows(self.candidates, sheet=sheet, top=whole.top, seed=seed)
         except ScanstreamError as exc:
             if required:
                 raise
             return None, [], 0, f"most useful first is not offered: {exc}"
-        return rows, fields, total, ""
+        return rows, fields, total, note
 
     def _count_matching(self, filters: CandidateFilter, allow_partial: bool) -> int:
         """Rows the filters select before ``top`` cuts them (the page says "200 of 424")."""

@@ -267,7 +267,8 @@
     state.orders = data.orders;
     const useful = data.orders.useful;
     const option = $('order').querySelector('option[value="useful"]');
-    if (!useful.available) { option.disabled = true; $('note').textContent = useful.note; }
+    if (!useful.available) option.disabled = true;
+    $('note').textContent = useful.note;
     $('order').value = state.order;
     [...new Set(state.items.map((it) => it.sheet))].sort().forEach((s) => {
       const o = el('option', '', s);
