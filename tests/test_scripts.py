@@ -282,3 +282,11 @@ def test_module_names_in_the_docs_exist():
     missing = [f"{page.relative_to(ROOT)}: {name}" for page in pages
                for name in sorted(cited_names(page.read_text(encoding="utf-8"))) if not resolves(name)]
     assert not missing, "names that do not import:\n" + "\n".join(missing)
+
+
+@pytest.mark.slow
+def test_store_coordinates_benchmark_runs_tiny_and_leaves_its_folder_empty(tmp_path):
+    doc = printed_json(run_script("benchmarks/store_coordinates.py", "--n", "50", "--repeat", "1", "--dir", str(tmp_path)))
+    (size,) = doc["sizes"]
+    assert size["objects"] == 50 and size["write_coordinates_s"] > 0 and size["object_array_bytes"] > 0
+    assert list(tmp_path.iterdir()) == []

@@ -17,8 +17,8 @@ Layout of ``NAME.zarr`` (zarr v3, OME-Zarr / NGFF 0.5, the ``bioformats2raw.layo
                      up to 1024 px a side
     1/ ...
 
-The root is a plain NGFF collection: ``OME/``'s ``series`` lists the fields (bioformats2raw,
-QuPath, OMERO and ome-zarr-models read it). ome-zarr-py 0.18's ``Reader`` (and so
+The root is a plain NGFF collection: ``OME/``'s ``series`` lists the fields (the convention of
+bioformats2raw's layout; ome-zarr-models validates it as a v0.5 ``BioFormats2Raw``). ome-zarr-py 0.18's ``Reader`` (and so
 napari-ome-zarr) does not follow a collection from its root: it reads one field at a time
 (``NAME.zarr/0``). Each field's arrays are named (``planes``, every pyramid level in a group of
 its own), so ``xarray.open_zarr("NAME.zarr/0")`` gives the variable ``planes`` (z, y, x), and the
