@@ -16,7 +16,11 @@ as ``scanstream pick`` runs it) picks every field. The matching is
   (stub) prongs per true prong, and the length error (measured minus true, undeveloped um)
   against the true length;
 * fake vertices per field (no simulated object within 5 um in x, y and 6 um in depth), vertices
-  per field, and duplicates: the fraction of picked vertices with another within 8 um in x, y;
+  per field, and duplicates: the fraction of picked vertices with another within 8 um (in 3-D,
+  and in x, y at any depth);
+* the former method's cuts (:mod:`scanstream.picker.cuts`, default configuration) on the picked
+  alpha decays' measured multiplicity and prong lengths: the fraction kept, beside the band the
+  simulator was calibrated to with its own features (0.757-0.835; benchmarks/pick_vs_classify.py);
 * the detector's seconds per field (reading excluded; this machine, its load).
 
 Usage::
@@ -42,6 +46,7 @@ import pyarrow.parquet as pq
 from scanstream import atomic
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
+from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.detect import detect_vertices
 from scanstream.picker.pick import DEFAULT_SHRINKAGE
 from scanstream.simulate.volume import VolumeSimConfig, redraw_truth, simulate_volume
@@ -87,7 +92,7 @@ def pick_seed(volume) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]
 def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict:
     """The measures of the module docstring over the volumes of ``seeds``."""
     matches, prong_counts, true_len, meas_len = [], {"true": 0, "matched": 0, "merged": 0, "missed": 0, "extra": 0}, [], []
-    fields = picked_n = fakes = dups = 0
+    fields = picked_n = fakes = dups = dups_xy = cut_kept = 0
     seconds = 0.0
     for seed in seeds:
         volume, truth = seed_volume(work, seed, args)
@@ -97,9 +102,12 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
         picked_n += len(pos)
         fakes += int(acc.fake_vertices(pos, truth).sum())
         dups += int(acc.duplicates(pos).sum())
+        dups_xy += int(acc.duplicates(pos, in_3d=False).sum())
         decays = [r for r in truth if r["label"] == 1]
         found = acc.decay_matches(pos, mult, truth)
         matches += found
+        kept = select(mult, [np.asarray(lengths, float) for _, lengths in prongs], DEFAULT_CONFIG)[0] if len(pos) else []
+        cut_kept += sum(bool(kept[m["index"]]) for m in found if m["picked"])
         for r, m in zip(decays, found, strict=True):
             if not m["found"]:
                 continue
@@ -125,8 +133,10 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
         "prongs": {**prong_counts, **{f"{key}_per_true_prong": round(prong_counts[key] / tp, 4)
                                       for key in ("matched", "merged", "missed", "extra")}},
         "length_error_by_true_length": acc.length_errors(true_len, meas_len),
+        "cuts_kept_of_picked_alpha": round(cut_kept / k, 4) if k else None,
         "vertices": picked_n, "vertices_per_field": round(picked_n / fields, 3) if fields else None,
         "duplicates": dups, "duplicate_fraction": round(dups / picked_n, 4) if picked_n else None,
+        "duplicates_xy": dups_xy, "duplicate_xy_fraction": round(dups_xy / picked_n, 4) if picked_n else None,
         "detect_seconds_per_field": round(seconds / fields, 3) if fields else None,
     }
 
@@ -162,10 +172,14 @@ def markdown(doc: dict) -> str:
             return "-" if not e["prongs"] else f"{e['median_um']:+.2f} ({_q(e['q16_q84_um'])}), {e['prongs']} prongs"
 
         row(f"length error, true {lo:g}-{hi:g} um: median (q16 / q84)", cell)
+    row("former method's cuts: kept of the picked alpha decays (calibrated band 0.757-0.835)",
+        lambda g: f"{g['cuts_kept_of_picked_alpha']}")
     row("fake vertices per field", lambda g: f"{g['fake_vertices_per_field']}")
     row("extra vertices within 15 um per alpha decay", lambda g: f"{g['extra_vertices_per_alpha_decay']}")
     row("vertices with another within 8 um (duplicates)", lambda g: f"{g['duplicates']} of {g['vertices']}: "
         f"{g['duplicate_fraction']}")
+    row("vertices with another within 8 um in x-y, any depth", lambda g: f"{g['duplicates_xy']} of {g['vertices']}: "
+        f"{g['duplicate_xy_fraction']}")
     row("detector seconds per field", lambda g: f"{g['detect_seconds_per_field']}")
     return "\n".join(rows) + "\n"
 

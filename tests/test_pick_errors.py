@@ -40,11 +40,12 @@ def test_decay_matches_against_a_loop(seed):
 def test_fakes_and_duplicates_against_loops(seed):
     picked, _, truth = random_scene(seed)
     fakes = acc.fake_vertices(picked, truth)
-    dups = acc.duplicates(picked)
+    dups, dups_xy = acc.duplicates(picked), acc.duplicates(picked, in_3d=False)
     for i, p in enumerate(picked):
         assert fakes[i] == (not any(np.hypot(p[0] - r["x_mm"], p[1] - r["y_mm"]) * 1000 <= 5.0
                                     and abs(p[2] - r["z_mm"]) * 1000 <= 6.0 for r in truth))
-        assert dups[i] == any(j != i and np.hypot(*(p[:2] - q[:2])) * 1000 <= 8.0 for j, q in enumerate(picked))
+        assert dups[i] == any(j != i and np.linalg.norm(p - q) * 1000 <= 8.0 for j, q in enumerate(picked))
+        assert dups_xy[i] == any(j != i and np.hypot(*(p[:2] - q[:2])) * 1000 <= 8.0 for j, q in enumerate(picked))
     assert acc.fake_vertices(picked, []).all() and acc.duplicates(np.zeros((0, 3))).shape == (0,)
 
 

@@ -15,7 +15,8 @@ Conventions (lengths in um):
 * a picked vertex is **fake** when no simulated object's vertex (any category) lies within
   ``xy_um`` (5 um) in x, y and ``z_um`` (6 um) in depth;
 * a picked vertex is a **duplicate** when another picked vertex lies within ``within_um`` (8 um)
-  in x, y (any depth): a star counted twice;
+  in 3-D: a star counted twice (in x, y alone, at any depth, as well: that also counts distinct
+  objects above one another);
 * prongs (:func:`match_prongs`): a true prong is matched to the measured prong closest in 3-D
   direction within ``max_deg`` (20 degrees); a measured prong that is the closest of several
   true prongs is one prong for all of them: the closest in direction is matched, the others are
@@ -130,16 +131,20 @@ def fake_vertices(picked: np.ndarray, truth: Sequence[dict], *, xy_um: float = 5
     return ~((dxy <= xy_um) & (dz <= z_um)).any(1)
 
 
-def duplicates(picked: np.ndarray, *, within_um: float = 8.0) -> np.ndarray:
-    """bool (n,): picked vertices (n, 3) mm with another within ``within_um`` in x, y.
+def duplicates(picked: np.ndarray, *, within_um: float = 8.0, in_3d: bool = True) -> np.ndarray:
+    """bool (n,): picked vertices (n, 3) mm with another within ``within_um``: in 3-D (stage
+    depth as it is, developed), or with ``in_3d`` False in x, y at any depth (which also counts
+    distinct objects above one another).
 
     Examples
     --------
-    >>> duplicates(np.array([[0.0, 0.0, 0.0], [0.007, 0.0, -0.1], [0.02, 0.0, 0.0]])).tolist()
-    [True, True, False]
+    >>> p = np.array([[0.0, 0.0, 0.0], [0.007, 0.0, -0.1], [0.02, 0.0, 0.0], [0.02, 0.0, -0.005]])
+    >>> duplicates(p).tolist(), duplicates(p, in_3d=False).tolist()
+    ([False, False, True, True], [True, True, True, True])
     """
     picked = np.asarray(picked, float).reshape(-1, 3)
-    d = np.hypot(picked[:, None, 0] - picked[None, :, 0], picked[:, None, 1] - picked[None, :, 1]) * 1000
+    cols = 3 if in_3d else 2
+    d = np.sqrt(((picked[:, None, :cols] - picked[None, :, :cols]) ** 2).sum(-1)) * 1000
     np.fill_diagonal(d, np.inf)
     return (d <= within_um).any(1) if len(picked) else np.zeros(0, bool)
 
