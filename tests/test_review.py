@@ -431,6 +431,12 @@ def test_review_page_in_headless_chromium(simulated, tmp_path):
         pixel_um = session.pixel_um(0)
         assert px == pytest.approx(um * 3 / pixel_um, abs=0.01) and f"{um:g} um" in bar.text
         assert bar.find_element(By.CLASS_NAME, "bar").size["width"] == round(px)
+        press(driver, "z")  # 4x, centred on the vertex
+        frame = driver.find_element(By.ID, "frame")
+        assert big.size["width"] == 4 * 224 and frame.get_property("scrollLeft") == frame.get_property("scrollTop") == 224
+        press(driver, "-")
+        press(driver, "-")  # back to 2x
+        assert big.size["width"] == 2 * 224
         assert "multiplicity" in driver.find_element(By.ID, "detail").text and "dips" in driver.find_element(By.ID, "detail").text
         press(driver, "c")
         wait_for(lambda: big.get_attribute("data-view") == "composite" and big.get_attribute("src").endswith(f"/crop/{i}.png"))
