@@ -21,9 +21,9 @@ Stages (each resumes: finished outputs are found and kept):
     pickpool  (with a [pickpool] table) simulated volumes (their own seeds, conditions drawn wide)
               ingested and picked by ``scanstream pick``, every picked vertex labelled against the
               truth (``scanstream.simulate.pickpool``): OUT/pick_train.zarr, OUT/pick_valid.zarr
-    finetune  (with a [finetune] table) the trained cascade fine-tuned on the pick pool beside the
-              simulated pool's first ``sim_sheets`` TRAIN sheets (so that it keeps the scanner's
-              features and learns ``pick``'s): OUT/run_pick/model.safetensors
+    finetune  (with a [finetune] table) the trained cascade fine-tuned on the pick pool beside a
+              pool of the first ``sim_sheets`` TRAIN sheets (so that it keeps the scanner's features
+              and learns ``pick``'s): OUT/finetune_sim_pool.zarr, OUT/run_pick/model.safetensors
     holdout   the held-out full-size sheet simulated (a name and seed no stage above used) and the
               comparison written by ``benchmarks/holdout.py``: OUT/holdout/
 
@@ -114,26 +114,32 @@ def stage_features(cfg: dict, out: Path) -> Path:
 
 
 def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
-    fm = load_feature_model(fm_path)
-    threshold = prefilter_threshold(fm)
+    p = cfg["pool"]
+    counts = {}
+    for role, prefix, sheets in (("train", "RT", p["train_sheets"]), ("valid", "RV", p["valid_sheets"])):
+        counts[role] = kept_pool(cfg, out / f"{role}_pool.zarr", fm_path, prefix, sheets)
+    return counts
+
+
+def kept_pool(cfg: dict, path: Path, fm_path: Path, prefix: str, sheets: int) -> dict[str, int]:
+    """A pool of ``sheets`` sheets named ``prefix``00.. (``[pool]``'s sizes and draw), only what the prefilter keeps."""
     from scanstream.network.checkpoint import checkpoint_hash
 
+    fm = load_feature_model(fm_path)
+    threshold = prefilter_threshold(fm)
     identity = {"feature_model": checkpoint_hash(fm_path), "prefilter_threshold": threshold}
 
     def keep(table: pa.Table):
         return fm.score_table(table) >= threshold
 
-    p, seed = cfg["pool"], cfg["seed"]
-    counts = {}
-    for role, prefix, sheets in (("train", "RT", p["train_sheets"]), ("valid", "RV", p["valid_sheets"])):
-        store, c = simulate_pool(
-            out / f"{role}_pool.zarr", prefix=prefix, sheets=sheets, objects_per_sheet=p["objects_per_sheet"],
-            alpha_fraction=p["alpha_fraction"], seed=seed, keep=keep, keep_identity=identity, workers=cfg["workers"],
-            progress=True, draw=p.get("draw", "nominal"),
-        )
-        counts[role] = c
-        logger.info("pool %s: %s (%d crops) %s", role, store.path, store.n, json.dumps(c))
-    return counts
+    p = cfg["pool"]
+    store, c = simulate_pool(
+        path, prefix=prefix, sheets=sheets, objects_per_sheet=p["objects_per_sheet"], alpha_fraction=p["alpha_fraction"],
+        seed=cfg["seed"], keep=keep, keep_identity=identity, workers=cfg["workers"], progress=True,
+        draw=p.get("draw", "nominal"),
+    )
+    logger.info("pool %s: %s (%d crops) %s", path.name, store.path, store.n, json.dumps(c))
+    return c
 
 
 def stage_pixels(cfg: dict, out: Path) -> Path:
@@ -187,10 +193,8 @@ def stage_pickpool(cfg: dict, out: Path) -> dict[str, Any]:
     return counts
 
 
-def stage_finetune(cfg: dict, out: Path, base: Path) -> Path:
-    """The cascade ``base`` fine-tuned on the pick pool and the simulated pool's first sheets."""
-    import numpy as np
-
+def stage_finetune(cfg: dict, out: Path, base: Path, fm_path: Path) -> Path:
+    """The cascade ``base`` fine-tuned on the pick pool beside a pool of the first ``sim_sheets`` TRAIN sheets."""
     from scanstream.simulate.pickpool import merge_stores
     from scanstream.training.config import config_from_dict
     from scanstream.training.loop import train
@@ -199,12 +203,12 @@ def stage_finetune(cfg: dict, out: Path, base: Path) -> Path:
     if "finetune" not in cfg:
         raise ConfigError("stage finetune needs a [finetune] table in the recipe config")
     f = cfg["finetune"]
-    pick, sim = open_store(out / "pick_train.zarr"), open_store(out / "train_pool.zarr")
-    sheets = set(pool_sheets("RT", f["sim_sheets"], cfg["seed"]))
-    rows = np.nonzero(np.isin(np.array(sim.table.column("sheet").to_pylist(), dtype=object), list(sheets)))[0]
-    mixed = merge_stores(out / "finetune_train.zarr", [(pick, None), (sim, rows)],
-                         source={"stage": "finetune", "pick": str(pick.path), "sim_sheets": sorted(sheets)})
-    logger.info("finetune: TRAIN %s: %d pick-pool crops + %d of %s", mixed.path, pick.n, len(rows), sim.path)
+    sim_path = out / "finetune_sim_pool.zarr"  # the pool's first sheets RT00.., the same objects, a pool of their own
+    kept_pool(cfg, sim_path, fm_path, "RT", f["sim_sheets"])
+    pick, sim = open_store(out / "pick_train.zarr"), open_store(sim_path)
+    mixed = merge_stores(out / "finetune_train.zarr", [(pick, None), (sim, None)],
+                         source={"stage": "finetune", "pick": pick.path.name, "sim": sim.path.name})
+    logger.info("finetune: TRAIN %s: %d pick-pool crops + %d of %s", mixed.path, pick.n, sim.n, sim.path)
     config = config_from_dict({
         **RECIPES["finetune"], **pretrained_options(str(base)), "pretrained": str(base), "seed": cfg["seed"],
         "max_epochs": f["max_epochs"], "lr": f["lr"], "train_store": str(mixed.path),
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         if "pickpool" in stages:
             stage_pickpool(cfg, args.out)
         if "finetune" in stages:
-            ckpt = stage_finetune(cfg, args.out, ckpt)
+            ckpt = stage_finetune(cfg, args.out, ckpt, fm_path)
         if "holdout" in stages:
             models = [f"cascade={ckpt}"] + ([f"pixels-only={pixels}"] if pixels.exists() else [])
             report = stage_holdout(cfg, args.out, fm_path, [*models, *args.compare])

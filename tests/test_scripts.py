@@ -212,7 +212,8 @@ def test_the_recipe_runs_through_every_stage(tmp_path):
     done = run_script("pipelines/recipe.py", "--config", str(config), "--out", str(out), timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("feature_model.safetensors", "train_pool.zarr", "valid_pool.zarr", "run/model.safetensors",
-                 "run_pixels/model.safetensors", "pick_train.zarr", "pick_valid.zarr", "finetune_train.zarr",
+                 "run_pixels/model.safetensors", "pick_train.zarr", "pick_valid.zarr", "finetune_sim_pool.zarr",
+                 "finetune_train.zarr",
                  "run_pick/model.safetensors", "holdout.zarr", "holdout/pr_holdout.png", "holdout/scores.parquet"):
         assert (out / name).exists(), name
     text = (out / "holdout" / "holdout.json").read_text()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +229,15 @@ def iter_simulated(
                 yield pending.pop(0).result()
         while pending:
             yield pending.pop(0).result()
+
+
+def map_processes(fn: Callable[..., Any], items: Sequence[Any], *, workers: int = 1, **kw: Any) -> list[Any]:
+    """``[fn(item, **kw) for item in items]`` over ``workers`` processes (this package's one process pool)."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item, **kw) for item in items]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(fn, item, **kw) for item in items]
+        return [f.result() for f in futures]
 
 
 def simulate_table(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from scanstream.errors import InputError
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.conditions import draw_conditions
+from scanstream.simulate.dataset import map_processes
 from scanstream.simulate.truthmatch import MatchRadii, vertex_sources
 from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
 from scanstream.store import CropStore, is_store, open_store, open_volume
@@ -50,7 +50,7 @@ AMBIGUOUS = ("dup_near",)
 TRAINING_RADII = MatchRadii(near_um=5.0)
 
 
-def picked_volume_store(work: str | os.PathLike, seed: int, *, fields: int, objects_per_field: int,
+def picked_volume_store(seed: int, *, work: str | os.PathLike, fields: int, objects_per_field: int,
                         alpha_fraction: float, draw: str = "wide") -> dict[str, Any]:
     """Simulate, ingest and pick the volume of ``seed`` into ``work``/pp<seed>.zarr, labelled.
 
@@ -94,11 +94,7 @@ def pick_pool(work: str | os.PathLike, seeds: Sequence[int], *, fields: int, obj
         raise InputError("a pick pool needs at least one volume seed")
     Path(work).mkdir(parents=True, exist_ok=True)
     kw = {"fields": fields, "objects_per_field": objects_per_field, "alpha_fraction": alpha_fraction, "draw": draw}
-    if workers <= 1:
-        return [picked_volume_store(work, s, **kw) for s in seeds]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(picked_volume_store, work, s, **kw) for s in seeds]
-        return [f.result() for f in futures]
+    return map_processes(picked_volume_store, list(seeds), workers=workers, work=work, **kw)
 
 
 def merge_stores(out: str | os.PathLike, parts: Sequence[tuple[CropStore, np.ndarray | None]], *,
