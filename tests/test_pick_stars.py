@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scanstream.picker import detect as dt
 from scanstream.picker.detect import DetectParams, Vertex
+from scanstream.picker.stars import one_per_star
 
 
 def vertex(multiplicity: int, miss: float, tag: float = 0.0) -> Vertex:
@@ -18,7 +18,8 @@ def star(x: float, y: float, z: float, lab: int, multiplicity: int, miss: float,
 
 
 def kept(stars, params=None) -> list[float]:
-    return sorted(v.z for v in dt._one_per_star(stars, params or DetectParams()))
+    p = params or DetectParams()
+    return sorted(v.z for v in one_per_star(stars, star_um=p.star_um, star_dz_um=p.star_dz_um))
 
 
 def test_a_duplicate_beside_the_star_is_merged_into_the_better_measured():

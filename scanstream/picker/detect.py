@@ -65,7 +65,7 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    6-8 um out on a prong, or the star's own point two or three planes off (steep prongs, a
    crossing track). Of vertices on the same segment within ``star_um`` (8 um) in x, y and
    ``star_dz_um`` (12 um, four planes) in depth of each other, the best measured is kept
-   (:func:`_measured`): three or more reported prongs first, then the smallest median distance
+   (:mod:`scanstream.picker.stars`): three or more reported prongs first, then the smallest median distance
    between the vertex and its prongs' fitted lines (criterion 7's lines pass through the true
    point, and miss a point beside it by about a micrometre).
 """
@@ -78,6 +78,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from scanstream.picker.prongs import prong_fits
+from scanstream.picker.stars import one_per_star
 
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -572,7 +573,7 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
         miss = float(np.median(misses)) if misses else float("inf")
         stars.append((at, lab, Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2,
                                       at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss)))
-    return _one_per_star(stars, params)
+    return one_per_star(stars, star_um=params.star_um, star_dz_um=params.star_dz_um)
 
 
 def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:
@@ -590,23 +591,3 @@ def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:
             groups.append([cand])
     return groups
 
-
-def _one_per_star(stars: list, params: DetectParams) -> list[Vertex]:
-    """Each star once (criterion 8): of vertices on the same segment within ``star_um`` in x, y
-    and ``star_dz_um`` in depth of each other, the best measured is kept."""
-    order = sorted(range(len(stars)), key=lambda k: _measured(stars[k][2]))
-    kept: list[int] = []
-    for k in order:
-        at, lab, _ = stars[k]
-        if not any(stars[m][1] == lab and np.hypot(*(at[:2] - stars[m][0][:2])) <= params.star_um
-                   and abs(at[2] - stars[m][0][2]) <= params.star_dz_um for m in kept):
-            kept.append(k)
-    return [stars[k][2] for k in sorted(kept)]
-
-
-def _measured(v: Vertex) -> tuple:
-    """Sort key, best measured first: a vertex of three or more reported prongs before one of
-    fewer, then the one its prongs' lines pass closest to. Not the most prongs: a point a plane
-    or two off a star sees a crossing track's two halves as extra prongs, and a point beside
-    it sees the same prongs, with lines that miss it."""
-    return (-min(v.multiplicity, 3), v.line_miss_um)
