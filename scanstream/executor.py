@@ -102,13 +102,17 @@ def unguarded_script() -> str | None:
 
     That is the main module's file when the current call comes from its top-level code outside
     an ``if __name__ == "__main__":`` block (the main module's ``<module>`` frame on the stack
-    gives the line). None for a notebook or ``python -c`` (no file), a guarded call, a Dask
+    gives the line). None for a notebook or ``python -c`` (no file), a package's ``__main__``
+    (``python -m scanstream``: multiprocessing's spawn skips it), a guarded call, a Dask
     configured to ``fork``, or a file that cannot be read.
     """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if not path or dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
         return None
+    spec = getattr(main, "__spec__", None)
+    if Path(path).stem == "__main__" or (spec is not None and spec.name.endswith("__main__")):
+        return None  # a package's __main__ (``python -m scanstream``): spawn does not import it again
     line = None
     frame = inspect.currentframe()
     while frame is not None:
@@ -134,9 +138,11 @@ def local_cores() -> int:
 
 
 def gpu_count() -> int:
-    """CUDA devices visible to this process (0 without CUDA)."""
-    import torch
-
+    """CUDA devices visible to this process (0 without CUDA, or without torch: the light install)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

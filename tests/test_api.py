@@ -107,6 +107,16 @@ def test_unguarded_script_is_none_without_a_script_file():
     assert out.strip() == "None"
 
 
+def test_a_packages_main_run_with_dash_m_keeps_processes(tmp_path):
+    """``python -m scanstream VERB``: spawn never imports a package's ``__main__`` again, guard or not."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "__main__.py").write_text("from scanstream.executor import unguarded_script\nprint(unguarded_script())\n")
+    out = subprocess.run([sys.executable, "-m", "pkg"], cwd=tmp_path, check=True, capture_output=True, text=True,
+                         env=SCRIPT_ENV).stdout
+    assert out.strip() == "None"
+
+
 def test_gpu_workers_from_an_unguarded_script_are_refused_in_one_line(tmp_path):
     script = tmp_path / "user.py"
     script.write_text("from scanstream.errors import SchedulerError\nfrom scanstream.executor import local_cluster\n"
