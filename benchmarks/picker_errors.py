@@ -54,11 +54,12 @@ from scanstream.store import is_volume, open_volume
 
 
 def seed_volume(work: Path, seed: int, args: argparse.Namespace):
-    """(volume store, truth rows) of ``seed`` (drawn and ingested once, kept under ``work``: ``sim<seed>/`` and
-    ``v<seed>.zarr``, the names benchmarks/end_to_end.py uses, so its volumes are read as they are)."""
+    """(volume store, truth rows) of ``seed``, drawn as ``scanstream simulate-volume`` draws it (sheet SIMV)
+    and ingested once, kept under ``work`` as ``sim<seed>/`` and ``v<seed>.zarr``: the names
+    benchmarks/end_to_end.py uses, so its volumes are read as they are."""
     sim, vol = work / f"sim{seed}", work / f"v{seed}.zarr"
     if not (sim / "truth.parquet").exists():
-        cfg = VolumeSimConfig(fields=args.fields, seed=seed, sheet=f"PE{seed}", objects_per_field=args.objects_per_field,
+        cfg = VolumeSimConfig(fields=args.fields, seed=seed, objects_per_field=args.objects_per_field,
                               alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um)
         simulate_volume(sim, cfg, overwrite=True)
     if not is_volume(vol):
