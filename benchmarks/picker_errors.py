@@ -47,7 +47,7 @@ from scanstream import atomic
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
-from scanstream.picker.detect import detect_vertices
+from scanstream.picker.detect import DetectParams, detect_vertices
 from scanstream.picker.pick import DEFAULT_SHRINKAGE
 from scanstream.simulate.volume import VolumeSimConfig, redraw_truth, simulate_volume
 from scanstream.store import is_volume, open_volume
@@ -70,7 +70,7 @@ def seed_volume(work: Path, seed: int, args: argparse.Namespace):
     return open_volume(vol), truth.to_pylist()
 
 
-def pick_seed(volume) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]:
+def pick_seed(volume, params: DetectParams) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]:
     """Every field's vertices: stage positions (n, 3) mm, multiplicities, prong directions (stage x, y,
     up) and lengths, and the detector's seconds (reading excluded)."""
     pos, mult, dirs, lengths, seconds = [], [], [], [], 0.0
@@ -80,7 +80,7 @@ def pick_seed(volume) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]
         shrink = f.shrinkage or DEFAULT_SHRINKAGE
         t0 = time.perf_counter()
         found = detect_vertices(planes, pixel_um=float(np.mean(f.pixel_size_um)), step_um=abs(float(f.step_um)) or 3.0,
-                                shrinkage=float(shrink))
+                                shrinkage=float(shrink), params=params)
         seconds += time.perf_counter() - t0
         for v in found:
             pos.append(f.pixel_to_stage(v.z, v.y, v.x))
@@ -97,7 +97,7 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
     seconds = 0.0
     for seed in seeds:
         volume, truth = seed_volume(work, seed, args)
-        pos, mult, prongs, sec = pick_seed(volume)
+        pos, mult, prongs, sec = pick_seed(volume, DetectParams(star_um=args.star_um))
         seconds += sec
         fields += len(volume)
         picked_n += len(pos)
@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha-fraction", type=float, default=0.5)
     p.add_argument("--field-px", type=int, default=1024)
     p.add_argument("--depth-um", type=float, default=None, help="image a thinner slab (tests)")
+    p.add_argument("--star-um", type=float, default=DetectParams.star_um,
+                   help=f"criterion 8's merge distance (0: no merge; default {DetectParams.star_um})")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     p.add_argument("--markdown", type=Path, help="write the markdown table here")
     args = p.parse_args(argv)
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"a seed is both tuning and held out: {sorted(set(groups['tuning']) & set(groups['held_out']))}")
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    doc = {"volumes": {"fields": args.fields, "objects_per_field": args.objects_per_field,
+    doc = {"star_um": args.star_um, "volumes": {"fields": args.fields, "objects_per_field": args.objects_per_field,
                        "alpha_fraction": args.alpha_fraction, "field_px": args.field_px}}
     for name, seeds in groups.items():
         doc[name] = group_errors(args.work, seeds, args) if seeds else None
