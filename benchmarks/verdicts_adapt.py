@@ -5,8 +5,9 @@ a sheet unlike VALID (``--sheet``, a labelled store: its labels play the reviewe
 builds the sheet's useful review order (:mod:`scanstream.review.adapt`: a stratified random
 sample over score bands around the threshold), answers from the truth in that order until
 ``--alpha-verdicts`` alpha decays have been judged (the others seen on the way are judged
-too), recalibrates the threshold from those verdicts (Horvitz-Thompson weights, stratified
-bootstrap CI) and prints one JSON document:
+too), recalibrates the threshold from those verdicts (a logistic recalibration per score band
+predicting the labels not asked, :mod:`scanstream.review.posterior`) and prints one JSON
+document:
 
 * ``before``: the VALID threshold, its VALID recall CI, the sheet's true recall and selection
   at it, and the recall the verdicts estimate there;
@@ -29,15 +30,17 @@ To run on the shipped (or retrained) model, with a VALID drawn like training and
         --valid W/valid.zarr --sheet W/pale.zarr [--finetune --work W/ft]
 
 (``scanstream simulate --help`` lists the condition flags; 0.00543 is the paper's 1:183.) The
-estimator alone, on binormal synthetic logits (seconds, no model)::
+estimators alone, the previous (Horvitz-Thompson, stratified bootstrap, equal allocation) beside
+the current one, on binormal synthetic logits over a grid of settings (minutes, no model)::
 
-    python benchmarks/verdicts_adapt.py --binormal 100 [--shift -1] [--alpha-sd 1.8]
+    python benchmarks/verdicts_adapt.py --binormal 40 --replicates 400 [--settings 1.8:-1:50:0,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -49,7 +52,7 @@ from scanstream import metrics as mt
 from scanstream.inference.scoring import score_store
 from scanstream.network.checkpoint import checkpoint_hash
 from scanstream.picker import cuts as bl
-from scanstream.review.adapt import JudgedSample, asked_until, build_design, record_from_verdicts
+from scanstream.review.adapt import JudgedSample, asked_until, build_design, record_from_verdicts, weighted_recall_cut
 from scanstream.store import open_store
 from scanstream.threshold import build_threshold_record
 from scanstream.verdicts import VerdictLog, verdicts_to_store
@@ -80,41 +83,102 @@ def after(record: dict, y_ranked: np.ndarray, scores_ranked: np.ndarray, target:
             "estimated_alpha": a["alpha"], "alpha_ci": a["alpha_ci"]}
 
 
-def binormal(args: argparse.Namespace) -> dict:
-    """The estimator alone on synthetic sheets: binormal logits, no model, no images.
+#: Synthetic settings of ``--binormal``: (alpha logit sd, logit shift, alpha verdicts, fraction of alpha decays
+#: scored like the background). Shallow (sd 0.9) to deep (2.5) alpha populations, shifted sheets, 20-100 verdicts,
+#: and a population the binormal model does not describe (15 % of alpha decays scored N(-3, 1.5)).
+SETTINGS = ((0.9, 0.0, 50, 0.0), (1.8, 0.0, 50, 0.0), (2.5, 0.0, 50, 0.0), (1.8, -1.0, 50, 0.0), (2.5, -1.0, 50, 0.0),
+            (1.8, 0.0, 20, 0.0), (1.8, 0.0, 100, 0.0), (1.2, 0.0, 50, 0.15))
 
-    Each of ``--binormal`` sheets holds ``--objects`` objects with ``--alpha`` alpha decays
-    scoring N(1.5 + shift, ``--alpha-sd``) and others N(-4 + shift, 1.5); the VALID threshold
-    is where an unshifted sheet has recall ``--recall``. Reports how often the interval holds
-    the true recall at the old and the new cut, and the true recall the new cut delivers.
+
+def previous_estimator(design, asked: np.ndarray, y: np.ndarray, target: float, replicates: int,
+                       seed: int) -> tuple[float, float, float]:
+    """The estimator the posterior replaced, kept as this benchmark's baseline: (cut, CI low, CI high).
+
+    The cut where the Horvitz-Thompson recall (each verdict weighted ``N_h / n_h``) reaches
+    ``target``, and the 95 % percentile interval of the recall there from a Rao-Wu rescaled
+    stratified bootstrap (each band resampled ``n_h - 1`` times with replacement, weights
+    rescaled by ``sqrt(1 - n_h / N_h)``).
     """
-    t0 = 1.5 + args.alpha_sd * float(norm.ppf(1 - args.recall))
-    rows = []
+    sample = JudgedSample(design, asked, y)
+    w, s, alpha = sample.weights(), design.scores[asked], y == 1
+    t = weighted_recall_cut(y, w, s, target)
+    rng = np.random.default_rng(seed)
+    rw = np.repeat(w[None, :], replicates, axis=0)
+    bands = design.band[asked]
+    for h, size in enumerate(design.sizes):
+        members = np.nonzero(bands == h)[0]
+        n = members.size
+        if n >= 2:
+            lam = math.sqrt(max(0.0, 1.0 - n / size))
+            counts = rng.multinomial(n - 1, np.full(n, 1.0 / n), size=replicates)
+            rw[:, members] = w[members] * (1.0 - lam + lam * counts * n / (n - 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = (rw @ (alpha & (s >= t))) / (rw @ alpha)
+    lo, hi = np.quantile(recall[np.isfinite(recall)], [0.025, 0.975])
+    return t, float(lo), float(hi)
+
+
+def synthetic_sheet(sd: float, shift: float, mix: float, args: argparse.Namespace, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Labels int8 (n,) and logits (n,): others N(-4 + shift, 1.5), alpha decays N(1.5 + shift, sd)
+    (a fraction ``mix`` of them N(-3 + shift, 1.5) instead)."""
+    y = (np.arange(args.objects) < args.alpha).astype(np.int8)
+    alpha = rng.normal(1.5 + shift, sd, y.size)
+    alpha = np.where(rng.random(y.size) < mix, rng.normal(-3 + shift, 1.5, y.size), alpha)
+    return y, np.where(y == 1, alpha, rng.normal(-4 + shift, 1.5, y.size))
+
+
+def binormal_setting(setting: tuple[float, float, int, float], args: argparse.Namespace) -> dict:
+    """One setting of ``--binormal``: the previous and the current estimator on the same synthetic sheets."""
+    sd, shift, verdicts, mix = setting
+    t0 = 1.5 + sd * float(norm.ppf(1 - args.recall))  # where the unshifted binormal sheet has the target recall
+    ids = np.array([f"o{i:06d}" for i in range(args.objects)])
+    rows: dict[str, list] = {"previous": [], "current": []}
     for r in range(args.binormal):
-        rng = np.random.default_rng(1000 + r)
-        y = (np.arange(args.objects) < args.alpha).astype(np.int8)
-        s = np.where(y == 1, rng.normal(1.5 + args.shift, args.alpha_sd, y.size), rng.normal(-4 + args.shift, 1.5, y.size))
-        d = build_design(np.array([f"o{i:06d}" for i in range(y.size)]), s, threshold=t0, sheet="B", seed=r)
-        y_r = y[d.source]
-        asked = np.sort(asked_until(d, y_r, args.alpha_verdicts))
-        rec = record_from_verdicts(JudgedSample(d, asked, y_r[asked]), target_recall=args.recall, model_hashes=["-"],
-                                   calibration={}, replicates=args.replicates, seed=r)
-        new = after(rec, y_r, d.scores, args.recall)
-        old = true_recall(y_r, d.scores, t0)
-        lo, hi = rec["previous"]["recall_ci"]
-        rows.append((asked.size, old, lo <= old <= hi, new["true_recall"], new["truth_inside_ci"],
-                     new["recall_ci"][1] - new["recall_ci"][0]))
-    a = np.array(rows, np.float64)
+        y, s = synthetic_sheet(sd, shift, mix, args, np.random.default_rng(1000 + r))
+        for method, alloc in (("previous", (1,)), ("current", None)):
+            d = build_design(ids, s, threshold=t0, sheet="B", seed=r, allocation=alloc)
+            y_r = y[d.source]
+            asked = np.sort(asked_until(d, y_r, verdicts))
+            if method == "previous":
+                t, lo, hi = previous_estimator(d, asked, y_r[asked], args.recall, args.replicates, r)
+            else:
+                rec = record_from_verdicts(JudgedSample(d, asked, y_r[asked]), target_recall=args.recall,
+                                           model_hashes=["-"], calibration={}, replicates=args.replicates, seed=r)
+                t, (lo, hi) = rec["threshold"], rec["achieved"]["recall_ci"]
+            truth = true_recall(y_r, d.scores, t)
+            rows[method].append((asked.size, truth, lo <= truth <= hi, hi - lo))
 
     def q(v: np.ndarray) -> list[float]:
         return [round(float(x), 3) for x in np.quantile(v, [0.1, 0.5, 0.9])]
 
-    return {"binormal": {"sheets": args.binormal, "objects": args.objects, "alpha": args.alpha, "shift": args.shift,
-                         "alpha_sd": args.alpha_sd, "old_threshold": t0},
-            "verdicts_asked_q10_50_90": q(a[:, 0]), "true_recall_before_q10_50_90": q(a[:, 1]),
-            "before_ci_holds_truth": float(a[:, 2].mean()), "true_recall_after_q10_50_90": q(a[:, 3]),
-            "true_recall_after_mean": float(a[:, 3].mean()), "after_ci_holds_truth": float(a[:, 4].mean()),
-            "after_ci_width_median": float(np.median(a[:, 5])), "after_at_least_0.70": float((a[:, 3] >= 0.70).mean())}
+    out = {"alpha_sd": sd, "shift": shift, "alpha_verdicts": verdicts, "mix": mix, "old_threshold": round(t0, 4)}
+    for method, v in rows.items():
+        a = np.array(v, np.float64)
+        out[method] = {"ci_holds_truth": round(float(a[:, 2].mean()), 3),
+                       "ci_width_median": round(float(np.median(a[:, 3])), 3),
+                       "degenerate_ci": round(float((a[:, 3] <= 0).mean()), 3),
+                       "verdicts_asked_q10_50_90": q(a[:, 0]), "true_recall_after_q10_50_90": q(a[:, 1]),
+                       "true_recall_after_mean": round(float(a[:, 1].mean()), 3),
+                       "after_at_least_0.70": round(float((a[:, 1] >= 0.70).mean()), 3)}
+    return out
+
+
+def binormal(args: argparse.Namespace) -> dict:
+    """The estimators alone on synthetic sheets: binormal logits, no model, no images.
+
+    For each setting (``--settings``, default :data:`SETTINGS`), ``--binormal`` sheets of
+    ``--objects`` objects with ``--alpha`` alpha decays; the old threshold is where the
+    unshifted sheet has recall ``--recall``. A simulated reviewer answers in the useful order
+    until the setting's alpha verdicts, once with the previous design and estimator (equal
+    allocation, Horvitz-Thompson with a stratified bootstrap) and once with the current ones.
+    Reports how often the 95 % interval holds the true recall at the new cut, its width,
+    the verdicts asked and the true recall the new cut delivers, side by side.
+    """
+    settings = SETTINGS if args.settings is None else tuple(
+        (float(a), float(b), int(c), float(d)) for a, b, c, d in (x.split(":") for x in args.settings.split(",")))
+    return {"binormal": {"sheets": args.binormal, "objects": args.objects, "alpha": args.alpha,
+                         "target_recall": args.recall, "replicates": args.replicates},
+            "settings": [binormal_setting(s, args) for s in settings]}
 
 
 def finetune(args: argparse.Namespace, sheet, verdict_rows: list[dict], labels: list[int]) -> Path:
@@ -145,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recall", type=float, default=0.788, help="target recall (default 0.788, the cuts' recall)")
     ap.add_argument("--alpha-verdicts", type=int, default=50, help="stop after this many alpha verdicts (default 50)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the useful order")
-    ap.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    ap.add_argument("--replicates", type=int, default=2000, help="posterior draws (default 2000)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--finetune", action="store_true", help="also fine-tune on the verdicts (needs --work)")
     ap.add_argument("--work", type=Path, help="directory for the verdicts, their store and the fine-tuned run")
@@ -154,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--binormal", type=int, metavar="SHEETS", help="run this many synthetic sheets instead")
     syn.add_argument("--objects", type=int, default=20000, help="objects per synthetic sheet (default 20000)")
     syn.add_argument("--alpha", type=int, default=109, help="alpha decays per synthetic sheet (default 109)")
-    syn.add_argument("--shift", type=float, default=0.0, help="logit shift of the synthetic sheet (default 0)")
-    syn.add_argument("--alpha-sd", type=float, default=1.8, help="spread of alpha logits (default 1.8)")
+    syn.add_argument("--settings", metavar="SD:SHIFT:VERDICTS:MIX,...",
+                     help="synthetic settings (default: the grid of SETTINGS in this script)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.binormal:

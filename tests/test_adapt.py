@@ -14,7 +14,9 @@ from scanstream.candidates.query import CandidateFilter
 from scanstream.cli import main
 from scanstream.errors import InputError, VerdictError
 from scanstream.review.adapt import (
+    ALLOCATION,
     JudgedSample,
+    _design_of,
     asked_until,
     band_edges,
     build_design,
@@ -43,14 +45,32 @@ def test_bands_cover_the_sheet_and_the_order_asks_every_object_once():
     assert d.edges == band_edges(500, k) and d.edges[0] == 0 and d.edges[-1] == 500 and k in d.edges
     assert sorted(d.order.tolist()) == list(range(500))
     assert np.all(np.diff(d.scores) <= 0)  # ranked, highest first
-    # equal allocation: the first round asks one object of every band, in band order
+    # the first round asks two objects of each of the four bands around the threshold, one of each deep band
     bands = len(d.edges) - 1
-    assert d.band[d.order[:bands]].tolist() == list(range(bands))
+    assert bands == 6 and d.allocation == ALLOCATION == (2, 2, 2, 2, 1, 1)
+    assert d.band[d.order[:10]].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 5]
+    # equal allocation: one object of every band per round, in band order
+    equal = build_design(ids, s, threshold=1.0, sheet="A", seed=3, allocation=(1,))
+    assert equal.band[equal.order[: 3 * bands]].tolist() == list(range(bands)) * 3
+    assert equal.design_id != d.design_id and np.array_equal(equal.draw, d.draw)
     assert build_design(ids, s, threshold=1.0, sheet="A", seed=3).design_id == d.design_id
     other = build_design(ids, s, threshold=1.0, sheet="A", seed=4)
     assert other.design_id != d.design_id and not np.array_equal(other.order, d.order)
     f = d.verdict_fields(7)
     assert f["design"] == d.design_id and f["band_size"] == d.sizes[f["band"]] and f["order_position"] == 7
+    assert f["design_allocation"] == [2, 2, 2, 2, 1, 1]
+
+
+@pytest.mark.parametrize("bad", [(0,), (1.5,), (-2, 1)])
+def test_bad_allocations_are_refused(bad):
+    with pytest.raises(InputError, match="allocation"):
+        build_design(["a", "b"], [1.0, 0.0], threshold=0.5, allocation=bad)
+
+
+def test_verdicts_without_an_allocation_were_asked_with_equal_allocation():
+    base = {"order": "useful", "design": "d1", "sheet": "A", "design_seed": 3, "design_threshold": 1.0}
+    assert _design_of([base], None, None, "v")[4] == (1,)
+    assert _design_of([{**base, "design_allocation": [2, 2, 1]}], None, None, "v")[4] == (2, 2, 1)
 
 
 def horvitz_thompson_reference(design, asked, y_ranked):
@@ -147,7 +167,7 @@ def test_useful_order_verdicts_record_their_band(reviewed):
     assert len(recs) == 90 and {r["design"] for r in recs} == {session.design_fields[0]["design"]}
     assert [r["order_position"] for r in recs] == list(range(90))
     assert "score band" in session.page() and "useful order" in session.page()
-    assert len({r["band"] for r in recs}) == len({f["band"] for f in session.design_fields}) > 3
+    assert len({r["band"] for r in recs}) == len({f["band"] for f in session.design_fields if f}) > 3
 
 
 def test_threshold_from_verdicts_on_the_cli(reviewed, tmp_path, capsys):
@@ -160,7 +180,9 @@ def test_threshold_from_verdicts_on_the_cli(reviewed, tmp_path, capsys):
     rec = load_threshold(out)  # the same record format, readable by classify
     assert rec["target"] == {"kind": "recall", "value": 0.8} and rec["model_hashes"] == ["m" * 16]
     assert rec["calibration_store"]["kind"] == "verdicts" and rec["calibration_store"]["sheet"] == "PALE"
-    assert rec["weighting"]["method"] == "horvitz-thompson" and rec["previous"]["threshold"] == 1.0
+    assert rec["weighting"]["method"].startswith("model-based") and rec["previous"]["threshold"] == 1.0
+    assert rec["design_based"]["method"] == "horvitz-thompson" and 0.0 <= rec["design_based"]["recall"] <= 1.0
+    assert rec["weighting"]["allocation"] == list(ALLOCATION[: len(rec["weighting"]["bands"])]) and rec["cut_rule"].startswith("posterior mean")
     bands = rec["weighting"]["bands"]
     assert sum(b["size"] for b in bands) == 160 and sum(b["judged"] for b in bands) == 90
     assert all(b["inclusion_probability"] == b["judged"] / b["size"] for b in bands)
@@ -263,9 +285,23 @@ def test_benchmark_help_says_what_to_run(capsys):
 
 def test_benchmark_binormal_mode(capsys):
     mod = load_script("benchmarks/verdicts_adapt.py")
-    assert mod.main(["--binormal", "3", "--objects", "1500", "--alpha", "40", "--alpha-verdicts", "20",
+    assert mod.main(["--binormal", "3", "--objects", "1500", "--alpha", "40", "--settings", "1.8:0:20:0,1.2:-1:10:0.15",
                      "--replicates", "100"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["binormal"]["sheets"] == 3 and 0.0 <= doc["after_ci_holds_truth"] <= 1.0
-    lo, mid, hi = doc["verdicts_asked_q10_50_90"]
-    assert 20 <= lo <= mid <= hi <= 1500
+    assert doc["binormal"]["sheets"] == 3 and [s["alpha_verdicts"] for s in doc["settings"]] == [20, 10]
+    for setting in doc["settings"]:
+        for method in ("previous", "current"):
+            m = setting[method]
+            assert 0.0 <= m["ci_holds_truth"] <= 1.0 and m["ci_width_median"] >= 0.0
+            lo, mid, hi = m["verdicts_asked_q10_50_90"]
+            assert setting["alpha_verdicts"] <= lo <= mid <= hi <= 1500
+
+
+def test_the_benchmark_baseline_is_the_previous_estimator():
+    """The benchmark's baseline cut is the Horvitz-Thompson cut, and a census gives it a closed interval."""
+    mod = load_script("benchmarks/verdicts_adapt.py")
+    ids, s, y = sheet_scores(400, seed=2)
+    d = build_design(ids, s, threshold=0.5, sheet="A", allocation=(1,))
+    everyone = np.arange(400)
+    t, lo, hi = mod.previous_estimator(d, everyone, y[d.source], 0.8, 200, 0)
+    assert t == threshold_at_recall(y, s, 0.8) and lo == hi

@@ -20,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "precision to expect at other prevalences (alpha:other, e.g. 1:183), projected from recall and "
         "false-positive rate. classify refuses a record made for other models. "
         "With --verdicts, recalibrate a sheet instead: the input is a candidate table and the verdicts given in "
-        "its useful order (scanstream review --order useful); each verdict is weighted by its score band's "
-        "inverse inclusion probability (Horvitz-Thompson), the cut is the highest whose estimated recall on the "
-        "whole sheet reaches --target-recall, and the intervals (recall, precision, the cut itself) come from a "
-        "stratified bootstrap. The record says which verdicts, sheet and weighting it rests on.",
+        "its useful order (scanstream review --order useful); a logistic recalibration of the sheet's logits with "
+        "one intercept per score band, fitted to the verdicts, predicts the labels not asked; the cut is the "
+        "highest whose posterior mean recall on the whole sheet reaches --target-recall, and the intervals "
+        "(recall, precision, the cut itself) come from its posterior predictive draws. The record says which verdicts, sheet and weighting it rests on.",
     )
     t.add_argument("store", type=Path, nargs="?", metavar="VALID.zarr",
                    help="labelled calibration store (with --verdicts: the candidate table directory)")
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--design", metavar="ID", help="with --verdicts: the useful order (design id) to use when the "
                    "verdicts hold several")
     t.add_argument("--replicates", type=int, default=2000,
-                   help="with --verdicts: stratified bootstrap replicates for the intervals (default 2000)")
+                   help="with --verdicts: posterior predictive draws for the intervals (default 2000)")
     deprecated_option(t, "--store", "store", "give the store first: scanstream threshold VALID.zarr --model ...",
                       type=Path)
     t.set_defaults(required_inputs={"store": "VALID.zarr"})

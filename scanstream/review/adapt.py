@@ -10,36 +10,30 @@ sample instead:
   bands around the threshold ``t`` (``k`` objects reach it): the top and bottom halves of the
   selection, then ranks ``[k, 2k)``, ``[2k, 4k)``, ``[4k, 16k)`` and the rest of the sheet,
   where a missed alpha decay hides among thousands of others;
-* each band is shuffled (a seeded permutation) and the bands are interleaved with equal
-  allocation: round ``j`` asks for the ``j``-th object of every band that has one.
+* each band is shuffled (a seeded permutation) and the bands are interleaved: round ``j`` asks
+  for the next ``w_h`` objects of every band that has them, top band first. The allocation
+  ``w = (2, 2, 2, 2, 1, 1)`` (:data:`ALLOCATION`) asks twice as often in the four bands around
+  the threshold, where alpha decays are dense and verdicts say most about where to cut, and
+  keeps one per round in the two deep bands so every part of the sheet is seen.
 
 Stopped anywhere, the verdicts in band ``h`` are a simple random sample of ``n_h`` of its
-``N_h`` objects (inclusion probability ``n_h / N_h``), whatever the scores. Each verdict then
-stands for ``N_h / n_h`` objects (Horvitz-Thompson), so the number of alpha decays above any
-threshold, on the whole sheet and for any model's scores of the same objects, is estimated
-without bias; recall is the ratio of two such totals (a ratio estimator: its bias is of order
-``1 / n``). The interval comes from a stratified bootstrap (bands resampled separately,
-rescaled for the fraction of each band judged).
+``N_h`` objects, whatever the scores. A few dozen verdicts in a band of thousands rarely meet
+its alpha decays, so a design-based estimate (each verdict standing for ``N_h / n_h`` objects,
+Horvitz-Thompson) is usually blind to them, and a bootstrap of it gave intervals that held the
+truth on 17-90 % of synthetic sheets, depending on how deep the alpha decays reached. The
+estimate is therefore model-based (:mod:`scanstream.review.posterior`): a logistic
+recalibration of the sheet's logits with one intercept per band, fitted to the verdicts,
+predicts the labels not asked, and its posterior predictive draws give recall, precision, the
+number of alpha decays and the cut itself with their intervals. The Horvitz-Thompson recall is
+kept in the record as a check that uses no model. ``benchmarks/verdicts_adapt.py --binormal``
+measures both on synthetic sheets (docs/recipe.md, "Fifty verdicts").
+
 Verdicts of the same objects given in another order are used (the latest wins); verdicts on
 objects the design did not ask for are not, since their inclusion probability is unknown.
-"Unsure" verdicts are left out, as if the object had not been asked.
-
-What a few dozen verdicts per band cannot see: alpha decays scattered thinly through a large
-band (a few among thousands of others) are usually absent from its sample. The estimate stays
-unbiased on average (a rare hit counts for thousands), but its typical value then overstates
-recall and the bootstrap, which sees no variation in a band without alpha verdicts, makes the
-interval too narrow. ``benchmarks/verdicts_adapt.py --binormal 40`` measures it on synthetic
-logits (20,000 objects, 109 alpha decays, VALID cut at recall 0.788, 50 alpha verdicts, 95 %
-intervals, median verdict counts): with alpha logits N(1.5, 0.9), nearly all above rank
-``4k``, 152 verdicts gave a cut whose true recall averaged 0.806 and lay inside its interval
-on 38 of 40 sheets;
-with N(1.5, 1.8), about a tenth below rank ``4k``, 236 verdicts gave 0.758 on average, inside
-the interval on 29 of 40 (72.5 %), and on sheets shifted 1 logit down (true recall 0.61 at the
-VALID cut) 135 verdicts gave 0.757, inside on 21 of 40.
-
-Each verdict given in the useful order records the design (its id, seed and threshold) and
-the object's band, band size and draw, so the estimate can be rebuilt from the verdicts table
-and the candidate table alone.
+"Unsure" verdicts are left out, as if the object had not been asked. Each verdict given in the
+useful order records the design (its id, seed, threshold and allocation) and the object's
+band, band size and draw, so the estimate can be rebuilt from the verdicts table and the
+candidate table alone.
 """
 
 from __future__ import annotations
@@ -64,12 +58,24 @@ from scanstream.candidates.query import CandidateFilter
 from scanstream.candidates.table import read_candidates, read_metadata
 from scanstream.errors import InputError, VerdictError
 from scanstream.metrics import check_target
+from scanstream.review.posterior import (
+    BAND_SD,
+    CalibrationPosterior,
+    SheetSample,
+    draws_at,
+    fit_calibration,
+    predictive_draws,
+    recall_cut_rank,
+)
 from scanstream.threshold import DEFAULT_PREVALENCES, RECORD_VERSION, precision_projection
 from scanstream.verdicts import latest, read_records
 
 ORDERS = ("score", "useful")
 #: Band edges below the selection, in multiples of its size ``k`` (module docstring).
 BELOW_EDGES = (2, 4, 16)
+#: Objects each band gives to a round of the useful order, top band first (module docstring);
+#: bands past the tuple give 1.
+ALLOCATION = (2, 2, 2, 2, 1, 1)
 DEFAULT_REPLICATES = 2000
 
 
@@ -99,6 +105,8 @@ class ReviewDesign:
         Position of each ranked object in the arrays the design was built from.
     design_id : str
         Digest of the parameters and the ranked ids: a verdict names the design it was asked in.
+    allocation : tuple of int
+        Objects each band gives to a round of the order (one per band).
     """
 
     sheet: str
@@ -112,6 +120,7 @@ class ReviewDesign:
     order: np.ndarray
     source: np.ndarray
     design_id: str
+    allocation: tuple[int, ...] = ()
 
     @property
     def sizes(self) -> np.ndarray:
@@ -131,7 +140,8 @@ class ReviewDesign:
         h = int(self.band[r])
         return {"order": "useful", "design": self.design_id, "design_seed": self.seed,
                 "design_threshold": self.threshold, "band": h, "band_size": int(self.sizes[h]),
-                "band_draw": int(self.draw[r]), "order_position": int(position)}
+                "band_draw": int(self.draw[r]), "order_position": int(position),
+                "design_allocation": list(self.allocation)}
 
 
 def band_edges(n: int, selected: int) -> tuple[int, ...]:
@@ -151,8 +161,24 @@ def band_edges(n: int, selected: int) -> tuple[int, ...]:
     return tuple(sorted({min(c, n) for c in cuts}))
 
 
+def band_allocation(bands: int, allocation: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Objects per round of each of ``bands`` bands: ``allocation`` (default :data:`ALLOCATION`), 1 past its end.
+
+    Examples
+    --------
+    >>> band_allocation(6)
+    (2, 2, 2, 2, 1, 1)
+    >>> band_allocation(3, [1])
+    (1, 1, 1)
+    """
+    given = ALLOCATION if allocation is None else tuple(allocation)
+    if any(int(a) != a or a < 1 for a in given):
+        raise InputError(f"band allocation must be whole numbers >= 1, got {list(given)}")
+    return tuple(int(given[h]) if h < len(given) else 1 for h in range(bands))
+
+
 def build_design(object_ids: Sequence[str] | np.ndarray, scores: Any, *, threshold: float, sheet: str = "",
-                 seed: int = 0) -> ReviewDesign:
+                 seed: int = 0, allocation: Sequence[int] | None = None) -> ReviewDesign:
     """The useful order of one sheet's objects (module docstring); pure and deterministic.
 
     Parameters
@@ -167,6 +193,8 @@ def build_design(object_ids: Sequence[str] | np.ndarray, scores: Any, *, thresho
         Sheet name (part of the seed of the permutations and of the design id).
     seed : int
         Seed of the permutations.
+    allocation : sequence of int, optional
+        Objects per round of each band (:func:`band_allocation`; default :data:`ALLOCATION`).
     """
     ids = np.asarray(object_ids, dtype=str)
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -186,18 +214,20 @@ def build_design(object_ids: Sequence[str] | np.ndarray, scores: Any, *, thresho
     rng = np.random.default_rng([int(seed), zlib.crc32(sheet.encode())])
     band = np.empty(s.size, np.int64)
     draw = np.empty(s.size, np.int64)
-    keys = np.empty(s.size, np.float64)
-    n_bands = len(edges) - 1
+    alloc = band_allocation(len(edges) - 1, allocation)
     for h, (a, b) in enumerate(itertools.pairwise(edges)):
         band[a:b] = h
         draw[a:b] = rng.permutation(b - a)
-        keys[a:b] = draw[a:b] + h / n_bands  # round j holds every band's j-th draw, top band first
-    order = np.argsort(keys, kind="stable")
+    # round j holds draws [j * w_h, (j + 1) * w_h) of band h, bands top first, each band's draws in order
+    order = np.lexsort((draw, band, draw // np.asarray(alloc)[band]))
+    params: dict[str, Any] = {"sheet": sheet, "threshold": float(threshold), "seed": int(seed), "edges": edges}
+    if any(a != 1 for a in alloc):  # equal allocation keeps the digest verdicts recorded before allocation existed
+        params["allocation"] = alloc
     h = hashlib.blake2b(digest_size=8)
-    h.update(json.dumps({"sheet": sheet, "threshold": float(threshold), "seed": int(seed), "edges": edges}).encode())
+    h.update(json.dumps(params).encode())
     h.update("\n".join(ids.tolist()).encode())
     return ReviewDesign(sheet=sheet, threshold=float(threshold), seed=int(seed), object_ids=ids, scores=s, band=band,
-                        draw=draw, edges=edges, order=order, source=rank, design_id=h.hexdigest())
+                        draw=draw, edges=edges, order=order, source=rank, design_id=h.hexdigest(), allocation=alloc)
 
 
 # -- the candidate table's side ---------------------------------------------------------------
@@ -218,8 +248,8 @@ def table_threshold(candidates: str | os.PathLike) -> float | None:
     return None if t is None else float(t)
 
 
-def sheet_designs(table: pa.Table, *, threshold: float, seed: int = 0,
-                  sheet: str | None = None) -> list[tuple[ReviewDesign, np.ndarray]]:
+def sheet_designs(table: pa.Table, *, threshold: float, seed: int = 0, sheet: str | None = None,
+                  allocation: Sequence[int] | None = None) -> list[tuple[ReviewDesign, np.ndarray]]:
     """One design per sheet of candidate rows (``object_id``, ``sheet``, ``score``), sheets by name.
 
     Each with the table rows of the design's ranked objects (int (n,)).
@@ -233,7 +263,8 @@ def sheet_designs(table: pa.Table, *, threshold: float, seed: int = 0,
         keep = sheets == name
         if not keep.any():
             raise InputError(f"no candidates of sheet {name!r}")
-        design = build_design(ids[keep].astype(str), scores[keep], threshold=threshold, sheet=name, seed=seed)
+        design = build_design(ids[keep].astype(str), scores[keep], threshold=threshold, sheet=name, seed=seed,
+                              allocation=allocation)
         out.append((design, np.nonzero(keep)[0][design.source]))
     return out
 
@@ -381,57 +412,6 @@ def _totals(y: np.ndarray, w: np.ndarray, s: np.ndarray, t: float) -> tuple[floa
     return float(w[y].sum()), float(w[y & above].sum()), float(w[~y & above].sum())
 
 
-def replicate_weights(sample: JudgedSample, replicates: int, seed: int = 0) -> np.ndarray:
-    """Rao-Wu rescaled bootstrap weights, float (replicates, m): each band resampled on its own.
-
-    In band ``h`` (``n_h`` verdicts of ``N_h`` objects, sampling fraction ``f = n_h / N_h``),
-    ``n_h - 1`` draws with replacement give counts ``r_i``, and the weight ``N_h / n_h`` becomes
-    ``N_h / n_h * (1 - lam + lam * r_i * n_h / (n_h - 1))`` with ``lam = sqrt(1 - f)``: the
-    variance of a total comes out with its finite-population correction, so a band judged
-    whole (a census) does not vary and a plain with-replacement bootstrap's overstatement of
-    heavily sampled bands is avoided (Rao and Wu 1988). A band with one verdict stays fixed.
-    """
-    if int(replicates) < 100:
-        raise InputError(f"bootstrap replicates must be at least 100, got {replicates}")
-    rng = np.random.default_rng(seed)
-    w = sample.weights()
-    out = np.repeat(w[None, :], int(replicates), axis=0)
-    bands = sample.design.band[sample.index]
-    for h, big_n in enumerate(sample.design.sizes):
-        members = np.nonzero(bands == h)[0]
-        n = members.size
-        if n < 2:
-            continue
-        lam = math.sqrt(max(0.0, 1.0 - n / big_n))
-        counts = rng.multinomial(n - 1, np.full(n, 1.0 / n), size=int(replicates))
-        out[:, members] = w[members] * (1.0 - lam + lam * counts * n / (n - 1))
-    return out
-
-
-def bootstrap(sample: JudgedSample, scores: np.ndarray, threshold: float, target: float | None, *,
-              replicates: int = DEFAULT_REPLICATES, seed: int = 0) -> dict[str, np.ndarray]:
-    """Bootstrap replicates of the estimates (:func:`replicate_weights`).
-
-    ``scores``: float (m,) of the judged objects. Returns float (replicates,) arrays: ``recall``
-    and ``precision`` at ``threshold``, ``fpr`` and ``alpha`` (estimated alpha decays on the
-    sheet), and, given a ``target``, ``threshold``: the cut at ``target`` chosen on the
-    replicate (NaN when a replicate holds no alpha decay).
-    """
-    y, s = sample.labels == 1, np.asarray(scores, np.float64)
-    weights = replicate_weights(sample, replicates, seed)
-    above = s >= threshold
-    alpha, tp, fp = weights @ y, weights @ (y & above), weights @ (~y & above)
-    n = sample.design.object_ids.size
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {"alpha": alpha, "recall": np.where(alpha > 0, tp / alpha, np.nan),
-               "precision": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
-               "fpr": np.where(n > alpha, fp / (n - alpha), 0.0)}
-    if target is not None:
-        out["threshold"] = np.array([weighted_recall_cut(y, wb, s, target) if a > 0 else np.nan
-                                     for wb, a in zip(weights, alpha)])
-    return out
-
-
 def _interval(values: np.ndarray, level: float) -> list[float | None]:
     v = values[np.isfinite(values)]
     if v.size == 0:
@@ -440,81 +420,119 @@ def _interval(values: np.ndarray, level: float) -> list[float | None]:
     return [float(lo), float(hi)]
 
 
-# -- the threshold record ----------------------------------------------------------------------
-def _estimates(sample: JudgedSample, scores: np.ndarray, t: float) -> dict[str, float]:
-    """Point estimates at ``t`` on the whole sheet (``scores``: float (n,) of the ranked objects)."""
-    y, w = sample.labels == 1, sample.weights()
-    alpha, tp, fp = _totals(y, w, scores[sample.index], t)
-    n = scores.size
-    return {"alpha": alpha, "true_positives": tp, "false_positives": fp, "recall": tp / alpha,
-            "precision": tp / (tp + fp) if tp + fp > 0 else None,
-            "false_positive_rate": fp / (n - alpha) if n > alpha else 0.0,
-            "selected": int((scores >= t).sum())}
+def sheet_sample(sample: JudgedSample, scores: np.ndarray) -> SheetSample:
+    """The judged objects as a :class:`SheetSample` ranked by ``scores`` (float (n,), the design's rank order)."""
+    order = np.argsort(-scores, kind="stable")
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    at = position[sample.index]
+    keep = np.argsort(at)
+    return SheetSample(scores[order], sample.design.band[order], at[keep], np.asarray(sample.labels)[keep])
+
+
+def posterior_draws(sample: JudgedSample, scores: np.ndarray, target: float, *, thresholds: Sequence[float] = (),
+                    replicates: int = DEFAULT_REPLICATES, seed: int = 0, band_sd: float = BAND_SD,
+                    assurance: float | None = None) -> tuple[float, dict[str, np.ndarray], CalibrationPosterior]:
+    """The cut at ``target`` recall and the posterior draws (:mod:`scanstream.review.posterior`) at it.
+
+    ``scores``: float (n,), the sheet's logits in the design's rank order. Returns the cut
+    (logit), the draws of :func:`~scanstream.review.posterior.draws_at` at the cut followed by
+    ``thresholds``, and the calibration posterior.
+    """
+    sheet = sheet_sample(sample, scores)
+    post = fit_calibration(scores[sample.index], sample.labels, sample.design.band[sample.index],
+                           bands=len(sample.design.edges) - 1, center=sample.design.threshold, band_sd=band_sd)
+    rank = recall_cut_rank(sheet, predictive_draws(sheet, post, replicates=replicates, seed=seed), target,
+                           assurance=assurance)
+    t = float(sheet.scores[rank])
+    draws = draws_at(sheet, predictive_draws(sheet, post, replicates=replicates, seed=seed), [t, *thresholds], target)
+    return t, draws, post
+
+
+def _weighting(sample: JudgedSample, post: CalibrationPosterior, band_sd: float) -> dict[str, Any]:
+    """The record's account of the design, its bands and the fitted model."""
+    judged, y, d = sample.judged, sample.labels, sample.design
+    bands = [{**b, "judged": int(judged[b["band"]]), "alpha": int(y[d.band[sample.index] == b["band"]].sum()),
+              "inclusion_probability": judged[b["band"]] / b["size"]} for b in d.describe()]
+    return {"method": "model-based prediction: logistic recalibration with score-band intercepts",
+            "design": "stratified random sample over score bands (scanstream.review.adapt)", "design_id": d.design_id,
+            "design_seed": d.seed, "design_threshold": d.threshold, "allocation": list(d.allocation),
+            "objects": int(d.scores.size), "bands": bands, "model": {**post.summary(), "band_sd": band_sd}}
 
 
 def record_from_verdicts(sample: JudgedSample, *, target_recall: float, model_hashes: Sequence[str],
                          calibration: Mapping[str, Any], scores: Any = None,
                          prevalences: Sequence[str] = DEFAULT_PREVALENCES, level: float = 0.95,
-                         replicates: int = DEFAULT_REPLICATES, seed: int = 0,
-                         score_precision: str | None = None) -> dict[str, Any]:
+                         replicates: int = DEFAULT_REPLICATES, seed: int = 0, band_sd: float = BAND_SD,
+                         assurance: float | None = None, score_precision: str | None = None) -> dict[str, Any]:
     """A threshold record (:mod:`scanstream.threshold`'s format) calibrated on verdicts.
 
     Parameters
     ----------
     sample : JudgedSample
-        The verdicts asked in the sheet's useful order.
+        The verdicts asked in the sheet's useful order (every band judged at least once).
     target_recall : float
         Recall to reach on the sheet, in (0, 1].
     model_hashes : sequence of str
         The models whose scores these are.
     calibration : mapping
-        Where the verdicts come from (recorded as ``calibration_store``).
+        Where the verdicts come from (``calibration_store``).
     scores : array-like, float (n,), optional
         The sheet's scores in the design's rank order by the models of ``model_hashes``
-        (default: the design's own scores). The inclusion probabilities do not depend on them,
-        so another model's scores of the same objects are estimated as well.
-    level, replicates, seed
-        Confidence level, stratified bootstrap replicates and their seed.
+        (default: the design's own scores). The model conditions on the bands, which alone
+        decide what was asked, so another model's scores of the same objects are estimated too.
+    level, replicates, seed, band_sd
+        Interval level, posterior predictive draws, their seed, the band intercepts' prior sd.
+    assurance
+        None (default): the cut is the highest whose posterior mean recall reaches the target,
+        as a VALID threshold is cut where its measured recall does, so the two records read
+        alike. A probability, e.g. 0.9: the highest cut whose recall reaches the target with
+        that posterior probability (more selected, the target met more often).
 
-    The record's ``achieved`` figures are estimates for the whole sheet (``estimated: true``;
-    ``selected`` is counted exactly); ``threshold_ci`` is the interval of the cut itself, and
-    ``previous`` the recall the design's own threshold delivers, with its interval.
+    The record's ``achieved`` figures are posterior means for the whole sheet (``estimated:
+    true``; ``selected`` is counted exactly), with equal-tailed intervals; ``threshold_ci`` is
+    the interval of the cut itself, ``previous`` the recall the design's own threshold delivers,
+    and ``design_based`` the Horvitz-Thompson recall at the cut, a check that uses no model.
     """
     if not (0.0 < level < 1.0):
         raise InputError(f"confidence level must be in (0, 1), got {level!r}")
+    if assurance is not None and not (0.0 < assurance < 1.0):
+        raise InputError(f"assurance must be in (0, 1), got {assurance!r}")
+    target = check_target(target_recall, "recall")
     s = sample.design.scores if scores is None else np.asarray(scores, np.float64).ravel()
     if s.shape != sample.design.scores.shape:
         raise InputError(f"sheet {sample.design.sheet!r}: {s.size} scores for {sample.design.scores.size} objects")
     y, w, sj = sample.labels, sample.weights(), s[sample.index]
-    t = weighted_recall_cut(y, w, sj, target_recall)
-    est = _estimates(sample, s, t)
-    boot = bootstrap(sample, sj, t, target_recall, replicates=replicates, seed=seed)
     t_old = sample.design.threshold
-    old = bootstrap(sample, sj, t_old, None, replicates=replicates, seed=seed + 1)  # its recall only
-    r_ci, p_ci, f_ci = (_interval(boot[k], level) for k in ("recall", "precision", "fpr"))
-    projection = precision_projection(est["recall"], est["false_positive_rate"], r_ci, f_ci, prevalences)
-    judged = sample.judged
-    bands = [{**b, "judged": int(judged[b["band"]]), "alpha": int(y[sample.design.band[sample.index] == b["band"]].sum()),
-              "inclusion_probability": judged[b["band"]] / b["size"]} for b in sample.design.describe()]
+    t, d, post = posterior_draws(sample, s, target, thresholds=[t_old], replicates=replicates, seed=seed,
+                                 band_sd=band_sd, assurance=assurance)
+    n, selected = s.size, int((s >= t).sum())
+    alpha, tp = d["alpha"].astype(np.float64), d["above"][:, 0].astype(np.float64)
+    fp = selected - tp
+    recall, precision, fpr = tp / alpha, tp / selected if selected else np.full_like(tp, np.nan), fp / (n - alpha)
+    r_ci, p_ci, f_ci = (_interval(v, level) for v in (recall, precision, fpr))
+    projection = precision_projection(float(recall.mean()), float(fpr.mean()), r_ci, f_ci, prevalences)
+    old = d["above"][:, 1] / alpha
     return {
         "scanstream_threshold": RECORD_VERSION,
-        "threshold": float(t),
-        "target": {"kind": "recall", "value": float(target_recall)},
-        "achieved": {"recall": est["recall"], "recall_ci": r_ci, "precision": est["precision"], "precision_ci": p_ci,
-                     "false_positive_rate": est["false_positive_rate"], "false_positive_rate_ci": f_ci,
-                     "selected": est["selected"], "true_positives": est["true_positives"],
-                     "false_positives": est["false_positives"], "alpha": est["alpha"],
-                     "alpha_ci": _interval(boot["alpha"], level), "estimated": True},
-        "threshold_ci": _interval(boot["threshold"], level),
-        "ci": {"method": "rescaled stratified bootstrap (Rao-Wu), percentile", "level": level, "replicates": int(replicates), "seed": seed},
+        "threshold": t,
+        "target": {"kind": "recall", "value": target},
+        "achieved": {"recall": float(recall.mean()), "recall_ci": r_ci,
+                     "precision": float(np.nanmean(precision)) if selected else None, "precision_ci": p_ci,
+                     "false_positive_rate": float(fpr.mean()), "false_positive_rate_ci": f_ci, "selected": selected,
+                     "true_positives": float(tp.mean()), "false_positives": float(fp.mean()),
+                     "alpha": float(alpha.mean()), "alpha_ci": _interval(alpha, level), "estimated": True},
+        "threshold_ci": _interval(d["cut"], level),
+        "cut_rule": "posterior mean recall reaches the target" if assurance is None else
+                    f"recall reaches the target with posterior probability {assurance}",
+        "ci": {"method": "posterior predictive, equal-tailed (scanstream.review.posterior)", "level": level,
+               "replicates": int(replicates), "seed": seed},
         "calibration_store": {**calibration, "alpha": int((y == 1).sum()), "other": int((y == 0).sum()),
                               "unsure": sample.unsure},
-        "weighting": {"method": "horvitz-thompson", "design": "stratified random sample over score bands, equal "
-                      "allocation (scanstream.review.adapt)", "design_id": sample.design.design_id,
-                      "design_seed": sample.design.seed, "design_threshold": t_old, "objects": int(s.size),
-                      "bands": bands},
-        "previous": {"threshold": t_old, "recall": weighted_recall(y, w, sj, t_old),
-                     "recall_ci": _interval(old["recall"], level), "selected": int((s >= t_old).sum())},
+        "weighting": _weighting(sample, post, band_sd),
+        "design_based": {"method": "horvitz-thompson", "recall": weighted_recall(y, w, sj, t)},
+        "previous": {"threshold": t_old, "recall": float(old.mean()), "recall_ci": _interval(old, level),
+                     "selected": int((s >= t_old).sum())},
         "model_hashes": sorted(model_hashes),
         "score_precision": score_precision,
         "prevalence_projection": projection,
@@ -524,14 +542,18 @@ def record_from_verdicts(sample: JudgedSample, *, target_recall: float, model_ha
 
 
 def _design_of(records: Sequence[Mapping[str, Any]], sheet: str | None, design: str | None,
-               source: str) -> tuple[str, str, int, float]:
-    """(sheet, design id, seed, threshold) of the useful-order verdicts to calibrate on."""
-    found: dict[str, tuple[str, int, float, int]] = {}
+               source: str) -> tuple[str, str, int, float, tuple[int, ...]]:
+    """(sheet, design id, seed, threshold, allocation) of the useful-order verdicts to calibrate on.
+
+    Verdicts recorded before the allocation was (no ``design_allocation``) were asked with
+    one object per band and round.
+    """
+    found: dict[str, tuple[str, int, float, int, tuple[int, ...]]] = {}
     for r in records:
         if r.get("order") == "useful" and r.get("design") and (sheet is None or str(r.get("sheet")) == sheet):
             d = found.get(r["design"])
             found[r["design"]] = (str(r.get("sheet")), int(r["design_seed"]), float(r["design_threshold"]),
-                                  (d[3] if d else 0) + 1)
+                                  (d[3] if d else 0) + 1, tuple(r.get("design_allocation") or (1,)))
     if design is not None:
         found = {k: v for k, v in found.items() if k == design}
     where = f" of sheet {sheet!r}" if sheet is not None else ""
@@ -542,8 +564,8 @@ def _design_of(records: Sequence[Mapping[str, Any]], sheet: str | None, design: 
         listed = ", ".join(f"{k} (sheet {v[0]!r}, {v[3]} verdicts)" for k, v in sorted(found.items()))
         raise VerdictError(f"{source}: verdicts{where} from several useful orders: {listed}; choose one with "
                            + ("--design" if sheet is not None else "--sheet or --design"))
-    (did, (sh, seed, t, _)), = found.items()
-    return sh, did, seed, t
+    (did, (sh, seed, t, _, alloc)), = found.items()
+    return sh, did, seed, t, alloc
 
 
 def threshold_from_verdicts(candidates: str | os.PathLike, verdicts: str | os.PathLike, *, target_recall: float,
@@ -562,8 +584,8 @@ def threshold_from_verdicts(candidates: str | os.PathLike, verdicts: str | os.Pa
     """
     table = read_candidates(candidates, columns=["object_id", "sheet", "score"])  # checks the table complete first
     records = read_records(verdicts)
-    sh, did, seed, t = _design_of(records, sheet, design, str(verdicts))
-    (built, _), = sheet_designs(table, threshold=t, seed=seed, sheet=sh)
+    sh, did, seed, t, alloc = _design_of(records, sheet, design, str(verdicts))
+    (built, _), = sheet_designs(table, threshold=t, seed=seed, sheet=sh, allocation=alloc)
     if built.design_id != did:
         raise VerdictError(f"{candidates}: sheet {sh!r} is not the table the verdicts of design {did} were given on "
                            f"(its scores or objects changed: design {built.design_id}); review it again")
