@@ -8,21 +8,47 @@ fp32; on CPUs without those instructions bf16 autocast is emulated and measured 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from scanstream.errors import InputError
 
+try:
+    import torch
+except ImportError:  # the light install (docs/install.md): the CPU only, ONNX models only
+    torch = None
+
 PRECISIONS = ("auto", "fp32", "bf16")
+#: What to install for torch (training, export, .safetensors checkpoints, GPUs).
+TORCH_HINT = "pip install 'scanstream[torch]' (docs/install.md)"
 
 
-def parse_device(device: str | torch.device = "auto", *, cuda: bool | None = None) -> torch.device:
-    """A torch device from ``auto``, ``cpu`` or ``cuda[:N]``.
+@dataclass(frozen=True)
+class HostCPU:
+    """The device where torch is not installed: the CPU, read as ``torch.device("cpu")`` reads."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def has_torch() -> bool:
+    """Whether torch is installed here (the light install runs ONNX models without it)."""
+    return torch is not None
+
+
+def parse_device(device: str | Any = "auto", *, cuda: bool | None = None) -> Any:
+    """A torch device from ``auto``, ``cpu`` or ``cuda[:N]`` (:class:`HostCPU` where torch is not installed).
 
     ``cuda`` says whether CUDA is available where the device will be used (default: here);
     classify passes what its Dask workers report.
     """
+    if torch is None:
+        if str(device) not in ("auto", "cpu"):
+            raise InputError(f"device {str(device)!r} needs torch, which is not installed: {TORCH_HINT}")
+        return HostCPU()
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if isinstance(device, torch.device):
         dev = device
@@ -38,7 +64,7 @@ def parse_device(device: str | torch.device = "auto", *, cuda: bool | None = Non
     return dev
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: str | Any = "auto") -> Any:
     """``"auto"`` -> ``cuda`` when available here, else ``cpu``; anything else as torch reads it."""
     return parse_device(device)
 
@@ -52,21 +78,22 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def native_bf16(device: torch.device) -> bool:
+def native_bf16(device: Any) -> bool:
     """Whether ``device`` (here) computes bf16 natively."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return cpu_has_native_bf16()
 
 
-def resolve_precision(precision: str, device: str | torch.device = "auto", *, native: bool | None = None) -> str:
+def resolve_precision(precision: str, device: str | Any = "auto", *, native: bool | None = None) -> str:
     """``"fp32"`` or ``"bf16"``; ``"auto"`` is bf16 where the device computes it natively.
 
     ``native`` overrides the check made here (classify passes what its workers report).
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dev = device if isinstance(device, torch.device) and native is not None else parse_device(device)
+    given = torch is not None and isinstance(device, torch.device) or isinstance(device, HostCPU)
+    dev = device if given and native is not None else parse_device(device)
     if precision != "auto":
         return precision
     fast = native_bf16(dev) if native is None else native

@@ -126,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_verb(args: argparse.Namespace) -> int:
-    """Run ``args.func(args)``; every error a user can cause becomes one line on stderr and status 2."""
+    """Run ``args.func(args)``; every error a user can cause becomes one line on stderr and status 2.
+
+    A verb that needs torch (train, search, export, benchmark) on an install without it (the
+    light install, docs/install.md) says which extra to install.
+    """
     from scanstream.cli._common import apply_deprecated, check_outputs
 
     try:
@@ -139,6 +143,12 @@ def run_verb(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"scanstream {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("torch", "torchvision"):
+            raise
+        from scanstream.devices import TORCH_HINT  # the light install (no torch): say what to install
+
+        return _error(args, f"this needs torch, which is not installed here: {TORCH_HINT}")
     except MemoryError:
         return _error(args, "not enough memory for what was asked (MemoryError); ask for less (fewer objects, a "
                             "smaller batch) or use a machine with more memory")

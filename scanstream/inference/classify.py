@@ -476,8 +476,10 @@ def _resolve_on_workers(client: Any, device: str, precision: str) -> tuple[Any, 
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
     def probe() -> tuple[bool, bool]:
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # a worker of the light install: the CPU only
+            return False, False
         cuda = torch.cuda.is_available()
         return cuda, bool(cuda and torch.cuda.is_bf16_supported())
 

@@ -37,16 +37,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from scanstream import store as st
 from scanstream.candidates import table as cand
-from scanstream.devices import resolve_device, resolve_precision
+from scanstream.devices import TORCH_HINT, resolve_device, resolve_precision, torch
 from scanstream.errors import CheckpointError, ConfigError, InputError, StoreError, TaskError
 from scanstream.executor import local_cores, tune_malloc
 from scanstream.inference.onnx_model import OnnxNetwork, load_onnx, onnx_session
-from scanstream.network.checkpoint import PREFILTER_PREFIX, checkpoint_hash, load_checkpoint, read_header
-from scanstream.network.model import ModelConfig, build_model, preprocess
+from scanstream.network.arrays import preprocess_array
+from scanstream.network.header import PREFILTER_PREFIX, ModelConfig, checkpoint_hash, read_header
 from scanstream.picker.features import check_feature_rows
 from scanstream.picker.learned import FeatureModel, inputs_and_logits
 
@@ -54,6 +53,19 @@ logger = logging.getLogger(__name__)
 
 
 # -- checkpoints --------------------------------------------------------------------------
+def torch_network(path: str | os.PathLike) -> Any:
+    """:mod:`scanstream.network.checkpoint` and :mod:`~scanstream.network.model`, which need torch.
+
+    Imported when a ``*.safetensors`` checkpoint is used, so that a machine classifying with ONNX
+    exports runs without torch (the light install, docs/install.md). InputError without torch.
+    """
+    if torch is None:
+        raise InputError(f"{path}: a .safetensors checkpoint needs torch, which is not installed: {TORCH_HINT}; "
+                         "or classify with its ONNX export (scanstream export)")
+    from scanstream.network import checkpoint, model
+    return checkpoint, model
+
+
 def checkpoint_identity(path: str | os.PathLike) -> str:
     """The model file's hash after checking it is a scanstream checkpoint (tensors included) or ONNX export."""
     header = model_header(path)
@@ -80,7 +92,7 @@ def check_tensors(path: str | os.PathLike, header: dict[str, Any]) -> None:
         cfg = ModelConfig.from_dict(header["model_config"])
     except (InputError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad model config in checkpoint: {exc}") from None
-    net = build_model(ModelConfig(backbone=cfg.backbone, input_size=cfg.input_size, inputs=cfg.inputs))
+    net = torch_network(path)[1].build_model(ModelConfig(backbone=cfg.backbone, input_size=cfg.input_size, inputs=cfg.inputs))
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     try:
         with safe_open(str(path), "pt") as f:
@@ -137,6 +149,9 @@ class Ensemble:
         For the torch checkpoints.
     expected_hashes : sequence of str, optional
         The hashes the caller planned with; a file that changed since is refused.
+    arrays : bool, optional
+        Score exports in numpy and onnxruntime, without torch (:func:`~scanstream.network.arrays.preprocess_array`
+        prepares the input); default: where torch is not installed. Exports only.
 
     Building one tunes the process's malloc for large tensors (:func:`tune_malloc`).
     """
@@ -148,6 +163,7 @@ class Ensemble:
         device: str | torch.device = "auto",
         precision: str = "auto",
         expected_hashes: Sequence[str] | None = None,
+        arrays: bool | None = None,
     ) -> None:
         if not checkpoints:
             raise InputError("no model checkpoints given")
@@ -163,7 +179,7 @@ class Ensemble:
             onnx = Path(path).suffix == ".onnx"
             if onnx and self.device.type != "cpu":
                 raise InputError(f"{path}: ONNX models run on the CPU; on {self.device} use the .safetensors checkpoint")
-            ck = load_onnx(path) if onnx else load_checkpoint(path, device=self.device)
+            ck = load_onnx(path) if onnx else torch_network(path)[0].load_checkpoint(path, device=self.device)
             if onnx and not all(isinstance(inp.shape[0], str) for inp in ck.model.session.get_inputs()):
                 raise InputError(f"{path}: a fixed-batch ONNX export; the engine needs a dynamic batch (export without --batch)")
             if expected_hashes is not None and ck.hash != expected_hashes[i]:
@@ -173,6 +189,9 @@ class Ensemble:
             self.hashes.append(ck.hash)
             self.feature_models.append(ck.feature_model)
             self.prefilters.append(ck.prefilter_threshold)
+        self.arrays = torch is None if arrays is None else arrays
+        if self.arrays and not all(isinstance(m, OnnxNetwork) for m in self.models):  # (never without torch)
+            raise InputError("scoring without torch takes ONNX exports only (scanstream export)")
 
     @property
     def reads_features(self) -> bool:
@@ -192,7 +211,6 @@ class Ensemble:
             for fm, pre in zip(self.feature_models, self.prefilters, strict=True)
         ]
 
-    @torch.inference_mode()
     def score(self, crops: torch.Tensor | np.ndarray, objects: Sequence[ObjectInputs | None] | None = None) -> np.ndarray:
         """Mean logit over the ensemble.
 
@@ -208,11 +226,39 @@ class Ensemble:
         -------
         ndarray, float32 (B,)
         """
-        x = torch.as_tensor(crops).to(self.device, non_blocking=True)
         if objects is None:
             if self.reads_features:
                 raise InputError("these models read the picker's features; pass the rows' object inputs")
             objects = [None] * len(self.models)
+        if self.arrays:
+            return self._score_arrays(np.asarray(crops), objects)
+        with torch.inference_mode():
+            return self._score_tensors(torch.as_tensor(crops).to(self.device, non_blocking=True), objects)
+
+    def _score_arrays(self, crops: np.ndarray, objects: Sequence[ObjectInputs | None]) -> np.ndarray:
+        """:meth:`score` of an ensemble of ONNX exports: numpy and onnxruntime, no torch."""
+        total = np.zeros(len(crops), np.float32)
+        prepared: dict[tuple[int, bytes], np.ndarray] = {}
+        for model, size, obj in zip(self.models, self.input_sizes, objects, strict=True):
+            keep = None if obj is None or obj.prefilter is None else obj.logits >= obj.prefilter
+            if keep is not None and not keep.any():  # the prefilter rejects every row: no image work
+                total += obj.logits.astype(np.float32)
+                continue
+            key = (size, b"" if keep is None else np.packbits(keep).tobytes())
+            if key not in prepared:  # models sharing an input size (and rows) share its preprocessing
+                prepared[key] = preprocess_array(crops if keep is None else crops[keep], size)
+            if obj is None:
+                total += model(prepared[key])
+                continue
+            out, sel = obj.logits.astype(np.float32), np.ones(len(crops), bool) if keep is None else keep
+            out[sel] = model(prepared[key], obj.inputs[sel])
+            total += out
+        return total / np.float32(len(self.models))
+
+    def _score_tensors(self, x: torch.Tensor, objects: Sequence[ObjectInputs | None]) -> np.ndarray:
+        """:meth:`score` with torch (any device); exports in the ensemble get the same prepared input."""
+        from scanstream.network.model import preprocess  # torch is here: the torch checkpoints loaded
+
         total = torch.zeros(x.shape[0], dtype=torch.float32, device=self.device)
         prepared: dict[tuple[int, bytes], torch.Tensor] = {}
         bf16 = self.precision == "bf16"
@@ -228,14 +274,14 @@ class Ensemble:
                 prepared[key] = preprocess(rows, size).contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last)
             if obj is None:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    total += model(prepared[key]).float()
+                    total += torch.as_tensor(model(prepared[key])).float()
                 continue
             out = torch.from_numpy(obj.logits.astype(np.float32)).to(self.device)
             sel = torch.ones(x.shape[0], dtype=torch.bool) if keep is None else torch.from_numpy(keep)
             if bool(sel.any()):
                 f = torch.from_numpy(obj.inputs[sel.numpy()]).to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out[sel.to(self.device)] = model(prepared[key], f).float()
+                    out[sel.to(self.device)] = torch.as_tensor(model(prepared[key], f)).float()
             total += out
         return (total / len(self.models)).cpu().numpy().astype(np.float32)
 
@@ -332,7 +378,7 @@ def score_range(
         raw = store.read(a, b)
         if verifier is not None:
             verifier.feed(a, raw)
-        score_block(a, b, torch.from_numpy(raw))
+        score_block(a, b, raw)
     return out
 
 
@@ -410,10 +456,9 @@ def _score_reading_ahead(
     """
     depth = readers + 1 if pin else readers  # reads in flight besides the block being scored
 
-    def read(a: int, b: int) -> tuple[np.ndarray, torch.Tensor]:
+    def read(a: int, b: int) -> tuple[np.ndarray, torch.Tensor | np.ndarray]:
         crops = store.read(a, b)
-        t = torch.from_numpy(crops)
-        return crops, (t.pin_memory() if pin else t)
+        return crops, (torch.from_numpy(crops).pin_memory() if pin else crops)
 
     with (
         ThreadPoolExecutor(readers, thread_name_prefix="scanstream-read") as pool,
@@ -531,7 +576,7 @@ def run_task(spec: TaskSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         threads = _torch_threads(spec)
-        if threads and torch.get_num_threads() != threads:
+        if threads and torch is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         store = worker_store(spec.store, spec.store_hash)
         ens = worker_ensemble(spec)

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from scanstream.devices import torch
 from scanstream.errors import CheckpointError, InputError
-from scanstream.network.checkpoint import LoadedCheckpoint, checkpoint_hash
-from scanstream.network.model import ModelConfig
+from scanstream.executor import local_cores
+from scanstream.network.header import LoadedCheckpoint, ModelConfig, checkpoint_hash
 from scanstream.picker.learned import FeatureModel
 
 #: metadata_props keys of an export (:mod:`scanstream.inference.export`): the JSON of its scanstream
@@ -64,25 +64,29 @@ def onnx_session(path: str | os.PathLike, *, threads: int, optimize: bool = True
 
 class OnnxNetwork:
     """An exported network run by onnxruntime, called like the torch ``Classifier``: ``net(x)`` or
-    ``net(x, f)``, float32 (B, 3, S, S) [and (B, inputs)] CPU tensors -> float32 (B,) logits."""
+    ``net(x, f)``, float32 (B, 3, S, S) [and (B, inputs)] -> float32 (B,) logits; CPU torch tensors
+    in, a tensor out, numpy arrays in (no torch needed), an array out."""
 
     def __init__(self, session: Any) -> None:
         self.session, self.input_names = session, [i.name for i in session.get_inputs()]
 
-    def __call__(self, x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
-        feed = {self.input_names[0]: np.ascontiguousarray(x.float().numpy())}
+    def __call__(self, x: Any, f: Any = None) -> Any:
+        feed = {self.input_names[0]: np.ascontiguousarray(np.asarray(x, dtype=np.float32))}
         if len(self.input_names) > 1:
             if f is None:
                 raise InputError("this ONNX model is a fused network; it needs per-object inputs")
-            feed[self.input_names[1]] = np.ascontiguousarray(f.float().numpy())
-        return torch.from_numpy(self.session.run(None, feed)[0].reshape(-1))
+            feed[self.input_names[1]] = np.ascontiguousarray(np.asarray(f, dtype=np.float32))
+        logits = self.session.run(None, feed)[0].reshape(-1)
+        return torch.from_numpy(logits) if torch is not None and isinstance(x, torch.Tensor) else logits
 
 
 def load_onnx(path: str | os.PathLike, *, threads: int | None = None) -> LoadedCheckpoint:
     """An export as a :class:`LoadedCheckpoint` whose ``model`` is an :class:`OnnxNetwork`; ``threads``
-    intra-op threads (default torch's, set by the engine's thread policy). ``hash`` is the file's own
+    intra-op threads (default torch's, set by the engine's thread policy; without torch, this process's
+    cores). ``hash`` is the file's own
     (its scores differ from the checkpoint's within the export's tolerance, or more for int8)."""
-    session, meta = onnx_session(path, threads=threads or torch.get_num_threads())
+    default = torch.get_num_threads() if torch is not None else local_cores()
+    session, meta = onnx_session(path, threads=threads or default)
     try:
         config = ModelConfig.from_dict(meta["model_config"])
     except (InputError, ValueError, TypeError) as exc:

@@ -17,11 +17,8 @@ fsync, then ``os.replace``), so an interrupted save leaves the previous checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,66 +28,16 @@ from torch import nn
 from scanstream.atomic import atomic_path
 from scanstream.devices import resolve_device
 from scanstream.errors import CheckpointError, ConfigError, InputError
+from scanstream.network.header import (
+    CHECKPOINT_VERSION,
+    METADATA_KEY,
+    PREFILTER_PREFIX,
+    LoadedCheckpoint,
+    checkpoint_hash,
+    read_header,
+)
 from scanstream.network.model import ModelConfig, build_model
-from scanstream.picker.learned import EMBEDDED_PREFIX, FeatureModel
-
-CHECKPOINT_VERSION = 1
-METADATA_KEY = "scanstream"
-PREFILTER_PREFIX = EMBEDDED_PREFIX
-#: A safetensors header larger than this is not one of ours (ours are a few tens of kB).
-_MAX_HEADER_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    """A checkpoint read back.
-
-    Attributes
-    ----------
-    model : torch.nn.Module
-        The classifier, in eval mode, on the requested device.
-    model_config : ModelConfig
-    train_config : dict
-        The resolved training configuration it was trained with.
-    data_hash : str
-        Identity of the training data (content hashes of the train and valid stores).
-    metrics : dict
-        Final metrics (VALID AP, loss, best epoch, ...).
-    hash : str
-        :func:`checkpoint_hash` of the file.
-    feature_model : FeatureModel or None
-        The fused network's feature model (tensors ``prefilter.*``): its logit is one of the
-        network's inputs, and with ``prefilter_threshold`` it is the cascade's first stage.
-    prefilter_threshold : float or None
-        Objects whose feature-model logit is below this are never shown to the network
-        (a cascade); None: every object is scored by the network.
-    """
-
-    model: nn.Module
-    model_config: ModelConfig
-    train_config: dict
-    data_hash: str
-    metrics: dict
-    hash: str
-    feature_model: FeatureModel | None = None
-    prefilter_threshold: float | None = None
-
-    @property
-    def reads_features(self) -> bool:
-        """Whether scoring needs the picker's features from the store's object table."""
-        return self.feature_model is not None
-
-
-def checkpoint_hash(path: str | os.PathLike) -> str:
-    """sha256 of the file's bytes, first 16 hex characters."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
-    return h.hexdigest()[:16]
+from scanstream.picker.learned import FeatureModel
 
 
 def _json_ready(obj: Any, what: str) -> str:
@@ -158,54 +105,6 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=header)
     return checkpoint_hash(path)
-
-
-def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The scanstream metadata of a checkpoint, without reading its tensors.
-
-    Raises
-    ------
-    CheckpointError
-        ``path`` is missing, is not a safetensors file (a pickle or ``torch.save`` zip is named
-        as such), or is a safetensors file without scanstream metadata.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        raw = f.read(n) if 0 < n <= min(_MAX_HEADER_BYTES, size - 8) else b""
-    try:
-        header = json.loads(raw.decode("utf-8")) if raw[:1] == b"{" else None
-    except (UnicodeDecodeError, ValueError):
-        header = None
-    if header is None:
-        # Name the common impostors; their bytes are never interpreted.
-        if head[:2] == b"PK":
-            kind = "a zip archive (torch.save)"
-        elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-            kind = "a Python pickle"
-        else:
-            raise CheckpointError(f"{path}: not a safetensors checkpoint (no valid safetensors header)")
-        raise CheckpointError(f"{path}: is {kind}, not a safetensors checkpoint; scanstream never unpickles model files")
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a safetensors checkpoint (header is not a JSON object)")
-    meta_raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    if meta_raw is None:
-        raise CheckpointError(f"{path}: a safetensors file but not a scanstream checkpoint (no '{METADATA_KEY}' metadata)")
-    try:
-        meta = json.loads(meta_raw)
-    except ValueError:
-        raise CheckpointError(f"{path}: scanstream metadata is not valid JSON") from None
-    version = meta.get("scanstream_checkpoint") if isinstance(meta, dict) else None
-    if version != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: unsupported scanstream checkpoint version {version!r} (expected {CHECKPOINT_VERSION})")
-    for key, kind in (("model_config", dict), ("train_config", dict), ("data_hash", str), ("metrics", dict)):
-        if not isinstance(meta.get(key), kind):
-            raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r} ({kind.__name__})")
-    return meta
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedCheckpoint:

@@ -24,7 +24,6 @@ import logging
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,82 +32,33 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
-from scanstream.config import from_dict
 from scanstream.errors import CheckpointError, InputError
+from scanstream.network.header import (  # noqa: F401 - callers import them from here too
+    BACKBONES,
+    HEAD_WIDTHS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_INPUT_SIZE,
+    MIN_INPUT_SIZE,
+    ModelConfig,
+    parse_backbone,
+    parse_input_size,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Backbones by name: (torchvision constructor, its weights enum, pooled feature count).
+#: Backbones by name: (torchvision constructor, its weights enum, pooled feature count); the
+#: names are scanstream.network.header.BACKBONES (checked at import).
 _BACKBONES: dict[str, tuple[Callable[..., nn.Module], Any, int]] = {
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights, 2048),
     "resnet18": (tvm.resnet18, tvm.ResNet18_Weights, 512),
     "mobilenet_v3_small": (tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights, 576),
 }
-BACKBONES: tuple[str, ...] = tuple(_BACKBONES)
+assert tuple(_BACKBONES) == BACKBONES, "scanstream.network.header.BACKBONES names the backbones built here"
 
-#: The paper's hidden widths of the head (2048 -> 256 -> 32 -> 1 for ResNet50).
-HEAD_WIDTHS = (256, 32)
 #: Width of the fused network's per-object feature encoding.
 FUSION_WIDTH = 64
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MIN_INPUT_SIZE = 32
 BN_MOMENTUM = 0.1
-MAX_INPUT_SIZE = 448
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What network to build.
-
-    Attributes
-    ----------
-    backbone : str
-        One of :data:`BACKBONES`.
-    input_size : int
-        Side of the square network input in pixels: 224 native (crops are 224 px), 112 for CPUs.
-    pretrained : str
-        ``"none"`` (random initialisation), ``"imagenet"`` (torchvision's cache) or a local
-        weights file path.
-    inputs : int
-        Numbers per object the network reads beside the pixels: 0 (pixels only, the paper) or
-        :data:`scanstream.picker.learned.N_MODEL_INPUTS` (the fused network: the picker's
-        features and the feature model's logit, read from the store's object table).
-    """
-
-    backbone: str = "resnet50"
-    input_size: int = 224
-    pretrained: str = "none"
-    inputs: int = 0
-
-    def __post_init__(self) -> None:
-        parse_backbone(self.backbone)
-        parse_input_size(self.input_size)
-        if not isinstance(self.pretrained, str) or not self.pretrained:
-            raise InputError(f"pretrained must be 'none', 'imagenet' or a weights file path, got {self.pretrained!r}")
-        if isinstance(self.inputs, bool) or not isinstance(self.inputs, int) or not 0 <= self.inputs <= 64:
-            raise InputError(f"inputs (per-object numbers beside the pixels) must be an integer in 0..64, got {self.inputs!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Build from a dict (checkpoint metadata); unknown keys are an error (ConfigError)."""
-        return from_dict(cls, d, where="model config")
-
-
-def parse_backbone(name: str) -> str:
-    if name not in _BACKBONES:
-        raise InputError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return name
-
-
-def parse_input_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
-        raise InputError(f"input size must be an integer in {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} px, got {size!r}")
-    return size
-
 
 
 def make_head(in_features: int) -> nn.Sequential:
