@@ -67,7 +67,6 @@ from scanstream.picker import accuracy
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.objects import BACKGROUND_MIX
-from scanstream.simulate.truthmatch import MatchRadii, vertex_sources
 from scanstream.simulate.volume import PIXEL_UM, REALISTIC_PER_MM2, VolumeSimConfig, simulate_volume
 from scanstream.store import is_store, open_store, open_volume
 from scanstream.store.writer import StoreWriter
@@ -105,8 +104,8 @@ def positions(store) -> np.ndarray:
 
 def sources(store, truth: list[dict], args: argparse.Namespace) -> np.ndarray:
     """What made each picked vertex: ``alpha``, ``dup`` (beside an alpha decay), a category, or ``fake``."""
-    radii = MatchRadii(xy_um=args.xy_um, duplicate_um=args.duplicate_um, fake_xy_um=args.fake_xy_um)
-    return vertex_sources(positions(store), truth, radii)
+    radii = accuracy.MatchRadii(xy_um=args.xy_um, duplicate_um=args.duplicate_um, fake_xy_um=args.fake_xy_um)
+    return accuracy.vertex_sources(positions(store), truth, radii)
 
 
 def by_source(src: np.ndarray, truth_counts: dict[str, int], n_alpha: int, fields: int, field_mm2: float,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from scanstream.errors import InputError
+from scanstream.picker.accuracy import MatchRadii, vertex_sources
 from scanstream.simulate.pickpool import label_rows, merge_stores
-from scanstream.simulate.truthmatch import MatchRadii, vertex_sources
 from scanstream.store import open_store
 from scanstream.store.writer import StoreWriter
 

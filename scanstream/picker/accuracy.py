@@ -17,6 +17,12 @@ Conventions (lengths in um):
 * a picked vertex is a **duplicate** when another picked vertex lies within ``within_um`` (8 um)
   in 3-D: a star counted twice (in x, y alone, at any depth, as well: that also counts distinct
   objects above one another);
+* **sources** (:func:`vertex_sources`): what made each picked vertex, for labelling training data
+  picked from simulated volumes and for putting the kept vertices down to their sources:
+  ``alpha`` (a decay within ``xy_um`` and ``z_um``), ``dup_near`` (no such decay, but one within
+  ``near_um`` in x, y: its own vertex measured 2-5 um off or a second one beside it, ambiguous;
+  off by default), ``dup`` (a decay within ``duplicate_um``: a second vertex of the star), the
+  nearest other object's category within ``fake_xy_um`` and ``fake_z_um``, else ``fake``;
 * prongs (:func:`match_prongs`): a true prong is matched to the measured prong closest in 3-D
   direction within ``max_deg`` (20 degrees); a measured prong that is the closest of several
   true prongs is one prong for all of them: the closest in direction is matched, the others are
@@ -27,8 +33,10 @@ Conventions (lengths in um):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -201,4 +209,46 @@ def length_errors(true_um: Sequence[float], measured_um: Sequence[float], bins: 
         q = _quantiles(e[sel], (0.5, 0.16, 0.84))
         out.append({"true_um": [float(lo), float(hi)], "prongs": int(sel.sum()),
                     "median_um": q[0] if q else None, "q16_q84_um": q[1:] if q else None})
+    return out
+
+
+@dataclass(frozen=True)
+class MatchRadii:
+    """Distances (um) of :func:`vertex_sources` (module docstring: sources)."""
+
+    xy_um: float = 2.0
+    z_um: float = 3.0
+    near_um: float = 0.0
+    duplicate_um: float = 15.0
+    fake_xy_um: float = 5.0
+    fake_z_um: float = 6.0
+
+
+def truth_arrays(truth: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions (n, 3) mm, is-alpha (n,), categories (n,)) of a volume's truth rows."""
+    pos = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in truth], dtype=float).reshape(-1, 3)
+    alpha = np.array([r["label"] == 1 for r in truth], dtype=bool)
+    cats = np.array([str(r["category"]) for r in truth], dtype=object)
+    return pos, alpha, cats
+
+
+def vertex_sources(picked_mm: np.ndarray, truth: Sequence[Mapping[str, Any]], radii: MatchRadii = MatchRadii()) -> np.ndarray:
+    """What made each picked vertex (positions (k, 3) mm): an array of k source names."""
+    tp, lab, cats = truth_arrays(truth)
+    out = np.empty(len(picked_mm), dtype=object)
+    for i, v in enumerate(np.asarray(picked_mm, dtype=float).reshape(-1, 3)):
+        dxy = np.hypot(tp[:, 0] - v[0], tp[:, 1] - v[1]) * 1000.0
+        dz = np.abs(tp[:, 2] - v[2]) * 1000.0
+        other = (dxy <= radii.fake_xy_um) & (dz <= radii.fake_z_um) & ~lab
+        if ((dxy <= radii.xy_um) & (dz <= radii.z_um) & lab).any():
+            out[i] = "alpha"
+        elif ((dxy <= radii.near_um) & lab).any():
+            out[i] = "dup_near"
+        elif ((dxy <= radii.duplicate_um) & lab).any():
+            out[i] = "dup"
+        elif other.any():
+            near = np.nonzero(other)[0]
+            out[i] = str(cats[near[np.argmin(dxy[near])]])
+        else:
+            out[i] = "fake"
     return out

@@ -12,7 +12,7 @@ kind passes many of those. This module makes training data of the second kind:
    and alpha decays enriched);
 2. ingested (``ingest --format stack``) and picked field by field
    (:func:`scanstream.picker.pick.pick_field`: its crops and its measured features);
-3. every picked vertex labelled against the volume's truth (:mod:`scanstream.simulate.truthmatch`):
+3. every picked vertex labelled against the volume's truth (:func:`scanstream.picker.accuracy.vertex_sources`):
    1 when a true alpha-decay vertex lies within 2 um in x, y and 3 um in depth, 0 for the other
    objects, the fakes and the second vertices of a star; its source in ``category``.
 
@@ -36,10 +36,10 @@ import pyarrow.parquet as pq
 
 from scanstream.errors import InputError
 from scanstream.ingest.stacks import ingest_stacks
+from scanstream.picker.accuracy import MatchRadii, vertex_sources
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.conditions import draw_conditions
 from scanstream.simulate.dataset import map_processes
-from scanstream.simulate.truthmatch import MatchRadii, vertex_sources
 from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
 from scanstream.store import CropStore, is_store, open_store, open_volume
 from scanstream.store.writer import StoreWriter
