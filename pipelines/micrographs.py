@@ -11,7 +11,8 @@ Stages (each resumes: the stores are resumable and a finished candidate table is
 1. (``--simulate-fields N``) ``simulate-volume``: OUT/stacks/ with truth.parquet;
 2. ``ingest --format stack``: STACKS (info.json or image.json z-stacks) -> OUT/volume.zarr;
 3. ``pick``: OUT/volume.zarr -> OUT/picked.zarr (crops + multiplicity, prong lengths, stage positions);
-4. ``classify``: OUT/picked.zarr -> OUT/candidates (the shipped cascade by default).
+4. ``classify``: OUT/picked.zarr -> OUT/candidates (by default the shipped cascade fine-tuned on
+   ``pick``'s vertices, models/scanstream-cpu-cascade-pick.safetensors).
 
 Prints a JSON summary; with simulated stacks, also how many of the simulation's alpha decays
 were picked (within 2 um in x, y and one z-step) and how many of them rank in the top
@@ -36,7 +37,9 @@ from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker.pick import pick_volume
 from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade.safetensors"
+#: the shipped cascade fine-tuned on what ``pick`` measures (models/README.md); the scanner-path
+#: cascade (scanstream-cpu-cascade.safetensors) passes more of pick's fake vertices (docs/recipe.md)
+MODEL = Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade-pick.safetensors"
 
 
 def truth_summary(truth_path: Path, picked: Path, candidates: Path) -> dict:

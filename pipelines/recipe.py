@@ -271,10 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         pixels = stage_pixels(cfg, args.out) if "pixels" in stages else args.out / "run_pixels" / "model.safetensors"
         if "pickpool" in stages:
             stage_pickpool(cfg, args.out)
-        if "finetune" in stages:
-            ckpt = stage_finetune(cfg, args.out, ckpt, fm_path)
+        pick = stage_finetune(cfg, args.out, ckpt, fm_path) if "finetune" in stages else args.out / "run_pick" / "model.safetensors"
         if "holdout" in stages:
-            models = [f"cascade={ckpt}"] + ([f"pixels-only={pixels}"] if pixels.exists() else [])
+            models = [f"cascade={ckpt}"] + ([f"cascade-pick={pick}"] if pick.exists() else [])
+            models += [f"pixels-only={pixels}"] if pixels.exists() else []
             report = stage_holdout(cfg, args.out, fm_path, [*models, *args.compare])
             logger.info("holdout: %s", report)
     except ScanstreamError as exc:

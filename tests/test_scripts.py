@@ -222,7 +222,7 @@ def test_the_recipe_runs_through_every_stage(tmp_path):
     assert (doc["objects"], doc["alpha"], doc["store"]) == (300, 30, "../holdout.zarr")
     assert doc["learned"]["path"] == "../feature_model.safetensors"
     assert doc["learned"]["file_hash"] == checkpoint_hash(out / "feature_model.safetensors")
-    for name, run in (("cascade", "run_pick"), ("pixels-only", "run_pixels")):
+    for name, run in (("cascade", "run"), ("cascade-pick", "run_pick"), ("pixels-only", "run_pixels")):
         ckpt = out / run / "model.safetensors"
         assert doc["models"][name]["checkpoints"] == [{"path": f"../{run}/model.safetensors", "hash": checkpoint_hash(ckpt)}]
     assert doc["models"]["cascade"]["cascade"]["objects"] == 300
