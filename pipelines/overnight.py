@@ -360,7 +360,7 @@ Demo finished in {total:.0f} s ({cpu:.0f} CPU-seconds on {os.cpu_count()} cores)
   model, threshold  {out / 'model'}
 Next:
   scanstream query {out / 'candidates'} --selected --top 20
-  scanstream review {out / 'candidates'} --selected      # http://127.0.0.1:8765/ : keys a / n / u
+  scanstream review {out / 'candidates'} --selected      # http://127.0.0.1:8765/ : keys a alpha, o other, u undo, n next unreviewed
   scanstream verdicts to-store {out / 'candidates.verdicts'} --store {stores['sheet']} --out reviewed.zarr""")
     return result
 
