@@ -134,7 +134,7 @@ def measure_picker(volume: str | os.PathLike, *, scheduler: str | None = None, w
     n = len(fields)
     return PickerRate(result.objects / seconds, f"scanstream pick on {volume} ({result.fields} fields)",
                       objects=result.objects, seconds=round(seconds, 3), fields_per_s=round(n / seconds, 4),
-                      reading_fields_per_s=round(n / reading, 4), picking_over_reading=round(reading / seconds, 4))
+                      reading_fields_per_s=round(n / reading, 4), picking_over_reading=float(f"{reading / seconds:.4g}"))
 
 
 def read_picker_log(path: str | os.PathLike) -> PickerRate:
