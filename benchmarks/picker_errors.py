@@ -47,8 +47,8 @@ from scanstream import atomic
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
-from scanstream.picker.detect import DetectParams, detect_vertices
-from scanstream.picker.pick import DEFAULT_SHRINKAGE
+from scanstream.picker.detect import DetectParams
+from scanstream.picker.pick import detect_field
 from scanstream.simulate.volume import VolumeSimConfig, redraw_truth, simulate_volume
 from scanstream.store import is_volume, open_volume
 
@@ -76,11 +76,8 @@ def pick_seed(volume, params: DetectParams) -> tuple[np.ndarray, list[np.ndarray
     pos, mult, dirs, lengths, seconds = [], [], [], [], 0.0
     for f in volume:
         planes = f.read()
-        up = 1.0 if f.stage_z_mm[-1] >= f.stage_z_mm[0] else -1.0  # plane index towards higher stage z
-        shrink = f.shrinkage or DEFAULT_SHRINKAGE
         t0 = time.perf_counter()
-        found = detect_vertices(planes, pixel_um=float(np.mean(f.pixel_size_um)), step_um=abs(float(f.step_um)) or 3.0,
-                                shrinkage=float(shrink), params=params)
+        found, up = detect_field(f, planes, params)
         seconds += time.perf_counter() - t0
         for v in found:
             pos.append(f.pixel_to_stage(v.z, v.y, v.x))

@@ -114,25 +114,29 @@ def stage_features(cfg: dict, out: Path) -> Path:
 
 
 def stage_pool(cfg: dict, out: Path, fm_path: Path) -> dict[str, Any]:
-    p = cfg["pool"]
+    p, rule = cfg["pool"], prefilter_rule(fm_path)
     counts = {}
     for role, prefix, sheets in (("train", "RT", p["train_sheets"]), ("valid", "RV", p["valid_sheets"])):
-        counts[role] = kept_pool(cfg, out / f"{role}_pool.zarr", fm_path, prefix, sheets)
+        counts[role] = kept_pool(cfg, out / f"{role}_pool.zarr", rule, prefix, sheets)
     return counts
 
 
-def kept_pool(cfg: dict, path: Path, fm_path: Path, prefix: str, sheets: int) -> dict[str, int]:
-    """A pool of ``sheets`` sheets named ``prefix``00.. (``[pool]``'s sizes and draw), only what the prefilter keeps."""
+def prefilter_rule(fm_path: Path) -> tuple[Any, dict[str, Any]]:
+    """(keep rule, its identity): the feature model's prefilter, read once for every pool a stage draws."""
     from scanstream.network.checkpoint import checkpoint_hash
 
     fm = load_feature_model(fm_path)
     threshold = prefilter_threshold(fm)
-    identity = {"feature_model": checkpoint_hash(fm_path), "prefilter_threshold": threshold}
 
     def keep(table: pa.Table):
         return fm.score_table(table) >= threshold
 
-    p = cfg["pool"]
+    return keep, {"feature_model": checkpoint_hash(fm_path), "prefilter_threshold": threshold}
+
+
+def kept_pool(cfg: dict, path: Path, rule: tuple[Any, dict[str, Any]], prefix: str, sheets: int) -> dict[str, int]:
+    """A pool of ``sheets`` sheets named ``prefix``00.. (``[pool]``'s sizes and draw), only what ``rule`` keeps."""
+    p, (keep, identity) = cfg["pool"], rule
     store, c = simulate_pool(
         path, prefix=prefix, sheets=sheets, objects_per_sheet=p["objects_per_sheet"], alpha_fraction=p["alpha_fraction"],
         seed=cfg["seed"], keep=keep, keep_identity=identity, workers=cfg["workers"], progress=True,
@@ -173,7 +177,7 @@ def stage_train(cfg: dict, out: Path, fm_path: Path | None, *, run: str = "run",
 
 def stage_pickpool(cfg: dict, out: Path) -> dict[str, Any]:
     """The pick pool's TRAIN and VALID stores (module docstring); their counts by source."""
-    from scanstream.simulate.pickpool import merge_stores, pick_pool
+    from scanstream.simulate.pickpool import AMBIGUOUS, merge_stores, pick_pool
 
     if "pickpool" not in cfg:
         raise ConfigError("stage pickpool needs a [pickpool] table in the recipe config")
@@ -181,7 +185,7 @@ def stage_pickpool(cfg: dict, out: Path) -> dict[str, Any]:
     kw = {"fields": p["fields"], "objects_per_field": p["objects_per_field"], "alpha_fraction": p["alpha_fraction"],
           "draw": p["draw"], "workers": cfg["workers"]}
     counts = {}
-    for role, first, n, drop in (("train", p["train_first_seed"], p["train_volumes"], ("dup_near",)),
+    for role, first, n, drop in (("train", p["train_first_seed"], p["train_volumes"], AMBIGUOUS),
                                  ("valid", p["valid_first_seed"], p["valid_volumes"], ())):
         seeds = list(range(first, first + n))
         per_seed = pick_pool(out / "pick_volumes", seeds, **kw)
@@ -204,7 +208,7 @@ def stage_finetune(cfg: dict, out: Path, base: Path, fm_path: Path) -> Path:
         raise ConfigError("stage finetune needs a [finetune] table in the recipe config")
     f = cfg["finetune"]
     sim_path = out / "finetune_sim_pool.zarr"  # the pool's first sheets RT00.., the same objects, a pool of their own
-    kept_pool(cfg, sim_path, fm_path, "RT", f["sim_sheets"])
+    kept_pool(cfg, sim_path, prefilter_rule(fm_path), "RT", f["sim_sheets"])
     pick, sim = open_store(out / "pick_train.zarr"), open_store(sim_path)
     mixed = merge_stores(out / "finetune_train.zarr", [(pick, None), (sim, None)],
                          source={"stage": "finetune", "pick": pick.path.name, "sim": sim.path.name})

@@ -159,17 +159,23 @@ def pick_field(fov: FieldOfView, sheet: str, params: DetectParams | None = None)
     if problem:
         raise StackError(problem)
     planes = fov.read()
-    step = abs(float(fov.step_um)) or 3.0
-    shrink = fov.shrinkage if isinstance(fov.shrinkage, int | float) and fov.shrinkage > 0 else DEFAULT_SHRINKAGE
-    verts = detect_vertices(planes, pixel_um=float(np.mean(fov.pixel_size_um)), step_um=step, shrinkage=float(shrink),
-                            params=params)
+    verts, up = detect_field(fov, planes, params)
     crops = np.empty((len(verts), CROP_SIZE, CROP_SIZE, 3), np.uint8)
-    up = 1 if fov.stage_z_mm[-1] >= fov.stage_z_mm[0] else -1  # plane index towards higher stage z
     for i, v in enumerate(verts):
         kz = round(v.z)
         ks = [min(max(kz + up * d, 0), nz - 1) for d in (1, 0, -1)]  # R shallower, G, B deeper
         crops[i] = crop_planes(planes[ks], v.y, v.x, fov.pixel_size_um)
     return FieldPicks(fov.name, crops, field_rows(fov, verts, sheet), time.perf_counter() - t0)
+
+
+def detect_field(fov: FieldOfView, planes: np.ndarray, params: DetectParams | None = None) -> tuple[list[Vertex], int]:
+    """The vertices of one field's ``planes`` (read from ``fov``), and the direction (+1 or -1) of
+    plane index towards higher stage z; the field's own z step and shrinkage, or the defaults."""
+    step = abs(float(fov.step_um)) or PLANE_STEP_UM
+    shrink = fov.shrinkage if isinstance(fov.shrinkage, int | float) and fov.shrinkage > 0 else DEFAULT_SHRINKAGE
+    verts = detect_vertices(planes, pixel_um=float(np.mean(fov.pixel_size_um)), step_um=step, shrinkage=float(shrink),
+                            params=params)
+    return verts, (1 if fov.stage_z_mm[-1] >= fov.stage_z_mm[0] else -1)
 
 
 def _pick_task(item: tuple[str, str, str, DetectParams]) -> FieldPicks:

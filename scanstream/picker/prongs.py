@@ -84,19 +84,9 @@ def _fit(p: np.ndarray, weights: np.ndarray, anchor_weight: float):
     return o, u, mz - slope * tm, slope
 
 
-def follow(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> np.ndarray:
-    """Follow one prong (module docstring); returns its end (x, y, developed depth) um relative to the vertex.
-
-    ``d`` (n, 3) are the sharp voxels of the vertex's segment and ``shell`` (m, 3) the prong's
-    shell voxels, both um (x, y, developed depth) relative to the vertex. With ``refit`` False
-    the line stays the first one (the vertex through the shell centroid) and the end depth is the
-    median of the voxels within 3 um of the end.
-    """
-    return follow_line(d, shell, params, refit=refit)[0]
-
-
 def follow_line(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> tuple[np.ndarray, float]:
-    """:func:`follow`'s end, and how far (um, plate plane) the prong's last fitted line passes
+    """Follow one prong (module docstring): its end (x, y, developed depth) um relative to the
+    vertex, and how far (um, plate plane) the prong's last fitted line passes
     from the vertex: a few tenths of a um on a prong that starts at the vertex, more where the
     vertex is off the star's true point (the vertex pulls the line by ``ANCHOR_WEIGHT`` voxels only)."""
     c = shell.mean(0)

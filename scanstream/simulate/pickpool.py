@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from scanstream.errors import InputError
 from scanstream.ingest.stacks import ingest_stacks
@@ -63,8 +62,7 @@ def picked_volume_store(seed: int, *, work: str | os.PathLike, fields: int, obje
         sim, vol = work / f"sim{seed}", work / f"v{seed}.zarr"
         cfg = VolumeSimConfig(fields=fields, seed=seed, sheet=sheet, objects_per_field=objects_per_field,
                               alpha_fraction=alpha_fraction)
-        simulate_volume(sim, cfg, conditions=draw_conditions(sheet, seed, draw=draw), overwrite=True)
-        truth = pq.read_table(sim / "truth.parquet").to_pylist()
+        truth = simulate_volume(sim, cfg, conditions=draw_conditions(sheet, seed, draw=draw), overwrite=True).to_pylist()
         shutil.rmtree(vol, ignore_errors=True)
         ingest_stacks(sim, vol)
         source = {"stage": "pick pool", "seed": seed, "sheet": sheet, "draw": draw, "fields": fields,
