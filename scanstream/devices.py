@@ -34,11 +34,6 @@ class HostCPU:
         return "cpu"
 
 
-def has_torch() -> bool:
-    """Whether torch is installed here (the light install runs ONNX models without it)."""
-    return torch is not None
-
-
 def parse_device(device: str | Any = "auto", *, cuda: bool | None = None) -> Any:
     """A torch device from ``auto``, ``cpu`` or ``cuda[:N]`` (:class:`HostCPU` where torch is not installed).
 

@@ -262,8 +262,7 @@ class ReviewSession:
         return {verdict_key(r): r for r in read_verdicts(self.verdicts_dir)}
 
     def _key(self, i: int) -> tuple[str, str]:
-        row = self.cards[i]
-        return str(row["object_id"]), str(self.store_hash(i) or row.get("store") or "")
+        return verdict_key({**self.cards[i], "store_hash": self.store_hash(i)})
 
     def current(self) -> dict[str, str]:
         """Current verdicts of the page's rows, keyed by page index (as strings)."""

@@ -445,7 +445,7 @@ def upgrade_store(path: str | os.PathLike) -> CropStore:
     """
     store = open_store(path)
     add_fast_digests(store)
-    seal_store(store.path, store.attrs)
+    seal_store(store.path, store.attrs, object_ids=store.table.column("object_id"))  # the table already read
     return open_store(store.path)
 
 
