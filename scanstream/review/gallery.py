@@ -2,8 +2,8 @@
 
 The rows come from :func:`scanstream.candidates.query.query_candidates` (highest score first); their crops
 come from the crop stores, located by the candidate row's ``store_index`` (checked against the
-object id) and, when a store was moved or rebuilt, by object id. The same page renderer serves
-the review page (:mod:`scanstream.review.server`), which adds verdict buttons to each card.
+object id) and, when a store was moved or rebuilt, by object id. The review page, with its
+planes, zoom and verdicts, is built by :mod:`scanstream.review.page`.
 
 Layout of a gallery directory::
 
@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -154,10 +154,6 @@ h1 { font-size: 1.3em; margin: 0 0 .3em 0; }
 .card .cap { font-size: 11px; line-height: 1.35; word-break: break-all; }
 .card .id { font-weight: bold; font-size: 12px; }
 .card.selected .id::after { content: " \\2605"; color: #b36b00; }
-.card.focus { border-color: #2a6fdb; }
-.card.v-alpha { background: #e3f6e3; } .card.v-not_alpha { background: #f8e1e1; } .card.v-unsure { background: #fff5d6; }
-.buttons button { font-size: 11px; margin: 3px 2px 0 0; }
-.verdict { font-size: 11px; font-weight: bold; min-height: 1.2em; }
 """
 
 
@@ -167,32 +163,24 @@ def render_page(
     *,
     title: str,
     help_text: str = "",
-    card_footer: Callable[[int, dict[str, Any]], str] | None = None,
-    script: str = "",
 ) -> str:
-    """The HTML page: one card per row, in the given order.
-
-    Every value from the data is HTML-escaped; ``card_footer`` (trusted markup, e.g. the
-    review buttons) and ``script`` come from scanstream itself.
-    """
+    """The HTML page: one card per row, in the given order; every value from the data is HTML-escaped."""
     cards = []
     for i, (row, url) in enumerate(zip(rows, image_urls)):
         cap = card_caption(row)
         cls = "card selected" if row.get("selected") else "card"
-        footer = card_footer(i, row) if card_footer else ""
         cards.append(
             f'<div class="{cls}" id="card-{i}" data-index="{i}" data-object-id="{html.escape(str(row["object_id"]))}">'
             f'<img src="{html.escape(url)}" alt="{html.escape(cap[0])}" loading="lazy">'
             f'<div class="cap"><div class="id">{html.escape(cap[0])}</div>'
             + "".join(f"<div>{html.escape(line)}</div>" for line in cap[1:])
-            + f"</div>{footer}</div>"
+            + "</div></div>"
         )
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class=\"help\">{html.escape(help_text)}</p>"
         f"<div class=\"grid\">{''.join(cards)}</div>"
-        + (f"<script>{script}</script>" if script else "")
         + "</body></html>\n"
     )
 
