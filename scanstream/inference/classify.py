@@ -384,8 +384,10 @@ def _prepare_job(stores: list[Path], checkpoints: list[Path], out: Path, thresho
         raise InputError(f"the same checkpoint is given twice among {[str(c) for c in checkpoints]}")
     record = None
     if threshold is not None:
-        source = "threshold record" if isinstance(threshold, Mapping) else str(threshold)
-        record = validate_threshold_record(dict(threshold), source=source) if isinstance(threshold, Mapping) else load_threshold(threshold)
+        if isinstance(threshold, Mapping):
+            source, record = "threshold record", validate_threshold_record(dict(threshold), source="threshold record")
+        else:
+            source, record = str(threshold), load_threshold(threshold)
         check_models(record, hashes, source=source)
     opened = _open_stores(stores)
     check_features(checkpoints, list(opened.values()))
