@@ -264,8 +264,8 @@ def _model_times(ens: Ensemble, crops: torch.Tensor, table: Any, batch_size: int
     times = {"features": time.perf_counter() - t0, "resize": 0.0, "forward": 0.0, "network_rows": 0}
     bf16 = ens.precision == "bf16"
     for model, size, obj in zip(ens.models, ens.input_sizes, objects, strict=True):
-        keep = np.ones(len(crops), bool) if obj is None or obj.prefilter is None else obj.logits >= obj.prefilter
-        rows = np.flatnonzero(keep)
+        keep = None if obj is None else obj.kept()
+        rows = np.arange(len(crops)) if keep is None else np.flatnonzero(keep)
         times["network_rows"] += len(rows)
         model(preprocess(crops[: min(batch_size, len(crops))], size).contiguous(memory_format=torch.channels_last),
               *(() if obj is None else (torch.from_numpy(obj.inputs[: min(batch_size, len(crops))]),)))  # warm-up

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +53,14 @@ logger = logging.getLogger(__name__)
 
 
 # -- checkpoints --------------------------------------------------------------------------
-def torch_network(path: str | os.PathLike) -> Any:
+class TorchNetwork(NamedTuple):
+    """The torch-only modules a ``*.safetensors`` checkpoint needs."""
+
+    checkpoint: Any  # scanstream.network.checkpoint
+    model: Any  # scanstream.network.model
+
+
+def torch_network(path: str | os.PathLike) -> TorchNetwork:
     """:mod:`scanstream.network.checkpoint` and :mod:`~scanstream.network.model`, which need torch.
 
     Imported when a ``*.safetensors`` checkpoint is used, so that a machine classifying with ONNX
@@ -63,7 +70,7 @@ def torch_network(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: a .safetensors checkpoint needs torch, which is not installed: {TORCH_HINT}; "
                          "or classify with its ONNX export (scanstream export)")
     from scanstream.network import checkpoint, model
-    return checkpoint, model
+    return TorchNetwork(checkpoint, model)
 
 
 def checkpoint_identity(path: str | os.PathLike) -> str:
@@ -92,7 +99,7 @@ def check_tensors(path: str | os.PathLike, header: dict[str, Any]) -> None:
         cfg = ModelConfig.from_dict(header["model_config"])
     except (InputError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad model config in checkpoint: {exc}") from None
-    net = torch_network(path)[1].build_model(ModelConfig(backbone=cfg.backbone, input_size=cfg.input_size, inputs=cfg.inputs))
+    net = torch_network(path).model.build_model(ModelConfig(backbone=cfg.backbone, input_size=cfg.input_size, inputs=cfg.inputs))
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     try:
         with safe_open(str(path), "pt") as f:
@@ -179,7 +186,7 @@ class Ensemble:
             onnx = Path(path).suffix == ".onnx"
             if onnx and self.device.type != "cpu":
                 raise InputError(f"{path}: ONNX models run on the CPU; on {self.device} use the .safetensors checkpoint")
-            ck = load_onnx(path) if onnx else torch_network(path)[0].load_checkpoint(path, device=self.device)
+            ck = load_onnx(path) if onnx else torch_network(path).checkpoint.load_checkpoint(path, device=self.device)
             if onnx and not all(isinstance(inp.shape[0], str) for inp in ck.model.session.get_inputs()):
                 raise InputError(f"{path}: a fixed-batch ONNX export; the engine needs a dynamic batch (export without --batch)")
             if expected_hashes is not None and ck.hash != expected_hashes[i]:
@@ -240,11 +247,11 @@ class Ensemble:
         total = np.zeros(len(crops), np.float32)
         prepared: dict[tuple[int, bytes], np.ndarray] = {}
         for model, size, obj in zip(self.models, self.input_sizes, objects, strict=True):
-            keep = None if obj is None or obj.prefilter is None else obj.logits >= obj.prefilter
+            keep = None if obj is None else obj.kept()
             if keep is not None and not keep.any():  # the prefilter rejects every row: no image work
                 total += obj.logits.astype(np.float32)
                 continue
-            key = (size, b"" if keep is None else np.packbits(keep).tobytes())
+            key = _prepared_key(size, keep)
             if key not in prepared:  # models sharing an input size (and rows) share its preprocessing
                 prepared[key] = preprocess_array(crops if keep is None else crops[keep], size)
             if obj is None:
@@ -263,12 +270,12 @@ class Ensemble:
         prepared: dict[tuple[int, bytes], torch.Tensor] = {}
         bf16 = self.precision == "bf16"
         for model, size, obj in zip(self.models, self.input_sizes, objects, strict=True):
-            keep = None if obj is None or obj.prefilter is None else obj.logits >= obj.prefilter
+            keep = None if obj is None else obj.kept()
             if keep is not None and not keep.any():  # the prefilter rejects every row: no image work
                 total += torch.from_numpy(obj.logits.astype(np.float32)).to(self.device)
                 continue
             nchw = isinstance(model, OnnxNetwork)  # onnxruntime takes contiguous NCHW
-            key = (size, nchw, b"" if keep is None else np.packbits(keep).tobytes())
+            key = (*_prepared_key(size, keep), nchw)
             if key not in prepared:  # models sharing an input size (and rows) share its preprocessing
                 rows = x if keep is None else x[torch.from_numpy(keep).to(x.device)]
                 prepared[key] = preprocess(rows, size).contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last)
@@ -286,6 +293,11 @@ class Ensemble:
         return (total / len(self.models)).cpu().numpy().astype(np.float32)
 
 
+def _prepared_key(size: int, keep: np.ndarray | None) -> tuple[int, bytes]:
+    """Models with the same input size scoring the same rows share one preprocessed batch."""
+    return size, b"" if keep is None else np.packbits(keep).tobytes()
+
+
 @dataclass(frozen=True)
 class ObjectInputs:
     """One model's per-object inputs for a run of rows.
@@ -300,6 +312,10 @@ class ObjectInputs:
 
     def rows(self, a: int, b: int) -> ObjectInputs:
         return ObjectInputs(self.inputs[a:b], self.logits[a:b], self.prefilter)
+
+    def kept(self) -> np.ndarray | None:
+        """The rows a cascade's prefilter passes to the image model (None: no prefilter, every row)."""
+        return None if self.prefilter is None else self.logits >= self.prefilter
 
 
 # -- reading a store range ----------------------------------------------------------------
