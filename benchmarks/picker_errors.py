@@ -48,6 +48,7 @@ from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.detect import DetectParams
+from scanstream.picker.overlap import footprints, keep_owned
 from scanstream.picker.pick import detect_field
 from scanstream.simulate.volume import VolumeSimConfig, redraw_truth, simulate_volume
 from scanstream.store import is_volume, open_volume
@@ -60,7 +61,8 @@ def seed_volume(work: Path, seed: int, args: argparse.Namespace):
     sim, vol = work / f"sim{seed}", work / f"v{seed}.zarr"
     if not (sim / "truth.parquet").exists():
         cfg = VolumeSimConfig(fields=args.fields, seed=seed, objects_per_field=args.objects_per_field,
-                              alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um)
+                              alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um,
+                              overlap_um=args.overlap_um)
         simulate_volume(sim, cfg, overwrite=True)
     if not is_volume(vol):
         ingest_stacks(sim, vol)
@@ -74,10 +76,12 @@ def pick_seed(volume, params: DetectParams) -> tuple[np.ndarray, list[np.ndarray
     """Every field's vertices: stage positions (n, 3) mm, multiplicities, prong directions (stage x, y,
     up) and lengths, and the detector's seconds (reading excluded)."""
     pos, mult, dirs, lengths, seconds = [], [], [], [], 0.0
+    fields = footprints(volume)
     for f in volume:
         planes = f.read()
         t0 = time.perf_counter()
         found, up = detect_field(f, planes, params)
+        found = keep_owned(f, found, fields)  # as scanstream pick: where fields overlap, a vertex once
         seconds += time.perf_counter() - t0
         for v in found:
             pos.append(f.pixel_to_stage(v.z, v.y, v.x))
@@ -200,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha-fraction", type=float, default=0.5)
     p.add_argument("--field-px", type=int, default=1024)
     p.add_argument("--depth-um", type=float, default=None, help="image a thinner slab (tests)")
+    p.add_argument("--overlap-um", type=float, default=None,
+                   help="draw the volumes with fields overlapping by this much (simulate-volume --overlap-um; "
+                   "use a --work of its own)")
     p.add_argument("--star-um", type=float, default=DetectParams.star_um,
                    help=f"criterion 8's merge distance (0: no merge; default {DetectParams.star_um})")
     p.add_argument("--out", type=Path, help="write the JSON here too")
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     doc = {"star_um": args.star_um, "volumes": {"fields": args.fields, "objects_per_field": args.objects_per_field,
-                       "alpha_fraction": args.alpha_fraction, "field_px": args.field_px}}
+                       "alpha_fraction": args.alpha_fraction, "field_px": args.field_px, "overlap_um": args.overlap_um}}
     for name, seeds in groups.items():
         doc[name] = group_errors(args.work, seeds, args) if seeds else None
     doc["seconds"] = round(time.perf_counter() - t0, 1)

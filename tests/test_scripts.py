@@ -121,6 +121,14 @@ def test_picker_errors_benchmark_runs_tiny(tmp_path):
     assert table.read_text().startswith("| measure | tuning seeds 1 | held-out seeds 2 |")
 
 
+def test_edge_picks_benchmark_runs_tiny(tmp_path):
+    doc = printed_json(run_script("benchmarks/edge_picks.py", "--work", str(tmp_path), "--seeds", "1", "--overlaps",
+                                  "none,10", "--fields", "4", "--objects-per-field", "2", "--field-px", "128",
+                                  "--depth-um", "12"))
+    assert set(doc["overlaps"]) == {"none", "10"} and doc["overlaps"]["10"]["fields"] == 4
+    assert sum(c["alpha_decays"] for c in doc["overlaps"]["10"]["with_rule"].values()) >= 1
+
+
 @pytest.mark.slow
 def test_store_io_benchmark_runs_tiny_and_leaves_its_folder_empty(tmp_path):
     scratch = tmp_path / "not" / "yet"

@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--field-px", type=int, default=1024, help="field width and height in pixels (default 1024)")
     p.add_argument("--depth-um", type=float, default=None,
                    help="image only this depth from the surface (developed um; default the whole layer)")
+    p.add_argument("--overlap-um", type=float, default=None,
+                   help="draw the fields as one sheet, neighbouring fields overlapping by this much (um; 0: edge to "
+                   "edge); objects then lie anywhere, at and across field edges, and each is listed once, under "
+                   "the field nearest it (default: each field its own scene, objects 10 um inside its edges)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_condition_flags(p)
@@ -43,7 +47,7 @@ def run_simulate_volume(args: argparse.Namespace) -> int:
 
     config = VolumeSimConfig(fields=args.fields, seed=args.seed, sheet=args.sheet,
                              objects_per_field=args.objects_per_field, alpha_fraction=args.alpha_fraction,
-                             field_px=args.field_px, depth_um=args.depth_um)
+                             field_px=args.field_px, depth_um=args.depth_um, overlap_um=args.overlap_um)
     t0 = time.perf_counter()
     table = simulate_volume(args.out_dir, config, conditions=_overrides(args), overwrite=args.overwrite,
                             progress=not args.no_progress)

@@ -23,6 +23,11 @@ Resumable: the crop store is written by :class:`scanstream.store.StoreWriter`, a
 whose vertices are all in the store and appends only the missing ones of a field cut short.
 A field that cannot be picked (fewer than three planes, planes without stage positions) is an
 error naming it, found before anything is written, or with ``skip_bad`` is left out and listed.
+
+Where the fields overlap, a field keeps only the vertices it owns (:mod:`scanstream.picker.overlap`:
+those nearer its centre than the centre of any other field whose image holds them), so a star in
+the shared strip is picked once, and a star cut at one field's edge from the field it lies well
+inside. The rule reads only the volume's field positions: reruns give each field the same vertices.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from scanstream.atomic import write_json
 from scanstream.errors import StackError
 from scanstream.executor import dask_client, run_tasks
 from scanstream.picker.detect import DetectParams, Vertex, detect_vertices
+from scanstream.picker.overlap import Footprint, footprints, keep_owned
 from scanstream.progress import Progress, as_progress
 from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM, PLANE_STEP_UM
 from scanstream.store.volume import FieldOfView, open_volume
@@ -151,8 +157,10 @@ def field_problem(fov: FieldOfView) -> str | None:
     return None
 
 
-def pick_field(fov: FieldOfView, sheet: str, params: DetectParams | None = None) -> FieldPicks:
-    """Detect, crop and describe the vertices of one field of view."""
+def pick_field(fov: FieldOfView, sheet: str, params: DetectParams | None = None, *,
+               fields: tuple[Footprint, ...] = ()) -> FieldPicks:
+    """Detect, crop and describe the vertices of one field of view (those it owns among the
+    footprints ``fields`` of its volume's fields, :func:`scanstream.picker.overlap.keep_owned`)."""
     t0 = time.perf_counter()
     nz = fov.shape[0]
     problem = field_problem(fov)
@@ -160,6 +168,7 @@ def pick_field(fov: FieldOfView, sheet: str, params: DetectParams | None = None)
         raise StackError(problem)
     planes = fov.read()
     verts, up = detect_field(fov, planes, params)
+    verts = keep_owned(fov, verts, fields)
     crops = np.empty((len(verts), CROP_SIZE, CROP_SIZE, 3), np.uint8)
     for i, v in enumerate(verts):
         kz = round(v.z)
@@ -178,9 +187,9 @@ def detect_field(fov: FieldOfView, planes: np.ndarray, params: DetectParams | No
     return verts, (1 if fov.stage_z_mm[-1] >= fov.stage_z_mm[0] else -1)
 
 
-def _pick_task(item: tuple[str, str, str, DetectParams]) -> FieldPicks:
-    path, name, sheet, params = item
-    return pick_field(open_volume(path)[name], sheet, params)
+def _pick_task(item: tuple[str, str, str, DetectParams, tuple[Footprint, ...]]) -> FieldPicks:
+    path, name, sheet, params, fields = item
+    return pick_field(open_volume(path)[name], sheet, params, fields=fields)
 
 
 def _read_fields_file(out: Path) -> dict[str, int]:
@@ -241,7 +250,8 @@ def pick_volume(
             bar.update(len(vol) - len(todo))
             with contextlib.ExitStack() as stack:
                 client = stack.enter_context(dask_client(scheduler, workers=workers, processes=processes)) if todo else None
-                items = [(str(volume), name, sheet, params) for name in todo]
+                fields = footprints(vol)  # which field owns a vertex where fields overlap
+                items = [(str(volume), name, sheet, params, fields) for name in todo]
                 for item, res, err in run_tasks(client, _pick_task, items, keys=[f"pick-{n}" for n in todo]):
                     if err is not None:
                         raise err  # not bad input (checked above): the run stops, resumable

@@ -39,7 +39,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from PIL import Image
 from scanstream.atomic import atomic_dir, write_json, write_parquet
 from scanstream.errors import InputError
 from scanstream.physics.emulsion import ALPHA, GREY, HEAVY, MIP, PROTON, isotropic_directions
+from scanstream.picker.overlap import Footprint, owned
 from scanstream.progress import Progress, as_progress
 from scanstream.simulate.conditions import SheetConditions, resolve_conditions
 from scanstream.simulate.objects import (
@@ -120,6 +121,7 @@ class VolumeSimConfig:
     depth_um: float | None = None  # imaged depth from the surface; None: the whole layer
     beam_tracks: float = BEAM_TRACKS
     grey_tracks: float = GREY_TRACKS
+    overlap_um: float | None = None  # None: each field its own scene; else the fields tile one sheet, overlapping
 
     def __post_init__(self) -> None:
         if self.fields < 1:
@@ -132,10 +134,18 @@ class VolumeSimConfig:
             raise InputError(f"--field-px must be a multiple of 4, at least 64, got {self.field_px}")
         if self.depth_um is not None and not Z_STEP_UM * 2 <= self.depth_um:
             raise InputError(f"--depth-um must be at least {2 * Z_STEP_UM}, got {self.depth_um}")
+        if self.overlap_um is not None and not 0.0 <= self.overlap_um < self.field_px * PIXEL_UM / 2:
+            raise InputError(f"--overlap-um must be at least 0 and less than half the field "
+                             f"({self.field_px * PIXEL_UM / 2:.1f} um), got {self.overlap_um}")
 
     @property
     def field_mm(self) -> float:
         return self.field_px * PIXEL_UM / 1000.0
+
+    @property
+    def pitch_mm(self) -> float:
+        """The stage step between neighbouring fields: the field less the overlap."""
+        return self.field_mm - (self.overlap_um or 0.0) / 1000.0
 
 
 def _category(rng: np.random.Generator, alpha_fraction: float) -> str:
@@ -227,9 +237,14 @@ def _field_rng(config: VolumeSimConfig, index: int) -> tuple[np.random.Generator
     return objects_rng, scene
 
 
+def _ncol(config: VolumeSimConfig) -> int:
+    return max(1, math.ceil(math.sqrt(config.fields)))
+
+
 def _field_origin_mm(config: VolumeSimConfig, index: int) -> tuple[float, float]:
-    ncol = max(1, math.ceil(math.sqrt(config.fields)))
-    return round((index % ncol) * config.field_mm, 6), round((index // ncol) * config.field_mm, 6)
+    """Stage x, y (mm) of field ``index``'s centre: row by row, ``pitch_mm`` apart."""
+    ncol = _ncol(config)
+    return round((index % ncol) * config.pitch_mm, 6), round((index // ncol) * config.pitch_mm, 6)
 
 
 def _truth_rows(config: VolumeSimConfig, cond: SheetConditions, index: int, placed: list) -> list[dict[str, Any]]:
@@ -248,11 +263,120 @@ def _truth_rows(config: VolumeSimConfig, cond: SheetConditions, index: int, plac
     return rows
 
 
-def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetConditions) -> list[dict[str, Any]]:
-    """Render field ``index`` into ``folder`` (PNG planes + info.json); its truth rows."""
-    objects_rng, scene = _field_rng(config, index)
+def _grid_footprints(config: VolumeSimConfig) -> tuple[Footprint, ...]:
+    px_mm = PIXEL_UM / 1000.0
+    return tuple(Footprint(str(i), i, _field_origin_mm(config, i), (px_mm, 0.0, 0.0, px_mm), (config.field_px,) * 2)
+                 for i in range(config.fields))
+
+
+def _neighbours(config: VolumeSimConfig, index: int) -> list[int]:
+    """Field ``index`` and the fields around it (the 3 x 3 block of the grid), in index order."""
+    ncol = _ncol(config)
+    r, c = divmod(index, ncol)
+    return [rr * ncol + cc for rr in (r - 1, r, r + 1) for cc in (c - 1, c, c + 1)
+            if rr >= 0 and 0 <= cc < ncol and rr * ncol + cc < config.fields]
+
+
+def _sheet_rng(config: VolumeSimConfig, index: int) -> tuple[np.random.Generator, ...]:
+    """(objects, grains, scene) generators of the sheet's field ``index`` (``overlap_um`` set)."""
+    return tuple(np.random.default_rng(np.random.SeedSequence([config.seed, index, 0x5EE7])).spawn(3))
+
+
+def _owns(config: VolumeSimConfig, index: int, xy_um: np.ndarray) -> np.ndarray:
+    """bool (n,): which points x, y (n, 2) um from field ``index``'s centre it owns (:mod:`scanstream.picker.overlap`)."""
+    fps = _grid_footprints(config)
+    return owned(np.asarray(xy_um, float).reshape(-1, 2) / 1000.0 + fps[index].centre_mm, fps[index], fps)
+
+
+def sheet_objects(config: VolumeSimConfig, cond: SheetConditions, index: int, depths: np.ndarray) -> list:
+    """The objects field ``index`` owns when the fields tile one sheet: [(object, x_um, y_um), ...], x, y
+    from its centre, anywhere in its owned region (at and across its image's edges where it overlaps
+    none). ``objects_per_field`` of them, or the realistic density's Poisson number over the region."""
+    rng = _sheet_rng(config, index)[0]
+    half = config.field_px * PIXEL_UM / 2
+    af = REALISTIC_ALPHA_FRACTION if config.alpha_fraction is None else config.alpha_fraction
+    if config.objects_per_field is None:
+        xy = rng.uniform(-half, half, (int(rng.poisson(REALISTIC_PER_MM2 * (2 * half / 1000) ** 2)), 2))
+        xy = xy[_owns(config, index, xy)]
+    else:
+        xy = np.empty((0, 2))
+        while len(xy) < config.objects_per_field:  # the owned region is at least a quarter of the image
+            cand = rng.uniform(-half, half, (config.objects_per_field, 2))
+            xy = np.concatenate([xy, cand[_owns(config, index, cand)]])[: config.objects_per_field]
+    return [(_place_object(rng, cond, _category(rng, af), float(depths[-1])), float(x), float(y)) for x, y in xy]
+
+
+def sheet_grains(config: VolumeSimConfig, cond: SheetConditions, index: int, depths: np.ndarray, placed: list):
+    """Grains (pos, sigma, opacity) of what field ``index`` owns (its objects, the crossing tracks through
+    its region and its fog), x, y um from its centre: every grain its neighbours' images can show."""
+    rng = _sheet_rng(config, index)[1]
+    half = config.field_px * PIXEL_UM / 2
+    reach = config.pitch_mm * 1000 + half + 4  # the neighbours' images, and the 4 um a blurred grain spreads
+    thick = EMULSION_THICKNESS_UM / cond.shrinkage
+    zlo, zhi = 0.0, min(thick, float(depths[-1]) + MAX_DEFOCUS_UM)
+    parts = []
+    for obj, x0, y0 in placed:
+        pos, sig, opa = track_grains(obj, cond, rng, zlo - obj.depth, zhi - obj.depth,
+                                     xy_lo=(-reach - x0, -reach - y0), xy_hi=(reach - x0, reach - y0))
+        parts.append((pos + np.array([x0, y0, obj.depth]), sig, opa))
+    tracks = crossing_tracks(rng, cond, int(rng.poisson(config.beam_tracks)), int(rng.poisson(config.grey_tracks)),
+                             half, thick)
+    mine = _owns(config, index, (tracks.starts[:, :2] + tracks.ends[:, :2]) / 2)
+    tracks = replace(tracks, **{k: getattr(tracks, k)[mine] for k in
+                                ("starts", "ends", "kinds", "residual_end", "ionisation", "widths")})
+    parts.append(track_grains(tracks, cond, rng, zlo, zhi, xy_lo=(-reach, -reach), xy_hi=(reach, reach)))
+    fog = fog_grains(cond, rng, zlo, zhi, xy_lo=(-half, -half), xy_hi=(half, half))
+    mine = _owns(config, index, fog[0][:, :2])
+    parts.append(tuple(a[mine] for a in fog))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+class SheetCells:
+    """Each field's objects and grains, drawn once (``overlap_um`` set): a field's image shows its
+    neighbours' too. Cells no later field needs are dropped (:meth:`drop_before`)."""
+
+    def __init__(self, config: VolumeSimConfig, cond: SheetConditions) -> None:
+        self.config, self.cond = config, cond
+        self.depths = plane_depths(config, cond)
+        self._cells: dict[int, tuple[list, tuple]] = {}
+
+    def __getitem__(self, index: int) -> tuple[list, tuple]:
+        if index not in self._cells:
+            placed = sheet_objects(self.config, self.cond, index, self.depths)
+            self._cells[index] = placed, sheet_grains(self.config, self.cond, index, self.depths, placed)
+        return self._cells[index]
+
+    def drop_before(self, index: int) -> None:
+        for k in [k for k in self._cells if k < index]:
+            del self._cells[k]
+
+    def field_grains(self, index: int):
+        """Grains (pos, sigma, opacity x darkness) on field ``index``'s image, x, y um from its centre."""
+        half = self.config.field_px * PIXEL_UM / 2
+        cx, cy = _field_origin_mm(self.config, index)
+        parts = []
+        for j in _neighbours(self.config, index):
+            pos, sig, opa = self[j][1]
+            jx, jy = _field_origin_mm(self.config, j)
+            pos = pos + np.array([(jx - cx) * 1000, (jy - cy) * 1000, 0.0])
+            keep = (np.abs(pos[:, 0]) <= half + 4) & (np.abs(pos[:, 1]) <= half + 4)
+            parts.append((pos[keep], sig[keep], opa[keep]))
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(2)) + (
+            np.concatenate([p[2] for p in parts]) * self.cond.darkness,)
+
+
+def write_field(folder: Path, index: int, config: VolumeSimConfig, cond: SheetConditions,
+                cells: SheetCells | None = None) -> list[dict[str, Any]]:
+    """Render field ``index`` into ``folder`` (PNG planes + info.json); its truth rows. With ``overlap_um``
+    set, ``cells`` keeps the sheet's cells between fields (a new one when not given)."""
     depths = plane_depths(config, cond)
-    grains, placed = field_scene(config, cond, objects_rng, depths)
+    if config.overlap_um is None:
+        objects_rng, scene = _field_rng(config, index)
+        grains, placed = field_scene(config, cond, objects_rng, depths)
+    else:
+        cells = SheetCells(config, cond) if cells is None else cells
+        scene = _sheet_rng(config, index)[2]
+        grains, placed = cells.field_grains(index), cells[index][0]
     planes = render_planes(*grains, depths, cond, scene, shape=(config.field_px, config.field_px), pixel_um=PIXEL_UM)
     info = _info_json(config, cond, *_field_origin_mm(config, index), len(depths))
     for k, im in enumerate(info["Images"]):
@@ -279,8 +403,11 @@ def redraw_truth(out_dir: str | os.PathLike) -> pa.Table:
     config = VolumeSimConfig(**meta["config"])
     cond = SheetConditions(**meta["conditions"])
     rows = []
+    depths = plane_depths(config, cond)
     for i in range(config.fields):
-        rows += _truth_rows(config, cond, i, field_scene(config, cond, _field_rng(config, i)[0], plane_depths(config, cond))[1])
+        placed = (field_scene(config, cond, _field_rng(config, i)[0], depths)[1] if config.overlap_um is None
+                  else sheet_objects(config, cond, i, depths))
+        rows += _truth_rows(config, cond, i, placed)
     table = pa.Table.from_pylist(rows, schema=TRUTH_SCHEMA)
     if table.column("object_id").to_pylist() != recorded.column("object_id").to_pylist() or not np.allclose(
             table.column("x_mm").to_numpy(), recorded.column("x_mm").to_numpy()):
@@ -327,16 +454,20 @@ def simulate_volume(
     cond = resolve_conditions(config.sheet, config.seed, conditions=conditions)
     bar = as_progress(progress)(config.fields, f"simulate-volume {out_dir.name}", "field")
     rows: list[dict[str, Any]] = []
+    cells = SheetCells(config, cond) if config.overlap_um is not None else None
     try:
         with atomic_dir(out_dir) as tmp:
             for i in range(config.fields):
                 folder = tmp / f"F{i:04d}"
                 folder.mkdir()
-                rows.extend(write_field(folder, i, config, cond))
+                rows.extend(write_field(folder, i, config, cond, cells))
+                if cells is not None:
+                    cells.drop_before(i + 1 - _ncol(config) - 1)  # the next field's neighbours stay
                 bar.update(1)
             table = pa.Table.from_pylist(rows, schema=TRUTH_SCHEMA)
+            # overlap_um only where set: a volume drawn as before records what it recorded before
             meta = {"sheet": config.sheet, "seed": config.seed, "conditions": cond.as_dict(),
-                    "config": {k: v for k, v in vars(config).items()}}
+                    "config": {k: v for k, v in vars(config).items() if k != "overlap_um" or v is not None}}
             write_parquet(tmp / "truth.parquet", table.replace_schema_metadata({"scanstream": json.dumps(meta, sort_keys=True)}))
     finally:
         bar.close()
