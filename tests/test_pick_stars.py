@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scanstream.picker.detect import DetectParams, Vertex
-from scanstream.picker.stars import one_per_star
+from scanstream.physics.emulsion import ALPHA
+from scanstream.picker.detect import DetectParams, Vertex, detect_vertices
+from scanstream.picker.prongs import free_lines, prong_fits
+from scanstream.picker.stars import crossing, one_per_star, same_tracks_once
+from scanstream.simulate.conditions import SheetConditions
+from scanstream.simulate.objects import SimObject
+from scanstream.simulate.render import fog_grains, render_planes, track_grains
+
+PX, STEP, SIZE, N_PLANES, DEPTH, SHRINK = 0.283, 3.0, 256, 11, 15.0, 1.95
+CENTRE = (SIZE - 1) / 2
 
 
 def vertex(multiplicity: int, miss: float, tag: float = 0.0) -> Vertex:
@@ -14,29 +22,22 @@ def vertex(multiplicity: int, miss: float, tag: float = 0.0) -> Vertex:
 
 
 def star(x: float, y: float, z: float, lab: int, multiplicity: int, miss: float, tag: float):
-    return np.array([x, y, z]), lab, vertex(multiplicity, miss, tag)
+    """A vertex with no voxels: its group has no free lines, so the best measured is kept."""
+    return np.array([x, y, z]), lab, vertex(multiplicity, miss, tag), np.zeros((0, 3)), []
 
 
 def kept(stars, params=None) -> list[float]:
-    p = params or DetectParams()
-    return sorted(v.z for v in one_per_star(stars, star_um=p.star_um, star_dz_um=p.star_dz_um))
+    return sorted(v.z for v in one_per_star(stars, params or DetectParams()))
 
 
-def test_a_duplicate_beside_the_star_is_merged_into_the_better_measured():
+def test_without_lines_the_better_measured_is_kept():
     # the point 6 um out sees five prongs whose lines miss it; the star's point sees four through it
     stars = [star(0, 0, 0, 1, 5, 0.9, 0.0), star(6, 0, 0, 1, 4, 0.1, 1.0)]
     assert kept(stars) == [1.0]
     assert kept(stars[::-1]) == [1.0]  # not the order of detection
-
-
-def test_three_reported_prongs_come_before_a_closer_line():
-    stars = [star(0, 0, 0, 1, 2, 0.01, 0.0), star(5, 0, 0, 1, 3, 0.6, 1.0)]
-    assert kept(stars) == [1.0]
-    # among vertices of fewer than three prongs, the closer lines
+    # three reported prongs before closer lines; among fewer, the closer lines
+    assert kept([star(0, 0, 0, 1, 2, 0.01, 0.0), star(5, 0, 0, 1, 3, 0.6, 1.0)]) == [1.0]
     assert kept([star(0, 0, 0, 1, 2, 0.01, 0.0), star(5, 0, 0, 1, 1, 0.6, 1.0)]) == [0.0]
-
-
-def test_the_same_point_planes_apart_is_one_star():
     assert kept([star(0, 0, 0, 1, 6, 0.19, 0.0), star(0.4, 0, 7.8, 1, 4, 0.07, 1.0)]) == [1.0]
 
 
@@ -54,3 +55,141 @@ def test_merge_can_be_switched_off_and_chains_do_not_merge_through():
     assert kept(stars, DetectParams(star_um=0.0)) == [0.0, 1.0, 2.0]
     # 12 um from the best, kept; the middle one is within 8 um of both and goes
     assert kept(stars) == [0.0, 2.0]
+
+
+def line(x: float, y: float, azimuth_deg: float, *, z: float = 10.0, slope: float = 0.0, n: int = 40) -> tuple:
+    a = np.radians(azimuth_deg)
+    return np.array([x, y]), np.array([np.cos(a), np.sin(a)]), z, slope, n
+
+
+def slow_crossing(lines, near, within_um):
+    """Reference: the best-supported point on a 0.05 um grid within ``within_um`` of ``near``, by brute force."""
+    g = np.arange(-within_um, within_um + 1e-9, 0.05)
+    gx, gy = (a.ravel() for a in np.meshgrid(g, g))
+    pts = np.concatenate([c + np.stack([gx, gy], 1)[np.hypot(gx, gy) <= within_um] for c in near])
+    score = np.zeros(len(pts))
+    for p, u, *_ in lines:
+        q = pts - p
+        score += np.exp(-0.5 * (q[:, 0] * u[1] - q[:, 1] * u[0]) ** 2)
+    return pts[np.argmax(score)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crossing_is_where_most_lines_meet_against_a_grid_search(seed):
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(-3, 3, 2)
+    lines = [line(*(true + rng.normal(0, 0.1, 2)), a) for a in rng.uniform(0, 45) + np.arange(4) * 90 + rng.normal(0, 10, 4)]
+    # seen askew from a point beside the star: two lines that pass 3-5 um off the point
+    for a in rng.uniform(0, 360, 2):
+        side = np.radians(a + 90)
+        lines.append(line(*(true + rng.uniform(3, 5) * np.array([np.cos(side), np.sin(side)])), a))
+    near = np.array([true + (0.5, 0.0), true + (5.0, 2.0)])
+    x = crossing(lines, near, within_um=8.0)
+    assert np.hypot(*(x[:2] - true)) < 0.3
+    assert np.hypot(*(x[:2] - slow_crossing(lines, near, 8.0))) < 0.3
+
+
+def test_crossing_needs_lines_meeting_in_depth_and_at_an_angle():
+    near = np.array([[0.0, 0.0]])
+    # two tracks crossing in the plate plane 12 um apart in depth, and a third meeting neither
+    assert crossing([line(0, 0, 0, z=10), line(0, 0, 90, z=22)], near, within_um=8.0) is None
+    three = [line(0, 0, 0, z=10), line(0, 0, 90, z=10), line(0, 3, 45, z=22)]
+    assert crossing(three, near, within_um=8.0).round(6).tolist() == [0.0, 0.0, 10.0]
+    assert crossing([line(0, 0, 0), line(0, 1, 10)], near, within_um=8.0) is None  # 10 degrees apart
+    assert crossing([line(0, 0, 0), line(20, 0, 90)], near, within_um=8.0) is None  # meet 20 um away
+    assert crossing([], near, within_um=8.0) is None
+
+
+def test_one_track_seen_from_two_vertices_counts_once():
+    a, b, c = line(0, 0, 0, n=50), line(5, 0.3, 8, n=80), line(0, 0, 90, n=20)
+    assert [ln[4] for ln in same_tracks_once([a, b, c])] == [80, 20]
+    assert len(same_tracks_once([a, line(0, 3, 0)])) == 2  # parallel tracks 3 um apart
+
+
+def render(objects, seed: int = 0) -> np.ndarray:
+    """Planes uint8 (z, y, x) of a 256 px field, 11 planes 3 um apart (the surface first)."""
+    rng = np.random.default_rng(seed)
+    cond = SheetConditions(fog=0.0, noise=2.0)
+    depths = np.arange(N_PLANES) * STEP
+    half = SIZE * PX / 2 + 4
+    box = {"xy_lo": (-half, -half), "xy_hi": (half, half)}
+    parts = [track_grains(o, cond, rng, 0.0, depths[-1] + 12, **box) for o in objects]
+    parts.append(fog_grains(cond, rng, 0.0, depths[-1] + 12, **box))
+    pos, sig, opa = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return render_planes(pos, sig, opa, depths, cond, rng, shape=(SIZE, SIZE), pixel_um=PX)
+
+
+def alpha_star(azimuths, dips, lengths, at=(0.0, 0.0)) -> SimObject:
+    """An alpha star at ``at`` (um from the field centre), prongs at the given azimuths and dips (degrees)."""
+    v = np.array([*at, DEPTH])
+    a, d = np.radians(azimuths), np.radians(dips)
+    dirs = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d) / SHRINK], 1)
+    n = len(a)
+    return SimObject(category="test", label=1, starts=np.repeat(v[None], n, 0), ends=v + dirs * np.asarray(lengths, float)[:, None],
+                     kinds=np.full(n, ALPHA, np.int8), residual_end=np.zeros(n), ionisation=np.full(n, np.nan),
+                     widths=np.zeros(n), blobs=np.zeros((0, 4)), defocus=0.0, depth=0.0)
+
+
+def near_centre(found, um: float = 12.0) -> list:
+    return [v for v in found if np.hypot(v.x - CENTRE, v.y - CENTRE) * PX <= um]
+
+
+def off_um(v) -> float:
+    return float(np.hypot(v.x - CENTRE, v.y - CENTRE) * PX)
+
+
+def test_a_duplicate_of_a_rendered_star_is_merged_onto_its_point():
+    """Four prongs, three within 24 degrees in azimuth: a second vertex 8 um out in their fan sees six
+    prongs whose followed lines pass closer to it (anchored there) than the star's own lines pass to
+    the star's point. The crossing of the free lines is at the star's point, and the vertex kept is that one."""
+    planes = render([alpha_star((84.13570295325131, 90.29530498897086, 107.77189717307746, 215.32299074348245),
+                                (2.7771062374061444, -43.128238674918464, -7.927604248776845, 42.9980134834762),
+                                (43.369087851644586, 26.63115027751556, 22.199588917959634, 25.904774324146423))], seed=50)
+    detect = lambda star_um: near_centre(detect_vertices(
+        planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=DetectParams(star_um=star_um)))
+    both = detect(0.0)
+    assert len(both) == 2 and sorted(off_um(v) < 2.0 for v in both) == [False, True]  # the duplicate pair
+    (one,) = detect(8.0)
+    assert off_um(one) < 2.0 and abs(one.z * STEP - DEPTH) <= STEP
+
+
+@pytest.mark.parametrize("apart_um", [10.0, 11.0, 12.0])
+def test_two_stars_apart_on_one_segment_stay_two(apart_um):
+    """Star A's first prong ends at star B's point: one segment, two stars."""
+    a = alpha_star((0, 130, 230), (5, -20, 15), (apart_um, 30, 35), at=(-apart_um / 2, 0.0))
+    b = alpha_star((40, -50, 110), (-10, 20, 10), (32, 28, 25), at=(apart_um / 2, 0.0))
+    found = detect_vertices(render([a, b], seed=1), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
+    assert len(found) == 2
+    for v, x in zip(sorted(found, key=lambda v: v.x), (-apart_um / 2, apart_um / 2), strict=True):
+        assert np.hypot((v.x - CENTRE) * PX - x, (v.y - CENTRE) * PX) < 2.0
+
+
+def test_free_lines_do_not_depend_on_the_vertex_they_are_seen_from():
+    """Sharp voxels every 0.3 um along three straight prongs, followed from the star's point and
+    from points 1.5-3 um beside it: the free lines are the same tracks (within 1 degree and 0.1 um),
+    while the followed lines of criterion 7, anchored at the vertex, are pulled towards it."""
+    center = np.array([10.0, -20.0, 30.0])
+    per = []
+    for a, d, length in zip(np.radians([20, 140, 260]), np.radians([10, -15, 5]), [35.0, 30.0, 40.0], strict=True):
+        u = np.array([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d) / SHRINK])
+        per.append(np.arange(0.3, length + 1e-9, 0.3)[:, None] * u + center)
+    near = np.concatenate(per)
+    params = DetectParams()
+    truth = free_lines(near, center, [(0, 0, 0, 0, p[np.hypot(*(p - center)[:, :2].T) >= 4.0][:15]) for p in per], params)
+    assert len(truth) == 3
+    for ln in truth:
+        assert abs((ln[0] - center[:2])[0] * ln[1][1] - (ln[0] - center[:2])[1] * ln[1][0]) < 0.05
+    for shift in ([1.5, 0.0, 0.0], [0.0, -2.0, 3.0], [-2.1, 2.1, 0.0]):
+        at = center + shift
+        arms = [(0, 0, 0, 0, p[(np.hypot(*(p - at)[:, :2].T) >= 4.0) & (np.hypot(*(p - at)[:, :2].T) <= 9.0)]) for p in per]
+        seen = free_lines(near, at, arms, params)
+        assert len(seen) == 3
+        for a, b in zip(truth, seen, strict=True):
+            assert float(a[1] @ b[1]) > np.cos(np.radians(1.0))
+            q = b[0] - a[0]
+            assert abs(q[0] * a[1][1] - q[1] * a[1][0]) < 0.1
+            assert abs(b[2] + b[3] * float((a[0] - b[0]) @ b[1]) - a[2]) < 0.2  # the same depth
+        # the followed lines pass nearer the vertex than the 1.5-3 um the true lines miss it by
+        _, _, misses = prong_fits(near, at, arms, params, SHRINK)
+        true_miss = [abs((at[:2] - ln[0])[0] * ln[1][1] - (at[:2] - ln[0])[1] * ln[1][0]) for ln in truth]
+        assert np.median(misses) < np.median(true_miss)

@@ -62,12 +62,14 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    as the former method's cuts expect. Prongs shorter than ``min_prong_um`` (9 um: ending
    inside the shell) are stubs: not reported, and not counted in the vertex's multiplicity.
 8. **Each star once.** Candidates more than ``merge_um`` apart can still be one star: a point
-   6-8 um out on a prong, or the star's own point two or three planes off (steep prongs, a
-   crossing track). Of vertices on the same segment within ``star_um`` (8 um) in x, y and
-   ``star_dz_um`` (12 um, four planes) in depth of each other, the best measured is kept
-   (:mod:`scanstream.picker.stars`): three or more reported prongs first, then the smallest median distance
-   between the vertex and its prongs' fitted lines (criterion 7's lines pass through the true
-   point, and miss a point beside it by about a micrometre).
+   4-8 um out on a prong, or the star's own point two or three planes off (steep prongs, a
+   crossing track). Vertices on the same segment within ``star_um`` (8 um) in x, y and
+   ``star_dz_um`` (12 um, four planes) in depth of each other are one group
+   (:mod:`scanstream.picker.stars`): every prong of the group's vertices is fitted again without
+   its vertex, from its voxels 6 um and farther out (where a star's prongs are apart), and the
+   vertex nearest the point most of these lines cross at (in x, y and depth) is kept. Where they
+   cross nowhere, the best measured is kept: three or more reported prongs first, then the
+   smallest median distance between the vertex and its prongs' followed lines.
 """
 
 from __future__ import annotations
@@ -572,8 +574,9 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
         lengths, dirs, misses = prong_fits(near, at, arms, params, shrinkage)
         miss = float(np.median(misses)) if misses else float("inf")
         stars.append((at, lab, Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2,
-                                      at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss)))
-    return one_per_star(stars, star_um=params.star_um, star_dz_um=params.star_dz_um)
+                                      at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss),
+                      near, arms))
+    return one_per_star(stars, params)
 
 
 def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:

@@ -54,6 +54,12 @@ ANCHOR_WEIGHT = 4.0
 #: distance from the current line: about a grain, so a second track inside the tube pulls the
 #: line less than the one it is on.
 TRACK_SIGMA_UM = 0.85
+#: A prong's free line (:func:`free_lines`) is fitted to its voxels this far from the vertex and
+#: farther (um): beyond the shell's inner radius and the 4-7 um by which a duplicate vertex of a
+#: star lies off its point, so that the line does not depend on which of them it was seen from.
+FREE_FROM_UM = 6.0
+#: Fewest voxels a free line is fitted to: a prong's few voxels beyond 6 um (a stub) give none.
+FREE_MIN_VOXELS = 6
 
 
 def _fit(p: np.ndarray, weights: np.ndarray, anchor_weight: float):
@@ -84,11 +90,9 @@ def _fit(p: np.ndarray, weights: np.ndarray, anchor_weight: float):
     return o, u, mz - slope * tm, slope
 
 
-def follow_line(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> tuple[np.ndarray, float]:
-    """Follow one prong (module docstring): its end (x, y, developed depth) um relative to the
-    vertex, and how far (um, plate plane) the prong's last fitted line passes
-    from the vertex: a few tenths of a um on a prong that starts at the vertex, more where the
-    vertex is off the star's true point (the vertex pulls the line by ``ANCHOR_WEIGHT`` voxels only)."""
+def _follow(d: np.ndarray, shell: np.ndarray, params, refit: bool):
+    """The following loop of :func:`follow_line`: (origin xy, direction xy, depth at the origin, depth
+    per um, reach um, the voxels looked at) of the prong's last line, relative to the vertex."""
     c = shell.mean(0)
     rc = max(float(np.hypot(c[0], c[1])), 1e-9)
     o, u, z0, slope = np.zeros(2), c[:2] / rc, 0.0, float(c[2]) / rc
@@ -114,17 +118,51 @@ def follow_line(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True)
         if used.sum() >= 3:
             w = np.exp(-0.5 * (off[used] / (TRACK_SIGMA_UM)) ** 2)
             o, u, z0, slope = _fit(d[used], w, ANCHOR_WEIGHT)
+    return o, u, z0, slope, reach, d
+
+
+def follow_line(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True) -> tuple[np.ndarray, float]:
+    """Follow one prong (module docstring): its end (x, y, developed depth) um relative to the
+    vertex, and how far (um, plate plane) the prong's last fitted line passes
+    from the vertex: a few tenths of a um on a prong that starts at the vertex, more where the
+    vertex is off the star's true point (the vertex pulls the line by ``ANCHOR_WEIGHT`` voxels only)."""
+    o, u, z0, slope, reach, d = _follow(d, shell, params, refit)
     if refit:
-        end = np.array([*(o + u * reach), z0 + slope * reach])
-        miss = float(np.hypot(*o))
-    else:
-        miss = 0.0
-        t = (d[:, :2] - o) @ u
-        off = np.abs(d[:, 0] * u[1] - d[:, 1] * u[0])
-        on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - slope * t) <= params.tube_dz_um)
-        near_end = on & (t >= reach - 3.0) & (t <= reach)
-        end = np.array([u[0] * reach, u[1] * reach, float(np.median(d[near_end, 2])) if near_end.any() else slope * reach])
-    return end, miss
+        return np.array([*(o + u * reach), z0 + slope * reach]), float(np.hypot(*o))
+    t = (d[:, :2] - o) @ u
+    off = np.abs(d[:, 0] * u[1] - d[:, 1] * u[0])
+    on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - slope * t) <= params.tube_dz_um)
+    near_end = on & (t >= reach - 3.0) & (t <= reach)
+    end = np.array([u[0] * reach, u[1] * reach, float(np.median(d[near_end, 2])) if near_end.any() else slope * reach])
+    return end, 0.0
+
+
+def free_lines(near: np.ndarray, center: np.ndarray, arms, params) -> list[tuple]:
+    """Each prong's line fitted without the vertex (criterion 8, :mod:`scanstream.picker.stars`).
+
+    A prong is followed from ``center`` as :func:`follow_line` follows it; the line is then fitted
+    again, with no weight on the vertex, to the voxels followed :data:`FREE_FROM_UM` and farther
+    out, where a star's prongs are apart. Seen from a point beside the star, the same track gives
+    the same free line, so the lines of a star's duplicate vertices all cross at its true point.
+    A prong with fewer than :data:`FREE_MIN_VOXELS` such voxels gives no line.
+
+    Parameters are those of :func:`prong_fits`. Returns a list of (point (x, y) field um, unit
+    direction (x, y), developed depth at the point um, depth per um along the direction, voxels
+    fitted), the point being the line's nearest to ``center``.
+    """
+    d = np.asarray(near, float) - center
+    out = []
+    for *_, pts in arms:
+        o, u, z0, slope, reach, dd = _follow(d, pts - center, params, True)
+        t = (dd[:, :2] - o) @ u
+        off = np.abs((dd[:, 0] - o[0]) * u[1] - (dd[:, 1] - o[1]) * u[0])
+        sel = ((t > 0) & (t <= reach) & (off <= params.tube_um) & (np.abs(dd[:, 2] - (z0 + slope * t)) <= params.tube_dz_um)
+               & (np.hypot(dd[:, 0], dd[:, 1]) >= FREE_FROM_UM))
+        if sel.sum() < FREE_MIN_VOXELS:
+            continue
+        o, u, z0, slope = _fit(dd[sel], np.exp(-0.5 * (off[sel] / TRACK_SIGMA_UM) ** 2), 0.0)
+        out.append((o + center[:2], u, float(z0 + center[2]), float(slope), int(sel.sum())))
+    return out
 
 
 def prong_lengths(near: np.ndarray, center: np.ndarray, arms, params, shrinkage: float):

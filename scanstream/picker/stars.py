@@ -1,9 +1,17 @@
 """Each star once (criterion 8 of :mod:`scanstream.picker.detect`): duplicate vertices of one star merged.
 
-Candidates more than ``merge_um`` apart (criterion 6) can still be one star: a point 6-8 um out
+Candidates more than ``merge_um`` apart (criterion 6) can still be one star: a point 4-8 um out
 on a prong sees the same prongs, and the star's own point two or three planes off (steep
-prongs, a crossing track) is a second vertex. Measured on the tuning seeds (docs/pick.md,
-"Measured errors"), 0.23 of the picked vertices had another within 8 um before this rule.
+prongs, a crossing track) is a second vertex. Before this rule 0.16-0.23 of the picked vertices
+had another within 8 um (docs/pick.md, "Each star once").
+
+Which of a star's vertices is on its point is not told by what each vertex measures of itself:
+a prong's followed line is anchored at the vertex it starts from (criterion 7), so it passes
+close to a vertex 4-7 um off the point as well. What does tell it is where the star's tracks
+cross, seen without any vertex: every prong of every vertex of the group is fitted again from
+its voxels 6 um and farther out (:func:`scanstream.picker.prongs.free_lines`), the same track
+seen from two vertices counted once (:func:`same_tracks_once`), and the point most of these
+lines pass through is found (:func:`crossing`). The vertex nearest that point is kept.
 """
 
 from __future__ import annotations
@@ -12,27 +20,179 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from scanstream.picker.prongs import free_lines
+
+#: Two free lines are one track when their directions are within this angle (degrees) and
+#: each passes within :data:`SAME_TRACK_UM` of the other's point: a prong seen from two vertices.
+SAME_TRACK_DEG = 15.0
+#: See :data:`SAME_TRACK_DEG` (um, plate plane): about two fine voxels.
+SAME_TRACK_UM = 1.5
+#: A free line passes through a crossing when it is within about this distance (um, plate
+#: plane): a line fitted to a black track 15-40 um long is good to a few tenths of a um, a
+#: vertex to about a voxel (1.1 um).
+CROSSING_UM = 1.0
+#: Two lines closer than this in angle (degrees) give no crossing point of their own: a small
+#: error in either direction moves their crossing by micrometres.
+MIN_CROSSING_DEG = 20.0
+#: A free line passes through a crossing in depth when within about this distance (developed
+#: um): a plane step. Lines that cross in the plate plane 10 um apart in depth are a track
+#: passing above or below a star's prong, not the star.
+CROSSING_DZ_UM = 3.0
+
 
 def measured(v) -> tuple:
     """Sort key of a :class:`scanstream.picker.detect.Vertex`, best measured first: three or more
     reported prongs before fewer, then the smallest ``line_miss_um`` (its prongs' fitted lines
-    pass closest to it). Not the most prongs: a point a plane or two off a star sees a crossing
-    track's two halves as extra prongs, and a point beside it sees the same prongs."""
+    pass closest to it). Used where a group's free lines cross nowhere (fewer than two, or all
+    within :data:`MIN_CROSSING_DEG` of each other)."""
     return (-min(v.multiplicity, 3), v.line_miss_um)
 
 
-def one_per_star(stars: Sequence[tuple], *, star_um: float, star_dz_um: float) -> list:
-    """The vertices of ``stars`` left when, of vertices on the same segment within ``star_um`` in x, y and
-    ``star_dz_um`` in depth of a better measured (:func:`measured`) one already kept, only that one stays.
+def _depth(x: np.ndarray, line: tuple) -> float:
+    """The line's developed depth (um) at its point nearest ``x`` (x, y)."""
+    p, u, z, slope, _ = line
+    return z + slope * float((x[:2] - p) @ u)
 
-    ``stars`` are (position um (x, y, developed depth), segment label, Vertex); the kept vertices
-    come back in ``stars``' order. ``star_um`` 0 keeps every vertex apart from exact repeats.
+
+def _miss(x: np.ndarray, line: tuple) -> float:
+    """How far (um) the line (point, unit direction, ...) passes from ``x`` in the plate plane."""
+    q = x[:2] - line[0]
+    return float(abs(q[0] * line[1][1] - q[1] * line[1][0]))
+
+
+def _support(x: np.ndarray, lines: Sequence[tuple]) -> float:
+    """How many of ``lines`` pass through ``x`` (x, y, depth), softly: sum of exp(-m^2 / 2) with m
+    the miss in the plate plane in units of :data:`CROSSING_UM` and in depth in :data:`CROSSING_DZ_UM`."""
+    return float(sum(np.exp(-0.5 * ((_miss(x, ln) / CROSSING_UM) ** 2 + ((_depth(x, ln) - x[2]) / CROSSING_DZ_UM) ** 2))
+                     for ln in lines))
+
+
+def same_tracks_once(lines: Sequence[tuple]) -> list[tuple]:
+    """``lines`` (point xy, unit direction xy, depth, depth slope, voxels) with each track once:
+    of lines within :data:`SAME_TRACK_DEG` and :data:`SAME_TRACK_UM` of each other, the one
+    fitted to the most voxels. Kept lines come back in ``lines``' order.
+
+    Examples
+    --------
+    >>> a = (np.array([0.0, 0.0]), np.array([1.0, 0.0]), 0.0, 0.0, 50)
+    >>> b = (np.array([5.0, 0.3]), np.array([0.99, 0.14]), 0.0, 0.0, 80)  # the same track
+    >>> c = (np.array([0.0, 0.0]), np.array([0.0, 1.0]), 0.0, 0.0, 20)
+    >>> [ln[4] for ln in same_tracks_once([a, b, c])]
+    [80, 20]
     """
-    order = sorted(range(len(stars)), key=lambda k: measured(stars[k][2]))
+    cos = np.cos(np.radians(SAME_TRACK_DEG))
     kept: list[int] = []
-    for k in order:
-        at, lab, _ = stars[k]
-        if not any(stars[m][1] == lab and np.hypot(*(at[:2] - stars[m][0][:2])) <= star_um
-                   and abs(at[2] - stars[m][0][2]) <= star_dz_um for m in kept):
+    for k in sorted(range(len(lines)), key=lambda k: -lines[k][4]):
+        if not any(float(lines[k][1] @ lines[m][1]) >= cos and _miss(lines[k][0], lines[m]) <= SAME_TRACK_UM
+                   and _miss(lines[m][0], lines[k]) <= SAME_TRACK_UM for m in kept):
             kept.append(k)
+    return [lines[k] for k in sorted(kept)]
+
+
+def _least_squares(lines: Sequence[tuple]) -> np.ndarray | None:
+    """The point (x, y) closest in the least-squares sense to ``lines``; None where they are parallel."""
+    a, b = np.zeros((2, 2)), np.zeros(2)
+    for p, u, *_ in lines:
+        proj = np.eye(2) - np.outer(u, u)
+        a += proj
+        b += proj @ p
+    return np.linalg.solve(a, b) if abs(np.linalg.det(a)) > 1e-6 else None
+
+
+def crossing(lines: Sequence[tuple], near: np.ndarray, *, within_um: float) -> np.ndarray | None:
+    """The point (x, y, developed depth) um that most of ``lines`` pass through, or None.
+
+    Every two lines at least :data:`MIN_CROSSING_DEG` apart cross at a candidate point; those
+    farther than ``within_um`` from every point of ``near`` (n, 2) (the group's vertices) are not
+    looked at. Each is scored by the lines passing near it, sum exp(-miss^2 / 2 :data:`CROSSING_UM`^2),
+    so the lines of a star's other prongs outvote those seen askew from a point beside it; the
+    best is refined twice to the least-squares point of the lines within 1.5 :data:`CROSSING_UM`.
+    Depth: the median of those lines' depths at it.
+
+    Examples
+    --------
+    >>> star = [(np.array([0.0, 0.0]), np.array([np.cos(a), np.sin(a)]), 10.0, 0.1, 40) for a in (0.3, 2.4, 4.4)]
+    >>> askew = (np.array([0.0, 3.0]), np.array([1.0, 0.0]), 10.0, 0.0, 30)  # a line seen from beside it
+    >>> crossing([*star, askew], np.array([[0.5, 0.5], [4.0, 3.0]]), within_um=8.0).round(6).tolist()
+    [0.0, 0.0, 10.0]
+    """
+    sin = np.sin(np.radians(MIN_CROSSING_DEG))
+    best, score = None, -1.0
+    for i, a in enumerate(lines):
+        for b in lines[i + 1 :]:
+            cross = a[1][0] * b[1][1] - a[1][1] * b[1][0]
+            if abs(cross) < sin:
+                continue
+            q = b[0] - a[0]
+            x = a[0] + (q[0] * b[1][1] - q[1] * b[1][0]) / cross * a[1]
+            if np.hypot(*(near - x).T).min() > within_um:
+                continue
+            x = np.array([x[0], x[1], 0.5 * (_depth(x, a) + _depth(x, b))])
+            s = _support(x, lines)
+            if s > score:
+                best, score = x, s
+    for _ in range(2 if best is not None else 0):
+        on = [ln for ln in lines if _miss(best, ln) <= 1.5 * CROSSING_UM and abs(_depth(best, ln) - best[2]) <= 1.5 * CROSSING_DZ_UM]
+        x = _least_squares(on) if len(on) >= 2 else None
+        if x is None:  # no two lines meet there in depth as well
+            return None
+        best = np.array([x[0], x[1], float(np.median([_depth(x, ln) for ln in on]))])
+    return best
+
+
+def _groups(stars: Sequence[tuple], star_um: float, star_dz_um: float) -> list[list[int]]:
+    """Indices of ``stars`` linked (same segment, within ``star_um`` in x, y and ``star_dz_um`` in depth), chained."""
+    def linked(i: int, j: int) -> bool:
+        (a, la, *_), (b, lb, *_) = stars[i], stars[j]
+        return la == lb and np.hypot(*(a[:2] - b[:2])) <= star_um and abs(a[2] - b[2]) <= star_dz_um
+
+    seen: set[int] = set()
+    out = []
+    for i in range(len(stars)):
+        if i in seen:
+            continue
+        group, todo = [], [i]
+        seen.add(i)
+        while todo:
+            k = todo.pop()
+            group.append(k)
+            new = [j for j in range(len(stars)) if j not in seen and linked(k, j)]
+            seen.update(new)
+            todo += new
+        out.append(sorted(group))
+    return out
+
+
+def one_per_star(stars: Sequence[tuple], params) -> list:
+    """The vertices of ``stars`` left when each star is kept once (module docstring).
+
+    ``stars`` are (position um (x, y, developed depth), segment label, Vertex, the segment's sharp
+    voxels near it (n, 3) um, its prongs (criterion 4)); ``params`` a
+    :class:`scanstream.picker.detect.DetectParams` (``star_um``, ``star_dz_um`` and the prong
+    following's). Vertices on the same segment within ``star_um`` in x, y and ``star_dz_um`` in
+    depth of each other, chained, are a group. Of a group, the vertex nearest (x, y) the
+    :func:`crossing` of its prongs' free lines is kept and every vertex linked to it dropped;
+    what is left of the group is judged again. Where the lines cross nowhere, the best
+    :func:`measured` is kept instead. Kept vertices come back in ``stars``' order; ``star_um`` 0
+    keeps every vertex apart from exact repeats.
+    """
+    star_um, star_dz_um = params.star_um, params.star_dz_um
+    lines: dict[int, list] = {}
+    kept: list[int] = []
+    for group in _groups(stars, star_um, star_dz_um):
+        while group:
+            k = group[0]
+            if len(group) > 1:
+                for m in group:
+                    if m not in lines:
+                        at, _, _, near, arms = stars[m]
+                        lines[m] = free_lines(near, at, arms, params)
+                at = np.array([stars[m][0][:2] for m in group])
+                x = crossing(same_tracks_once([ln for m in group for ln in lines[m]]), at, within_um=star_um)
+                k = (group[int(np.argmin(np.hypot(*(at - x[:2]).T)))] if x is not None
+                     else min(group, key=lambda m: measured(stars[m][2])))
+            kept.append(k)
+            a, lab = stars[k][0], stars[k][1]
+            group = [m for m in group if m != k and not (stars[m][1] == lab and np.hypot(*(stars[m][0][:2] - a[:2])) <= star_um
+                                                        and abs(stars[m][0][2] - a[2]) <= star_dz_um)]
     return [stars[k][2] for k in sorted(kept)]
