@@ -38,6 +38,9 @@ MIN_CROSSING_DEG = 20.0
 #: um): a plane step. Lines that cross in the plate plane 10 um apart in depth are a track
 #: passing above or below a star's prong, not the star.
 CROSSING_DZ_UM = 3.0
+#: Weight of depth against x, y in choosing the vertex nearest a crossing: a plane step (3 um)
+#: counts as :data:`CROSSING_UM`, as in :func:`crossing`'s score.
+DEPTH_WEIGHT = CROSSING_UM / CROSSING_DZ_UM
 
 
 def measured(v) -> tuple:
@@ -170,8 +173,11 @@ def one_per_star(stars: Sequence[tuple], params) -> list:
     voxels near it (n, 3) um, its prongs (criterion 4)); ``params`` a
     :class:`scanstream.picker.detect.DetectParams` (``star_um``, ``star_dz_um`` and the prong
     following's). Vertices on the same segment within ``star_um`` in x, y and ``star_dz_um`` in
-    depth of each other, chained, are a group. Of a group, the vertex nearest (x, y) the
-    :func:`crossing` of its prongs' free lines is kept and every vertex linked to it dropped;
+    depth of each other, chained, are a group. Of a group, the vertex nearest the :func:`crossing`
+    of its prongs' free lines (in x, y and depth, :data:`DEPTH_WEIGHT`) is kept, the crossing
+    looked for within ``r_inner`` (the shell's inner radius, 4 um) of the group's vertices: one
+    farther from all of them is another point (a track crossing a prong, a second object), not
+    where one of them should be. Every vertex linked to the kept one is dropped;
     what is left of the group is judged again. Where the lines cross nowhere, the best
     :func:`measured` is kept instead. Kept vertices come back in ``stars``' order; ``star_um`` 0
     keeps every vertex apart from exact repeats.
@@ -188,9 +194,12 @@ def one_per_star(stars: Sequence[tuple], params) -> list:
                         at, _, _, near, arms = stars[m]
                         lines[m] = free_lines(near, at, arms, params)
                 at = np.array([stars[m][0][:2] for m in group])
-                x = crossing(same_tracks_once([ln for m in group for ln in lines[m]]), at, within_um=star_um)
-                k = (group[int(np.argmin(np.hypot(*(at - x[:2]).T)))] if x is not None
-                     else min(group, key=lambda m: measured(stars[m][2])))
+                x = crossing(same_tracks_once([ln for m in group for ln in lines[m]]), at, within_um=params.r_inner)
+                if x is None:
+                    k = min(group, key=lambda m: measured(stars[m][2]))
+                else:
+                    d = np.array([stars[m][0] for m in group]) - x
+                    k = group[int(np.argmin(np.hypot(np.hypot(d[:, 0], d[:, 1]), d[:, 2] * DEPTH_WEIGHT)))]
             kept.append(k)
             a, lab = stars[k][0], stars[k][1]
             group = [m for m in group if m != k and not (stars[m][1] == lab and np.hypot(*(stars[m][0][:2] - a[:2])) <= star_um
