@@ -14,6 +14,7 @@ from scanstream import store as st
 from scanstream.cli import main
 from scanstream.errors import InputError
 from scanstream.physics.emulsion import ALPHA, GREY
+from scanstream.picker import darkmasks as dm
 from scanstream.picker import detect as dt
 from scanstream.picker.detect import DetectParams, detect_vertices, is_crossing
 from scanstream.picker.pick import crop_planes, pick_volume
@@ -214,7 +215,7 @@ def test_dark_masks_match_the_criterion_at_2x2_pixels():
     """The fast masks (smoothing at voxel resolution, interpolated back) against the slow reference."""
     planes = render_stack([star(), crossing()], fog=20.0, seed=5)
     params = DetectParams()
-    masks = dt.dark_masks(planes, params)
+    masks = dm.dark_masks(planes, params)
     dark, fine = reference_masks(planes, params)
     assert masks.dark.shape == dark.shape and masks.fine.shape == fine.shape
     assert dark.sum() > 500
@@ -230,7 +231,7 @@ def test_fine_voxels_against_explicit_interpolation(r):
     limit = rng.uniform(100, 200, (5, 7)).astype(np.float32)
     s2 = rng.uniform(90, 210, (5 * r, 7 * r)).astype(np.float32)
     bi, bj = np.nonzero(rng.random((5, 7)) < 0.6)
-    fy, fx, on = dt._fine_sharp(s2, limit, bi, bj, r)
+    fy, fx, on = dm._fine_sharp(s2, limit, bi, bj, r)
     assert len(fy) == len(bi) * r * r
     for y, x, got in zip(fy, fx, on, strict=True):
         cy, cx = (y + 0.5) / r - 0.5, (x + 0.5) / r - 0.5  # the fine voxel's centre, in voxels
@@ -245,14 +246,14 @@ def test_fine_voxels_against_explicit_interpolation(r):
 
 def test_max3_is_the_3x3_maximum():
     a = np.random.default_rng(1).random((9, 6)).astype(np.float32)
-    np.testing.assert_array_equal(dt._max3(a), ndi.maximum_filter(a, 3, mode="nearest"))
+    np.testing.assert_array_equal(dm._max3(a), ndi.maximum_filter(a, 3, mode="nearest"))
 
 
 def test_candidates_in_boxes_match_the_whole_array_computation():
     """Window counts and their local maxima computed per segment box equal the whole-array ones."""
     planes = render_stack([star(), crossing()], fog=20.0, seed=5)
     params = DetectParams()
-    mask = dt.dark_masks(planes, params).dark
+    mask = dm.dark_masks(planes, params).dark
     labels, boxes, cand, dens = dt._candidates(mask, params)
     ref, _ = ndi.label(mask, np.ones((3, 3, 3), bool))
     np.testing.assert_array_equal(labels, ref)

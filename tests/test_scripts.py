@@ -121,6 +121,17 @@ def test_picker_errors_benchmark_runs_tiny(tmp_path):
     assert table.read_text().startswith("| measure | tuning seeds 1 | held-out seeds 2 |")
 
 
+@pytest.mark.slow
+def test_pick_speed_benchmark_runs_tiny(tmp_path):
+    sim, vol = tmp_path / "sim", tmp_path / "v.zarr"
+    for argv in (["simulate-volume", str(sim), "--fields", "1", "--seed", "3", "--objects-per-field", "2",
+                  "--field-px", "128", "--depth-um", "12", "--no-progress"],
+                 ["ingest", str(sim), str(vol), "--format", "stack", "--no-progress"]):
+        subprocess.run([sys.executable, "-m", "scanstream", *argv], check=True, capture_output=True)
+    doc = printed_json(run_script("benchmarks/pick_speed.py", "--volume", str(vol), "--workers", "1"))
+    assert doc["volume"]["fields"] == 1 and [r["workers"] for r in doc["picking"]] == [1]
+
+
 def test_edge_picks_benchmark_runs_tiny(tmp_path):
     doc = printed_json(run_script("benchmarks/edge_picks.py", "--work", str(tmp_path), "--seeds", "1", "--overlaps",
                                   "none,10", "--fields", "4", "--objects-per-field", "2", "--field-px", "128",

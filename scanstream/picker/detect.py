@@ -18,7 +18,7 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    apart) and fog grains rarely connect. It is *dark* when sharp or below (1 - ``threshold``) =
    0.4 of the median: the black core where prongs meet. Both are pooled to ``voxel_px`` = 4
    pixels (1.13 um at 0.283 um/px). The mean is smoothed at voxel resolution and interpolated
-   (:func:`dark_masks`): 99.5 % of the dark voxels of smoothing at 2 x 2 pixels.
+   (:func:`scanstream.picker.darkmasks.dark_masks`): 99.5 % of the dark voxels of smoothing at 2 x 2 pixels.
 2. **Track segments.** 3-D connected components (26-connectivity) of dark voxels; components
    of fewer than ``min_voxels`` (12) voxels are fog, noise or dotted tracks and are dropped.
 3. **Candidate points.** Voxels of the kept segments whose count of dark voxels in a
@@ -79,6 +79,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from scanstream.picker.darkmasks import Masks, dark_masks
 from scanstream.picker.prongs import prong_fits
 from scanstream.picker.stars import one_per_star
 
@@ -149,100 +150,6 @@ class Vertex:
     directions: tuple[tuple[float, float, float], ...]
     density: float
     line_miss_um: float = float("inf")
-
-
-def _sum2(a: np.ndarray) -> np.ndarray:
-    """Sums of 2 x 2 blocks of a 2-D array (uint8 -> uint16, uint16 or float stay); odd edges dropped."""
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-    s = a[:h:2, :w:2].astype(np.uint16 if a.dtype == np.uint8 else a.dtype)
-    s += a[1:h:2, :w:2]
-    s += a[:h:2, 1:w:2]
-    s += a[1:h:2, 1:w:2]
-    return s
-
-
-@dataclass(frozen=True)
-class Masks:
-    """What criterion 1 gives, per field: bool (z, y // voxel_px, x // voxel_px) ``dark`` and
-    ``sharp``, and ``fine``, the sharp 2 x 2-pixel voxels, bool (z, y // voxel_px * voxel_px / 2, same in x)."""
-
-    dark: np.ndarray
-    sharp: np.ndarray
-    fine: np.ndarray
-
-
-def dark_masks(planes: np.ndarray, params: DetectParams) -> Masks:
-    """Dark and sharp voxels (criterion 1), one plane at a time (each plane's work stays in cache).
-
-    The neighbourhood mean is a Gaussian of the voxel means (a quarter of the samples of the
-    2 x 2-pixel grid, and a kernel half as wide), interpolated bilinearly to the 2 x 2-pixel
-    grid; the Gaussian is narrowed by what the wider box and the interpolation add
-    (:func:`_added_blur_um2`: 1.39 instead of 1.5 um), so the sum is the 1.5 um neighbourhood.
-    The interpolation is done only in voxels whose darkest 2 x 2 pixels are below the largest
-    limit around them (an interpolated limit never exceeds it): about 1 % of a field.
-    """
-    nz, h, w = planes.shape
-    f = params.voxel_px
-    if f not in (2, 4, 8, 16) or min(h, w) < 2 * f:
-        raise ValueError(f"voxel_px must be 2, 4, 8 or 16 and the planes two voxels wide, got {f} and {h} x {w} px")
-    hv, wv, r = h // f, w // f, f // 2
-    dark = np.zeros((nz, hv, wv), bool)
-    sharp = np.zeros_like(dark)
-    fine = np.zeros((nz, hv * r, wv * r), bool)
-    sigma = np.sqrt(max(params.sharp_sigma_um**2 - _added_blur_um2(f, params.pixel_um), 0.0)) / (f * params.pixel_um)
-    for k in range(nz):
-        plane = planes[k, : hv * f, : wv * f]
-        sample = plane[::4, ::4]
-        bg = max(float(np.searchsorted(np.cumsum(np.bincount(sample.ravel(), minlength=256)), sample.size / 2)), 1.0)
-        s2 = _sum2(plane)  # 4 x the 2 x 2-pixel means
-        lo, tot = s2, s2
-        while lo.shape[0] > hv:  # down to voxels: the darkest 2 x 2 pixels, and the sum
-            lo = np.minimum(np.minimum(lo[0::2, 0::2], lo[1::2, 0::2]), np.minimum(lo[0::2, 1::2], lo[1::2, 1::2]))
-            tot = _sum2(tot)
-        limit = ndi.gaussian_filter(tot.astype(np.float32) * np.float32(4.0 / (f * f)), sigma, mode="nearest")
-        limit -= np.float32(4 * params.sharp_threshold * bg)
-        bi, bj = np.nonzero(lo < _max3(limit))
-        fy, fx, on = _fine_sharp(s2, limit, bi, bj, r)
-        fine[k, fy, fx] = on
-        sharp[k, bi, bj] = on.reshape(len(bi), r * r).any(1)
-        dark[k] = sharp[k] | (lo < 4 * (1.0 - params.threshold) * bg)
-    return Masks(dark, sharp, fine)
-
-
-def _max3(a: np.ndarray) -> np.ndarray:
-    """The maximum over each element's 3 x 3 neighbourhood (edges: the nearest value)."""
-    m = a.copy()
-    np.maximum(m[1:], a[:-1], out=m[1:])
-    np.maximum(m[:-1], a[1:], out=m[:-1])
-    out = m.copy()
-    np.maximum(out[:, 1:], m[:, :-1], out=out[:, 1:])
-    np.maximum(out[:, :-1], m[:, 1:], out=out[:, :-1])
-    return out
-
-
-def _fine_sharp(s2: np.ndarray, limit: np.ndarray, bi: np.ndarray, bj: np.ndarray, r: int):
-    """The r x r fine voxels of voxels (bi, bj) and whether each is sharp: its sum ``s2`` below
-    ``limit`` interpolated bilinearly to its centre, (a + 1/2) / r - 1/2 voxels from the voxel's
-    (edges: the nearest voxel). Returns (rows, columns, sharp), voxel by voxel, r x r each."""
-    off = (np.arange(r) + 0.5) / r - 0.5
-    fy = (bi[:, None, None] * r + np.arange(r)[None, :, None] + np.zeros((1, 1, r), int)).ravel()
-    fx = (bj[:, None, None] * r + np.zeros((1, r, 1), int) + np.arange(r)[None, None, :]).ravel()
-    y = np.clip((bi[:, None, None] + off[None, :, None] + np.zeros((1, 1, r))).ravel(), 0, limit.shape[0] - 1)
-    x = np.clip((bj[:, None, None] + np.zeros((1, r, 1)) + off[None, None, :]).ravel(), 0, limit.shape[1] - 1)
-    y0, x0 = np.minimum(y.astype(int), limit.shape[0] - 2), np.minimum(x.astype(int), limit.shape[1] - 2)
-    ty, tx = y - y0, x - x0
-    lim = ((1 - ty) * ((1 - tx) * limit[y0, x0] + tx * limit[y0, x0 + 1])
-           + ty * ((1 - tx) * limit[y0 + 1, x0] + tx * limit[y0 + 1, x0 + 1]))
-    return fy, fx, s2[fy, fx] < lim
-
-
-def _added_blur_um2(f: int, pixel_um: float) -> float:
-    """Variance (um2) that averaging over voxels instead of 2 x 2 pixels and the interpolation
-    add to the neighbourhood's smoothing: (f^2 - 2^2) px^2 / 12 for the wider box, and t (1 - t)
-    voxels^2 for linear interpolation at fraction t, averaged over the fine voxels' positions."""
-    r = f // 2
-    t = ((np.arange(r) + 0.5) / r - 0.5) % 1.0
-    return ((f * pixel_um) ** 2 - (2 * pixel_um) ** 2) / 12 + float(np.mean(t * (1 - t))) * (f * pixel_um) ** 2
 
 
 @dataclass(frozen=True)

@@ -276,25 +276,45 @@ def open_volume(path: str | os.PathLike, *, require_complete: bool = True) -> Vo
     attrs = dict(group.attrs["scanstream_volume"])
     if require_complete and not attrs.get("complete"):
         raise StoreError(f"{p}: volume store is incomplete (interrupted ingest?); rerun the ingest")
-    fields = []
-    for name in attrs.get("fields", []):
-        g = group[name]
-        fa = dict(g.attrs["scanstream_fov"])
-        try:
-            paths = [str(d["path"]) for d in g.attrs["ome"]["multiscales"][0]["datasets"]] or ["0"]
-        except (KeyError, IndexError, TypeError):
-            paths = ["0"]  # no multiscales: a volume from before level names, level 0 at "0"
-        try:
-            levels = tuple(g[path] for path in paths)
-        except KeyError as exc:
-            raise StoreError(f"{p / name}: field of view lacks its pyramid level {exc}") from None
-        fields.append(FieldOfView(
-            name=name, source=fa["source"], data=levels[0], pixel_size_um=tuple(fa["pixel_size_um"]),
-            step_um=float(fa["step_um"]), stage_x_mm=np.asarray(fa["stage_x_mm"], np.float64),
-            stage_y_mm=np.asarray(fa["stage_y_mm"], np.float64), stage_z_mm=np.asarray(fa["stage_z_mm"], np.float64),
-            attrs=fa, levels=levels,
-        ))
-    return Volume(p, tuple(fields), attrs)
+    return Volume(p, tuple(_field(group[name], p, name) for name in attrs.get("fields", [])), attrs)
+
+
+def open_field(path: str | os.PathLike, name: str) -> FieldOfView:
+    """Field of view ``name`` of the volume store ``path`` alone: what a worker of ``pick`` opens
+    for its task (:func:`open_volume` opens every field, about 6 ms each).
+
+    Raises
+    ------
+    StoreNotFoundError
+        ``path`` is not a volume store, or has no field ``name``.
+    """
+    p = Path(path)
+    if not is_volume(p):
+        raise StoreNotFoundError(f"{p}: not a scanstream volume store")
+    try:
+        group = zarr.open_group(str(p / name), mode="r")
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"{p}: no field of view {name!r}") from None
+    return _field(group, p, name)
+
+
+def _field(g: zarr.Group, p: Path, name: str) -> FieldOfView:
+    """The field of view ``name`` of the volume store ``p``, from its group ``g``."""
+    fa = dict(g.attrs["scanstream_fov"])
+    try:
+        paths = [str(d["path"]) for d in g.attrs["ome"]["multiscales"][0]["datasets"]] or ["0"]
+    except (KeyError, IndexError, TypeError):
+        paths = ["0"]  # no multiscales: a volume from before level names, level 0 at "0"
+    try:
+        levels = tuple(g[path] for path in paths)
+    except KeyError as exc:
+        raise StoreError(f"{p / name}: field of view lacks its pyramid level {exc}") from None
+    return FieldOfView(
+        name=name, source=fa["source"], data=levels[0], pixel_size_um=tuple(fa["pixel_size_um"]),
+        step_um=float(fa["step_um"]), stage_x_mm=np.asarray(fa["stage_x_mm"], np.float64),
+        stage_y_mm=np.asarray(fa["stage_y_mm"], np.float64), stage_z_mm=np.asarray(fa["stage_z_mm"], np.float64),
+        attrs=fa, levels=levels,
+    )
 
 
 def summarize_volume(volume: Volume) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""The pick path's speed work: opening one field, the separable crop resampling, the run's
+timing split and the side-by-side measurement (issue 27, Speed). No timing is asserted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from scanstream.cli import main
+from scanstream.errors import InputError, StoreNotFoundError
+from scanstream.picker.pick import ANTIALIAS_PX, crop_planes, pick_volume
+from scanstream.picker.speed import pick_speed
+from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
+from scanstream.store.volume import open_field, open_volume
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    """Two simulated fields of 256 px, a 12 um slab, alpha decays among the objects."""
+    d = tmp_path_factory.mktemp("speed")
+    assert main(["simulate-volume", str(d / "sim"), "--fields", "2", "--seed", "3", "--objects-per-field", "4",
+                 "--alpha-fraction", "0.75", "--field-px", "256", "--depth-um", "12", "--no-progress"]) == 0
+    assert main(["ingest", str(d / "sim"), str(d / "v.zarr"), "--format", "stack", "--no-progress"]) == 0
+    return d / "v.zarr"
+
+
+def test_open_field_is_the_volumes_field(volume):
+    for whole in open_volume(volume):
+        one = open_field(volume, whole.name)
+        assert (one.name, one.source, one.pixel_size_um, one.step_um) == (whole.name, whole.source,
+                                                                          whole.pixel_size_um, whole.step_um)
+        assert one.attrs == whole.attrs and len(one.levels) == len(whole.levels)
+        np.testing.assert_array_equal(one.stage_z_mm, whole.stage_z_mm)
+        np.testing.assert_array_equal(one.read(), whole.read())
+
+
+def test_open_field_names_a_missing_field(volume):
+    with pytest.raises(StoreNotFoundError, match="no field of view '7'"):
+        open_field(volume, "7")
+
+
+def test_open_field_refuses_what_is_not_a_volume(tmp_path):
+    with pytest.raises(StoreNotFoundError, match="not a scanstream volume store"):
+        open_field(tmp_path, "0")
+
+
+def reference_crop(planes, row, col, pixel_um):
+    """crop_planes as it was: the smoothed region sampled by ``ndi.map_coordinates(order=1)``."""
+    sx, sy = PIXEL_SIZE_UM / pixel_um[0], PIXEL_SIZE_UM / pixel_um[1]
+    half = (CROP_SIZE - 1) / 2
+    ry, rx = int(np.ceil(half * sy)) + 3, int(np.ceil(half * sx)) + 3
+    r0, c0 = int(np.floor(row)) - ry, int(np.floor(col)) - rx
+    grid = np.arange(CROP_SIZE) - half
+    out = np.empty((CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    h, w = planes.shape[1:]
+    for ch in range(3):
+        fill = float(np.median(planes[ch, :: max(1, h // 64), :: max(1, w // 64)]))
+        region = np.full((2 * ry + 2, 2 * rx + 2), fill, np.float32)
+        y0, y1, x0, x1 = max(r0, 0), min(r0 + region.shape[0], h), max(c0, 0), min(c0 + region.shape[1], w)
+        if y1 > y0 and x1 > x0:
+            region[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = planes[ch, y0:y1, x0:x1]
+        region = ndi.gaussian_filter(region, ANTIALIAS_PX, mode="nearest")
+        rr = (row - r0 + grid * sy)[:, None] + np.zeros((1, CROP_SIZE))
+        cc = (col - c0 + grid * sx)[None, :] + np.zeros((CROP_SIZE, 1))
+        vals = ndi.map_coordinates(region, [rr, cc], order=1, mode="constant", cval=fill)
+        out[..., ch] = np.clip(vals + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("pixel_um", [(0.283, 0.283), (0.2, 0.31), (0.45, 0.45)])
+def test_crop_resampling_along_rows_then_columns_is_the_bilinear_sampling(pixel_um):
+    """Inside the field, at its edges and beyond it: the same grey levels, but for ties in rounding."""
+    rng = np.random.default_rng(7)
+    planes = rng.integers(0, 256, (3, 300, 420), dtype=np.uint8)
+    differ = 0
+    for row, col in [(150.0, 210.0), (3.7, 411.2), (-40.5, 500.0), *rng.uniform(-60, 460, (6, 2))]:
+        got, want = crop_planes(planes, row, col, pixel_um), reference_crop(planes, row, col, pixel_um)
+        assert np.abs(got.astype(int) - want).max() <= 1
+        differ += int((got != want).sum())
+    assert differ <= 1e-4 * 9 * got.size
+
+
+def test_pick_run_splits_its_seconds(volume, tmp_path):
+    res = pick_volume(volume, tmp_path / "p.zarr", workers=1)
+    assert res.fields_picked == 2 and res.start_seconds > 0 and res.work_seconds > 0
+    assert res.start_seconds + res.work_seconds <= res.seconds
+    assert {"start_seconds", "work_seconds"} <= set(res.summary())
+
+
+def test_pick_speed_sets_picking_beside_reading(volume):
+    doc = pick_speed(volume, workers=(1,))
+    assert doc["volume"]["fields"] == 2 and doc["reading"]["fields_per_s"] > 0
+    (run,) = doc["picking"]
+    assert run["workers"] == 1 and run["objects"] > 0
+    assert run["fields_per_s"] == pytest.approx(2 / run["seconds"], rel=1e-2)
+    assert run["fields_per_s_work"] == pytest.approx(2 / run["work_seconds"], rel=1e-2)
+    assert run["over_reading"] == pytest.approx(run["fields_per_s"] / doc["reading"]["fields_per_s"], rel=1e-2)
+    assert len(doc["machine"]["load_average_before"]) == 3
+
+
+@pytest.mark.parametrize("workers", [(), (0,), (1, -2)])
+def test_pick_speed_refuses_worker_counts_below_one(volume, workers):
+    with pytest.raises(InputError, match="worker counts must be >= 1"):
+        pick_speed(volume, workers=workers)
