@@ -33,10 +33,13 @@ def square(index: int, x_mm: float, y_mm: float = 0.0, size: int = 100) -> ov.Fo
 # -- ownership --------------------------------------------------------------------------------------
 
 
-def test_edge_to_edge_fields_keep_every_point_of_their_images():
+def test_edge_to_edge_fields_keep_every_vertex_they_find():
     fields = [square(0, 0.0), square(1, 100 * MM), square(2, 0.0, 100 * MM)]
     pts = np.random.default_rng(0).uniform(-50 * MM, 50 * MM, (500, 2))
     assert ov.owned(pts, fields[0], fields).all()
+    past = np.array([[50.4 * MM, 0.0], [0.0, 50.4 * MM]])  # placed just past the last pixel, on a neighbour
+    assert ov.owned(past, fields[0], fields).all()
+    assert not ov.overlapping(fields[0], fields[1]) and ov.overlapping(fields[0], square(3, 98 * MM))
 
 
 def test_overlapping_fields_split_at_the_middle_and_tile_without_gaps():

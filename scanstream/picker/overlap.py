@@ -11,8 +11,9 @@ reported once, by the field where it lies furthest from an edge; the simulator
 (:mod:`scanstream.simulate.volume`) places each object in the one field that owns it.
 
 The rule reads only the fields' stage positions, pixel axes and image sizes, so it is the same
-in every process and on every rerun. Fields whose images do not overlap never take a point from
-each other (edge-to-edge fields are unchanged); fields at the same stage position (a field
+in every process and on every rerun. Only fields whose images overlap by more than a pixel
+(:func:`overlapping`) take points from each other: fields edge to edge keep every vertex they
+find, even one placed just past the last pixel; fields at the same stage position (a field
 scanned twice) are not neighbours, and a field without stage positions owns all its vertices.
 """
 
@@ -72,6 +73,31 @@ class Footprint:
         a, b, c, d = self.axes_mm
         return float(np.sqrt(abs(a * d - b * c)))
 
+    def half_extent_mm(self) -> tuple[float, float]:
+        """Half the stage x and y extent (mm) of the image's bounding box."""
+        a, b, c, d = self.axes_mm
+        ny, nx = self.shape
+        return (abs(a) * nx + abs(b) * ny) / 2, (abs(c) * nx + abs(d) * ny) / 2
+
+
+def overlapping(f: Footprint, g: Footprint) -> bool:
+    """Whether the images of ``f`` and ``g`` share more than a pixel's width in x and in y (their
+    bounding boxes on the stage): fields edge to edge do not; a field scanned twice (centres within
+    :data:`SAME_PLACE_PX`) does not count either.
+
+    Examples
+    --------
+    >>> f = Footprint("0", 0, (0.0, 0.0), (0.001, 0.0, 0.0, 0.001), (100, 100))
+    >>> [overlapping(f, Footprint("1", 1, (x, 0.0), f.axes_mm, f.shape)) for x in (0.08, 0.1, 0.0)]
+    [True, False, False]
+    """
+    (fx, fy), (gx, gy) = f.half_extent_mm(), g.half_extent_mm()
+    dx, dy = abs(f.centre_mm[0] - g.centre_mm[0]), abs(f.centre_mm[1] - g.centre_mm[1])
+    px = min(f.pixel_mm, g.pixel_mm)
+    if np.hypot(dx, dy) < SAME_PLACE_PX * px:
+        return False
+    return fx + gx - dx > px and fy + gy - dy > px
+
 
 def footprint(fov: Any, index: int) -> Footprint | None:
     """The :class:`Footprint` of a volume's field of view (:class:`scanstream.store.volume.FieldOfView`),
@@ -112,9 +138,8 @@ def owned(xy_mm: np.ndarray, own: Footprint, fields: Sequence[Footprint]) -> np.
     xy = np.asarray(xy_mm, float).reshape(-1, 2)
     keep = np.ones(len(xy), bool)
     d_own = np.hypot(*(xy - np.asarray(own.centre_mm)).T)
-    same_px = SAME_PLACE_PX * own.pixel_mm
     for other in fields:
-        if other.index == own.index or np.hypot(*np.subtract(other.centre_mm, own.centre_mm)) < same_px:
+        if other.index == own.index or not overlapping(own, other):
             continue
         d = np.hypot(*(xy - np.asarray(other.centre_mm)).T)
         nearer = (d < d_own) | ((d == d_own) & (other.index < own.index))
