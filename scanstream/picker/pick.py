@@ -19,8 +19,9 @@ plane), label -1 (unknown), ``pick_field`` (the field's source folder) and
 null where it gives none and 2.0 was used). Object ids are ``<sheet>-F<field>-V<k>``, stable across reruns.
 
 Resumable: the crop store is written by :class:`scanstream.store.StoreWriter`, and
-``CROPS.zarr/pick_fields.json`` records how many vertices each field gave; a rerun skips fields
-whose vertices are all in the store and appends only the missing ones of a field cut short.
+``CROPS.zarr/pick_fields.json`` records how many vertices each field gave (rewritten every
+``FIELDS_EVERY_S`` seconds and at the end); a rerun skips fields whose vertices are all in the
+store and appends only the missing ones of a field cut short or not yet recorded.
 A field that cannot be picked (fewer than three planes, planes without stage positions) is an
 error naming it, found before anything is written, or with ``skip_bad`` is left out and listed.
 
@@ -57,6 +58,10 @@ from scanstream.store.writer import StoreWriter
 logger = logging.getLogger(__name__)
 
 FIELDS_FILE = "pick_fields.json"
+#: seconds between rewrites of FIELDS_FILE during a run (and once at its end): one entry a field,
+#: fsynced, so a rewrite after every field grows with the sheet; a field picked but not yet
+#: recorded is picked again on a rerun, and only its missing crops are appended
+FIELDS_EVERY_S = 2.0
 ANTIALIAS_PX = 0.45  # Gaussian sigma (source px) before the 0.283 -> 0.388 um/px resampling
 DEFAULT_SHRINKAGE = 2.0
 
@@ -258,7 +263,7 @@ def pick_volume(
                     and done.get(f.name, -1) != present.get(f"{sheet}-F{int(f.name):04d}", 0)]
             bar.update(len(vol) - len(todo))
             with contextlib.ExitStack() as stack:
-                t1 = time.perf_counter()
+                t1 = written = time.perf_counter()
                 client = stack.enter_context(dask_client(scheduler, workers=workers, processes=processes)) if todo else None
                 t2 = time.perf_counter()
                 fields = footprints(vol)  # which field owns a vertex where fields overlap
@@ -272,8 +277,11 @@ def pick_volume(
                     added += len(keep)
                     picked += 1
                     done[res.name] = len(res.rows)
-                    write_json(out / FIELDS_FILE, done)
+                    if time.perf_counter() - written >= FIELDS_EVERY_S:
+                        write_json(out / FIELDS_FILE, done)
+                        written = time.perf_counter()
                     bar.update(1)
+                write_json(out / FIELDS_FILE, done)
                 t3 = time.perf_counter()
             n_objects = writer.n
     finally:
