@@ -130,14 +130,6 @@ def alpha_star(azimuths, dips, lengths, at=(0.0, 0.0)) -> SimObject:
                      widths=np.zeros(n), blobs=np.zeros((0, 4)), defocus=0.0, depth=0.0)
 
 
-def near_centre(found, um: float = 12.0) -> list:
-    return [v for v in found if np.hypot(v.x - CENTRE, v.y - CENTRE) * PX <= um]
-
-
-def off_um(v) -> float:
-    return float(np.hypot(v.x - CENTRE, v.y - CENTRE) * PX)
-
-
 def prong_voxels(center, azimuths, dips, lengths) -> list[np.ndarray]:
     """Sharp voxels (um: x, y, developed depth) every 0.3 um along each straight prong from ``center``."""
     out = []
@@ -176,16 +168,6 @@ def test_a_duplicate_beside_a_star_is_merged_onto_the_star_point(out_um, prong):
     assert kept(stars) == [0.0] and kept(stars[::-1]) == [0.0]
     # without voxels the better measured, the duplicate, is kept (the rule before the free lines)
     assert kept([(*t[:3], np.zeros((0, 3)), []) for t in stars]) == [1.0]
-
-
-def test_merge_places_a_rendered_star_within_2um():
-    """A rendered alpha star (256 px field, 11 planes): whatever vertices the detector finds around
-    it without the merge, with it one is left within 8 um of the star, within 2 um of its point."""
-    planes = render([alpha_star((84.13570295325131, 90.29530498897086, 107.77189717307746, 215.32299074348245),
-                                (2.7771062374061444, -43.128238674918464, -7.927604248776845, 42.9980134834762),
-                                (43.369087851644586, 26.63115027751556, 22.199588917959634, 25.904774324146423))], seed=50)
-    (one,) = near_centre(detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK), um=8.0)
-    assert off_um(one) < 2.0 and abs(one.z * STEP - DEPTH) <= STEP
 
 
 @pytest.mark.parametrize("apart_um", [10.0, 11.0, 12.0])

@@ -38,6 +38,10 @@ MIN_CROSSING_DEG = 20.0
 #: um): a plane step. Lines that cross in the plate plane 10 um apart in depth are a track
 #: passing above or below a star's prong, not the star.
 CROSSING_DZ_UM = 3.0
+#: A free line fitted to fewer voxels votes for a crossing in proportion (:func:`crossing`): a few
+#: um of track (a stub, a prong's piece left between two others) give a line good to only a
+#: degree or two, while a black track 15-40 um long gives 200-500 fine voxels beyond 6 um.
+FULL_VOTE_VOXELS = 100
 #: Weight of depth against x, y in choosing the vertex nearest a crossing: a plane step (3 um)
 #: counts as :data:`CROSSING_UM`, as in :func:`crossing`'s score.
 DEPTH_WEIGHT = CROSSING_UM / CROSSING_DZ_UM
@@ -64,9 +68,11 @@ def _miss(x: np.ndarray, line: tuple) -> float:
 
 
 def _support(x: np.ndarray, lines: Sequence[tuple]) -> float:
-    """How many of ``lines`` pass through ``x`` (x, y, depth), softly: sum of exp(-m^2 / 2) with m
-    the miss in the plate plane in units of :data:`CROSSING_UM` and in depth in :data:`CROSSING_DZ_UM`."""
-    return float(sum(np.exp(-0.5 * ((_miss(x, ln) / CROSSING_UM) ** 2 + ((_depth(x, ln) - x[2]) / CROSSING_DZ_UM) ** 2))
+    """How many of ``lines`` pass through ``x`` (x, y, depth), softly: sum of w exp(-m^2 / 2) with m
+    the miss in the plate plane in units of :data:`CROSSING_UM` and in depth in :data:`CROSSING_DZ_UM`,
+    and w the line's voxels over :data:`FULL_VOTE_VOXELS`, at most 1."""
+    return float(sum(min(ln[4] / FULL_VOTE_VOXELS, 1.0)
+                     * np.exp(-0.5 * ((_miss(x, ln) / CROSSING_UM) ** 2 + ((_depth(x, ln) - x[2]) / CROSSING_DZ_UM) ** 2))
                      for ln in lines))
 
 
@@ -107,8 +113,8 @@ def crossing(lines: Sequence[tuple], near: np.ndarray, *, within_um: float) -> n
 
     Every two lines at least :data:`MIN_CROSSING_DEG` apart cross at a candidate point; those
     farther than ``within_um`` from every point of ``near`` (n, 2) (the group's vertices) are not
-    looked at. Each is scored by the lines passing near it, sum exp(-miss^2 / 2 :data:`CROSSING_UM`^2),
-    so the lines of a star's other prongs outvote those seen askew from a point beside it; the
+    looked at. Each is scored by the lines passing near it in x, y and depth (:func:`_support`), so
+    the lines of a star's other prongs outvote those seen askew from a point beside it; the
     best is refined twice to the least-squares point of the lines within 1.5 :data:`CROSSING_UM`.
     Depth: the median of those lines' depths at it.
 
@@ -139,6 +145,8 @@ def crossing(lines: Sequence[tuple], near: np.ndarray, *, within_um: float) -> n
         x = _least_squares(on) if len(on) >= 2 else None
         if x is None:  # no two lines meet there in depth as well
             return None
+        if np.hypot(*(near - x).T).min() > within_um:  # drawn away by lines of another point
+            break
         best = np.array([x[0], x[1], float(np.median([_depth(x, ln) for ln in on]))])
     return best
 
