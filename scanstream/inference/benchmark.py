@@ -61,7 +61,7 @@ from scanstream.inference.engine import (
 from scanstream.inference.export import measure_rates
 from scanstream.network.model import preprocess
 from scanstream.picker.cuts import run_baseline_table
-from scanstream.picker.pick import pick_volume
+from scanstream.picker.speed import pick_speed
 from scanstream.progress import as_progress
 
 __all__ = ["PickerRate", "check_rate", "format_report", "read_picker_log", "run_benchmark"]
@@ -115,26 +115,16 @@ def measure_picker(volume: str | os.PathLike, *, scheduler: str | None = None, w
     Objects per second over the whole run (reading the planes, detecting, cropping, writing),
     on the same hardware (and cluster) as the classify measurements; beside it, fields per
     second, and reading every field's planes alone in this process (before picking, so both
-    find the same files cached): the floor under any picker that looks at every plane.
+    find the same files cached): the floor under any picker that looks at every plane. The
+    measurement is :func:`scanstream.picker.speed.pick_speed`'s with one worker count.
     """
-    t0 = time.perf_counter()
-    fields = st.open_volume(volume)
-    for f in fields:
-        f.read()
-    reading = time.perf_counter() - t0
-    tmp = Path(tempfile.mkdtemp(prefix="scanstream-pick-bench-"))
-    try:
-        t0 = time.perf_counter()
-        result = pick_volume(volume, tmp / "picked.zarr", scheduler=scheduler, workers=workers)
-        seconds = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if result.objects == 0:
+    doc = pick_speed(volume, workers=(workers or 1,), scheduler=scheduler)
+    (run,) = doc["picking"]
+    if run["objects"] == 0:
         raise InputError(f"{volume}: the picker found no vertex-like object, so it has no rate to measure")
-    n = len(fields)
-    return PickerRate(result.objects / seconds, f"scanstream pick on {volume} ({result.fields} fields)",
-                      objects=result.objects, seconds=round(seconds, 3), fields_per_s=round(n / seconds, 4),
-                      reading_fields_per_s=round(n / reading, 4), picking_over_reading=float(f"{reading / seconds:.4g}"))
+    return PickerRate(run["objects"] / run["seconds"], f"scanstream pick on {volume} ({doc['volume']['fields']} fields)",
+                      objects=run["objects"], seconds=run["seconds"], fields_per_s=run["fields_per_s"],
+                      reading_fields_per_s=doc["reading"]["fields_per_s"], picking_over_reading=run["over_reading"])
 
 
 def read_picker_log(path: str | os.PathLike) -> PickerRate:
