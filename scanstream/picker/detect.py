@@ -33,7 +33,13 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    (8 .. 14 um) is tried too (prongs close in angle touch near the point and part farther out);
    its count is used when larger, but only for a candidate whose refined position (6) stays
    within ``r_inner`` of it, or that passes the recheck (6). A prong's direction is its voxels'
-   mean offset in x, y and its mean plane offset in depth.
+   mean offset in x, y and its mean plane offset in depth. *Prongs close in azimuth*: where the
+   pieces already make a vertex (three or more), a piece whose outer azimuths are bimodal
+   (classes ``split_deg`` (10 degrees) apart) and that no straight line fits (voxels
+   ``split_rms_um`` (1.3 um) or more from its axis, each half 0.6 of that or less from its own)
+   is two prongs (:func:`_split_azimuth`), so the multiplicity and the lines count both: prongs
+   about 15 degrees apart (at 20 the shell parts them; at 12 they stay one). Not before:
+   splitting the two-piece candidates on single prongs made a fake vertex of many of them.
 5. **Vertex rule.** A candidate with three or more prongs is a vertex, unless every prong has a
    collinear partner: two prongs whose plate-plane directions are within ``collinear_deg`` (15
    degrees) of opposite and whose depth offsets are opposite within one plane are one straight
@@ -41,11 +47,19 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    straight tracks (two tracks: multiplicity 4) and is not reported; a star with a track
    through it is. Applied with the directions seen from the candidate and from the refined point.
 6. **Position and one vertex per star.** A candidate's position is refined to the
-   least-squares intersection of its prongs' lines (:func:`refine`: lines fitted to the sharp
-   2 x 2-pixel voxels ``fit_inner_um`` .. ``fit_outer_um`` (2.5 .. 20 um) out, within
-   ``tube_um`` (1.7 um) across and ``tube_dz_um`` (4.5 um) in depth; a line more than
-   ``outlier_um`` (1 um) from the point is dropped while more than three remain: a displaced
-   radon decay); depth from the prongs' depth-vs-distance fits. Candidates are then ranked by
+   least-squares intersection of its prongs' lines (:func:`scanstream.picker.vertexfit.refine`:
+   lines fitted to the sharp 2 x 2-pixel voxels ``fit_inner_um`` .. ``fit_outer_um`` (2.5 .. 20
+   um) out, within ``tube_um`` (1.7 um) across and ``tube_dz_um`` (4.5 um) in depth; a line more
+   than ``outlier_um`` (1 um) from the point is dropped while more than three remain, and where
+   that drops two or more the point most lines meet is taken: a displaced radon decay's own
+   point, the one the simulator records); depth from the prongs' depth-vs-distance fits. Then
+   the same voxels' lines are fitted and crossed in 3-D (depth weighted by ``depth_weight``, 1),
+   which places the point along nearly parallel plate-plane lines (prongs close in azimuth,
+   steep prongs): tried where the plate-plane lines' spread (the normal matrix's smallest
+   eigenvalue per line, at most 0.5) is below ``line3d_below`` (1.0: always; 0.2 and 0.35 found
+   fewer decays on the tuning seeds, docs/pick.md "Efficiency"), and used where the 3-D lines'
+   spread is ``line3d_gain`` (2) times that or more (shallow prongs' 3-D lines cross no better,
+   and depth is measured to a plane, not a pixel). Candidates are then ranked by
    multiplicity, then window count; one within ``merge_um`` (6 um) in x, y and two planes of a
    better one joins its group. A group is one vertex: the best candidate's prongs, at the
    median of the members' refined positions. *Recheck* (``recheck``): a candidate whose fit
@@ -82,6 +96,7 @@ from scipy import ndimage as ndi
 from scanstream.picker.darkmasks import Masks, dark_masks
 from scanstream.picker.prongs import prong_fits
 from scanstream.picker.stars import one_per_star
+from scanstream.picker.vertexfit import refine
 
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -106,6 +121,8 @@ class DetectParams:
     recheck: bool = True
     min_arm_voxels: int = 2
     collinear_deg: float = 15.0
+    split_deg: float = 10.0
+    split_rms_um: float = 1.3
     merge_um: float = 6.0
     max_length_um: float = 80.0
     gap_um: float = 3.5
@@ -114,6 +131,9 @@ class DetectParams:
     fit_inner_um: float = 2.5
     fit_outer_um: float = 20.0
     outlier_um: float = 1.0
+    line3d_below: float = 1.0
+    line3d_gain: float = 2.0
+    depth_weight: float = 1.0
     max_candidates: int = 20_000
     refit: bool = True
     min_prong_um: float = 9.0
@@ -182,7 +202,7 @@ class _Shells:
 
 
 def _arms(comp: np.ndarray, shell: np.ndarray, shells: _Shells, params: DetectParams, vox_um: float,
-          step_um: float) -> list:
+          step_um: float, *, split: bool = False) -> list:
     """Prongs of the candidate at the centre of ``comp`` (criterion 4) in ``shell``.
 
     Returns a list of (dx, dy, dz_planes, n, points) per prong: mean offset in the plate plane
@@ -200,11 +220,56 @@ def _arms(comp: np.ndarray, shell: np.ndarray, shells: _Shells, params: DetectPa
     pts_all = np.stack([shells.offsets[2].ravel()[where], shells.offsets[1].ravel()[where],
                         shells.offsets[0].ravel()[where]], 1)[order] * scale
     arms = []
-    for pts in np.split(pts_all, np.cumsum(counts)[:-1]):
-        if len(pts) >= params.min_arm_voxels:
+    for piece in np.split(pts_all, np.cumsum(counts)[:-1]):
+        for pts in (_split_azimuth(piece, params) if split else [piece]) if len(piece) >= params.min_arm_voxels else ():
             m = pts.mean(0)
             arms.append((float(m[0]), float(m[1]), float(m[2] / step_um), len(pts), pts))
     return arms
+
+
+def _split_azimuth(pts: np.ndarray, params: DetectParams) -> list[np.ndarray]:
+    """A shell piece's voxels ((n, 3) um from the candidate) as one prong, or as two where its
+    azimuths are bimodal (criterion 4): two prongs close in angle touch in the shell.
+
+    The azimuths of the piece's outer half (in radius) are split in two where the classes' variance
+    is smallest (Otsu). Two prongs when the classes' means are ``split_deg`` or more apart and
+    one straight line does not fit the piece in the plate plane: its voxels' root-mean-square
+    distance from their principal axis is ``split_rms_um`` or more (a black prong is two to four
+    voxels wide in the shell: about 0.9 um), and 0.6 of it or less about the two halves' own
+    axes. Every voxel then goes to the nearer mean.
+    """
+    if params.split_deg <= 0 or len(pts) < 2 * params.min_arm_voxels:
+        return [pts]
+    r = np.hypot(pts[:, 0], pts[:, 1])
+    a = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+    mean = np.degrees(np.arctan2(np.sin(np.radians(a)).sum(), np.cos(np.radians(a)).sum()))
+    a = (a - mean + 180.0) % 360.0 - 180.0
+    s = np.sort(a[r >= np.median(r)])
+    n = len(s)
+    if n < 2 * params.min_arm_voxels:
+        return [pts]
+    k = np.arange(params.min_arm_voxels, n - params.min_arm_voxels + 1)
+    c = np.cumsum(s)
+    m1, m2 = c[k - 1] / k, (c[-1] - c[k - 1]) / (n - k)
+    best = int(np.argmax(k * (n - k) * (m2 - m1) ** 2))  # Otsu: the largest between-class variance
+    lo, hi = float(m1[best]), float(m2[best])
+    side = np.abs(a - hi) < np.abs(a - lo)
+    parts = [pts[~side], pts[side]]
+    if hi - lo < params.split_deg or min(len(q) for q in parts) < params.min_arm_voxels:
+        return [pts]
+    one = _across_rms(pts)
+    if one < params.split_rms_um:
+        return [pts]
+    two = np.sqrt((_across_rms(parts[0]) ** 2 * len(parts[0]) + _across_rms(parts[1]) ** 2 * len(parts[1])) / len(pts))
+    return parts if two <= 0.6 * one else [pts]
+
+
+def _across_rms(pts: np.ndarray) -> float:
+    """Root-mean-square distance (um) of the distinct plate-plane positions of ``pts`` from their principal axis."""
+    xy = np.unique(pts[:, 0] + 1j * pts[:, 1])  # one row per plate-plane position (np.unique's axis=0 is slow)
+    if len(xy) < 3:
+        return 0.0
+    return float(np.sqrt(max(np.linalg.eigvalsh(np.cov(np.stack([xy.real, xy.imag]), bias=True))[0], 0.0)))
 
 
 def is_crossing(arms, params: DetectParams) -> bool:
@@ -227,92 +292,6 @@ def is_crossing(arms, params: DetectParams) -> bool:
             return False
         unpaired -= {i, best[1]}
     return True
-
-
-def _intersect(lines, outlier_um: float) -> np.ndarray | None:
-    """The point closest (least squares) to 2-D lines given as (point, unit direction).
-
-    While more than three lines remain and the farthest passes more than ``outlier_um`` from
-    the point, it is dropped (a prong from a displaced radon decay, a badly fitted prong).
-    """
-    lines = list(lines)
-    while True:
-        a, b = np.zeros((2, 2)), np.zeros(2)
-        for c, d in lines:
-            proj = np.eye(2) - np.outer(d, d)
-            a += proj
-            b += proj @ c
-        try:
-            p = np.linalg.solve(a, b)
-        except np.linalg.LinAlgError:
-            return None
-        if not np.all(np.isfinite(p)):
-            return None
-        dist = [abs((p - c)[0] * d[1] - (p - c)[1] * d[0]) for c, d in lines]
-        worst = int(np.argmax(dist))
-        if len(lines) <= 3 or dist[worst] <= outlier_um:
-            return p
-        del lines[worst]
-
-
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope and intercept of y against x (``np.polyfit(x, y, 1)``, without its overhead)."""
-    xm, ym = x.mean(), y.mean()
-    dx = x - xm
-    slope = float(dx @ (y - ym) / (dx @ dx))
-    return slope, float(ym - slope * xm)
-
-
-def refine(arms, near: np.ndarray, start: np.ndarray, params: DetectParams, reach: float | None = None) -> np.ndarray | None:
-    """The vertex (field um: x, y, developed depth) from the prongs' fitted lines.
-
-    x, y: the point closest (least squares) to every prong's line in the plate plane, each line
-    the principal axis of the segment's sharp voxels (``near``, (n, 3) um) within ``tube_um`` of
-    the prong's direction from ``fit_inner_um`` to ``fit_outer_um`` from the current estimate,
-    and within ``tube_dz_um`` in depth of the prong's own depth slope (tracks crossing above or
-    below stay out); two rounds from ``start`` (the candidate). Depth: the median over prongs of
-    each prong's linear depth-vs-distance fit at that point. None where a fit is degenerate or
-    lands farther than ``r_outer`` from the candidate.
-    """
-    p = start[:2].copy()
-    # the fits reach fit_outer_um (and tube_um across) from a point within r_outer of the start
-    near = near[np.hypot(near[:, 0] - p[0], near[:, 1] - p[1]) <= params.fit_outer_um + params.tube_um + (reach or params.r_outer)]
-    fits = []
-    for _ in range(2):
-        lines, fits = [], []
-        for *_, pts in arms:
-            c0 = pts[:, :2].mean(0)
-            u = (c0 - p) / max(np.linalg.norm(c0 - p), 1e-9)
-            q = near[:, :2] - p
-            t = q @ u
-            off = np.abs(q[:, 0] * u[1] - q[:, 1] * u[0])
-            ta = (pts[:, :2] - p) @ u  # the prong's shell voxels: where it is, and its depth slope
-            tc, zc = float(ta.mean()), float(pts[:, 2].mean())
-            slope = float(np.clip(_line(ta, pts[:, 2])[0], -1.5, 1.5)) if np.ptp(ta) > 1.0 else 0.0
-            on_depth = np.abs(near[:, 2] - (zc + slope * (t - tc))) <= params.tube_dz_um
-            sel = (t >= params.fit_inner_um) & (t <= params.fit_outer_um) & (off <= params.tube_um) & on_depth
-            if sel.sum() >= 3:
-                xy = near[sel, :2]
-                c = xy.mean(0)
-                d = np.linalg.svd(xy - c, full_matrices=False)[2][0]
-                fits.append(near[sel])
-            else:
-                c, d = c0, u
-                fits.append(pts)
-            lines.append((c, d))
-        new = _intersect(lines, params.outlier_um)
-        if new is None or np.linalg.norm(new - start[:2]) > (reach or params.r_outer):
-            return None
-        p = new
-    z0 = []
-    for pts in fits:
-        r = np.hypot(pts[:, 0] - p[0], pts[:, 1] - p[1])
-        if len(pts) >= 3 and np.ptp(r) > 1.0:
-            z0.append(_line(r, pts[:, 2])[1])
-        else:
-            z0.append(pts[:, 2].mean())
-    z = float(np.clip(np.median(z0), start[2] - params.r_outer, start[2] + params.r_outer))
-    return np.array([p[0], p[1], z])
 
 
 def _boxes(ids: np.ndarray, coords: tuple[np.ndarray, ...]) -> dict[int, tuple[slice, ...]]:
@@ -397,12 +376,14 @@ def _prongs(at: tuple[int, int, int], lab: int, labels, masks: Masks, shells: _S
             vox_um: float, step_um: float) -> tuple[list, bool]:
     """The prongs around voxel ``at`` on segment ``lab`` (criterion 4), and whether the wide shell gave them."""
     comp = shells.window(labels, masks.sharp, at, lab)
-    arms = _arms(comp, shells.inner, shells, params, vox_um, step_um)
+    shell, arms = shells.inner, _arms(comp, shells.inner, shells, params, vox_um, step_um)
     if len(arms) < 4:  # prongs close in angle may touch near the point and part farther out
         more = _arms(comp, shells.wide, shells, params, vox_um, step_um)
         if len(more) > len(arms):
-            return more, True
-    return arms, False
+            shell, arms = shells.wide, more
+    if len(arms) >= 3 and params.split_deg > 0:  # a vertex by criterion 5: its pieces split by azimuth
+        arms = _arms(comp, shell, shells, params, vox_um, step_um, split=True)
+    return arms, shell is shells.wide
 
 
 def _recheck(at: np.ndarray, lab: int, near: np.ndarray, labels, masks: Masks, shells: _Shells, params: DetectParams,
