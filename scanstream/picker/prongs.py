@@ -39,6 +39,12 @@ Rules (lengths in um; the parameters are :class:`scanstream.picker.detect.Detect
   counts it). A radioactive alpha prong is 20-50 um long. What is lost are real prongs of a
   few um (heavy evaporation fragments, recoils): an evaporation star is then judged by its
   other prongs, as the simulator's picker model (``min_length_um``, merged prongs) reports it.
+* **Free lines** (:func:`free_lines`, for criterion 8). The followed line leans towards the
+  vertex it starts from (``ANCHOR_WEIGHT``), so it passes within a few tenths of a um of a
+  vertex 4-7 um beside a star's point as well. Fitted again with no weight on the vertex, to the
+  voxels followed :data:`FREE_FROM_UM` and farther out, a prong's line is the track's own
+  whichever vertex it was followed from; :mod:`scanstream.picker.stars` crosses these lines to
+  tell which of a star's vertices is on its point.
 """
 
 from __future__ import annotations
