@@ -59,7 +59,8 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    eigenvalue per line, at most 0.5) is below ``line3d_below`` (1.0: always; 0.2 and 0.35 found
    fewer decays on the tuning seeds, docs/pick.md "Efficiency"), and used where the 3-D lines'
    spread is ``line3d_gain`` (2) times that or more (shallow prongs' 3-D lines cross no better,
-   and depth is measured to a plane, not a pixel). Candidates are then ranked by
+   and depth is measured to a plane, not a pixel) and the 3-D point lies within ``r_inner`` of
+   the plate-plane one (farther, a line is another track's). Candidates are then ranked by
    multiplicity, then window count; one within ``merge_um`` (6 um) in x, y and two planes of a
    better one joins its group. A group is one vertex: the best candidate's prongs, at the
    median of the members' refined positions. *Recheck* (``recheck``): a candidate whose fit
