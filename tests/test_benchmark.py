@@ -150,7 +150,8 @@ def test_shipped_cascade_logits_unchanged_by_halving():
 
 
 def test_cascade_step_gives_the_network_full_batches():
-    from scanstream.inference.engine import ObjectInputs, cascade_step
+    from scanstream.inference.engine import cascade_step
+    from scanstream.inference.rows import ObjectInputs
 
     logits = np.r_[np.zeros(12), -np.ones(88)].astype(np.float32)  # 12 % pass a prefilter at 0
     cascade = ObjectInputs(np.zeros((100, 1), np.float32), logits, 0.0)

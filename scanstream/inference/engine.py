@@ -44,6 +44,7 @@ from scanstream.devices import TORCH_HINT, resolve_device, resolve_precision, to
 from scanstream.errors import CheckpointError, ConfigError, InputError, StoreError, TaskError
 from scanstream.executor import local_cores, tune_malloc
 from scanstream.inference.onnx_model import OnnxNetwork, load_onnx, onnx_session
+from scanstream.inference.rows import ObjectInputs, prepared_key
 from scanstream.network.arrays import preprocess_array
 from scanstream.network.header import PREFILTER_PREFIX, ModelConfig, checkpoint_hash, read_header
 from scanstream.picker.features import check_feature_rows
@@ -251,7 +252,7 @@ class Ensemble:
             if keep is not None and not keep.any():  # the prefilter rejects every row: no image work
                 total += obj.logits.astype(np.float32)
                 continue
-            key = _prepared_key(size, keep)
+            key = prepared_key(size, keep)
             if key not in prepared:  # models sharing an input size (and rows) share its preprocessing
                 prepared[key] = preprocess_array(crops if keep is None else crops[keep], size)
             if obj is None:
@@ -275,7 +276,7 @@ class Ensemble:
                 total += torch.from_numpy(obj.logits.astype(np.float32)).to(self.device)
                 continue
             nchw = isinstance(model, OnnxNetwork)  # onnxruntime takes contiguous NCHW
-            key = (*_prepared_key(size, keep), nchw)
+            key = (*prepared_key(size, keep), nchw)
             if key not in prepared:  # models sharing an input size (and rows) share its preprocessing
                 rows = x if keep is None else x[torch.from_numpy(keep).to(x.device)]
                 prepared[key] = preprocess(rows, size).contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last)
@@ -291,31 +292,6 @@ class Ensemble:
                     out[sel.to(self.device)] = torch.as_tensor(model(prepared[key], f)).float()
             total += out
         return (total / len(self.models)).cpu().numpy().astype(np.float32)
-
-
-def _prepared_key(size: int, keep: np.ndarray | None) -> tuple[int, bytes]:
-    """Models with the same input size scoring the same rows share one preprocessed batch."""
-    return size, b"" if keep is None else np.packbits(keep).tobytes()
-
-
-@dataclass(frozen=True)
-class ObjectInputs:
-    """One model's per-object inputs for a run of rows.
-
-    ``inputs`` float32 (n, k) (:func:`scanstream.picker.learned.model_inputs`), ``logits``
-    float32 (n,) the feature model's logits, ``prefilter`` the cascade threshold or None.
-    """
-
-    inputs: np.ndarray
-    logits: np.ndarray
-    prefilter: float | None
-
-    def rows(self, a: int, b: int) -> ObjectInputs:
-        return ObjectInputs(self.inputs[a:b], self.logits[a:b], self.prefilter)
-
-    def kept(self) -> np.ndarray | None:
-        """The rows a cascade's prefilter passes to the image model (None: no prefilter, every row)."""
-        return None if self.prefilter is None else self.logits >= self.prefilter
 
 
 # -- reading a store range ----------------------------------------------------------------
