@@ -53,6 +53,7 @@ def test_vertices_apart_or_on_other_segments_are_kept(other):
 def test_merge_can_be_switched_off_and_chains_do_not_merge_through():
     stars = [star(0, 0, 0, 1, 4, 0.1, 0.0), star(6, 0, 0, 1, 3, 0.5, 1.0), star(12, 0, 0, 1, 3, 0.2, 2.0)]
     assert kept(stars, DetectParams(star_um=0.0)) == [0.0, 1.0, 2.0]
+    assert kept([]) == []
     # 12 um from the best, kept; the middle one is within 8 um of both and goes
     assert kept(stars) == [0.0, 2.0]
 

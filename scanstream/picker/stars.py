@@ -151,25 +151,39 @@ def crossing(lines: Sequence[tuple], near: np.ndarray, *, within_um: float) -> n
     return best
 
 
-def _groups(stars: Sequence[tuple], star_um: float, star_dz_um: float) -> list[list[int]]:
-    """Indices of ``stars`` linked (same segment, within ``star_um`` in x, y and ``star_dz_um`` in depth), chained."""
-    def linked(i: int, j: int) -> bool:
-        (a, la, *_), (b, lb, *_) = stars[i], stars[j]
-        return la == lb and np.hypot(*(a[:2] - b[:2])) <= star_um and abs(a[2] - b[2]) <= star_dz_um
+def links(stars: Sequence[tuple], star_um: float, star_dz_um: float) -> np.ndarray:
+    """bool (n, n): vertices of ``stars`` on the same segment within ``star_um`` in x, y and
+    ``star_dz_um`` in depth of each other (each with itself; one array operation, as a field may
+    hold hundreds of vertices).
 
-    seen: set[int] = set()
+    Examples
+    --------
+    >>> s = [(np.array([0.0, 0, 0]), 1), (np.array([6.0, 0, 0]), 1), (np.array([6.0, 0, 0]), 2), (np.array([0.0, 0, 13]), 1)]
+    >>> links(s, 8.0, 12.0).astype(int).tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    """
+    at = np.array([t[0] for t in stars], float).reshape(-1, 3)
+    lab = np.array([t[1] for t in stars])
+    d = at[:, None, :] - at[None, :, :]
+    return ((lab[:, None] == lab[None, :]) & (np.hypot(d[..., 0], d[..., 1]) <= star_um)
+            & (np.abs(d[..., 2]) <= star_dz_um))
+
+
+def _groups(link: np.ndarray) -> list[list[int]]:
+    """Indices linked by ``link`` (:func:`links`), chained: the connected groups, each sorted."""
+    seen = np.zeros(len(link), bool)
     out = []
-    for i in range(len(stars)):
-        if i in seen:
+    for i in range(len(link)):
+        if seen[i]:
             continue
         group, todo = [], [i]
-        seen.add(i)
+        seen[i] = True
         while todo:
             k = todo.pop()
             group.append(k)
-            new = [j for j in range(len(stars)) if j not in seen and linked(k, j)]
-            seen.update(new)
-            todo += new
+            new = np.flatnonzero(link[k] & ~seen)
+            seen[new] = True
+            todo += new.tolist()
         out.append(sorted(group))
     return out
 
@@ -190,10 +204,10 @@ def one_per_star(stars: Sequence[tuple], params) -> list:
     :func:`measured` is kept instead. Kept vertices come back in ``stars``' order; ``star_um`` 0
     keeps every vertex apart from exact repeats.
     """
-    star_um, star_dz_um = params.star_um, params.star_dz_um
+    link = links(stars, params.star_um, params.star_dz_um)
     lines: dict[int, list] = {}
     kept: list[int] = []
-    for group in _groups(stars, star_um, star_dz_um):
+    for group in _groups(link):
         while group:
             k = group[0]
             if len(group) > 1:
@@ -209,7 +223,5 @@ def one_per_star(stars: Sequence[tuple], params) -> list:
                     d = np.array([stars[m][0] for m in group]) - x
                     k = group[int(np.argmin(np.hypot(np.hypot(d[:, 0], d[:, 1]), d[:, 2] * DEPTH_WEIGHT)))]
             kept.append(k)
-            a, lab = stars[k][0], stars[k][1]
-            group = [m for m in group if m != k and not (stars[m][1] == lab and np.hypot(*(stars[m][0][:2] - a[:2])) <= star_um
-                                                        and abs(stars[m][0][2] - a[2]) <= star_dz_um)]
+            group = [m for m in group if not link[k, m]]
     return [stars[k][2] for k in sorted(kept)]
