@@ -86,14 +86,15 @@ def test_one_prong_wide_or_beside_the_candidate_stays_one(beside_um, half_width_
     ((110, 126, 240, 350), (5, -5, 10, -10)),
 ])
 def test_collinear_prong_star_is_found_with_its_multiplicity(azimuths, dips):
-    """Without the split (``split_deg`` 0) each of these gives multiplicity 3; the rendered scene
-    (300, 316, 60, 180) stays 3 with it too (the shell piece is fitted by one line within 1.3 um)."""
-    found = detect_vertices(render(prongs_from([[0, 0, VERTEX_DEPTH]] * 4, azimuths, dips, (30, 26, 34, 28))),
-                            pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
-    assert found
-    miss, v = nearest(found, 0.0, 0.0)
-    assert miss <= 2.0 and abs(v.z * STEP - VERTEX_DEPTH) <= STEP
-    assert v.multiplicity == 4, v
+    """Four prongs, two of them 15-16 degrees apart: multiplicity 4 with the split, 3 without it
+    (``split_deg`` 0: the two touching prongs are one shell piece)."""
+    planes = render(prongs_from([[0, 0, VERTEX_DEPTH]] * 4, azimuths, dips, (30, 26, 34, 28)))
+    for params, want in ((DetectParams(), 4), (DetectParams(split_deg=0), 3)):
+        found = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=params)
+        assert found
+        miss, v = nearest(found, 0.0, 0.0)
+        assert miss <= 2.0 and abs(v.z * STEP - VERTEX_DEPTH) <= STEP
+        assert v.multiplicity == want, (params.split_deg, v)
 
 
 def test_nearly_parallel_plate_plane_lines_are_crossed_in_3d():
