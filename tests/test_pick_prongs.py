@@ -111,7 +111,7 @@ def test_nearly_parallel_plate_plane_lines_are_crossed_in_3d():
         arms.append((*(pts[10:20].mean(0) - vertex)[:2], 0.0, 10, pts[8:20]))
     near = np.concatenate(near)
     start = vertex + np.array([2.0, 0.5, 0.0])
-    at = refine(arms, near, start, DetectParams())
+    at = refine(arms, near, start, DetectParams(line3d_below=1.0))
     assert at is not None and np.linalg.norm(at[:2] - vertex[:2]) <= 1.0, at
     plain = refine(arms, near, start, DetectParams(line3d_below=0.0))
     assert plain is None or np.linalg.norm(plain[:2] - vertex[:2]) > np.linalg.norm(at[:2] - vertex[:2])

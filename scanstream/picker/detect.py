@@ -52,15 +52,16 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    um) out, within ``tube_um`` (1.7 um) across and ``tube_dz_um`` (4.5 um) in depth; a line more
    than ``outlier_um`` (1 um) from the point is dropped while more than three remain, and where
    that drops two or more the point most lines meet is taken: a displaced radon decay's own
-   point, the one the simulator records); depth from the prongs' depth-vs-distance fits. Then
-   the same voxels' lines are fitted and crossed in 3-D (depth weighted by ``depth_weight``, 1),
-   which places the point along nearly parallel plate-plane lines (prongs close in azimuth,
-   steep prongs): tried where the plate-plane lines' spread (the normal matrix's smallest
-   eigenvalue per line, at most 0.5) is below ``line3d_below`` (1.0: always; 0.2 and 0.35 found
-   fewer decays on the tuning seeds, docs/pick.md "Efficiency"), and used where the 3-D lines'
-   spread is ``line3d_gain`` (2) times that or more (shallow prongs' 3-D lines cross no better,
-   and depth is measured to a plane, not a pixel) and the 3-D point lies within ``r_inner`` of
-   the plate-plane one (farther, a line is another track's). Candidates are then ranked by
+   point, the one the simulator records); depth from the prongs' depth-vs-distance fits.
+   *3-D lines* (off by default: ``line3d_below`` 0): the same voxels' lines fitted and crossed
+   in 3-D (depth weighted by ``depth_weight``, 1), which places the point along nearly parallel
+   plate-plane lines (prongs close in azimuth, steep prongs); tried where the plate-plane lines'
+   spread (the normal matrix's smallest eigenvalue per line, at most 0.5) is below
+   ``line3d_below`` (1.0: always), and used where the 3-D lines' spread is ``line3d_gain`` (2)
+   times that or more (shallow prongs' 3-D lines cross no better, and depth is measured to a
+   plane, not a pixel) and the 3-D point lies within ``r_inner`` of the plate-plane one
+   (farther, a line is another track's). With 1.0, 2 more of 325 alpha decays on the tuning
+   seeds and 8 more fake vertices (docs/pick.md, "Efficiency"). Candidates are then ranked by
    multiplicity, then window count; one within ``merge_um`` (6 um) in x, y and two planes of a
    better one joins its group. A group is one vertex: the best candidate's prongs, at the
    median of the members' refined positions. *Recheck* (``recheck``): a candidate whose fit
@@ -132,7 +133,7 @@ class DetectParams:
     fit_inner_um: float = 2.5
     fit_outer_um: float = 20.0
     outlier_um: float = 1.0
-    line3d_below: float = 1.0
+    line3d_below: float = 0.0
     line3d_gain: float = 2.0
     depth_weight: float = 1.0
     max_candidates: int = 20_000
