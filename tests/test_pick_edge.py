@@ -253,3 +253,19 @@ def test_simulated_sheet_with_overlap_picks_through(tmp_path):
 def test_config_refuses_a_bad_overlap():
     with pytest.raises(InputError, match="got 200.0"):
         VolumeSimConfig(field_px=1024, overlap_um=200.0)
+
+
+def test_a_fields_neighbourhood_owns_exactly_what_the_whole_sheet_gives_it():
+    """A pick task carries only its field's overlapping neighbours; ownership must not change."""
+    from scanstream.picker.overlap import Footprint, neighbourhoods, owned
+
+    axes, shape, pitch = (0.001, 0.0, 0.0, 0.001), (100, 100), 0.08  # 100 um fields, 20 um overlap
+    fields = [Footprint(str(k), k, (pitch * (k % 5), pitch * (k // 5)), axes, shape) for k in range(25)]
+    near = neighbourhoods(fields)
+    assert max(len(v) for v in near.values()) == 9 and len(near["0"]) == 4  # 8 neighbours inside, 3 at a corner
+    pts = np.random.default_rng(0).uniform(-0.05, 0.37, (4000, 2))
+    for f in fields:
+        assert near[f.name][0] is f
+        assert np.array_equal(owned(pts, f, near[f.name]), owned(pts, f, fields))
+    apart = [Footprint(str(k), k, (0.1 * k, 0.0), axes, shape) for k in range(3)]  # edge to edge
+    assert all(len(v) == 1 for v in neighbourhoods(apart).values())

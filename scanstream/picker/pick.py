@@ -49,7 +49,7 @@ from scanstream.atomic import write_json
 from scanstream.errors import StackError
 from scanstream.executor import dask_client, run_tasks
 from scanstream.picker.detect import DetectParams, Vertex, detect_vertices
-from scanstream.picker.overlap import Footprint, footprints, keep_owned
+from scanstream.picker.overlap import Footprint, footprints, keep_owned, neighbourhoods
 from scanstream.progress import Progress, as_progress
 from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM, PLANE_STEP_UM
 from scanstream.store.volume import FieldOfView, open_field, open_volume
@@ -174,7 +174,7 @@ def field_problem(fov: FieldOfView) -> str | None:
 def pick_field(fov: FieldOfView, sheet: str, params: DetectParams | None = None, *,
                fields: tuple[Footprint, ...] = ()) -> FieldPicks:
     """Detect, crop and describe the vertices of one field of view (those it owns among the
-    footprints ``fields`` of its volume's fields, :func:`scanstream.picker.overlap.keep_owned`)."""
+    footprints ``fields`` of its own and its volume's overlapping fields, :func:`scanstream.picker.overlap.keep_owned`)."""
     t0 = time.perf_counter()
     nz = fov.shape[0]
     problem = field_problem(fov)
@@ -266,8 +266,8 @@ def pick_volume(
                 t1 = written = time.perf_counter()
                 client = stack.enter_context(dask_client(scheduler, workers=workers, processes=processes)) if todo else None
                 t2 = time.perf_counter()
-                fields = footprints(vol)  # which field owns a vertex where fields overlap
-                items = [(str(volume), name, sheet, params, fields) for name in todo]
+                near = neighbourhoods(footprints(vol))  # which field owns a vertex where fields overlap
+                items = [(str(volume), name, sheet, params, near.get(name, ())) for name in todo]
                 for item, res, err in run_tasks(client, _pick_task, items, keys=[f"pick-{n}" for n in todo]):
                     if err is not None:
                         raise err  # not bad input (checked above): the run stops, resumable
