@@ -36,6 +36,7 @@ import pyarrow as pa
 from scanstream.errors import InputError
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker.accuracy import MatchRadii, vertex_sources
+from scanstream.picker.overlap import footprints, neighbourhoods
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.conditions import draw_conditions
 from scanstream.simulate.dataset import map_processes
@@ -68,8 +69,10 @@ def picked_volume_store(seed: int, *, work: str | os.PathLike, fields: int, obje
         source = {"stage": "pick pool", "seed": seed, "sheet": sheet, "draw": draw, "fields": fields,
                   "objects_per_field": objects_per_field, "alpha_fraction": alpha_fraction}
         with StoreWriter(out, source=source, overwrite=True) as w:
-            for fov in open_volume(vol):
-                res = pick_field(fov, sheet)
+            volume = open_volume(vol)
+            near = neighbourhoods(footprints(volume))  # as scanstream pick keeps vertices where fields overlap
+            for fov in volume:
+                res = pick_field(fov, sheet, fields=near.get(fov.name, ()))
                 if res.rows:
                     w.append(res.crops, label_rows(res.rows, truth))
         shutil.rmtree(sim)
