@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 from scipy import ndimage as ndi
 
 from scanstream.cli import main
@@ -13,6 +14,7 @@ from scanstream.picker.darkmasks import voxel_sums
 from scanstream.picker.pick import ANTIALIAS_PX, crop_planes, pick_volume
 from scanstream.picker.speed import pick_speed
 from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
+from scanstream.store.shards import read_all_planes
 from scanstream.store.volume import open_field, open_volume
 
 
@@ -34,6 +36,38 @@ def test_open_field_is_the_volumes_field(volume):
         assert one.attrs == whole.attrs and len(one.levels) == len(whole.levels)
         np.testing.assert_array_equal(one.stage_z_mm, whole.stage_z_mm)
         np.testing.assert_array_equal(one.read(), whole.read())
+
+
+def sharded(path, nz=5, per=2, **kw):
+    """A uint8 array like a volume's level 0: one chunk a plane, ``per`` planes a shard, zstd."""
+    kw = {"chunks": (1, 6, 7), "shards": (per, 6, 7), "compressors": zarr.codecs.ZstdCodec(level=3), **kw}
+    return zarr.create_array(str(path), shape=(nz, 6, 7), dtype="uint8", fill_value=9, **kw)
+
+
+def test_shards_read_as_zarr_reads_them(volume, tmp_path):
+    for f in open_volume(volume):  # the ingested store's layout: straight from the shards
+        planes = read_all_planes(f.data)
+        assert planes is not None
+        np.testing.assert_array_equal(planes, np.asarray(f.data[:]))
+    a = sharded(tmp_path / "a.zarr")  # shard 1 never written, shard 2 short (5 planes, 2 a shard)
+    a[0] = np.arange(42, dtype=np.uint8).reshape(6, 7)
+    a[4] = 200
+    got = read_all_planes(zarr.open_array(str(tmp_path / "a.zarr"), mode="r"))
+    np.testing.assert_array_equal(got, np.asarray(a[:]))
+    assert got[1, 0, 0] == 9 and got[2, 0, 0] == 9 and got[4, 0, 0] == 200
+
+
+def test_other_layouts_and_damaged_shards_are_left_to_zarr(tmp_path):
+    plain = zarr.create_array(str(tmp_path / "p.zarr"), shape=(3, 6, 7), chunks=(1, 6, 7), dtype="uint8")
+    assert read_all_planes(plain) is None  # not sharded
+    assert read_all_planes(sharded(tmp_path / "g.zarr", compressors=zarr.codecs.GzipCodec())) is None
+    a = sharded(tmp_path / "d.zarr", nz=2)
+    a[:] = 5
+    shard = tmp_path / "d.zarr" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0xFF  # the index's checksum no longer matches
+    shard.write_bytes(bytes(raw))
+    assert read_all_planes(zarr.open_array(str(tmp_path / "d.zarr"), mode="r")) is None
 
 
 def test_open_field_names_a_missing_field(volume):

@@ -57,6 +57,7 @@ import zarr
 from zarr.errors import ZarrUserWarning
 
 from scanstream.errors import StoreError, StoreNotFoundError
+from scanstream.store.shards import read_all_planes
 
 VOLUME_SCHEMA = 1
 NGFF_VERSION = "0.5"
@@ -186,7 +187,12 @@ class FieldOfView:
         return tuple(float(v) for v in aff[:4]) if aff else None
 
     def read(self, z: int | slice = slice(None)) -> np.ndarray:
-        """Planes ``z`` as uint8 ((k,) y, x)."""
+        """Planes ``z`` as uint8 ((k,) y, x); every plane straight from the shard files where
+        their layout allows (:func:`scanstream.store.shards.read_all_planes`: the same array)."""
+        if z == slice(None):
+            planes = read_all_planes(self.data)
+            if planes is not None:
+                return planes
         return np.asarray(self.data[z])
 
     def pixel_to_stage(self, z: float, y: float, x: float) -> tuple[float, float, float]:
