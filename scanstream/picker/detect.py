@@ -211,20 +211,23 @@ def _arms(comp: np.ndarray, shell: np.ndarray, shells: _Shells, params: DetectPa
     (um), mean plane offset, voxel count and the voxels as (n, 3) um (x, y, developed depth)
     relative to the candidate.
     """
-    lab, n = ndi.label(comp & shell, _CUBE)
-    if n == 0:
+    on = comp & shell
+    where = np.flatnonzero(on)
+    if len(where) == 0:
         return []
-    where = np.flatnonzero(lab)
+    lab, n = ndi.label(on, _CUBE)
     ids = lab.ravel()[where]
     order = np.argsort(ids, kind="stable")
-    counts = np.bincount(ids, minlength=n + 1)[1:]
-    scale = np.array([vox_um, vox_um, step_um])
-    pts_all = np.stack([shells.offsets[2].ravel()[where], shells.offsets[1].ravel()[where],
-                        shells.offsets[0].ravel()[where]], 1)[order] * scale
-    arms = []
-    for piece in np.split(pts_all, np.cumsum(counts)[:-1]):
-        for pts in (_split_azimuth(piece, params) if split else [piece]) if len(piece) >= params.min_arm_voxels else ():
-            m = pts.mean(0)
+    ends = np.cumsum(np.bincount(ids, minlength=n + 1)[1:])
+    # (n, 3) x, y, z offsets, piece by piece, in um (x, y) and developed um (z)
+    pts_all = np.ascontiguousarray(shells.offsets.reshape(3, -1)[::-1, where[order]].T) * np.array([vox_um, vox_um, step_um])
+    arms, start = [], 0
+    for end in ends:
+        piece, start = pts_all[start:end], end
+        if len(piece) < params.min_arm_voxels:
+            continue
+        for pts in _split_azimuth(piece, params) if split else (piece,):
+            m = pts.sum(0) / len(pts)  # pts.mean(0), without its overhead
             arms.append((float(m[0]), float(m[1]), float(m[2] / step_um), len(pts), pts))
     return arms
 
