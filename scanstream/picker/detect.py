@@ -53,6 +53,11 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    than ``outlier_um`` (1 um) from the point is dropped while more than three remain, and where
    that drops two or more the point most lines meet is taken: a displaced radon decay's own
    point, the one the simulator records); depth from the prongs' depth-vs-distance fits.
+   *Steep prongs*: a prong whose shell voxels lie more than ``steep_ratio`` (1.5) times deeper
+   or shallower (developed um) than they are far in the plate plane (dipping more than about
+   70 degrees) leaves few voxels in the plate-plane tube; its line is fitted in 3-D to the
+   voxels in a tube about its 3-D direction and projected onto the plate plane, and its depth
+   fit is left out of the depth (:func:`scanstream.picker.vertexfit.refine`).
    *3-D lines* (off by default: ``line3d_below`` 0): the same voxels' lines fitted and crossed
    in 3-D (depth weighted by ``depth_weight``, 1), which places the point along nearly parallel
    plate-plane lines (prongs close in azimuth, steep prongs); tried where the plate-plane lines'
@@ -134,6 +139,7 @@ class DetectParams:
     fit_outer_um: float = 20.0
     outlier_um: float = 1.0
     line3d_below: float = 0.0
+    steep_ratio: float = 1.5
     line3d_gain: float = 2.0
     depth_weight: float = 1.0
     max_candidates: int = 20_000

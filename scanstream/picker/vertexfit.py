@@ -22,6 +22,12 @@ plain least-squares point (docs/pick.md, "Efficiency"):
   line (at most 0.5; sin^2 of the angle between two lines, halved), is below ``line3d_below``,
   and used where that of the 3-D lines is ``line3d_gain`` times it or more.
 
+* **Steep prongs.** A prong dipping more than about 70 degrees crosses the plate-plane tube
+  in a few voxels (the depth-slope clip and ``tube_dz_um`` cut it): its line is its 3-D line,
+  fitted to the voxels about its 3-D direction, projected (:func:`_steep_line`), and its
+  depth-vs-distance fit, ill-posed for a nearly vertical prong, gives no depth while another
+  prong does.
+
 The parameters are :class:`scanstream.picker.detect.DetectParams`' (lengths in um).
 """
 
@@ -172,7 +178,7 @@ def refine(arms, near: np.ndarray, start: np.ndarray, params, reach: float | Non
     near = near[np.hypot(near[:, 0] - p[0], near[:, 1] - p[1]) <= params.fit_outer_um + params.tube_um + reach]
     fits = []
     for _ in range(2):
-        lines, fits = [], []
+        lines, fits, steeps = [], [], []
         for *_, pts in arms:
             c0 = pts[:, :2].mean(0)
             u = (c0 - p) / max(np.linalg.norm(c0 - p), 1e-9)
@@ -181,6 +187,12 @@ def refine(arms, near: np.ndarray, start: np.ndarray, params, reach: float | Non
             off = np.abs(q[:, 0] * u[1] - q[:, 1] * u[0])
             ta = (pts[:, :2] - p) @ u  # the prong's shell voxels: where it is, and its depth slope
             tc, zc = float(ta.mean()), float(pts[:, 2].mean())
+            steep = _steep_line(pts, near, np.array([*p, start[2]]), params)
+            if steep is not None:  # a steep prong: its 3-D line, projected
+                lines.append(steep[0])
+                fits.append(steep[1])
+                steeps.append(len(fits) - 1)
+                continue
             slope = float(np.clip(line_fit(ta, pts[:, 2])[0], -1.5, 1.5)) if np.ptp(ta) > 1.0 else 0.0
             on_depth = np.abs(near[:, 2] - (zc + slope * (t - tc))) <= params.tube_dz_um
             sel = (t >= params.fit_inner_um) & (t <= params.fit_outer_um) & (off <= params.tube_um) & on_depth
@@ -211,7 +223,9 @@ def refine(arms, near: np.ndarray, start: np.ndarray, params, reach: float | Non
                 and _spread(lines3) > params.line3d_gain * spread):
             return np.array([p3[0], p3[1], float(np.clip(p3[2] / w, start[2] - params.r_outer, start[2] + params.r_outer))])
     z0 = []
-    for pts in fits:
+    for k, pts in enumerate(fits):
+        if k in steeps and len(steeps) < len(fits):  # a steep prong's depth-vs-distance is ill-posed
+            continue
         r = np.hypot(pts[:, 0] - p[0], pts[:, 1] - p[1])
         if len(pts) >= 3 and np.ptp(r) > 1.0:
             z0.append(line_fit(r, pts[:, 2])[1])
@@ -219,3 +233,35 @@ def refine(arms, near: np.ndarray, start: np.ndarray, params, reach: float | Non
             z0.append(pts[:, 2].mean())
     z = float(np.clip(np.median(z0), start[2] - params.r_outer, start[2] + params.r_outer))
     return np.array([p[0], p[1], z])
+
+
+def _steep_line(pts: np.ndarray, near: np.ndarray, at: np.ndarray, params):
+    """A steep prong's plate-plane line from its 3-D line, or None for a prong that is not steep.
+
+    A prong whose shell voxels (``pts``, field um, developed depth) lie deeper or shallower than
+    ``at`` by more than ``steep_ratio`` times their distance in the plate plane leaves too few
+    voxels in the plate-plane tube, and its plate-plane direction is poor: its voxels among
+    ``near`` within ``tube_um`` of the 3-D direction from ``at``, ``fit_inner_um`` ..
+    ``fit_outer_um`` along it, are fitted in 3-D and the line projected onto the plate plane.
+    Returns ((point, unit direction), the voxels fitted).
+    """
+    if params.steep_ratio <= 0:
+        return None
+    off = pts.mean(0) - at
+    h = float(np.hypot(off[0], off[1]))
+    if abs(off[2]) <= params.steep_ratio * h:
+        return None
+    u = off / np.linalg.norm(off)
+    q = near - at
+    t = q @ u
+    across = np.linalg.norm(q - t[:, None] * u, axis=1)
+    sel = near[(t >= params.fit_inner_um) & (t <= params.fit_outer_um) & (across <= params.tube_um)]
+    if len(sel) < 3:
+        return None
+    c = sel.mean(0)
+    d = np.linalg.svd(sel - c, full_matrices=False)[2][0]
+    dxy = d[:2] if d[:2] @ off[:2] >= 0 else -d[:2]
+    n = float(np.linalg.norm(dxy))
+    if n < 1e-6:
+        return None
+    return (c[:2], dxy / n), sel
