@@ -189,7 +189,7 @@ class FieldOfView:
     def read(self, z: int | slice = slice(None)) -> np.ndarray:
         """Planes ``z`` as uint8 ((k,) y, x); every plane straight from the shard files where
         their layout allows (:func:`scanstream.store.shards.read_all_planes`: the same array)."""
-        if z == slice(None):
+        if isinstance(z, slice) and z == slice(None):
             planes = read_all_planes(self.data)
             if planes is not None:
                 return planes
