@@ -49,6 +49,8 @@ def test_shards_read_as_zarr_reads_them(volume, tmp_path):
         planes = read_all_planes(f.data)
         assert planes is not None
         np.testing.assert_array_equal(planes, np.asarray(f.data[:]))
+        np.testing.assert_array_equal(f.read(np.array([1, 0])), planes[[1, 0]])  # not a slice: through zarr
+        np.testing.assert_array_equal(f.read(slice(1, 3)), planes[1:3])
     a = sharded(tmp_path / "a.zarr")  # shard 1 never written, shard 2 short (5 planes, 2 a shard)
     a[0] = np.arange(42, dtype=np.uint8).reshape(6, 7)
     a[4] = 200
