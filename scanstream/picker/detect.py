@@ -209,8 +209,14 @@ class _Shells:
         return comp
 
 
+def _arm(pts: np.ndarray, step_um: float) -> tuple:
+    """One prong's tuple (:func:`_arms`) from its voxels ``pts`` ((n, 3) um from the candidate)."""
+    m = pts.sum(0) / len(pts)  # pts.mean(0), without its overhead
+    return float(m[0]), float(m[1]), float(m[2] / step_um), len(pts), pts
+
+
 def _arms(comp: np.ndarray, shell: np.ndarray, shells: _Shells, params: DetectParams, vox_um: float,
-          step_um: float, *, split: bool = False) -> list:
+          step_um: float) -> list:
     """Prongs of the candidate at the centre of ``comp`` (criterion 4) in ``shell``.
 
     Returns a list of (dx, dy, dz_planes, n, points) per prong: mean offset in the plate plane
@@ -230,11 +236,8 @@ def _arms(comp: np.ndarray, shell: np.ndarray, shells: _Shells, params: DetectPa
     arms, start = [], 0
     for end in ends:
         piece, start = pts_all[start:end], end
-        if len(piece) < params.min_arm_voxels:
-            continue
-        for pts in _split_azimuth(piece, params) if split else (piece,):
-            m = pts.sum(0) / len(pts)  # pts.mean(0), without its overhead
-            arms.append((float(m[0]), float(m[1]), float(m[2] / step_um), len(pts), pts))
+        if len(piece) >= params.min_arm_voxels:
+            arms.append(_arm(piece, step_um))
     return arms
 
 
@@ -392,8 +395,8 @@ def _prongs(at: tuple[int, int, int], lab: int, labels, masks: Masks, shells: _S
         more = _arms(comp, shells.wide, shells, params, vox_um, step_um)
         if len(more) > len(arms):
             shell, arms = shells.wide, more
-    if len(arms) >= 3 and params.split_deg > 0:  # a vertex by criterion 5: its pieces split by azimuth
-        arms = _arms(comp, shell, shells, params, vox_um, step_um, split=True)
+    if len(arms) >= 3:  # a vertex by criterion 5: its pieces split by azimuth
+        arms = [_arm(pts, step_um) for a in arms for pts in _split_azimuth(a[4], params)]
     return arms, shell is shells.wide
 
 

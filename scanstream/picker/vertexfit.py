@@ -179,20 +179,20 @@ def refine(arms, near: np.ndarray, start: np.ndarray, params, reach: float | Non
     fits = []
     for _ in range(2):
         lines, fits, steeps = [], [], []
+        q = near[:, :2] - p
         for *_, pts in arms:
-            c0 = pts[:, :2].mean(0)
-            u = (c0 - p) / max(np.linalg.norm(c0 - p), 1e-9)
-            q = near[:, :2] - p
-            t = q @ u
-            off = np.abs(q[:, 0] * u[1] - q[:, 1] * u[0])
-            ta = (pts[:, :2] - p) @ u  # the prong's shell voxels: where it is, and its depth slope
-            tc, zc = float(ta.mean()), float(pts[:, 2].mean())
             steep = _steep_line(pts, near, np.array([*p, start[2]]), params)
             if steep is not None:  # a steep prong: its 3-D line, projected
                 lines.append(steep[0])
                 fits.append(steep[1])
                 steeps.append(len(fits) - 1)
                 continue
+            c0 = pts[:, :2].mean(0)
+            u = (c0 - p) / max(np.linalg.norm(c0 - p), 1e-9)
+            t = q @ u
+            off = np.abs(q[:, 0] * u[1] - q[:, 1] * u[0])
+            ta = (pts[:, :2] - p) @ u  # the prong's shell voxels: where it is, and its depth slope
+            tc, zc = float(ta.mean()), float(pts[:, 2].mean())
             slope = float(np.clip(line_fit(ta, pts[:, 2])[0], -1.5, 1.5)) if np.ptp(ta) > 1.0 else 0.0
             on_depth = np.abs(near[:, 2] - (zc + slope * (t - tc))) <= params.tube_dz_um
             sel = (t >= params.fit_inner_um) & (t <= params.fit_outer_um) & (off <= params.tube_um) & on_depth
