@@ -40,7 +40,7 @@ from scanstream import atomic
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
 from scanstream.picker.detect import DetectParams
-from scanstream.picker.overlap import Footprint, footprints, owned
+from scanstream.picker.overlap import Footprint, footprints, neighbourhoods, owned
 from scanstream.picker.pick import detect_field
 from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
 from scanstream.store import is_volume, open_volume
@@ -64,7 +64,7 @@ def draw(work: Path, seed: int, overlap: float | None, args: argparse.Namespace)
 
 def _box(fp: Footprint) -> tuple[float, float, float, float]:
     """x0, x1, y0, y1 (mm) of an axis-aligned footprint's image."""
-    hx, hy = fp.shape[1] / 2 * fp.axes_mm[0], fp.shape[0] / 2 * fp.axes_mm[3]
+    hx, hy = fp.half_extent_mm()
     return fp.centre_mm[0] - hx, fp.centre_mm[0] + hx, fp.centre_mm[1] - hy, fp.centre_mm[1] + hy
 
 
@@ -93,15 +93,15 @@ def cross_field(pos: np.ndarray, field: np.ndarray, within_um: float = 8.0) -> i
 def detect_all(volume, params: DetectParams):
     """Every field's vertices: stage positions (n, 3) mm, multiplicities, field index, and whether its field owns it."""
     fps = footprints(volume)
+    near = neighbourhoods(fps)
     pos, mult, field, keep = [], [], [], []
     for i, f in enumerate(volume):
         found, _ = detect_field(f, f.read(), params)
         xy = np.array([f.pixel_to_stage(v.z, v.y, v.x) for v in found], float).reshape(-1, 3)
-        own = next(fp for fp in fps if fp.name == f.name)
         pos.append(xy)
         mult += [v.multiplicity for v in found]
         field += [i] * len(found)
-        keep.append(owned(xy[:, :2], own, fps))
+        keep.append(owned(xy[:, :2], near[f.name][0], near[f.name]))
     return np.concatenate(pos), np.array(mult, int), np.array(field, int), np.concatenate(keep), fps
 
 

@@ -48,7 +48,7 @@ from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.detect import DetectParams
-from scanstream.picker.overlap import footprints, keep_owned
+from scanstream.picker.overlap import footprints, keep_owned, neighbourhoods
 from scanstream.picker.pick import detect_field
 from scanstream.simulate.volume import VolumeSimConfig, redraw_truth, simulate_volume
 from scanstream.store import is_volume, open_volume
@@ -76,12 +76,12 @@ def pick_seed(volume, params: DetectParams) -> tuple[np.ndarray, list[np.ndarray
     """Every field's vertices: stage positions (n, 3) mm, multiplicities, prong directions (stage x, y,
     up) and lengths, and the detector's seconds (reading excluded)."""
     pos, mult, dirs, lengths, seconds = [], [], [], [], 0.0
-    fields = footprints(volume)
+    near = neighbourhoods(footprints(volume))  # as scanstream pick gives each field its neighbours
     for f in volume:
         planes = f.read()
         t0 = time.perf_counter()
         found, up = detect_field(f, planes, params)
-        found = keep_owned(f, found, fields)  # as scanstream pick: where fields overlap, a vertex once
+        found = keep_owned(f, found, near.get(f.name, ()))  # as scanstream pick: where fields overlap, a vertex once
         seconds += time.perf_counter() - t0
         for v in found:
             pos.append(f.pixel_to_stage(v.z, v.y, v.x))

@@ -263,10 +263,9 @@ def _truth_rows(config: VolumeSimConfig, cond: SheetConditions, index: int, plac
     return rows
 
 
-def _grid_footprints(config: VolumeSimConfig) -> tuple[Footprint, ...]:
+def _footprint(config: VolumeSimConfig, i: int) -> Footprint:
     px_mm = PIXEL_UM / 1000.0
-    return tuple(Footprint(str(i), i, _field_origin_mm(config, i), (px_mm, 0.0, 0.0, px_mm), (config.field_px,) * 2)
-                 for i in range(config.fields))
+    return Footprint(str(i), i, _field_origin_mm(config, i), (px_mm, 0.0, 0.0, px_mm), (config.field_px,) * 2)
 
 
 def _neighbours(config: VolumeSimConfig, index: int) -> list[int]:
@@ -284,8 +283,9 @@ def _sheet_rng(config: VolumeSimConfig, index: int) -> tuple[np.random.Generator
 
 def _owns(config: VolumeSimConfig, index: int, xy_um: np.ndarray) -> np.ndarray:
     """bool (n,): which points x, y (n, 2) um from field ``index``'s centre it owns (:mod:`scanstream.picker.overlap`)."""
-    fps = _grid_footprints(config)
-    return owned(np.asarray(xy_um, float).reshape(-1, 2) / 1000.0 + fps[index].centre_mm, fps[index], fps)
+    own = _footprint(config, index)
+    near = [_footprint(config, i) for i in _neighbours(config, index)]  # the only fields that can overlap it
+    return owned(np.asarray(xy_um, float).reshape(-1, 2) / 1000.0 + own.centre_mm, own, near)
 
 
 def sheet_objects(config: VolumeSimConfig, cond: SheetConditions, index: int, depths: np.ndarray) -> list:

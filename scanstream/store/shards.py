@@ -87,7 +87,7 @@ def _read_shard(path: Path, out: np.ndarray, per: int, fill: int) -> bool:
     if google_crc32c.value(raw) != int.from_bytes(buf[len(buf) - 4 :], "little"):
         return False
     index = np.frombuffer(raw, "<u8").reshape(per, 2)
-    plane = out[0].size if len(out) else 0
+    plane = out[0].size
     view = memoryview(buf)
     for k in range(len(out)):
         offset, nbytes = (int(v) for v in index[k])
