@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from pickscenes import N_PLANES, PX, SIZE, STEP, VERTEX_DEPTH, render_stack
 from PIL import Image
 from scipy import ndimage as ndi
 
@@ -24,9 +25,7 @@ from scanstream.simulate.objects import SimObject
 from scanstream.simulate.render import fog_grains, render_planes, track_grains
 from scanstream.simulate.volume import redraw_truth
 
-PX, STEP, SIZE, N_PLANES, VERTEX_DEPTH = 0.283, 3.0, 256, 11, 15.0
 COND = SheetConditions(fog=0.0, noise=2.0)
-HALF = SIZE * PX / 2
 
 
 def segments(starts, ends, kinds, ionisation=None) -> SimObject:
@@ -55,18 +54,6 @@ def crossing() -> SimObject:
     v = np.array([0.0, 0.0, VERTEX_DEPTH])
     d1, d2 = np.array([1.0, 0.2, 0.0]), np.array([-0.3, 1.0, 0.0])
     return segments([v - 60 * d1, v - 60 * d2], [v + 60 * d1, v + 60 * d2], [GREY, GREY], [8.0, 8.0])
-
-
-def render_stack(objects=(), *, fog=0.0, seed=0) -> np.ndarray:
-    """Planes uint8 (z, y, x), plane k at depth 3k um (the surface first)."""
-    rng = np.random.default_rng(seed)
-    cond = SheetConditions(fog=fog, noise=2.0)
-    depths = np.arange(N_PLANES) * STEP
-    box = {"xy_lo": (-HALF - 4, -HALF - 4), "xy_hi": (HALF + 4, HALF + 4)}
-    parts = [track_grains(o, cond, rng, 0.0, depths[-1] + 12, **box) for o in objects]
-    parts.append(fog_grains(cond, rng, 0.0, depths[-1] + 12, **box))
-    pos, sig, opa = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    return render_planes(pos, sig, opa, depths, cond, rng, shape=(SIZE, SIZE), pixel_um=PX)
 
 
 def detect(planes):

@@ -6,40 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pickscenes import CENTRE, PX, SHRINK, STEP, VERTEX_DEPTH, alpha_prongs, render_stack
 
-from scanstream.physics.emulsion import ALPHA
 from scanstream.picker import detect as dt
 from scanstream.picker.detect import DetectParams, detect_vertices
 from scanstream.picker.vertexfit import intersect, refine
-from scanstream.simulate.conditions import SheetConditions
-from scanstream.simulate.objects import SimObject
-from scanstream.simulate.render import fog_grains, render_planes, track_grains
-
-PX, STEP, SIZE, N_PLANES, VERTEX_DEPTH, SHRINK = 0.283, 3.0, 256, 11, 15.0, 1.95
-HALF = SIZE * PX / 2
-CENTRE = (SIZE - 1) / 2
-
-
-def prongs_from(origins, azimuths, dips, lengths) -> SimObject:
-    """Alpha prongs from ``origins`` (um, (n, 3)) at the given azimuths and dips (degrees, undeveloped)."""
-    a, d = np.radians(azimuths), np.radians(dips)
-    dirs = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d) / SHRINK], 1)
-    starts = np.asarray(origins, float).reshape(-1, 3)
-    n = len(a)
-    return SimObject(category="test", label=1, starts=starts, ends=starts + dirs * np.asarray(lengths, float)[:, None],
-                     kinds=np.full(n, ALPHA, np.int8), residual_end=np.zeros(n), ionisation=np.full(n, np.nan),
-                     widths=np.zeros(n), blobs=np.zeros((0, 4)), defocus=0.0, depth=0.0)
-
-
-def render(obj: SimObject, seed: int = 0) -> np.ndarray:
-    """Planes uint8 (z, y, x) of one object, plane k at depth 3k um, a 256-pixel field."""
-    rng = np.random.default_rng(seed)
-    cond = SheetConditions(fog=0.0, noise=2.0)
-    depths = np.arange(N_PLANES) * STEP
-    box = {"xy_lo": (-HALF - 4, -HALF - 4), "xy_hi": (HALF + 4, HALF + 4)}
-    parts = [track_grains(obj, cond, rng, 0.0, depths[-1] + 12, **box), fog_grains(cond, rng, 0.0, depths[-1] + 12, **box)]
-    pos, sig, opa = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    return render_planes(pos, sig, opa, depths, cond, rng, shape=(SIZE, SIZE), pixel_um=PX)
 
 
 def nearest(found, x_um: float, y_um: float) -> tuple[float, object]:
@@ -88,7 +59,7 @@ def test_one_prong_wide_or_beside_the_candidate_stays_one(beside_um, half_width_
 def test_collinear_prong_star_is_found_with_its_multiplicity(azimuths, dips):
     """Four prongs, two of them 15-16 degrees apart: multiplicity 4 with the split, 3 without it
     (``split_deg`` 0: the two touching prongs are one shell piece)."""
-    planes = render(prongs_from([[0, 0, VERTEX_DEPTH]] * 4, azimuths, dips, (30, 26, 34, 28)))
+    planes = render_stack([alpha_prongs([[0, 0, VERTEX_DEPTH]] * 4, azimuths, dips, (30, 26, 34, 28))])
     for params, want in ((DetectParams(), 4), (DetectParams(split_deg=0), 3)):
         found = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=params)
         assert found
@@ -130,9 +101,9 @@ def test_displaced_radon_star_gives_a_vertex_at_the_radon_point(shift):
     # simulator's truth vertex (scanstream.simulate.objects.make_alpha)
     origin = np.array([0.0, 0.0, VERTEX_DEPTH])
     moved = origin + np.array(shift) * np.array([1.0, 1.0, 1.0 / SHRINK])
-    obj = prongs_from([origin, origin, moved, moved, moved], (100, 230, 10, 140, 270), (10, -15, 5, -10, 20),
+    obj = alpha_prongs([origin, origin, moved, moved, moved], (100, 230, 10, 140, 270), (10, -15, 5, -10, 20),
                       (22, 24, 38, 44, 60))
-    found = detect_vertices(render(obj, seed=2), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
+    found = detect_vertices(render_stack([obj], seed=2), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
     assert found
     miss, v = nearest(found, moved[0], moved[1])
     assert miss <= 2.0, [(v.x, v.y, v.multiplicity) for v in found]
@@ -152,7 +123,7 @@ def test_star_with_steep_prongs_is_found_within_2_um(azimuths, dips, seed, steep
     """Steep prongs' lines are fitted in 3-D and projected (``steep_ratio``): the plate-plane tube
     holds only a few of their voxels. Without it, the stars with three prongs dipping 70-80
     degrees are placed 2.2-8 um off."""
-    planes = render(prongs_from([[0, 0, VERTEX_DEPTH]] * 4, azimuths, dips, (30, 26, 34, 28)), seed=seed)
+    planes = render_stack([alpha_prongs([[0, 0, VERTEX_DEPTH]] * 4, azimuths, dips, (30, 26, 34, 28))], seed=seed)
     found = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
     assert found
     miss, v = nearest(found, 0.0, 0.0)

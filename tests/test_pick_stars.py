@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pickscenes import PX, SHRINK, SIZE, STEP, VERTEX_DEPTH, alpha_prongs, render_stack
 
-from scanstream.physics.emulsion import ALPHA
 from scanstream.picker.detect import DetectParams, Vertex, detect_vertices
 from scanstream.picker.prongs import free_lines, prong_fits
 from scanstream.picker.stars import crossing, one_per_star, same_tracks_once
-from scanstream.simulate.conditions import SheetConditions
 from scanstream.simulate.objects import SimObject
-from scanstream.simulate.render import fog_grains, render_planes, track_grains
 
-PX, STEP, SIZE, N_PLANES, DEPTH, SHRINK = 0.283, 3.0, 256, 11, 15.0, 1.95
+DEPTH = VERTEX_DEPTH
 CENTRE = (SIZE - 1) / 2
 
 
@@ -107,28 +105,9 @@ def test_one_track_seen_from_two_vertices_counts_once():
     assert len(same_tracks_once([a, line(0, 3, 0)])) == 2  # parallel tracks 3 um apart
 
 
-def render(objects, seed: int = 0) -> np.ndarray:
-    """Planes uint8 (z, y, x) of a 256 px field, 11 planes 3 um apart (the surface first)."""
-    rng = np.random.default_rng(seed)
-    cond = SheetConditions(fog=0.0, noise=2.0)
-    depths = np.arange(N_PLANES) * STEP
-    half = SIZE * PX / 2 + 4
-    box = {"xy_lo": (-half, -half), "xy_hi": (half, half)}
-    parts = [track_grains(o, cond, rng, 0.0, depths[-1] + 12, **box) for o in objects]
-    parts.append(fog_grains(cond, rng, 0.0, depths[-1] + 12, **box))
-    pos, sig, opa = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    return render_planes(pos, sig, opa, depths, cond, rng, shape=(SIZE, SIZE), pixel_um=PX)
-
-
 def alpha_star(azimuths, dips, lengths, at=(0.0, 0.0)) -> SimObject:
     """An alpha star at ``at`` (um from the field centre), prongs at the given azimuths and dips (degrees)."""
-    v = np.array([*at, DEPTH])
-    a, d = np.radians(azimuths), np.radians(dips)
-    dirs = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d) / SHRINK], 1)
-    n = len(a)
-    return SimObject(category="test", label=1, starts=np.repeat(v[None], n, 0), ends=v + dirs * np.asarray(lengths, float)[:, None],
-                     kinds=np.full(n, ALPHA, np.int8), residual_end=np.zeros(n), ionisation=np.full(n, np.nan),
-                     widths=np.zeros(n), blobs=np.zeros((0, 4)), defocus=0.0, depth=0.0)
+    return alpha_prongs([(*at, DEPTH)] * len(azimuths), azimuths, dips, lengths)
 
 
 def prong_voxels(center, azimuths, dips, lengths) -> list[np.ndarray]:
@@ -176,7 +155,7 @@ def test_two_stars_apart_on_one_segment_stay_two(apart_um):
     """Star A's first prong ends at star B's point: one segment, two stars."""
     a = alpha_star((0, 130, 230), (5, -20, 15), (apart_um, 30, 35), at=(-apart_um / 2, 0.0))
     b = alpha_star((40, -50, 110), (-10, 20, 10), (32, 28, 25), at=(apart_um / 2, 0.0))
-    found = detect_vertices(render([a, b], seed=1), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
+    found = detect_vertices(render_stack([a, b], seed=1), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
     assert len(found) == 2
     for v, x in zip(sorted(found, key=lambda v: v.x), (-apart_um / 2, apart_um / 2), strict=True):
         assert np.hypot((v.x - CENTRE) * PX - x, (v.y - CENTRE) * PX) < 2.0
