@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from scanstream.picker.prongs import free_lines
+from scanstream.picker.vertexfit import lsq
 
 #: Two free lines are one track when their directions are within this angle (degrees) and
 #: each passes within :data:`SAME_TRACK_UM` of the other's point: a prong seen from two vertices.
@@ -98,16 +99,6 @@ def same_tracks_once(lines: Sequence[tuple]) -> list[tuple]:
     return [lines[k] for k in sorted(kept)]
 
 
-def _least_squares(lines: Sequence[tuple]) -> np.ndarray | None:
-    """The point (x, y) closest in the least-squares sense to ``lines``; None where they are parallel."""
-    a, b = np.zeros((2, 2)), np.zeros(2)
-    for p, u, *_ in lines:
-        proj = np.eye(2) - np.outer(u, u)
-        a += proj
-        b += proj @ p
-    return np.linalg.solve(a, b) if abs(np.linalg.det(a)) > 1e-6 else None
-
-
 def crossing(lines: Sequence[tuple], near: np.ndarray, *, within_um: float) -> np.ndarray | None:
     """The point (x, y, developed depth) um that most of ``lines`` pass through, or None.
 
@@ -142,7 +133,7 @@ def crossing(lines: Sequence[tuple], near: np.ndarray, *, within_um: float) -> n
                 best, score = x, s
     for _ in range(2 if best is not None else 0):
         on = [ln for ln in lines if _miss(best, ln) <= 1.5 * CROSSING_UM and abs(_depth(best, ln) - best[2]) <= 1.5 * CROSSING_DZ_UM]
-        x = _least_squares(on) if len(on) >= 2 else None
+        x = lsq([ln[:2] for ln in on], min_det=1e-6) if len(on) >= 2 else None
         if x is None:  # no two lines meet there in depth as well
             return None
         if np.hypot(*(near - x).T).min() > within_um:  # drawn away by lines of another point

@@ -50,14 +50,18 @@ def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, float(ym - slope * xm)
 
 
-def _lsq(lines) -> np.ndarray | None:
-    """The point closest (least squares) to lines given as (point, unit direction), any dimension."""
+def lsq(lines, *, min_det: float = 0.0) -> np.ndarray | None:
+    """The point closest (least squares) to lines given as (point, unit direction, ...), any
+    dimension; None where they are parallel (the normal matrix singular, or its determinant
+    ``min_det`` or less when that is given)."""
     dim = len(lines[0][0])
     a, b = np.zeros((dim, dim)), np.zeros(dim)
-    for c, d in lines:
+    for c, d, *_ in lines:
         proj = np.eye(dim) - np.outer(d, d)
         a += proj
         b += proj @ c
+    if min_det > 0 and abs(np.linalg.det(a)) <= min_det:
+        return None
     try:
         p = np.linalg.solve(a, b)
     except np.linalg.LinAlgError:
@@ -76,7 +80,7 @@ def _drop_worst(lines, outlier_um: float) -> tuple[np.ndarray | None, list]:
     passes more than ``outlier_um`` away; (point, lines kept)."""
     lines = list(lines)
     while True:
-        p = _lsq(lines)
+        p = lsq(lines)
         if p is None:
             return None, lines
         dist = [_dist(p, ln) for ln in lines]
@@ -117,7 +121,7 @@ def intersect(lines, outlier_um: float) -> np.ndarray | None:
     for i, j in combinations(range(len(lines)), 2):
         if abs(lines[i][1] @ lines[j][1]) >= 0.999:  # parallel: no crossing
             continue
-        q = _lsq([lines[i], lines[j]])
+        q = lsq([lines[i], lines[j]])
         near = [ln for ln in lines if q is not None and _dist(q, ln) <= outlier_um]
         if len(near) < 3:
             continue
