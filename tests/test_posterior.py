@@ -36,6 +36,16 @@ def judged(seed, verdicts, **sheet):
     return JudgedSample(d, asked, yr[asked]), yr
 
 
+def judged_sheet(seed, verdicts):
+    """:func:`judged`'s sample, its sheet and the calibration posterior fitted to its verdicts."""
+    sample, _ = judged(seed, verdicts)
+    scores = sample.design.scores
+    sheet = SheetSample(scores, sample.design.band, sample.index, sample.labels)
+    post = fit_calibration(scores[sample.index], sample.labels, sample.design.band[sample.index],
+                           bands=len(sample.design.edges) - 1, center=0.06)
+    return sample, sheet, post
+
+
 def test_the_mode_and_covariance_match_a_slow_reference():
     rng = np.random.default_rng(0)
     s = rng.normal(0, 2, 120)
@@ -62,11 +72,8 @@ def test_the_mode_and_covariance_match_a_slow_reference():
 
 
 def test_draws_keep_verdicts_repeat_by_seed_and_are_summed_right():
-    sample, _ = judged(1, 20)
+    sample, sheet, post = judged_sheet(1, 20)
     scores = sample.design.scores
-    sheet = SheetSample(scores, sample.design.band, sample.index, sample.labels)
-    post = fit_calibration(scores[sample.index], sample.labels, sample.design.band[sample.index],
-                           bands=len(sample.design.edges) - 1, center=0.06)
     a = np.concatenate(list(predictive_draws(sheet, post, replicates=300, seed=4)))
     b = np.concatenate(list(predictive_draws(sheet, post, replicates=300, seed=4)))
     assert a.shape == (300, scores.size) and np.array_equal(a, b)
@@ -84,11 +91,7 @@ def test_draws_keep_verdicts_repeat_by_seed_and_are_summed_right():
 
 
 def test_an_assured_cut_selects_at_least_as_much():
-    sample, _ = judged(2, 30)
-    scores = sample.design.scores
-    sheet = SheetSample(scores, sample.design.band, sample.index, sample.labels)
-    post = fit_calibration(scores[sample.index], sample.labels, sample.design.band[sample.index],
-                           bands=len(sample.design.edges) - 1, center=0.06)
+    _, sheet, post = judged_sheet(2, 30)
     mean = recall_cut_rank(sheet, predictive_draws(sheet, post, replicates=300, seed=0), 0.8)
     sure = recall_cut_rank(sheet, predictive_draws(sheet, post, replicates=300, seed=0), 0.8, assurance=0.9)
     assert sure > mean
