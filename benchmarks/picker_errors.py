@@ -21,7 +21,11 @@ as ``scanstream pick`` runs it) picks every field. The matching is
 * the former method's cuts (:mod:`scanstream.picker.cuts`, default configuration) on the picked
   alpha decays' measured multiplicity and prong lengths: the fraction kept, beside the band the
   simulator was calibrated to with its own features (0.757-0.835; benchmarks/pick_vs_classify.py);
-* the detector's seconds per field (reading excluded; this machine, its load).
+* the detector's seconds per field (reading excluded; this machine, its load);
+* displaced radon decays (the radon moved 2 um or more, 3-D; :func:`scanstream.picker.accuracy.displaced_radon`):
+  picked, with the origin reported within 2 um in x, y; origins reported on decays whose radon did
+  not move and on other vertices; the first alphas' length error (``--origin-max-um 0``: without
+  the second vertex, lengths from the radon's point).
 
 Usage::
 
@@ -67,14 +71,15 @@ def seed_volume(work: Path, seed: int, args: argparse.Namespace):
     if not is_volume(vol):
         ingest_stacks(sim, vol)
     truth = pq.read_table(sim / "truth.parquet")
-    if "prong_lengths_um" not in truth.column_names:  # drawn before the prongs were recorded
+    if not {"prong_lengths_um", "rn_dx_um"} <= set(truth.column_names):  # drawn before these were recorded
         truth = redraw_truth(sim)
     return open_volume(vol), truth.to_pylist()
 
 
-def pick_seed(volume, params: DetectParams) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]:
+def pick_seed(volume, params: DetectParams, origins: list | None = None) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]:
     """Every field's vertices: stage positions (n, 3) mm, multiplicities, prong directions (stage x, y,
-    up) and lengths, and the detector's seconds (reading excluded)."""
+    up) and lengths, and the detector's seconds (reading excluded); each vertex's second point
+    (stage mm, or None) appended to ``origins`` where given."""
     pos, mult, dirs, lengths, seconds = [], [], [], [], 0.0
     near = neighbourhoods(footprints(volume))  # as scanstream pick gives each field its neighbours
     for f in volume:
@@ -88,6 +93,8 @@ def pick_seed(volume, params: DetectParams) -> tuple[np.ndarray, list[np.ndarray
             mult.append(v.multiplicity)
             dirs.append(np.array(v.directions, float).reshape(-1, 3) * np.array([1.0, 1.0, up]))
             lengths.append(v.track_lengths_um)
+            if origins is not None:
+                origins.append(None if v.origin is None else f.pixel_to_stage(*v.origin))
     return np.array(pos, float).reshape(-1, 3), np.array(mult, int), list(zip(dirs, lengths, strict=True)), seconds
 
 
@@ -95,10 +102,12 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
     """The measures of the module docstring over the volumes of ``seeds``."""
     matches, prong_counts, true_len, meas_len = [], {"true": 0, "matched": 0, "merged": 0, "missed": 0, "extra": 0}, [], []
     fields = picked_n = fakes = dups = dups_xy = cut_kept = 0
-    seconds = 0.0
+    seconds, radon = 0.0, []
     for seed in seeds:
         volume, truth = seed_volume(work, seed, args)
-        pos, mult, prongs, sec = pick_seed(volume, DetectParams(star_um=args.star_um))
+        origins: list = []
+        pos, mult, prongs, sec = pick_seed(volume, DetectParams(star_um=args.star_um, origin_max_um=args.origin_max_um), origins)
+        radon.append(acc.displaced_radon(pos, origins, prongs, truth))
         seconds += sec
         fields += len(volume)
         picked_n += len(pos)
@@ -140,7 +149,21 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
         "duplicates": dups, "duplicate_fraction": round(dups / picked_n, 4) if picked_n else None,
         "duplicates_xy": dups_xy, "duplicate_xy_fraction": round(dups_xy / picked_n, 4) if picked_n else None,
         "detect_seconds_per_field": round(seconds / fields, 3) if fields else None,
+        "displaced_radon": radon_summary(radon, fields),
     }
+
+
+def radon_summary(per_volume: list[dict], fields: int) -> dict:
+    """:func:`scanstream.picker.accuracy.displaced_radon`'s counts summed over volumes, with the fraction
+    of picked displaced decays whose origin is reported within 2 um, origins per field on vertices
+    that are no picked decay's, and the first alphas' length errors (median, 16 and 84 %)."""
+    out = {k: sum(d[k] for d in per_volume) for k in per_volume[0] if k != "first_alpha_errors_um"} if per_volume else {}
+    errors = [e for d in per_volume for e in d["first_alpha_errors_um"]]
+    k = out.get("displaced_picked", 0)
+    return {**out, "origin_within_fraction": round(out["origin_within"] / k, 4) if k else None,
+            "other_with_origin_per_field": round(out["other_with_origin"] / fields, 3) if fields and out else None,
+            "first_alpha_length_error_um_q50_16_84": [round(float(x), 2) for x in np.quantile(errors, (0.5, 0.16, 0.84))]
+            if errors else None, "first_alpha_prongs": len(errors)}
 
 
 def _q(v) -> str:
@@ -183,6 +206,14 @@ def markdown(doc: dict) -> str:
     row("vertices with another within 8 um in x-y, any depth", lambda g: f"{g['duplicates_xy']} of {g['vertices']}: "
         f"{g['duplicate_xy_fraction']}")
     row("detector seconds per field", lambda g: f"{g['detect_seconds_per_field']}")
+    row("displaced radon (moved >= 2 um, 3-D): picked; origin within 2 um x-y / elsewhere", lambda g: (
+        "{displaced_picked} of {displaced}; {origin_within} / {origin_elsewhere}".format(**g["displaced_radon"])))
+    row("origins on picked decays whose radon did not move; on other vertices (per field)", lambda g: (
+        "{unmoved_with_origin} of {unmoved_picked}; {other_with_origin} of {other_vertices} "
+        "({other_with_origin_per_field})".format(**g["displaced_radon"])))
+    row("first alphas' length error in displaced decays, um: median (q16 / q84)", lambda g: (
+        f"{_q(g['displaced_radon']['first_alpha_length_error_um_q50_16_84'])}, "
+        f"{g['displaced_radon']['first_alpha_prongs']} prongs"))
     return "\n".join(rows) + "\n"
 
 
@@ -209,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                    "use a --work of its own)")
     p.add_argument("--star-um", type=float, default=DetectParams.star_um,
                    help=f"criterion 8's merge distance (0: no merge; default {DetectParams.star_um})")
+    p.add_argument("--origin-max-um", type=float, default=DetectParams.origin_max_um,
+                   help=f"how far a displaced radon's origin is looked for (0: not; default {DetectParams.origin_max_um})")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     p.add_argument("--markdown", type=Path, help="write the markdown table here")
     args = p.parse_args(argv)

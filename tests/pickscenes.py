@@ -2,7 +2,8 @@
 
 A 256-pixel field (0.283 um pixels), 11 focal planes 3 um apart from the surface, the
 simulator's grain and optics model with no fog unless asked; alpha prongs as a
-:class:`scanstream.simulate.objects.SimObject` at given azimuths and dips.
+:class:`scanstream.simulate.objects.SimObject` at given azimuths and dips; a thorium star whose
+radon atom moved.
 """
 
 from __future__ import annotations
@@ -40,3 +41,17 @@ def alpha_prongs(origins, azimuths, dips, lengths) -> SimObject:
     return SimObject(category="test", label=1, starts=starts, ends=starts + dirs * np.asarray(lengths, float)[:, None],
                      kinds=np.full(n, ALPHA, np.int8), residual_end=np.zeros(n), ionisation=np.full(n, np.nan),
                      widths=np.zeros(n), blobs=np.zeros((0, 4)), defocus=0.0, depth=0.0)
+
+
+#: A thorium star's prongs: azimuths, dips (degrees, undeveloped) and lengths (um); the first two
+#: (Th-228, Ra-224) start at the star's origin, the other three (Rn-220, Po-216, Po-212) where the
+#: radon atom decayed (:func:`displaced_star`).
+TH_STAR = ((100, 230, 10, 140, 270), (10, -15, 5, -10, 20), (22, 24, 38, 44, 60))
+
+
+def displaced_star(shift) -> tuple[np.ndarray, np.ndarray, SimObject]:
+    """(origin, radon's point, the star :data:`TH_STAR`) at the field centre, the radon moved by ``shift``
+    (undeveloped um) from the origin before it decayed; points in um (x, y, developed depth)."""
+    origin = np.array([0.0, 0.0, VERTEX_DEPTH])
+    moved = origin + np.array(shift, float) * np.array([1.0, 1.0, 1.0 / SHRINK])
+    return origin, moved, alpha_prongs([origin, origin, moved, moved, moved], *TH_STAR)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pickscenes import N_PLANES, PX, SIZE, STEP, VERTEX_DEPTH, render_stack
+from pickscenes import N_PLANES, PX, SIZE, STEP, VERTEX_DEPTH, displaced_star, render_stack
 from PIL import Image
 from scipy import ndimage as ndi
 
@@ -304,6 +304,7 @@ def test_pick_volume_to_crop_store_and_resume(star_volume, capsys):
     assert row["object_id"] == "v-F0000-V000" and row["sheet"] == "v" and row["experiment"] == "E07"
     assert row["multiplicity"] == 5 and len(row["track_lengths_um"]) == 5 and row["label"] == -1
     assert row["pick_field"] == "a" and row["plate"] == 9
+    assert row["origin_x_mm"] is None and row["origin_z_mm"] is None and row["origin_prongs"] == 0  # one point
     assert abs(row["x_mm"] - 1.0) * 1000 <= 2.0 and abs(row["y_mm"] + 2.0) * 1000 <= 2.0
     assert abs(-row["z_mm"] * 1000 - VERTEX_DEPTH) <= STEP
     # channels: R one plane shallower (higher stage z = smaller depth), G the vertex's, B deeper
@@ -316,6 +317,22 @@ def test_pick_volume_to_crop_store_and_resume(star_volume, capsys):
     # a rerun finds every field done and adds nothing
     again = pick_volume(d / "v.zarr", d / "c.zarr", processes=False, workers=1)
     assert again.fields_skipped == 2 and again.objects_added == 0 and st.open_store(d / "c.zarr").n == 1
+
+
+def test_pick_writes_a_displaced_radons_origin(tmp_path):
+    """The object table's second vertex (docs/pick.md, "Displaced radon"): a thorium star whose radon
+    moved 2.7 um has its origin (the field centre, stage x 1, y -2 mm) within 1 um in x, y and a
+    plane in depth, and two prongs measured from it."""
+    origin, _, obj = displaced_star((2.5, 1.0, 0.0))
+    write_stack_folder(tmp_path / "scan" / "a", render_stack([obj], seed=2))
+    assert main(["ingest", str(tmp_path / "scan"), str(tmp_path / "v.zarr"), "--format", "stack", "--no-progress"]) == 0
+    pick_volume(tmp_path / "v.zarr", tmp_path / "c.zarr", processes=False, workers=1)
+    table = st.open_store(tmp_path / "c.zarr").table
+    row = table.to_pylist()[0]
+    assert row["origin_prongs"] == 2 and table.schema.field("origin_prongs").type == "int16"
+    assert np.hypot(row["origin_x_mm"] - 1.0, row["origin_y_mm"] + 2.0) * 1000 <= 1.0, row
+    assert abs(-row["origin_z_mm"] * 1000 - origin[2]) <= STEP
+    assert np.hypot(row["x_mm"] - 1.0025, row["y_mm"] + 1.999) * 1000 <= 1.0  # the vertex: the radon's point
 
 
 def test_pick_resumes_a_field_cut_short(star_volume):

@@ -1,12 +1,12 @@
 """The detector's prongs and where they meet (criteria 4-6 of scanstream.picker.detect): prongs close
 in azimuth split inside a shell piece, 3-D lines where the plate-plane lines are nearly parallel,
-and the vertex of a star whose radon atom moved before it decayed."""
+and the vertex of a star whose radon atom moved before it decayed, with its origin (the second point)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from pickscenes import CENTRE, PX, SHRINK, STEP, VERTEX_DEPTH, alpha_prongs, render_stack
+from pickscenes import CENTRE, PX, SHRINK, STEP, TH_STAR, VERTEX_DEPTH, alpha_prongs, displaced_star, render_stack
 
 from scanstream.picker import detect as dt
 from scanstream.picker.detect import DetectParams, detect_vertices
@@ -99,10 +99,7 @@ def test_lines_meeting_at_two_points_give_the_point_most_meet():
 def test_displaced_radon_star_gives_a_vertex_at_the_radon_point(shift):
     # Th-228 and Ra-224 from the origin; Rn-220, Po-216 and Po-212 from where the radon moved: the
     # simulator's truth vertex (scanstream.simulate.objects.make_alpha)
-    origin = np.array([0.0, 0.0, VERTEX_DEPTH])
-    moved = origin + np.array(shift) * np.array([1.0, 1.0, 1.0 / SHRINK])
-    obj = alpha_prongs([origin, origin, moved, moved, moved], (100, 230, 10, 140, 270), (10, -15, 5, -10, 20),
-                      (22, 24, 38, 44, 60))
+    _, moved, obj = displaced_star(shift)
     found = detect_vertices(render_stack([obj], seed=2), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
     assert found
     miss, v = nearest(found, moved[0], moved[1])
@@ -132,3 +129,62 @@ def test_star_with_steep_prongs_is_found_within_2_um(azimuths, dips, seed, steep
     if steeper:
         plain = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=DetectParams(steep_ratio=0))
         assert not plain or nearest(plain, 0.0, 0.0)[0] > miss
+
+
+def first_alphas(v) -> list[tuple[float, np.ndarray]]:
+    """(length um, unit direction) of the prongs of ``v`` pointing within 20 degrees of the star's first
+    two alphas (azimuths 100 and 230 degrees, :data:`pickscenes.TH_STAR`), each found once."""
+    out = []
+    for az in TH_STAR[0][:2]:
+        near = [(length, np.array(d)) for length, d in zip(v.track_lengths_um, v.directions, strict=True)
+                if abs((np.degrees(np.arctan2(d[1], d[0])) - az + 180.0) % 360.0 - 180.0) <= 20.0]
+        assert len(near) == 1, (az, v.track_lengths_um, v.directions)
+        out.append(near[0])
+    return out
+
+
+@pytest.mark.parametrize("shift, seed", [((2.5, 1.0, 0.0), 2), ((2.5, 1.0, 0.0), 3), ((4.0, -3.0, 0.0), 3),
+                                         ((-3.5, 1.5, 0.0), 3), ((1.0, 3.5, 0.0), 2), ((3.0, -1.0, 1.0), 3)])
+def test_displaced_radon_star_reports_its_origin_and_the_first_alphas_from_it(shift, seed):
+    """The second point (criterion 6, "Displaced radon") within 1 um in x, y and a plane in depth of
+    the star's origin, two prongs starting there, and the first alphas' lengths from it within 1.5 um
+    of their true lengths, closer in all than the same tracks' ends measured from the vertex."""
+    origin, moved, obj = displaced_star(shift)
+    planes = render_stack([obj], seed=seed)
+    found = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
+    miss, v = nearest(found, moved[0], moved[1])
+    assert miss <= 2.0 and v.origin is not None and v.origin_prongs == 2, (miss, v)
+    off = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=DetectParams(origin_max_um=0))
+    assert all(w.origin is None for w in off)
+    oz, oy, ox = v.origin
+    at_origin = np.array([(ox - CENTRE) * PX, (oy - CENTRE) * PX, oz * STEP])
+    assert np.hypot(*(at_origin[:2] - origin[:2])) <= 1.0 and abs(at_origin[2] - VERTEX_DEPTH) <= STEP, v.origin
+    at_vertex = np.array([(v.x - CENTRE) * PX, (v.y - CENTRE) * PX, v.z * STEP])
+    scale = np.array([1.0, 1.0, SHRINK])
+    errs, from_vertex = [], []
+    for (length, d), want in zip(first_alphas(v), TH_STAR[2][:2], strict=True):
+        end = at_origin * scale + length * d  # undeveloped um
+        errs.append(abs(length - want))
+        from_vertex.append(abs(float(np.linalg.norm(end - at_vertex * scale)) - want))
+    assert max(errs) <= 1.5 and sum(errs) < sum(from_vertex), (errs, from_vertex)
+
+
+def black_track_beside(offset_um: float, azimuth_deg: float):
+    """A straight black track 90 um long in the plate plane passing ``offset_um`` beside the field centre."""
+    a = np.radians(azimuth_deg)
+    u, n = np.array([np.cos(a), np.sin(a), 0.0]), np.array([-np.sin(a), np.cos(a), 0.0])
+    start = np.array([0.0, 0.0, VERTEX_DEPTH]) + offset_um * n - 45.0 * u
+    return alpha_prongs([start], (azimuth_deg,), (0.0,), (90.0,))
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+@pytest.mark.parametrize("track", [None, (1.5, 60.0), (3.0, 200.0)])
+def test_star_whose_radon_did_not_move_reports_no_origin(seed, track):
+    """All five prongs from one point, alone or with a black track through the star 1.5-3 um beside it:
+    a vertex, and no second point."""
+    origin, _, obj = displaced_star((0.0, 0.0, 0.0))
+    objects = [obj] if track is None else [obj, black_track_beside(*track)]
+    found = detect_vertices(render_stack(objects, seed=seed), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
+    miss, v = nearest(found, origin[0], origin[1])
+    assert miss <= 2.0 and v.multiplicity >= 4, (miss, v)
+    assert all(w.origin is None and w.origin_prongs == 0 for w in found), found

@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreNotFoundError
 from scanstream.picker.darkmasks import voxel_sums
+from scanstream.picker.detect import pieces, window_reduce
 from scanstream.picker.pick import ANTIALIAS_PX, crop_planes, pick_volume
 from scanstream.picker.speed import pick_speed
 from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
@@ -153,3 +154,36 @@ def test_voxel_sums_against_reshaped_sums_and_minima(f):
     np.testing.assert_array_equal(lo, want.reshape(3, 8, f // 2, 6, f // 2).min((2, 4)))
     np.testing.assert_array_equal(tot, px.astype(np.int64).reshape(3, 8, f, 6, f).sum((2, 4)))
     assert s2.dtype == lo.dtype == tot.dtype == np.uint16
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_reduce_is_the_box_filters_in_integers(seed):
+    """Sums and maxima over centred windows, zeros beyond the edges: ndimage's constant-mode
+    uniform filter (times the window's size) and maximum filter, on boxes as small as one voxel."""
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        shape = tuple(int(n) for n in rng.integers(1, 13, 3))
+        a = (rng.random(shape) < rng.random()).astype(np.uint8)
+        half = (int(rng.integers(0, 2)), int(rng.integers(0, 5)), int(rng.integers(0, 5)))
+        size = tuple(2 * h + 1 for h in half)
+        got = window_reduce(a, half, np.add)
+        want = np.rint(ndi.uniform_filter(a.astype(np.float32), size=size, mode="constant") * np.prod(size))
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.uint8 and got.shape == shape
+        np.testing.assert_array_equal(window_reduce(got, half, np.maximum),
+                                      ndi.maximum_filter(got, size=size, mode="constant"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pieces_are_ndimage_labels_at_the_voxels(seed):
+    """The shell's pieces from the voxels' bounding box: ndi.label's pieces and numbering."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        on = rng.random((7, 29, 29)) < rng.uniform(0.002, 0.05)
+        where = np.flatnonzero(on)
+        if len(where) == 0:
+            continue
+        ids, n = pieces(on, where)
+        lab, m = ndi.label(on, np.ones((3, 3, 3), bool))
+        np.testing.assert_array_equal(ids, lab.ravel()[where])
+        assert n == m

@@ -252,3 +252,73 @@ def vertex_sources(picked_mm: np.ndarray, truth: Sequence[Mapping[str, Any]], ra
         else:
             out[i] = "fake"
     return out
+
+
+def displaced_radon(picked: np.ndarray, origins: Sequence, prongs: Sequence[tuple], truth: Sequence[dict], *,
+                    moved_um: float = 2.0, xy_um: float = 2.0, z_um: float = 3.0) -> dict:
+    """The second vertex of displaced radon decays (docs/pick.md, "Displaced radon") on one volume.
+
+    Parameters
+    ----------
+    picked : ndarray (n, 3)
+        Picked vertices' stage x, y, z (mm).
+    origins : sequence of n (x, y, z) mm or None
+        Each vertex's second point (``Vertex.origin`` in stage coordinates), None where none.
+    prongs : sequence of n (directions (k, 3) unit, stage x, y, up; lengths (k,) um)
+        Each vertex's reported prongs.
+    truth : sequence of dict
+        Truth rows (x_mm, y_mm, z_mm, label, category, rn_dx_um, rn_dy_um, rn_dz_um and the prongs).
+
+    Returns
+    -------
+    dict of counts: ``displaced`` (alpha decays whose radon moved ``moved_um`` or more, 3-D
+    undeveloped), ``displaced_picked`` (of them, a vertex within ``xy_um`` in x, y and ``z_um`` in
+    depth), ``origin_within`` / ``origin_elsewhere`` (of those, the vertex reports its origin within
+    ``xy_um`` in x, y of the true origin, the truth vertex less the radon's vector / farther),
+    ``unmoved_picked`` and ``unmoved_with_origin`` (picked decays whose radon did not move),
+    ``other_vertices`` and ``other_with_origin`` (vertices that are no picked decay's), and
+    ``first_alpha_errors_um`` (measured minus true length of the first alphas' prongs of the picked
+    displaced decays, Th-228 and Ra-224 or Ra-226, matched by direction, :func:`match_prongs`).
+
+    Examples
+    --------
+    >>> row = {"x_mm": 0.0, "y_mm": 0.0, "z_mm": -0.05, "label": 1, "category": "alpha_th", "rn_dx_um": 3.0,
+    ...        "rn_dy_um": 0.0, "rn_dz_um": 0.0, "prong_lengths_um": [20.0], "prong_azimuth_deg": [0.0], "prong_dip_deg": [0.0]}
+    >>> out = displaced_radon(np.array([[0.0, 0.0, -0.05]]), [(-0.0025, 0.0, -0.05)], [(np.array([[1.0, 0, 0]]), [21.0])], [row])
+    >>> out["displaced_picked"], out["origin_within"], out["other_with_origin"], out["first_alpha_errors_um"]
+    (1, 1, 0, [1.0])
+    """
+    picked = np.asarray(picked, float).reshape(-1, 3)
+    out = dict.fromkeys(("displaced", "displaced_picked", "origin_within", "origin_elsewhere", "unmoved_picked",
+                         "unmoved_with_origin", "other_vertices", "other_with_origin"), 0)
+    errors: list[float] = []
+    decay_vertices = set()
+    for r in truth:
+        if r["label"] != 1:
+            continue
+        vec = np.array([r.get("rn_dx_um", 0.0), r.get("rn_dy_um", 0.0), r.get("rn_dz_um", 0.0)], float)
+        moved = float(np.linalg.norm(vec)) >= moved_um
+        out["displaced"] += moved
+        dxy = _xy_um(picked, r["x_mm"], r["y_mm"])
+        ok = np.flatnonzero((dxy <= xy_um) & (np.abs(picked[:, 2] - r["z_mm"]) * 1000 <= z_um))
+        if not ok.size:
+            continue
+        j = int(ok[np.argmin(dxy[ok])])
+        decay_vertices.add(j)
+        o = origins[j]
+        if not moved:
+            out["unmoved_picked"] += not vec.any()
+            out["unmoved_with_origin"] += not vec.any() and o is not None
+            continue
+        out["displaced_picked"] += 1
+        if o is not None:
+            near = float(np.hypot(o[0] - r["x_mm"] + vec[0] / 1000, o[1] - r["y_mm"] + vec[1] / 1000)) * 1000 <= xy_um
+            out["origin_within" if near else "origin_elsewhere"] += 1
+        first = 2 if r["category"] == "alpha_th" else 1
+        d, lengths = prongs[j]
+        p = match_prongs(np.asarray(d, float).reshape(-1, 3), true_directions(r))
+        errors += [float(lengths[m]) - r["prong_lengths_um"][i] for i, m in p["pairs"] if i < first]
+    others = [j for j in range(len(picked)) if j not in decay_vertices]
+    out["other_vertices"] = len(others)
+    out["other_with_origin"] = sum(origins[j] is not None for j in others)
+    return {**out, "first_alpha_errors_um": [round(e, 2) for e in errors]}

@@ -16,7 +16,9 @@ experiment, module and plate from the field's metadata, the picker's features (m
 track_lengths_um: undeveloped prong lengths; track_dips_deg: each prong's dip from the plate
 plane), label -1 (unknown), ``pick_field`` (the field's source folder) and
 ``emulsion_shrinkage`` (the metadata's ``EmulsionType.Sh``, which depths were converted with;
-null where it gives none and 2.0 was used). Object ids are ``<sheet>-F<field>-V<k>``, stable across reruns.
+null where it gives none and 2.0 was used), and the star's second vertex where its radon atom moved
+before it decayed (``origin_x_mm``, ``origin_y_mm``, ``origin_z_mm``: stage, null where none;
+``origin_prongs``: the prongs measured from it, 0 where none). Object ids are ``<sheet>-F<field>-V<k>``, stable across reruns.
 
 Resumable: the crop store is written by :class:`scanstream.store.StoreWriter`, and
 ``CROPS.zarr/pick_fields.json`` records how many vertices each field gave (rewritten every
@@ -156,8 +158,17 @@ def field_rows(fov: FieldOfView, vertices: list[Vertex], sheet: str) -> list[dic
             "multiplicity": v.multiplicity, "track_lengths_um": list(v.track_lengths_um), "pick_field": fov.source,
             "track_dips_deg": [float(np.degrees(np.arcsin(min(abs(d[2]), 1.0)))) for d in v.directions],
             "emulsion_shrinkage": fov.shrinkage,
+            **origin_columns(fov, v),
         })
     return rows
+
+
+def origin_columns(fov: FieldOfView, v: Vertex) -> dict[str, Any]:
+    """The second vertex of ``v`` (a displaced radon's origin, :class:`scanstream.picker.detect.Vertex`)
+    as object-table columns: origin_x_mm, origin_y_mm, origin_z_mm (stage; null where none) and
+    origin_prongs (the prongs that start there; 0 where none)."""
+    x_mm, y_mm, z_mm = fov.pixel_to_stage(*v.origin) if v.origin is not None else (None, None, None)
+    return {"origin_x_mm": x_mm, "origin_y_mm": y_mm, "origin_z_mm": z_mm, "origin_prongs": v.origin_prongs}
 
 
 def field_problem(fov: FieldOfView) -> str | None:

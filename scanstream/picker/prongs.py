@@ -75,25 +75,33 @@ def _fit(p: np.ndarray, weights: np.ndarray, anchor_weight: float):
     origin is the point of the line nearest the vertex. The direction is the principal axis of
     the weighted x, y (closed form for 2 x 2); depth is a weighted linear fit along it.
     """
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    sw = float(weights.sum()) + anchor_weight  # the vertex sits at 0: it adds weight, not sums
-    mx, my, mz = float(weights @ x) / sw, float(weights @ y) / sw, float(weights @ z) / sw
-    cxx = float(weights @ (x * x)) / sw - mx * mx
-    cyy = float(weights @ (y * y)) / sw - my * my
-    cxy = float(weights @ (x * y)) / sw - mx * my
+    return _fit_xyz(p[:, 0], p[:, 1], p[:, 2], weights, anchor_weight)
+
+
+def _fit_xyz(x: np.ndarray, y: np.ndarray, z: np.ndarray, weights: np.ndarray, anchor_weight: float):
+    """:func:`_fit` of the points' coordinates ``x``, ``y``, ``z`` (n,) each: the weighted sums in
+    one matrix product, the vertex's share added (it sits at 0: weight, no sums)."""
+    sums = np.stack([x, y, z, x * x, y * y, x * y]) @ weights
+    sw = float(weights.sum()) + anchor_weight
+    mx, my, mz = float(sums[0]) / sw, float(sums[1]) / sw, float(sums[2]) / sw
+    cxx = float(sums[3]) / sw - mx * mx
+    cyy = float(sums[4]) / sw - my * my
+    cxy = float(sums[5]) / sw - mx * my
     phi = 0.5 * np.arctan2(2 * cxy, cxx - cyy)
-    u = np.array([np.cos(phi), np.sin(phi)])
-    if float(weights @ (p[:, :2] @ u)) < 0:
-        u = -u
-    m = np.array([mx, my])
-    o = m - (m @ u) * u
-    t = (p[:, :2] - o) @ u
-    t_anchor = float(-o @ u)
+    u0, u1 = float(np.cos(phi)), float(np.sin(phi))
+    if u0 * float(sums[0]) + u1 * float(sums[1]) < 0:  # the points' weighted projection on u
+        u0, u1 = -u0, -u1
+    along = mx * u0 + my * u1
+    o0, o1 = mx - along * u0, my - along * u1
+    t = (x - o0) * u0 + (y - o1) * u1
+    t_anchor = -(o0 * u0 + o1 * u1)
     tm = (float(weights @ t) + anchor_weight * t_anchor) / sw
-    var = float(weights @ (t - tm) ** 2) + anchor_weight * (t_anchor - tm) ** 2
-    cov = float(weights @ ((t - tm) * (z - mz))) + anchor_weight * (t_anchor - tm) * (0.0 - mz)
+    dt = t - tm
+    wdt = weights * dt
+    var = float(wdt @ dt) + anchor_weight * (t_anchor - tm) ** 2
+    cov = float(wdt @ (z - mz)) + anchor_weight * (t_anchor - tm) * (0.0 - mz)
     slope = cov / var if var > 1e-9 else 0.0
-    return o, u, mz - slope * tm, slope
+    return np.array([o0, o1]), np.array([u0, u1]), mz - slope * tm, slope
 
 
 def _follow(d: np.ndarray, shell: np.ndarray, params, refit: bool):
@@ -106,10 +114,14 @@ def _follow(d: np.ndarray, shell: np.ndarray, params, refit: bool):
     if refit:  # the line turns by far less than 27 degrees: voxels outside that cone never join
         t = d[:, :2] @ u
         d = d[(t > 0) & (np.abs(d[:, 0] * u[1] - d[:, 1] * u[0]) <= params.tube_um + 0.5 * t)]
+    x, y, z = (np.ascontiguousarray(d[:, k]) for k in range(3))
+    far = np.hypot(x, y) >= REFIT_FROM_UM  # voxels a re-fitted line is fitted to: the same every round
     while True:
-        t = (d[:, :2] - o) @ u
-        off = np.abs((d[:, 0] - o[0]) * u[1] - (d[:, 1] - o[1]) * u[0])
-        on = (t > 0) & (off <= params.tube_um) & (np.abs(d[:, 2] - (z0 + slope * t)) <= params.tube_dz_um)
+        (o0, o1), (u0, u1) = o, u
+        a, b = x - o0, y - o1
+        t = a * u0 + b * u1
+        off = np.abs(a * u1 - b * u0)
+        on = (t > 0) & (off <= params.tube_um) & (np.abs(z - (z0 + slope * t)) <= params.tube_dz_um)
         ahead = on & (t > reach) & (t <= reach + params.gap_um)
         if not ahead.any():
             break
@@ -120,10 +132,10 @@ def _follow(d: np.ndarray, shell: np.ndarray, params, refit: bool):
                 reach = float(tt)
             break
         reach = float(t[ahead].max())  # every voxel in (reach, reach + gap] is within a gap of the last
-        used = on & (t <= reach) & (np.hypot(d[:, 0], d[:, 1]) >= REFIT_FROM_UM)
-        if used.sum() >= 3:
+        used = on & (t <= reach) & far
+        if np.count_nonzero(used) >= 3:
             w = np.exp(-0.5 * (off[used] / (TRACK_SIGMA_UM)) ** 2)
-            o, u, z0, slope = _fit(d[used], w, ANCHOR_WEIGHT)
+            o, u, z0, slope = _fit_xyz(x[used], y[used], z[used], w, ANCHOR_WEIGHT)
     return o, u, z0, slope, reach, d
 
 

@@ -28,6 +28,15 @@ plain least-squares point (docs/pick.md, "Efficiency"):
   depth-vs-distance fit, ill-posed for a nearly vertical prong, gives no depth while another
   prong does.
 
+* **A second point: the displaced radon's origin** (:func:`second_point`). Where the radon atom
+  moved 1.5-15 um before it decayed, the vertex is the radon's point (the point most lines meet,
+  above) and the first alphas (Th-228 and Ra-224) start at the star's origin. Their tracks' lines,
+  fitted without the vertex (:func:`scanstream.picker.prongs.free_lines`), miss the vertex and
+  cross each other there. The origin is reported where at least two such lines, each fitted to
+  ``ORIGIN_MIN_VOXELS`` voxels or more and passing more than ``origin_miss_um`` from the vertex,
+  cross at ``ORIGIN_MIN_DEG`` or more in the plate plane and within ``ORIGIN_DZ_UM`` in depth,
+  ``origin_min_um`` .. ``origin_max_um`` (undeveloped 3-D) from the vertex.
+
 The parameters are :class:`scanstream.picker.detect.DetectParams`' (lengths in um).
 """
 
@@ -36,6 +45,17 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
+
+#: Two lines give a second point only where they cross at this angle (degrees) or more in the
+#: plate plane: nearer parallel, an error of a tenth of a degree in either moves the crossing along them.
+ORIGIN_MIN_DEG = 30.0
+#: Fewest voxels a line through a second point is fitted to (a stub's few um of track give a
+#: line good to only a degree or two; a black track 15-40 um long gives hundreds).
+ORIGIN_MIN_VOXELS = 30
+#: A line passes a second point when within this distance of it in the plate plane (um) ...
+ORIGIN_ON_UM = 0.6
+#: ... and within this much in depth (developed um: a plane step).
+ORIGIN_DZ_UM = 3.0
 
 
 def line_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -269,3 +289,100 @@ def _steep_line(pts: np.ndarray, near: np.ndarray, at: np.ndarray, params):
     if n < 1e-6:
         return None
     return (c[:2], dxy / n), sel
+
+
+def _line_miss(x: np.ndarray, line) -> float:
+    """How far (um, plate plane) a line (point xy, unit direction xy, ...) passes from ``x``."""
+    q = x[:2] - line[0]
+    return float(abs(q[0] * line[1][1] - q[1] * line[1][0]))
+
+
+def _line_depth(x: np.ndarray, line) -> float:
+    """A free line's developed depth (um) at its point nearest ``x`` (x, y)."""
+    return float(line[2] + line[3] * float((x[:2] - line[0]) @ line[1]))
+
+
+def _meet(lines, idx: list[int], keep, prefer=None) -> tuple[np.ndarray, list[int]] | None:
+    """The point (x, y, developed depth) most of the free lines ``idx`` pass through (within
+    :data:`ORIGIN_ON_UM` and :data:`ORIGIN_DZ_UM`; then the largest ``prefer(point)``, by default the
+    smallest summed miss), among the
+    crossings of two of them at :data:`ORIGIN_MIN_DEG` or more, at depths within :data:`ORIGIN_DZ_UM`,
+    where ``keep(point)``; moved to those lines' least-squares point where that keeps them. (point,
+    the lines through it) or None."""
+    sin = np.sin(np.radians(ORIGIN_MIN_DEG))
+
+    def through(x: np.ndarray) -> list[int]:
+        return [k for k in idx if _line_miss(x, lines[k]) <= ORIGIN_ON_UM and abs(_line_depth(x, lines[k]) - x[2]) <= ORIGIN_DZ_UM]
+
+    best, best_key = None, None
+    for i, j in combinations(idx, 2):
+        a, b = lines[i], lines[j]
+        cross = a[1][0] * b[1][1] - a[1][1] * b[1][0]
+        if abs(cross) < sin:
+            continue
+        q = b[0] - a[0]
+        x = a[0] + (q[0] * b[1][1] - q[1] * b[1][0]) / cross * a[1]
+        za, zb = _line_depth(x, a), _line_depth(x, b)
+        x = np.array([x[0], x[1], 0.5 * (za + zb)])
+        if abs(za - zb) > ORIGIN_DZ_UM or not keep(x):
+            continue
+        on = through(x)
+        key = (len(on), prefer(x) if prefer else -sum(_line_miss(x, lines[k]) for k in on))
+        if best_key is None or key > best_key:
+            best, best_key = x, key
+    if best is None:
+        return None
+    on = through(best)
+    p = lsq([lines[k][:2] for k in on])
+    if p is not None:
+        x = np.array([p[0], p[1], float(np.median([_line_depth(p, lines[k]) for k in on]))])
+        if keep(x) and set(on) <= set(through(x)):
+            best, on = x, through(x)
+    return best, on
+
+
+def second_point(lines, at: np.ndarray, params, shrinkage: float) -> tuple[np.ndarray, np.ndarray, list[int], list[int]] | None:
+    """The two points where a star's lines meet (module docstring): the radon's and a displaced radon's origin.
+
+    ``lines`` are free lines (point (x, y) um, unit direction (x, y), developed depth at the point,
+    depth per um along the direction, voxels fitted: :func:`scanstream.picker.prongs.free_lines`),
+    ``at`` the vertex (x, y, developed depth) um, ``params`` a :class:`scanstream.picker.detect.DetectParams`
+    (``origin_miss_um``, ``origin_min_um``, ``origin_max_um``: 0 looks for none; ``r_inner``) and
+    ``shrinkage`` undeveloped / developed depth. Of the lines fitted to :data:`ORIGIN_MIN_VOXELS`
+    voxels or more: the main point is the crossing most of them pass through within ``r_inner``
+    (undeveloped 3-D) of ``at``, of those as many pass, the nearest ``at`` (:func:`_meet`; ``at``
+    itself may be a compromise between the two points, and a line may pass both); the second point the crossing most of the others pass through, each passing more than
+    ``origin_miss_um`` from the main point, ``origin_min_um`` .. ``origin_max_um`` from it and within
+    :data:`ORIGIN_DZ_UM` of its depth. Two
+    lines or more at each. Returns (main point, second point (x, y, developed depth) um, indices of
+    the lines through the second, and of those through the main and not the second) or None.
+
+    Examples
+    --------
+    >>> from scanstream.picker.detect import DetectParams
+    >>> ray = lambda p, a, n=100: (np.array(p, float), np.array([np.cos(np.radians(a)), np.sin(np.radians(a))]), 10.0, 0.0, n)
+    >>> lines = [ray((0, 0), a) for a in (10, 130, 250)] + [ray((4, 3), a) for a in (60, 170)]
+    >>> main, p, on, on_main = second_point(lines, np.array([1.0, 0.5, 10.0]), DetectParams(), 2.0)
+    >>> np.round(main, 3).tolist(), np.round(p, 3).tolist(), on, on_main
+    ([0.0, 0.0, 10.0], [4.0, 3.0, 10.0], [3, 4], [0, 1, 2])
+    >>> second_point(lines[:4], np.array([0.0, 0.0, 10.0]), DetectParams(), 2.0) is None  # one line: no second point
+    True
+    """
+    if params.origin_max_um <= 0:
+        return None
+
+    def dist(x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.hypot(np.hypot(x[0] - y[0], x[1] - y[1]), (x[2] - y[2]) * shrinkage))
+
+    full = [k for k, ln in enumerate(lines) if ln[4] >= ORIGIN_MIN_VOXELS]
+    main = _meet(lines, full, lambda x: dist(x, at) <= params.r_inner, lambda x: -dist(x, at))
+    if main is None:
+        return None
+    p, on = main
+    off = [k for k in full if k not in on and _line_miss(p, lines[k]) > params.origin_miss_um]
+    second = _meet(lines, off, lambda x: params.origin_min_um <= dist(x, p) <= params.origin_max_um
+                   and abs(x[2] - p[2]) <= ORIGIN_DZ_UM)
+    if second is None or len(second[1]) < 2:
+        return None
+    x = second[0]
+    return p, x, second[1], [k for k in on if _line_miss(x, lines[k]) > ORIGIN_ON_UM]

@@ -271,6 +271,7 @@ def make_alpha(rng: np.random.Generator, cond: SheetConditions, series: str) -> 
         "energies_mev": [float(e) for e in energies],
         "ranges_um": [float(r) for r in ranges],
         "rn_displacement_um": moved,
+        "rn_vector_um": [float(x) for x in disp],  # undeveloped um, x, y, depth (deeper positive)
         "crossing_track": bool(crossing),
     }
     return b.build(f"alpha_{series.lower()}", 1, truth, shift=shift)

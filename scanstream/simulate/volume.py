@@ -6,7 +6,7 @@ z-stack metadata"; the keys :func:`scanstream.ingest.stacks.read_stack_info` rea
 ``DIR/truth.parquet`` with one row per object (object_id, field, category, label, x_mm, y_mm,
 z_mm of the vertex in stage coordinates, depth_um, n_prongs; each stopping prong's undeveloped
 length, azimuth and dip, :func:`prongs_um`; rn_displacement_um: how far an alpha decay's radon
-moved before it decayed). ``ingest --format stack``, ``pick``
+moved before it decayed, and rn_dx_um, rn_dy_um, rn_dz_um: the vector, :func:`rn_vector`). ``ingest --format stack``, ``pick``
 and ``classify`` then run on it exactly as on scanner output.
 
 The scene of a field (developed um, x, y from the image centre, depth below the emulsion
@@ -80,6 +80,7 @@ TRUTH_SCHEMA = pa.schema([
     ("depth_um", pa.float64()), ("n_prongs", pa.int16()), ("prong_lengths_um", pa.list_(pa.float64())),
     ("prong_azimuth_deg", pa.list_(pa.float64())), ("prong_dip_deg", pa.list_(pa.float64())),
     ("rn_displacement_um", pa.float64()),
+    ("rn_dx_um", pa.float64()), ("rn_dy_um", pa.float64()), ("rn_dz_um", pa.float64()),
 ])
 #: Segment kinds that are prongs ending in the emulsion (the black prongs a picker measures).
 STOPPING = (PROTON, ALPHA, HEAVY)
@@ -247,6 +248,25 @@ def _field_origin_mm(config: VolumeSimConfig, index: int) -> tuple[float, float]
     return round((index % ncol) * config.pitch_mm, 6), round((index // ncol) * config.pitch_mm, 6)
 
 
+def rn_vector(obj: SimObject) -> dict[str, float]:
+    """Where an alpha decay's radon moved from the star's origin before it decayed (``rn_dx_um``,
+    ``rn_dy_um``, ``rn_dz_um``: undeveloped um, stage x, y and z, z up towards the surface); zeros
+    when it did not move, and for other objects. The truth vertex is the radon's point when it moved
+    more than 1 um (:func:`scanstream.simulate.objects.make_alpha`), so the star's origin is then the
+    vertex less this vector.
+
+    Examples
+    --------
+    >>> from scanstream.simulate.objects import SimObject
+    >>> o = SimObject("alpha_th", 1, np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int8), np.zeros(0),
+    ...               np.zeros(0), np.zeros(0), np.zeros((0, 4)), 0.0, 10.0, {"rn_vector_um": [1.5, -2.0, 0.5]})
+    >>> rn_vector(o)
+    {'rn_dx_um': 1.5, 'rn_dy_um': -2.0, 'rn_dz_um': -0.5}
+    """
+    dx, dy, dz = obj.truth.get("rn_vector_um", (0.0, 0.0, 0.0))
+    return {"rn_dx_um": float(dx), "rn_dy_um": float(dy), "rn_dz_um": -float(dz) + 0.0}
+
+
 def _truth_rows(config: VolumeSimConfig, cond: SheetConditions, index: int, placed: list) -> list[dict[str, Any]]:
     x_mm, y_mm = _field_origin_mm(config, index)
     name = f"F{index:04d}"
@@ -259,6 +279,7 @@ def _truth_rows(config: VolumeSimConfig, cond: SheetConditions, index: int, plac
             **dict(zip(("prong_lengths_um", "prong_azimuth_deg", "prong_dip_deg"), prongs_um(obj, cond.shrinkage),
                        strict=True)),
             "rn_displacement_um": float(obj.truth.get("rn_displacement_um", 0.0)),
+            **rn_vector(obj),
         })
     return rows
 

@@ -44,11 +44,16 @@ CROP_DIMS = ("object", "y", "x", "plane")
 CROP_PLANES = ("shallower", "vertex", "deeper")
 #: Units of the object table's dimensioned columns, named in the group attributes.
 TABLE_UNITS = {"x_mm": "millimeter", "y_mm": "millimeter", "z_mm": "millimeter", "track_lengths_um": "micrometer",
-               "track_dips_deg": "degree"}
+               "track_dips_deg": "degree", "origin_x_mm": "millimeter", "origin_y_mm": "millimeter",
+               "origin_z_mm": "millimeter"}
 #: Optional object-table columns, typed when present: each prong's dip (degrees from the plate
 #: plane, 0-90, parallel to ``track_lengths_um``) and the emulsion's shrinkage as the scan's
-#: metadata gives it (``EmulsionType.Sh``; null where unknown), which the picker converted depth with.
-OPTIONAL_FIELDS = {"track_dips_deg": pa.list_(pa.float32()), "emulsion_shrinkage": pa.float32()}
+#: metadata gives it (``EmulsionType.Sh``; null where unknown), which the picker converted depth with;
+#: a star's second vertex (a displaced radon's origin: stage mm, null where none) and the prongs
+#: measured from it (0 where none; :mod:`scanstream.picker.pick`).
+OPTIONAL_FIELDS = {"track_dips_deg": pa.list_(pa.float32()), "emulsion_shrinkage": pa.float32(),
+                   "origin_x_mm": pa.float64(), "origin_y_mm": pa.float64(), "origin_z_mm": pa.float64(),
+                   "origin_prongs": pa.int16()}
 
 #: The object table columns every store has, in order (docs/store.md). Stores may carry more
 #: (simulation truth columns, prefixed ``truth_``), appended after these.
