@@ -74,6 +74,16 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    ``r_outer`` away) is judged again from the voxel the fit reached: three or more prongs, rule
    5, a fit within ``r_inner``. Where prongs close in angle overlap, the densest point is in
    their fan, 5-13 um from the vertex, and no candidate sits on the vertex itself.
+   *Displaced radon* (after criterion 8, on each kept vertex with four or more reported prongs):
+   where the radon atom moved before it decayed, the first alphas start at the star's origin. The
+   prongs' free lines (:func:`scanstream.picker.prongs.free_lines`) are crossed
+   (:func:`scanstream.picker.vertexfit.second_point`): the point most pass within ``r_inner`` of
+   the vertex, and a second point where two or more others meet (each fitted to 30 voxels or
+   more, crossing at 30 degrees or more, passing within 0.6 um and a plane, and more than
+   ``origin_miss_um`` (1 um) from the first), ``origin_min_um`` .. ``origin_max_um`` (1.5 .. 10
+   um, undeveloped 3-D) away and within a plane in depth. The point more lines pass is the
+   vertex (moved there in x, y), the other its ``origin``; prongs whose ends lie on the origin's
+   lines (at least two) are measured from it (:func:`origin_of`). ``origin_max_um`` 0 looks for none.
 7. **Prong lengths** (:mod:`scanstream.picker.prongs`). Each prong is followed outwards
    (sharp voxels within ``tube_um`` across and ``tube_dz_um`` in depth of its line) until a gap
    of ``gap_um`` (3.5 um); with ``refit`` the line is re-fitted to the voxels followed so far
@@ -95,15 +105,15 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from scanstream.picker.darkmasks import Masks, dark_masks
-from scanstream.picker.prongs import prong_fits
+from scanstream.picker.prongs import free_lines, prong_fits
 from scanstream.picker.stars import one_per_star
-from scanstream.picker.vertexfit import refine
+from scanstream.picker.vertexfit import refine, second_point
 
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -147,6 +157,9 @@ class DetectParams:
     min_prong_um: float = 9.0
     star_um: float = 8.0
     star_dz_um: float = 12.0
+    origin_miss_um: float = 1.0
+    origin_min_um: float = 1.5
+    origin_max_um: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,12 @@ class Vertex:
     line_miss_um : float
         Median over the reported prongs of how far each one's fitted line passes from the
         vertex (um, plate plane); inf without a reported prong. Smaller is better measured.
+    origin : (z, y, x) or None
+        The star's second point, where its first alphas start when the radon atom moved before it
+        decayed (criterion 6, "Displaced radon"), in the vertex's units; None where none was found.
+    origin_prongs : int
+        Reported prongs that start at ``origin`` (their lengths and directions are measured from
+        it); 0 without an origin.
     """
 
     z: float
@@ -178,6 +197,8 @@ class Vertex:
     directions: tuple[tuple[float, float, float], ...]
     density: float
     line_miss_um: float = float("inf")
+    origin: tuple[float, float, float] | None = None
+    origin_prongs: int = 0
 
 
 @dataclass(frozen=True)
@@ -543,7 +564,8 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
         stars.append((at, lab, Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2,
                                       at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss),
                       near, arms))
-    return one_per_star(stars, params)
+    by_id = {id(s[2]): s for s in stars}
+    return [_with_origin(by_id[id(v)], params, vox_um, step_um, shrinkage) for v in one_per_star(stars, params)]
 
 
 def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:
@@ -561,3 +583,67 @@ def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:
             groups.append([cand])
     return groups
 
+
+
+def _with_origin(star: tuple, params: DetectParams, vox_um: float, step_um: float, shrinkage: float) -> Vertex:
+    """A kept star's vertex with its second point (criterion 6, "Displaced radon"), or as it was.
+
+    Looked for where four or more prongs are reported (two at the radon's point, two at the
+    origin): :func:`scanstream.picker.vertexfit.second_point` over the prongs' free lines
+    (:func:`origin_of`).
+    """
+    at, _, v, near, arms = star
+    if params.origin_max_um <= 0 or v.multiplicity < 4:
+        return v
+    return origin_of(v, at, free_lines(near, at, arms, params), params, vox_um, step_um, shrinkage)
+
+
+#: A reported prong is on a free line when its end lies within this distance of it (um, plate
+#: plane) and ahead of the line's point within 20 degrees: the end is on the prong's followed
+#: line, anchored at the vertex, and a prong of the origin followed from the radon's point leans.
+END_ON_UM = 1.5
+
+
+def origin_of(v: Vertex, at: np.ndarray, lines: list, params: DetectParams, vox_um: float, step_um: float,
+              shrinkage: float) -> Vertex:
+    """The vertex ``v`` found at ``at`` (um: x, y, developed depth) with the second point its prongs'
+    free lines ``lines`` meet at (:func:`scanstream.picker.vertexfit.second_point`), or ``v`` itself.
+
+    The point more lines pass through is the vertex (the radon's point, as the simulator records
+    it; of two as many, the one nearer ``at``), at its lines' crossing in x, y (``at``, found by
+    criterion 6 from the shell, can lie between the two points), and the other the origin. A
+    reported prong starts at the origin when its end is on one of the origin's lines
+    (:data:`END_ON_UM`); at least two such prongs, or no origin. Every prong's length and direction
+    is then measured from the point it starts at.
+    """
+    hit = second_point(lines, at, params, shrinkage)
+    if hit is None:
+        return v
+    main, q, on, on_main = hit
+    moved = np.array([main[0], main[1], at[2]])
+    if len(on) > len(on_main):  # the second point is where most lines meet: the radon's
+        moved, q, on = q, main, on_main
+    scale = np.array([1.0, 1.0, shrinkage])
+    ends = [np.asarray(at) + length * np.asarray(d) / scale for length, d in zip(v.track_lengths_um, v.directions, strict=True)]
+    starts: set[int] = set()
+    for k in on:
+        p, u = lines[k][0], lines[k][1]
+        fits = [(float(abs((e[0] - p[0]) * u[1] - (e[1] - p[1]) * u[0])), m) for m, e in enumerate(ends) if m not in starts
+                and (e[:2] - q[:2]) @ u >= np.cos(np.radians(20.0)) * np.hypot(*(e[:2] - q[:2]))]
+        if fits and min(fits)[0] <= END_ON_UM:
+            starts.add(min(fits)[1])
+    if len(starts) < 2:
+        return v
+    lengths, dirs = [], []
+    for m, e in enumerate(ends):
+        d = (e - (q if m in starts else moved)) * scale
+        n = float(np.linalg.norm(d))
+        lengths.append(round(n, 2))
+        dirs.append(tuple(float(x) for x in d / max(n, 1e-9)))
+    f = params.voxel_px
+
+    def zyx(x: np.ndarray) -> tuple[float, float, float]:
+        return float(x[2] / step_um), float(x[1] / vox_um * f + (f - 1) / 2), float(x[0] / vox_um * f + (f - 1) / 2)
+
+    return replace(v, z=zyx(moved)[0], y=zyx(moved)[1], x=zyx(moved)[2], track_lengths_um=tuple(lengths),
+                   directions=tuple(dirs), origin=zyx(q), origin_prongs=len(starts))
