@@ -12,14 +12,16 @@ as ``scanstream pick`` runs it) picks every field. The matching is
   binomial error;
 * vertex offset of the nearest vertex (within 15 um in x, y): x, y and |depth| at the 50, 68 and
   95 % quantiles, depth signed at 16, 50 and 84 %; measured minus true multiplicity;
-* prongs of the alpha decays with a vertex within 15 um: matched, merged, missed and extra
-  (stub) prongs per true prong, and the length error (measured minus true, undeveloped um)
-  against the true length;
+* prongs of the alpha decays with a vertex within 15 um: matched, merged, missed, extra (stub)
+  and split prongs (within 20 degrees of a true prong but not its closest) per true prong, the
+  extra and split prongs by their measured length, and the length error
+  (measured minus true, undeveloped um) against the true length;
 * fake vertices per field (no simulated object within 5 um in x, y and 6 um in depth), vertices
   per field, and duplicates: the fraction of picked vertices with another within 8 um (in 3-D,
   and in x, y at any depth);
 * the former method's cuts (:mod:`scanstream.picker.cuts`, default configuration) on the picked
-  alpha decays' measured multiplicity and prong lengths: the fraction kept, beside the band the
+  alpha decays' measured multiplicity and prong lengths (and on the nearest vertex of every
+  decay with one within 15 um, the decays the prongs are measured on): the fraction kept, beside the band the
   simulator was calibrated to with its own features (0.757-0.835; benchmarks/pick_vs_classify.py);
 * the detector's seconds per field (reading excluded; this machine, its load);
 * displaced radon decays (the radon moved 2 um or more, 3-D; :func:`scanstream.picker.accuracy.displaced_radon`):
@@ -30,9 +32,13 @@ as ``scanstream pick`` runs it) picks every field. The matching is
 Usage::
 
     python benchmarks/picker_errors.py --work DIR [--tuning-seeds 1,2,3] [--held-out-seeds 41,42] \\
-        [--fields 4] [--objects-per-field 8] [--alpha-fraction 0.5] [--out FILE.json] [--markdown FILE.md]
+        [--fields 4] [--objects-per-field 8] [--alpha-fraction 0.5] [--out FILE.json] [--markdown FILE.md] \\
+        [--table FILE.json]
 
-Prints one JSON document; ``--markdown`` also writes the table.
+Prints one JSON document; ``--markdown`` also writes the table; ``--table`` writes the measures
+on alpha decays as the versioned error table the simulated picker is calibrated to
+(:func:`scanstream.physics.picker.error_table`, docs/formats.md; read by
+:func:`scanstream.simulate.pickercal.calibrate_picker`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +56,7 @@ import pyarrow.parquet as pq
 
 from scanstream import atomic
 from scanstream.ingest.stacks import ingest_stacks
+from scanstream.physics.picker import error_table, extra_by_length, write_error_table
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.detect import DetectParams
@@ -100,8 +108,9 @@ def pick_seed(volume, params: DetectParams, origins: list | None = None) -> tupl
 
 def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict:
     """The measures of the module docstring over the volumes of ``seeds``."""
-    matches, prong_counts, true_len, meas_len = [], {"true": 0, "matched": 0, "merged": 0, "missed": 0, "extra": 0}, [], []
-    fields = picked_n = fakes = dups = dups_xy = cut_kept = 0
+    matches, true_len, meas_len, extra_len, split_len = [], [], [], [], []
+    prong_counts = dict.fromkeys(("true", "reported", "matched", "merged", "missed", "extra", "split"), 0)
+    fields = picked_n = fakes = dups = dups_xy = cut_kept = cut_kept_found = 0
     seconds, radon = 0.0, []
     for seed in seeds:
         volume, truth = seed_volume(work, seed, args)
@@ -119,6 +128,7 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
         matches += found
         kept = select(mult, [np.asarray(lengths, float) for _, lengths in prongs], DEFAULT_CONFIG)[0] if len(pos) else []
         cut_kept += sum(bool(kept[m["index"]]) for m in found if m["picked"])
+        cut_kept_found += sum(bool(kept[m["index"]]) for m in found if m["found"])
         for r, m in zip(decays, found, strict=True):
             if not m["found"]:
                 continue
@@ -130,6 +140,11 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
                 prong_counts[key] += p[key]
             true_len += [r["prong_lengths_um"][i] for i, _ in p["pairs"]]
             meas_len += [lengths[j] for _, j in p["pairs"]]
+            extra_len += [lengths[j] for j in p["extra_indices"]]
+            split = sorted(set(range(len(d))) - {j for _, j in p["pairs"]} - set(p["extra_indices"]))
+            split_len += [lengths[j] for j in split]  # within 20 degrees of a true prong, not its closest
+            prong_counts["reported"] += len(d)
+            prong_counts["split"] += len(split)
     n = len(matches)
     k = sum(m["picked"] for m in matches)
     eff = k / n if n else float("nan")
@@ -142,9 +157,12 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
         **acc.error_summary(matches, fakes=fakes, fields=fields),
         "vertex_offset_z_um_q16_50_84": [round(float(x), 2) for x in np.quantile(dz, (0.16, 0.5, 0.84))] if dz else None,
         "prongs": {**prong_counts, **{f"{key}_per_true_prong": round(prong_counts[key] / tp, 4)
-                                      for key in ("matched", "merged", "missed", "extra")}},
+                                      for key in ("matched", "merged", "missed", "extra", "split")}},
+        "extra_prongs_by_length": extra_by_length(extra_len, prong_counts["true"]),
+        "split_prongs_by_length": extra_by_length(split_len, prong_counts["true"]),
         "length_error_by_true_length": acc.length_errors(true_len, meas_len),
         "cuts_kept_of_picked_alpha": round(cut_kept / k, 4) if k else None,
+        "cuts_kept_of_found_alpha": round(cut_kept_found / len(dz), 4) if dz else None,
         "vertices": picked_n, "vertices_per_field": round(picked_n / fields, 3) if fields else None,
         "duplicates": dups, "duplicate_fraction": round(dups / picked_n, 4) if picked_n else None,
         "duplicates_xy": dups_xy, "duplicate_xy_fraction": round(dups_xy / picked_n, 4) if picked_n else None,
@@ -225,6 +243,21 @@ def _seeds(p: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
         raise  # p.error exits
 
 
+def measured_on(args: argparse.Namespace, argv: list[str] | None, doc: dict) -> dict:
+    """How the error table was measured: the repository's commit (and whether files differed from
+    it), the command's arguments, the volumes drawn and the star merge distance."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                                    text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"commit": commit, "uncommitted_changes": dirty, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": ["benchmarks/picker_errors.py", *(sys.argv[1:] if argv is None else argv)],
+            "volumes": doc["volumes"], "star_um": doc["star_um"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True, help="keeps the simulated volumes and their stores (reused)")
@@ -244,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"how far a displaced radon's origin is looked for (0: not; default {DetectParams.origin_max_um})")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     p.add_argument("--markdown", type=Path, help="write the markdown table here")
+    p.add_argument("--table", type=Path, help="write the error table the simulated picker is calibrated to here "
+                   "(format scanstream.picker-errors, docs/formats.md)")
     args = p.parse_args(argv)
     groups = {"tuning": _seeds(p, args.tuning_seeds, "--tuning-seeds"),
               "held_out": _seeds(p, args.held_out_seeds, "--held-out-seeds")}
@@ -261,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic.write_text(args.out, text + "\n")
     if args.markdown:
         atomic.write_text(args.markdown, markdown(doc))
+    if args.table:
+        write_error_table(args.table, error_table({g: doc[g] for g in groups}, measured=measured_on(args, argv, doc)))
     print(text)
     return 0
 

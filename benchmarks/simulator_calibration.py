@@ -6,10 +6,15 @@ the former method's cuts on TRAIN, apply them to TEST, and compare with the pape
 (:func:`scanstream.simulate.calibration.calibrate_seed`). The band the simulator must hold for
 every seed: precision 0.06-0.11 and recall 0.70-0.86 with about 2,500 selected.
 
+``--picker-errors FILE`` measures the features with the picker model calibrated to a measured
+error table (``benchmarks/picker_errors.py --table``;
+:func:`scanstream.simulate.pickercal.calibrate_picker`) instead of the default one.
+
 Usage::
 
     python benchmarks/simulator_calibration.py --seeds 0 1 2 3 4 5 --workers 2 \\
         --out docs/simulator/calibration.json --markdown docs/simulator/calibration.md
+    python benchmarks/simulator_calibration.py --seeds 0 --workers 1 --picker-errors docs/pick/picker_errors.json
 
 Prints the Markdown table (one row per seed, the paper's figures on top).
 """
@@ -22,8 +27,10 @@ import os
 from pathlib import Path
 
 from scanstream.atomic import write_text
+from scanstream.physics.picker import DEFAULT_PICKER
 from scanstream.picker.cuts import DEFAULT_CONFIG
 from scanstream.simulate.calibration import BAND, PAPER, calibrate_seed, to_markdown
+from scanstream.simulate.pickercal import calibrate_picker, model_parameters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,11 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the results as JSON")
     p.add_argument("--markdown", type=Path, help="write the results as a Markdown table")
+    p.add_argument("--picker-errors", type=Path, metavar="FILE", help="calibrate the simulated picker to this measured error table")
+    p.add_argument("--picker-group", default="tuning", help="the table's seed group (default tuning)")
+    p.add_argument("--scale", type=float, default=1.0, help="the paper's Table 1 times this (1: full size; tests use less)")
     a = p.parse_args(argv)
     load = os.getloadavg()[0]
-    results = [calibrate_seed(s, workers=a.workers) for s in a.seeds]
+    picker = DEFAULT_PICKER if a.picker_errors is None else calibrate_picker(a.picker_errors, group=a.picker_group)
+    results = [calibrate_seed(s, workers=a.workers, scale=a.scale, picker=picker) for s in a.seeds]
     report = {"paper": PAPER, "band": BAND, "default_cuts": DEFAULT_CONFIG.to_dict(), "seeds": results,
-              "load_average_at_start": round(load, 2)}
+              "load_average_at_start": round(load, 2), "scale": a.scale,
+              "picker": "default" if a.picker_errors is None else {"errors": str(a.picker_errors), "group": a.picker_group,
+                                                                   **model_parameters(picker)}}
     if a.out:
         write_text(a.out, json.dumps(report, indent=1) + "\n")
     if a.markdown:

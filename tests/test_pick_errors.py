@@ -59,8 +59,9 @@ def test_prong_matching_merged_missed_and_extra():
     measured = np.array([unit(5), unit(90, 30), unit(300)])
     m = acc.match_prongs(measured, true)
     # 0 and 12 degrees share the measured 5: one merged; 200 has nothing (missed); 300 matches nothing (extra)
-    assert m == {"pairs": [(0, 0), (2, 1)], "merged": 1, "missed": 1, "extra": 1}
+    assert m == {"pairs": [(0, 0), (2, 1)], "merged": 1, "missed": 1, "extra": 1, "extra_indices": [2]}
     assert acc.match_prongs(measured, np.zeros((0, 3)))["extra"] == 3
+    assert acc.match_prongs(measured, np.zeros((0, 3)))["extra_indices"] == [0, 1, 2]
     assert acc.match_prongs(np.zeros((0, 3)), true)["missed"] == 4
 
 

@@ -19,11 +19,14 @@ import re
 import subprocess
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from scanstream.network.checkpoint import checkpoint_hash
+from scanstream.physics.picker import DEFAULT_PICKER, error_table, read_error_table, write_error_table
+from scanstream.simulate.pickercal import reference_alphas, simulated_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for d in ("benchmarks", "pipelines") for p in (ROOT / d).glob("*.py"))
@@ -116,9 +119,21 @@ def test_picker_errors_benchmark_runs_tiny(tmp_path):
     table = tmp_path / "errors.md"
     doc = printed_json(run_script("benchmarks/picker_errors.py", "--work", str(tmp_path), "--tuning-seeds", "1",
                                   "--held-out-seeds", "2", "--fields", "1", "--objects-per-field", "2",
-                                  "--field-px", "128", "--depth-um", "12", "--markdown", str(table)))
+                                  "--field-px", "128", "--depth-um", "12", "--markdown", str(table),
+                                  "--table", str(tmp_path / "t.json")))
     assert doc["tuning"]["seeds"] == [1] and doc["held_out"]["seeds"] == [2] and doc["held_out"]["fields"] == 1
     assert table.read_text().startswith("| measure | tuning seeds 1 | held-out seeds 2 |")
+    errors = read_error_table(tmp_path / "t.json")
+    assert errors["groups"]["held_out"]["fields"] == 1 and errors["measured"]["command"][0] == "benchmarks/picker_errors.py"
+
+
+def test_picker_model_benchmark_runs_tiny(tmp_path):
+    groups = {"tuning": simulated_errors(replace(DEFAULT_PICKER, p_black=0.9), reference_alphas(60, seed=4), seed=4)}
+    write_error_table(tmp_path / "t.json", error_table(groups, measured={}))
+    doc = printed_json(run_script("benchmarks/picker_model.py", "--table", str(tmp_path / "t.json"), "--objects", "40",
+                                  "--calibration-objects", "60", "--markdown", str(tmp_path / "t.md")))
+    assert doc["calibrated_parameters"]["p_black"] < 0.97 and doc["measured"]["prongs_true"] == groups["tuning"]["prongs"]["true"]
+    assert (tmp_path / "t.md").read_text().startswith("| measure | measured (table) |")
 
 
 @pytest.mark.slow

@@ -62,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="rendering processes (the store does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--features-only", action="store_true", help="write only the object table, no images")
+    p.add_argument("--picker-errors", type=Path, metavar="FILE",
+                   help="measure the features with the picker model calibrated to this measured error table "
+                   "(benchmarks/picker_errors.py --table; docs/simulator.md, 'The picker's errors, measured')")
+    p.add_argument("--picker-group", default="tuning", help="the table's seed group to calibrate to (default tuning)")
     _add_condition_flags(p)
     p.set_defaults(func=run_simulate)
 
@@ -82,8 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_simulate(args: argparse.Namespace) -> int:
     from scanstream.candidates.ids import check_sheet_name
+    from scanstream.physics.picker import DEFAULT_PICKER
     from scanstream.simulate import simulate_store
     from scanstream.simulate.dataset import category_counts, check_counts, write_features
+    from scanstream.simulate.pickercal import calibrate_picker, model_parameters
 
     check_counts(args.objects, args.alpha_fraction)
     check_sheet_name(args.sheet, source="--sheet")
@@ -91,19 +97,23 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     overrides = _overrides(args)
     t0 = time.perf_counter()
+    picker = DEFAULT_PICKER if args.picker_errors is None else calibrate_picker(args.picker_errors, group=args.picker_group)
     if args.features_only:
         table = write_features(
             args.store, objects=args.objects, alpha_fraction=args.alpha_fraction, sheet=args.sheet, seed=args.seed,
-            conditions=overrides, workers=args.workers, overwrite=args.overwrite,
+            conditions=overrides, workers=args.workers, overwrite=args.overwrite, picker=picker,
         )
         summary = {"path": str(args.store), "objects": table.num_rows, "categories": category_counts(table)}
     else:
         store = simulate_store(
             args.store, objects=args.objects, alpha_fraction=args.alpha_fraction, sheet=args.sheet,
             seed=args.seed, conditions=overrides, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
+            picker=picker,
         )
         summary = {"path": str(store.path), "objects": store.n, "categories": category_counts(store.table),
                    "content_hash": store.content_hash}
+    if args.picker_errors is not None:
+        summary["picker"] = model_parameters(picker)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print_json(summary)
     return 0

@@ -167,15 +167,15 @@ def match_prongs(measured: np.ndarray, true: np.ndarray, *, max_deg: float = 20.
     """Match measured prong directions (k, 3) to true ones (m, 3), both unit (module docstring).
 
     Returns ``pairs`` [(true index, measured index)], ``merged``, ``missed`` (true prongs) and
-    ``extra`` (measured prongs) counts.
+    ``extra`` (measured prongs) counts, and ``extra_indices`` (the extra measured prongs' rows).
 
     Examples
     --------
     >>> true = np.array([[1.0, 0, 0], [0.98, 0.2, 0], [0, 1.0, 0], [-1.0, 0, 0]])
     >>> measured = np.array([[1.0, 0.05, 0], [0, -1.0, 0], [-0.99, 0.1, 0]])
     >>> m = match_prongs(measured / np.linalg.norm(measured, axis=1, keepdims=True), true / np.linalg.norm(true, axis=1, keepdims=True))
-    >>> m["pairs"], m["merged"], m["missed"], m["extra"]
-    ([(0, 0), (3, 2)], 1, 1, 1)
+    >>> m["pairs"], m["merged"], m["missed"], m["extra"], m["extra_indices"]
+    ([(0, 0), (3, 2)], 1, 1, 1, [1])
     """
     measured, true = np.asarray(measured, float).reshape(-1, 3), np.asarray(true, float).reshape(-1, 3)
     angle = np.degrees(np.arccos(np.clip(true @ measured.T, -1.0, 1.0))).reshape(len(true), len(measured))
@@ -190,8 +190,8 @@ def match_prongs(measured: np.ndarray, true: np.ndarray, *, max_deg: float = 20.
         best.setdefault(j, []).append((float(angle[i, j]), i))
     pairs = sorted((min(c)[1], j) for j, c in best.items())
     merged = sum(len(c) - 1 for c in best.values())
-    extra = int((~ok.any(0)).sum()) if len(true) else len(measured)
-    return {"pairs": pairs, "merged": merged, "missed": missed, "extra": extra}
+    extra_indices = np.flatnonzero(~ok.any(0)).tolist() if len(true) else list(range(len(measured)))
+    return {"pairs": pairs, "merged": merged, "missed": missed, "extra": len(extra_indices), "extra_indices": extra_indices}
 
 
 def length_errors(true_um: Sequence[float], measured_um: Sequence[float], bins: Sequence[float] = LENGTH_BINS_UM) -> list[dict]:

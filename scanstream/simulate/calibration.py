@@ -6,7 +6,9 @@ the former method's cuts on TRAIN (:func:`scanstream.picker.cuts.choose_config`)
 TEST, and compare with the paper: 2,489 selected, precision 0.081 +- 0.006, recall
 0.788 +- 0.056. The band the simulator must hold for every seed: precision 0.06-0.11 and
 recall 0.70-0.86 with about 2,500 selected. ``benchmarks/simulator_calibration.py`` runs it
-over seeds and writes docs/simulator/calibration.json and .md.
+over seeds and writes docs/simulator/calibration.json and .md. The features come from the
+default picker model, or from one calibrated to the picker's measured errors
+(:func:`scanstream.simulate.pickercal.calibrate_picker`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
+from scanstream.physics.picker import DEFAULT_PICKER, PickerModel
 from scanstream.picker.cuts import DEFAULT_CONFIG, choose_config, run_baseline_table, summarize
 from scanstream.simulate.dataset import dataset_tables
 
@@ -23,10 +26,11 @@ PAPER = {"selected": 2489, "true_positives": 201, "alpha": 255, "objects": 46948
 BAND = {"precision": (0.06, 0.11), "recall": (0.70, 0.86)}
 
 
-def calibrate_seed(seed: int, *, workers: int = 1, scale: float = 1.0) -> dict:
-    """The former method on one seed's TEST (full size by default), with cuts chosen on its TRAIN (and the defaults)."""
+def calibrate_seed(seed: int, *, workers: int = 1, scale: float = 1.0, picker: PickerModel = DEFAULT_PICKER) -> dict:
+    """The former method on one seed's TEST (full size by default), with cuts chosen on its TRAIN (and the
+    defaults), the features measured by ``picker``."""
     t0 = time.perf_counter()
-    tables = dataset_tables(scale=scale, seed=seed, workers=workers, splits=("train", "test"))
+    tables = dataset_tables(scale=scale, seed=seed, workers=workers, splits=("train", "test"), picker=picker)
     seconds = time.perf_counter() - t0
     chosen = choose_config(tables["train"])
     out: dict = {"seed": seed, "features_seconds": round(seconds, 1), "cuts_from_train": chosen.to_dict()}

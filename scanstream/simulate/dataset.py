@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,9 +198,16 @@ def simulate_objects(
     return crops, rows_table(rows)
 
 
-def _task(plans: Sequence[ObjectPlan], conditions: Mapping[str, dict], render: bool):
+def _task(plans: Sequence[ObjectPlan], conditions: Mapping[str, dict], render: bool, picker: PickerModel = DEFAULT_PICKER):
     conds = {k: SheetConditions(**v) for k, v in conditions.items()}
-    return simulate_objects(plans, conds, render=render)
+    return simulate_objects(plans, conds, render=render, picker=picker)
+
+
+def picker_source(picker: PickerModel) -> dict:
+    """What a store's or table's source records of the picker model: nothing for the default one
+    (so the sources of stores written before the model could change are still this code's), else
+    every parameter."""
+    return {} if picker == DEFAULT_PICKER else {"picker": json.loads(json.dumps(asdict(picker)))}
 
 
 def iter_simulated(
@@ -210,21 +217,22 @@ def iter_simulated(
     workers: int = 1,
     render: bool = True,
     batch: int = BATCH,
+    picker: PickerModel = DEFAULT_PICKER,
 ) -> Iterator[tuple[np.ndarray | None, pa.Table]]:
-    """Simulate ``plans`` in batches, in plan order, over ``workers`` processes."""
+    """Simulate ``plans`` in batches, in plan order, over ``workers`` processes (features by ``picker``)."""
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     conds = {k: v.as_dict() for k, v in conditions.items()}
     batches = [plans[i : i + batch] for i in range(0, len(plans), batch)]
     if workers == 1 or len(batches) <= 1:
         for b in batches:
-            yield _task(b, conds, render)
+            yield _task(b, conds, render, picker)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
         pending: list[Future] = []
         it = iter(batches)
         for b in it:  # keep a bounded number of batches in flight, collect in order
-            pending.append(pool.submit(_task, b, conds, render))
+            pending.append(pool.submit(_task, b, conds, render, picker))
             if len(pending) >= 2 * workers + 1:
                 yield pending.pop(0).result()
         while pending:
@@ -248,16 +256,19 @@ def simulate_table(
     seed: int,
     conditions: SheetConditions | Mapping[str, Any] | str | os.PathLike | None = None,
     workers: int = 1,
+    picker: PickerModel = DEFAULT_PICKER,
 ) -> pa.Table:
     """The object table of a simulated sheet *without images* (picker features and truth).
 
     The rows are exactly those :func:`simulate_store` writes with the same arguments, at a few
     thousand objects per second: this is what calibrates the former method at full size.
+    ``picker`` measures the features (e.g. one calibrated to the picker's measured errors,
+    :func:`scanstream.simulate.pickercal.calibrate_picker`).
     """
     check_counts(objects, alpha_fraction)
     cond = resolve_conditions(sheet, seed, conditions=conditions)
     plans = plan_sheet(objects, alpha_fraction, sheet, seed)
-    parts = [t for _, t in iter_simulated(plans, {sheet: cond}, workers=workers, render=False, batch=2048)]
+    parts = [t for _, t in iter_simulated(plans, {sheet: cond}, workers=workers, render=False, batch=2048, picker=picker)]
     return pa.concat_tables(parts) if parts else rows_table([])
 
 
@@ -280,6 +291,7 @@ def write_features(
     conditions: SheetConditions | Mapping[str, Any] | str | os.PathLike | None = None,
     workers: int = 1,
     overwrite: bool = False,
+    picker: PickerModel = DEFAULT_PICKER,
 ) -> pa.Table:
     """:func:`simulate_table` written atomically to a Parquet file (the object table, no images)."""
     p = Path(path)
@@ -289,9 +301,9 @@ def write_features(
         raise StoreExistsError(f"{p}: exists (use --overwrite to replace it)")
     check_counts(objects, alpha_fraction)
     table = simulate_table(objects=objects, alpha_fraction=alpha_fraction, sheet=sheet, seed=seed,
-                           conditions=conditions, workers=workers)
+                           conditions=conditions, workers=workers, picker=picker)
     meta = {"stage": "simulate", "features_only": True, "objects": int(objects), "alpha_fraction": float(alpha_fraction),
-            "sheet": sheet, "seed": int(seed)}
+            "sheet": sheet, "seed": int(seed), **picker_source(picker)}
     table = table.replace_schema_metadata({"scanstream": json.dumps(meta)})
     write_parquet(p, table)
     return table
@@ -308,6 +320,7 @@ def write_plans(
     progress: bool = False,
     desc: str = "simulate",
     shard_crops: int | None = None,
+    picker: PickerModel = DEFAULT_PICKER,
 ) -> CropStore:
     """Render ``plans`` into a crop store at ``path`` (resuming an interrupted identical run).
 
@@ -331,7 +344,7 @@ def write_plans(
         todo = plans[done:]
         bar = as_progress(progress)(len(plans), desc, "crop")
         bar.update(done)
-        for crops, rows in iter_simulated(todo, conditions, workers=workers, render=True):
+        for crops, rows in iter_simulated(todo, conditions, workers=workers, render=True, picker=picker):
             writer.append(crops, rows)
             bar.update(rows.num_rows)
         bar.close()
@@ -350,6 +363,7 @@ def simulate_store(
     overwrite: bool = False,
     progress: bool = False,
     shard_crops: int | None = None,
+    picker: PickerModel = DEFAULT_PICKER,
 ) -> CropStore:
     """Simulate one sheet of ``objects`` vertex-like objects into a crop store.
 
@@ -375,6 +389,8 @@ def simulate_store(
         Show a progress bar on stderr.
     shard_crops : int, optional
         Shard size of a new store (the unit of a commit); default the store module's.
+    picker : PickerModel
+        Measures the object table's features (recorded in the store's source when not the default).
 
     Returns
     -------
@@ -395,9 +411,10 @@ def simulate_store(
         "sheet": sheet,
         "seed": int(seed),
         "conditions": {sheet: cond.as_dict()},
+        **picker_source(picker),
     }
     return write_plans(p, plans, {sheet: cond}, source=source, workers=workers, overwrite=overwrite, progress=progress,
-                       shard_crops=shard_crops)
+                       shard_crops=shard_crops, picker=picker)
 
 
 def table1_counts(scale: float) -> dict[str, tuple[int, int]]:
@@ -517,16 +534,17 @@ def simulate_dataset(
 
 
 def dataset_tables(
-    *, scale: float, seed: int, workers: int = 1, splits: Sequence[str] = ("train", "valid", "test")
+    *, scale: float, seed: int, workers: int = 1, splits: Sequence[str] = ("train", "valid", "test"),
+    picker: PickerModel = DEFAULT_PICKER,
 ) -> dict[str, pa.Table]:
-    """The object tables :func:`simulate_dataset` would write, *without images* (calibration)."""
+    """The object tables :func:`simulate_dataset` would write, *without images* (calibration), features by ``picker``."""
     plans, sheets = dataset_plans(scale, seed)
     conds = {name: resolve_conditions(name, seed) for name in sheets.values()}
     out = {}
     for split in splits:
         ps = plans[split]
         used = {q.sheet: conds[q.sheet] for q in ps}
-        parts = [t for _, t in iter_simulated(ps, used, workers=workers, render=False, batch=2048)]
+        parts = [t for _, t in iter_simulated(ps, used, workers=workers, render=False, batch=2048, picker=picker)]
         out[split] = pa.concat_tables(parts)
     return out
 
