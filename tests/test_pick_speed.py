@@ -11,9 +11,11 @@ from scipy import ndimage as ndi
 from scanstream.cli import main
 from scanstream.errors import InputError, StoreNotFoundError
 from scanstream.picker.darkmasks import voxel_sums
-from scanstream.picker.detect import pieces, window_reduce
+from scanstream.picker.detect import DetectParams
 from scanstream.picker.pick import ANTIALIAS_PX, crop_planes, pick_volume
+from scanstream.picker.prongs import free_lines, prong_fits, prong_lines
 from scanstream.picker.speed import pick_speed
+from scanstream.picker.voxels import pieces, window_reduce
 from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
 from scanstream.store.shards import read_all_planes
 from scanstream.store.volume import open_field, open_volume
@@ -187,3 +189,25 @@ def test_pieces_are_ndimage_labels_at_the_voxels(seed):
         lab, m = ndi.label(on, np.ones((3, 3, 3), bool))
         np.testing.assert_array_equal(ids, lab.ravel()[where])
         assert n == m
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_prong_lines_follow_once_for_lengths_and_free_lines(refit):
+    """Three straight prongs (a voxel every 0.3 um) and a stub, seen from 1.5 um beside their point:
+    one following gives prong_fits' lengths, directions and misses and free_lines' lines."""
+    center = np.array([10.0, -20.0, 30.0])
+    per = []
+    for a, d, length in zip(np.radians([20, 140, 260, 320]), np.radians([10, -15, 5, 0]), [35.0, 30.0, 40.0, 6.0],
+                            strict=True):
+        u = np.array([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d) / 2.0])
+        per.append(np.arange(0.3, length + 1e-9, 0.3)[:, None] * u + center)
+    near, at, params = np.concatenate(per), center + [1.5, 0.0, 0.0], DetectParams(refit=refit)
+    arms = [(0, 0, 0, 0, p[(np.hypot(*(p - at)[:, :2].T) >= 4.0) & (np.hypot(*(p - at)[:, :2].T) <= 9.0)]) for p in per]
+    lengths, dirs, misses, lines = prong_lines(near, at, arms, params, 2.0)
+    assert (lengths, dirs, misses) == prong_fits(near, at, arms, params, 2.0)
+    assert len(lengths) == 3 and len(lines) == 3  # the stub: neither a length nor a line
+    want = free_lines(near, at, arms, params)
+    for a, b in zip(lines, want, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[2:] == b[2:]

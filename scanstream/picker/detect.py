@@ -111,9 +111,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from scanstream.picker.darkmasks import Masks, dark_masks
-from scanstream.picker.prongs import free_lines, prong_fits
+from scanstream.picker.prongs import prong_lines
 from scanstream.picker.stars import one_per_star
 from scanstream.picker.vertexfit import refine, second_point
+from scanstream.picker.voxels import pieces, window_reduce
 
 _CUBE = np.ones((3, 3, 3), bool)
 
@@ -236,31 +237,6 @@ def _arm(pts: np.ndarray, step_um: float) -> tuple:
     return float(m[0]), float(m[1]), float(m[2] / step_um), len(pts), pts
 
 
-def pieces(on: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, int]:
-    """The 26-connected pieces of bool (z, y, x) ``on``: for its voxels ``where`` (flat indices,
-    ascending) the piece each is in, 1 .. n numbered by their first voxel, and n; what
-    ``ndi.label(on, np.ones((3, 3, 3)))`` gives at ``where``.
-
-    ``ndi.label`` costs per voxel of the array it is given, and a shell (criterion 4) holds a
-    few dozen voxels in a box of thousands: the box is cut to the voxels' bounding box first
-    (the same pieces, in the same raster order).
-
-    Examples
-    --------
-    >>> on = np.zeros((1, 3, 5), bool)
-    >>> on[0, 0, 0] = on[0, 1, 1] = on[0, 2, 4] = on[0, 0, 3] = True
-    >>> ids, n = pieces(on, np.flatnonzero(on))
-    >>> ids.tolist(), n
-    ([1, 2, 1, 3], 3)
-    """
-    _, h, w = on.shape
-    z, rest = np.divmod(where, h * w)
-    y, x = np.divmod(rest, w)
-    z0, y0, x0 = int(z[0]), int(y.min()), int(x.min())  # ``where`` ascends: z[0] is the least
-    lab, n = ndi.label(on[z0 : int(z[-1]) + 1, y0 : int(y.max()) + 1, x0 : int(x.max()) + 1], _CUBE)
-    return lab[z - z0, y - y0, x - x0], n
-
-
 def _arms(comp: np.ndarray, shell: np.ndarray, shells: _Shells, params: DetectParams, vox_um: float,
           step_um: float) -> list:
     """Prongs of the candidate at the centre of ``comp`` (criterion 4) in ``shell``.
@@ -364,48 +340,12 @@ def _boxes(ids: np.ndarray, coords: tuple[np.ndarray, ...]) -> dict[int, tuple[s
             for m, lab in enumerate(ids[starts])}
 
 
-def window_reduce(a: np.ndarray, half: tuple[int, ...], op: np.ufunc) -> np.ndarray:
-    """``op`` (``np.add`` or ``np.maximum``) over the (2 h + 1)-wide window centred on each element
-    of ``a``, h = ``half`` per axis, zeros beyond its edges: ``ndi.uniform_filter`` times the
-    window's size, or ``ndi.maximum_filter``, of non-negative values with ``mode="constant"``,
-    exact in ``a``'s integer type (a sum must fit it) and several times faster on uint8.
-    Each axis in turn, a window of w = 2 h + 1 from blocks of 1, 2, 4, ... elements (w's bits).
-
-    Examples
-    --------
-    >>> window_reduce(np.array([[0, 1, 0, 0, 2]], np.uint8), (0, 1), np.add).tolist()
-    [[1, 1, 1, 2, 2]]
-    """
-    out = a
-    for axis, h in enumerate(half):
-        if h == 0:
-            continue
-        n, w = out.shape[axis], 2 * h + 1
-
-        def cut(x: np.ndarray, start: int, stop: int | None, axis: int = axis) -> np.ndarray:
-            return x[(slice(None),) * axis + (slice(start, stop),)]
-
-        padded = np.zeros((*out.shape[:axis], n + 2 * h, *out.shape[axis + 1 :]), a.dtype)
-        cut(padded, h, h + n)[...] = out
-        acc, block, width, pos = None, padded, 1, 0
-        while w:
-            if w & 1:  # a block of ``width`` elements starting ``pos`` elements into the window
-                part = cut(block, pos, pos + n)
-                acc = part.copy() if acc is None else op(acc, part, out=acc)
-                pos += width
-            w >>= 1
-            if w:
-                block, width = op(cut(block, 0, -width), cut(block, width, None)), 2 * width
-        out = acc
-    return out
-
-
 def _candidates(mask: np.ndarray, params: DetectParams):
     """Segments (labels), their bounding boxes and candidate points, densest first (criteria 2, 3).
 
     The window counts and their local maxima are computed only in each kept segment's box (with
     the margin the two windows need): most of a field is empty, and a count there is zero. Both
-    are integer (:func:`window_reduce` on uint8), the same counts as a float box filter's.
+    are integer (:func:`scanstream.picker.voxels.window_reduce` on uint8), the same counts as a float box filter's.
     """
     labels, n = ndi.label(mask, _CUBE)
     idx = np.flatnonzero(mask)  # about 1 % of the voxels: sizes and boxes from these alone
@@ -559,11 +499,11 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
     for group in _groups(found, params, step_um):
         _, dens, _, near, arms, lab = group[0]
         at = np.median(np.array([g[2] for g in group]), axis=0)
-        lengths, dirs, misses = prong_fits(near, at, arms, params, shrinkage)
+        lengths, dirs, misses, lines = prong_lines(near, at, arms, params, shrinkage)  # lines: criteria 6, 8
         miss = float(np.median(misses)) if misses else float("inf")
         stars.append((at, lab, Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2,
                                       at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss),
-                      near, arms))
+                      near, arms, lines))
     by_id = {id(s[2]): s for s in stars}
     return [_with_origin(by_id[id(v)], params, vox_um, step_um, shrinkage) for v in one_per_star(stars, params)]
 
@@ -592,10 +532,10 @@ def _with_origin(star: tuple, params: DetectParams, vox_um: float, step_um: floa
     origin): :func:`scanstream.picker.vertexfit.second_point` over the prongs' free lines
     (:func:`origin_of`).
     """
-    at, _, v, near, arms = star
+    at, _, v, _, _, lines = star
     if params.origin_max_um <= 0 or v.multiplicity < 4:
         return v
-    return origin_of(v, at, free_lines(near, at, arms, params), params, vox_um, step_um, shrinkage)
+    return origin_of(v, at, lines, params, vox_um, step_um, shrinkage)
 
 
 #: A reported prong is on a free line when its end lies within this distance of it (um, plate

@@ -144,7 +144,12 @@ def follow_line(d: np.ndarray, shell: np.ndarray, params, *, refit: bool = True)
     vertex, and how far (um, plate plane) the prong's last fitted line passes
     from the vertex: a few tenths of a um on a prong that starts at the vertex, more where the
     vertex is off the star's true point (the vertex pulls the line by ``ANCHOR_WEIGHT`` voxels only)."""
-    o, u, z0, slope, reach, d = _follow(d, shell, params, refit)
+    return _end(_follow(d, shell, params, refit), params, refit)
+
+
+def _end(state: tuple, params, refit: bool) -> tuple[np.ndarray, float]:
+    """:func:`follow_line`'s end and miss from :func:`_follow`'s ``state``."""
+    o, u, z0, slope, reach, d = state
     if refit:
         return np.array([*(o + u * reach), z0 + slope * reach]), float(np.hypot(*o))
     t = (d[:, :2] - o) @ u
@@ -166,12 +171,17 @@ def free_lines(near: np.ndarray, center: np.ndarray, arms, params) -> list[tuple
 
     Parameters are those of :func:`prong_fits`. Returns a list of (point (x, y) field um, unit
     direction (x, y), developed depth at the point um, depth per um along the direction, voxels
-    fitted), the point being the line's nearest to ``center``.
+    fitted), the point being the line's nearest to ``center``. :func:`prong_lines` gives the
+    same lines from the following that measures the prongs' lengths.
     """
     d = np.asarray(near, float) - center
+    return _free([_follow(d, pts - center, params, True) for *_, pts in arms], center, params)
+
+
+def _free(followed: list, center: np.ndarray, params) -> list[tuple]:
+    """:func:`free_lines` from the prongs' re-fitted following (:func:`_follow` with ``refit``)."""
     out = []
-    for *_, pts in arms:
-        o, u, z0, slope, reach, dd = _follow(d, pts - center, params, True)
+    for o, u, z0, slope, reach, dd in followed:
         t = (dd[:, :2] - o) @ u
         off = np.abs((dd[:, 0] - o[0]) * u[1] - (dd[:, 1] - o[1]) * u[0])
         sel = ((t > 0) & (t <= reach) & (off <= params.tube_um) & (np.abs(dd[:, 2] - (z0 + slope * t)) <= params.tube_dz_um)
@@ -215,14 +225,23 @@ def prong_fits(near: np.ndarray, center: np.ndarray, arms, params, shrinkage: fl
     """:func:`prong_lengths` and, for the same prongs, how far each one's fitted line passes
     from ``center`` (um, plate plane; :func:`follow_line`): the lines of a vertex placed on the
     star's point pass through it, those seen from a point beside it miss it."""
+    return prong_lines(near, center, arms, params, shrinkage)[:3]
+
+
+def prong_lines(near: np.ndarray, center: np.ndarray, arms, params, shrinkage: float):
+    """:func:`prong_fits` and the prongs' :func:`free_lines`, each prong followed once for both
+    (with ``params.refit``; without it the free lines follow again, re-fitting as they must)."""
     d = near - center
-    lengths, dirs, misses = [], [], []
+    lengths, dirs, misses, followed = [], [], [], []
     for *_, pts in arms:
-        end, miss = follow_line(d, pts - center, params, refit=params.refit)
+        state = _follow(d, pts - center, params, params.refit)
+        followed.append(state)
+        end, miss = _end(state, params, params.refit)
         v = np.array([end[0], end[1], end[2] * shrinkage])
         if np.linalg.norm(v) < params.min_prong_um:
             continue
         lengths.append(round(float(np.linalg.norm(v)), 2))
         dirs.append(tuple(float(x) for x in v / max(np.linalg.norm(v), 1e-9)))
         misses.append(miss)
-    return tuple(lengths), tuple(dirs), tuple(misses)
+    free = _free(followed, center, params) if params.refit else free_lines(near, center, arms, params)
+    return tuple(lengths), tuple(dirs), tuple(misses), free

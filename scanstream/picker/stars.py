@@ -183,7 +183,8 @@ def one_per_star(stars: Sequence[tuple], params) -> list:
     """The vertices of ``stars`` left when each star is kept once (module docstring).
 
     ``stars`` are (position um (x, y, developed depth), segment label, Vertex, the segment's sharp
-    voxels near it (n, 3) um, its prongs (criterion 4)); ``params`` a
+    voxels near it (n, 3) um, its prongs (criterion 4)[, their free lines, where the caller has
+    them: :func:`scanstream.picker.prongs.prong_lines`]); ``params`` a
     :class:`scanstream.picker.detect.DetectParams` (``star_um``, ``star_dz_um`` and the prong
     following's). Vertices on the same segment within ``star_um`` in x, y and ``star_dz_um`` in
     depth of each other, chained, are a group. Of a group, the vertex nearest the :func:`crossing`
@@ -204,8 +205,8 @@ def one_per_star(stars: Sequence[tuple], params) -> list:
             if len(group) > 1:
                 for m in group:
                     if m not in lines:
-                        at, _, _, near, arms = stars[m]
-                        lines[m] = free_lines(near, at, arms, params)
+                        at, _, _, near, arms, *given = stars[m]
+                        lines[m] = given[0] if given else free_lines(near, at, arms, params)
                 at = np.array([stars[m][0][:2] for m in group])
                 x = crossing(same_tracks_once([ln for m in group for ln in lines[m]]), at, within_um=params.r_inner)
                 if x is None:
