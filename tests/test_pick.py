@@ -320,13 +320,13 @@ def test_pick_volume_to_crop_store_and_resume(star_volume, capsys):
 
 
 def test_pick_writes_a_displaced_radons_origin(tmp_path):
-    """The object table's second vertex (docs/pick.md, "Displaced radon"): a thorium star whose radon
-    moved 2.7 um has its origin (the field centre, stage x 1, y -2 mm) within 1 um in x, y and a
-    plane in depth, and two prongs measured from it."""
+    """The object table's second vertex (docs/pick.md, "Displaced radon"; looked for with
+    ``origin_max_um``): a thorium star whose radon moved 2.7 um has its origin (the field centre,
+    stage x 1, y -2 mm) within 1 um in x, y and a plane in depth, and two prongs measured from it."""
     origin, _, obj = displaced_star((2.5, 1.0, 0.0))
     write_stack_folder(tmp_path / "scan" / "a", render_stack([obj], seed=2))
     assert main(["ingest", str(tmp_path / "scan"), str(tmp_path / "v.zarr"), "--format", "stack", "--no-progress"]) == 0
-    pick_volume(tmp_path / "v.zarr", tmp_path / "c.zarr", processes=False, workers=1)
+    pick_volume(tmp_path / "v.zarr", tmp_path / "c.zarr", processes=False, workers=1, params=DetectParams(origin_max_um=10.0))
     table = st.open_store(tmp_path / "c.zarr").table
     row = table.to_pylist()[0]
     assert row["origin_prongs"] == 2 and table.schema.field("origin_prongs").type == "int16"

@@ -131,6 +131,10 @@ def test_star_with_steep_prongs_is_found_within_2_um(azimuths, dips, seed, steep
         assert not plain or nearest(plain, 0.0, 0.0)[0] > miss
 
 
+#: The detector with the displaced radon's second point looked for (off by default).
+ORIGINS = DetectParams(origin_max_um=10.0)
+
+
 def first_alphas(v) -> list[tuple[float, np.ndarray]]:
     """(length um, unit direction) of the prongs of ``v`` pointing within 20 degrees of the star's first
     two alphas (azimuths 100 and 230 degrees, :data:`pickscenes.TH_STAR`), each found once."""
@@ -144,18 +148,18 @@ def first_alphas(v) -> list[tuple[float, np.ndarray]]:
 
 
 @pytest.mark.parametrize("shift, seed", [((2.5, 1.0, 0.0), 2), ((2.5, 1.0, 0.0), 3), ((4.0, -3.0, 0.0), 3),
-                                         ((-3.5, 1.5, 0.0), 3), ((1.0, 3.5, 0.0), 2), ((3.0, -1.0, 1.0), 3)])
+                                         ((1.0, 3.5, 0.0), 2), ((1.0, 3.5, 0.0), 3), ((-2.5, -1.0, -1.0), 3)])
 def test_displaced_radon_star_reports_its_origin_and_the_first_alphas_from_it(shift, seed):
     """The second point (criterion 6, "Displaced radon") within 1 um in x, y and a plane in depth of
     the star's origin, two prongs starting there, and the first alphas' lengths from it within 1.5 um
     of their true lengths, closer in all than the same tracks' ends measured from the vertex."""
     origin, moved, obj = displaced_star(shift)
     planes = render_stack([obj], seed=seed)
-    found = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
+    found = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=ORIGINS)
     miss, v = nearest(found, moved[0], moved[1])
     assert miss <= 2.0 and v.origin is not None and v.origin_prongs == 2, (miss, v)
-    off = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=DetectParams(origin_max_um=0))
-    assert all(w.origin is None for w in off)
+    off = detect_vertices(planes, pixel_um=PX, step_um=STEP, shrinkage=SHRINK)  # the default looks for none
+    assert all(w.origin is None for w in off) and [(w.x, w.y, w.z) for w in off] == [(w.x, w.y, w.z) for w in found]
     oz, oy, ox = v.origin
     at_origin = np.array([(ox - CENTRE) * PX, (oy - CENTRE) * PX, oz * STEP])
     assert np.hypot(*(at_origin[:2] - origin[:2])) <= 1.0 and abs(at_origin[2] - VERTEX_DEPTH) <= STEP, v.origin
@@ -184,7 +188,7 @@ def test_star_whose_radon_did_not_move_reports_no_origin(seed, track):
     a vertex, and no second point."""
     origin, _, obj = displaced_star((0.0, 0.0, 0.0))
     objects = [obj] if track is None else [obj, black_track_beside(*track)]
-    found = detect_vertices(render_stack(objects, seed=seed), pixel_um=PX, step_um=STEP, shrinkage=SHRINK)
+    found = detect_vertices(render_stack(objects, seed=seed), pixel_um=PX, step_um=STEP, shrinkage=SHRINK, params=ORIGINS)
     miss, v = nearest(found, origin[0], origin[1])
     assert miss <= 2.0 and v.multiplicity >= 4, (miss, v)
     assert all(w.origin is None and w.origin_prongs == 0 for w in found), found

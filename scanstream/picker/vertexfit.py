@@ -362,10 +362,11 @@ def second_point(lines, at: np.ndarray, params, shrinkage: float) -> tuple[np.nd
     >>> from scanstream.picker.detect import DetectParams
     >>> ray = lambda p, a, n=100: (np.array(p, float), np.array([np.cos(np.radians(a)), np.sin(np.radians(a))]), 10.0, 0.0, n)
     >>> lines = [ray((0, 0), a) for a in (10, 130, 250)] + [ray((4, 3), a) for a in (60, 170)]
-    >>> main, p, on, on_main = second_point(lines, np.array([1.0, 0.5, 10.0]), DetectParams(), 2.0)
+    >>> on10 = DetectParams(origin_max_um=10.0)
+    >>> main, p, on, on_main = second_point(lines, np.array([1.0, 0.5, 10.0]), on10, 2.0)
     >>> np.round(main, 3).tolist(), np.round(p, 3).tolist(), on, on_main
     ([0.0, 0.0, 10.0], [4.0, 3.0, 10.0], [3, 4], [0, 1, 2])
-    >>> second_point(lines[:4], np.array([0.0, 0.0, 10.0]), DetectParams(), 2.0) is None  # one line: no second point
+    >>> second_point(lines[:4], np.array([0.0, 0.0, 10.0]), on10, 2.0) is None  # one line: no second point
     True
     """
     if params.origin_max_um <= 0:
