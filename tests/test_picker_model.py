@@ -246,3 +246,17 @@ def test_the_simulator_measures_features_with_the_picker_it_is_given(tmp_path):
     assert PickerModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["o.parquet"]["picker"].items()}) == blind
     two = dataset_tables(scale=0.01, seed=1, splits=("test",), picker=blind)["test"]
     assert two.equals(dataset_tables(scale=0.01, seed=1, splits=("test",), workers=2, picker=blind)["test"])
+
+
+@pytest.mark.slow
+def test_simulate_measures_features_with_the_calibrated_picker(tmp_path, capsys):
+    table = tmp_path / "t.json"
+    write_error_table(table, small_table(replace(DEFAULT_PICKER, p_black=0.85, merge_angle_deg=20.0), n=300, seed=9))
+    out = tmp_path / "f.parquet"
+    assert main(["simulate", str(out), "--objects", "40", "--alpha-fraction", "0.5", "--sheet", "P", "--features-only",
+                 "--picker-errors", str(table)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["picker"]["p_black"] == pytest.approx(0.85, abs=0.03)
+    meta = json.loads(pq.read_schema(out).metadata[b"scanstream"])
+    assert meta["picker"]["p_black"] == summary["picker"]["p_black"]
+    assert meta["picker"]["merge_angle_deg"] == summary["picker"]["merge_angle_deg"]
