@@ -30,10 +30,11 @@ from scanstream.physics.picker import (
 )
 from scanstream.simulate import pickercal
 from scanstream.simulate.conditions import resolve_conditions
-from scanstream.simulate.dataset import dataset_tables, simulate_table, write_features
+from scanstream.simulate.dataset import dataset_tables, simulate_dataset, simulate_table, write_features
 from scanstream.simulate.objects import CATEGORIES, make_object
 from scanstream.simulate.picker import pick_prong_directions, pick_prongs
 from scanstream.simulate.pickercal import calibrate_picker, reference_alphas, simulated_errors
+from scanstream.store import open_store
 
 
 def test_doctests():
@@ -260,3 +261,13 @@ def test_simulate_measures_features_with_the_calibrated_picker(tmp_path, capsys)
     meta = json.loads(pq.read_schema(out).metadata[b"scanstream"])
     assert meta["picker"]["p_black"] == summary["picker"]["p_black"]
     assert meta["picker"]["merge_angle_deg"] == summary["picker"]["merge_angle_deg"]
+
+
+def test_simulate_dataset_records_a_picker_that_is_not_the_default(tmp_path):
+    blind = replace(DEFAULT_PICKER, p_black=0.3)
+    paths = simulate_dataset(tmp_path / "d", scale=0.001, seed=3, picker=blind)
+    source = open_store(paths["valid"]).attrs["source"]
+    assert source["picker"]["p_black"] == 0.3
+    assert open_store(paths["valid"]).table.column("multiplicity").to_pylist() == \
+        dataset_tables(scale=0.001, seed=3, splits=("valid",), picker=blind)["valid"].column("multiplicity").to_pylist()
+    assert "picker" not in open_store(simulate_dataset(tmp_path / "e", scale=0.001, seed=3)["valid"]).attrs["source"]

@@ -43,6 +43,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
+def _add_picker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--picker-errors", type=Path, metavar="FILE",
+                   help="measure the features with the picker model calibrated to this measured error table "
+                   "(benchmarks/picker_errors.py --table; docs/simulator.md, 'The picker's errors, measured')")
+    p.add_argument("--picker-group", default="tuning", help="the table's seed group to calibrate to (default tuning)")
+
+
+def _picker(args: argparse.Namespace):
+    """The picker model of ``--picker-errors`` (the default one without it)."""
+    from scanstream.physics.picker import DEFAULT_PICKER
+    from scanstream.simulate.pickercal import calibrate_picker
+
+    return DEFAULT_PICKER if args.picker_errors is None else calibrate_picker(args.picker_errors, group=args.picker_group)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
@@ -62,10 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="rendering processes (the store does not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--features-only", action="store_true", help="write only the object table, no images")
-    p.add_argument("--picker-errors", type=Path, metavar="FILE",
-                   help="measure the features with the picker model calibrated to this measured error table "
-                   "(benchmarks/picker_errors.py --table; docs/simulator.md, 'The picker's errors, measured')")
-    p.add_argument("--picker-group", default="tuning", help="the table's seed group to calibrate to (default tuning)")
+    _add_picker_flags(p)
     _add_condition_flags(p)
     p.set_defaults(func=run_simulate)
 
@@ -81,15 +93,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.add_argument("--workers", type=int, default=1, help="rendering processes")
     d.add_argument("--overwrite", action="store_true", help="replace existing stores")
+    _add_picker_flags(d)
     d.set_defaults(func=run_simulate_dataset)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
     from scanstream.candidates.ids import check_sheet_name
-    from scanstream.physics.picker import DEFAULT_PICKER
     from scanstream.simulate import simulate_store
     from scanstream.simulate.dataset import category_counts, check_counts, write_features
-    from scanstream.simulate.pickercal import calibrate_picker, model_parameters
+    from scanstream.simulate.pickercal import model_parameters
 
     check_counts(args.objects, args.alpha_fraction)
     check_sheet_name(args.sheet, source="--sheet")
@@ -97,7 +109,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     overrides = _overrides(args)
     t0 = time.perf_counter()
-    picker = DEFAULT_PICKER if args.picker_errors is None else calibrate_picker(args.picker_errors, group=args.picker_group)
+    picker = _picker(args)
     if args.features_only:
         table = write_features(
             args.store, objects=args.objects, alpha_fraction=args.alpha_fraction, sheet=args.sheet, seed=args.seed,
@@ -127,7 +139,7 @@ def run_simulate_dataset(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     t0 = time.perf_counter()
     paths = simulate_dataset(args.out_dir, scale=args.scale, seed=args.seed, workers=args.workers,
-                             overwrite=args.overwrite, progress=not args.no_progress)
+                             overwrite=args.overwrite, progress=not args.no_progress, picker=_picker(args))
     out = {}
     for split, p in paths.items():
         s = open_store(p)

@@ -467,6 +467,7 @@ def simulate_dataset(
     overwrite: bool = False,
     progress: bool = False,
     conditions: Mapping[str, SheetConditions | Mapping[str, Any] | str | os.PathLike | None] | None = None,
+    picker: PickerModel = DEFAULT_PICKER,
 ) -> dict[str, Path]:
     """TRAIN, VALID and TEST stores with the paper's Table 1 counts times ``scale``.
 
@@ -483,6 +484,8 @@ def simulate_dataset(
     workers : int
     overwrite : bool
     conditions : mapping sheet-role ("pair_a", "pair_b", "test") -> overrides, optional
+    picker : PickerModel
+        Measures the object tables' features (recorded in the stores' sources when not the default).
 
     Returns
     -------
@@ -507,6 +510,7 @@ def simulate_dataset(
             "scale": float(scale),
             "seed": int(seed),
             "conditions": {s: conds[s].as_dict() for s in used},
+            **picker_source(picker),
         }
     # A complete store from this very command is kept (an interrupted dataset run resumes with
     # the next split); anything else in the way is an error unless --overwrite.
@@ -529,7 +533,7 @@ def simulate_dataset(
             continue
         used = {q.sheet: conds[q.sheet] for q in plans[split]}
         write_plans(p, plans[split], used, source=sources[split], workers=workers, overwrite=overwrite,
-                    progress=progress, desc=f"simulate {split}")
+                    progress=progress, desc=f"simulate {split}", picker=picker)
     return paths
 
 
