@@ -15,7 +15,7 @@ from scanstream.picker.detect import DetectParams
 from scanstream.picker.pick import ANTIALIAS_PX, crop_planes, pick_volume
 from scanstream.picker.prongs import free_lines, prong_fits, prong_lines
 from scanstream.picker.speed import pick_speed
-from scanstream.picker.voxels import pieces, window_reduce
+from scanstream.picker.voxels import label26, pieces, window_reduce
 from scanstream.store.schema import CROP_SIZE, PIXEL_SIZE_UM
 from scanstream.store.shards import read_all_planes
 from scanstream.store.volume import open_field, open_volume
@@ -211,3 +211,16 @@ def test_prong_lines_follow_once_for_lengths_and_free_lines(refit):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
         assert a[2:] == b[2:]
+
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.2, 1.0])
+def test_label26_is_ndimage_label(density):
+    """Segments of sparse and dense masks, thin boxes and a voxel at every face: ndi.label's
+    labels, numbering and count."""
+    rng = np.random.default_rng(int(density * 100))
+    for shape in ((1, 1, 1), (3, 1, 9), (5, 17, 12), (9, 40, 33)):
+        mask = rng.random(shape) < density
+        labels, n = label26(mask)
+        want, m = ndi.label(mask, np.ones((3, 3, 3), bool))
+        np.testing.assert_array_equal(labels, want)
+        assert n == m and labels.dtype == np.int32

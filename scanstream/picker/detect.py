@@ -111,15 +111,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from scanstream.picker.darkmasks import Masks, dark_masks
 from scanstream.picker.prongs import prong_lines
 from scanstream.picker.stars import one_per_star
 from scanstream.picker.vertexfit import refine, second_point
-from scanstream.picker.voxels import pieces, window_reduce
-
-_CUBE = np.ones((3, 3, 3), bool)
+from scanstream.picker.voxels import label26, pieces, window_reduce
 
 
 @dataclass(frozen=True)
@@ -350,7 +347,7 @@ def _candidates(mask: np.ndarray, params: DetectParams):
     the margin the two windows need): most of a field is empty, and a count there is zero. Both
     are integer (:func:`scanstream.picker.voxels.window_reduce` on uint8), the same counts as a float box filter's.
     """
-    labels, n = ndi.label(mask, _CUBE)
+    labels, n = label26(mask)
     idx = np.flatnonzero(mask)  # about 1 % of the voxels: sizes and boxes from these alone
     ids = labels.ravel()[idx]
     sizes = np.bincount(ids, minlength=n + 1)

@@ -1,5 +1,6 @@
-"""Voxel arithmetic of the detector's criteria 3 and 4 (:mod:`scanstream.picker.detect`), exact and cheap.
+"""Voxel arithmetic of the detector's criteria 2-4 (:mod:`scanstream.picker.detect`), exact and cheap.
 
+:func:`label26`: the 26-connected segments of a field's dark voxels (criterion 2);
 :func:`window_reduce`: counts and maxima over windows of a uint8 box, in integers (criterion 3's
 window counts and their local maxima); :func:`pieces`: the 26-connected pieces of a few voxels
 in a larger box (criterion 4's shell). Each gives what its ``scipy.ndimage`` counterpart gives,
@@ -10,8 +11,51 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 _CUBE = np.ones((3, 3, 3), bool)
+#: The 13 neighbours of a voxel that follow it in raster order (z, y, x): each pair of
+#: 26-neighbours once.
+_AHEAD = ((0, 0, 1), (0, 1, -1), (0, 1, 0), (0, 1, 1), *((1, dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)))
+
+
+def label26(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 26-connected components of bool (z, y, x) ``mask``: int32 labels 1 .. n, numbered by
+    their first voxel in raster order, 0 off the mask, and n; ``ndi.label(mask, np.ones((3, 3,
+    3)))`` exactly, in about a third of its time where the mask is sparse (a field's dark voxels
+    are about 1 %): the voxels' neighbours are looked up in a padded index array, and the
+    components of that graph found by ``scipy.sparse.csgraph`` (which numbers them in node
+    order, the raster order).
+
+    Examples
+    --------
+    >>> m = np.zeros((2, 3, 4), bool)
+    >>> m[0, 0, 0] = m[1, 1, 1] = m[0, 2, 3] = True
+    >>> lab, n = label26(m)
+    >>> n, lab[[0, 1, 0], [0, 1, 2], [0, 1, 3]].tolist()
+    (2, [1, 1, 2])
+    """
+    nz, h, w = mask.shape
+    idx = np.flatnonzero(mask)
+    n = len(idx)
+    z, rest = np.divmod(idx, h * w)
+    y, x = np.divmod(rest, w)
+    hp, wp = h + 2, w + 2  # a margin of one voxel in y and x and a plane after the last: no wrap-around
+    at = (z * hp + y + 1) * wp + x + 1
+    lookup = np.full((nz + 1) * hp * wp, -1, np.int32)
+    lookup[at] = np.arange(n, dtype=np.int32)
+    src, dst = [], []
+    for dz, dy, dx in _AHEAD:
+        nb = lookup[at + (dz * hp + dy) * wp + dx]
+        src.append(np.flatnonzero(nb >= 0))
+        dst.append(nb[src[-1]])
+    first, second = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(len(first), np.int8), (first, second)), shape=(n, n)).tocsr()
+    count, comp = connected_components(graph, directed=False)
+    labels = np.zeros(mask.shape, np.int32)
+    labels.ravel()[idx] = comp + 1
+    return labels, int(count)
 
 
 def window_reduce(a: np.ndarray, half: tuple[int, ...], op: np.ufunc) -> np.ndarray:
