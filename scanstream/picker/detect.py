@@ -277,9 +277,12 @@ def _split_azimuth(pts: np.ndarray, params: DetectParams) -> list[np.ndarray]:
         return [pts]
     r = np.hypot(pts[:, 0], pts[:, 1])
     a = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
-    mean = np.degrees(np.arctan2(np.sin(np.radians(a)).sum(), np.cos(np.radians(a)).sum()))
+    rad = np.radians(a)
+    mean = np.degrees(np.arctan2(np.sin(rad).sum(), np.cos(rad).sum()))
     a = (a - mean + 180.0) % 360.0 - 180.0
-    s = np.sort(a[r >= np.median(r)])
+    h = len(r) // 2  # np.median(r), without its overhead: the middle value, or the mean of the middle two
+    mid = np.partition(r, (h - 1, h))
+    s = np.sort(a[r >= (mid[h] if len(r) % 2 else (mid[h - 1] + mid[h]) / 2)])
     n = len(s)
     if n < 2 * params.min_arm_voxels:
         return [pts]
@@ -288,9 +291,11 @@ def _split_azimuth(pts: np.ndarray, params: DetectParams) -> list[np.ndarray]:
     m1, m2 = c[k - 1] / k, (c[-1] - c[k - 1]) / (n - k)
     best = int(np.argmax(k * (n - k) * (m2 - m1) ** 2))  # Otsu: the largest between-class variance
     lo, hi = float(m1[best]), float(m2[best])
+    if hi - lo < params.split_deg:
+        return [pts]
     side = np.abs(a - hi) < np.abs(a - lo)
     parts = [pts[~side], pts[side]]
-    if hi - lo < params.split_deg or min(len(q) for q in parts) < params.min_arm_voxels:
+    if min(len(q) for q in parts) < params.min_arm_voxels:
         return [pts]
     one = _across_rms(pts)
     if one < params.split_rms_um:
