@@ -145,6 +145,10 @@ def test_pick_speed_benchmark_runs_tiny(tmp_path):
         subprocess.run([sys.executable, "-m", "scanstream", *argv], check=True, capture_output=True)
     doc = printed_json(run_script("benchmarks/pick_speed.py", "--volume", str(vol), "--workers", "1"))
     assert doc["volume"]["fields"] == 1 and [r["workers"] for r in doc["picking"]] == [1]
+    doc = printed_json(run_script("benchmarks/pick_speed.py", "--volume", str(vol), "--stages", "1", "--passes", "1"))
+    cost = doc["cpu_seconds_a_field"]
+    assert doc["fields"] == 1 and {"read", "dark_masks", "detect", "crops_and_rows"} <= set(cost)
+    assert cost["dark_masks"] <= cost["detect"]
 
 
 def test_edge_picks_benchmark_runs_tiny(tmp_path):
