@@ -137,6 +137,8 @@ def test_pick_speed_sets_picking_beside_reading(volume):
     assert run["fields_per_s_work"] == pytest.approx(2 / run["work_seconds"], rel=1e-2)
     assert run["over_reading"] == pytest.approx(run["fields_per_s"] / doc["reading"]["fields_per_s"], rel=1e-2)
     assert len(doc["machine"]["load_average_before"]) == 3
+    # the worker process picked the fields (and started): its CPU seconds came back when it ended
+    assert run["cpu_seconds"]["worker_processes"] > 0 and run["cpu_seconds"]["this_process"] > 0
 
 
 @pytest.mark.parametrize("workers", [(), (0,), (1, -2)])

@@ -14,6 +14,7 @@ reading are what compare across machines. ``benchmarks/pick_speed.py`` prints it
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -32,7 +33,9 @@ def pick_speed(volume: str | os.PathLike, *, workers: Sequence[int] = (1, 2), sc
     Returns a JSON-ready dict: ``machine`` (cores, load average before and after), ``volume``
     (fields, planes), ``reading`` (seconds, fields/s, CPU seconds of this process) and
     ``picking``, one entry per worker count: seconds, start and work seconds, fields/s over the
-    whole run and over the work alone, objects, and both fields/s over reading's.
+    whole run and over the work alone, objects, both fields/s over reading's, and the CPU seconds
+    of this process (the client and, on a local cluster, the scheduler) and of the local
+    cluster's worker processes (their start and imports included; 0 with ``scheduler``).
 
     Raises
     ------
@@ -52,16 +55,19 @@ def pick_speed(volume: str | os.PathLike, *, workers: Sequence[int] = (1, 2), sc
     runs = []
     for count in workers:
         tmp = Path(tempfile.mkdtemp(prefix="scanstream-pick-speed-"))
+        c0, k0 = time.process_time(), _children_cpu()
         try:
             res = pick_volume(volume, tmp / "picked.zarr", workers=count, scheduler=scheduler)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        cpu, kids = time.process_time() - c0, _children_cpu() - k0
         whole, work = n / res.seconds, n / max(res.work_seconds, 1e-9)
         runs.append({
             "workers": count, "seconds": round(res.seconds, 3), "start_seconds": round(res.start_seconds, 3),
             "work_seconds": round(res.work_seconds, 3), "objects": res.objects, "fields_per_s": _sig(whole),
             "fields_per_s_work": _sig(work), "over_reading": _sig(whole / (n / read_s)),
             "work_over_reading": _sig(work / (n / read_s)),
+            "cpu_seconds": {"this_process": round(cpu, 3), "worker_processes": round(kids, 3)},
         })
     return {
         "machine": {"cpus": os.cpu_count(), "load_average_before": [round(v, 2) for v in load0],
@@ -70,6 +76,13 @@ def pick_speed(volume: str | os.PathLike, *, workers: Sequence[int] = (1, 2), sc
         "reading": reading,
         "picking": runs,
     }
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user and system) of this process's ended and waited-for child processes:
+    a local cluster's worker processes once it has closed."""
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
 
 
 def _sig(x: float) -> float:
