@@ -69,13 +69,11 @@ Criteria and parameters (:class:`DetectParams`; lengths in um):
    seeds and 8 more fake vertices (docs/pick.md, "Efficiency"). Candidates are then ranked by
    multiplicity, then window count; one within ``merge_um`` (6 um) in x, y and two planes of a
    better one joins its group. A group is one vertex: the best candidate's prongs, at the
-   median of the members' refined positions, or the member within ``group_cross_um`` (1 um) of
-   where the prongs' free lines cross (:mod:`scanstream.picker.grouppoint`). *Recheck*
-   (``recheck``): a candidate whose fit leaves it (wide-shell prongs refined beyond
-   ``r_inner``, or lines meeting ``r_outer`` .. 2 ``r_outer`` away) is judged again from the
-   voxel the fit reached: three or more prongs, rule 5, a fit within ``r_inner``. Where prongs
-   close in angle overlap, the densest point is in their fan, 5-13 um from the vertex, and no
-   candidate sits on the vertex itself.
+   median of the members' refined positions. *Recheck* (``recheck``): a candidate whose fit
+   leaves it (wide-shell prongs refined beyond ``r_inner``, or lines meeting ``r_outer`` .. 2
+   ``r_outer`` away) is judged again from the voxel the fit reached: three or more prongs, rule
+   5, a fit within ``r_inner``. Where prongs close in angle overlap, the densest point is in
+   their fan, 5-13 um from the vertex, and no candidate sits on the vertex itself.
    *Displaced radon* (off by default: ``origin_max_um`` 0; docs/pick.md, "Displaced radon"; after
    criterion 8, on each kept vertex with four or more reported prongs):
    where the radon atom moved before it decayed, the first alphas start at the star's origin. The
@@ -115,7 +113,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from scanstream.picker.darkmasks import Masks, dark_masks
-from scanstream.picker.grouppoint import group_point
+from scanstream.picker.prongs import prong_lines
 from scanstream.picker.stars import one_per_star
 from scanstream.picker.vertexfit import refine, second_point
 from scanstream.picker.voxels import label26, pieces, window_reduce
@@ -144,7 +142,6 @@ class DetectParams:
     split_deg: float = 10.0
     split_rms_um: float = 1.3
     merge_um: float = 6.0
-    group_cross_um: float = 1.0
     max_length_um: float = 80.0
     gap_um: float = 3.5
     tube_um: float = 1.7
@@ -506,7 +503,8 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
     stars = []
     for group in _groups(found, params, step_um):
         _, dens, _, near, arms, lab = group[0]
-        at, (lengths, dirs, misses, lines) = group_point([g[2] for g in group], near, arms, params, shrinkage)  # lines: 6, 8
+        at = np.median(np.array([g[2] for g in group]), axis=0)
+        lengths, dirs, misses, lines = prong_lines(near, at, arms, params, shrinkage)  # lines: criteria 6, 8
         miss = float(np.median(misses)) if misses else float("inf")
         stars.append((at, lab, Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2,
                                       at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss),
