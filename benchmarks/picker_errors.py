@@ -229,9 +229,11 @@ def markdown(doc: dict) -> str:
     row("origins on picked decays whose radon did not move; on other vertices (per field)", lambda g: (
         "{unmoved_with_origin} of {unmoved_picked}; {other_with_origin} of {other_vertices} "
         "({other_with_origin_per_field})".format(**g["displaced_radon"])))
-    row("first alphas' length error in displaced decays, um: median (q16 / q84)", lambda g: (
-        f"{_q(g['displaced_radon']['first_alpha_length_error_um_q50_16_84'])}, "
-        f"{g['displaced_radon']['first_alpha_prongs']} prongs"))
+    def first_alphas(g) -> str:
+        q = g["displaced_radon"]["first_alpha_length_error_um_q50_16_84"]
+        return ("-" if q is None else f"{q[0]:+.2f} ({_q(q[1:])})") + f", {g['displaced_radon']['first_alpha_prongs']} prongs"
+
+    row("first alphas' length error in displaced decays, um: median (q16 / q84)", first_alphas)
     return "\n".join(rows) + "\n"
 
 
