@@ -4,10 +4,10 @@ Input: the focal planes of a field, uint8 (z, y, x) in the volume's plane order,
 pixel size (um), the z-step (um, developed emulsion) and the shrinkage factor. Output:
 :class:`Vertex` records (position in voxels, multiplicity, prong lengths). Pure numpy / scipy;
 :mod:`scanstream.picker.pick` runs it over a volume store with Dask. Cost (one core, a 1024 x
-1024 x 76-plane field): about 0.6-0.7 s (following the prongs, criterion 7, about 0.1 s of it),
-a third of smoothing and counting whole planes (smoothing at voxel resolution, window counts
-only in the segments' boxes, voxel lists cached); reading the field (80 MB, zstd) takes
-0.3-0.45 s.
+1024 x 76-plane field, docs/pick.md "Speed"): about 0.35-0.45 CPU-s, of it criterion 1 about
+0.15 (smoothing at voxel resolution), criteria 2-3 0.03-0.04 (window counts only in the
+segments' boxes), criteria 4-6 0.12-0.18 and criterion 7 0.04; reading the field (80 MB, zstd)
+0.10-0.14 CPU-s.
 
 Criteria and parameters (:class:`DetectParams`; lengths in um):
 
