@@ -34,7 +34,7 @@ from typing import Any
 
 from scanstream.atomic import write_text
 from scanstream.picker import detect
-from scanstream.picker.pick import crop_planes, detect_field, field_rows
+from scanstream.picker.pick import detect_field, field_crops, field_rows
 from scanstream.picker.speed import pick_speed
 from scanstream.store.volume import open_volume
 
@@ -83,10 +83,7 @@ def stage_costs(volume: Path, fields: int, passes: int) -> dict[str, Any]:
                 verts, up = detect_field(fov, planes)
                 spent["detect"] += time.process_time() - t
                 t = time.process_time()
-                for v in verts:
-                    kz = round(v.z)
-                    ks = [min(max(kz + up * d, 0), planes.shape[0] - 1) for d in (1, 0, -1)]
-                    crop_planes(planes[ks], v.y, v.x, fov.pixel_size_um)
+                field_crops(fov, planes, verts, up)
                 field_rows(fov, verts, "stages")
                 spent["crops_and_rows"] += time.process_time() - t
         for name, s in spent.items():

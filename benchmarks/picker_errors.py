@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 
 from scanstream import atomic
 from scanstream.ingest.stacks import ingest_stacks
-from scanstream.physics.picker import error_table, extra_by_length, write_error_table
+from scanstream.physics.picker import error_table, write_error_table
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.detect import DetectParams
@@ -108,8 +108,7 @@ def pick_seed(volume, params: DetectParams, origins: list | None = None) -> tupl
 
 def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict:
     """The measures of the module docstring over the volumes of ``seeds``."""
-    matches, true_len, meas_len, extra_len, split_len = [], [], [], [], []
-    prong_counts = dict.fromkeys(("true", "reported", "matched", "merged", "missed", "extra", "split"), 0)
+    matches, tally = [], acc.ProngTally()
     fields = picked_n = fakes = dups = dups_xy = cut_kept = cut_kept_found = 0
     seconds, radon = 0.0, []
     for seed in seeds:
@@ -133,34 +132,18 @@ def group_errors(work: Path, seeds: list[int], args: argparse.Namespace) -> dict
             if not m["found"]:
                 continue
             d, lengths = prongs[m["index"]]
-            p = acc.match_prongs(d, acc.true_directions(r))
-            prong_counts["true"] += len(r["prong_lengths_um"])
-            prong_counts["matched"] += len(p["pairs"])
-            for key in ("merged", "missed", "extra"):
-                prong_counts[key] += p[key]
-            true_len += [r["prong_lengths_um"][i] for i, _ in p["pairs"]]
-            meas_len += [lengths[j] for _, j in p["pairs"]]
-            extra_len += [lengths[j] for j in p["extra_indices"]]
-            split = sorted(set(range(len(d))) - {j for _, j in p["pairs"]} - set(p["extra_indices"]))
-            split_len += [lengths[j] for j in split]  # within 20 degrees of a true prong, not its closest
-            prong_counts["reported"] += len(d)
-            prong_counts["split"] += len(split)
+            tally.add(d, lengths, acc.true_directions(r), r["prong_lengths_um"])
     n = len(matches)
     k = sum(m["picked"] for m in matches)
     eff = k / n if n else float("nan")
     dz = [m["dz_um"] for m in matches if m["found"]]
-    tp = max(prong_counts["true"], 1)
     return {
         "seeds": seeds, "fields": fields, "alpha_decays": n, "alpha_picked": k,
         "efficiency": round(eff, 4) if n else None,
         "efficiency_error": round(math.sqrt(eff * (1 - eff) / n), 4) if n else None,
         **acc.error_summary(matches, fakes=fakes, fields=fields),
         "vertex_offset_z_um_q16_50_84": [round(float(x), 2) for x in np.quantile(dz, (0.16, 0.5, 0.84))] if dz else None,
-        "prongs": {**prong_counts, **{f"{key}_per_true_prong": round(prong_counts[key] / tp, 4)
-                                      for key in ("matched", "merged", "missed", "extra", "split")}},
-        "extra_prongs_by_length": extra_by_length(extra_len, prong_counts["true"]),
-        "split_prongs_by_length": extra_by_length(split_len, prong_counts["true"]),
-        "length_error_by_true_length": acc.length_errors(true_len, meas_len),
+        **tally.measures(),
         "cuts_kept_of_picked_alpha": round(cut_kept / k, 4) if k else None,
         "cuts_kept_of_found_alpha": round(cut_kept_found / len(dz), 4) if dz else None,
         "vertices": picked_n, "vertices_per_field": round(picked_n / fields, 3) if fields else None,

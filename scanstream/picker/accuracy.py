@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from scanstream.physics.picker import extra_by_length
+
 #: Quantiles the offsets are reported at: the median, one and two Gaussian sigmas.
 QUANTILES = (0.5, 0.68, 0.95)
 #: True-length bins (um) of the length-error table.
@@ -210,6 +212,61 @@ def length_errors(true_um: Sequence[float], measured_um: Sequence[float], bins: 
         out.append({"true_um": [float(lo), float(hi)], "prongs": int(sel.sum()),
                     "median_um": q[0] if q else None, "q16_q84_um": q[1:] if q else None})
     return out
+
+
+#: The prong counts of :class:`ProngTally`.
+PRONG_COUNTS = ("true", "reported", "matched", "merged", "missed", "extra", "split")
+
+
+class ProngTally:
+    """Decays' measured prongs matched to their true ones (:func:`match_prongs`), summed over decays:
+    the prong measures of the picker's error table, which ``benchmarks/picker_errors.py`` takes of
+    the detector and :mod:`scanstream.simulate.pickercal` of the simulated picker the same way.
+
+    A measured prong within 20 degrees of a true prong but not its closest is *split* (the true
+    prong reported twice); extra and split prongs are kept by measured length.
+
+    Examples
+    --------
+    >>> t = ProngTally()
+    >>> t.add(np.array([[1.0, 0, 0], [0.99, 0.1, 0], [0, 0, 1.0]]), [20.0, 8.0, 5.0], np.array([[1.0, 0, 0], [0, 1.0, 0]]), [21.0, 30.0])
+    >>> t.counts
+    {'true': 2, 'reported': 3, 'matched': 1, 'merged': 0, 'missed': 1, 'extra': 1, 'split': 1}
+    """
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(PRONG_COUNTS, 0)
+        self.true_len: list[float] = []
+        self.meas_len: list[float] = []
+        self.extra_len: list[float] = []
+        self.split_len: list[float] = []
+
+    def add(self, measured: np.ndarray, lengths: Sequence[float], true: np.ndarray, true_lengths: Sequence[float]) -> None:
+        """One decay: measured prong directions (k, 3) and lengths, true directions (m, 3) and lengths."""
+        p = match_prongs(measured, true)
+        n = len(measured)
+        self.counts["true"] += len(true_lengths)
+        self.counts["reported"] += n
+        self.counts["matched"] += len(p["pairs"])
+        for key in ("merged", "missed", "extra"):
+            self.counts[key] += p[key]
+        self.true_len += [float(true_lengths[t]) for t, _ in p["pairs"]]
+        self.meas_len += [float(lengths[j]) for _, j in p["pairs"]]
+        self.extra_len += [float(lengths[j]) for j in p["extra_indices"]]
+        split = sorted(set(range(n)) - {j for _, j in p["pairs"]} - set(p["extra_indices"]))
+        self.split_len += [float(lengths[j]) for j in split]
+        self.counts["split"] += len(split)
+
+    def measures(self) -> dict:
+        """``prongs`` (the counts and each per true prong), ``extra_prongs_by_length``,
+        ``split_prongs_by_length`` and ``length_error_by_true_length``: keys of the error table."""
+        tp = max(self.counts["true"], 1)
+        return {
+            "prongs": {**self.counts, **{f"{k}_per_true_prong": round(self.counts[k] / tp, 4) for k in PRONG_COUNTS[2:]}},
+            "extra_prongs_by_length": extra_by_length(self.extra_len, self.counts["true"]),
+            "split_prongs_by_length": extra_by_length(self.split_len, self.counts["true"]),
+            "length_error_by_true_length": length_errors(self.true_len, self.meas_len),
+        }
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ import numpy as np
 from scanstream.picker.darkmasks import Masks, dark_masks
 from scanstream.picker.prongs import prong_lines
 from scanstream.picker.stars import one_per_star
-from scanstream.picker.vertexfit import refine, second_point
+from scanstream.picker.vertexfit import line_miss, refine, second_point
 from scanstream.picker.voxels import label26, pieces, window_reduce
 
 
@@ -509,8 +509,11 @@ def detect_vertices(planes: np.ndarray, *, pixel_um: float, step_um: float, shri
         stars.append((at, lab, Vertex(at[2] / step_um, at[1] / vox_um * f + (f - 1) / 2,
                                       at[0] / vox_um * f + (f - 1) / 2, len(lengths), lengths, dirs, dens, miss),
                       near, arms, lines))
+    kept = one_per_star(stars, params)
+    if params.origin_max_um <= 0:  # the displaced radon's origin is not looked for (the default)
+        return kept
     by_id = {id(s[2]): s for s in stars}
-    return [_with_origin(by_id[id(v)], params, vox_um, step_um, shrinkage) for v in one_per_star(stars, params)]
+    return [_with_origin(by_id[id(v)], params, vox_um, step_um, shrinkage) for v in kept]
 
 
 def _groups(found: list, params: DetectParams, step_um: float) -> list[list]:
@@ -538,7 +541,7 @@ def _with_origin(star: tuple, params: DetectParams, vox_um: float, step_um: floa
     (:func:`origin_of`).
     """
     at, _, v, _, _, lines = star
-    if params.origin_max_um <= 0 or v.multiplicity < 4:
+    if v.multiplicity < 4:
         return v
     return origin_of(v, at, lines, params, vox_um, step_um, shrinkage)
 
@@ -568,8 +571,8 @@ def origin_of(v: Vertex, at: np.ndarray, lines: list, params: DetectParams, vox_
     ends = [np.asarray(at) + length * np.asarray(d) / scale for length, d in zip(v.track_lengths_um, v.directions, strict=True)]
     starts: set[int] = set()
     for k in on:
-        p, u = lines[k][0], lines[k][1]
-        fits = [(float(abs((e[0] - p[0]) * u[1] - (e[1] - p[1]) * u[0])), m) for m, e in enumerate(ends) if m not in starts
+        u = lines[k][1]
+        fits = [(line_miss(e, lines[k]), m) for m, e in enumerate(ends) if m not in starts
                 and (e[:2] - q[:2]) @ u >= np.cos(np.radians(20.0)) * np.hypot(*(e[:2] - q[:2]))]
         if fits and min(fits)[0] <= END_ON_UM:
             starts.add(min(fits)[1])

@@ -189,19 +189,27 @@ def pick_field(fov: FieldOfView, sheet: str, params: DetectParams | None = None,
     """Detect, crop and describe the vertices of one field of view (those it owns among the
     footprints ``fields`` of its own and its volume's overlapping fields, :func:`scanstream.picker.overlap.keep_owned`)."""
     t0 = time.perf_counter()
-    nz = fov.shape[0]
     problem = field_problem(fov)
     if problem:
         raise StackError(problem)
     planes = fov.read()
     verts, up = detect_field(fov, planes, params)
     verts = keep_owned(fov, verts, fields)
+    crops = field_crops(fov, planes, verts, up)
+    return FieldPicks(fov.name, crops, field_rows(fov, verts, sheet), time.perf_counter() - t0)
+
+
+def field_crops(fov: FieldOfView, planes: np.ndarray, verts: list[Vertex], up: int) -> np.ndarray:
+    """The crops (n, CROP_SIZE, CROP_SIZE, 3) uint8 of ``verts`` in ``fov``'s ``planes``: the planes
+    one shallower (R), at (G) and one deeper (B) than each vertex, ``up`` the plane direction
+    towards higher stage z (:func:`detect_field`)."""
+    nz = planes.shape[0]
     crops = np.empty((len(verts), CROP_SIZE, CROP_SIZE, 3), np.uint8)
     for i, v in enumerate(verts):
         kz = round(v.z)
         ks = [min(max(kz + up * d, 0), nz - 1) for d in (1, 0, -1)]  # R shallower, G, B deeper
         crops[i] = crop_planes(planes[ks], v.y, v.x, fov.pixel_size_um)
-    return FieldPicks(fov.name, crops, field_rows(fov, verts, sheet), time.perf_counter() - t0)
+    return crops
 
 
 def detect_field(fov: FieldOfView, planes: np.ndarray, params: DetectParams | None = None) -> tuple[list[Vertex], int]:

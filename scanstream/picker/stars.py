@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from scanstream.picker.prongs import free_lines
-from scanstream.picker.vertexfit import lsq
+from scanstream.picker.vertexfit import cross2, line_depth, line_miss, lsq
 
 #: Two free lines are one track when their directions are within this angle (degrees) and
 #: each passes within :data:`SAME_TRACK_UM` of the other's point: a prong seen from two vertices.
@@ -56,24 +56,12 @@ def measured(v) -> tuple:
     return (-min(v.multiplicity, 3), v.line_miss_um)
 
 
-def _depth(x: np.ndarray, line: tuple) -> float:
-    """The line's developed depth (um) at its point nearest ``x`` (x, y)."""
-    p, u, z, slope, _ = line
-    return z + slope * float((x[:2] - p) @ u)
-
-
-def _miss(x: np.ndarray, line: tuple) -> float:
-    """How far (um) the line (point, unit direction, ...) passes from ``x`` in the plate plane."""
-    q = x[:2] - line[0]
-    return float(abs(q[0] * line[1][1] - q[1] * line[1][0]))
-
-
 def _support(x: np.ndarray, lines: Sequence[tuple]) -> float:
     """How many of ``lines`` pass through ``x`` (x, y, depth), softly: sum of w exp(-m^2 / 2) with m
     the miss in the plate plane in units of :data:`CROSSING_UM` and in depth in :data:`CROSSING_DZ_UM`,
     and w the line's voxels over :data:`FULL_VOTE_VOXELS`, at most 1."""
     return float(sum(min(ln[4] / FULL_VOTE_VOXELS, 1.0)
-                     * np.exp(-0.5 * ((_miss(x, ln) / CROSSING_UM) ** 2 + ((_depth(x, ln) - x[2]) / CROSSING_DZ_UM) ** 2))
+                     * np.exp(-0.5 * ((line_miss(x, ln) / CROSSING_UM) ** 2 + ((line_depth(x, ln) - x[2]) / CROSSING_DZ_UM) ** 2))
                      for ln in lines))
 
 
@@ -93,8 +81,8 @@ def same_tracks_once(lines: Sequence[tuple]) -> list[tuple]:
     cos = np.cos(np.radians(SAME_TRACK_DEG))
     kept: list[int] = []
     for k in sorted(range(len(lines)), key=lambda k: -lines[k][4]):
-        if not any(float(lines[k][1] @ lines[m][1]) >= cos and _miss(lines[k][0], lines[m]) <= SAME_TRACK_UM
-                   and _miss(lines[m][0], lines[k]) <= SAME_TRACK_UM for m in kept):
+        if not any(float(lines[k][1] @ lines[m][1]) >= cos and line_miss(lines[k][0], lines[m]) <= SAME_TRACK_UM
+                   and line_miss(lines[m][0], lines[k]) <= SAME_TRACK_UM for m in kept):
             kept.append(k)
     return [lines[k] for k in sorted(kept)]
 
@@ -120,25 +108,23 @@ def crossing(lines: Sequence[tuple], near: np.ndarray, *, within_um: float) -> n
     best, score = None, -1.0
     for i, a in enumerate(lines):
         for b in lines[i + 1 :]:
-            cross = a[1][0] * b[1][1] - a[1][1] * b[1][0]
-            if abs(cross) < sin:
+            x = cross2(a, b, sin)
+            if x is None:
                 continue
-            q = b[0] - a[0]
-            x = a[0] + (q[0] * b[1][1] - q[1] * b[1][0]) / cross * a[1]
             if np.hypot(*(near - x).T).min() > within_um:
                 continue
-            x = np.array([x[0], x[1], 0.5 * (_depth(x, a) + _depth(x, b))])
+            x = np.array([x[0], x[1], 0.5 * (line_depth(x, a) + line_depth(x, b))])
             s = _support(x, lines)
             if s > score:
                 best, score = x, s
     for _ in range(2 if best is not None else 0):
-        on = [ln for ln in lines if _miss(best, ln) <= 1.5 * CROSSING_UM and abs(_depth(best, ln) - best[2]) <= 1.5 * CROSSING_DZ_UM]
+        on = [ln for ln in lines if line_miss(best, ln) <= 1.5 * CROSSING_UM and abs(line_depth(best, ln) - best[2]) <= 1.5 * CROSSING_DZ_UM]
         x = lsq([ln[:2] for ln in on], min_det=1e-6) if len(on) >= 2 else None
         if x is None:  # no two lines meet there in depth as well
             return None
         if np.hypot(*(near - x).T).min() > within_um:  # drawn away by lines of another point
             break
-        best = np.array([x[0], x[1], float(np.median([_depth(x, ln) for ln in on]))])
+        best = np.array([x[0], x[1], float(np.median([line_depth(x, ln) for ln in on]))])
     return best
 
 

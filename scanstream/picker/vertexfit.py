@@ -291,15 +291,25 @@ def _steep_line(pts: np.ndarray, near: np.ndarray, at: np.ndarray, params):
     return (c[:2], dxy / n), sel
 
 
-def _line_miss(x: np.ndarray, line) -> float:
+def line_miss(x: np.ndarray, line) -> float:
     """How far (um, plate plane) a line (point xy, unit direction xy, ...) passes from ``x``."""
     q = x[:2] - line[0]
     return float(abs(q[0] * line[1][1] - q[1] * line[1][0]))
 
 
-def _line_depth(x: np.ndarray, line) -> float:
+def line_depth(x: np.ndarray, line) -> float:
     """A free line's developed depth (um) at its point nearest ``x`` (x, y)."""
     return float(line[2] + line[3] * float((x[:2] - line[0]) @ line[1]))
+
+
+def cross2(a, b, min_sin: float) -> np.ndarray | None:
+    """Where two lines (point xy, unit direction xy, ...) cross in the plate plane (x, y), or None
+    where the sine of their angle is below ``min_sin``."""
+    cross = a[1][0] * b[1][1] - a[1][1] * b[1][0]
+    if abs(cross) < min_sin:
+        return None
+    q = b[0] - a[0]
+    return a[0] + (q[0] * b[1][1] - q[1] * b[1][0]) / cross * a[1]
 
 
 def _meet(lines, idx: list[int], keep, prefer=None) -> tuple[np.ndarray, list[int]] | None:
@@ -312,22 +322,20 @@ def _meet(lines, idx: list[int], keep, prefer=None) -> tuple[np.ndarray, list[in
     sin = np.sin(np.radians(ORIGIN_MIN_DEG))
 
     def through(x: np.ndarray) -> list[int]:
-        return [k for k in idx if _line_miss(x, lines[k]) <= ORIGIN_ON_UM and abs(_line_depth(x, lines[k]) - x[2]) <= ORIGIN_DZ_UM]
+        return [k for k in idx if line_miss(x, lines[k]) <= ORIGIN_ON_UM and abs(line_depth(x, lines[k]) - x[2]) <= ORIGIN_DZ_UM]
 
     best, best_key = None, None
     for i, j in combinations(idx, 2):
         a, b = lines[i], lines[j]
-        cross = a[1][0] * b[1][1] - a[1][1] * b[1][0]
-        if abs(cross) < sin:
+        x = cross2(a, b, sin)
+        if x is None:
             continue
-        q = b[0] - a[0]
-        x = a[0] + (q[0] * b[1][1] - q[1] * b[1][0]) / cross * a[1]
-        za, zb = _line_depth(x, a), _line_depth(x, b)
+        za, zb = line_depth(x, a), line_depth(x, b)
         x = np.array([x[0], x[1], 0.5 * (za + zb)])
         if abs(za - zb) > ORIGIN_DZ_UM or not keep(x):
             continue
         on = through(x)
-        key = (len(on), prefer(x) if prefer else -sum(_line_miss(x, lines[k]) for k in on))
+        key = (len(on), prefer(x) if prefer else -sum(line_miss(x, lines[k]) for k in on))
         if best_key is None or key > best_key:
             best, best_key = x, key
     if best is None:
@@ -335,7 +343,7 @@ def _meet(lines, idx: list[int], keep, prefer=None) -> tuple[np.ndarray, list[in
     on = through(best)
     p = lsq([lines[k][:2] for k in on])
     if p is not None:
-        x = np.array([p[0], p[1], float(np.median([_line_depth(p, lines[k]) for k in on]))])
+        x = np.array([p[0], p[1], float(np.median([line_depth(p, lines[k]) for k in on]))])
         if keep(x) and set(on) <= set(through(x)):
             best, on = x, through(x)
     return best, on
@@ -380,10 +388,10 @@ def second_point(lines, at: np.ndarray, params, shrinkage: float) -> tuple[np.nd
     if main is None:
         return None
     p, on = main
-    off = [k for k in full if k not in on and _line_miss(p, lines[k]) > params.origin_miss_um]
+    off = [k for k in full if k not in on and line_miss(p, lines[k]) > params.origin_miss_um]
     second = _meet(lines, off, lambda x: params.origin_min_um <= dist(x, p) <= params.origin_max_um
                    and abs(x[2] - p[2]) <= ORIGIN_DZ_UM)
     if second is None or len(second[1]) < 2:
         return None
     x = second[0]
-    return p, x, second[1], [k for k in on if _line_miss(x, lines[k]) > ORIGIN_ON_UM]
+    return p, x, second[1], [k for k in on if line_miss(x, lines[k]) > ORIGIN_ON_UM]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from scanstream.errors import InputError
-from scanstream.physics.picker import DEFAULT_PICKER, GROUP_KEYS, PickerModel, extra_by_length, read_error_table
+from scanstream.physics.picker import DEFAULT_PICKER, GROUP_KEYS, PickerModel, read_error_table
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.simulate.conditions import resolve_conditions
@@ -73,37 +73,20 @@ def simulated_errors(model: PickerModel, objects: Sequence[tuple[SimObject, floa
     the volumes' truth records them); measured ones are matched to them by direction as
     ``benchmarks/picker_errors.py`` matches the detector's.
     """
-    counts = dict.fromkeys(("true", "reported", "matched", "merged", "missed", "extra", "split"), 0)
-    true_len, meas_len, extra_len, split_len, merr, mults, lengths_all = [], [], [], [], [], [], []
+    tally, merr, mults, lengths_all = acc.ProngTally(), [], [], []
     for i, (obj, shrinkage) in enumerate(objects):
         mult, lengths, _, dirs = pick_prong_directions(obj, _picker_stream(seed, i), model)
         tl, az, dip = prongs_um(obj, shrinkage)
         up = dirs * np.array([1.0, 1.0, -1.0])  # picker x, y, depth -> stage x, y, up
-        p = acc.match_prongs(up, acc.true_directions({"prong_azimuth_deg": az, "prong_dip_deg": dip}))
-        counts["true"] += len(tl)
-        counts["matched"] += len(p["pairs"])
-        for key in ("merged", "missed", "extra"):
-            counts[key] += p[key]
-        true_len += [tl[t] for t, _ in p["pairs"]]
-        meas_len += [float(lengths[j]) for _, j in p["pairs"]]
-        extra_len += [float(lengths[j]) for j in p["extra_indices"]]
-        split = sorted(set(range(mult)) - {j for _, j in p["pairs"]} - set(p["extra_indices"]))
-        split_len += [float(lengths[j]) for j in split]
-        counts["reported"] += mult
-        counts["split"] += len(split)
+        tally.add(up, lengths, acc.true_directions({"prong_azimuth_deg": az, "prong_dip_deg": dip}), tl)
         merr.append(mult - int(obj.truth["n_prongs"]))
         mults.append(mult)
         lengths_all.append(np.asarray(lengths, float))
-    tp = max(counts["true"], 1)
     kept = select(np.array(mults, int), lengths_all, DEFAULT_CONFIG)[0] if mults else np.zeros(0, bool)
     out: dict[str, Any] = {k: None for k in GROUP_KEYS}
     out.update({
         "seeds": [int(seed)], "alpha_decays": len(objects),
-        "prongs": {**counts, **{f"{k}_per_true_prong": round(counts[k] / tp, 4)
-                                for k in ("matched", "merged", "missed", "extra", "split")}},
-        "extra_prongs_by_length": extra_by_length(extra_len, counts["true"]),
-        "split_prongs_by_length": extra_by_length(split_len, counts["true"]),
-        "length_error_by_true_length": acc.length_errors(true_len, meas_len),
+        **tally.measures(),
         "multiplicity_measured_minus_true": {str(k): merr.count(k) for k in sorted(set(merr))},
         "cuts_kept_of_found_alpha": round(float(np.mean(kept)), 4) if len(kept) else None,
     })
