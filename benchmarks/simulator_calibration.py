@@ -27,10 +27,9 @@ import os
 from pathlib import Path
 
 from scanstream.atomic import write_text
-from scanstream.physics.picker import DEFAULT_PICKER
 from scanstream.picker.cuts import DEFAULT_CONFIG
 from scanstream.simulate.calibration import BAND, PAPER, calibrate_seed, to_markdown
-from scanstream.simulate.pickercal import calibrate_picker, model_parameters
+from scanstream.simulate.pickercal import model_parameters, picker_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="the paper's Table 1 times this (1: full size; tests use less)")
     a = p.parse_args(argv)
     load = os.getloadavg()[0]
-    picker = DEFAULT_PICKER if a.picker_errors is None else calibrate_picker(a.picker_errors, group=a.picker_group)
+    picker = picker_model(a.picker_errors, group=a.picker_group)
     results = [calibrate_seed(s, workers=a.workers, scale=a.scale, picker=picker) for s in a.seeds]
     report = {"paper": PAPER, "band": BAND, "default_cuts": DEFAULT_CONFIG.to_dict(), "seeds": results,
               "load_average_at_start": round(load, 2), "scale": a.scale,

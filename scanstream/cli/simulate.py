@@ -52,10 +52,9 @@ def _add_picker_flags(p: argparse.ArgumentParser) -> None:
 
 def _picker(args: argparse.Namespace):
     """The picker model of ``--picker-errors`` (the default one without it)."""
-    from scanstream.physics.picker import DEFAULT_PICKER
-    from scanstream.simulate.pickercal import calibrate_picker
+    from scanstream.simulate.pickercal import picker_model
 
-    return DEFAULT_PICKER if args.picker_errors is None else calibrate_picker(args.picker_errors, group=args.picker_group)
+    return picker_model(args.picker_errors, group=args.picker_group)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

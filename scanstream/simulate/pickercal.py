@@ -222,6 +222,13 @@ def stub_lengths(measured: Sequence[Mapping[str, Any]], simulated: Sequence[Mapp
     return round(float(lo), 2), round(float(max(q84 + 0.16 * width, lo + 0.5)), 2)
 
 
+def picker_model(errors: str | PathLike | None, *, group: str = "tuning") -> PickerModel:
+    """The simulated picker to measure features with: the default model without ``errors``, else
+    the one calibrated to that measured error table's seed group (:func:`calibrate_picker`); what
+    ``--picker-errors`` and ``--picker-group`` choose."""
+    return DEFAULT_PICKER if errors is None else calibrate_picker(errors, group=group)
+
+
 def calibrate_picker(table: str | PathLike | Mapping[str, Any], *, group: str = "tuning", base: PickerModel = DEFAULT_PICKER,
                      objects: Sequence[tuple[SimObject, float]] | None = None, seed: int = 0, rounds: int = 2) -> PickerModel:
     """``base`` with the parameters a measured error table informs set from its ``group``.
