@@ -42,7 +42,12 @@ simulated picker calibrated to ``pick`` would have to reproduce.
 Usage::
 
     python benchmarks/end_to_end.py --model NAME=CKPT [--model ...] --work DIR \\
-        [--seeds 5101,5102] [--fields 12] [--objects-per-field 8] [--alpha-fraction 0.3] [--out FILE.json]
+        [--seeds 5101,5102] [--fields 12] [--objects-per-field 8] [--alpha-fraction 0.3] \\
+        [--threshold NAME=RECORD ...] [--out FILE.json]
+
+``--threshold NAME=RECORD`` also applies a model's shipped threshold record (checked to belong to
+that checkpoint) to the picked objects (``at_shipped_threshold``): the recall over the picked alpha
+decays and the false-positive rate it gives here, beside what the record promises.
 
 Volumes and picked stores are kept in ``--work`` and reused when rerun.
 """
@@ -61,6 +66,8 @@ import pyarrow.parquet as pq
 
 from scanstream import atomic
 from scanstream import metrics as mt
+from scanstream.errors import ScanstreamError
+from scanstream.inference.engine import checkpoint_identity
 from scanstream.inference.scoring import score_store
 from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy
@@ -70,6 +77,7 @@ from scanstream.simulate.objects import BACKGROUND_MIX
 from scanstream.simulate.volume import PIXEL_UM, REALISTIC_PER_MM2, VolumeSimConfig, simulate_volume
 from scanstream.store import is_store, open_store, open_volume
 from scanstream.store.writer import StoreWriter
+from scanstream.threshold import check_models, load_threshold, project_precision, proportion_ci
 
 PREVALENCE = 255 / 46948  # the paper's TEST sheet: 1:183
 
@@ -185,6 +193,48 @@ def measure(y: np.ndarray, selections: dict[str, np.ndarray]) -> dict:
     return out
 
 
+def at_threshold(y: np.ndarray, s: np.ndarray, record: dict) -> dict:
+    """A model's shipped threshold record on the picked objects: recall over the picked alpha
+    decays and the false-positive rate over the other picked vertices (95 % Clopper-Pearson), what
+    the record promises, and the precision both project at the paper's 1:183."""
+    sel = s >= float(record["threshold"])
+    k, n = int((sel & y).sum()), int(y.sum())
+    f, m = int((sel & ~y).sum()), int((~y).sum())
+    recall, fpr = k / n, (f / m if m else 0.0)
+    promised = record.get("achieved", {})
+    return {
+        "threshold": float(record["threshold"]), "target": record.get("target"),
+        "recall": round(recall, 4), "recall_ci": [round(x, 4) for x in proportion_ci(k, n)],
+        "false_positive_rate": round(fpr, 4), "false_positive_rate_ci": [round(x, 4) for x in proportion_ci(f, m)] if m else None,
+        "selected": int(sel.sum()),
+        "promised_recall": promised.get("recall"), "promised_recall_ci": promised.get("recall_ci"),
+        "promised_false_positive_rate": promised.get("false_positive_rate"),
+        "precision_at_1_183": _round(project_precision(recall, fpr, 1 / 184)),
+        "promised_precision_at_1_183": _round(project_precision(promised["recall"], promised["false_positive_rate"], 1 / 184))
+        if "recall" in promised and "false_positive_rate" in promised else None,
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def _thresholds(p: argparse.ArgumentParser, specs: list[str], models: dict[str, str]) -> dict[str, dict]:
+    """``--threshold NAME=RECORD`` of the models named, each checked to belong to its checkpoint."""
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in models:
+            p.error(f"--threshold {spec!r}: expected NAME=RECORD with NAME one of the --model names {sorted(models)}")
+        try:
+            record = load_threshold(path)
+            check_models(record, [checkpoint_identity(models[name])], source=path)
+        except ScanstreamError as e:
+            p.error(str(e))
+        out[name] = record
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, metavar="NAME=CKPT", help="a checkpoint (repeat to compare)")
@@ -197,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--xy-um", type=float, default=2.0, help="x, y distance for a picked vertex to be an alpha decay")
     p.add_argument("--fake-xy-um", type=float, default=5.0, help="x, y distance beyond which a vertex is no object's")
     p.add_argument("--duplicate-um", type=float, default=15.0, help="x, y distance of a second vertex of an alpha decay")
+    p.add_argument("--threshold", action="append", default=[], metavar="NAME=RECORD",
+                   help="a model's threshold record: its recall and false-positive rate on the picked objects")
     p.add_argument("--out", type=Path, help="write the JSON here too")
     args = p.parse_args(argv)
     models = {}
@@ -205,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name or not path or name == "cuts":
             p.error(f"--model {spec!r}: expected NAME=CKPT (NAME not 'cuts')")
         models[name] = path
+    records = _thresholds(p, args.threshold, models)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -239,19 +292,21 @@ def main(argv: list[str] | None = None) -> int:
     y, cuts = np.concatenate(ys), np.concatenate(cut_sel)
     cuts_recall = int((cuts & y).sum()) / int(y.sum())
     selections = {"cuts": cuts}
-    aps = {}
+    aps, shipped = {}, {}
     for name in models:
         s = np.concatenate(scores[name])
         op = mt.operating_point_at_recall(y.astype(np.int64), s, cuts_recall)
         selections[name] = s >= op.threshold
         aps[name] = round(mt.average_precision(y.astype(np.int64), s), 4)
+        if name in records:
+            shipped[name] = at_threshold(y, s, records[name])
     doc = {
         "seeds": seeds, "fields": args.fields * len(seeds), "objects_per_field": args.objects_per_field,
         "alpha_fraction": args.alpha_fraction, "alpha_decays": n_alpha, "alpha_picked": n_found,
         "picked_vertices": len(y), "picked_alpha_vertices": int(y.sum()),
         "cuts_recall_of_picked": round(cuts_recall, 4),
         "cuts_recall_of_all": round(int((cuts & y).sum()) / n_alpha, 4) if n_alpha else None,
-        "ap_on_picked": aps, "at_cuts_recall": measure(y, selections),
+        "ap_on_picked": aps, "at_cuts_recall": measure(y, selections), "at_shipped_threshold": shipped,
         "by_source": by_source(np.concatenate(srcs), counts, n_alpha, args.fields * len(seeds),
                                (args.field_px * PIXEL_UM / 1000) ** 2, selections),
         "picker_errors": picker_errors(errors, int((np.concatenate(srcs) == "fake").sum()), args.fields * len(seeds)),

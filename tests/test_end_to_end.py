@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,26 @@ def test_a_bad_model_spec_is_refused(e2e, tmp_path):
     with pytest.raises(SystemExit) as exc:
         e2e.main(["--model", "nothing", "--work", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_a_shipped_threshold_is_measured_on_the_picked_objects(e2e):
+    # 4 alpha decays (scores 3, 2, 1, -1) and 6 others (2.5, 0, -1, -2, -3, -4): a cut at 0.5 keeps 3 of 4 and 1 of 6
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    s = np.array([3.0, 2.0, 1.0, -1.0, 2.5, 0.0, -1.0, -2.0, -3.0, -4.0])
+    out = e2e.at_threshold(y, s, {"threshold": 0.5, "achieved": {"recall": 0.9, "false_positive_rate": 0.1}})
+    assert out["recall"] == 0.75 and out["false_positive_rate"] == round(1 / 6, 4) and out["selected"] == 4
+    assert out["recall_ci"][0] < 0.75 < out["recall_ci"][1]
+    assert out["promised_recall"] == 0.9
+    assert out["precision_at_1_183"] == round(0.75 / 184 / (0.75 / 184 + (1 / 6) * 183 / 184), 4)
+
+
+def test_a_threshold_of_another_model_is_refused(e2e, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", 0, rng.integers(0, 255, (8, 224, 224, 3), dtype=np.uint8))
+    shipped = Path(__file__).resolve().parents[1] / "models" / "scanstream-cpu-cascade-pick.threshold.json"
+    with pytest.raises(SystemExit) as exc:
+        e2e.main(["--model", f"tiny={ckpt}", "--threshold", f"tiny={shipped}", "--work", str(tmp_path / "w")])
+    assert exc.value.code == 2
+    assert "calibrated for models" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        e2e.main(["--model", f"tiny={ckpt}", "--threshold", f"other={shipped}", "--work", str(tmp_path / "w")])
