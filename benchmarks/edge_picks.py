@@ -34,16 +34,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from scanstream import atomic
-from scanstream.ingest.stacks import ingest_stacks
 from scanstream.picker import accuracy as acc
 from scanstream.picker.detect import DetectParams
 from scanstream.picker.overlap import Footprint, footprints, neighbourhoods, owned
 from scanstream.picker.pick import detect_field
-from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
-from scanstream.store import is_volume, open_volume
+from scanstream.simulate.pickpool import simulated_volume
+from scanstream.simulate.volume import VolumeSimConfig
 
 CLASSES = ("interior", "edge", "outer")
 
@@ -51,15 +49,10 @@ CLASSES = ("interior", "edge", "outer")
 def draw(work: Path, seed: int, overlap: float | None, args: argparse.Namespace):
     """(volume store, truth rows) of ``seed`` at ``overlap``, drawn and ingested once under ``work``."""
     tag = "none" if overlap is None else f"{overlap:g}"
-    sim, vol = work / f"sim{seed}-{tag}", work / f"v{seed}-{tag}.zarr"
-    if not (sim / "truth.parquet").exists():
-        cfg = VolumeSimConfig(fields=args.fields, seed=seed, objects_per_field=args.objects_per_field,
-                              alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um,
-                              overlap_um=overlap)
-        simulate_volume(sim, cfg, overwrite=True)
-    if not is_volume(vol):
-        ingest_stacks(sim, vol)
-    return open_volume(vol), pq.read_table(sim / "truth.parquet").to_pylist()
+    cfg = VolumeSimConfig(fields=args.fields, seed=seed, objects_per_field=args.objects_per_field,
+                          alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um,
+                          overlap_um=overlap)
+    return simulated_volume(work / f"sim{seed}-{tag}", work / f"v{seed}-{tag}.zarr", cfg)
 
 
 def _box(fp: Footprint) -> tuple[float, float, float, float]:

@@ -52,36 +52,26 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from scanstream import atomic
-from scanstream.ingest.stacks import ingest_stacks
 from scanstream.physics.picker import error_table, write_error_table
 from scanstream.picker import accuracy as acc
 from scanstream.picker.cuts import DEFAULT_CONFIG, select
 from scanstream.picker.detect import DetectParams
 from scanstream.picker.overlap import footprints, keep_owned, neighbourhoods
 from scanstream.picker.pick import detect_field
-from scanstream.simulate.volume import VolumeSimConfig, redraw_truth, simulate_volume
-from scanstream.store import is_volume, open_volume
+from scanstream.simulate.pickpool import simulated_volume
+from scanstream.simulate.volume import VolumeSimConfig
 
 
 def seed_volume(work: Path, seed: int, args: argparse.Namespace):
     """(volume store, truth rows) of ``seed``, drawn as ``scanstream simulate-volume`` draws it (sheet SIMV)
     and ingested once, kept under ``work`` as ``sim<seed>/`` and ``v<seed>.zarr``: the names
     benchmarks/end_to_end.py uses, so its volumes are read as they are."""
-    sim, vol = work / f"sim{seed}", work / f"v{seed}.zarr"
-    if not (sim / "truth.parquet").exists():
-        cfg = VolumeSimConfig(fields=args.fields, seed=seed, objects_per_field=args.objects_per_field,
-                              alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um,
-                              overlap_um=args.overlap_um)
-        simulate_volume(sim, cfg, overwrite=True)
-    if not is_volume(vol):
-        ingest_stacks(sim, vol)
-    truth = pq.read_table(sim / "truth.parquet")
-    if not {"prong_lengths_um", "rn_dx_um"} <= set(truth.column_names):  # drawn before these were recorded
-        truth = redraw_truth(sim)
-    return open_volume(vol), truth.to_pylist()
+    cfg = VolumeSimConfig(fields=args.fields, seed=seed, objects_per_field=args.objects_per_field,
+                          alpha_fraction=args.alpha_fraction, field_px=args.field_px, depth_um=args.depth_um,
+                          overlap_um=args.overlap_um)
+    return simulated_volume(work / f"sim{seed}", work / f"v{seed}.zarr", cfg)
 
 
 def pick_seed(volume, params: DetectParams, origins: list | None = None) -> tuple[np.ndarray, list[np.ndarray], list[tuple], float]:

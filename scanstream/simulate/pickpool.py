@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scanstream.errors import InputError
 from scanstream.ingest.stacks import ingest_stacks
@@ -40,14 +41,31 @@ from scanstream.picker.overlap import footprints, neighbourhoods
 from scanstream.picker.pick import pick_field
 from scanstream.simulate.conditions import draw_conditions
 from scanstream.simulate.dataset import map_processes
-from scanstream.simulate.volume import VolumeSimConfig, simulate_volume
-from scanstream.store import CropStore, is_store, open_store, open_volume
+from scanstream.simulate.volume import TRUTH_SCHEMA, VolumeSimConfig, redraw_truth, simulate_volume
+from scanstream.store import CropStore, is_store, is_volume, open_store, open_volume
+from scanstream.store.volume import Volume
 from scanstream.store.writer import StoreWriter
 
 #: what training leaves out: vertices 2-5 um from an alpha decay (its own vertex measured off, or a
 #: second one beside it), neither clearly the star nor clearly not
 AMBIGUOUS = ("dup_near",)
 TRAINING_RADII = MatchRadii(near_um=5.0)
+
+
+def simulated_volume(sim: str | os.PathLike, vol: str | os.PathLike, cfg: VolumeSimConfig) -> tuple[Volume, list[dict[str, Any]]]:
+    """The volume store ``vol`` of the simulated fields ``sim``, and their truth rows, each made once
+    and kept: drawn with ``cfg`` only where ``sim`` holds no truth, ingested only where ``vol`` is no
+    volume store. Truth written before a column of :data:`~scanstream.simulate.volume.TRUTH_SCHEMA`
+    was recorded is drawn again without rendering (:func:`~scanstream.simulate.volume.redraw_truth`)."""
+    sim, vol = Path(sim), Path(vol)
+    if not (sim / "truth.parquet").exists():
+        simulate_volume(sim, cfg, overwrite=True)
+    if not is_volume(vol):
+        ingest_stacks(sim, vol)
+    truth = pq.read_table(sim / "truth.parquet")
+    if not set(TRUTH_SCHEMA.names) <= set(truth.column_names):
+        truth = redraw_truth(sim)
+    return open_volume(vol), truth.to_pylist()
 
 
 def picked_volume_store(seed: int, *, work: str | os.PathLike, fields: int, objects_per_field: int,
